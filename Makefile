@@ -1,0 +1,34 @@
+# `make run`: create .venv, install, run the main job on the bundled sample.
+# `make test`: create .venv, install with test extras, run the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RECIPE ?= cluster/recipes/local.yaml
+
+.PHONY: install run test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "raylm needs Python 3.10+"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# no GPU: take the CPU build of torch first (a bare `torch` would pull a multi-GB CUDA build)
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/raylm run $(RECIPE)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) benchmarks/data_throughput.py
+
+clean:
+	rm -rf runs bench-out .pytest_cache

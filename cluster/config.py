@@ -1,0 +1,313 @@
+"""The run schema: one recipe YAML describes a whole run. Every default lives here.
+
+Unknown keys are rejected with their dotted path and a "did you mean"; `--set a.b=c`
+overrides are applied to the raw YAML before validation so they are checked the same way.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- data
+class InputSpec(Strict):
+    path: str  # local path, glob, or fsspec URL (s3://bucket/*.jsonl.zst)
+    format: Literal["auto", "txt", "jsonl", "parquet"] = "auto"  # auto: from the extension
+    text_field: str = "text"
+    id_field: Optional[str] = "id"  # absent or null: ids derived from path and line
+
+
+class NormalizeConfig(Strict):
+    unicode: Optional[Literal["NFC", "NFKC"]] = "NFC"
+    strip_control: bool = True  # control characters other than \n and \t
+    whitespace: bool = True  # \r\n -> \n, trailing spaces, runs of blank lines
+
+
+class Range(Strict):
+    enabled: bool = True
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+
+class MaxRatio(Strict):
+    enabled: bool = True
+    max: float
+
+
+class CleanConfig(Strict):
+    """Gopher (Rae et al. 2021) / C4 style quality filters; each counted as filter:<name>."""
+    enabled: bool = True
+    normalize: NormalizeConfig = NormalizeConfig()
+    chars: Range = Range(min=200, max=None)
+    words: Range = Range(min=50, max=100_000)
+    mean_word_length: Range = Range(min=3, max=10)
+    symbol_ratio: MaxRatio = MaxRatio(max=0.1)  # ('#' + '...' + '…') per word
+    ellipsis_lines: MaxRatio = MaxRatio(max=0.3)  # fraction of lines ending in an ellipsis
+    dup_lines: MaxRatio = MaxRatio(max=0.3)  # fraction of lines that repeat an earlier line
+    dup_paragraphs: MaxRatio = MaxRatio(max=0.3)  # fraction of paragraphs that repeat
+
+
+class RejectConfig(Strict):
+    """Input that is not a usable document at all; always on, counted as reject:<name>."""
+    max_bytes: int = Field(default=10_000_000, gt=0)  # larger documents are rejected, not truncated
+
+
+class ExactConfig(Strict):
+    enabled: bool = True
+
+
+class MinHashConfig(Strict):
+    enabled: bool = True
+    threshold: float = Field(default=0.8, gt=0, lt=1)
+    num_perm: int = Field(default=128, ge=8, le=1024)
+    ngram: int = Field(default=5, ge=1)
+    seed: int = 0
+    bands: Optional[int] = None  # null: chosen from threshold and num_perm
+    rows: Optional[int] = None
+    max_bucket_pairs: int = Field(default=64, ge=2)  # larger buckets emit a star+chain instead of all pairs
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> "MinHashConfig":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+class DedupConfig(Strict):
+    exact: ExactConfig = ExactConfig()
+    minhash: MinHashConfig = MinHashConfig()
+    partitions: int = Field(default=8, ge=1)  # hash partitions of every shuffle step (scale with corpus)
+
+
+class TrainTokenizer(Strict):
+    vocab_size: int = Field(ge=260, le=1_000_000)
+    max_docs: Optional[int] = None  # train on at most this many kept docs (null: all)
+
+
+class TokenizerConfig(Strict):
+    name: Optional[str] = "cl100k_base"
+    path: Optional[str] = None
+    train: Optional[TrainTokenizer] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source(cls, v: Any) -> Any:
+        if isinstance(v, dict) and ("path" in v or "train" in v) and "name" not in v:
+            v = {**v, "name": None}
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "TokenizerConfig":
+        given = [k for k in ("name", "path", "train") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of name, path, train (got {given or 'none'})")
+        return self
+
+
+class OutputConfig(Strict):
+    shard_tokens: int = Field(default=100_000_000, gt=0)
+    val_fraction: float = Field(default=0.01, ge=0, lt=1)
+    seed: int = 0
+
+
+class ExecutionConfig(Strict):
+    batch_docs: int = Field(default=2048, gt=0)  # documents per block read
+    batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes, whichever first
+    workers: Optional[int] = None  # document-processing actors (null: one per CPU)
+
+
+class DataConfig(Strict):
+    inputs: list[InputSpec] = [InputSpec(path="data/sample/*.jsonl.gz", format="jsonl")]
+    clean: CleanConfig = CleanConfig()
+    reject: RejectConfig = RejectConfig()
+    dedup: DedupConfig = DedupConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    output: OutputConfig = OutputConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+
+# ---------------------------------------------------------------- train/tune (schema only here;
+# their stages arrive with issues #3 and #4, the keys are validated now so recipes are stable)
+class ModelConfig(Strict):
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 256
+    seq_len: int = 256
+    dropout: float = 0.0
+    bias: bool = False
+
+
+class OptimConfig(Strict):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1.0e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+
+
+class ScheduleConfig(Strict):
+    warmup_steps: int = 100
+    decay: Literal["cosine", "wsd", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1
+
+
+class BatchConfig(Strict):
+    micro_batch_size: int = 16
+    global_batch_tokens: int = 65536
+
+
+class EvalConfig(Strict):
+    every: int = 200
+    batches: int = 20
+
+
+class CheckpointConfig(Strict):
+    every: int = 500
+    keep: int = 2
+
+
+class ScalingConfig(Strict):
+    num_workers: int = 2
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = {"CPU": 1}
+
+
+class FailureConfig(Strict):
+    max_failures: int = 3
+
+
+class TrainConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    batch: BatchConfig = BatchConfig()
+    max_steps: int = 2000
+    seed: int = 0
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: Literal["auto", True, False] = "auto"
+    init_from: Optional[str] = None
+    scaling: ScalingConfig = ScalingConfig()
+    failure: FailureConfig = FailureConfig()
+
+
+class TuneConfig(Strict):
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = 8
+    scheduler: dict[str, Any] = {"type": "asha"}
+    search: dict[str, Any] = {"type": "random"}
+    param_space: dict[str, dict[str, Any]] = {}
+
+
+class RayConfig(Strict):
+    address: Optional[str] = None  # null: RAY_ADDRESS, else a running `ray start`, else a local instance
+    runtime_env: dict[str, Any] = {}
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    storage_path: str = "./runs"
+    ray: RayConfig = RayConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+
+# ---------------------------------------------------------------- loading
+class ConfigError(ValueError):
+    """A recipe problem the user must fix; the CLI prints it and exits 2."""
+
+
+def _fields_at(path: tuple, model: type[BaseModel] = RunConfig) -> list[str]:
+    """Field names valid at a dotted path, for did-you-mean suggestions."""
+    for part in path:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        # unwrap Optional[...] and list[...] to the model inside
+        for arg in (getattr(ann, "__args__", None) or (ann,)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+        else:
+            if isinstance(part, int):
+                continue
+            return []
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+        path = ".".join(str(p) for p in loc) or "(recipe)"
+        if e["type"] == "extra_forbidden":
+            known = _fields_at(loc[:-1])
+            near = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f" (did you mean '{'.'.join(str(p) for p in loc[:-1] + (near[0],))}'?)" if near else ""
+            lines.append(f"{path}: unknown key{hint}")
+        else:
+            lines.append(f"{path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, value = item.split("=", 1)
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: bad key")
+    return key.split("."), yaml.safe_load(value) if value != "" else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise ConfigError(f"--set {item!r}: '{k}' is not a section")
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    raw: dict = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read recipe {path}: {e.strerror}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the recipe must be a mapping at the top level")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,74 @@
+"""Normalization and Gopher/C4-style quality filters: pure functions over one document's text.
+
+`normalize` returns the cleaned text that goes on to dedup and tokenization (and that the shards
+decode back to); `quality_filter` returns the name of the first filter a document fails, or None.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Optional
+
+from cluster.config import CleanConfig, NormalizeConfig
+
+# C0/C1 controls other than \t and \n, plus zero-width and BOM characters
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
+_CRLF = re.compile(r"\r\n?")
+_TRAILING = re.compile(r"[ \t]+\n")
+_BLANKS = re.compile(r"\n{3,}")
+_PARAGRAPHS = re.compile(r"\n{2,}")
+_ELLIPSIS = ("...", "…")
+
+
+def normalize(text: str, cfg: NormalizeConfig) -> str:
+    if cfg.unicode:
+        text = unicodedata.normalize(cfg.unicode, text)
+    if cfg.strip_control:
+        text = _CONTROL.sub("", text)
+    if cfg.whitespace:
+        text = _CRLF.sub("\n", text)
+        text = _TRAILING.sub("\n", text)
+        text = _BLANKS.sub("\n\n", text)
+        text = text.strip()
+    return text
+
+
+def _repeated_fraction(items: list[str]) -> float:
+    items = [i for i in items if i.strip()]
+    if not items:
+        return 0.0
+    return 1.0 - len(set(items)) / len(items)
+
+
+def _outside(value: float, lo: Optional[float], hi: Optional[float]) -> bool:
+    return (lo is not None and value < lo) or (hi is not None and value > hi)
+
+
+def quality_filter(text: str, cfg: CleanConfig, words: Optional[list[str]] = None) -> Optional[str]:
+    """Name of the first failed filter (cheapest first), or None if the document is kept."""
+    if cfg.chars.enabled and _outside(len(text), cfg.chars.min, cfg.chars.max):
+        return "chars"
+    words = text.split() if words is None else words
+    n = len(words)
+    if cfg.words.enabled and _outside(n, cfg.words.min, cfg.words.max):
+        return "words"
+    if n == 0:
+        return "words"
+    if cfg.mean_word_length.enabled:
+        mean = (len(text) - text.count(" ") - text.count("\n") - text.count("\t")) / n  # whitespace excluded
+        if _outside(mean, cfg.mean_word_length.min, cfg.mean_word_length.max):
+            return "mean_word_length"
+    if cfg.symbol_ratio.enabled:
+        symbols = text.count("#") + text.count("...") + text.count("…")
+        if symbols / n > cfg.symbol_ratio.max:
+            return "symbol_ratio"
+    lines = text.split("\n")
+    if cfg.ellipsis_lines.enabled:
+        ell = sum(1 for ln in lines if ln.rstrip().endswith(_ELLIPSIS))
+        if ell / len(lines) > cfg.ellipsis_lines.max:
+            return "ellipsis_lines"
+    if cfg.dup_lines.enabled and _repeated_fraction(lines) > cfg.dup_lines.max:
+        return "dup_lines"
+    if cfg.dup_paragraphs.enabled and _repeated_fraction(_PARAGRAPHS.split(text)) > cfg.dup_paragraphs.max:
+        return "dup_paragraphs"
+    return None

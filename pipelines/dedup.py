@@ -1,0 +1,438 @@
+"""Exact and near-duplicate removal: MinHash LSH, confirmation, connected components, on Ray.
+
+The math (pure, unit-tested): word n-gram shingle hashes, MinHash signatures (rensa), the band/row
+choice that minimizes false-positive + false-negative area, band keys.
+
+The distributed part is a chain of hash-partitioned map/reduce steps in Ray tasks whose tables
+travel as object refs (the object store spills to disk), so no process holds every signature
+and the connected-components rounds work on partitions of the edge list, never the whole graph:
+
+  S1 per staging file: band rows (key, uid, hash) by key; node rows (uid, id, hash, sig) by uid
+  S2 per key part:     buckets -> candidate pairs (exact copies collapse to a star)
+  S3/S4:               attach the signature of each side, keep pairs with est. Jaccard >= threshold
+  S5 rounds:           large-star / small-star (Kiveris et al. 2014) until the edge set is stable:
+                       every component becomes a star around its smallest uid
+  S6:                  join members with their ids, keep the smallest id, label the rest exact|near
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import rensa
+import xxhash
+
+from cluster.config import DedupConfig, MinHashConfig
+
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_M3 = np.uint64(0x94D049BB133111EB)
+
+
+# ---------------------------------------------------------------- math
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer: a cheap, well-spread 64-bit hash of integers, vectorized."""
+    x = np.asarray(x).astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= _M2
+        x ^= x >> np.uint64(27)
+        x *= _M3
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def text_hash(text: str) -> int:
+    return xxhash.xxh3_64_intdigest(text.encode("utf-8"))
+
+
+def _integrate(f, a: float, b: float, n: int = 200) -> float:
+    x = np.linspace(a, b, n + 1)
+    y = f(x)
+    return float(np.sum((y[1:] + y[:-1]) * (x[1:] - x[:-1]) / 2))
+
+
+def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows) with bands*rows <= num_perm minimizing the weighted false-positive area
+    (P[candidate] below the threshold) plus false-negative area (1 - P[candidate] above it)."""
+    best, best_err = (1, num_perm), math.inf
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            p = lambda s, b=b, r=r: 1 - (1 - s ** r) ** b  # noqa: E731
+            fp = _integrate(p, 0.0, threshold)
+            fn = _integrate(lambda s: 1 - p(s), threshold, 1.0)
+            err = fp_weight * fp + fn_weight * fn
+            if err < best_err:
+                best, best_err = (b, r), err
+    return best
+
+
+def bands_rows(cfg: MinHashConfig) -> tuple[int, int]:
+    return (cfg.bands, cfg.rows) if cfg.bands is not None else optimal_bands(cfg.threshold, cfg.num_perm)
+
+
+def candidate_probability(s: float, bands: int, rows: int) -> float:
+    return 1 - (1 - s ** rows) ** bands
+
+
+def words_of(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def shingle_hashes(word_lists: Sequence[list[str]], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat uint64 hashes of every word n-gram of every document, and row offsets (len N+1).
+    A document shorter than n words is one shingle of all its words; an empty one hashes to [0]."""
+    word_hashes = rensa.RMinHash.hash_token_sets(word_lists)  # Rust: one u64 per word
+    lens = np.fromiter((len(h) for h in word_hashes), dtype=np.int64, count=len(word_hashes))
+    flat = np.fromiter((x for h in word_hashes for x in h), dtype=np.uint64, count=int(lens.sum()))
+    starts = np.concatenate([[0], np.cumsum(lens)])
+    with np.errstate(over="ignore"):
+        acc = flat.copy()
+        if len(flat) >= ngram:
+            # acc[j] combines words j..j+n-1 (only meaningful where the window stays in one doc)
+            win = flat[: len(flat) - ngram + 1].copy()
+            for k in range(1, ngram):
+                win = win * _M1 + flat[k: len(flat) - ngram + 1 + k]
+            acc = win
+    n_sh = np.maximum(lens - ngram + 1, 1)
+    out_offsets = np.concatenate([[0], np.cumsum(n_sh)]).astype(np.uint64)
+    out = np.empty(int(n_sh.sum()), dtype=np.uint64)
+    for i in np.flatnonzero(lens >= ngram):  # bulk copy of the valid windows of each doc
+        s = starts[i]
+        out[out_offsets[i]: out_offsets[i + 1]] = acc[s: s + lens[i] - ngram + 1]
+    for i in np.flatnonzero(lens < ngram):
+        h = np.uint64(0)
+        with np.errstate(over="ignore"):
+            for x in flat[starts[i]: starts[i + 1]]:
+                h = h * _M1 + x
+        out[out_offsets[i]] = h
+    return mix64(out), out_offsets
+
+
+def signatures(texts: Sequence[str], cfg: MinHashConfig) -> np.ndarray:
+    """MinHash signatures, shape (N, num_perm), uint32."""
+    return signatures_from_words([words_of(t) for t in texts], cfg)
+
+
+def signatures_from_words(word_lists: Sequence[list[str]], cfg: MinHashConfig) -> np.ndarray:
+    if not word_lists:
+        return np.zeros((0, cfg.num_perm), dtype=np.uint32)
+    flat, offsets = shingle_hashes(word_lists, cfg.ngram)
+    m = rensa.RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, cfg.num_perm, cfg.seed)
+    return np.asarray(m.to_rows(), dtype=np.uint32)
+
+
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(N, bands) uint64 bucket keys; the band index is mixed in so bands never collide."""
+    n = sigs.shape[0]
+    keys = np.empty((n, bands), dtype=np.uint64)
+    s64 = sigs.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for b in range(bands):
+            k = np.full(n, np.uint64(b + 1) * _M1, dtype=np.uint64)
+            for j in range(b * rows, (b + 1) * rows):
+                k = mix64(k ^ s64[:, j])
+            keys[:, b] = k
+    return keys
+
+
+def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise fraction of equal MinHash slots."""
+    return (a == b).mean(axis=1)
+
+
+# ---------------------------------------------------------------- partitioned tables
+def part_of(values: np.ndarray, parts: int) -> np.ndarray:
+    return (mix64(values.view(np.uint64) if values.dtype == np.int64 else values) % np.uint64(parts)).astype(np.int64)
+
+
+def split_by(table: pa.Table, column: str, parts: int) -> list[pa.Table]:
+    if parts == 1:
+        return [table]
+    p = part_of(table.column(column).to_numpy(), parts)
+    order = np.argsort(p, kind="stable")
+    bounds = np.searchsorted(p[order], np.arange(parts + 1))
+    t = table.take(order)
+    return [t.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(parts)]
+
+
+def _concat(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
+    tables = [t for t in tables if t.num_rows]
+    return pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
+
+
+def _remote(fn, parts: int):
+    return ray.remote(fn).options(num_returns=parts, num_cpus=1)
+
+
+def _out(tables: list):
+    """A task with num_returns=1 must return the object itself, not a 1-tuple."""
+    return tables[0] if len(tables) == 1 else tuple(tables)
+
+
+def _as_list(refs, parts: int) -> list:
+    return [refs] if parts == 1 else list(refs)
+
+
+BAND = pa.schema([("key", pa.uint64()), ("uid", pa.int64()), ("hash", pa.uint64())])
+PAIR = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("exact", pa.bool_())])
+EDGE = pa.schema([("u", pa.int64()), ("v", pa.int64())])
+LABEL = pa.schema([("root", pa.int64()), ("uid", pa.int64()), ("id", pa.string()), ("hash", pa.uint64())])
+REMOVED = pa.schema([("uid", pa.int64()), ("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string())])
+
+
+@dataclass(frozen=True)
+class Plan:
+    parts: int
+    exact: bool
+    near: bool
+    bands: int
+    rows: int
+    threshold: float
+    max_bucket_pairs: int
+
+    @classmethod
+    def from_config(cls, cfg: DedupConfig) -> "Plan":
+        b, r = bands_rows(cfg.minhash) if cfg.minhash.enabled else (0, 0)
+        return cls(cfg.partitions, cfg.exact.enabled, cfg.minhash.enabled, b, r, cfg.minhash.threshold, cfg.minhash.max_bucket_pairs)
+
+
+# S1 ------------------------------------------------------------------------
+def _s1_map(path: str, plan: Plan):
+    import pyarrow.parquet as pq
+
+    cols = ["uid", "id", "hash", "status"] + (["sig"] if plan.near else [])
+    t = pq.read_table(path, columns=cols)
+    t = t.filter(pc.equal(t["status"], "kept"))
+    uid = t["uid"].to_numpy()
+    h = t["hash"].to_numpy()
+    if plan.near:
+        width = t.schema.field("sig").type.byte_width // 4
+        sig = np.frombuffer(t["sig"].combine_chunks().buffers()[1], dtype=np.uint32, count=len(uid) * width).reshape(len(uid), width)
+        keys = band_keys(sig, plan.bands, plan.rows)
+        nb = plan.bands
+    else:
+        keys, nb = h.reshape(-1, 1), 1  # exact only: one bucket per text hash
+    bands = pa.table({"key": keys.reshape(-1), "uid": np.repeat(uid, nb), "hash": np.repeat(h, nb)}, schema=BAND)
+    nodes = t.drop_columns(["status"])
+    return tuple(split_by(bands, "key", plan.parts) + split_by(nodes, "uid", plan.parts))
+
+
+# S2 ------------------------------------------------------------------------
+def bucket_pairs(bands: pa.Table, max_bucket_pairs: int) -> pa.Table:
+    """Candidate pairs (a < b) from rows sharing a key. Copies with the same text hash form a
+    star around their smallest uid (flagged exact); distinct texts pair all-to-all, or as a
+    star plus chain in buckets larger than max_bucket_pairs."""
+    if bands.num_rows == 0:
+        return PAIR.empty_table()
+    key, uid, h = (bands[c].to_numpy() for c in ("key", "uid", "hash"))
+    order = np.lexsort((uid, h, key))
+    key, uid, h = key[order], uid[order], h[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    sizes = np.diff(np.r_[starts, len(key)])
+    a_out, b_out, ex_out = [], [], []
+    for s, n in zip(starts[sizes > 1], sizes[sizes > 1]):
+        u, hh = uid[s: s + n], h[s: s + n]
+        first = np.r_[True, hh[1:] != hh[:-1]]  # one representative (smallest uid) per text hash
+        rep_idx = np.flatnonzero(first)
+        grp = np.cumsum(first) - 1
+        reps = u[rep_idx]
+        copies = np.flatnonzero(~first)
+        if len(copies):
+            a_out.append(reps[grp[copies]]); b_out.append(u[copies]); ex_out.append(np.ones(len(copies), bool))
+        k = len(reps)
+        if k > 1:
+            reps = np.sort(reps)
+            if k <= max_bucket_pairs:
+                i, j = np.triu_indices(k, 1)
+            else:
+                i = np.r_[np.zeros(k - 1, int), np.arange(1, k - 1)]
+                j = np.r_[np.arange(1, k), np.arange(2, k)]
+            a_out.append(reps[i]); b_out.append(reps[j]); ex_out.append(np.zeros(len(i), bool))
+    if not a_out:
+        return PAIR.empty_table()
+    a, b, ex = np.concatenate(a_out), np.concatenate(b_out), np.concatenate(ex_out)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    t = pa.table({"a": lo, "b": hi, "exact": ex}, schema=PAIR)
+    # the same pair from several bands: keep one row (exact wins)
+    return t.group_by(["a", "b"]).aggregate([("exact", "max")]).rename_columns(["a", "b", "exact"]).cast(PAIR)
+
+
+def _s2_reduce(plan: Plan, *pieces: pa.Table):
+    pairs = bucket_pairs(_concat(pieces, BAND), plan.max_bucket_pairs)
+    return _out(split_by(pairs, "a", plan.parts))
+
+
+# S3/S4 ---------------------------------------------------------------------
+def _attach(pairs: pa.Table, nodes: pa.Table, side: str, out: str) -> pa.Table:
+    look = nodes.select(["uid", "sig", "hash"]).rename_columns(["uid", out, f"hash_{side}"])
+    return pairs.join(look, keys=side, right_keys="uid", join_type="inner")
+
+
+def _s3_attach_a(plan: Plan, nodes: pa.Table, *pieces: pa.Table):
+    pairs = _concat(pieces, PAIR)
+    if plan.near:
+        pairs = _attach(pairs, nodes, "a", "sig_a")
+    return _out(split_by(pairs, "b", plan.parts))
+
+
+def _s4_confirm(plan: Plan, nodes: pa.Table, *pieces: pa.Table):
+    pairs = pa.concat_tables([p for p in pieces if p.num_rows]) if any(p.num_rows for p in pieces) else None
+    if pairs is None:
+        edges = EDGE.empty_table()
+    elif plan.near:
+        pairs = _attach(pairs, nodes, "b", "sig_b").combine_chunks()
+        n = pairs.num_rows
+        width = pairs.schema.field("sig_a").type.byte_width // 4
+        sa = np.frombuffer(pairs["sig_a"].chunk(0).buffers()[1], np.uint32, n * width).reshape(n, width) if n else np.zeros((0, width), np.uint32)
+        sb = np.frombuffer(pairs["sig_b"].chunk(0).buffers()[1], np.uint32, n * width).reshape(n, width) if n else np.zeros((0, width), np.uint32)
+        keep = pairs["exact"].to_numpy(zero_copy_only=False) | (jaccard_estimate(sa, sb) >= plan.threshold)
+        edges = pa.table({"u": pairs["a"].to_numpy()[keep], "v": pairs["b"].to_numpy()[keep]}, schema=EDGE)
+    else:
+        edges = pa.table({"u": pairs["a"], "v": pairs["b"]}, schema=EDGE)
+    return _out(split_by(edges, "u", plan.parts))
+
+
+# S5: connected components ---------------------------------------------------
+def _directed(edges: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    u, v = edges["u"].to_numpy(), edges["v"].to_numpy()
+    return u, v
+
+
+def star_step(u: np.ndarray, v: np.ndarray, large: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One large-star or small-star step over the directed rows (u -> v) of the nodes u owned by
+    this partition (every neighbour of such a u is present). Returns undirected edges (x, m)."""
+    if len(u) == 0:
+        return u, v
+    order = np.lexsort((v, u))
+    u, v = u[order], v[order]
+    if not large:  # small-star: only neighbours smaller than u, and u itself joins the star
+        keep = v < u
+        u, v = u[keep], v[keep]
+        if len(u) == 0:
+            return u, v
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    node = u[starts]
+    m = np.minimum(np.minimum.reduceat(v, starts), node)
+    m_row = np.repeat(m, np.diff(np.r_[starts, len(u)]))
+    if large:
+        sel = v > u
+        x, y = v[sel], m_row[sel]
+    else:
+        x = np.concatenate([v, node])
+        y = np.concatenate([m_row, m])
+    sel = x != y
+    return x[sel], y[sel]
+
+
+def _s5_step(plan: Plan, large: bool, *pieces: pa.Table):
+    rows = _concat(pieces, EDGE)
+    u, v = _directed(rows)
+    if len(u):
+        uv = np.unique(np.stack([u, v], axis=1), axis=0)
+        u, v = uv[:, 0], uv[:, 1]
+    checksum = int(np.bitwise_xor.reduce(mix64(mix64(u.view(np.uint64)) ^ v.view(np.uint64)))) if len(u) else 0
+    x, y = star_step(u, v, large)
+    both = pa.table({"u": np.concatenate([x, y]), "v": np.concatenate([y, x])}, schema=EDGE)
+    return tuple(split_by(both, "u", plan.parts)) + ((len(u), checksum),)
+
+
+# S6: labels -------------------------------------------------------------------
+def _s6_join(plan: Plan, nodes: pa.Table, *pieces: pa.Table):
+    """Rows (u -> root) of a converged star: every non-root u has exactly its root as neighbour
+    with root < u. Roots label themselves. Attach id and hash of each member."""
+    rows = _concat(pieces, EDGE)
+    u, v = _directed(rows)
+    member = np.r_[u[v < u], np.unique(u[v > u])]  # members, and roots (a root only has larger neighbours)
+    root = np.r_[v[v < u], np.unique(u[v > u])]
+    lab = pa.table({"uid": member, "root": root}).group_by(["uid"]).aggregate([("root", "min")]).rename_columns(["uid", "root"])
+    lab = lab.join(nodes.select(["uid", "id", "hash"]), keys="uid", join_type="inner")
+    return _out(split_by(lab.select(["root", "uid", "id", "hash"]).cast(LABEL), "root", plan.parts))
+
+
+def choose_kept(labels: pa.Table, exact_enabled: bool) -> pa.Table:
+    """Per component the smallest id (then uid) is kept; the others are removed as exact
+    duplicates of it (same text hash) or near duplicates."""
+    if labels.num_rows == 0:
+        return REMOVED.empty_table()
+    df = labels.to_pandas().sort_values(["root", "id", "uid"], kind="stable")
+    first = df.groupby("root", sort=False).head(1).set_index("root")
+    df = df[~df["uid"].isin(first["uid"])]
+    kept_id = first.loc[df["root"], "id"].to_numpy()
+    kept_hash = first.loc[df["root"], "hash"].to_numpy()
+    reason = np.where((df["hash"].to_numpy() == kept_hash) & exact_enabled, "exact", "near")
+    return pa.table({"uid": df["uid"].to_numpy(), "id": df["id"].to_numpy(), "reason": reason, "kept_id": kept_id}, schema=REMOVED).sort_by("uid")
+
+
+def _s6_choose(plan: Plan, *pieces: pa.Table) -> pa.Table:
+    return choose_kept(_concat(pieces, LABEL), plan.exact)
+
+
+def _s4_symmetric(plan: Plan, *pieces: pa.Table):
+    both = [pa.concat_tables([x, x.rename_columns(["v", "u"]).select(["u", "v"])]) for x in pieces if x.num_rows]
+    return _out(split_by(_concat(both, EDGE), "u", plan.parts))
+
+
+@ray.remote
+def _concat_nodes(*pieces: pa.Table) -> pa.Table:
+    return pa.concat_tables(pieces).combine_chunks()
+
+
+@ray.remote
+def _count_rows(*pieces: pa.Table) -> int:
+    return sum(x.num_rows for x in pieces)
+
+
+# driver ------------------------------------------------------------------------
+@dataclass
+class DedupResult:
+    removed: list  # object refs of REMOVED tables, one per partition
+    candidate_pairs: int
+    confirmed_edges: int
+    cc_rounds: int
+    edges: Optional[list] = None  # refs of confirmed edge tables (kept for inspection/tests)
+
+
+def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> DedupResult:
+    plan = Plan.from_config(cfg)
+    P = plan.parts
+    tick = progress or (lambda msg: None)
+
+    s1 = [_as_list(_remote(_s1_map, 2 * P).remote(f, plan), 2 * P) for f in staging_files]
+    band_parts = [[m[p] for m in s1] for p in range(P)]
+    node_parts = [[m[P + p] for m in s1] for p in range(P)]
+    nodes = [_concat_nodes.remote(*node_parts[p]) for p in range(P)]
+    tick("lsh buckets")
+    s2 = [_as_list(_remote(_s2_reduce, P).remote(plan, *band_parts[p]), P) for p in range(P)]
+    cand = ray.get([_count_rows.remote(*[s2[q][p] for q in range(P)]) for p in range(P)])
+    s3 = [_as_list(_remote(_s3_attach_a, P).remote(plan, nodes[p], *[s2[q][p] for q in range(P)]), P) for p in range(P)]
+    tick("confirm pairs")
+    s4 = [_as_list(_remote(_s4_confirm, P).remote(plan, nodes[p], *[s3[q][p] for q in range(P)]), P) for p in range(P)]
+    confirmed_edges = [[s4[q][p] for q in range(P)] for p in range(P)]
+    n_edges = sum(ray.get([_count_rows.remote(*confirmed_edges[p]) for p in range(P)]))
+
+    # undirected input to the first round: each edge from both ends
+    sym = [_as_list(_remote(_s4_symmetric, P).remote(plan, *[s4[q][p] for q in range(P)]), P) for p in range(P)]
+    current = [[sym[q][p] for q in range(P)] for p in range(P)]
+    rounds, last = 0, None
+    tick("connected components")
+    while True:
+        rounds += 1
+        state = None
+        for large in (True, False):
+            outs = [_as_list(_remote(_s5_step, P + 1).remote(plan, large, *current[p]), P + 1) for p in range(P)]
+            stats = ray.get([o[P] for o in outs])
+            if large:
+                state = (sum(s[0] for s in stats), np.bitwise_xor.reduce([s[1] for s in stats]) if stats else 0)
+            current = [[outs[q][p] for q in range(P)] for p in range(P)]
+        if state == last or state[0] == 0 or rounds > 64:
+            break
+        last = state
+    joined = [_as_list(_remote(_s6_join, P).remote(plan, nodes[p], *current[p]), P) for p in range(P)]
+    removed = [ray.remote(_s6_choose).remote(plan, *[joined[q][p] for q in range(P)]) for p in range(P)]
+    return DedupResult(removed, int(sum(cand)), int(n_edges), rounds, edges=[r for row in confirmed_edges for r in row])

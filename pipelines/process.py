@@ -1,0 +1,125 @@
+"""The per-document pass, run in a Ray Data actor pool (encoder built once per actor):
+normalize -> reject/filter -> exact hash -> MinHash signature -> split -> tokenize,
+written as one staging parquet file per block, named by its first uid so that the concatenation
+of all staging files in name order is the input order, whatever the batching was.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from cluster.config import DataConfig
+from pipelines.clean import normalize, quality_filter
+from pipelines.dedup import signatures_from_words, text_hash, words_of
+from pipelines.tokenize import TokenizerSpec
+
+SPLIT_TRAIN, SPLIT_VAL = 0, 1
+
+
+def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
+    fields = [("uid", pa.int64()), ("id", pa.string()), ("src", pa.string()), ("status", pa.string()),
+              ("nbytes", pa.int64()), ("hash", pa.uint64()), ("split", pa.int8())]
+    if cfg.dedup.minhash.enabled:
+        fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))
+    fields.append(("tokens", pa.large_binary()) if tokenized else ("text", pa.large_string()))
+    return pa.schema(fields)
+
+
+def split_of(doc_id: str, seed: int, val_fraction: float) -> int:
+    """Stable train/val assignment from a hash of the id: the same on every rerun and machine."""
+    return SPLIT_VAL if xxhash.xxh64_intdigest(doc_id.encode("utf-8"), seed=seed) < val_fraction * 2.0**64 else SPLIT_TRAIN
+
+
+def _binary_column(parts: list[np.ndarray], n_rows: int, where: np.ndarray, itemsize: int) -> pa.Array:
+    """One large_binary value per row: the bytes of parts[k] at row where[k], empty elsewhere."""
+    lengths = np.zeros(n_rows, dtype=np.int64)
+    lengths[where] = [len(p) * itemsize for p in parts]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    data = np.concatenate(parts).tobytes() if parts else b""
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n_rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+class DocProcessor:
+    def __init__(self, cfg: DataConfig, staging_dir: str, tokenizer: Optional[TokenizerSpec]):
+        import fsspec
+
+        self.cfg, self.staging_dir = cfg, staging_dir
+        self.fs, _ = fsspec.core.url_to_fs(staging_dir)
+        self.enc = tokenizer.load() if tokenizer is not None else None
+        self.schema = staging_schema(cfg, tokenized=self.enc is not None)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        cfg = self.cfg
+        timings = {"clean": 0.0, "minhash": 0.0, "tokenize": 0.0, "write": 0.0}
+        t0 = time.perf_counter()
+        d = batch.to_pydict()
+        n = batch.num_rows
+        status: list[str] = []
+        kept_idx: list[int] = []
+        kept_text: list[str] = []
+        kept_words: list[list[str]] = []
+        for i in range(n):
+            if d["reject"][i] is not None:
+                status.append(f"reject:{d['reject'][i]}")
+                continue
+            text = d["text"][i]
+            why = None
+            if cfg.clean.enabled:
+                text = normalize(text, cfg.clean.normalize)
+                if not text:
+                    status.append("reject:empty")
+                    continue
+            words = words_of(text)
+            if cfg.clean.enabled:
+                why = quality_filter(text, cfg.clean, words)
+            if why is not None:
+                status.append(f"filter:{why}")
+                continue
+            status.append("kept")
+            kept_idx.append(i)
+            kept_text.append(text)
+            kept_words.append(words)
+        where = np.asarray(kept_idx, dtype=np.int64)
+        hashes = np.zeros(n, dtype=np.uint64)
+        hashes[where] = [text_hash(t) for t in kept_text]
+        split = np.zeros(n, dtype=np.int8)
+        split[where] = [split_of(d["id"][i], cfg.output.seed, cfg.output.val_fraction) for i in kept_idx]
+        t1 = time.perf_counter()
+        timings["clean"] = t1 - t0
+        cols = {"uid": batch["uid"], "id": batch["id"], "src": batch["src"], "status": pa.array(status, pa.string()),
+                "nbytes": batch["nbytes"], "hash": pa.array(hashes), "split": pa.array(split)}
+        if cfg.dedup.minhash.enabled:
+            mh = cfg.dedup.minhash
+            sig = np.zeros((n, mh.num_perm), dtype=np.uint32)
+            if kept_words:
+                sig[where] = signatures_from_words(kept_words, mh)
+            cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * mh.num_perm), n, [None, pa.py_buffer(sig.tobytes())])
+        del kept_words
+        t2 = time.perf_counter()
+        timings["minhash"] = t2 - t1
+        if self.enc is not None:
+            eot = np.array([self.enc.eot_token], dtype=np.uint32)
+            toks = self.enc.encode_ordinary_batch(kept_text, num_threads=1)
+            parts = [np.concatenate([eot, np.asarray(t, dtype=np.uint32)]) for t in toks]
+            cols["tokens"] = _binary_column(parts, n, where, 4)
+        else:
+            texts = [None] * n
+            for k, i in enumerate(kept_idx):
+                texts[i] = kept_text[k]
+            cols["text"] = pa.array(texts, pa.large_string())
+        t3 = time.perf_counter()
+        timings["tokenize"] = t3 - t2
+        first, last = int(d["uid"][0]), int(d["uid"][-1])
+        path = f"{self.staging_dir}/{first:020d}.parquet"
+        table = pa.table(cols, schema=self.schema)
+        with self.fs.open(path + ".tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
+            pq.write_table(table, f, compression="zstd" if self.enc is None else "none")
+        self.fs.mv(path + ".tmp", path)
+        timings["write"] = time.perf_counter() - t3
+        return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n],
+                         **{f"s_{k}": [v] for k, v in timings.items()}})

