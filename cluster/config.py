@@ -70,7 +70,10 @@ class MinHashConfig(Strict):
     num_perm: int = Field(default=128, ge=8, le=1024)
     ngram: int = Field(default=5, ge=1)
     seed: int = 0
-    bands: Optional[int] = None  # null: chosen from threshold and num_perm
+    # bands x rows minimize (1-w)*false-positive area + w*false-negative area of the LSH S-curve; a missed
+    # pair is lost for good while a false candidate is dropped by the Jaccard confirmation, hence w > 0.5
+    false_negative_weight: float = Field(default=0.9, gt=0, lt=1)
+    bands: Optional[int] = None  # null: chosen from threshold, num_perm and the weight above
     rows: Optional[int] = None
     max_bucket_pairs: int = Field(default=64, ge=2)  # larger buckets emit a star+chain instead of all pairs
 

@@ -16,7 +16,9 @@ and the connected-components rounds work on partitions of the edge list, never t
 """
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -73,7 +75,9 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
 
 
 def bands_rows(cfg: MinHashConfig) -> tuple[int, int]:
-    return (cfg.bands, cfg.rows) if cfg.bands is not None else optimal_bands(cfg.threshold, cfg.num_perm)
+    if cfg.bands is not None:
+        return cfg.bands, cfg.rows
+    return optimal_bands(cfg.threshold, cfg.num_perm, 1 - cfg.false_negative_weight, cfg.false_negative_weight)
 
 
 def candidate_probability(s: float, bands: int, rows: int) -> float:
@@ -388,6 +392,28 @@ def _count_rows(*pieces: pa.Table) -> int:
     return sum(x.num_rows for x in pieces)
 
 
+def connected_components(current: list[list], plan: Plan, submit, get) -> tuple[list[list], int]:
+    """Alternate large-star and small-star rounds until the edge set entering large-star is the
+    same twice (count and checksum): each component is then a star around its smallest uid.
+    `current[p]` holds the pieces of partition p; `submit(fn, *args)` runs a step (a Ray task in
+    run_dedup, a plain call in tests) and returns its P outputs plus (rows, checksum)."""
+    P = plan.parts
+    last, rounds = None, 0
+    while rounds < 64:  # O(log n) rounds in theory; 64 only guards against a bug looping forever
+        rounds += 1
+        state = None
+        for large in (True, False):
+            outs = [submit(_s5_step, plan, large, *current[p]) for p in range(P)]
+            stats = get([o[P] for o in outs])
+            if large:
+                state = (sum(n for n, _ in stats), functools.reduce(operator.xor, (c for _, c in stats), 0))
+            current = [[outs[q][p] for q in range(P)] for p in range(P)]
+        if state == last or state[0] == 0:
+            break
+        last = state
+    return current, rounds
+
+
 # driver ------------------------------------------------------------------------
 @dataclass
 class DedupResult:
@@ -419,20 +445,8 @@ def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> Dedu
     # undirected input to the first round: each edge from both ends
     sym = [_as_list(_remote(_s4_symmetric, P).remote(plan, *[s4[q][p] for q in range(P)]), P) for p in range(P)]
     current = [[sym[q][p] for q in range(P)] for p in range(P)]
-    rounds, last = 0, None
     tick("connected components")
-    while True:
-        rounds += 1
-        state = None
-        for large in (True, False):
-            outs = [_as_list(_remote(_s5_step, P + 1).remote(plan, large, *current[p]), P + 1) for p in range(P)]
-            stats = ray.get([o[P] for o in outs])
-            if large:
-                state = (sum(s[0] for s in stats), np.bitwise_xor.reduce([s[1] for s in stats]) if stats else 0)
-            current = [[outs[q][p] for q in range(P)] for p in range(P)]
-        if state == last or state[0] == 0 or rounds > 64:
-            break
-        last = state
+    current, rounds = connected_components(current, plan, lambda fn, *a: _as_list(_remote(fn, P + 1).remote(*a), P + 1), ray.get)
     joined = [_as_list(_remote(_s6_join, P).remote(plan, nodes[p], *current[p]), P) for p in range(P)]
     removed = [ray.remote(_s6_choose).remote(plan, *[joined[q][p] for q in range(P)]) for p in range(P)]
     return DedupResult(removed, int(sum(cand)), int(n_edges), rounds, edges=[r for row in confirmed_edges for r in row])

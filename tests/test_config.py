@@ -1,0 +1,61 @@
+import subprocess
+import sys
+
+import pytest
+
+from cluster.config import ConfigError, load_config
+from tests.conftest import ROOT
+
+RECIPE = ROOT / "cluster" / "recipes" / "local.yaml"
+
+
+def test_local_recipe_validates():
+    cfg = load_config(RECIPE)
+    assert cfg.name == "shakespeare-local"
+    assert cfg.data.dedup.minhash.threshold == 0.8
+
+
+def test_unknown_key_has_path_and_suggestion():
+    with pytest.raises(ConfigError) as e:
+        load_config(RECIPE, ["data.dedup.minhash.treshold=0.7"])
+    assert "data.dedup.minhash.treshold: unknown key (did you mean 'data.dedup.minhash.threshold'?)" in str(e.value)
+
+
+def test_unknown_top_level_key(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\ndtaa: {}\n")
+    with pytest.raises(ConfigError, match=r"dtaa: unknown key \(did you mean 'data'\?\)"):
+        load_config(p)
+
+
+def test_override_types_are_yaml_scalars():
+    cfg = load_config(RECIPE, ["data.output.val_fraction=0.2", "data.clean.enabled=false", "name=other"])
+    assert cfg.data.output.val_fraction == 0.2 and cfg.data.clean.enabled is False and cfg.name == "other"
+
+
+def test_bad_value_reports_path():
+    with pytest.raises(ConfigError, match=r"data.dedup.minhash.threshold: .*less than 1"):
+        load_config(RECIPE, ["data.dedup.minhash.threshold=1.5"])
+
+
+def test_tokenizer_sources_are_exclusive():
+    cfg = load_config(RECIPE, ["data.tokenizer={train: {vocab_size: 512}}"])
+    assert cfg.data.tokenizer.name is None and cfg.data.tokenizer.train.vocab_size == 512
+    with pytest.raises(ConfigError, match="exactly one of name, path, train"):
+        load_config(RECIPE, ["data.tokenizer={name: cl100k_base, path: x.tiktoken}"])
+
+
+def test_bands_rows_checked():
+    with pytest.raises(ConfigError, match="exceeds num_perm"):
+        load_config(RECIPE, ["data.dedup.minhash.bands=20", "data.dedup.minhash.rows=10"])
+
+
+def test_cli_exit_codes(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cluster", *a], capture_output=True, text=True, cwd=ROOT)  # noqa: E731
+    ok = run("validate", str(RECIPE))
+    assert ok.returncode == 0 and "threshold: 0.8" in ok.stdout
+    bad = run("validate", str(RECIPE), "--set", "data.dedup.minhash.treshold=0.7")
+    assert bad.returncode == 2 and "did you mean 'data.dedup.minhash.threshold'" in bad.stderr
+    missing = run("data", str(RECIPE), "--set", f"data.inputs=[{{path: {tmp_path}/nothing*.jsonl}}]")
+    assert missing.returncode == 2 and "no files match" in missing.stderr
+    assert run("validate", str(tmp_path / "nope.yaml")).returncode == 2
