@@ -1,0 +1,169 @@
+"""End-to-end runs of the data stage on a shared local Ray instance."""
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from cluster.config import load_config
+from pipelines.clean import normalize
+from pipelines.process import split_of
+from pipelines.run import run_data
+from pipelines.shards import iter_documents, read_manifest
+from pipelines.tokenize import TokenizerSpec, load_encoding
+from tests.conftest import ROOT, SAMPLE, sample_docs, write_jsonl
+
+pytestmark = pytest.mark.slow
+RECIPE = ROOT / "cluster" / "recipes" / "local.yaml"
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(RECIPE, [f"storage_path={tmp_path}", "name=t", *overrides])
+
+
+def _decode_split(root, split, enc):
+    return [enc.decode(doc[1:].tolist()) for doc in iter_documents(root, split)]
+
+
+def _tree_digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "stats.json"}
+
+
+def test_sample_round_trip_split_and_conservation(ray_session, tmp_path):
+    cfg = _cfg(tmp_path)
+    man = run_data(cfg)
+    root = f"{tmp_path}/t/data"
+    st = man["stats"]
+    assert st["docs_in"] == 78 and st["docs_in"] == st["docs_kept"] + sum(st["removed"].values())
+    enc = load_encoding(TokenizerSpec("cl100k_base"))
+    assert man["dtype"] == "uint32" and man["tokenizer"]["eot"] == enc.eot_token
+    removed = set(pq.read_table(f"{root}/removed.parquet")["id"].to_pylist())
+    kept = [d for d in sample_docs() if d["id"] not in removed]
+    cleaned = {d["id"]: normalize(d["text"], cfg.data.clean.normalize) for d in kept}
+    by_split = {0: [], 1: []}
+    for d in kept:  # input order, each wholly in the split its id hashes to
+        by_split[split_of(d["id"], cfg.data.output.seed, cfg.data.output.val_fraction)].append(cleaned[d["id"]])
+    assert _decode_split(root, "train", enc) == by_split[0]
+    assert _decode_split(root, "val", enc) == by_split[1]
+    assert len(by_split[1]) > 0
+    for doc in iter_documents(root, "train"):
+        assert doc[0] == enc.eot_token
+    # shard sha256 in the manifest is that of the file
+    sh = man["splits"]["train"]["shards"][0]
+    assert hashlib.sha256((Path(root) / sh["path"]).read_bytes()).hexdigest() == sh["sha256"]
+    assert len(man["splits"]["train"]["shards"]) >= 2  # shard_tokens 1M in the recipe
+    # a finished run is not redone
+    before = _tree_digest(Path(root))
+    run_data(cfg)
+    assert _tree_digest(Path(root)) == before
+
+
+def test_split_and_output_stable_across_batching(ray_session, tmp_path):
+    a = _cfg(tmp_path, "name=a")
+    b = _cfg(tmp_path, "name=b", "data.execution.batch_docs=7", "data.dedup.partitions=3")
+    run_data(a)
+    run_data(b)
+    da, db = _tree_digest(tmp_path / "a" / "data"), _tree_digest(tmp_path / "b" / "data")
+    da.pop("manifest.json"); db.pop("manifest.json")  # the manifest holds the (different) config
+    assert da == db
+    ma, mb = read_manifest(f"{tmp_path}/a/data"), read_manifest(f"{tmp_path}/b/data")
+    assert ma["splits"] == mb["splits"] and ma["stats"] == mb["stats"]
+
+
+def test_killed_run_restarts_byte_identical(ray_session, tmp_path):
+    """Kill the driver mid-run (after staging is written), run again: same bytes as a clean run."""
+    import ray
+
+    ref = _cfg(tmp_path, "name=ref")
+    run_data(ref)
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "cluster", "data", str(RECIPE), "--set", f"storage_path={tmp_path}", "--set", "name=k"]
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    docs = tmp_path / "k" / "data" / "_work" / "docs"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (docs.exists() and any(docs.glob("*.parquet"))):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "k" / "data" / "manifest.json").exists()
+    run_data(_cfg(tmp_path, "name=k"))
+    dk, dr = _tree_digest(tmp_path / "k" / "data"), _tree_digest(tmp_path / "ref" / "data")
+    assert dk.keys() == dr.keys() and dk == dr
+
+
+def _bad_inputs(d: Path) -> None:
+    good = [{"id": f"g{i}", "text": doc["text"][:3000]} for i, doc in enumerate(sample_docs()[:6:2])]
+    other = [doc["text"][:3000] for doc in sample_docs()[10:14:2]]
+    lines = [json.dumps(g).encode() for g in good]
+    lines += [
+        b'{"id": "bad-utf8", "text": "caf\xe9 au lait"}',
+        b'{"id": "malformed", "text": "no closing brace"',
+        b'{"id": "no-text", "body": "x"}',
+        b'{"id": "num-text", "text": 42}',
+        b'{"id": "empty", "text": "   \\n  "}',
+        b'["not", "an", "object"]',
+    ]
+    (d / "mixed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    big = {"id": "huge", "text": "word " * 10_500_000}  # ~52 MB
+    (d / "big.jsonl").write_text(json.dumps(big) + "\n")
+    (d / "blob.jsonl").write_bytes(b"\x00\x01\x02binary" * 1000)
+    payload = gzip.compress(b"\n".join(json.dumps({"id": f"t{i}", "text": good[0]["text"] + f" variant {i} " * 50}).encode() for i in range(50)))
+    (d / "trunc.jsonl.gz").write_bytes(payload[: len(payload) // 2])
+    (d / "ok.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(json.dumps({"id": "zst", "text": other[0] + " zst"}).encode() + b"\n"))
+    (d / "note.txt").write_text(other[1] + "\nplain text file")
+
+
+def test_bad_inputs_are_counted_not_fatal(ray_session, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _bad_inputs(src)
+    cfg = _cfg(tmp_path, f"data.inputs=[{{path: '{src}/*'}}]", "data.clean.enabled=false")
+    man = run_data(cfg)
+    rem = pq.read_table(f"{tmp_path}/t/data/removed.parquet").to_pylist()
+    reasons = {}
+    for r in rem:
+        reasons.setdefault(r["reason"], []).append(r)
+    for want in ("reject:invalid_utf8", "reject:malformed_json", "reject:missing_text", "reject:non_string_text",
+                 "reject:empty", "reject:too_large", "reject:binary", "reject:truncated"):
+        assert want in reasons, (want, sorted(reasons))
+        assert all(":" in r["src"] and r["src"].rsplit(":", 1)[1].isdigit() for r in reasons[want])
+    assert {r["id"] for r in reasons["reject:invalid_utf8"]} == {f"{src}/mixed.jsonl:4"}  # file and line
+    assert any(r["src"].endswith("big.jsonl:1") for r in reasons["reject:too_large"])
+    st = man["stats"]
+    assert st["docs_in"] == st["docs_kept"] + sum(st["removed"].values())
+    kept_text = [s for s in _decode_split(f"{tmp_path}/t/data", "train", load_encoding(TokenizerSpec("cl100k_base")))]
+    kept_text += _decode_split(f"{tmp_path}/t/data", "val", load_encoding(TokenizerSpec("cl100k_base")))
+    assert any(t.endswith(" zst") for t in kept_text) and any(t.endswith("plain text file") for t in kept_text)
+    assert st["docs_kept"] >= 3 + 2  # good lines, zst, txt, and the lines before the gzip truncation
+
+
+def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
+    import pyarrow as pa
+
+    docs = sample_docs()[:10]
+    pq.write_table(pa.table({"content": [d["text"] for d in docs], "doc": [d["id"] for d in docs]}), tmp_path / "in.parquet")
+    cfg = _cfg(tmp_path, f"data.inputs=[{{path: '{tmp_path}/in.parquet', text_field: content, id_field: doc}}]",
+               "data.tokenizer={train: {vocab_size: 1024}}", "data.output.val_fraction=0.0")
+    man = run_data(cfg)
+    root = f"{tmp_path}/t/data"
+    assert man["dtype"] == "uint16" and man["tokenizer"]["n_vocab"] == 1024 and man["tokenizer"]["eot"] == 1023
+    spec = TokenizerSpec("rustbpe", f"{root}/tokenizer.tiktoken")
+    enc = load_encoding(spec)
+    assert _decode_split(root, "train", enc) == [normalize(d["text"], cfg.data.clean.normalize) for d in docs]
+    # the saved tokenizer is usable as a path source in another run
+    cfg2 = _cfg(tmp_path, "name=t2", f"data.inputs=[{{path: '{tmp_path}/in.parquet', text_field: content, id_field: doc}}]",
+                f"data.tokenizer={{path: '{root}/tokenizer.tiktoken'}}", "data.output.val_fraction=0.0")
+    man2 = run_data(cfg2)
+    assert man2["splits"]["train"]["tokens"] == man["splits"]["train"]["tokens"]
+    assert man2["tokenizer"]["sha256"] == man["tokenizer"]["sha256"]
