@@ -124,8 +124,8 @@ class OutputConfig(Strict):
 
 
 class ExecutionConfig(Strict):
-    batch_docs: int = Field(default=2048, gt=0)  # documents per block read
-    batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes, whichever first
+    batch_docs: int = Field(default=4096, gt=0)  # a read block ends after this many documents
+    batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes (also Ray Data's block size)
     workers: Optional[int] = None  # document-processing actors (null: one per CPU)
 
 

@@ -115,6 +115,8 @@ class DocProcessor:
         t3 = time.perf_counter()
         timings["tokenize"] = t3 - t2
         first, last = int(d["uid"][0]), int(d["uid"][-1])
+        if last - first + 1 < n or first >> 32 != last >> 32:  # a block must be one contiguous run of one file
+            raise RuntimeError(f"block is not one contiguous input range: uids {first}..{last} for {n} rows")
         path = f"{self.staging_dir}/{first:020d}.parquet"
         table = pa.table(cols, schema=self.schema)
         with self.fs.open(path + ".tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file

@@ -64,6 +64,9 @@ def process_documents(cfg: RunConfig, files, staging: str, tok: Optional[Tokeniz
 
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = True
+    # a block is one read task's rows, so one contiguous uid range of one file: the staging files
+    # then concatenate in input order whatever the batching (see DocProcessor)
+    ctx.target_max_block_size = cfg.data.execution.batch_bytes
     workers = cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = rd.read_datasource(TextFiles(files, cfg.data.execution, cfg.data.reject), override_num_blocks=len(files),
                             ray_remote_args={"num_cpus": 0.25})

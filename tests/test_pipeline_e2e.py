@@ -70,7 +70,7 @@ def test_sample_round_trip_split_and_conservation(ray_session, tmp_path):
 
 def test_split_and_output_stable_across_batching(ray_session, tmp_path):
     a = _cfg(tmp_path, "name=a")
-    b = _cfg(tmp_path, "name=b", "data.execution.batch_docs=7", "data.dedup.partitions=3")
+    b = _cfg(tmp_path, "name=b", "data.execution.batch_bytes=300000", "data.dedup.partitions=3")
     run_data(a)
     run_data(b)
     da, db = _tree_digest(tmp_path / "a" / "data"), _tree_digest(tmp_path / "b" / "data")
