@@ -18,26 +18,47 @@ _TRAILING = re.compile(r"[ \t]+\n")
 _BLANKS = re.compile(r"\n{3,}")
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _ELLIPSIS = ("...", "…")
+_ASCII_CONTROL = bytes(c for c in range(32) if c not in (9, 10)) + b"\x7f"
 
 
 def normalize(text: str, cfg: NormalizeConfig) -> str:
     if cfg.unicode:
         text = unicodedata.normalize(cfg.unicode, text)
-    if cfg.strip_control:
+    if cfg.strip_control and not _clean_ascii(text):
         text = _CONTROL.sub("", text)
-    if cfg.whitespace:
-        text = _CRLF.sub("\n", text)
-        text = _TRAILING.sub("\n", text)
-        text = _BLANKS.sub("\n\n", text)
+    if cfg.whitespace:  # the `in` checks are C-speed scans that let most documents skip a regex
+        if "\r" in text:
+            text = _CRLF.sub("\n", text)
+        if " \n" in text or "\t\n" in text:
+            text = _TRAILING.sub("\n", text)
+        if "\n\n\n" in text:
+            text = _BLANKS.sub("\n\n", text)
         text = text.strip()
     return text
 
 
+def _clean_ascii(text: str) -> bool:
+    """True for ASCII text without control characters (most text), checked at C speed."""
+    if not text.isascii():
+        return False
+    b = text.encode("ascii")
+    return len(b.translate(None, _ASCII_CONTROL)) == len(b)
+
+
 def _repeated_fraction(items: list[str]) -> float:
-    items = [i for i in items if i.strip()]
-    if not items:
+    """Fraction of non-empty items that repeat an earlier one."""
+    n = len(items) - items.count("")
+    if n <= 0:
         return 0.0
-    return 1.0 - len(set(items)) / len(items)
+    uniq = set(items)
+    uniq.discard("")
+    return 1.0 - len(uniq) / n
+
+
+def _ellipsis_lines(text: str, lines: list[str]) -> int:
+    if " \n" in text or "\t\n" in text:  # trailing blanks (normalization off): look at each line
+        return sum(1 for ln in lines if ln.rstrip().endswith(_ELLIPSIS))
+    return sum(text.count(e + "\n") for e in _ELLIPSIS) + text.rstrip().endswith(_ELLIPSIS)
 
 
 def _outside(value: float, lo: Optional[float], hi: Optional[float]) -> bool:
@@ -64,11 +85,11 @@ def quality_filter(text: str, cfg: CleanConfig, words: Optional[list[str]] = Non
             return "symbol_ratio"
     lines = text.split("\n")
     if cfg.ellipsis_lines.enabled:
-        ell = sum(1 for ln in lines if ln.rstrip().endswith(_ELLIPSIS))
-        if ell / len(lines) > cfg.ellipsis_lines.max:
+        if _ellipsis_lines(text, lines) / len(lines) > cfg.ellipsis_lines.max:
             return "ellipsis_lines"
     if cfg.dup_lines.enabled and _repeated_fraction(lines) > cfg.dup_lines.max:
         return "dup_lines"
-    if cfg.dup_paragraphs.enabled and _repeated_fraction(_PARAGRAPHS.split(text)) > cfg.dup_paragraphs.max:
+    paragraphs = text.split("\n\n") if "\n\n\n" not in text else _PARAGRAPHS.split(text)
+    if cfg.dup_paragraphs.enabled and _repeated_fraction(paragraphs) > cfg.dup_paragraphs.max:
         return "dup_paragraphs"
     return None

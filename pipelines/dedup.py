@@ -17,6 +17,7 @@ and the connected-components rounds work on partitions of the edge list, never t
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
 from dataclasses import dataclass
@@ -92,29 +93,28 @@ def shingle_hashes(word_lists: Sequence[list[str]], ngram: int) -> tuple[np.ndar
     """Flat uint64 hashes of every word n-gram of every document, and row offsets (len N+1).
     A document shorter than n words is one shingle of all its words; an empty one hashes to [0]."""
     word_hashes = rensa.RMinHash.hash_token_sets(word_lists)  # Rust: one u64 per word
-    lens = np.fromiter((len(h) for h in word_hashes), dtype=np.int64, count=len(word_hashes))
-    flat = np.fromiter((x for h in word_hashes for x in h), dtype=np.uint64, count=int(lens.sum()))
-    starts = np.concatenate([[0], np.cumsum(lens)])
+    lens = np.fromiter(map(len, word_hashes), dtype=np.int64, count=len(word_hashes))
+    flat = np.fromiter(itertools.chain.from_iterable(word_hashes), dtype=np.uint64, count=int(lens.sum()))
+    starts = np.concatenate([[0], np.cumsum(lens)])[:-1]
+    n_sh = np.maximum(lens - ngram + 1, 1)
+    out_offsets = np.concatenate([[0], np.cumsum(n_sh)]).astype(np.uint64)
+    out = np.zeros(int(n_sh.sum()), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        acc = flat.copy()
         if len(flat) >= ngram:
-            # acc[j] combines words j..j+n-1 (only meaningful where the window stays in one doc)
+            # win[j] combines words j..j+n-1 of the flat array; keep the windows inside one document
             win = flat[: len(flat) - ngram + 1].copy()
             for k in range(1, ngram):
                 win = win * _M1 + flat[k: len(flat) - ngram + 1 + k]
-            acc = win
-    n_sh = np.maximum(lens - ngram + 1, 1)
-    out_offsets = np.concatenate([[0], np.cumsum(n_sh)]).astype(np.uint64)
-    out = np.empty(int(n_sh.sum()), dtype=np.uint64)
-    for i in np.flatnonzero(lens >= ngram):  # bulk copy of the valid windows of each doc
-        s = starts[i]
-        out[out_offsets[i]: out_offsets[i + 1]] = acc[s: s + lens[i] - ngram + 1]
-    for i in np.flatnonzero(lens < ngram):
-        h = np.uint64(0)
-        with np.errstate(over="ignore"):
-            for x in flat[starts[i]: starts[i + 1]]:
+            full = lens >= ngram
+            counts = n_sh[full]
+            dst = np.arange(int(counts.sum())) + np.repeat(out_offsets[:-1][full].astype(np.int64) - np.r_[0, np.cumsum(counts)[:-1]], counts)
+            src = np.arange(int(counts.sum())) + np.repeat(starts[full] - np.r_[0, np.cumsum(counts)[:-1]], counts)
+            out[dst] = win[src]
+        for i in np.flatnonzero(lens < ngram):  # short documents: one shingle of all their words
+            h = np.uint64(0)
+            for x in flat[starts[i]: starts[i] + lens[i]]:
                 h = h * _M1 + x
-        out[out_offsets[i]] = h
+            out[out_offsets[i]] = h
     return mix64(out), out_offsets
 
 
@@ -207,11 +207,11 @@ class Plan:
 
 
 # S1 ------------------------------------------------------------------------
-def _s1_map(path: str, plan: Plan):
+def _s1_map(paths: list[str], plan: Plan):
     import pyarrow.parquet as pq
 
     cols = ["uid", "id", "hash", "status"] + (["sig"] if plan.near else [])
-    t = pq.read_table(path, columns=cols)
+    t = pa.concat_tables([pq.read_table(p, columns=cols) for p in paths])
     t = t.filter(pc.equal(t["status"], "kept"))
     uid = t["uid"].to_numpy()
     h = t["hash"].to_numpy()
@@ -429,7 +429,11 @@ def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> Dedu
     P = plan.parts
     tick = progress or (lambda msg: None)
 
-    s1 = [_as_list(_remote(_s1_map, 2 * P).remote(f, plan), 2 * P) for f in staging_files]
+    # S1 tasks take groups of staging files, so the number of shuffle pieces is (4P groups) x P,
+    # not (files x P), however many files a large corpus has
+    n_groups = max(1, min(len(staging_files), 4 * P))
+    groups = [staging_files[i::n_groups] for i in range(n_groups)]
+    s1 = [_as_list(_remote(_s1_map, 2 * P).remote(g, plan), 2 * P) for g in groups if g]
     band_parts = [[m[p] for m in s1] for p in range(P)]
     node_parts = [[m[P + p] for m in s1] for p in range(P)]
     nodes = [_concat_nodes.remote(*node_parts[p]) for p in range(P)]

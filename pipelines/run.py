@@ -68,10 +68,11 @@ def process_documents(cfg: RunConfig, files, staging: str, tok: Optional[Tokeniz
     # then concatenate in input order whatever the batching (see DocProcessor)
     ctx.target_max_block_size = cfg.data.execution.batch_bytes
     workers = cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ds = rd.read_datasource(TextFiles(files, cfg.data.execution, cfg.data.reject), override_num_blocks=len(files),
-                            ray_remote_args={"num_cpus": 0.25})
+    # the actors do the CPU work (one per CPU); reading is mostly I/O and decompression, so read
+    # tasks get a token CPU share instead of starving the pool (measured: 2x faster than 0.25/0.75)
+    ds = rd.read_datasource(TextFiles(files, cfg.data.execution, cfg.data.reject), override_num_blocks=len(files), num_cpus=0.01)
     ds = ds.map_batches(DocProcessor, fn_constructor_args=(cfg.data, staging, tok), batch_size=None,
-                        batch_format="pyarrow", compute=rd.ActorPoolStrategy(size=workers), num_cpus=0.75)
+                        batch_format="pyarrow", compute=rd.ActorPoolStrategy(size=workers), num_cpus=0.99)
     rows = ds.take_all()
     for r in rows:
         for k in ("clean", "minhash", "tokenize", "write"):

