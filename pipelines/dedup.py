@@ -170,8 +170,13 @@ def _concat(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
 
 
+@functools.lru_cache(maxsize=None)
+def _remote_fn(fn):
+    return ray.remote(fn)  # one RemoteFunction per step: Ray exports each function once, not per call
+
+
 def _remote(fn, parts: int):
-    return ray.remote(fn).options(num_returns=parts, num_cpus=1)
+    return _remote_fn(fn).options(num_returns=parts, num_cpus=1)
 
 
 def _out(tables: list):
@@ -452,5 +457,5 @@ def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> Dedu
     tick("connected components")
     current, rounds = connected_components(current, plan, lambda fn, *a: _as_list(_remote(fn, P + 1).remote(*a), P + 1), ray.get)
     joined = [_as_list(_remote(_s6_join, P).remote(plan, nodes[p], *current[p]), P) for p in range(P)]
-    removed = [ray.remote(_s6_choose).remote(plan, *[joined[q][p] for q in range(P)]) for p in range(P)]
+    removed = [_remote(_s6_choose, 1).remote(plan, *[joined[q][p] for q in range(P)]) for p in range(P)]
     return DedupResult(removed, int(sum(cand)), int(n_edges), rounds, edges=[r for row in confirmed_edges for r in row])

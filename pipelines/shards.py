@@ -36,19 +36,35 @@ class _HashingWriter:
         return self.f.write(b)
 
 
+_COPY_CHUNK = 16 << 20
+
+
 class ShardWriter:
-    """Appends documents (token arrays starting with EOT) to `{root}/{split}/shard-NNNNNN.npy`."""
+    """Appends documents (token arrays starting with EOT) to `{root}/{split}/shard-NNNNNN.npy`.
+
+    Tokens stream to a raw temp file as they come; closing a shard writes the .npy header and copies
+    the data behind it (hashing as it goes), so memory stays at one input batch, not one shard."""
 
     def __init__(self, root: str, split: str, dtype: np.dtype, shard_tokens: int):
         self.fs, _ = fsspec.core.url_to_fs(root)
         self.root, self.split, self.dtype, self.limit = root, split, dtype, shard_tokens
         self.fs.makedirs(f"{root}/{split}", exist_ok=True)
-        self.parts: list[np.ndarray] = []
+        self.raw = None  # open temp file of the current shard
         self.lengths: list[int] = []
         self.n = 0
         self.shards: list[dict] = []
         self.tokens = 0
         self.docs = 0
+
+    def _name(self) -> str:
+        return f"{self.split}/shard-{len(self.shards):06d}"
+
+    def _append(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        if self.raw is None:
+            self.raw = self.fs.open(f"{self.root}/{self._name()}.raw.tmp", "wb")
+        self.raw.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        self.lengths.extend(int(x) for x in lengths)
+        self.n += len(tokens)
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         """Many documents at once: `tokens` is their concatenation, `lengths` their sizes."""
@@ -66,9 +82,7 @@ class ShardWriter:
                 self.flush()
                 continue
             stop_tok = int(ends[start_doc + k - 1])
-            self.parts.append(tokens[start_tok:stop_tok])
-            self.lengths.extend(int(x) for x in lengths[start_doc:start_doc + k])
-            self.n += stop_tok - start_tok
+            self._append(tokens[start_tok:stop_tok], lengths[start_doc:start_doc + k])
             start_doc += k
             start_tok = stop_tok
             if self.n >= self.limit:
@@ -77,15 +91,25 @@ class ShardWriter:
     def flush(self) -> None:
         if not self.lengths:
             return
-        name = f"{self.split}/shard-{len(self.shards):06d}"
-        arr = np.concatenate(self.parts).astype(self.dtype, copy=False)
+        name = self._name()
+        raw_path = f"{self.root}/{name}.raw.tmp"
+        self.raw.close()
+        self.raw = None
+        path, tmp = f"{self.root}/{name}.npy", f"{self.root}/{name}.npy.tmp"
+        with self.fs.open(tmp, "wb") as f, self.fs.open(raw_path, "rb") as src:
+            out = _HashingWriter(f)
+            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                       "fortran_order": False, "shape": (self.n,)})
+            for chunk in iter(lambda: src.read(_COPY_CHUNK), b""):
+                out.write(chunk)
+        self.fs.mv(tmp, path)
+        self.fs.rm(raw_path)
         offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.uint64)
-        sha = _save_npy(self.fs, f"{self.root}/{name}.npy", arr)
         _save_npy(self.fs, f"{self.root}/{name}.idx.npy", offsets)
-        self.shards.append({"path": f"{name}.npy", "tokens": int(len(arr)), "docs": len(self.lengths), "sha256": sha})
-        self.tokens += len(arr)
+        self.shards.append({"path": f"{name}.npy", "tokens": self.n, "docs": len(self.lengths), "sha256": out.sha.hexdigest()})
+        self.tokens += self.n
         self.docs += len(self.lengths)
-        self.parts, self.lengths, self.n = [], [], 0
+        self.lengths, self.n = [], 0
 
     def close(self) -> dict:
         self.flush()

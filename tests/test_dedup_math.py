@@ -127,3 +127,22 @@ def test_split_by_is_a_partition():
     parts = D.split_by(t, "uid", 7)
     assert sum(p.num_rows for p in parts) == 1000
     assert sorted(np.concatenate([p["uid"].to_numpy() for p in parts])) == list(range(1000))
+
+
+def test_shard_writer_cuts_at_token_budget(tmp_path):
+    from pipelines.shards import ShardWriter
+
+    w = ShardWriter(str(tmp_path), "train", np.dtype(np.uint16), shard_tokens=10)
+    docs = [np.arange(n, dtype=np.uint32) + 1 for n in (3, 4, 5, 12, 2)]
+    w.add(np.concatenate(docs[:3]), np.array([3, 4, 5]))
+    w.add(np.concatenate(docs[3:]), np.array([12, 2]))
+    out = w.close()
+    assert [s["docs"] for s in out["shards"]] == [2, 1, 1, 1]  # 3+4 | 5 (12 would overflow) | 12 alone | 2
+    got = []
+    for s in out["shards"]:
+        arr = np.load(tmp_path / s["path"])
+        idx = np.load(tmp_path / s["path"].replace(".npy", ".idx.npy"))
+        assert arr.dtype == np.uint16 and len(arr) == s["tokens"]
+        got += np.split(arr, idx[1:].astype(int))
+    assert [list(g) for g in got] == [list(d) for d in docs]
+    assert not list(tmp_path.rglob("*.tmp"))
