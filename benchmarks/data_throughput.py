@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -154,25 +153,9 @@ def peak_memory(corpus: Path, out: Path, name: str) -> tuple[int, float]:
     return peak, time.perf_counter() - t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mb", type=float, default=100.0, help="corpus size (MB of text) for throughput and 1x memory")
-    ap.add_argument("--scale", type=int, default=4, help="the larger corpus for the memory check, as a multiple")
-    ap.add_argument("--out", default=str(ROOT / "bench-out"))
-    ap.add_argument("--repeat", type=int, default=2, help="timings are the best of this many runs")
-    ap.add_argument("--skip-memory", action="store_true")
-    args = ap.parse_args()
-    out = Path(args.out)
+def throughput(args, out: Path, one: tuple, many: tuple) -> None:
     cores = os.cpu_count()
-    c1 = out / f"corpus-{args.mb:g}mb"
-    t = time.perf_counter()
-    nbytes, ndocs = build_corpus(c1, args.mb)
-    print(f"corpus: {nbytes / 1e6:.1f} MB, {ndocs:,} docs in {N_FILES} jsonl.gz files ({time.perf_counter() - t:.0f}s to build); {cores} cores")
-
-    cN = out / f"corpus-{args.mb * args.scale:g}mb"
-    nbN, ndN = build_corpus(cN, args.mb * args.scale, seed=1)
-    print(f"corpus {args.scale}x: {nbN / 1e6:.1f} MB, {ndN:,} docs")
-
+    (c1, nbytes, ndocs), (cN, nbN, ndN) = one, many
     ceilings = {}
     for label, corpus, nb, nd in (("1x", c1, nbytes, ndocs), (f"{args.scale}x", cN, nbN, ndN)):
         texts = load_texts(corpus)
@@ -196,10 +179,34 @@ def main() -> None:
     print_rows(times, nbN, ndN, ceilings[f"{args.scale}x"])
     ray.shutdown()
 
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=100.0, help="corpus size (MB of text) for throughput and 1x memory")
+    ap.add_argument("--scale", type=int, default=4, help="the larger corpus for the memory check, as a multiple")
+    ap.add_argument("--out", default=str(ROOT / "bench-out"))
+    ap.add_argument("--repeat", type=int, default=2, help="timings are the best of this many runs")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    cores = os.cpu_count()
+    c1 = out / f"corpus-{args.mb:g}mb"
+    t = time.perf_counter()
+    nbytes, ndocs = build_corpus(c1, args.mb)
+    print(f"corpus: {nbytes / 1e6:.1f} MB, {ndocs:,} docs in {N_FILES} jsonl.gz files ({time.perf_counter() - t:.0f}s to build); {cores} cores")
+
+    cN = out / f"corpus-{args.mb * args.scale:g}mb"
+    nbN, ndN = build_corpus(cN, args.mb * args.scale, seed=1)
+    print(f"corpus {args.scale}x: {nbN / 1e6:.1f} MB, {ndN:,} docs")
+
+    if not args.skip_throughput:
+        throughput(args, out, (c1, nbytes, ndocs), (cN, nbN, ndN))
     if not args.skip_memory:
         p1, w1 = peak_memory(c1, out / "runs", "mem1")
         pN, wN = peak_memory(cN, out / "runs", f"mem{args.scale}")
-        print(f"peak memory (PSS of the process tree, full run incl. Ray start):")
+        print("peak memory (PSS of the process tree, full run incl. Ray start):")
         print(f"    1x  {nbytes / 1e6:7.1f} MB corpus: {p1 / 2**30:.2f} GiB  ({w1:.0f}s)")
         print(f"    {args.scale}x  {nbN / 1e6:7.1f} MB corpus: {pN / 2**30:.2f} GiB  ({wN:.0f}s)")
         print(f"    ratio {args.scale}x / 1x: {pN / p1:.2f}")

@@ -283,19 +283,26 @@ def _attach(pairs: pa.Table, nodes: pa.Table, side: str, out: str) -> pa.Table:
     return pairs.join(look, keys=side, right_keys="uid", join_type="inner")
 
 
-def _s3_attach_a(plan: Plan, nodes: pa.Table, *pieces: pa.Table):
+def _nodes(refs: list) -> pa.Table:
+    """The node rows of one partition: pieces from every S1 task, fetched inside the task (the
+    refs come in a list so Ray does not resolve them), so no concatenated copy lives in the store."""
+    tables = ray.get(refs)
+    return pa.concat_tables([t for t in tables if t.num_rows] or tables[:1])
+
+
+def _s3_attach_a(plan: Plan, node_refs: list, *pieces: pa.Table):
     pairs = _concat(pieces, PAIR)
     if plan.near:
-        pairs = _attach(pairs, nodes, "a", "sig_a")
+        pairs = _attach(pairs, _nodes(node_refs), "a", "sig_a")
     return _out(split_by(pairs, "b", plan.parts))
 
 
-def _s4_confirm(plan: Plan, nodes: pa.Table, *pieces: pa.Table):
+def _s4_confirm(plan: Plan, node_refs: list, *pieces: pa.Table):
     pairs = pa.concat_tables([p for p in pieces if p.num_rows]) if any(p.num_rows for p in pieces) else None
     if pairs is None:
         edges = EDGE.empty_table()
     elif plan.near:
-        pairs = _attach(pairs, nodes, "b", "sig_b").combine_chunks()
+        pairs = _attach(pairs, _nodes(node_refs), "b", "sig_b").combine_chunks()
         n = pairs.num_rows
         width = pairs.schema.field("sig_a").type.byte_width // 4
         sa = np.frombuffer(pairs["sig_a"].chunk(0).buffers()[1], np.uint32, n * width).reshape(n, width) if n else np.zeros((0, width), np.uint32)
@@ -352,7 +359,7 @@ def _s5_step(plan: Plan, large: bool, *pieces: pa.Table):
 
 
 # S6: labels -------------------------------------------------------------------
-def _s6_join(plan: Plan, nodes: pa.Table, *pieces: pa.Table):
+def _s6_join(plan: Plan, node_refs: list, *pieces: pa.Table):
     """Rows (u -> root) of a converged star: every non-root u has exactly its root as neighbour
     with root < u. Roots label themselves. Attach id and hash of each member."""
     rows = _concat(pieces, EDGE)
@@ -360,7 +367,9 @@ def _s6_join(plan: Plan, nodes: pa.Table, *pieces: pa.Table):
     member = np.r_[u[v < u], np.unique(u[v > u])]  # members, and roots (a root only has larger neighbours)
     root = np.r_[v[v < u], np.unique(u[v > u])]
     lab = pa.table({"uid": member, "root": root}).group_by(["uid"]).aggregate([("root", "min")]).rename_columns(["uid", "root"])
-    lab = lab.join(nodes.select(["uid", "id", "hash"]), keys="uid", join_type="inner")
+    if lab.num_rows == 0:
+        return _out([LABEL.empty_table()] * plan.parts)
+    lab = lab.join(_nodes(node_refs).select(["uid", "id", "hash"]), keys="uid", join_type="inner")
     return _out(split_by(lab.select(["root", "uid", "id", "hash"]).cast(LABEL), "root", plan.parts))
 
 
@@ -385,11 +394,6 @@ def _s6_choose(plan: Plan, *pieces: pa.Table) -> pa.Table:
 def _s4_symmetric(plan: Plan, *pieces: pa.Table):
     both = [pa.concat_tables([x, x.rename_columns(["v", "u"]).select(["u", "v"])]) for x in pieces if x.num_rows]
     return _out(split_by(_concat(both, EDGE), "u", plan.parts))
-
-
-@ray.remote
-def _concat_nodes(*pieces: pa.Table) -> pa.Table:
-    return pa.concat_tables(pieces).combine_chunks()
 
 
 @ray.remote
@@ -441,7 +445,7 @@ def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> Dedu
     s1 = [_as_list(_remote(_s1_map, 2 * P).remote(g, plan), 2 * P) for g in groups if g]
     band_parts = [[m[p] for m in s1] for p in range(P)]
     node_parts = [[m[P + p] for m in s1] for p in range(P)]
-    nodes = [_concat_nodes.remote(*node_parts[p]) for p in range(P)]
+    nodes = node_parts  # per partition: a list of refs, fetched by the tasks that need them
     tick("lsh buckets")
     s2 = [_as_list(_remote(_s2_reduce, P).remote(plan, *band_parts[p]), P) for p in range(P)]
     cand = ray.get([_count_rows.remote(*[s2[q][p] for q in range(P)]) for p in range(P)])

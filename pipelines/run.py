@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import ray
 
 from cluster.config import RunConfig
-from pipelines.dedup import REMOVED, run_dedup
-from pipelines.process import SPLIT_VAL, DocProcessor
+from pipelines.dedup import run_dedup
+from pipelines.process import DocProcessor
 from pipelines.shards import ShardWriter, exists, makedirs, read_manifest, rm_tree, token_dtype, write_manifest
 from pipelines.sources import TextFiles, list_files
 from pipelines.tokenize import TokenizerSpec, describe, load_encoding, spec_from_config, train_bpe
@@ -64,10 +64,14 @@ def process_documents(cfg: RunConfig, files, staging: str, tok: Optional[Tokeniz
 
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = True
+    workers = cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     # a block is one read task's rows, so one contiguous uid range of one file: the staging files
     # then concatenate in input order whatever the batching (see DocProcessor)
     ctx.target_max_block_size = cfg.data.execution.batch_bytes
-    workers = cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # bounded read-ahead: without a cap Ray Data queues blocks up to half the object store, so
+    # memory would grow with the corpus; a few blocks per actor keep every worker busy
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=max(256 << 20, 8 * cfg.data.execution.batch_bytes * workers))
     # the actors do the CPU work (one per CPU); reading is mostly I/O and decompression, so read
     # tasks get a token CPU share instead of starving the pool (measured: 2x faster than 0.25/0.75)
     ds = rd.read_datasource(TextFiles(files, cfg.data.execution, cfg.data.reject), override_num_blocks=len(files), num_cpus=0.01)

@@ -11,7 +11,6 @@ from typing import Iterable, Optional
 
 import fsspec
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 
 from cluster.config import TokenizerConfig
 

@@ -1,7 +1,6 @@
 """Near-duplicate detection against brute-force Jaccard on a corpus with injected duplicates."""
 import itertools
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 

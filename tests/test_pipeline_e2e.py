@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import zstandard
@@ -20,7 +19,7 @@ from pipelines.process import split_of
 from pipelines.run import run_data
 from pipelines.shards import iter_documents, read_manifest
 from pipelines.tokenize import TokenizerSpec, load_encoding
-from tests.conftest import ROOT, SAMPLE, sample_docs, write_jsonl
+from tests.conftest import ROOT, sample_docs, write_jsonl
 
 pytestmark = pytest.mark.slow
 RECIPE = ROOT / "cluster" / "recipes" / "local.yaml"
@@ -167,3 +166,21 @@ def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
     man2 = run_data(cfg2)
     assert man2["splits"]["train"]["tokens"] == man["splits"]["train"]["tokens"]
     assert man2["tokenizer"]["sha256"] == man["tokenizer"]["sha256"]
+
+
+def test_cli_data_end_to_end_with_fsspec_url(ray_session, tmp_path):
+    """`raylm data` as a user runs it (connected to the session's Ray), input given as a file:// URL."""
+    import ray
+
+    src = tmp_path / "in"
+    write_jsonl(src / "a.jsonl", sample_docs()[:4])
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "cluster", "data", str(RECIPE), "--set", f"storage_path={tmp_path}", "--set", "name=cli",
+            "--set", f"data.inputs=[{{path: 'file://{src}/*.jsonl'}}]"]
+    out = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "kept" in out.stdout and "MB/s" in out.stdout
+    man = read_manifest(f"{tmp_path}/cli/data")
+    assert man["stats"]["docs_in"] == 4 and man["stats"]["docs_kept"] == 4
+    again = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
