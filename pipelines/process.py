@@ -19,6 +19,7 @@ from pipelines.dedup import signatures_from_words, text_hash, words_of
 from pipelines.tokenize import TokenizerSpec
 
 SPLIT_TRAIN, SPLIT_VAL = 0, 1
+_CHUNK = 256  # documents processed together inside a block
 
 
 def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
@@ -53,68 +54,71 @@ class DocProcessor:
         self.enc = tokenizer.load() if tokenizer is not None else None
         self.schema = staging_schema(cfg, tokenized=self.enc is not None)
 
+    def _clean(self, text: Optional[str], reject: Optional[str]) -> tuple[str, Optional[str], Optional[list[str]]]:
+        """(status, cleaned text, words) of one document."""
+        if reject is not None:
+            return f"reject:{reject}", None, None
+        cfg = self.cfg.clean
+        if cfg.enabled:
+            text = normalize(text, cfg.normalize)
+            if not text:
+                return "reject:empty", None, None
+        words = words_of(text)
+        why = quality_filter(text, cfg, words) if cfg.enabled else None
+        return ("kept", text, words) if why is None else (f"filter:{why}", None, None)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         cfg = self.cfg
         timings = {"clean": 0.0, "minhash": 0.0, "tokenize": 0.0, "write": 0.0}
-        t0 = time.perf_counter()
-        d = batch.to_pydict()
         n = batch.num_rows
+        raw, rejects, ids = batch["text"].to_pylist(), batch["reject"].to_pylist(), batch["id"].to_pylist()
         status: list[str] = []
-        kept_idx: list[int] = []
-        kept_text: list[str] = []
-        kept_words: list[list[str]] = []
-        for i in range(n):
-            if d["reject"][i] is not None:
-                status.append(f"reject:{d['reject'][i]}")
-                continue
-            text = d["text"][i]
-            why = None
-            if cfg.clean.enabled:
-                text = normalize(text, cfg.clean.normalize)
-                if not text:
-                    status.append("reject:empty")
-                    continue
-            words = words_of(text)
-            if cfg.clean.enabled:
-                why = quality_filter(text, cfg.clean, words)
-            if why is not None:
-                status.append(f"filter:{why}")
-                continue
-            status.append("kept")
-            kept_idx.append(i)
-            kept_text.append(text)
-            kept_words.append(words)
-        where = np.asarray(kept_idx, dtype=np.int64)
         hashes = np.zeros(n, dtype=np.uint64)
-        hashes[where] = [text_hash(t) for t in kept_text]
         split = np.zeros(n, dtype=np.int8)
-        split[where] = [split_of(d["id"][i], cfg.output.seed, cfg.output.val_fraction) for i in kept_idx]
-        t1 = time.perf_counter()
-        timings["clean"] = t1 - t0
+        mh = cfg.dedup.minhash
+        sig = np.zeros((n, mh.num_perm), dtype=np.uint32) if mh.enabled else None
+        kept_idx: list[int] = []
+        kept_out: list = []  # token arrays, or cleaned texts when the tokenizer is trained later
+        # chunks of documents: word lists and token lists live for one chunk, not the whole block
+        for lo in range(0, n, _CHUNK):
+            t0 = time.perf_counter()
+            idx, texts, words = [], [], []
+            for i in range(lo, min(lo + _CHUNK, n)):
+                st, text, w = self._clean(raw[i], rejects[i])
+                status.append(st)
+                if text is not None:
+                    idx.append(i); texts.append(text); words.append(w)
+                    hashes[i] = text_hash(text)
+                    split[i] = split_of(ids[i], cfg.output.seed, cfg.output.val_fraction)
+            t1 = time.perf_counter()
+            if sig is not None and idx:
+                sig[idx] = signatures_from_words(words, mh)
+            del words
+            t2 = time.perf_counter()
+            if self.enc is not None:
+                eot = np.array([self.enc.eot_token], dtype=np.uint32)
+                kept_out += [np.concatenate([eot, np.asarray(t, dtype=np.uint32)])
+                             for t in self.enc.encode_ordinary_batch(texts, num_threads=1)]
+            else:
+                kept_out += texts
+            kept_idx += idx
+            t3 = time.perf_counter()
+            timings["clean"] += t1 - t0; timings["minhash"] += t2 - t1; timings["tokenize"] += t3 - t2
+        t3 = time.perf_counter()
+        where = np.asarray(kept_idx, dtype=np.int64)
         cols = {"uid": batch["uid"], "id": batch["id"], "src": batch["src"], "status": pa.array(status, pa.string()),
                 "nbytes": batch["nbytes"], "hash": pa.array(hashes), "split": pa.array(split)}
-        if cfg.dedup.minhash.enabled:
-            mh = cfg.dedup.minhash
-            sig = np.zeros((n, mh.num_perm), dtype=np.uint32)
-            if kept_words:
-                sig[where] = signatures_from_words(kept_words, mh)
+        if sig is not None:
             cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * mh.num_perm), n, [None, pa.py_buffer(sig.tobytes())])
-        del kept_words
-        t2 = time.perf_counter()
-        timings["minhash"] = t2 - t1
         if self.enc is not None:
-            eot = np.array([self.enc.eot_token], dtype=np.uint32)
-            toks = self.enc.encode_ordinary_batch(kept_text, num_threads=1)
-            parts = [np.concatenate([eot, np.asarray(t, dtype=np.uint32)]) for t in toks]
-            cols["tokens"] = _binary_column(parts, n, where, 4)
+            cols["tokens"] = _binary_column(kept_out, n, where, 4)
         else:
             texts = [None] * n
             for k, i in enumerate(kept_idx):
-                texts[i] = kept_text[k]
+                texts[i] = kept_out[k]
             cols["text"] = pa.array(texts, pa.large_string())
-        t3 = time.perf_counter()
-        timings["tokenize"] = t3 - t2
-        first, last = int(d["uid"][0]), int(d["uid"][-1])
+        uids = batch["uid"]
+        first, last = int(uids[0].as_py()), int(uids[-1].as_py())
         if last - first + 1 < n or first >> 32 != last >> 32:  # a block must be one contiguous run of one file
             raise RuntimeError(f"block is not one contiguous input range: uids {first}..{last} for {n} rows")
         path = f"{self.staging_dir}/{first:020d}.parquet"
