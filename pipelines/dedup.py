@@ -444,8 +444,8 @@ def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> Dedu
     groups = [staging_files[i::n_groups] for i in range(n_groups)]
     s1 = [_as_list(_remote(_s1_map, 2 * P).remote(g, plan), 2 * P) for g in groups if g]
     band_parts = [[m[p] for m in s1] for p in range(P)]
-    node_parts = [[m[P + p] for m in s1] for p in range(P)]
-    nodes = node_parts  # per partition: a list of refs, fetched by the tasks that need them
+    # node rows stay as per-partition lists of refs, fetched inside the tasks that need them
+    nodes = [[m[P + p] for m in s1] for p in range(P)]
     tick("lsh buckets")
     s2 = [_as_list(_remote(_s2_reduce, P).remote(plan, *band_parts[p]), P) for p in range(P)]
     cand = ray.get([_count_rows.remote(*[s2[q][p] for q in range(P)]) for p in range(P)])
@@ -456,7 +456,7 @@ def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> Dedu
     n_edges = sum(ray.get([_count_rows.remote(*confirmed_edges[p]) for p in range(P)]))
 
     # undirected input to the first round: each edge from both ends
-    sym = [_as_list(_remote(_s4_symmetric, P).remote(plan, *[s4[q][p] for q in range(P)]), P) for p in range(P)]
+    sym = [_as_list(_remote(_s4_symmetric, P).remote(plan, *confirmed_edges[p]), P) for p in range(P)]
     current = [[sym[q][p] for q in range(P)] for p in range(P)]
     tick("connected components")
     current, rounds = connected_components(current, plan, lambda fn, *a: _as_list(_remote(fn, P + 1).remote(*a), P + 1), ray.get)

@@ -36,7 +36,7 @@ def split_of(doc_id: str, seed: int, val_fraction: float) -> int:
     return SPLIT_VAL if xxhash.xxh64_intdigest(doc_id.encode("utf-8"), seed=seed) < val_fraction * 2.0**64 else SPLIT_TRAIN
 
 
-def _binary_column(parts: list[np.ndarray], n_rows: int, where: np.ndarray, itemsize: int) -> pa.Array:
+def binary_column(parts: list[np.ndarray], n_rows: int, where: np.ndarray, itemsize: int) -> pa.Array:
     """One large_binary value per row: the bytes of parts[k] at row where[k], empty elsewhere."""
     lengths = np.zeros(n_rows, dtype=np.int64)
     lengths[where] = [len(p) * itemsize for p in parts]
@@ -111,7 +111,7 @@ class DocProcessor:
         if sig is not None:
             cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * mh.num_perm), n, [None, pa.py_buffer(sig.tobytes())])
         if self.enc is not None:
-            cols["tokens"] = _binary_column(kept_out, n, where, 4)
+            cols["tokens"] = binary_column(kept_out, n, where, 4)
         else:
             texts = [None] * n
             for k, i in enumerate(kept_idx):

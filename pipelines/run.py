@@ -11,6 +11,8 @@ is a pure function of the input and recipe, the result is byte-identical to an u
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import shutil
 import time
@@ -21,13 +23,15 @@ from typing import Callable, Iterator, Optional
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
+from tqdm import tqdm
 
 from cluster.config import RunConfig
 from pipelines.dedup import run_dedup
-from pipelines.process import DocProcessor
+from pipelines.process import DocProcessor, binary_column
 from pipelines.shards import ShardWriter, exists, makedirs, read_manifest, rm_tree, token_dtype, write_manifest
 from pipelines.sources import TextFiles, list_files
 from pipelines.tokenize import TokenizerSpec, describe, load_encoding, spec_from_config, train_bpe
@@ -42,20 +46,19 @@ class Report:
     stage_seconds: Counter = field(default_factory=Counter)  # CPU seconds inside the actors, by step
     dedup: dict = field(default_factory=dict)
 
-    def timed(self, name: str):
-        report = self
-
-        class _T:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                report.seconds[name] = round(time.perf_counter() - self.t, 3)
-        return _T()
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t, 3)
 
 
 def _say(msg: str) -> None:
     print(f"[raylm data] {msg}", flush=True)
+
+
+def _workers(cfg: RunConfig) -> int:
+    return cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def process_documents(cfg: RunConfig, files, staging: str, tok: Optional[TokenizerSpec], report: Report) -> list[dict]:
@@ -64,7 +67,7 @@ def process_documents(cfg: RunConfig, files, staging: str, tok: Optional[Tokeniz
 
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = True
-    workers = cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = _workers(cfg)
     # a block is one read task's rows, so one contiguous uid range of one file: the staging files
     # then concatenate in input order whatever the batching (see DocProcessor)
     ctx.target_max_block_size = cfg.data.execution.batch_bytes
@@ -107,23 +110,22 @@ def _final_mask(t: pa.Table, dups: dict) -> np.ndarray:
     return kept
 
 
-def kept_texts(staging_files: list[str], dups: Optional[pads.Dataset], summaries: list[dict], limit: Optional[int]) -> Iterator[str]:
+def final_texts(path: str, first: int, last: int, dups: Optional[pads.Dataset]) -> list[str]:
+    """Cleaned texts of the documents of one staging file that survive dedup, in order."""
+    t = pq.read_table(path, columns=["uid", "status", "text"])
+    return t["text"].filter(pa.array(_final_mask(t, _dups_in(dups, first, last)))).to_pylist()
+
+
+def kept_texts(summaries: list[dict], dups: Optional[pads.Dataset], limit: Optional[int]) -> Iterator[str]:
     """Texts of the final kept documents, in order (for tokenizer training)."""
-    n = 0
-    for s in summaries:
-        t = pq.read_table(s["path"], columns=["uid", "status", "text"])
-        mask = _final_mask(t, _dups_in(dups, s["first_uid"], s["last_uid"]))
-        for text in t["text"].filter(pa.array(mask)).to_pylist():
-            if limit is not None and n >= limit:
-                return
-            n += 1
-            yield text
+    texts = (x for s in summaries for x in final_texts(s["path"], s["first_uid"], s["last_uid"], dups))
+    return itertools.islice(texts, limit)
 
 
 @ray.remote(num_cpus=1)
 def _train_tokenizer_task(summaries: list[dict], dups_dir: Optional[str], vocab_size: int, limit: Optional[int], out: str) -> TokenizerSpec:
     dups = pads.dataset(dups_dir, format="parquet") if dups_dir else None
-    return train_bpe(kept_texts([s["path"] for s in summaries], dups, summaries, limit), vocab_size, out)
+    return train_bpe(kept_texts(summaries, dups, limit), vocab_size, out)
 
 
 class TokenizeFile:
@@ -134,15 +136,11 @@ class TokenizeFile:
         self.dups = pads.dataset(dups_dir, format="parquet") if dups_dir else None
 
     def __call__(self, batch: dict) -> dict:
-        from pipelines.process import _binary_column
-
         for path, first, last in zip(batch["path"], batch["first_uid"], batch["last_uid"]):
-            t = pq.read_table(path, columns=["uid", "status", "text"])
-            mask = _final_mask(t, _dups_in(self.dups, int(first), int(last)))
-            texts = t["text"].filter(pa.array(mask)).to_pylist()
+            texts = final_texts(path, int(first), int(last), self.dups)
             eot = np.array([self.enc.eot_token], dtype=np.uint32)
             parts = [np.concatenate([eot, np.asarray(x, dtype=np.uint32)]) for x in self.enc.encode_ordinary_batch(texts, num_threads=1)]
-            col = _binary_column(parts, len(parts), np.arange(len(parts)), 4)
+            col = binary_column(parts, len(parts), np.arange(len(parts)), 4)
             pq.write_table(pa.table({"tokens": col}), path + ".tokens.tmp", compression="none")
             fs, _ = fsspec.core.url_to_fs(path)
             fs.mv(path + ".tokens.tmp", path + ".tokens")
@@ -168,16 +166,11 @@ def write_outputs(cfg: RunConfig, root: str, summaries: list[dict], dups: Option
     docs_in = bytes_in = 0
     fs, _ = fsspec.core.url_to_fs(root)
     with fs.open(f"{root}/removed.parquet.tmp", "wb") as fh, pq.ParquetWriter(fh, REMOVED_SCHEMA) as removed_w:
-        try:
-            from tqdm import tqdm
-            it = tqdm(summaries, desc="shards", unit="file", disable=None)
-        except ImportError:
-            it = summaries
-        for s in it:
+        for s in tqdm(summaries, desc="shards", unit="file", disable=None):
             cols = ["uid", "id", "src", "status", "nbytes", "split"] + ([] if trained else ["tokens"])
             t = pq.read_table(s["path"], columns=cols)
             docs_in += t.num_rows
-            bytes_in += int(pa.compute.sum(t["nbytes"]).as_py() or 0)
+            bytes_in += int(pc.sum(t["nbytes"]).as_py() or 0)
             d = _dups_in(dups, s["first_uid"], s["last_uid"])
             mask = _final_mask(t, d)
             # removed rows: filters/rejects from staging, duplicates from dedup
@@ -194,13 +187,9 @@ def write_outputs(cfg: RunConfig, root: str, summaries: list[dict], dups: Option
             tok_col = pq.read_table(s["path"] + ".tokens")["tokens"] if trained else t["tokens"].filter(pa.array(mask))
             flat, lengths = _token_arrays(tok_col)
             split = t["split"].to_numpy()[mask]
-            starts = np.concatenate([[0], np.cumsum(lengths)])
             for sp, w in writers.items():
-                sel = np.flatnonzero(split == sp)
-                if len(sel) == len(split):
-                    w.add(flat, lengths)
-                elif len(sel):
-                    w.add(np.concatenate([flat[starts[i]:starts[i + 1]] for i in sel]), lengths[sel])
+                docs = split == sp
+                w.add(flat if docs.all() else flat[np.repeat(docs, lengths)], lengths[docs])
     fs.mv(f"{root}/removed.parquet.tmp", f"{root}/removed.parquet")
     splits = {"train": writers[0].close(), "val": writers[1].close()}
     return splits, removed_counts, docs_in, bytes_in
@@ -249,10 +238,9 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
                                                        tcfg.train.max_docs, f"{root}/tokenizer.tiktoken"))
         with report.timed("tokenize"):
             import ray.data as rd
-            workers = cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
             rd.from_items([{k: s[k] for k in ("path", "first_uid", "last_uid")} for s in summaries]).map_batches(
                 TokenizeFile, fn_constructor_args=(tok, dups_dir if dups else None), batch_size=1,
-                compute=rd.ActorPoolStrategy(size=workers)).materialize()
+                compute=rd.ActorPoolStrategy(size=_workers(cfg))).materialize()
     elif tok.path is not None:  # keep the run self-contained: the tokenizer travels with the shards
         fs, _ = fsspec.core.url_to_fs(root)
         with fsspec.open(tok.path, "rb") as src, fs.open(f"{root}/tokenizer.tiktoken", "wb") as dst:

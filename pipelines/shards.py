@@ -135,7 +135,7 @@ def iter_documents(root: str, split: str) -> Iterator[np.ndarray]:
     """Every document of a split, in order, as its token array (EOT first). mmap'd when local."""
     man = read_manifest(root)
     fs, _ = fsspec.core.url_to_fs(root)
-    local = fs.protocol in ("file", "local") or "file" in (fs.protocol or ())
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     for shard in man["splits"][split]["shards"]:
         path = f"{root}/{shard['path']}"
         if local:

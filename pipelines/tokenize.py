@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -33,6 +34,11 @@ class TokenizerSpec:
         return load_encoding(self)
 
 
+def _meta_path(ranks_path: str) -> str:
+    """`x.tiktoken` -> `x.json`: the pattern and special tokens that a ranks file cannot hold."""
+    return ranks_path.rsplit(".", 1)[0] + ".json"
+
+
 def _ranks_sha256(path: str) -> str:
     with fsspec.open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -56,7 +62,7 @@ def load_encoding(spec: TokenizerSpec) -> tiktoken.Encoding:
         except Exception as e:  # noqa: BLE001 - most often: the ranks would have to be downloaded
             raise TokenizerError(f"encoding {spec.name!r} is not available offline ({type(e).__name__}: {e}); "
                                  "use cl100k_base (bundled) or data.tokenizer.path") from None
-    meta_path = str(Path(spec.path).with_suffix(".json")) if "://" not in spec.path else spec.path.rsplit(".", 1)[0] + ".json"
+    meta_path = _meta_path(spec.path)
     fs, _ = fsspec.core.url_to_fs(meta_path)
     meta = json.loads(fs.cat(meta_path)) if fs.exists(meta_path) else {}
     try:
@@ -99,11 +105,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str) -> Tokenizer
     tok.train_from_iterator(iter(texts), vocab_size - len(specials), pattern=CL100K_PATTERN)
     ranks = {bytes(k): v for k, v in tok.get_mergeable_ranks()}
     lines = [f"{base64.b64encode(k).decode()} {v}\n" for k, v in sorted(ranks.items(), key=lambda kv: kv[1])]
-    fs, _ = fsspec.core.url_to_fs(out_path)
-    fs.makedirs(str(Path(out_path).parent), exist_ok=True) if "://" not in out_path else None
+    fs, path = fsspec.core.url_to_fs(out_path)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
     with fsspec.open(out_path, "w") as f:
         f.writelines(lines)
     meta = {"name": "rustbpe", "pattern": tok.get_pattern(), "special_tokens": {s: len(ranks) + i for i, s in enumerate(specials)}}
-    with fsspec.open(out_path.rsplit(".", 1)[0] + ".json", "w") as f:
+    with fsspec.open(_meta_path(out_path), "w") as f:
         json.dump(meta, f, indent=1)
     return TokenizerSpec(name="rustbpe", path=out_path)
