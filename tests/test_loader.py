@@ -1,0 +1,72 @@
+"""The shard loader: a real manifest and real .npy shards written by the pipeline's ShardWriter."""
+import numpy as np
+import pytest
+
+from pipelines.shards import ShardWriter, write_manifest
+from training.data import ShardWindows, TrainLoader, permute, val_windows
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    rng = np.random.default_rng(0)
+    w = ShardWriter(str(tmp_path), "train", np.dtype(np.uint16), shard_tokens=5000)
+    for _ in range(40):
+        lengths = rng.integers(50, 400, size=5)
+        w.add(rng.integers(0, 60000, size=int(lengths.sum())).astype(np.uint32), lengths)
+    splits = {"train": w.close(), "val": {"tokens": 0, "docs": 0, "shards": []}}
+    write_manifest(str(tmp_path), {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits})
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 1000, 12345])
+def test_permute_is_a_bijection(n):
+    out = permute(np.arange(n), n, key=3)
+    assert sorted(out.tolist()) == list(range(n))
+    if n > 100:
+        assert not np.array_equal(out, np.arange(n)) and not np.array_equal(out, permute(np.arange(n), n, key=4))
+
+
+def test_windows_cover_shards(data_root):
+    w = ShardWindows(data_root, "train", seq_len=64)
+    assert len(w.arrays) > 1 and w.n == sum((len(a) - 1) // 64 for a in w.arrays)
+    first = w.window(np.array([0]))[0]
+    assert np.array_equal(first, np.asarray(w.arrays[0][:65], dtype=np.int64))
+
+
+def test_ranks_are_disjoint_and_deterministic(data_root):
+    w = ShardWindows(data_root, "train", seq_len=64)
+    world, B = 3, 4
+    loaders = [TrainLoader(w, B, r, world, seed=7) for r in range(world)]
+    seen = []
+    for step in range(loaders[0].steps_per_epoch):
+        for ld in loaders:
+            seen.extend(ld.ids_at(0, step).tolist())
+    assert len(seen) == len(set(seen)) == loaders[0].steps_per_epoch * world * B
+    again = TrainLoader(w, B, 1, world, seed=7)
+    assert np.array_equal(again.ids_at(2, 5), loaders[1].ids_at(2, 5))
+    assert not np.array_equal(loaders[1].ids_at(0, 0), loaders[1].ids_at(1, 0))  # a new order each epoch
+
+
+def test_resume_from_state_gives_the_same_batches(data_root):
+    w = ShardWindows(data_root, "train", seq_len=32)
+    a = TrainLoader(w, 2, 0, 2, seed=1)
+    for _ in range(a.steps_per_epoch - 2):
+        a.next()
+    state = a.state_dict()
+    rest = [a.next()[0] for _ in range(5)]  # crosses into epoch 1
+    b = TrainLoader(w, 2, 0, 2, seed=1)
+    b.load_state_dict(state)
+    assert all(bool((x == b.next()[0]).all()) for x in rest)
+    assert a.state_dict()["epoch"] == 1
+
+
+def test_inputs_and_targets_shift_by_one(data_root):
+    w = ShardWindows(data_root, "train", seq_len=16)
+    x, y = TrainLoader(w, 2, 0, 1, seed=0).next()
+    assert x.shape == y.shape == (2, 16) and bool((x[:, 1:] == y[:, :-1]).all())
+
+
+def test_val_windows_fixed(data_root):
+    w = ShardWindows(data_root, "train", seq_len=64)
+    v = val_windows(w, 10)
+    assert len(v) == 10 and np.array_equal(v, val_windows(w, 10)) and v[0] == 0 and v[-1] == w.n - 1

@@ -1,0 +1,134 @@
+"""Token windows from `raylm data` shards, for data-parallel training.
+
+The shards are memory-mapped (`np.load(mmap_mode="r")`); remote shards (s3://, gs://) are copied
+once per node into a local cache keyed by their sha256. A window is `seq_len + 1` tokens at a stride
+of `seq_len` inside one shard. Which windows a rank reads at a step is a pure function of
+(seed, epoch, step, rank, world size): window ids go through a keyed bijection of [0, N) (a Feistel
+network with cycle walking: O(1) memory, however large the corpus), and step s of rank r takes
+positions [(s * world + r) * B, ... + B) of that order, so ranks never share a window in an epoch.
+The loader's whole state is (epoch, step): it goes into checkpoints and resumes exactly.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import fsspec
+import numpy as np
+import torch
+
+from pipelines.dedup import mix64
+from pipelines.shards import read_manifest
+
+_ROUNDS = 4
+
+
+def permute(i: np.ndarray, n: int, key: int) -> np.ndarray:
+    """A keyed bijection of [0, n): balanced Feistel network on the next even number of bits,
+    cycle-walking values that land outside the range (at most ~4x work in expectation)."""
+    i = np.asarray(i, dtype=np.uint64)
+    bits = max(2, int(n - 1).bit_length())
+    bits += bits % 2
+    half = bits // 2
+    mask = np.uint64((1 << half) - 1)
+    base = np.uint64((key * 0x9E3779B97F4A7C15) % 2**64)
+    keys = [np.uint64(x) for x in mix64(np.arange(_ROUNDS, dtype=np.uint64) + base)]
+
+    def once(x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(half), x & mask
+        for k in keys:
+            left, right = right, left ^ (mix64(right ^ k) & mask)
+        return (left << np.uint64(half)) | right
+
+    out = once(i)
+    bad = out >= np.uint64(n)
+    while bad.any():
+        out[bad] = once(out[bad])
+        bad = out >= np.uint64(n)
+    return out.astype(np.int64)
+
+
+def _local_copy(url: str, sha256: str, cache_dir: str) -> str:
+    """Remote shard -> local file, once per node (atomic rename, so concurrent ranks are safe)."""
+    dst = Path(cache_dir) / f"{sha256}.npy"
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_suffix(f".{os.getpid()}.tmp")
+        with fsspec.open(url, "rb") as src, open(tmp, "wb") as f:
+            while chunk := src.read(16 << 20):
+                f.write(chunk)
+        os.replace(tmp, dst)
+    return str(dst)
+
+
+@dataclass
+class LoaderState:
+    epoch: int = 0
+    step: int = 0  # steps taken within the epoch
+
+
+class ShardWindows:
+    """All windows of one split: `window(ids)` gathers them as an int64 array (len(ids), seq_len+1)."""
+
+    def __init__(self, data_root: str, split: str, seq_len: int, cache_dir: Optional[str] = None):
+        man = read_manifest(data_root)
+        fs, _ = fsspec.core.url_to_fs(data_root)
+        local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "raylm", "shards")
+        self.seq_len = seq_len
+        self.arrays: list[np.ndarray] = []
+        counts = []
+        for sh in man["splits"][split]["shards"]:
+            url = f"{data_root}/{sh['path']}"
+            path = url if local else _local_copy(url, sh["sha256"], cache_dir)
+            arr = np.load(path, mmap_mode="r")
+            self.arrays.append(arr)
+            counts.append(max(0, (len(arr) - 1) // seq_len))
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.n = int(self.starts[-1])
+        if self.n == 0:
+            raise ValueError(f"{data_root}: split {split!r} has no window of {seq_len + 1} tokens")
+
+    def window(self, ids: np.ndarray) -> np.ndarray:
+        shard = np.searchsorted(self.starts, ids, side="right") - 1
+        out = np.empty((len(ids), self.seq_len + 1), dtype=np.int64)
+        for k, (s, i) in enumerate(zip(shard, ids)):
+            off = int(i - self.starts[s]) * self.seq_len
+            out[k] = self.arrays[s][off: off + self.seq_len + 1]
+        return out
+
+
+class TrainLoader:
+    """Micro-batches of one rank: disjoint from other ranks, deterministic, resumable."""
+
+    def __init__(self, windows: ShardWindows, micro_batch: int, rank: int, world: int, seed: int):
+        if windows.n < micro_batch * world:
+            raise ValueError(f"{windows.n} windows cannot fill one step of {world} x {micro_batch} sequences")
+        self.w, self.B, self.rank, self.world, self.seed = windows, micro_batch, rank, world, seed
+        self.steps_per_epoch = windows.n // (micro_batch * world)  # the remainder is dropped each epoch
+        self.state = LoaderState()
+
+    def ids_at(self, epoch: int, step: int) -> np.ndarray:
+        first = (step * self.world + self.rank) * self.B
+        return permute(np.arange(first, first + self.B), self.w.n, key=self.seed * 1_000_003 + epoch)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.state.step >= self.steps_per_epoch:
+            self.state = LoaderState(self.state.epoch + 1, 0)
+        arr = torch.from_numpy(self.w.window(self.ids_at(self.state.epoch, self.state.step)))
+        self.state.step += 1
+        return arr[:, :-1], arr[:, 1:]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.state.epoch, "step": self.state.step}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.state = LoaderState(int(d["epoch"]), int(d["step"]))
+
+
+def val_windows(windows: ShardWindows, count: int) -> np.ndarray:
+    """A fixed set of validation windows, evenly spread over the split (the same every evaluation)."""
+    count = min(count, windows.n)
+    return np.unique(np.linspace(0, windows.n - 1, count).round().astype(np.int64))
