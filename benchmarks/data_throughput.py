@@ -100,7 +100,7 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
     cfg = _cfg(corpus, out, "full")
     rm_tree(f"{out}/full")
     t = time.perf_counter()
-    run_data(cfg, say=lambda m: None)
+    run_data(cfg, say=lambda m: None, summary=False)
     times["+tokenize+write (full)"] = time.perf_counter() - t
     return times
 

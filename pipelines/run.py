@@ -195,7 +195,7 @@ def write_outputs(cfg: RunConfig, root: str, summaries: list[dict], dups: Option
     return splits, removed_counts, docs_in, bytes_in
 
 
-def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _say) -> dict:
+def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _say, summary: bool = True) -> dict:
     """raw text -> shards + manifest + removed.parquet + stats.json. Returns the manifest."""
     from cluster.runtime import init_ray
 
@@ -271,7 +271,8 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
     with fs.open(f"{root}/stats.json", "w") as f:
         json.dump(stats, f, indent=1)
     write_manifest(root, manifest)
-    print_summary(manifest, stats, root)
+    if summary:
+        print_summary(manifest, stats, root)
     return manifest
 
 
