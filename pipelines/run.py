@@ -234,12 +234,12 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
     if trained:
         with report.timed("tokenizer_train"):
             say(f"training a BPE tokenizer (vocab {tcfg.train.vocab_size}) with rustbpe on the kept documents")
-            tok = ray.get(_train_tokenizer_task.remote(summaries, dups_dir if dups else None, tcfg.train.vocab_size,
+            tok = ray.get(_train_tokenizer_task.remote(summaries, dups_dir if dups is not None else None, tcfg.train.vocab_size,
                                                        tcfg.train.max_docs, f"{root}/tokenizer.tiktoken"))
         with report.timed("tokenize"):
             import ray.data as rd
             rd.from_items([{k: s[k] for k in ("path", "first_uid", "last_uid")} for s in summaries]).map_batches(
-                TokenizeFile, fn_constructor_args=(tok, dups_dir if dups else None), batch_size=1,
+                TokenizeFile, fn_constructor_args=(tok, dups_dir if dups is not None else None), batch_size=1,
                 compute=rd.ActorPoolStrategy(size=_workers(cfg))).materialize()
     elif tok.path is not None:  # keep the run self-contained: the tokenizer travels with the shards
         fs, _ = fsspec.core.url_to_fs(root)

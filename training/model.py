@@ -9,22 +9,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from cluster.config import ModelConfig
+
 
 @dataclass
 class GPTConfig:
+    """The model's shape. No defaults here: they live in the recipe schema (cluster.config.ModelConfig)."""
     vocab_size: int  # padded: see padded_vocab
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 256
-    seq_len: int = 256
-    dropout: float = 0.0
-    bias: bool = False
+    n_layer: int
+    n_head: int
+    d_model: int
+    seq_len: int
+    dropout: float
+    bias: bool
+
+    @classmethod
+    def from_recipe(cls, model: "ModelConfig", n_vocab: int) -> "GPTConfig":
+        return cls(vocab_size=padded_vocab(n_vocab), **model.model_dump())
 
 
 def padded_vocab(n_vocab: int, multiple: int = 64) -> int:
