@@ -162,6 +162,7 @@ class ScheduleConfig(Strict):
     warmup_steps: int = 100
     decay: Literal["cosine", "wsd", "constant"] = "cosine"
     min_lr_ratio: float = 0.1
+    decay_fraction: float = Field(default=0.2, gt=0, le=1)  # wsd: the last fraction of steps decays linearly
 
 
 class BatchConfig(Strict):

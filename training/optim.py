@@ -1,0 +1,48 @@
+"""Optimizer and learning-rate schedule from the recipe (train.optim, train.schedule)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cluster.config import OptimConfig, ScheduleConfig
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Matrices (linear and embedding weights) decay; biases and norm gains do not (as nanoGPT).
+    Tied parameters appear once."""
+    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.betas[0])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device_type == "cuda")
+
+
+def lr_factor(step: int, cfg: ScheduleConfig, max_steps: int) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then constant,
+    cosine to min_lr_ratio at max_steps, or WSD (warmup-stable-decay: linear to min_lr_ratio over
+    the last decay_fraction of the steps)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.decay == "constant":
+        return 1.0
+    lo = cfg.min_lr_ratio
+    if cfg.decay == "cosine":
+        span = max(1, max_steps - cfg.warmup_steps)
+        t = min(1.0, (step - cfg.warmup_steps) / span)
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t))
+    decay_start = max(cfg.warmup_steps, int(max_steps * (1 - cfg.decay_fraction)))
+    if step < decay_start:
+        return 1.0
+    t = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+    return 1 - (1 - lo) * t
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, max_steps))
