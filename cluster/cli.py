@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="raw text -> deduplicated token shards")
     _recipe_args(p)
     p.add_argument("--force", action="store_true", help="rebuild even if the run's data is complete")
+    p = sub.add_parser("train", help="shards -> checkpoints on Ray Train (resumes if the run exists)")
+    _recipe_args(p)
     p = sub.add_parser("run", help="the main job (today: the data stage; training follows with the train stage)")
     _recipe_args(p)
     p.add_argument("--force", action="store_true", help="rebuild the data even if complete")
@@ -39,6 +41,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "validate":
         print(dump_config(cfg), end="")
         return 0
+    if args.command == "train":
+        from training.trainer import run_train
+
+        try:
+            result = run_train(cfg)
+        except FileNotFoundError as e:  # `train` before `data`
+            print(f"raylm: {e}", file=sys.stderr)
+            return 2
+        return 0 if result.error is None else 1
+
     from pipelines.sources import list_files
     from pipelines.tokenize import TokenizerError
 

@@ -59,3 +59,9 @@ def test_cli_exit_codes(tmp_path):
     missing = run("data", str(RECIPE), "--set", f"data.inputs=[{{path: {tmp_path}/nothing*.jsonl}}]")
     assert missing.returncode == 2 and "no files match" in missing.stderr
     assert run("validate", str(tmp_path / "nope.yaml")).returncode == 2
+
+
+def test_train_before_data_is_a_clear_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "cluster", "train", str(RECIPE), "--set", f"storage_path={tmp_path}"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "run `raylm data` first" in out.stderr
