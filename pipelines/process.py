@@ -16,7 +16,7 @@ import xxhash
 from cluster.config import DataConfig
 from pipelines.clean import normalize, quality_filter
 from pipelines.dedup import signatures_from_words, text_hash, words_of
-from pipelines.tokenize import TokenizerSpec
+from pipelines.tokenize import TokenizerSpec, encode_documents
 
 SPLIT_TRAIN, SPLIT_VAL = 0, 1
 _CHUNK = 256  # documents processed together inside a block
@@ -96,9 +96,7 @@ class DocProcessor:
             del words
             t2 = time.perf_counter()
             if self.enc is not None:
-                eot = np.array([self.enc.eot_token], dtype=np.uint32)
-                kept_out += [np.concatenate([eot, np.asarray(t, dtype=np.uint32)])
-                             for t in self.enc.encode_ordinary_batch(texts, num_threads=1)]
+                kept_out += encode_documents(self.enc, texts)
             else:
                 kept_out += texts
             kept_idx += idx

@@ -34,7 +34,7 @@ from pipelines.dedup import run_dedup
 from pipelines.process import DocProcessor, binary_column
 from pipelines.shards import ShardWriter, exists, makedirs, read_manifest, rm_tree, token_dtype, write_manifest
 from pipelines.sources import TextFiles, list_files
-from pipelines.tokenize import TokenizerSpec, describe, load_encoding, spec_from_config, train_bpe
+from pipelines.tokenize import TokenizerSpec, describe, encode_documents, load_encoding, spec_from_config, train_bpe
 
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string())])
 
@@ -138,8 +138,7 @@ class TokenizeFile:
     def __call__(self, batch: dict) -> dict:
         for path, first, last in zip(batch["path"], batch["first_uid"], batch["last_uid"]):
             texts = final_texts(path, int(first), int(last), self.dups)
-            eot = np.array([self.enc.eot_token], dtype=np.uint32)
-            parts = [np.concatenate([eot, np.asarray(x, dtype=np.uint32)]) for x in self.enc.encode_ordinary_batch(texts, num_threads=1)]
+            parts = encode_documents(self.enc, texts)
             col = binary_column(parts, len(parts), np.arange(len(parts)), 4)
             pq.write_table(pa.table({"tokens": col}), path + ".tokens.tmp", compression="none")
             fs, _ = fsspec.core.url_to_fs(path)

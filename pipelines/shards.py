@@ -131,11 +131,16 @@ def read_manifest(root: str) -> dict:
         return json.load(f)
 
 
+def is_local(fs) -> bool:
+    """Whether an fsspec filesystem is this machine's disk (np.load can mmap its paths)."""
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
 def iter_documents(root: str, split: str) -> Iterator[np.ndarray]:
     """Every document of a split, in order, as its token array (EOT first). mmap'd when local."""
     man = read_manifest(root)
     fs, _ = fsspec.core.url_to_fs(root)
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    local = is_local(fs)
     for shard in man["splits"][split]["shards"]:
         path = f"{root}/{shard['path']}"
         if local:
@@ -167,4 +172,4 @@ def makedirs(path: str) -> None:
     fs.makedirs(path, exist_ok=True)
 
 
-__all__ = ["ShardWriter", "write_manifest", "read_manifest", "iter_documents", "token_dtype", "rm_tree", "exists", "makedirs"]
+__all__ = ["ShardWriter", "write_manifest", "read_manifest", "iter_documents", "token_dtype", "rm_tree", "exists", "makedirs", "is_local"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import fsspec
+import numpy as np
 import tiktoken
 
 from cluster.config import TokenizerConfig
@@ -73,6 +74,13 @@ def load_encoding(spec: TokenizerSpec) -> tiktoken.Encoding:
     specials = meta.get("special_tokens") or {EOT: len(ranks)}
     return tiktoken.Encoding(name=meta.get("name", Path(spec.path).stem), pat_str=meta.get("pattern", CL100K_PATTERN),
                              mergeable_ranks=ranks, special_tokens=specials)
+
+
+def encode_documents(enc: tiktoken.Encoding, texts: list[str]) -> list[np.ndarray]:
+    """Each text as the shard format stores a document: the end-of-text token (serving as BOS),
+    then its tokens, uint32. One thread: parallelism comes from the Ray actors."""
+    eot = np.array([enc.eot_token], dtype=np.uint32)
+    return [np.concatenate([eot, np.asarray(t, dtype=np.uint32)]) for t in enc.encode_ordinary_batch(texts, num_threads=1)]
 
 
 def describe(spec: TokenizerSpec, enc: tiktoken.Encoding) -> dict:

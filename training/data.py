@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pipelines.dedup import mix64
-from pipelines.shards import read_manifest
+from pipelines.shards import is_local, read_manifest
 
 _ROUNDS = 4
 
@@ -75,7 +75,7 @@ class ShardWindows:
     def __init__(self, data_root: str, split: str, seq_len: int, cache_dir: Optional[str] = None):
         man = read_manifest(data_root)
         fs, _ = fsspec.core.url_to_fs(data_root)
-        local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        local = is_local(fs)
         cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "raylm", "shards")
         self.seq_len = seq_len
         self.arrays: list[np.ndarray] = []
