@@ -83,7 +83,6 @@ def train_loop_per_worker(config: dict) -> None:
     data_root = f"{cfg.run_dir}/data"
     man = read_manifest(data_root)
 
-    torch.manual_seed(t.seed + rank)
     random.seed(t.seed + rank)
     np.random.seed(t.seed + rank)
     torch.use_deterministic_algorithms(device.type == "cpu")  # bitwise-reproducible steps on CPU
