@@ -5,7 +5,8 @@ import argparse
 import sys
 from typing import Optional
 
-from cluster.config import ConfigError, dump_config, load_config
+from cluster.config import ConfigError, RunConfig, dump_config, load_config
+from training.sample import SampleOptions
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -24,15 +25,91 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if the run's data is complete")
     p = sub.add_parser("train", help="shards -> checkpoints on Ray Train (resumes if the run exists)")
     _recipe_args(p)
-    p = sub.add_parser("run", help="the main job (today: the data stage; training follows with the train stage)")
+    p = sub.add_parser("run", help="the main job: data, then train, then a sample")
     _recipe_args(p)
     p.add_argument("--force", action="store_true", help="rebuild the data even if complete")
+    p.add_argument("--prompt", default="ROMEO:", help="prompt of the sample printed at the end")
+    p = sub.add_parser("sample", help="generate text from a run's latest checkpoint (or a checkpoint directory)")
+    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    _sample_args(p, prompt="\n")
     return ap
+
+
+def _sample_args(p: argparse.ArgumentParser, prompt: str) -> None:
+    d = SampleOptions()
+    p.add_argument("--prompt", default=prompt, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--num-samples", type=int, default=d.num_samples)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from training.sample import load_model, sample
+
+    try:
+        model, enc, state = load_model(args.path, args.device)
+    except FileNotFoundError as e:
+        print(f"raylm: {e}", file=sys.stderr)
+        return 2
+    opts = SampleOptions(prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k or None, seed=args.seed, num_samples=args.num_samples)
+    print(f"[raylm sample] step {state['step']} of {state['config']['name']}, tokenizer {state['tokenizer']['name']}",
+          file=sys.stderr)
+    for i, text in enumerate(sample(model, enc, opts, args.device)):
+        if i:
+            print("-" * 40)
+        print(text)
+    return 0
+
+
+def _train(cfg: RunConfig) -> int:
+    from training.trainer import run_train, summarize
+
+    try:
+        result = run_train(cfg)
+    except FileNotFoundError as e:  # `train` before `data`
+        print(f"raylm: {e}", file=sys.stderr)
+        return 2
+    if result.error is not None:
+        print(f"raylm: training failed: {result.error}", file=sys.stderr)
+        return 1
+    s = summarize(cfg)
+    val = f", val loss {s['val_loss']:.4f} (ppl {s['val_ppl']:.1f}) at step {s['val_step']}" if "val_loss" in s else ""
+    mfu = f", MFU {s['mfu']:.1%}" if s.get("mfu") is not None else ""
+    print(f"raylm train: {cfg.run_dir}/train: step {s['step']}, {s['tokens']:,} tokens, train loss {s['loss']:.4f}{val}; "
+          f"{s['tokens_per_s']:,.0f} tokens/s{mfu}; loss curve train/loss.png")
+    return 0
+
+
+def _run(cfg: RunConfig, prompt: str) -> int:
+    """data is done (or skipped as complete) by the caller; then train, sample and the bar to clear."""
+    from training.data import unigram_entropy
+    from training.sample import load_model, sample
+    from training.trainer import summarize
+
+    rc = _train(cfg)
+    if rc:
+        return rc
+    model, enc, _ = load_model(cfg.run_dir)
+    print(f"--- sample (prompt {prompt!r}) ---")
+    print(sample(model, enc, SampleOptions(prompt=prompt))[0])
+    print("---")
+    s = summarize(cfg)
+    h = unigram_entropy(f"{cfg.run_dir}/data")
+    if "val_loss" in s:
+        print(f"raylm run: val loss {s['val_loss']:.3f} nats/token vs unigram entropy {h:.3f} of the train tokens "
+              f"({h - s['val_loss']:+.3f}: what the model learned beyond token frequencies)")
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.command == "sample":
+        return _sample(args)
     try:
         cfg = load_config(args.recipe, args.overrides)
     except ConfigError as e:
@@ -42,14 +119,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(dump_config(cfg), end="")
         return 0
     if args.command == "train":
-        from training.trainer import run_train
-
-        try:
-            result = run_train(cfg)
-        except FileNotFoundError as e:  # `train` before `data`
-            print(f"raylm: {e}", file=sys.stderr)
-            return 2
-        return 0 if result.error is None else 1
+        return _train(cfg)
 
     from pipelines.sources import list_files
     from pipelines.tokenize import TokenizerError
@@ -63,11 +133,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         from pipelines.run import run_data
 
         run_data(cfg, force=args.force)
+        if args.command == "run":
+            return _run(cfg, args.prompt)
     except TokenizerError as e:
         print(f"raylm: bad recipe: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("raylm: interrupted; run the same command again to redo the unfinished stage", file=sys.stderr)
+        print("raylm: interrupted; run the same command again to go on (finished stages are kept, training resumes)",
+              file=sys.stderr)
         return 1
     return 0
 

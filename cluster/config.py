@@ -198,9 +198,14 @@ class TrainConfig(Strict):
     max_steps: int = 2000
     seed: int = 0
     eval: EvalConfig = EvalConfig()
+    # ray.train.report at every eval and checkpoint step, and every `report_every` steps if set.
+    # Not every step: Ray Train consumes one report per worker per health-check poll (2 s), and a
+    # worker blocks on its next report until then (metrics.jsonl and TensorBoard get every step).
+    report_every: Optional[int] = Field(default=None, ge=1)
     checkpoint: CheckpointConfig = CheckpointConfig()
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: Literal["auto", True, False] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    compile: Literal["auto", True, False] = "auto"  # auto: on GPU
+    parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 fully_shard per block, for models too big for one GPU
     init_from: Optional[str] = None
     scaling: ScalingConfig = ScalingConfig()
     failure: FailureConfig = FailureConfig()

@@ -21,4 +21,5 @@ def init_ray(cfg: RayConfig) -> None:
     try:
         ray.init(address="auto", **kwargs)
     except (ConnectionError, RuntimeError, ValueError):
-        ray.init(include_dashboard=False, **kwargs)
+        # the dashboard (on 127.0.0.1 only) serves the State API that Ray Train's controller queries
+        ray.init(dashboard_host="127.0.0.1", **kwargs)

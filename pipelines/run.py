@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from pipelines.dedup import run_dedup
 from pipelines.process import DocProcessor, binary_column
 from pipelines.shards import ShardWriter, exists, makedirs, read_manifest, rm_tree, token_dtype, write_manifest
 from pipelines.sources import TextFiles, list_files
-from pipelines.tokenize import TokenizerSpec, describe, encode_documents, load_encoding, spec_from_config, train_bpe
+from pipelines.tokenize import TokenizerSpec, copy_tokenizer, describe, encode_documents, load_encoding, spec_from_config, train_bpe
 
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string())])
 
@@ -242,8 +241,7 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
                 compute=rd.ActorPoolStrategy(size=_workers(cfg))).materialize()
     elif tok.path is not None:  # keep the run self-contained: the tokenizer travels with the shards
         fs, _ = fsspec.core.url_to_fs(root)
-        with fsspec.open(tok.path, "rb") as src, fs.open(f"{root}/tokenizer.tiktoken", "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        copy_tokenizer(tok.path, f"{root}/tokenizer.tiktoken")
     enc = load_encoding(tok)
     dtype = token_dtype(enc.n_vocab)
 
@@ -254,7 +252,8 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
         raise AssertionError(f"conservation violated: {docs_in} in, {docs_kept} kept, {dict(removed)} removed")
     manifest = {
         "format": "raylm-shards", "version": 1,
-        "tokenizer": describe(tok, enc),
+        # a trained tokenizer is the run's own file: named relative to data/, so the manifest is the same wherever the run is
+        "tokenizer": {**describe(tok, enc), **({"path": "tokenizer.tiktoken"} if trained else {})},
         "dtype": dtype.name,
         "splits": splits,
         "stats": {"docs_in": docs_in, "docs_kept": docs_kept, "removed": dict(sorted(removed.items())), "bytes_in": bytes_in,

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import posixpath
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -74,6 +75,23 @@ def load_encoding(spec: TokenizerSpec) -> tiktoken.Encoding:
     specials = meta.get("special_tokens") or {EOT: len(ranks)}
     return tiktoken.Encoding(name=meta.get("name", Path(spec.path).stem), pat_str=meta.get("pattern", CL100K_PATTERN),
                              mergeable_ranks=ranks, special_tokens=specials)
+
+
+def copy_tokenizer(src: str, dst: str) -> None:
+    """Copy a `.tiktoken` ranks file and its `.json` sidecar, if any (fsspec URLs both)."""
+    for a, b in ((src, dst), (_meta_path(src), _meta_path(dst))):
+        fs, _ = fsspec.core.url_to_fs(a)
+        if a == src or fs.exists(a):
+            with fsspec.open(a, "rb") as fa, fsspec.open(b, "wb") as fb:
+                shutil.copyfileobj(fa, fb)
+
+
+def run_tokenizer(entry: dict, directory: str) -> TokenizerSpec:
+    """The spec of a run's tokenizer from its manifest entry: the ranks file kept in `directory`
+    (the run's data/ or a checkpoint) when there is one, else the registered encoding by name."""
+    path = f"{directory}/tokenizer.tiktoken"
+    fs, _ = fsspec.core.url_to_fs(path)
+    return TokenizerSpec(name=entry["name"], path=path) if fs.exists(path) else TokenizerSpec(name=entry["name"])
 
 
 def encode_documents(enc: tiktoken.Encoding, texts: list[str]) -> list[np.ndarray]:

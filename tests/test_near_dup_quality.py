@@ -28,7 +28,8 @@ def test_precision_recall_at_0_8(ray_session, tmp_path):
     write_jsonl(tmp_path / "in" / "docs.jsonl", docs)
     cfg = load_config(ROOT / "cluster" / "recipes" / "local.yaml",
                       [f"storage_path={tmp_path}", "name=q", f"data.inputs=[{{path: '{tmp_path}/in/*.jsonl'}}]",
-                       "data.clean.enabled=false", "data.execution.batch_bytes=200000", "data.dedup.partitions=3"])
+                       "data.clean.enabled=false", "data.execution.batch_bytes=200000", "data.dedup.partitions=3",
+                       "data.tokenizer={name: cl100k_base}"])
     ng, thr = cfg.data.dedup.minhash.ngram, cfg.data.dedup.minhash.threshold
     # brute force: exact Jaccard of every pair of shingle sets
     sets = {d["id"]: _shingles(normalize(d["text"], cfg.data.clean.normalize), ng) for d in docs}

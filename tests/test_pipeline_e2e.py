@@ -26,7 +26,8 @@ RECIPE = ROOT / "cluster" / "recipes" / "local.yaml"
 
 
 def _cfg(tmp_path, *overrides):
-    return load_config(RECIPE, [f"storage_path={tmp_path}", "name=t", *overrides])
+    # cl100k_base unless a test says otherwise (the recipe trains a BPE: tested where it matters)
+    return load_config(RECIPE, [f"storage_path={tmp_path}", "name=t", "data.tokenizer={name: cl100k_base}", *overrides])
 
 
 def _decode_split(root, split, enc):
@@ -83,7 +84,8 @@ def test_killed_run_restarts_byte_identical(ray_session, tmp_path):
     """Kill the driver mid-run (after staging is written), run again: same bytes as a clean run."""
     import ray
 
-    ref = _cfg(tmp_path, "name=ref")
+    trained = "data.tokenizer={train: {vocab_size: 4096}}"  # the recipe's: BPE training is redone byte-identically too
+    ref = _cfg(tmp_path, "name=ref", trained)
     run_data(ref)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "cluster", "data", str(RECIPE), "--set", f"storage_path={tmp_path}", "--set", "name=k"]
@@ -96,7 +98,7 @@ def test_killed_run_restarts_byte_identical(ray_session, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "k" / "data" / "manifest.json").exists()
-    run_data(_cfg(tmp_path, "name=k"))
+    run_data(_cfg(tmp_path, "name=k", trained))
     dk, dr = _tree_digest(tmp_path / "k" / "data"), _tree_digest(tmp_path / "ref" / "data")
     assert dk.keys() == dr.keys() and dk == dr
 
@@ -176,7 +178,7 @@ def test_cli_data_end_to_end_with_fsspec_url(ray_session, tmp_path):
     write_jsonl(src / "a.jsonl", sample_docs()[:4])
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "cluster", "data", str(RECIPE), "--set", f"storage_path={tmp_path}", "--set", "name=cli",
-            "--set", f"data.inputs=[{{path: 'file://{src}/*.jsonl'}}]"]
+            "--set", f"data.inputs=[{{path: 'file://{src}/*.jsonl'}}]", "--set", "data.tokenizer={name: cl100k_base}"]
     out = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "kept" in out.stdout and "MB/s" in out.stdout

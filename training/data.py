@@ -132,3 +132,14 @@ def val_windows(windows: ShardWindows, count: int) -> np.ndarray:
     """A fixed set of validation windows, evenly spread over the split (the same every evaluation)."""
     count = min(count, windows.n)
     return np.unique(np.linspace(0, windows.n - 1, count).round().astype(np.int64))
+
+
+def unigram_entropy(data_root: str, split: str = "train") -> float:
+    """Entropy (nats/token) of the split's token frequencies: the loss of the best model that ignores
+    context, the bar a trained model's val loss must clear."""
+    n_vocab = read_manifest(data_root)["tokenizer"]["n_vocab"]
+    counts = np.zeros(n_vocab, dtype=np.int64)
+    for a in ShardWindows(data_root, split, seq_len=1).arrays:
+        counts += np.bincount(np.asarray(a), minlength=n_vocab)[:n_vocab]
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())

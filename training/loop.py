@@ -1,26 +1,27 @@
-"""The training loop run by every Ray Train worker: DDP model, shard loader, AdamW with warmup and
-decay, gradient accumulation up to `batch.global_batch_tokens`, clipping, periodic evaluation,
-per-step metrics through `ray.train.report`, checkpoints that carry everything a resume needs.
+"""The training loop run by every Ray Train worker: the model (DDP or FSDP2, see parallel.py),
+shard loader, AdamW with warmup and decay, gradient accumulation up to `batch.global_batch_tokens`,
+clipping, periodic evaluation, per-step metrics through `ray.train.report` (and metrics.jsonl /
+TensorBoard on rank 0), checkpoints that carry everything an exact resume needs (checkpoint.py).
 """
 from __future__ import annotations
 
-import json
+import logging
 import math
-import os
 import random
 import tempfile
 import time
-from contextlib import nullcontext
 
-import fsspec
 import numpy as np
 import torch
 
 from cluster.config import RunConfig
 from pipelines.shards import read_manifest
+from training import checkpoint
 from training.data import ShardWindows, TrainLoader, val_windows
+from training.metrics import MetricsLog
 from training.model import GPT, GPTConfig
 from training.optim import build_optimizer, build_scheduler
+from training.parallel import autocast, grad_sync, parallelize
 
 # bf16 dense peak of the accelerators MFU is reported against (per GPU); null where unknown or CPU
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -33,6 +34,19 @@ def accumulation_steps(cfg: RunConfig, world: int) -> int:
     return max(1, round(b.global_batch_tokens / per_micro))
 
 
+def _quiet_ray_train_reports() -> None:
+    # Ray Train V2 logs each report at INFO under a logger named by its source file, outside the
+    # "ray.train" logger that RunConfig's LoggingConfig filters; the driver's output stays ours
+    for name in list(logging.root.manager.loggerDict):
+        if "ray/train/" in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def cpu_threads(t) -> int:
+    """Intra-op threads of a CPU worker: the CPUs it reserved (Ray's default OMP_NUM_THREADS may differ)."""
+    return max(1, int(t.scaling.resources_per_worker.get("CPU", 1)))
+
+
 def _peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -40,60 +54,74 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-def _rng_state() -> dict:
-    """Every RNG a worker uses, in types `torch.load(weights_only=True)` accepts."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": list(random.getstate()[1]), "python_version": random.getstate()[0],
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(s: dict) -> None:
-    random.setstate((s["python_version"], tuple(s["python"]), None))
-    name, keys, pos, has_gauss, gauss = s["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(s["torch"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, windows: ShardWindows, ids: np.ndarray, micro_batch: int, device, autocast) -> float:
+def evaluate(model: torch.nn.Module, windows: ShardWindows, ids: np.ndarray, micro_batch: int, device: torch.device,
+             amp, rank: int = 0, world: int = 1) -> float:
+    """Mean loss over the fixed validation windows `ids`, each rank taking an equal slice (the same
+    number of forward passes everywhere, as FSDP's collectives need), summed across ranks."""
+    per_rank = len(ids) // world
+    mine = ids[rank * per_rank:(rank + 1) * per_rank] if world > 1 else ids
     model.eval()
-    total, n = 0.0, 0
-    for i in range(0, len(ids), micro_batch):
-        arr = torch.from_numpy(windows.window(ids[i:i + micro_batch])).to(device)
-        with autocast:
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of losses x windows, windows
+    for i in range(0, len(mine), micro_batch):
+        arr = torch.from_numpy(windows.window(mine[i:i + micro_batch])).to(device)
+        with torch.no_grad(), amp:
             _, loss = model(arr[:, :-1], arr[:, 1:])
-        total += loss.item() * len(arr)
-        n += len(arr)
+        total += torch.stack([loss.double() * len(arr), torch.tensor(float(len(arr)), dtype=torch.float64, device=device)])
     model.train()
-    return total / max(n, 1)
+    if world > 1:
+        torch.distributed.all_reduce(total)
+    return (total[0] / total[1].clamp_min(1)).item()
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, loader: TrainLoader, accum: int, clip: float,
+               amp, device: torch.device, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `accum` micro-batches (gradient sync on the last only), clipped;
+    returns the mean loss across micro-batches and ranks, and the pre-clip gradient norm."""
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(accum):
+        x, y = (a.to(device, non_blocking=True) for a in loader.next())
+        with grad_sync(model, micro == accum - 1), amp:
+            _, loss = model(x, y)
+            (loss / accum).backward()
+        loss_sum += loss.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    loss_t = loss_sum / accum
+    if world > 1:
+        torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.AVG)
+    return loss_t, grad_norm
 
 
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch as rtt
 
+    _quiet_ray_train_reports()
     cfg = RunConfig.model_validate(config["recipe"])
     t = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = rtt.get_device()
-    data_root = f"{cfg.run_dir}/data"
+    data_root, train_dir = f"{cfg.run_dir}/data", f"{cfg.run_dir}/train"
     man = read_manifest(data_root)
 
     random.seed(t.seed + rank)
     np.random.seed(t.seed + rank)
-    torch.use_deterministic_algorithms(device.type == "cpu")  # bitwise-reproducible steps on CPU
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)  # bitwise-reproducible steps
+        torch.set_num_threads(cpu_threads(t))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     torch.manual_seed(t.seed)  # the same initial weights on every rank
-    model = GPT(GPTConfig.from_recipe(t.model, man["tokenizer"]["n_vocab"])).to(device)
+    gpt = GPT(GPTConfig.from_recipe(t.model, man["tokenizer"]["n_vocab"]))
     torch.manual_seed(t.seed + rank)  # then per-rank streams (dropout)
-    flops_per_token = model.flops_per_token()
+    flops_per_token = gpt.flops_per_token()
+    model = parallelize(gpt, t, device)
     opt = build_optimizer(model, t.optim, device.type)
     sched = build_scheduler(opt, t.schedule, t.max_steps)
     windows = ShardWindows(data_root, "train", t.model.seq_len)
@@ -105,68 +133,49 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:  # resume: weights, optimizer, schedule, loader position, every rank's RNG
         with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=True)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            loader.load_state_dict(state["loader"])
-            step = state["step"]
-            rng_path = os.path.join(d, f"rng-{rank}.pt")
-            if os.path.exists(rng_path):
-                _set_rng_state(torch.load(rng_path, weights_only=True))
+            state, rng = checkpoint.load(d, rank, device="cpu")
+        checkpoint.load_full_state(model, opt, state["model"], state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        step = state["step"]
+        if rng is not None:
+            checkpoint.set_rng_state(rng)
+    elif t.init_from:  # a new run starting from another run's weights (optimizer and schedule start fresh)
+        state, _ = checkpoint.load(checkpoint.local_dir(checkpoint.latest(t.init_from)), rank, device="cpu")
+        checkpoint.load_model_weights(model, state["model"])
 
-    model = rtt.prepare_model(model)  # DDP across workers (no-op wrapper for one worker)
-    raw = model.module if hasattr(model, "module") else model
-    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    amp = autocast(t, device)
     accum = accumulation_steps(cfg, world)
     tokens_per_step = accum * t.batch.micro_batch_size * t.model.seq_len * world
     peak = _peak_flops(device)
-    metrics_path = f"{cfg.run_dir}/train/metrics.jsonl"
-    if rank == 0:
-        fs, _ = fsspec.core.url_to_fs(metrics_path)
-        fs.makedirs(f"{cfg.run_dir}/train", exist_ok=True)
-        if fs.exists(metrics_path):  # after a resume, the steps past the checkpoint are redone: drop their rows
-            keep = [ln for ln in fs.cat(metrics_path).decode().splitlines() if ln and json.loads(ln)["step"] <= step]
-            with fsspec.open(metrics_path, "w") as f:
-                f.write("".join(ln + "\n" for ln in keep))
+    log = MetricsLog(train_dir, step) if rank == 0 else None
 
     while step < t.max_steps:
         t0 = time.perf_counter()
-        loss_sum = 0.0
-        for micro in range(accum):
-            x, y = (a.to(device, non_blocking=True) for a in loader.next())
-            sync = micro == accum - 1 or not hasattr(model, "no_sync")
-            with (nullcontext() if sync else model.no_sync()), autocast:
-                _, loss = model(x, y)
-                (loss / accum).backward()
-            loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.optim.grad_clip).item()
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        lr = opt.param_groups[0]["lr"]  # the lr this step uses
+        loss_t, grad_norm = train_step(model, opt, sched, loader, accum, t.optim.grad_clip, amp, device, world)
         step += 1
-        dt = time.perf_counter() - t0
-        loss_t = torch.tensor([loss_sum / accum], device=device)
-        if world > 1:
-            torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.AVG)
-        tps = tokens_per_step / dt
-        row = {"step": step, "tokens": step * tokens_per_step, "loss": loss_t.item(), "lr": lr, "grad_norm": grad_norm,
-               "tokens_per_s": tps, "mfu": (tps * flops_per_token / (peak * world)) if peak else None}
+        row = {"step": step, "tokens": step * tokens_per_step, "loss": loss_t.item(), "lr": lr, "grad_norm": grad_norm.item()}
+        tps = tokens_per_step / (time.perf_counter() - t0)  # after .item(): the step's work is done
+        row["time"] = time.time()
+        row.update(tokens_per_s=tps, mfu=(tps * flops_per_token / (peak * world)) if peak else None)
         if val is not None and (step % t.eval.every == 0 or step == t.max_steps):
-            vl = evaluate(model, val, val_ids, t.batch.micro_batch_size, device, autocast)
+            vl = evaluate(model, val, val_ids, t.batch.micro_batch_size, device, amp, rank, world)
             row.update(val_loss=vl, val_ppl=math.exp(min(vl, 50)))
-        if rank == 0:
-            with fsspec.open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        if log is not None:
+            log.log(row)
+        report = step % t.report_every == 0 if t.report_every else False
         if step % t.checkpoint.every == 0 or step == t.max_steps:
+            model_sd, opt_sd = checkpoint.full_state(model, opt)  # a collective: every rank
+            state = None
+            if rank == 0:
+                state = {"model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(), "loader": loader.state_dict(),
+                         "step": step, "config": cfg.model_dump(mode="json"), "tokenizer": man["tokenizer"]}
+                log.flush()
             with tempfile.TemporaryDirectory() as d:
-                torch.save(_rng_state(), os.path.join(d, f"rng-{rank}.pt"))
-                if rank == 0:
-                    torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                "loader": loader.state_dict(), "step": step, "config": cfg.model_dump(mode="json"),
-                                "tokenizer": man["tokenizer"]}, os.path.join(d, "state.pt"))
+                checkpoint.save(d, rank, state, tokenizer_dir=data_root)
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
+        elif report or "val_loss" in row:
             ray.train.report(row)
+    if log is not None:
+        log.close()

@@ -140,10 +140,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 generator: Optional[torch.Generator] = None, vocab_limit: Optional[int] = None) -> torch.Tensor:
+        """Append `max_new_tokens` sampled tokens; `vocab_limit` keeps ids below the tokenizer's
+        real vocabulary (the rows padded onto it decode to nothing)."""
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.cfg.seq_len:])
-            logits = logits[:, -1, :]
+            logits = logits[:, -1, :vocab_limit]
             if temperature <= 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)
             else:

@@ -11,7 +11,7 @@ from cluster.config import RunConfig
 
 
 def build_trainer(cfg: RunConfig):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from training.loop import train_loop_per_worker
@@ -25,15 +25,39 @@ def build_trainer(cfg: RunConfig):
                                      resources_per_worker=t.scaling.resources_per_worker),
         run_config=RayRunConfig(name=f"{cfg.name}/train", storage_path=storage,
                                 checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
-                                failure_config=FailureConfig(max_failures=t.failure.max_failures)),
+                                failure_config=FailureConfig(max_failures=t.failure.max_failures),
+                                # Ray Train's INFO lines (one per report and checkpoint) would bury the run's own output
+                                logging_config=LoggingConfig(log_level="WARNING")),
     )
 
 
 def run_train(cfg: RunConfig):
+    """Fit (or resume) the run's training, then draw its loss curve to train/loss.png."""
     from cluster.runtime import init_ray
     from pipelines.shards import exists
+    from training.metrics import plot_losses, read_metrics
 
     if not exists(f"{cfg.run_dir}/data/manifest.json"):
         raise FileNotFoundError(f"{cfg.run_dir}/data has no manifest.json: run `raylm data` first")
     init_ray(cfg.ray)
-    return build_trainer(cfg).fit()
+    result = build_trainer(cfg).fit()
+    plot_losses(read_metrics(f"{cfg.run_dir}/train/metrics.jsonl"), f"{cfg.run_dir}/train/loss.png", title=cfg.name)
+    return result
+
+
+def summarize(cfg: RunConfig) -> dict:
+    """The last step's figures, the last validation loss and the mean throughput, from metrics.jsonl."""
+    from training.metrics import read_metrics
+
+    rows = read_metrics(f"{cfg.run_dir}/train/metrics.jsonl")
+    if not rows:
+        return {}
+    ev = [r for r in rows if r.get("val_loss") is not None]
+    timed = rows[1:] or rows  # the first step carries one-off costs
+    out = {"step": rows[-1]["step"], "tokens": rows[-1]["tokens"], "loss": rows[-1]["loss"],
+           "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed)}
+    if ev:
+        out.update(val_loss=ev[-1]["val_loss"], val_ppl=ev[-1]["val_ppl"], val_step=ev[-1]["step"])
+    mfu = [r["mfu"] for r in timed if r.get("mfu") is not None]
+    out["mfu"] = sum(mfu) / len(mfu) if mfu else None
+    return out

@@ -1,0 +1,182 @@
+"""Training throughput of `raylm train` (Ray Train) against a plain PyTorch loop, side by side.
+
+    python benchmarks/train_throughput.py [--recipe cluster/recipes/local.yaml] [--steps 30]
+                                          [--layouts 1x2,2x1] [--repeat 2] [--set KEY=VALUE ...]
+
+Both run the same model, batch, optimizer, loader and step function (training.loop.train_step)
+over the recipe's shards, on the same cores; the plain loop is torch alone (one process, or one per
+rank with torch.distributed + DDP on gloo/nccl), no Ray. A layout WxC is W workers (processes) of
+C CPU threads each. Throughput is tokens over wall time between the end of step `--skip` and the
+end of the last step (per-step timestamps), so start-up, compile and the final checkpoint are left
+out of both. Prints tokens/s, MFU where there is a GPU, and the ratio Ray Train / plain.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cluster.config import RunConfig, load_config  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _plain_worker(rank: int, world: int, recipe: dict, steps: int, port: int, out: str) -> None:
+    """One rank of the plain loop: what training.loop does, minus Ray."""
+    import torch
+    import torch.distributed as dist
+
+    from training.data import ShardWindows, TrainLoader
+    from training.loop import accumulation_steps, cpu_threads, train_step
+    from training.model import GPT, GPTConfig
+    from training.optim import build_optimizer, build_scheduler
+    from training.parallel import autocast, use_compile
+    from pipelines.shards import read_manifest
+
+    cfg = RunConfig.model_validate(recipe)
+    t = cfg.train
+    device = torch.device(f"cuda:{rank}" if t.scaling.use_gpu else "cpu")
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(cpu_threads(t))
+    else:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    data_root = f"{cfg.run_dir}/data"
+    torch.manual_seed(t.seed)
+    model = GPT(GPTConfig.from_recipe(t.model, read_manifest(data_root)["tokenizer"]["n_vocab"])).to(device)
+    if use_compile(t, device):
+        model.compile()
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank] if device.type == "cuda" else None)
+    opt = build_optimizer(model, t.optim, device.type)
+    sched = build_scheduler(opt, t.schedule, t.max_steps)
+    loader = TrainLoader(ShardWindows(data_root, "train", t.model.seq_len), t.batch.micro_batch_size, rank, world, t.seed)
+    accum = accumulation_steps(cfg, world)
+    amp = autocast(t, device)
+    tokens_per_step = accum * t.batch.micro_batch_size * t.model.seq_len * world
+    rows = []
+    for step in range(1, steps + 1):
+        loss, gn = train_step(model, opt, sched, loader, accum, t.optim.grad_clip, amp, device, world)
+        rows.append({"step": step, "tokens": step * tokens_per_step, "loss": loss.item(), "grad_norm": gn.item(), "time": time.time()})
+    if rank == 0:
+        Path(out).write_text("\n".join(json.dumps(r) for r in rows))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def rate(rows: list[dict], skip: int) -> float:
+    a, b = rows[skip - 1], rows[-1]
+    return (b["tokens"] - a["tokens"]) / (b["time"] - a["time"])
+
+
+def run_plain(cfg: RunConfig, steps: int, out: Path) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    world = cfg.train.scaling.num_workers
+    mp.spawn(_plain_worker, args=(world, cfg.model_dump(mode="json"), steps, _free_port(), str(out)), nprocs=world, join=True)
+    return [json.loads(x) for x in out.read_text().splitlines()]
+
+
+def run_ray(cfg: RunConfig) -> list[dict]:
+    from training.metrics import read_metrics
+    from training.trainer import build_trainer
+
+    result = build_trainer(cfg).fit()
+    if result.error is not None:
+        raise RuntimeError(result.error)
+    return read_metrics(f"{cfg.run_dir}/train/metrics.jsonl")
+
+
+def _fresh_run(cfg: RunConfig, base: RunConfig, tag: str) -> RunConfig:
+    """A new run name (so nothing resumes) whose data/ is the base run's shards."""
+    run = cfg.model_copy(update={"name": f"{cfg.name}-{tag}-{int(time.time())}"})
+    os.makedirs(run.run_dir, exist_ok=True)
+    os.symlink(os.path.abspath(f"{base.run_dir}/data"), f"{run.run_dir}/data")
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default=str(ROOT / "cluster" / "recipes" / "local.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--repeat", type=int, default=2, help="alternated plain/Ray runs per layout (medians reported)")
+    ap.add_argument("--skip", type=int, default=5, help="steps left out at the start (warm-up, compile)")
+    ap.add_argument("--layouts", default="1x2,2x1", help="comma-separated WORKERSxCPUS (GPU runs: WORKERSx0)")
+    ap.add_argument("--out", default=str(ROOT / "bench-out" / "train"))
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    import ray
+
+    from cluster.runtime import init_ray
+    from pipelines.run import run_data
+    from training.model import GPT, GPTConfig
+    from pipelines.shards import read_manifest
+
+    base = load_config(args.recipe, [*args.overrides, f"storage_path={out}"])
+    init_ray(base.ray)
+    run_data(base, summary=False)  # once; kept between runs of the benchmark
+    n_vocab = read_manifest(f"{base.run_dir}/data")["tokenizer"]["n_vocab"]
+    fpt = GPT(GPTConfig.from_recipe(base.train.model, n_vocab)).flops_per_token()
+    print(f"\nmodel {base.train.model.model_dump()}; {fpt / 6:,.0f} FLOPs/6 per token; global batch "
+          f"{base.train.batch.global_batch_tokens:,} tokens; {args.steps} steps, timed from step {args.skip}; "
+          f"{os.cpu_count()} CPUs on this machine")
+    results = []
+    for layout in args.layouts.split(","):
+        w, c = (int(x) for x in layout.lower().split("x"))
+        res = {"CPU": c} if c else {"GPU": 1}
+        over = [f"train.scaling.num_workers={w}", f"train.scaling.resources_per_worker={json.dumps(res)}",
+                f"train.scaling.use_gpu={str(c == 0).lower()}", f"train.max_steps={args.steps}",
+                "train.eval.every=1000000000", "train.checkpoint.every=1000000000"]
+        cfg = load_config(args.recipe, [*args.overrides, f"storage_path={out}", *over])
+        plain_rates, ray_rates, same = [], [], True
+        for rep in range(args.repeat):  # alternated, so a drift of the machine's speed hits both alike
+            plain = run_plain(cfg, args.steps, out / f"plain-{layout}.jsonl")
+            rows = run_ray(_fresh_run(cfg, base, f"ray-{layout}-{rep}"))
+            plain_rates.append(rate(plain, args.skip))
+            ray_rates.append(rate(rows, args.skip))
+            same = same and [a["loss"] for a in plain] == [b["loss"] for b in rows]
+            print(f"[{layout} #{rep + 1}] plain {plain_rates[-1]:,.0f} tok/s, ray {ray_rates[-1]:,.0f} tok/s", flush=True)
+        results.append((layout, statistics.median(plain_rates), statistics.median(ray_rates), same))
+    peak = None
+    try:
+        import torch
+
+        from training.loop import _peak_flops
+
+        peak = _peak_flops(torch.device("cuda")) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001
+        pass
+    print(f"\nmedians of {args.repeat} alternated runs each")
+    print(f"{'layout':>8} {'plain tok/s':>12} {'ray tok/s':>12} {'ray/plain':>10} {'MFU (ray)':>10}  same losses")
+    for layout, rp, rr, same in results:
+        w = int(layout.split("x")[0])
+        mfu = f"{rr * fpt / (peak * w):.1%}" if peak else "n/a"
+        print(f"{layout:>8} {rp:>12,.0f} {rr:>12,.0f} {rr / rp:>10.3f} {mfu:>10}  {same}")
+    if len(results) > 1:
+        best_plain = max(r[1] for r in results)
+        for layout, rp, rr, _ in results:
+            print(f"ray {layout} / best plain layout: {rr / best_plain:.3f}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Checkpoint contents and where to find them.
+
+A checkpoint directory holds `state.pt` (full, unsharded model and optimizer state keyed by
+parameter name, scheduler, loader position, step, resolved config, tokenizer entry), one
+`rng-{rank}.pt` per rank, `meta.json` (step, for finding the latest without loading weights) and,
+for file tokenizers, `tokenizer.tiktoken` (+ `.json`) so a checkpoint copied elsewhere still
+decodes. Everything loads with `torch.load(weights_only=True)`. Full state dicts come from
+torch.distributed.checkpoint's state_dict API, which undoes DDP, FSDP2 and torch.compile wrapping,
+so a checkpoint resumes under either strategy and any world size, and loads into a bare GPT.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from typing import Any, Optional
+
+import fsspec
+import numpy as np
+import torch
+
+from pipelines.shards import is_local
+from pipelines.tokenize import copy_tokenizer
+
+STATE, META = "state.pt", "meta.json"
+
+
+def rng_state() -> dict:
+    """Every RNG a worker uses, in types `torch.load(weights_only=True)` accepts."""
+    version, keys, gauss = random.getstate()
+    name, np_keys, pos, has_gauss, np_gauss = np.random.get_state()
+    return {"python": list(keys), "python_version": version,
+            "numpy": [name, torch.from_numpy(np_keys.astype(np.int64)), pos, has_gauss, np_gauss],
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate((s["python_version"], tuple(s["python"]), None))
+    name, keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state keyed by parameter name. A collective: call on every rank."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(model, opt, options=_options())
+
+
+def load_full_state(model: torch.nn.Module, opt: torch.optim.Optimizer, model_sd: dict, opt_sd: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    set_state_dict(model, opt, model_state_dict=model_sd, optim_state_dict=opt_sd, options=_options())
+
+
+def load_model_weights(model: torch.nn.Module, model_sd: dict) -> None:
+    """Weights only (fine-tuning from another run): every rank passes the full state dict."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, model_sd, options=_options())
+
+
+def save(directory: str, rank: int, state: Optional[dict], tokenizer_dir: Optional[str] = None) -> None:
+    """Write this rank's part of a checkpoint into a local directory: its RNG states, and on rank 0
+    (`state` given) the shared state, meta.json and the tokenizer files."""
+    torch.save(rng_state(), os.path.join(directory, f"rng-{rank}.pt"))
+    if state is None:
+        return
+    torch.save(state, os.path.join(directory, STATE))
+    with open(os.path.join(directory, META), "w") as f:
+        json.dump({"step": state["step"], "tokenizer": state["tokenizer"]["name"]}, f)
+    if tokenizer_dir is not None:
+        src = f"{tokenizer_dir}/tokenizer.tiktoken"
+        fs, _ = fsspec.core.url_to_fs(src)
+        if fs.exists(src):
+            copy_tokenizer(src, os.path.join(directory, "tokenizer.tiktoken"))
+
+
+def load(directory: str, rank: int, device: torch.device | str = "cpu") -> tuple[dict[str, Any], Optional[dict]]:
+    """state.pt and this rank's RNG states (None when the checkpoint was written by fewer ranks)."""
+    state = torch.load(os.path.join(directory, STATE), map_location=device, weights_only=True)
+    rng_path = os.path.join(directory, f"rng-{rank}.pt")
+    return state, (torch.load(rng_path, weights_only=True) if os.path.exists(rng_path) else None)
+
+
+def local_dir(ckpt: str) -> str:
+    """A local directory holding the checkpoint `ckpt` (a copy under /tmp when it is remote)."""
+    fs, _ = fsspec.core.url_to_fs(ckpt)
+    if is_local(fs):
+        return ckpt.split("://", 1)[-1]
+    local = tempfile.mkdtemp(prefix="raylm-ckpt-")
+    fs.get(ckpt.rstrip("/") + "/", local, recursive=True)
+    return local
+
+
+def latest(path: str) -> str:
+    """A checkpoint directory from a run directory (its latest checkpoint, by step) or a checkpoint
+    directory itself. Raises FileNotFoundError with what was looked for."""
+    fs, _ = fsspec.core.url_to_fs(path)
+    path = path.rstrip("/")
+    if fs.exists(f"{path}/{STATE}"):
+        return path
+    metas = fs.glob(f"{path}/train/checkpoint_*/{META}") + fs.glob(f"{path}/checkpoint_*/{META}")
+    if not metas:
+        raise FileNotFoundError(f"{path}: no checkpoint (looked for {STATE} there and train/checkpoint_*/{META} below)")
+    best = max(metas, key=lambda m: json.loads(fs.cat(m))["step"]).rsplit("/", 1)[0]
+    return fs.unstrip_protocol(best) if "://" in path else best

@@ -1,0 +1,93 @@
+"""Where per-step metrics go besides `ray.train.report`: `train/metrics.jsonl` (one JSON object per
+optimizer step) and TensorBoard event files in `train/tensorboard/`, written by rank 0; and the
+loss-curve PNG drawn from metrics.jsonl at the end of a run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Optional
+
+import fsspec
+
+from pipelines.shards import is_local
+
+SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_ppl")
+
+
+def read_metrics(path: str) -> list[dict]:
+    fs, _ = fsspec.core.url_to_fs(path)
+    if not fs.exists(path):
+        return []
+    return [json.loads(ln) for ln in fs.cat(path).decode().splitlines() if ln.strip()]
+
+
+class MetricsLog:
+    """Rank 0's metrics sink. Opening it after a resume from step `step` drops the rows (and
+    TensorBoard points) of the steps past it, which are about to be redone."""
+
+    def __init__(self, train_dir: str, step: int):
+        self.path = f"{train_dir}/metrics.jsonl"
+        fs, _ = fsspec.core.url_to_fs(train_dir)
+        fs.makedirs(train_dir, exist_ok=True)
+        keep = [r for r in read_metrics(self.path) if r["step"] <= step]
+        with fsspec.open(self.path, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in keep))
+        self._f = fsspec.open(self.path, "a").open()
+        # TensorBoard writes local files; on remote storage they are uploaded at every flush()
+        self.tb_remote = None if is_local(fs) else f"{train_dir}/tensorboard"
+        tb_dir = f"{train_dir}/tensorboard" if self.tb_remote is None else tempfile.mkdtemp(prefix="raylm-tb-")
+        if self.tb_remote is not None and fs.exists(self.tb_remote):
+            fs.get(self.tb_remote, tb_dir, recursive=True)
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(tb_dir, purge_step=step + 1 if step else None, flush_secs=30)
+        self.tb_dir = tb_dir
+
+    def log(self, row: dict) -> None:
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+        for k in SCALARS:
+            if row.get(k) is not None:
+                self.tb.add_scalar(f"train/{k}" if not k.startswith("val") else f"eval/{k}", row[k], row["step"])
+
+    def flush(self) -> None:
+        self.tb.flush()
+        if self.tb_remote is not None:
+            fs, _ = fsspec.core.url_to_fs(self.tb_remote)
+            fs.put(self.tb_dir.rstrip("/") + "/", self.tb_remote, recursive=True)
+
+    def close(self) -> None:
+        self.flush()
+        self.tb.close()
+        self._f.close()
+
+
+def plot_losses(rows: list[dict], out_path: str, title: Optional[str] = None) -> Optional[str]:
+    """Train loss per step and val loss at eval steps, as a PNG at `out_path` (any fsspec URL)."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1, label="train loss")
+    ev = [r for r in rows if r.get("val_loss") is not None]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="val loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title or "loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as d:
+        local = os.path.join(d, "loss.png")
+        fig.savefig(local)
+        plt.close(fig)
+        fs, _ = fsspec.core.url_to_fs(out_path)
+        fs.put_file(local, out_path)
+    return out_path
