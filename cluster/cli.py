@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--force", action="store_true", help="rebuild the data even if complete")
     p.add_argument("--prompt", default="ROMEO:", help="prompt of the sample printed at the end")
+    p = sub.add_parser("tune", help="hyperparameter search over tune.param_space (data first if needed; trials are Ray Train runs)")
+    _recipe_args(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted campaign (finished trials are kept)")
+    p.add_argument("--force", action="store_true", help="rebuild the data even if complete")
     p = sub.add_parser("sample", help="generate text from a run's latest checkpoint (or a checkpoint directory)")
     p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     _sample_args(p, prompt="\n")
@@ -98,11 +102,25 @@ def _run(cfg: RunConfig, prompt: str) -> int:
     print(sample(model, enc, SampleOptions(prompt=prompt))[0])
     print("---")
     s = summarize(cfg)
-    h = unigram_entropy(f"{cfg.run_dir}/data")
+    h = unigram_entropy(cfg.data_dir)
     if "val_loss" in s:
         print(f"raylm run: val loss {s['val_loss']:.3f} nats/token vs unigram entropy {h:.3f} of the train tokens "
               f"({h - s['val_loss']:+.3f}: what the model learned beyond token frequencies)")
     return 0
+
+
+def _tune(cfg: RunConfig, resume: bool) -> int:
+    from tuning.campaign import run_tune
+    from tuning.results import collect, print_summary, write_results
+
+    try:
+        grid = run_tune(cfg, resume=resume)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"raylm: {e}", file=sys.stderr)
+        return 2
+    rows = collect(cfg, grid)
+    print_summary(cfg, rows, write_results(cfg, rows))
+    return 0 if any(r["status"] != "error" for r in rows) else 1
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -120,6 +138,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.command == "train":
         return _train(cfg)
+    if args.command == "tune":
+        from tuning.campaign import check
+
+        try:
+            check(cfg)  # a bad search space fails before Ray starts
+        except ConfigError as e:
+            print(f"raylm: bad recipe: {e}", file=sys.stderr)
+            return 2
 
     from pipelines.sources import list_files
     from pipelines.tokenize import TokenizerError
@@ -135,6 +161,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_data(cfg, force=args.force)
         if args.command == "run":
             return _run(cfg, args.prompt)
+        if args.command == "tune":
+            return _tune(cfg, args.resume)
     except TokenizerError as e:
         print(f"raylm: bad recipe: {e}", file=sys.stderr)
         return 2

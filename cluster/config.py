@@ -206,18 +206,34 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: Literal["auto", True, False] = "auto"  # auto: on GPU
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 fully_shard per block, for models too big for one GPU
-    init_from: Optional[str] = None
+    init_from: Optional[str] = None  # a run dir or checkpoint: start from its weights (fresh optimizer)
+    data_path: Optional[str] = None  # shards to train on (null: this run's data/, written by `raylm data`)
     scaling: ScalingConfig = ScalingConfig()
     failure: FailureConfig = FailureConfig()
+
+
+class TuneSchedulerConfig(Strict):
+    type: Literal["asha", "hyperband", "fifo"] = "asha"
+    time_attr: Literal["step", "tokens"] = "step"  # a metric the loop reports
+    grace_period: Optional[int] = None  # in time_attr units; null: the first evaluation (train.eval.every steps)
+    reduction_factor: float = Field(default=3, gt=1)
+    brackets: int = Field(default=1, ge=1)  # asha
+
+
+class TuneSearchConfig(Strict):
+    type: Literal["random", "grid", "optuna"] = "random"  # grid: only grid entries, each combination once
+    seed: int = 0
 
 
 class TuneConfig(Strict):
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    num_samples: int = 8
-    scheduler: dict[str, Any] = {"type": "asha"}
-    search: dict[str, Any] = {"type": "random"}
-    param_space: dict[str, dict[str, Any]] = {}
+    num_samples: int = Field(default=8, ge=1)  # trials (with grid entries: repeats of the whole grid)
+    max_concurrent_trials: Optional[int] = Field(default=None, ge=1)  # null: cluster CPUs (GPUs) / one trial's
+    time_budget_s: Optional[float] = Field(default=None, gt=0)  # stop starting and running trials after this
+    scheduler: TuneSchedulerConfig = TuneSchedulerConfig()
+    search: TuneSearchConfig = TuneSearchConfig()
+    param_space: dict[str, Any] = {}  # checked by tuning.space: dotted recipe key -> {loguniform|uniform|randint|choice|grid: ...}
 
 
 class RayConfig(Strict):
@@ -236,6 +252,11 @@ class RunConfig(Strict):
     @property
     def run_dir(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def data_dir(self) -> str:
+        """The shards training reads: train.data_path, else the run's own data/."""
+        return self.train.data_path or f"{self.run_dir}/data"
 
 
 # ---------------------------------------------------------------- loading

@@ -20,7 +20,8 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    # the dashboard serves the State API that Ray Train V2 uses to clean up after a controller
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
 

@@ -105,7 +105,7 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = rtt.get_device()
-    data_root, train_dir = f"{cfg.run_dir}/data", f"{cfg.run_dir}/train"
+    data_root, train_dir = cfg.data_dir, f"{cfg.run_dir}/train"
     man = read_manifest(data_root)
 
     random.seed(t.seed + rank)

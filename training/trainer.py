@@ -6,28 +6,38 @@ found at storage_path/name); a failed worker is restarted from it up to failure.
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from cluster.config import RunConfig
 
 
-def build_trainer(cfg: RunConfig):
+def _absolute(path: str) -> str:
+    # workers do not share the driver's working directory
+    return path if "://" in path else os.path.abspath(path)
+
+
+def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None):
+    """A TorchTrainer for the recipe (`callbacks`: Ray Train UserCallbacks, e.g. Tune's report callback)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from training.loop import train_loop_per_worker
 
     t = cfg.train
-    storage = cfg.storage_path if "://" in cfg.storage_path else os.path.abspath(cfg.storage_path)
+    storage = _absolute(cfg.storage_path)
+    recipe = cfg.model_copy(update={"storage_path": storage}).model_dump(mode="json")
+    if t.data_path:
+        recipe["train"]["data_path"] = _absolute(t.data_path)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"recipe": cfg.model_copy(update={"storage_path": storage}).model_dump(mode="json")},
+        train_loop_config={"recipe": recipe},
         scaling_config=ScalingConfig(num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu,
                                      resources_per_worker=t.scaling.resources_per_worker),
         run_config=RayRunConfig(name=f"{cfg.name}/train", storage_path=storage,
                                 checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
                                 failure_config=FailureConfig(max_failures=t.failure.max_failures),
                                 # Ray Train's INFO lines (one per report and checkpoint) would bury the run's own output
-                                logging_config=LoggingConfig(log_level="WARNING")),
+                                logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks),
     )
 
 
@@ -37,8 +47,8 @@ def run_train(cfg: RunConfig):
     from pipelines.shards import exists
     from training.metrics import plot_losses, read_metrics
 
-    if not exists(f"{cfg.run_dir}/data/manifest.json"):
-        raise FileNotFoundError(f"{cfg.run_dir}/data has no manifest.json: run `raylm data` first")
+    if not exists(f"{cfg.data_dir}/manifest.json"):
+        raise FileNotFoundError(f"{cfg.data_dir} has no manifest.json: run `raylm data` first")
     init_ray(cfg.ray)
     result = build_trainer(cfg).fit()
     plot_losses(read_metrics(f"{cfg.run_dir}/train/metrics.jsonl"), f"{cfg.run_dir}/train/loss.png", title=cfg.name)

@@ -1,0 +1,80 @@
+"""A Ray Tune campaign end to end on the sample: 4 ASHA trials that are Ray Train runs, results.csv,
+plots, best.yaml that `raylm train` reproduces; and `raylm tune --resume` after the campaign's driver
+was killed, which finishes the campaign without rerunning finished trials."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from cluster.cli import main
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+RECIPE = str(ROOT / "cluster" / "recipes" / "tune-local.yaml")
+
+
+def _sets(tmp_path, name, *more):
+    over = [f"storage_path={tmp_path}", f"name={name}", "train.model={n_layer: 1, n_head: 2, d_model: 64, seq_len: 64}",
+            "train.batch={micro_batch_size: 8, global_batch_tokens: 512}", "train.max_steps=20",
+            "train.schedule.warmup_steps=2", "train.eval={every: 5, batches: 2}", "train.checkpoint={every: 20, keep: 1}",
+            "tune.num_samples=4", "tune.scheduler={type: asha, grace_period: 5, reduction_factor: 2}", *more]
+    return [a for o in over for a in ("--set", o)]
+
+
+def _results(run):
+    with open(run / "tune" / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_asha_campaign_results_and_best_yaml(ray_session, tmp_path, capsys):
+    assert main(["tune", RECIPE, *_sets(tmp_path, "tn")]) == 0
+    run = tmp_path / "tn"
+    rows = _results(run)
+    assert len(rows) == 4 and {r["status"] for r in rows} <= {"done", "stopped"}
+    assert sum(int(r["steps"]) for r in rows) <= 4 * 20 and any(r["status"] == "done" for r in rows)
+    assert len({r["train.optim.lr"] for r in rows}) == 4
+    for png in ("curves.png", "params.png"):
+        assert (run / "tune" / png).read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "raylm train" in out and "best.yaml" in out
+    best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
+    done = [r for r in rows if r["status"] == "done"]
+    top = min(done, key=lambda r: float(r["final_val_loss"]))
+    assert best["train"]["optim"]["lr"] == pytest.approx(float(top["train.optim.lr"]))
+    # best.yaml is a complete recipe: `raylm train` runs it as is and lands on the reported val loss
+    assert main(["train", str(run / "tune" / "best.yaml")]) == 0
+    metrics = [json.loads(x) for x in (tmp_path / "tn-best" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["val_loss"] == pytest.approx(float(top["final_val_loss"]), rel=0.02)
+
+
+def test_resume_after_the_driver_is_killed(ray_session, tmp_path):
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "cluster", "tune", RECIPE, *_sets(tmp_path, "tr", "tune.max_concurrent_trials=1",
+                                                                      "tune.scheduler.type=fifo", "tune.num_samples=3")]
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    trials = tmp_path / "tr" / "tune" / "trials"
+    deadline, finished = time.time() + 240, []
+    while time.time() < deadline and not finished:  # kill once the first trial is done and the second has begun
+        done = [p for p in trials.glob("*/train/metrics.jsonl")
+                if p.read_text().strip() and json.loads(p.read_text().splitlines()[-1])["step"] == 20]
+        if done and len(list(trials.glob("*"))) >= 2:
+            finished = done
+        time.sleep(0.2)
+    assert finished and proc.poll() is None, "the campaign ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p: p.stat().st_mtime for p in finished}
+    assert main(["tune", RECIPE, *_sets(tmp_path, "tr", "tune.max_concurrent_trials=1", "tune.scheduler.type=fifo",
+                                          "tune.num_samples=3"), "--resume"]) == 0
+    rows = _results(tmp_path / "tr")
+    assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+    assert {p: p.stat().st_mtime for p in finished} == before  # finished trials were not run again

@@ -1,0 +1,73 @@
+"""The search space of tune.param_space: parsing, the errors a user gets (with the key's path), and
+what a trial's recipe looks like. Pure logic: no Ray."""
+import pytest
+
+from cluster.cli import main
+from cluster.config import ConfigError, load_config
+from tests.conftest import ROOT
+from tuning.campaign import build_search, check, max_concurrent, trial_recipe
+from tuning.space import apply_trial, to_tune, validate_space
+
+RECIPE = ROOT / "cluster" / "recipes" / "tune-local.yaml"
+
+
+def _cfg(space: str, *more):
+    return load_config(RECIPE, [f"tune.param_space={space}", *more])
+
+
+def test_the_five_kinds_parse_into_tune_objects():
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    cfg = _cfg("{train.optim.lr: {loguniform: [1.0e-4, 1.0e-2]}, train.optim.weight_decay: {uniform: [0, 0.2]},"
+               " train.model.n_layer: {randint: [1, 4]}, train.batch.micro_batch_size: {choice: [8, 16]},"
+               " train.schedule.decay: {grid: [cosine, wsd]}}")
+    space = to_tune(validate_space(cfg))
+    assert isinstance(space["train.optim.lr"], Float) and isinstance(space["train.model.n_layer"], Integer)
+    assert isinstance(space["train.batch.micro_batch_size"], Categorical)
+    assert space["train.schedule.decay"] == {"grid_search": ["cosine", "wsd"]}
+
+
+@pytest.mark.parametrize("space, message", [
+    ("{train.optim.lrr: {uniform: [0, 1]}}", "tune.param_space.train.optim.lrr: not a key of the recipe (did you mean 'train.optim.lr'?)"),
+    ("{train.optimizer.lr: {uniform: [0, 1]}}", "tune.param_space.train.optimizer.lr: not a key of the recipe"),
+    ("{train.optim.lr: {normal: [0, 1]}}", "unknown distribution 'normal'"),
+    ("{train.optim.lr: {loguniform: [0, 1]}}", "loguniform: bounds must be positive"),
+    ("{train.optim.lr: {uniform: [1, 0]}}", "low must be below high"),
+    ("{train.optim.lr: {uniform: 3}}", "expected [low, high]"),
+    ("{train.optim.lr: 0.1}", "expected one of"),
+    ("{train.model.n_layer: {randint: [1.5, 4]}}", "randint: bounds must be integers"),
+    ("{train.model.n_layer: {choice: []}}", "expected a non-empty list"),
+    ("{train.schedule.decay: {choice: [cosine, linear]}}", "value 'linear' is not valid there"),
+    ("{tune.num_samples: {choice: [1, 2]}}", "the tune section itself cannot be searched"),
+    ("{}", "tune.param_space: empty"),
+])
+def test_bad_spaces_fail_with_the_key_path(space, message):
+    with pytest.raises(ConfigError) as e:
+        check(_cfg(space))
+    assert message in str(e.value)
+
+
+def test_searcher_constraints():
+    with pytest.raises(ConfigError, match="optuna: grid entries"):
+        check(_cfg("{train.schedule.decay: {grid: [cosine, wsd]}}", "tune.search.type=optuna"))
+    with pytest.raises(ConfigError, match="every param_space entry must be"):
+        check(_cfg("{train.optim.lr: {uniform: [0.001, 0.01]}}", "tune.search.type=grid"))
+    cfg = _cfg("{train.optim.lr: {uniform: [0.001, 0.01]}}", "tune.search.type=optuna")
+    assert type(build_search(cfg.tune, validate_space(cfg), 2)).__name__ == "ConcurrencyLimiter"
+
+
+def test_trial_recipe_and_concurrency():
+    cfg = load_config(RECIPE)
+    r = trial_recipe(cfg.model_dump(mode="json"), {"train.optim.lr": 0.005}, "abc_00001", "/data/x")
+    assert r["train"]["optim"]["lr"] == 0.005 and r["name"] == "shakespeare-tune/tune/trials/abc_00001"
+    assert r["train"]["data_path"] == "/data/x" and cfg.train.optim.lr == 1.0e-3  # the base is untouched
+    assert apply_trial({"a": {"b": 1}}, {"a.c": 2}) == {"a": {"b": 1, "c": 2}}
+    assert max_concurrent(cfg, {"CPU": 2.0}) == 2  # 1 worker x 1 CPU per trial
+    assert max_concurrent(load_config(RECIPE, ["train.scaling.num_workers=2"]), {"CPU": 5.0}) == 2
+    with pytest.raises(ConfigError, match="one trial needs"):
+        max_concurrent(load_config(RECIPE, ["train.scaling.use_gpu=true"]), {"CPU": 8.0})
+
+
+def test_cli_bad_space_exits_2_before_ray(capsys):
+    assert main(["tune", str(RECIPE), "--set", "tune.param_space={train.optim.lrr: {uniform: [0, 1]}}"]) == 2
+    assert "did you mean 'train.optim.lr'" in capsys.readouterr().err

@@ -1,0 +1,175 @@
+"""What a campaign leaves in tune/: results.csv (one row per trial), best.yaml (a complete recipe
+that `raylm train` runs as is), curves.png (the metric against step for every trial), params.png
+(the final metric against each searched parameter), and a summary table on the terminal."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+import tempfile
+from typing import Any, Optional
+
+import fsspec
+import yaml
+
+from cluster.config import RunConfig
+from training.metrics import read_metrics
+
+
+def _trial_metrics(cfg: RunConfig, trial_id: str) -> list[dict]:
+    return read_metrics(f"{cfg.run_dir}/tune/trials/{trial_id}/train/metrics.jsonl")
+
+
+def collect(cfg: RunConfig, grid) -> list[dict]:
+    """One dict per trial: id, the searched values, final and best metric, steps, status."""
+    metric, sign = cfg.tune.metric, (1 if cfg.tune.mode == "min" else -1)
+    rows = []
+    for res in grid:
+        trial_id = _trial_id(res)
+        hist = _trial_metrics(cfg, trial_id)
+        evals = [r[metric] for r in hist if r.get(metric) is not None]
+        steps = hist[-1]["step"] if hist else 0
+        if res.error is not None:
+            status = "error"
+        elif steps >= cfg.train.max_steps:
+            status = "done"
+        else:
+            status = "stopped"  # by the scheduler (or the time budget)
+        rows.append({"trial_id": trial_id, **{k: res.config.get(k) for k in cfg.tune.param_space},
+                     f"final_{metric}": evals[-1] if evals else None,
+                     f"best_{metric}": min(evals, key=lambda v: sign * v) if evals else None,
+                     "steps": steps, "status": status, "history": hist})
+    return rows
+
+
+def _trial_id(res) -> str:
+    # Tune fills trial_id into every reported result; a trial that never reported has it in its dir name
+    if res.metrics and res.metrics.get("trial_id"):
+        return res.metrics["trial_id"]
+    m = re.search(r"_([0-9a-f]{5}_\d{5})", os.path.basename(res.path.rstrip("/")))
+    return m.group(1) if m else os.path.basename(res.path.rstrip("/"))
+
+
+def best_row(cfg: RunConfig, rows: list[dict]) -> Optional[dict]:
+    key, sign = f"final_{cfg.tune.metric}", (1 if cfg.tune.mode == "min" else -1)
+    ok = [r for r in rows if r[key] is not None and math.isfinite(r[key]) and r["status"] != "error"]
+    return min(ok, key=lambda r: sign * r[key]) if ok else None
+
+
+def best_recipe(cfg: RunConfig, row: dict) -> dict:
+    """The campaign's recipe with the best trial's values: a new run name, the campaign's shards."""
+    from tuning.space import apply_trial
+
+    r = apply_trial(cfg.model_dump(mode="json"), {k: row[k] for k in cfg.tune.param_space})
+    r["name"] = f"{cfg.name}-best"
+    r["train"]["data_path"] = cfg.data_dir if "://" in cfg.data_dir else os.path.abspath(cfg.data_dir)
+    RunConfig.model_validate(r)
+    return r
+
+
+def write_results(cfg: RunConfig, rows: list[dict]) -> dict[str, str]:
+    out = f"{cfg.run_dir}/tune"
+    fs, _ = fsspec.core.url_to_fs(out)
+    fs.makedirs(out, exist_ok=True)
+    cols = [c for c in (rows[0] if rows else {}) if c != "history"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    paths = {"results": f"{out}/results.csv"}
+    with fsspec.open(paths["results"], "w") as f:
+        f.write(buf.getvalue())
+    best = best_row(cfg, rows)
+    if best is not None:
+        paths["best"] = f"{out}/best.yaml"
+        with fsspec.open(paths["best"], "w") as f:
+            f.write(f"# best of {len(rows)} trials of {cfg.name}: trial {best['trial_id']}, "
+                    f"final {cfg.tune.metric} {best[f'final_{cfg.tune.metric}']:.4f}\n")
+            f.write(yaml.safe_dump(best_recipe(cfg, best), sort_keys=False))
+    paths.update(plot(cfg, rows, out))
+    return paths
+
+
+def plot(cfg: RunConfig, rows: list[dict], out: str) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = cfg.tune.metric
+    paths = {}
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for r in rows:
+        ev = [h for h in r["history"] if h.get(metric) is not None]
+        if ev:
+            ax.plot([h["step"] for h in ev], [h[metric] for h in ev], "o-", ms=3, lw=1,
+                    label=f"{r['trial_id']} ({r['status']})", alpha=0.85)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{cfg.name}: {metric} of every trial")
+    ax.grid(alpha=0.3)
+    if len(rows) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths["curves"] = _save(fig, f"{out}/curves.png")
+
+    keys = list(cfg.tune.param_space)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), dpi=110, squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        pts = [(r[k], r[f"final_{metric}"]) for r in rows if r[f"final_{metric}"] is not None]
+        kind = next(iter(cfg.tune.param_space[k]))
+        if pts and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in pts):
+            ax.scatter([x for x, _ in pts], [y for _, y in pts])
+            if kind == "loguniform":
+                ax.set_xscale("log")
+        elif pts:
+            labels = sorted({str(x) for x, _ in pts})
+            ax.scatter([labels.index(str(x)) for x, _ in pts], [y for _, y in pts])
+            ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel(k)
+        ax.set_ylabel(f"final {metric}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths["params"] = _save(fig, f"{out}/params.png")
+    return paths
+
+
+def _save(fig, path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory() as d:
+        local = os.path.join(d, "fig.png")
+        fig.savefig(local)
+        plt.close(fig)
+        fs, _ = fsspec.core.url_to_fs(path)
+        fs.put_file(local, path)
+    return path
+
+
+def print_summary(cfg: RunConfig, rows: list[dict], paths: dict[str, str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metric = cfg.tune.metric
+    best = best_row(cfg, rows)
+    table = Table(title=f"raylm tune: {cfg.name} ({len(rows)} trials, {cfg.tune.scheduler.type}, {cfg.tune.search.type})")
+    for c in ["trial", *cfg.tune.param_space, f"final {metric}", f"best {metric}", "steps", "status"]:
+        table.add_column(c, justify="right" if c != "trial" else "left")
+    key = f"final_{metric}"
+    for r in sorted(rows, key=lambda r: (r[key] is None, r[key] if cfg.tune.mode == "min" else -(r[key] or 0))):
+        mark = " *" if best is not None and r["trial_id"] == best["trial_id"] else ""
+        table.add_row(r["trial_id"] + mark, *(_fmt(r[k]) for k in cfg.tune.param_space), _fmt(r[key]),
+                      _fmt(r[f"best_{metric}"]), str(r["steps"]), r["status"])
+    Console().print(table)
+    for name, p in paths.items():
+        print(f"{name}: {p}")
+    if best is not None:
+        print(f"run the best configuration: raylm train {paths['best']}")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
