@@ -139,15 +139,26 @@ class DataConfig(Strict):
     execution: ExecutionConfig = ExecutionConfig()
 
 
-# ---------------------------------------------------------------- train/tune (schema only here;
-# their stages arrive with issues #3 and #4, the keys are validated now so recipes are stable)
+# ---------------------------------------------------------------- train/tune
+class MupConfig(Strict):
+    """muP (Yang et al., Tensor Programs V): hyperparameters tuned at d_model = base_width transfer to wider models."""
+    base_width: int = Field(gt=0)
+
+
 class ModelConfig(Strict):
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 256
-    seq_len: int = 256
-    dropout: float = 0.0
+    n_layer: int = Field(default=4, ge=1)
+    n_head: int = Field(default=4, ge=1)
+    d_model: int = Field(default=256, ge=1)
+    seq_len: int = Field(default=256, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
     bias: bool = False
+    mup: Optional[MupConfig] = None  # null: standard parametrization
+
+    @model_validator(mode="after")
+    def _heads(self) -> "ModelConfig":
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})")
+        return self
 
 
 class OptimConfig(Strict):

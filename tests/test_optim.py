@@ -8,7 +8,7 @@ from training.optim import build_optimizer, build_scheduler, lr_factor, param_gr
 
 def test_decay_groups_cover_every_parameter_once():
     m = GPT(GPTConfig.from_recipe(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=16, bias=True), 100))
-    decay, no_decay = param_groups(m, 0.1)
+    decay, no_decay = param_groups(m, 0.1, 1e-3)
     n = sum(p.numel() for p in m.parameters())  # tied weights counted once by .parameters()
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == n
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])

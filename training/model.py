@@ -3,7 +3,10 @@
 Token + learned position embeddings, pre-LayerNorm blocks, causal self-attention through
 F.scaled_dot_product_attention (flash / memory-efficient kernels where available), GELU MLP,
 output head tied to the token embedding, dropout, optional biases, GPT-2 initialization with
-residual projections scaled by 1/sqrt(2 * n_layer). How it is parallelized lives elsewhere.
+residual projections scaled by 1/sqrt(2 * n_layer). Optional muP (`mup_base_width`): hidden init
+variance / width_mult, attention scale 1/d_head, logits / width_mult; the hidden learning rate
+/ width_mult is the optimizer's part (training/optim.py, `hidden_lr_scale`). How it is
+parallelized lives elsewhere.
 """
 from __future__ import annotations
 
@@ -29,10 +32,18 @@ class GPTConfig:
     seq_len: int
     dropout: float
     bias: bool
+    mup_base_width: Optional[int] = None  # muP on, with hyperparameters tuned at this d_model
 
     @classmethod
     def from_recipe(cls, model: "ModelConfig", n_vocab: int) -> "GPTConfig":
-        return cls(vocab_size=padded_vocab(n_vocab), **model.model_dump())
+        d = model.model_dump()
+        mup = d.pop("mup")
+        return cls(vocab_size=padded_vocab(n_vocab), mup_base_width=mup["base_width"] if mup else None, **d)
+
+    @property
+    def width_mult(self) -> float:
+        """d_model / base_width under muP, 1 otherwise."""
+        return self.d_model / self.mup_base_width if self.mup_base_width else 1.0
 
 
 def padded_vocab(n_vocab: int, multiple: int = 64) -> int:
@@ -57,6 +68,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert cfg.d_model % cfg.n_head == 0, "d_model must be a multiple of n_head"
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        # muP: 1/d_head (queries and keys become correlated as width grows); standard: 1/sqrt(d_head)
+        self.scale = 1.0 / (cfg.d_model // cfg.n_head) if cfg.mup_base_width else None
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.residual = True  # scaled at init
@@ -66,7 +79,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True,
+                                           scale=self.scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -108,13 +122,20 @@ class GPT(nn.Module):
         self.apply(self._init)
 
     def _init(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(m, "residual", False) else 0.02
+        if isinstance(m, nn.Linear) and m is not self.head:
+            # hidden weights; muP: variance / width_mult (1/fan_in relative to the base width)
+            std = 0.02 / math.sqrt(self.cfg.width_mult)
+            if getattr(m, "residual", False):
+                std /= math.sqrt(2 * self.cfg.n_layer)
             nn.init.normal_(m.weight, mean=0.0, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
+        elif isinstance(m, nn.Embedding) or m is self.head:  # the tied input/output matrix: width-independent
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def hidden_lr_scale(self) -> float:
+        """Learning-rate multiplier of the hidden matrices (muP with Adam: 1/width_mult)."""
+        return 1.0 / self.cfg.width_mult
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -130,6 +151,8 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))
+        if self.cfg.mup_base_width:  # muP: output logits / width_mult keep their scale as width grows
+            logits = logits / self.cfg.width_mult
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")

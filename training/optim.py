@@ -8,17 +8,32 @@ import torch
 from cluster.config import OptimConfig, ScheduleConfig
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict]:
     """Matrices (linear and embedding weights) decay; biases and norm gains do not (as nanoGPT).
-    Tied parameters appear once."""
-    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    Under muP the hidden matrices (inside blocks) get lr x model.hidden_lr_scale(). Tied parameters
+    appear once. The first group is the embedding's: its lr is the one reported."""
+    gpt = model.module if hasattr(model, "module") else model
+    scale = gpt.hidden_lr_scale() if hasattr(gpt, "hidden_lr_scale") else 1.0
+    seen, decay, hidden, no_decay = set(), [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.dim() < 2:
+            no_decay.append(p)
+        elif "blocks." in name and scale != 1.0:
+            hidden.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+              {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    if hidden:
+        groups.insert(1, {"params": hidden, "weight_decay": weight_decay, "lr": lr * scale})
+    return groups
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.betas[0])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device_type == "cuda")
