@@ -84,10 +84,17 @@ def plot_losses(rows: list[dict], out_path: str, title: Optional[str] = None) ->
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return save_figure(fig, out_path)
+
+
+def save_figure(fig, path: str) -> str:
+    """Write a matplotlib figure as PNG to `path` (any fsspec URL) and close it."""
+    import matplotlib.pyplot as plt
+
     with tempfile.TemporaryDirectory() as d:
-        local = os.path.join(d, "loss.png")
+        local = os.path.join(d, "fig.png")
         fig.savefig(local)
         plt.close(fig)
-        fs, _ = fsspec.core.url_to_fs(out_path)
-        fs.put_file(local, out_path)
-    return out_path
+        fs, _ = fsspec.core.url_to_fs(path)
+        fs.put_file(local, path)
+    return path

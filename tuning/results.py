@@ -8,14 +8,14 @@ import io
 import math
 import os
 import re
-import tempfile
+import sys
 from typing import Any, Optional
 
 import fsspec
 import yaml
 
 from cluster.config import RunConfig
-from training.metrics import read_metrics
+from training.metrics import read_metrics, save_figure
 
 
 def _trial_metrics(cfg: RunConfig, trial_id: str) -> list[dict]:
@@ -113,7 +113,7 @@ def plot(cfg: RunConfig, rows: list[dict], out: str) -> dict[str, str]:
     if len(rows) <= 12:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    paths["curves"] = _save(fig, f"{out}/curves.png")
+    paths["curves"] = save_figure(fig, f"{out}/curves.png")
 
     keys = list(cfg.tune.param_space)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), dpi=110, squeeze=False)
@@ -132,20 +132,8 @@ def plot(cfg: RunConfig, rows: list[dict], out: str) -> dict[str, str]:
         ax.set_ylabel(f"final {metric}")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    paths["params"] = _save(fig, f"{out}/params.png")
+    paths["params"] = save_figure(fig, f"{out}/params.png")
     return paths
-
-
-def _save(fig, path: str) -> str:
-    import matplotlib.pyplot as plt
-
-    with tempfile.TemporaryDirectory() as d:
-        local = os.path.join(d, "fig.png")
-        fig.savefig(local)
-        plt.close(fig)
-        fs, _ = fsspec.core.url_to_fs(path)
-        fs.put_file(local, path)
-    return path
 
 
 def print_summary(cfg: RunConfig, rows: list[dict], paths: dict[str, str]) -> None:
@@ -162,7 +150,7 @@ def print_summary(cfg: RunConfig, rows: list[dict], paths: dict[str, str]) -> No
         mark = " *" if best is not None and r["trial_id"] == best["trial_id"] else ""
         table.add_row(r["trial_id"] + mark, *(_fmt(r[k]) for k in cfg.tune.param_space), _fmt(r[key]),
                       _fmt(r[f"best_{metric}"]), str(r["steps"]), r["status"])
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # not cut to 80 columns in logs
     for name, p in paths.items():
         print(f"{name}: {p}")
     if best is not None:
