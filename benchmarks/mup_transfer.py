@@ -33,8 +33,8 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
     from training.optim import build_optimizer, build_scheduler
 
     t = cfg.train
-    model_cfg = t.model.model_copy(update={"d_model": width, "mup": {"base_width": base} if base else None})
-    model_cfg = type(t.model).model_validate(model_cfg.model_dump())
+    model_cfg = type(t.model).model_validate({**t.model.model_dump(), "d_model": width,
+                                              "mup": {"base_width": base} if base else None})
     torch.manual_seed(t.seed)
     model = GPT(GPTConfig.from_recipe(model_cfg, read_manifest(data_dir)["tokenizer"]["n_vocab"]))
     opt = build_optimizer(model, t.optim.model_copy(update={"lr": lr}), "cpu")
