@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.config import RunConfig, load_config  # noqa: E402
+from cluster.config import RunConfig, absolute, load_config  # noqa: E402
 
 
 def _free_port() -> int:
@@ -57,7 +57,7 @@ def _plain_worker(rank: int, world: int, recipe: dict, steps: int, port: int, ou
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    data_root = f"{cfg.run_dir}/data"
+    data_root = cfg.data_dir
     torch.manual_seed(t.seed)
     model = GPT(GPTConfig.from_recipe(t.model, read_manifest(data_root)["tokenizer"]["n_vocab"])).to(device)
     if use_compile(t, device):
@@ -104,11 +104,9 @@ def run_ray(cfg: RunConfig) -> list[dict]:
 
 
 def _fresh_run(cfg: RunConfig, base: RunConfig, tag: str) -> RunConfig:
-    """A new run name (so nothing resumes) whose data/ is the base run's shards."""
-    run = cfg.model_copy(update={"name": f"{cfg.name}-{tag}-{int(time.time())}"})
-    os.makedirs(run.run_dir, exist_ok=True)
-    os.symlink(os.path.abspath(f"{base.run_dir}/data"), f"{run.run_dir}/data")
-    return run
+    """A new run name (so nothing resumes) that trains on the base run's shards."""
+    return cfg.model_copy(update={"name": f"{cfg.name}-{tag}-{int(time.time())}",
+                                  "train": cfg.train.model_copy(update={"data_path": absolute(base.data_dir)})})
 
 
 def main() -> None:

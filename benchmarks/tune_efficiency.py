@@ -37,13 +37,12 @@ def main() -> None:
     ap.add_argument("--recipe", default=str(ROOT / "cluster" / "recipes" / "tune-local.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    import os
-
+    from cluster.config import absolute
     from pipelines.run import run_data
 
     base = load_config(args.recipe, args.overrides)
     run_data(base, summary=False)
-    data_dir = os.path.abspath(base.data_dir)
+    data_dir = absolute(base.data_dir)
     res = {s: campaign(args.recipe, args.overrides, s, data_dir) for s in ("asha", "fifo")}
     metric = f"final_{base.tune.metric}"
     print(f"\n{'scheduler':>10} {'trials':>7} {'trial-steps':>12} {'best ' + base.tune.metric:>15} {'wall s':>8}")

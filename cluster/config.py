@@ -6,6 +6,7 @@ overrides are applied to the raw YAML before validation so they are checked the 
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -268,6 +269,11 @@ class RunConfig(Strict):
     def data_dir(self) -> str:
         """The shards training reads: train.data_path, else the run's own data/."""
         return self.train.data_path or f"{self.run_dir}/data"
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (Ray workers do not share the driver's working directory); URLs as given."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 # ---------------------------------------------------------------- loading

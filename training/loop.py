@@ -164,7 +164,7 @@ def train_loop_per_worker(config: dict) -> None:
             row.update(val_loss=vl, val_ppl=math.exp(min(vl, 50)))
         if log is not None:
             log.log(row)
-        report = step % t.report_every == 0 if t.report_every else False
+        report = bool(t.report_every) and step % t.report_every == 0
         if step % t.checkpoint.every == 0 or step == t.max_steps:
             model_sd, opt_sd = checkpoint.full_state(model, opt)  # a collective: every rank
             state = None

@@ -5,15 +5,9 @@ found at storage_path/name); a failed worker is restarted from it up to failure.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
-from cluster.config import RunConfig
-
-
-def _absolute(path: str) -> str:
-    # workers do not share the driver's working directory
-    return path if "://" in path else os.path.abspath(path)
+from cluster.config import RunConfig, absolute
 
 
 def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None):
@@ -24,10 +18,10 @@ def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None):
     from training.loop import train_loop_per_worker
 
     t = cfg.train
-    storage = _absolute(cfg.storage_path)
+    storage = absolute(cfg.storage_path)
     recipe = cfg.model_copy(update={"storage_path": storage}).model_dump(mode="json")
     if t.data_path:
-        recipe["train"]["data_path"] = _absolute(t.data_path)
+        recipe["train"]["data_path"] = absolute(t.data_path)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"recipe": recipe},

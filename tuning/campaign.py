@@ -9,11 +9,9 @@ metrics.jsonl, checkpoints), results.csv, best.yaml, curves.png, params.png.
 """
 from __future__ import annotations
 
-import math
-import os
-from typing import Any, Optional
+from typing import Any
 
-from cluster.config import ConfigError, RunConfig, TuneConfig
+from cluster.config import ConfigError, RunConfig, TuneConfig, absolute
 from tuning.space import apply_trial, to_tune, validate_space
 
 
@@ -115,8 +113,7 @@ def run_tune(cfg: RunConfig, resume: bool = False):
     if not exists(f"{cfg.data_dir}/manifest.json"):
         raise FileNotFoundError(f"{cfg.data_dir} has no manifest.json: run `raylm data` first (trials only read shards)")
     init_ray(cfg.ray)
-    storage = cfg.storage_path if "://" in cfg.storage_path else os.path.abspath(cfg.storage_path)
-    data_dir = cfg.data_dir if "://" in cfg.data_dir else os.path.abspath(cfg.data_dir)
+    storage, data_dir = absolute(cfg.storage_path), absolute(cfg.data_dir)
     recipe = cfg.model_copy(update={"storage_path": storage}).model_dump(mode="json")
     # The trial function only drives a TorchTrainer: its Ray Train workers reserve what the trial uses.
     # Tune rejects an empty request, and any CPU share would make N trials need N x workers + a bit,
@@ -140,6 +137,3 @@ def run_tune(cfg: RunConfig, resume: bool = False):
     )
     return tuner.fit()
 
-
-def finite(x: Optional[float]) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)

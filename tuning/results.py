@@ -14,7 +14,7 @@ from typing import Any, Optional
 import fsspec
 import yaml
 
-from cluster.config import RunConfig
+from cluster.config import RunConfig, absolute
 from training.metrics import read_metrics, save_figure
 
 
@@ -64,7 +64,7 @@ def best_recipe(cfg: RunConfig, row: dict) -> dict:
 
     r = apply_trial(cfg.model_dump(mode="json"), {k: row[k] for k in cfg.tune.param_space})
     r["name"] = f"{cfg.name}-best"
-    r["train"]["data_path"] = cfg.data_dir if "://" in cfg.data_dir else os.path.abspath(cfg.data_dir)
+    r["train"]["data_path"] = absolute(cfg.data_dir)
     RunConfig.model_validate(r)
     return r
 
