@@ -71,3 +71,16 @@ def test_trial_recipe_and_concurrency():
 def test_cli_bad_space_exits_2_before_ray(capsys):
     assert main(["tune", str(RECIPE), "--set", "tune.param_space={train.optim.lrr: {uniform: [0, 1]}}"]) == 2
     assert "did you mean 'train.optim.lr'" in capsys.readouterr().err
+
+
+def test_summary_ranks_trials_and_puts_failed_ones_last(capsys):
+    from tuning.results import best_row, print_summary
+
+    cfg = load_config(RECIPE)
+    rows = [{"trial_id": f"t{i}", "train.optim.lr": 1e-3 * i, "train.optim.weight_decay": 0.1, "final_val_loss": v,
+             "best_val_loss": v, "steps": 10, "status": s, "history": []}
+            for i, (v, s) in enumerate([(None, "error"), (7.0, "stopped"), (None, "error"), (6.5, "done")])]
+    assert best_row(cfg, rows)["trial_id"] == "t3"
+    print_summary(cfg, rows, {"best": "b.yaml"})
+    out = capsys.readouterr().out
+    assert out.index("t3 *") < out.index("t1") < out.index("t0") and "raylm train b.yaml" in out

@@ -146,7 +146,8 @@ def print_summary(cfg: RunConfig, rows: list[dict], paths: dict[str, str]) -> No
     for c in ["trial", *cfg.tune.param_space, f"final {metric}", f"best {metric}", "steps", "status"]:
         table.add_column(c, justify="right" if c != "trial" else "left")
     key = f"final_{metric}"
-    for r in sorted(rows, key=lambda r: (r[key] is None, r[key] if cfg.tune.mode == "min" else -(r[key] or 0))):
+    sign = 1 if cfg.tune.mode == "min" else -1
+    for r in sorted(rows, key=lambda r: (r[key] is None, sign * (r[key] or 0.0))):  # trials without a metric last
         mark = " *" if best is not None and r["trial_id"] == best["trial_id"] else ""
         table.add_row(r["trial_id"] + mark, *(_fmt(r[k]) for k in cfg.tune.param_space), _fmt(r[key]),
                       _fmt(r[f"best_{metric}"]), str(r["steps"]), r["status"])
