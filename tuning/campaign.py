@@ -15,14 +15,24 @@ from cluster.config import ConfigError, RunConfig, TuneConfig, absolute
 from tuning.space import apply_trial, to_tune, validate_space
 
 
+def tune_name(name: str) -> str:
+    """Tune's experiment name (under storage_path): the campaign directory of run `name`."""
+    return f"{name}/tune"
+
+
+def trial_name(name: str, trial_id: str) -> str:
+    """The run name of a trial's Ray Train run, inside the campaign directory."""
+    return f"{tune_name(name)}/trials/{trial_id}"
+
+
 def tune_dir(cfg: RunConfig) -> str:
-    return f"{cfg.run_dir}/tune"
+    return f"{cfg.storage_path.rstrip('/')}/{tune_name(cfg.name)}"
 
 
 def trial_recipe(recipe: dict, values: dict[str, Any], trial_id: str, data_dir: str) -> dict:
     """The recipe a trial trains: the drawn values set, its own run name, the campaign's shards."""
     r = apply_trial(recipe, values)
-    r["name"] = f"{recipe['name']}/tune/trials/{trial_id}"
+    r["name"] = trial_name(recipe["name"], trial_id)
     r["train"]["data_path"] = data_dir
     return r
 
@@ -119,7 +129,7 @@ def run_tune(cfg: RunConfig, resume: bool = False):
     # Tune rejects an empty request, and any CPU share would make N trials need N x workers + a bit,
     # so it reserves a token byte of memory.
     trainable = tune.with_resources(tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir), {"memory": 1})
-    path = f"{storage}/{cfg.name}/tune"
+    path = tune_dir(cfg.model_copy(update={"storage_path": storage}))
     if resume:
         if not tune.Tuner.can_restore(path):
             raise FileNotFoundError(f"{path}: no campaign to resume (run `raylm tune` without --resume)")
@@ -133,7 +143,7 @@ def run_tune(cfg: RunConfig, resume: bool = False):
         tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
                                     scheduler=build_scheduler(t, cfg), search_alg=build_search(t, space, concurrency),
                                     max_concurrent_trials=concurrency, time_budget_s=t.time_budget_s),
-        run_config=tune.RunConfig(name=f"{cfg.name}/tune", storage_path=storage, verbose=1),
+        run_config=tune.RunConfig(name=tune_name(cfg.name), storage_path=storage, verbose=1),
     )
     return tuner.fit()
 

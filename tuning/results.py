@@ -16,10 +16,11 @@ import yaml
 
 from cluster.config import RunConfig, absolute
 from training.metrics import read_metrics, save_figure
+from tuning.campaign import trial_name, tune_dir
 
 
 def _trial_metrics(cfg: RunConfig, trial_id: str) -> list[dict]:
-    return read_metrics(f"{cfg.run_dir}/tune/trials/{trial_id}/train/metrics.jsonl")
+    return read_metrics(f"{cfg.storage_path.rstrip('/')}/{trial_name(cfg.name, trial_id)}/train/metrics.jsonl")
 
 
 def collect(cfg: RunConfig, grid) -> list[dict]:
@@ -70,7 +71,7 @@ def best_recipe(cfg: RunConfig, row: dict) -> dict:
 
 
 def write_results(cfg: RunConfig, rows: list[dict]) -> dict[str, str]:
-    out = f"{cfg.run_dir}/tune"
+    out = tune_dir(cfg)
     fs, _ = fsspec.core.url_to_fs(out)
     fs.makedirs(out, exist_ok=True)
     cols = [c for c in (rows[0] if rows else {}) if c != "history"]
