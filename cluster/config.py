@@ -225,11 +225,18 @@ class TrainConfig(Strict):
 
 
 class TuneSchedulerConfig(Strict):
-    type: Literal["asha", "hyperband", "fifo"] = "asha"
+    type: Literal["asha", "hyperband", "pbt", "fifo"] = "asha"
     time_attr: Literal["step", "tokens"] = "step"  # a metric the loop reports
     grace_period: Optional[int] = None  # in time_attr units; null: the first evaluation (train.eval.every steps)
     reduction_factor: float = Field(default=3, gt=1)
     brackets: int = Field(default=1, ge=1)  # asha
+    # pbt: every perturbation_interval (time_attr units; null: train.checkpoint.every steps) a trial in the
+    # bottom quantile_fraction continues from a top trial's checkpoint with perturbed (or, with
+    # resample_probability, redrawn) values. Trials checkpoint at that interval, which must be a multiple of
+    # train.eval.every so that every checkpoint carries the metric.
+    perturbation_interval: Optional[int] = Field(default=None, ge=1)
+    quantile_fraction: float = Field(default=0.25, gt=0, le=0.5)
+    resample_probability: float = Field(default=0.25, ge=0, le=1)
 
 
 class TuneSearchConfig(Strict):

@@ -41,3 +41,41 @@ def test_scheduler_drives_optimizer_lr():
         opt.step()
         sch.step()
     assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+
+
+def _trained_optimizer(lr: float, steps: int):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig.from_recipe(ModelConfig(n_layer=1, n_head=2, d_model=32, seq_len=8, mup={"base_width": 16}), 50))
+    opt = build_optimizer(m, OptimConfig(lr=lr), "cpu")
+    sch = build_scheduler(opt, ScheduleConfig(warmup_steps=3), 20)
+    for _ in range(steps):
+        x = torch.randint(0, 50, (2, 8))
+        m(x, x)[1].backward()
+        opt.step()
+        opt.zero_grad()
+        sch.step()
+    return m, opt, sch
+
+
+@pytest.mark.parametrize("new_lr", [1e-3, 3e-3])
+def test_loaded_state_keeps_the_recipes_hyperparameters(new_lr):
+    """Resume: the checkpoint's moments and schedule position with the recipe's lr (the same lr bit for
+    bit when the recipe is unchanged; PBT's perturbed lr when it is not)."""
+    from training.optim import hyperparams, reapply_hyperparams
+
+    _, opt, sch = _trained_optimizer(1e-3, 5)
+    m2, opt2, sch2 = _trained_optimizer(new_lr, 0)
+    hyper = hyperparams(opt2)
+    opt2.load_state_dict(opt.state_dict())
+    sch2.load_state_dict(sch.state_dict())
+    reapply_hyperparams(opt2, sch2, hyper)
+    assert sch2.last_epoch == 5 and opt2.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+    for g, g_old in zip(opt2.param_groups, opt.param_groups):
+        if new_lr == 1e-3:
+            assert g["lr"] == g_old["lr"]
+        else:
+            assert g["lr"] == pytest.approx(g_old["lr"] * new_lr / 1e-3, rel=1e-12)
+    assert opt2.param_groups[1]["lr"] == pytest.approx(opt2.param_groups[0]["lr"] * m2.hidden_lr_scale())  # muP group
+    sch2.step()
+    sch.step()
+    assert sch2.get_last_lr() == pytest.approx([v * new_lr / 1e-3 for v in sch.get_last_lr()])

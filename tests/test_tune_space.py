@@ -84,3 +84,25 @@ def test_summary_ranks_trials_and_puts_failed_ones_last(capsys):
     print_summary(cfg, rows, {"best": "b.yaml"})
     out = capsys.readouterr().out
     assert out.index("t3 *") < out.index("t1") < out.index("t0") and "raylm train b.yaml" in out
+
+
+@pytest.mark.parametrize("space, more, message", [
+    ("{train.model.n_layer: {choice: [1, 2]}}", [], "PBT changes values under a running model"),
+    ("{train.optim.lr: {grid: [0.001, 0.01]}}", [], "PBT cannot perturb a grid entry"),
+    ("{train.optim.lr: {uniform: [0.001, 0.01]}}", ["tune.scheduler.perturbation_interval=15"], "multiple of train.eval.every"),
+    ("{train.optim.lr: {uniform: [0.001, 0.01]}}", ["tune.scheduler={type: pbt, time_attr: tokens, perturbation_interval: 3000}"],
+     "not a whole number of steps"),
+])
+def test_pbt_spaces_that_cannot_be_perturbed_fail(space, more, message):
+    with pytest.raises(ConfigError) as e:
+        check(_cfg(space, "tune.scheduler.type=pbt", *more))
+    assert message in str(e.value)
+
+
+def test_pbt_trials_checkpoint_at_every_perturbation():
+    cfg = _cfg("{train.optim.lr: {uniform: [0.001, 0.01]}, train.model.dropout: {uniform: [0, 0.2]}}",
+               "tune.scheduler={type: pbt, time_attr: tokens, perturbation_interval: 40960}", "train.report_every=5")
+    check(cfg)
+    r = trial_recipe(cfg.model_dump(mode="json"), {"train.optim.lr": 0.002}, "t0", "/d", "from-000020-ab")
+    assert r["train"]["checkpoint"]["every"] == 20 and r["train"]["report_every"] is None
+    assert r["name"] == "shakespeare-tune/tune/trials/t0/from-000020-ab" and r["train"]["optim"]["lr"] == 0.002

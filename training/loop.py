@@ -20,7 +20,7 @@ from training import checkpoint
 from training.data import ShardWindows, TrainLoader, val_windows
 from training.metrics import MetricsLog
 from training.model import GPT, GPTConfig
-from training.optim import build_optimizer, build_scheduler
+from training.optim import build_optimizer, build_scheduler, hyperparams, reapply_hyperparams
 from training.parallel import autocast, grad_sync, parallelize
 
 # bf16 dense peak of the accelerators MFU is reported against (per GPU); null where unknown or CPU
@@ -134,8 +134,10 @@ def train_loop_per_worker(config: dict) -> None:
     if ckpt is not None:  # resume: weights, optimizer, schedule, loader position, every rank's RNG
         with ckpt.as_directory() as d:
             state, rng = checkpoint.load(d, rank, device="cpu")
+        hyper = hyperparams(opt)
         checkpoint.load_full_state(model, opt, state["model"], state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        reapply_hyperparams(opt, sched, hyper)  # a PBT trial continues another's state with its own values
         loader.load_state_dict(state["loader"])
         step = state["step"]
         if rng is not None:

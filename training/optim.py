@@ -61,3 +61,18 @@ def lr_factor(step: int, cfg: ScheduleConfig, max_steps: int) -> float:
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, max_steps))
+
+
+def hyperparams(opt: torch.optim.Optimizer) -> list[dict]:
+    """Each param group's hyperparameters (all but its params), as the recipe set them."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+
+def reapply_hyperparams(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR, hyper: list[dict]) -> None:
+    """After loading a checkpoint's optimizer and schedule state: the recipe's hyperparameters win over
+    the checkpoint's, at the loaded point of the schedule. On a plain resume they are the same values
+    (the lr comes out bit for bit); PBT continues a donor trial's state with perturbed ones."""
+    sched.base_lrs = [h["initial_lr"] for h in hyper]
+    for g, h, factor, base in zip(opt.param_groups, hyper, sched.lr_lambdas, sched.base_lrs):
+        g.update(h)
+        g["lr"] = base * factor(sched.last_epoch)  # LambdaLR's own formula

@@ -10,8 +10,9 @@ from typing import Optional
 from cluster.config import RunConfig, absolute
 
 
-def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None):
-    """A TorchTrainer for the recipe (`callbacks`: Ray Train UserCallbacks, e.g. Tune's report callback)."""
+def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, resume_from=None):
+    """A TorchTrainer for the recipe (`callbacks`: Ray Train UserCallbacks, e.g. Tune's report callback;
+    `resume_from`: a ray.train.Checkpoint a new run starts from, as a PBT trial does from another's)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -32,6 +33,7 @@ def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None):
                                 failure_config=FailureConfig(max_failures=t.failure.max_failures),
                                 # Ray Train's INFO lines (one per report and checkpoint) would bury the run's own output
                                 logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks),
+        resume_from_checkpoint=resume_from,
     )
 
 

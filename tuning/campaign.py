@@ -6,6 +6,11 @@ to Tune, so a trial may use several workers and GPUs. The shards are the run's d
 by `raylm data`; a trial only reads them. Layout under {storage_path}/{name}/tune/: Tune's
 experiment state (what `--resume` restores), trials/<trial_id>/train/ (each trial's Ray Train run:
 metrics.jsonl, checkpoints), results.csv, best.yaml, curves.png, params.png.
+
+PBT exploits through Ray Train checkpoints: a PBT trial reports each of its Ray Train checkpoints to
+Tune, and a trial told to continue from another's starts a new Ray Train run from that checkpoint
+(trials/<trial_id>/from-<step>-<hash>/train), with the full state (weights, optimizer moments, schedule
+position, data order) and its own perturbed values.
 """
 from __future__ import annotations
 
@@ -29,25 +34,101 @@ def tune_dir(cfg: RunConfig) -> str:
     return f"{cfg.storage_path.rstrip('/')}/{tune_name(cfg.name)}"
 
 
-def trial_recipe(recipe: dict, values: dict[str, Any], trial_id: str, data_dir: str) -> dict:
-    """The recipe a trial trains: the drawn values set, its own run name, the campaign's shards."""
+# What PBT may change under a running model: optimizer hyperparameters and dropout, not its shape or data.
+PBT_KEYS = ("train.optim.", "train.model.dropout")
+
+
+def pbt_interval_steps(cfg: RunConfig) -> int:
+    """Steps between PBT perturbations (and so between a PBT trial's checkpoints)."""
+    s = cfg.tune.scheduler
+    if s.perturbation_interval is None:
+        return cfg.train.checkpoint.every
+    if s.time_attr == "step":
+        return s.perturbation_interval
+    return s.perturbation_interval // cfg.train.batch.global_batch_tokens
+
+
+def trial_recipe(recipe: dict, values: dict[str, Any], trial_id: str, data_dir: str, segment: str | None = None) -> dict:
+    """The recipe a trial trains: the drawn values set, its own run name, the campaign's shards.
+    A PBT trial checkpoints at every perturbation; `segment` names the run of a trial that continues
+    from a checkpoint Tune handed it."""
     r = apply_trial(recipe, values)
-    r["name"] = trial_name(recipe["name"], trial_id)
+    r["name"] = trial_name(recipe["name"], trial_id) + (f"/{segment}" if segment else "")
     r["train"]["data_path"] = data_dir
+    if recipe["tune"]["scheduler"]["type"] == "pbt":
+        r["train"]["checkpoint"]["every"] = pbt_interval_steps(RunConfig.model_validate(recipe))
+        r["train"]["report_every"] = None  # every report must carry the metric PBT ranks by
     return r
 
 
 def run_trial(config: dict, recipe: dict, data_dir: str) -> None:
-    """One trial: a Ray Train run reporting to Tune through TuneReportCallback."""
+    """One trial: a Ray Train run reporting to Tune through TuneReportCallback (PBT: with its checkpoints)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from training.trainer import build_trainer
 
-    cfg = RunConfig.model_validate(trial_recipe(recipe, config, ray.tune.get_context().get_trial_id(), data_dir))
+    trial_id = ray.tune.get_context().get_trial_id()
+    if recipe["tune"]["scheduler"]["type"] == "pbt":
+        return _run_pbt_trial(config, recipe, data_dir, trial_id)
+    cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir))
     result = build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
     if result.error is not None:
         raise result.error
+
+
+def _segment(start) -> str | None:
+    """The run name of a trial continuing from Tune checkpoint `start`: its step, and a hash of where it
+    lies (another trial's checkpoint at the same step is another run)."""
+    if start is None:
+        return None
+    import json
+
+    import xxhash
+
+    with start.as_directory() as d, open(f"{d}/meta.json") as f:
+        step = json.load(f)["step"]
+    return f"from-{step:06d}-{xxhash.xxh32_hexdigest(start.path)}"
+
+
+def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str) -> None:
+    """Fit the trial's TorchTrainer in a thread while this one hands each report, with its checkpoint,
+    to Tune: TuneReportCallback forwards metrics only, and PBT exploits through checkpoints."""
+    import threading
+
+    import ray.train
+    import ray.tune
+    from ray.util.queue import Empty, Queue
+
+    from training.trainer import build_trainer
+    from tuning.forward import ForwardReports
+
+    start = ray.tune.get_checkpoint()
+    cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir, _segment(start)))
+    resume = ray.train.Checkpoint(start.path, start.filesystem) if start is not None else None
+    reports = Queue(actor_options={"num_cpus": 0})
+    trainer = build_trainer(cfg, callbacks=[ForwardReports(reports)], resume_from=resume)
+    out: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            out["result"] = trainer.fit()
+        except BaseException as e:  # re-raised below, in the trial's own thread
+            out["error"] = e
+
+    worker = threading.Thread(target=fit, daemon=True)
+    worker.start()
+    while worker.is_alive() or not reports.empty():
+        try:
+            metrics, ckpt = reports.get(timeout=0.5)
+        except Empty:
+            continue
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint(ckpt.path, ckpt.filesystem) if ckpt else None)
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    if out["result"].error is not None:
+        raise out["result"].error
 
 
 def _workers_resources(cfg: RunConfig) -> dict[str, float]:
@@ -70,10 +151,16 @@ def max_concurrent(cfg: RunConfig, cluster: dict[str, float]) -> int:
     return n
 
 
-def build_scheduler(t: TuneConfig, cfg: RunConfig):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+def build_scheduler(t: TuneConfig, cfg: RunConfig, space: dict):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
 
     s = t.scheduler
+    if s.type == "pbt":
+        # Tune's own PBT: perturbs (x0.8 / x1.2, or the next choice) or redraws from the searched distribution
+        interval = pbt_interval_steps(cfg) * (1 if s.time_attr == "step" else cfg.train.batch.global_batch_tokens)
+        return PopulationBasedTraining(time_attr=s.time_attr, perturbation_interval=interval,
+                                       hyperparam_mutations=to_tune(space), quantile_fraction=s.quantile_fraction,
+                                       resample_probability=s.resample_probability)
     steps = cfg.train.max_steps
     max_t = steps if s.time_attr == "step" else steps * cfg.train.batch.global_batch_tokens
     grace = s.grace_period or (cfg.train.eval.every if s.time_attr == "step" else cfg.train.eval.every * cfg.train.batch.global_batch_tokens)
@@ -108,7 +195,26 @@ def check(cfg: RunConfig) -> dict:
     if cfg.tune.metric not in ("val_loss", "val_ppl", "loss"):
         raise ConfigError(f"tune.metric: {cfg.tune.metric!r} is not reported by the loop (val_loss, val_ppl, loss)")
     build_search(cfg.tune, space, 1)
+    if cfg.tune.scheduler.type == "pbt":
+        _check_pbt(cfg, space)
     return space
+
+
+def _check_pbt(cfg: RunConfig, space: dict) -> None:
+    s, t = cfg.tune.scheduler, cfg.train
+    for key, (kind, _) in space.items():
+        if not key.startswith(PBT_KEYS):
+            raise ConfigError(f"tune.param_space.{key}: PBT changes values under a running model; it can search "
+                              f"{', '.join(k + '*' if k.endswith('.') else k for k in PBT_KEYS)} only")
+        if kind == "grid":
+            raise ConfigError(f"tune.param_space.{key}: PBT cannot perturb a grid entry; use choice")
+    if s.time_attr == "tokens" and s.perturbation_interval and s.perturbation_interval % t.batch.global_batch_tokens:
+        raise ConfigError(f"tune.scheduler.perturbation_interval: {s.perturbation_interval} tokens is not a whole number "
+                          f"of steps ({t.batch.global_batch_tokens} tokens each)")
+    steps = pbt_interval_steps(cfg)
+    if steps < 1 or steps % t.eval.every:
+        raise ConfigError(f"tune.scheduler.perturbation_interval: {steps} steps must be a multiple of train.eval.every "
+                          f"({t.eval.every}): PBT ranks trials by the metric at each checkpoint")
 
 
 def run_tune(cfg: RunConfig, resume: bool = False):
@@ -141,7 +247,7 @@ def run_tune(cfg: RunConfig, resume: bool = False):
         trainable,
         param_space=to_tune(space),
         tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
-                                    scheduler=build_scheduler(t, cfg), search_alg=build_search(t, space, concurrency),
+                                    scheduler=build_scheduler(t, cfg, space), search_alg=build_search(t, space, concurrency),
                                     max_concurrent_trials=concurrency, time_budget_s=t.time_budget_s),
         run_config=tune.RunConfig(name=tune_name(cfg.name), storage_path=storage, verbose=1),
     )

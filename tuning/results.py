@@ -20,7 +20,15 @@ from tuning.campaign import trial_name, tune_dir
 
 
 def _trial_metrics(cfg: RunConfig, trial_id: str) -> list[dict]:
-    return read_metrics(f"{cfg.storage_path.rstrip('/')}/{trial_name(cfg.name, trial_id)}/train/metrics.jsonl")
+    """A trial's metrics.jsonl rows; for a PBT trial, its own rows up to each point where it continued
+    from a checkpoint (from-<step>-*/), then that run's rows."""
+    base = f"{cfg.storage_path.rstrip('/')}/{trial_name(cfg.name, trial_id)}"
+    hist = read_metrics(f"{base}/train/metrics.jsonl")
+    fs, _ = fsspec.core.url_to_fs(base)
+    for seg in sorted(fs.glob(f"{base}/from-*/train/metrics.jsonl")):
+        start = int(re.search(r"/from-(\d+)-", seg).group(1))
+        hist = [r for r in hist if r["step"] <= start] + read_metrics(fs.unstrip_protocol(seg) if "://" in base else seg)
+    return hist
 
 
 def collect(cfg: RunConfig, grid) -> list[dict]:
