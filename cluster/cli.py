@@ -33,6 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted campaign (finished trials are kept)")
     p.add_argument("--force", action="store_true", help="rebuild the data even if complete")
+    p = sub.add_parser("submit", help="run the recipe on a Ray cluster through Ray Jobs: raylm submit RECIPE --address URL -- train")
+    _recipe_args(p)
+    p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return (default: follow the logs)")
+    p.add_argument("--no-deps", action="store_true", help="do not pip-install raylm's dependencies in the job "
+                                                          "(the cluster's image has them, as cluster/ray and cluster/k8s set up)")
+    p.epilog = "After --: the raylm command to run there, with its options (default: run), e.g. -- tune --resume"
+    p = sub.add_parser("jobs", help="a submitted job: status, logs (--follow), stop")
+    p.add_argument("action", choices=["status", "logs", "stop"])
+    p.add_argument("job_id")
+    p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     p = sub.add_parser("sample", help="generate text from a run's latest checkpoint (or a checkpoint directory)")
     p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     _sample_args(p, prompt="\n")
@@ -123,11 +135,35 @@ def _tune(cfg: RunConfig, resume: bool) -> int:
     return 0 if any(r["status"] != "error" for r in rows) else 1
 
 
+def _submit(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from cluster.submit import submit
+
+    command = args.job_command
+    if command and command[0] not in ("data", "train", "tune", "run", "validate"):
+        print(f"raylm: submit runs a recipe command (data, train, tune, run, validate), not {command[0]!r}", file=sys.stderr)
+        return 2
+    try:
+        return submit(cfg, args.address, command, wait=not args.no_wait, deps=not args.no_deps)
+    except ConfigError as e:
+        print(f"raylm: bad recipe: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    job_command = []
+    if argv[:1] == ["submit"] and "--" in argv:  # submit's own options, then the job's command line
+        i = argv.index("--")
+        argv, job_command = argv[:i], argv[i + 1:]
     args = ap.parse_args(argv)
+    args.job_command = job_command
     if args.command == "sample":
         return _sample(args)
+    if args.command == "jobs":
+        from cluster.submit import jobs
+
+        return jobs(args.action, args.job_id, args.address, args.follow)
     try:
         cfg = load_config(args.recipe, args.overrides)
     except ConfigError as e:
@@ -138,6 +174,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.command == "train":
         return _train(cfg)
+    if args.command == "submit":
+        return _submit(cfg, args)
     if args.command == "tune":
         from tuning.campaign import check
 
