@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -261,12 +261,20 @@ class RayConfig(Strict):
 
 
 class RunConfig(Strict):
-    name: str = "run"
+    name: str = "run"  # the run directory below storage_path (may contain '/', never leaves it)
     storage_path: str = "./runs"
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _inside_storage(cls, v: str) -> str:
+        parts = v.split("/")
+        if not v or v.startswith(("/", "~")) or "://" in v or "\\" in v or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{v!r} must be a relative path below storage_path (no leading '/', '~', '..', '.' or empty parts)")
+        return v
 
     @property
     def run_dir(self) -> str:

@@ -65,3 +65,13 @@ def test_train_before_data_is_a_clear_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "cluster", "train", str(RECIPE), "--set", f"storage_path={tmp_path}"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "run `raylm data` first" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["/etc/x", "../up", "a/../../b", "~/x", "s3://b/x", "a//b", ""])
+def test_run_name_cannot_leave_storage_path(name):
+    with pytest.raises(ConfigError, match=r"name: .*relative path below storage_path"):
+        load_config(RECIPE, [f"name={name!r}" if name else "name=''"])
+
+
+def test_nested_run_names_are_fine():
+    assert load_config(RECIPE, ["name=team/exp-1"]).run_dir == "./runs/team/exp-1"

@@ -1,0 +1,132 @@
+"""raylm on a real multi-node Ray cluster on this machine: a head and two worker nodes started with
+`ray start` and token auth; jobs go through `raylm submit` and the Ray Jobs API. A worker node killed
+mid-training (its raylet, by pid) ends in a finished run resumed from the last checkpoint; a killed job
+driver, then the same submission again, resumes too."""
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster.cli import main
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+RECIPE = str(ROOT / "cluster" / "recipes" / "local.yaml")
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (no CPUs: drivers only) + nodes a and b (2 CPUs each), every one requiring the same token."""
+    token = secrets.token_hex(16)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}  # the job's `python` is this venv's
+    env.pop("RAY_ADDRESS", None)
+    port, dash = _free_port(), _free_port()
+    run = lambda *a: subprocess.run([RAY, *a], env=env, check=True, capture_output=True, timeout=120)  # noqa: E731
+    run("start", "--head", f"--port={port}", "--num-cpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        "--include-dashboard=true", "--disable-usage-stats")
+    try:
+        for name in ("node_a", "node_b"):
+            run("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--resources={json.dumps({name: 1})}")
+        yield {"address": f"http://127.0.0.1:{dash}", "token": token, "storage": tmp_path_factory.mktemp("shared")}
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _sets(storage, name):
+    over = [f"storage_path={storage}", f"name={name}", "train.model={n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}",
+            "train.batch={micro_batch_size: 8, global_batch_tokens: 2048}", "train.max_steps=40",
+            "train.schedule.warmup_steps=5", "train.eval={every: 10, batches: 2}", "train.checkpoint={every: 10, keep: 2}",
+            "train.scaling={num_workers: 2, resources_per_worker: {CPU: 1}}", "train.failure.max_failures=3"]
+    return [a for o in over for a in ("--set", o)]
+
+
+def _rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for_step(metrics, step, timeout=400):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = _rows(metrics)
+        if rows and rows[-1]["step"] >= step:
+            return rows[-1]["step"]
+        time.sleep(0.1)
+    raise AssertionError(f"{metrics} never reached step {step}")
+
+
+def _procs(pattern):
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline", "ppid"]) if pattern(" ".join(p.info["cmdline"] or []))]
+
+
+def _submit(cluster, name, *command, wait=False):
+    return main(["submit", RECIPE, *_sets(cluster["storage"], name), "--address", cluster["address"], "--no-deps",
+                 *([] if wait else ["--no-wait"]), "--", *command])
+
+
+def _job_status(cluster, name):
+    from cluster.submit import client
+
+    jobs = [j for j in client(cluster["address"]).list_jobs() if (j.metadata or {}).get("raylm_run") == name]
+    return [str(j.status.value if hasattr(j.status, "value") else j.status) for j in jobs]
+
+
+def test_job_runs_across_nodes_and_survives_a_killed_worker_node(cluster, monkeypatch, capsys):
+    import psutil
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster["token"])
+    assert _submit(cluster, "nodes", "run") == 0
+    metrics = cluster["storage"] / "nodes" / "train" / "metrics.jsonl"
+    _wait_for_step(metrics, 13)
+    # the raylet of the node hosting the Ray Train workers (their parent process), killed with its workers
+    workers = _procs(lambda c: "RayTrainWorker" in c)
+    assert len(workers) == 2, "two Ray Train workers"
+    raylet = psutil.Process(workers[0].info["ppid"])
+    assert "raylet" in raylet.name() and "node_" in " ".join(raylet.cmdline())
+    killed_at = time.time()
+    for p in [raylet, *raylet.children(recursive=True)]:
+        p.send_signal(signal.SIGKILL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not set(_job_status(cluster, "nodes")) & {"SUCCEEDED", "FAILED", "STOPPED"}:
+        time.sleep(1)
+    assert _job_status(cluster, "nodes") == ["SUCCEEDED"]
+    rows = _rows(metrics)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    # resumed from the step-10 checkpoint: rows up to 10 were written before the kill, the rest after it
+    assert all(r["time"] < killed_at for r in rows[:10]) and all(r["time"] > killed_at for r in rows[10:])
+    assert (cluster["storage"] / "nodes" / "data" / "manifest.json").exists()
+
+
+def test_killed_driver_then_the_same_submission_resumes(cluster, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster["token"])
+    assert _submit(cluster, "driver", "run") == 0
+    metrics = cluster["storage"] / "driver" / "train" / "metrics.jsonl"
+    _wait_for_step(metrics, 13)
+    drivers = _procs(lambda c: "-m cluster run submitted.yaml" in c and "printenv" not in c)
+    assert len(drivers) == 1
+    killed_at = time.time()
+    drivers[0].send_signal(signal.SIGKILL)
+    deadline = time.time() + 120
+    while time.time() < deadline and "FAILED" not in _job_status(cluster, "driver"):
+        time.sleep(0.5)
+    assert _job_status(cluster, "driver") == ["FAILED"]
+    assert _submit(cluster, "driver", "train", wait=True) == 0  # follows the logs, exit 0 when it succeeded
+    rows = _rows(metrics)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert all(r["time"] < killed_at for r in rows[:10]) and all(r["time"] > killed_at for r in rows[10:])
