@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import tempfile
+from contextlib import nullcontext
 import time
 
 import numpy as np
@@ -131,8 +132,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     step = 0
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:  # resume: weights, optimizer, schedule, loader position, every rank's RNG
-        with ckpt.as_directory() as d:
+    start = config.get("start_from")  # another run's checkpoint to continue (PBT), unless this run has its own
+    if ckpt is not None or start:  # resume: weights, optimizer, schedule, loader position, every rank's RNG
+        with ckpt.as_directory() if ckpt is not None else nullcontext(checkpoint.local_dir(start)) as d:
             state, rng = checkpoint.load(d, rank, device="cpu")
         hyper = hyperparams(opt)
         checkpoint.load_full_state(model, opt, state["model"], state["optimizer"])

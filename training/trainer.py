@@ -10,9 +10,10 @@ from typing import Optional
 from cluster.config import RunConfig, absolute
 
 
-def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, resume_from=None):
+def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, start_from: Optional[str] = None):
     """A TorchTrainer for the recipe (`callbacks`: Ray Train UserCallbacks, e.g. Tune's report callback;
-    `resume_from`: a ray.train.Checkpoint a new run starts from, as a PBT trial does from another's)."""
+    `start_from`: a checkpoint directory whose full state a new run continues from, as a PBT trial does
+    from another's; the run's own checkpoints, after a failure, take precedence)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -25,7 +26,7 @@ def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, resume_from=
         recipe["train"]["data_path"] = absolute(t.data_path)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"recipe": recipe},
+        train_loop_config={"recipe": recipe, "start_from": start_from},
         scaling_config=ScalingConfig(num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu,
                                      resources_per_worker=t.scaling.resources_per_worker),
         run_config=RayRunConfig(name=f"{cfg.name}/train", storage_path=storage,
@@ -33,7 +34,6 @@ def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, resume_from=
                                 failure_config=FailureConfig(max_failures=t.failure.max_failures),
                                 # Ray Train's INFO lines (one per report and checkpoint) would bury the run's own output
                                 logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks),
-        resume_from_checkpoint=resume_from,
     )
 
 

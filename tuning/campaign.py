@@ -77,18 +77,28 @@ def run_trial(config: dict, recipe: dict, data_dir: str) -> None:
         raise result.error
 
 
-def _segment(start) -> str | None:
-    """The run name of a trial continuing from Tune checkpoint `start`: its step, and a hash of where it
-    lies (another trial's checkpoint at the same step is another run)."""
-    if start is None:
-        return None
+def _checkpoint_step(ckpt) -> int:
     import json
 
+    with ckpt.as_directory() as d, open(f"{d}/meta.json") as f:
+        return json.load(f)["step"]
+
+
+def _segment(start, step: int) -> str:
+    """The run name of a trial continuing from Tune checkpoint `start`: its step, and a hash of where it
+    lies (another trial's checkpoint at the same step is another run)."""
     import xxhash
 
-    with start.as_directory() as d, open(f"{d}/meta.json") as f:
-        step = json.load(f)["step"]
-    return f"from-{step:06d}-{xxhash.xxh32_hexdigest(start.path)}"
+    return f"from-{step:06d}-{xxhash.xxh32_hexdigest(start.path.encode())}"
+
+
+def _url(ckpt) -> str:
+    """A Tune checkpoint's location as a path or URL that fsspec opens on any node."""
+    from pyarrow.fs import LocalFileSystem
+
+    if isinstance(ckpt.filesystem, LocalFileSystem):
+        return ckpt.path
+    return f"{ckpt.filesystem.type_name}://{ckpt.path}".replace("gcs://", "gs://")
 
 
 def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str) -> None:
@@ -104,10 +114,12 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str) -> 
     from tuning.forward import ForwardReports
 
     start = ray.tune.get_checkpoint()
-    cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir, _segment(start)))
-    resume = ray.train.Checkpoint(start.path, start.filesystem) if start is not None else None
+    step = _checkpoint_step(start) if start is not None else 0
+    if step >= recipe["train"]["max_steps"]:  # handed a finished run's checkpoint: nothing left to train
+        return
+    cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step) if step else None))
     reports = Queue(actor_options={"num_cpus": 0})
-    trainer = build_trainer(cfg, callbacks=[ForwardReports(reports)], resume_from=resume)
+    trainer = build_trainer(cfg, callbacks=[ForwardReports(reports)], start_from=_url(start) if start is not None else None)
     out: dict[str, Any] = {}
 
     def fit() -> None:

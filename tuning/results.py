@@ -54,11 +54,11 @@ def collect(cfg: RunConfig, grid) -> list[dict]:
 
 
 def _trial_id(res) -> str:
-    # Tune fills trial_id into every reported result; a trial that never reported has it in its dir name
-    if res.metrics and res.metrics.get("trial_id"):
-        return res.metrics["trial_id"]
+    # from the trial's directory name: a PBT trial's last result may be a copy of its donor's, trial_id included
     m = re.search(r"_([0-9a-f]{5}_\d{5})", os.path.basename(res.path.rstrip("/")))
-    return m.group(1) if m else os.path.basename(res.path.rstrip("/"))
+    if m:
+        return m.group(1)
+    return (res.metrics or {}).get("trial_id") or os.path.basename(res.path.rstrip("/"))
 
 
 def best_row(cfg: RunConfig, rows: list[dict]) -> Optional[dict]:
