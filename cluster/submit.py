@@ -86,7 +86,16 @@ def job_spec(cfg: RunConfig, command: list[str], deps: bool = True) -> dict:
 def submit(cfg: RunConfig, address: Optional[str], command: list[str], wait: bool = True, deps: bool = True) -> int:
     check_storage(cfg)
     c = client(address)
-    job_id = c.submit_job(**job_spec(cfg, command, deps))
+    spec = job_spec(cfg, command, deps)
+    deadline = time.time() + 60
+    while True:
+        try:
+            job_id = c.submit_job(**spec)
+            break
+        except RuntimeError as e:  # a cluster just started: its head's job agent comes up a few seconds after the API
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(2)
     print(f"raylm: submitted job {job_id} to {c.get_address()}", flush=True)
     if not wait:
         print(f"raylm: follow it with `raylm jobs logs {job_id} --follow`; stop it with `raylm jobs stop {job_id}`")

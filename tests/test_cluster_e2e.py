@@ -5,10 +5,12 @@ driver, then the same submission again, resumes too."""
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -28,23 +30,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _kill_tree(marks) -> None:
+    """Every process of this test's cluster (their command lines name its GCS port or a node's temp dir),
+    not other Ray instances."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        if any(m in " ".join(p.info["cmdline"] or []) for m in marks):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Head (no CPUs: drivers only) + nodes a and b (2 CPUs each), every one requiring the same token."""
+    """Head (no CPUs: drivers only) + nodes a and b (2 CPUs each), every one requiring the same token. Each
+    worker node gets its own temp dir, as separate machines would have: nodes sharing one would unpack and
+    delete the job's working_dir in one place."""
     token = secrets.token_hex(16)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}  # the job's `python` is this venv's
     env.pop("RAY_ADDRESS", None)
+    dirs = [tempfile.mkdtemp(prefix=f"rl{n}", dir="/tmp") for n in "ab"]  # short: Ray's socket paths must fit
     port, dash = _free_port(), _free_port()
     run = lambda *a: subprocess.run([RAY, *a], env=env, check=True, capture_output=True, timeout=120)  # noqa: E731
-    run("start", "--head", f"--port={port}", "--num-cpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        "--include-dashboard=true", "--disable-usage-stats")
     try:
-        for name in ("node_a", "node_b"):
-            run("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--resources={json.dumps({name: 1})}")
+        run("start", "--head", f"--port={port}", "--num-cpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+            "--include-dashboard=true", "--disable-usage-stats")
+        for name, d in zip(("node_a", "node_b"), dirs):
+            run("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--resources={json.dumps({name: 1})}", f"--temp-dir={d}")
         yield {"address": f"http://127.0.0.1:{dash}", "token": token, "storage": tmp_path_factory.mktemp("shared")}
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _kill_tree([f":{port} ", f":{port}\"", f"port={port}", *dirs])
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _sets(storage, name):
@@ -87,6 +107,25 @@ def _job_status(cluster, name):
     return [str(j.status.value if hasattr(j.status, "value") else j.status) for j in jobs]
 
 
+def _wait_for_checkpoint(run_dir, timeout=120):
+    """Until Ray Train's controller has registered a checkpoint (it collects reports on a poll, up to
+    seconds after the step): before that, a restart would begin from scratch."""
+    snap = run_dir / "train" / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if snap.exists() and json.loads(snap.read_text() or "{}").get("checkpoint_results"):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{run_dir}: no checkpoint registered")
+
+
+def _assert_resumed(rows, killed_at):
+    """Rows up to a checkpoint (a multiple of 10) were written before the kill; the rest, redone, after it."""
+    when = [(r["step"], round(r["time"] - killed_at, 1)) for r in rows]
+    k = sum(1 for _, t in when if t < 0)
+    assert k >= 10 and k % 10 == 0 and all(t < 0 for _, t in when[:k]) and all(t > 0 for _, t in when[k:]), when
+
+
 def test_job_runs_across_nodes_and_survives_a_killed_worker_node(cluster, monkeypatch, capsys):
     import psutil
 
@@ -94,6 +133,7 @@ def test_job_runs_across_nodes_and_survives_a_killed_worker_node(cluster, monkey
     assert _submit(cluster, "nodes", "run") == 0
     metrics = cluster["storage"] / "nodes" / "train" / "metrics.jsonl"
     _wait_for_step(metrics, 13)
+    _wait_for_checkpoint(cluster["storage"] / "nodes")
     # the raylet of the node hosting the Ray Train workers (their parent process), killed with its workers
     workers = _procs(lambda c: "RayTrainWorker" in c)
     assert len(workers) == 2, "two Ray Train workers"
@@ -108,8 +148,7 @@ def test_job_runs_across_nodes_and_survives_a_killed_worker_node(cluster, monkey
     assert _job_status(cluster, "nodes") == ["SUCCEEDED"]
     rows = _rows(metrics)
     assert [r["step"] for r in rows] == list(range(1, 41))
-    # resumed from the step-10 checkpoint: rows up to 10 were written before the kill, the rest after it
-    assert all(r["time"] < killed_at for r in rows[:10]) and all(r["time"] > killed_at for r in rows[10:])
+    _assert_resumed(rows, killed_at)
     assert (cluster["storage"] / "nodes" / "data" / "manifest.json").exists()
 
 
@@ -118,6 +157,7 @@ def test_killed_driver_then_the_same_submission_resumes(cluster, monkeypatch):
     assert _submit(cluster, "driver", "run") == 0
     metrics = cluster["storage"] / "driver" / "train" / "metrics.jsonl"
     _wait_for_step(metrics, 13)
+    _wait_for_checkpoint(cluster["storage"] / "driver")
     drivers = _procs(lambda c: "-m cluster run submitted.yaml" in c and "printenv" not in c)
     assert len(drivers) == 1
     killed_at = time.time()
@@ -129,4 +169,4 @@ def test_killed_driver_then_the_same_submission_resumes(cluster, monkeypatch):
     assert _submit(cluster, "driver", "train", wait=True) == 0  # follows the logs, exit 0 when it succeeded
     rows = _rows(metrics)
     assert [r["step"] for r in rows] == list(range(1, 41))
-    assert all(r["time"] < killed_at for r in rows[:10]) and all(r["time"] > killed_at for r in rows[10:])
+    _assert_resumed(rows, killed_at)
