@@ -65,6 +65,9 @@ def cluster(tmp_path_factory):
         _kill_tree([f":{port} ", f":{port}\"", f"port={port}", *dirs])
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
+        current = "/tmp/ray/ray_current_cluster"  # `ray.init("auto")` would keep dialing the dead head
+        if os.path.exists(current) and f":{port}" in open(current).read():
+            os.remove(current)
 
 
 def _sets(storage, name):
