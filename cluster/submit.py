@@ -114,20 +114,24 @@ def follow(c, job_id: str) -> int:
     except KeyboardInterrupt:
         print(f"\nraylm: detached; job {job_id} goes on (`raylm jobs stop {job_id}` stops it)", file=sys.stderr)
         return 1
-    status = c.get_job_status(job_id)
-    while str(status.value if hasattr(status, "value") else status) not in TERMINAL:  # logs can end a moment early
+    status = _status(c, job_id)
+    while status not in TERMINAL:  # the log stream can end a moment before the status does
         time.sleep(0.5)
-        status = c.get_job_status(job_id)
-    status = str(status.value if hasattr(status, "value") else status)
+        status = _status(c, job_id)
     print(f"raylm: job {job_id} {status}", file=sys.stderr)
     return 0 if status == "SUCCEEDED" else 1
+
+
+def _status(c, job_id: str) -> str:
+    status = c.get_job_status(job_id)
+    return str(getattr(status, "value", status))
 
 
 def jobs(action: str, job_id: str, address: Optional[str], follow_logs: bool = False) -> int:
     c = client(address)
     if action == "status":
         info = c.get_job_info(job_id)
-        print(f"{job_id}: {info.status.value if hasattr(info.status, 'value') else info.status}"
+        print(f"{job_id}: {getattr(info.status, 'value', info.status)}"
               + (f" ({info.message})" if info.message else ""))
         return 0
     if action == "logs":
