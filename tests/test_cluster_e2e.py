@@ -153,6 +153,16 @@ def test_job_runs_across_nodes_and_survives_a_killed_worker_node(cluster, monkey
     assert [r["step"] for r in rows] == list(range(1, 41))
     _assert_resumed(rows, killed_at)
     assert (cluster["storage"] / "nodes" / "data" / "manifest.json").exists()
+    # the cluster token is in no job log and nowhere in the run directory
+    from cluster.submit import client
+
+    c = client(cluster["address"])
+    job = [j for j in c.list_jobs() if (j.metadata or {}).get("raylm_run") == "nodes"][0]
+    logs = c.get_job_logs(job.submission_id)
+    assert "raylm train" in logs and cluster["token"] not in logs
+    for f in (cluster["storage"] / "nodes").rglob("*"):
+        if f.is_file():
+            assert cluster["token"].encode() not in f.read_bytes(), f
 
 
 def test_killed_driver_then_the_same_submission_resumes(cluster, monkeypatch):
