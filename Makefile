@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
 	$(PY) -m pip install -q -e ".[test]"
 	@# S3 storage and its test server (moto's S3 on loopback), resolved on their own: see pyproject's test extra
-	$(PY) -m pip install -q "s3fs[boto3]>=2024.2" "moto[s3]>=5" "flask>=3" "flask-cors>=4"
+	$(PY) -m pip install -q "s3fs>=2024.2" "moto[s3]>=5" "flask>=3" "flask-cors>=4"
 	@touch $@
 
 install: $(VENV)/.installed

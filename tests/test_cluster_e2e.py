@@ -60,7 +60,8 @@ def cluster(tmp_path_factory):
             "--include-dashboard=true", "--disable-usage-stats")
         for name, d in zip(("node_a", "node_b"), dirs):
             run("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--resources={json.dumps({name: 1})}", f"--temp-dir={d}")
-        yield {"address": f"http://127.0.0.1:{dash}", "token": token, "storage": tmp_path_factory.mktemp("shared")}
+        yield {"address": f"http://127.0.0.1:{dash}", "token": token, "storage": tmp_path_factory.mktemp("shared"),
+               "port": port, "dirs": dirs}
     finally:
         _kill_tree([f":{port} ", f":{port}\"", f"port={port}", *dirs])
         for d in dirs:
@@ -138,7 +139,8 @@ def test_job_runs_across_nodes_and_survives_a_killed_worker_node(cluster, monkey
     _wait_for_step(metrics, 13)
     _wait_for_checkpoint(cluster["storage"] / "nodes")
     # the raylet of the node hosting the Ray Train workers (their parent process), killed with its workers
-    workers = _procs(lambda c: "RayTrainWorker" in c)
+    workers = [w for w in _procs(lambda c: "RayTrainWorker" in c)  # of this cluster's nodes, not another Ray's
+               if any(d in " ".join(psutil.Process(w.info["ppid"]).cmdline()) for d in cluster["dirs"])]
     assert len(workers) == 2, "two Ray Train workers"
     raylet = psutil.Process(workers[0].info["ppid"])
     assert "raylet" in raylet.name() and "node_" in " ".join(raylet.cmdline())
