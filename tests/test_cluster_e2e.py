@@ -56,10 +56,13 @@ def cluster(tmp_path_factory):
     port, dash = _free_port(), _free_port()
     run = lambda *a: subprocess.run([RAY, *a], env=env, check=True, capture_output=True, timeout=120)  # noqa: E731
     try:
+        # every node's agent on a port of its own: the default (52365) is taken by the first Ray on the machine,
+        # and the head's is the one the Jobs API submits through
         run("start", "--head", f"--port={port}", "--num-cpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-            "--include-dashboard=true", "--disable-usage-stats")
+            "--include-dashboard=true", "--disable-usage-stats", f"--dashboard-agent-listen-port={_free_port()}")
         for name, d in zip(("node_a", "node_b"), dirs):
-            run("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--resources={json.dumps({name: 1})}", f"--temp-dir={d}")
+            run("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--resources={json.dumps({name: 1})}", f"--temp-dir={d}",
+                f"--dashboard-agent-listen-port={_free_port()}")
         yield {"address": f"http://127.0.0.1:{dash}", "token": token, "storage": tmp_path_factory.mktemp("shared"),
                "port": port, "dirs": dirs}
     finally:
