@@ -9,8 +9,8 @@ import logging
 import math
 import random
 import tempfile
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
