@@ -6,6 +6,7 @@ import sys
 from typing import Optional
 
 from cluster.config import ConfigError, RunConfig, dump_config, load_config
+from training.evaluate import EvalOptions
 from training.sample import SampleOptions
 
 
@@ -45,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
     p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    p = sub.add_parser("eval", help="loss, perplexity, next-token accuracy; task metrics (exact match, accuracy, "
+                                    "macro-F1, BLEU) on a split or a file")
+    _recipe_args(p)
+    d = EvalOptions()
+    p.add_argument("--checkpoint", default=None, help="a run directory or checkpoint (default: the recipe's run)")
+    p.add_argument("--split", default=d.split, choices=["val", "train"])
+    p.add_argument("--file", default=None, help="a .txt file (perplexity) or a prompt/completion .jsonl, instead of a split")
+    p.add_argument("--max-windows", type=int, default=d.max_windows, help="LM metrics on at most N windows (default: all)")
+    p.add_argument("--max-examples", type=int, default=d.max_examples, help="task metrics on the first N examples")
+    p.add_argument("--device", default=d.device)
     p = sub.add_parser("export", help="a run's latest checkpoint as a Hugging Face transformers GPT-2 directory")
     p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json, model.safetensors, tokenizer.json")
@@ -85,6 +96,20 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(cfg: RunConfig, args: argparse.Namespace) -> int:
+    from training.evaluate import print_results, run_eval
+
+    opts = EvalOptions(checkpoint=args.checkpoint, split=args.split, file=args.file, max_windows=args.max_windows,
+                       max_examples=args.max_examples, device=args.device)
+    try:
+        res = run_eval(cfg, opts)
+    except (FileNotFoundError, ConfigError) as e:
+        print(f"raylm: {e}", file=sys.stderr)
+        return 2
+    print_results(res)
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from training.export import ExportError, export_hf
 
@@ -103,7 +128,7 @@ def _train(cfg: RunConfig) -> int:
 
     try:
         result = run_train(cfg)
-    except FileNotFoundError as e:  # `train` before `data`
+    except (FileNotFoundError, ConfigError) as e:  # `train` before `data`; init_from that does not fit
         print(f"raylm: {e}", file=sys.stderr)
         return 2
     if result.error is not None:
@@ -193,6 +218,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.command == "train":
         return _train(cfg)
+    if args.command == "eval":
+        return _eval(cfg, args)
     if args.command == "submit":
         return _submit(cfg, args)
     if args.command == "tune":

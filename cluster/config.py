@@ -24,6 +24,22 @@ class InputSpec(Strict):
     format: Literal["auto", "txt", "jsonl", "parquet"] = "auto"  # auto: from the extension
     text_field: str = "text"
     id_field: Optional[str] = "id"  # absent or null: ids derived from path and line
+    # a task set (fine-tuning): each record is prompt + completion, the loss counts completion tokens only
+    # (shard-*.mask.npy); task records skip the quality filters, which are made for web text, not examples
+    prompt_field: Optional[str] = None
+    completion_field: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> "InputSpec":
+        if (self.prompt_field is None) != (self.completion_field is None):
+            raise ValueError("set both prompt_field and completion_field (a prompt/completion task set), or neither")
+        if self.prompt_field is not None and self.format == "txt":
+            raise ValueError("prompt_field/completion_field need records: format jsonl or parquet")
+        return self
+
+    @property
+    def is_task(self) -> bool:
+        return self.prompt_field is not None
 
 
 class NormalizeConfig(Strict):
@@ -138,6 +154,18 @@ class DataConfig(Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     output: OutputConfig = OutputConfig()
     execution: ExecutionConfig = ExecutionConfig()
+
+    @property
+    def has_tasks(self) -> bool:
+        """Whether any input is a prompt/completion task set (the shards then carry loss masks)."""
+        return any(i.is_task for i in self.inputs)
+
+    @model_validator(mode="after")
+    def _task_tokenizer(self) -> "DataConfig":
+        if self.has_tasks and self.tokenizer.train is not None:
+            raise ValueError("tokenizer: a prompt/completion task set is tokenized with the pretrained run's tokenizer "
+                             "(tokenizer.path: RUN/data/tokenizer.tiktoken, or its name), not a newly trained one")
+        return self
 
 
 # ---------------------------------------------------------------- train/tune

@@ -16,7 +16,7 @@ import xxhash
 from cluster.config import DataConfig
 from pipelines.clean import normalize, quality_filter
 from pipelines.dedup import signatures_from_words, text_hash, words_of
-from pipelines.tokenize import TokenizerSpec, encode_documents
+from pipelines.tokenize import TokenizerSpec, encode_documents, encode_with_masks
 
 SPLIT_TRAIN, SPLIT_VAL = 0, 1
 _CHUNK = 256  # documents processed together inside a block
@@ -28,6 +28,8 @@ def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
     if cfg.dedup.minhash.enabled:
         fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))
     fields.append(("tokens", pa.large_binary()) if tokenized else ("text", pa.large_string()))
+    if tokenized and cfg.has_tasks:
+        fields.append(("mask", pa.large_binary()))  # uint8 loss mask per token (see encode_with_masks)
     return pa.schema(fields)
 
 
@@ -54,10 +56,12 @@ class DocProcessor:
         self.enc = tokenizer.load() if tokenizer is not None else None
         self.schema = staging_schema(cfg, tokenized=self.enc is not None)
 
-    def _clean(self, text: Optional[str], reject: Optional[str]) -> tuple[str, Optional[str], Optional[list[str]]]:
+    def _clean(self, text: Optional[str], reject: Optional[str], task: bool) -> tuple[str, Optional[str], Optional[list[str]]]:
         """(status, cleaned text, words) of one document."""
         if reject is not None:
             return f"reject:{reject}", None, None
+        if task:  # a curated example: normalizing could move the prompt/completion boundary, the filters are for web text
+            return "kept", text, words_of(text)
         cfg = self.cfg.clean
         if cfg.enabled:
             text = normalize(text, cfg.normalize)
@@ -72,6 +76,7 @@ class DocProcessor:
         timings = {"clean": 0.0, "minhash": 0.0, "tokenize": 0.0, "write": 0.0}
         n = batch.num_rows
         raw, rejects, ids = batch["text"].to_pylist(), batch["reject"].to_pylist(), batch["id"].to_pylist()
+        prompt_chars = batch["prompt_chars"].to_pylist()
         status: list[str] = []
         hashes = np.zeros(n, dtype=np.uint64)
         split = np.zeros(n, dtype=np.int8)
@@ -79,12 +84,13 @@ class DocProcessor:
         sig = np.zeros((n, mh.num_perm), dtype=np.uint32) if mh.enabled else None
         kept_idx: list[int] = []
         kept_out: list = []  # token arrays, or cleaned texts when the tokenizer is trained later
+        kept_masks: list = []
         # chunks of documents: word lists and token lists live for one chunk, not the whole block
         for lo in range(0, n, _CHUNK):
             t0 = time.perf_counter()
             idx, texts, words = [], [], []
             for i in range(lo, min(lo + _CHUNK, n)):
-                st, text, w = self._clean(raw[i], rejects[i])
+                st, text, w = self._clean(raw[i], rejects[i], prompt_chars[i] is not None)
                 status.append(st)
                 if text is not None:
                     idx.append(i); texts.append(text); words.append(w)
@@ -95,7 +101,11 @@ class DocProcessor:
                 sig[idx] = signatures_from_words(words, mh)
             del words
             t2 = time.perf_counter()
-            if self.enc is not None:
+            if self.enc is not None and self.cfg.has_tasks:
+                docs, masks = encode_with_masks(self.enc, texts, [prompt_chars[i] for i in idx])
+                kept_out += docs
+                kept_masks += masks
+            elif self.enc is not None:
                 kept_out += encode_documents(self.enc, texts)
             else:
                 kept_out += texts
@@ -110,6 +120,8 @@ class DocProcessor:
             cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * mh.num_perm), n, [None, pa.py_buffer(sig.tobytes())])
         if self.enc is not None:
             cols["tokens"] = binary_column(kept_out, n, where, 4)
+            if self.cfg.has_tasks:
+                cols["mask"] = binary_column(kept_masks, n, where, 1)
         else:
             texts = [None] * n
             for k, i in enumerate(kept_idx):

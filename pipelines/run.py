@@ -145,27 +145,28 @@ class TokenizeFile:
         return {"path": batch["path"]}
 
 
-def _token_arrays(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A large_binary column of uint32 token strings -> (flat tokens, lengths)."""
+def _token_arrays(col: pa.Array, dtype: type = np.uint32) -> tuple[np.ndarray, np.ndarray]:
+    """A large_binary column of `dtype` strings (tokens, or uint8 loss masks) -> (flat values, lengths)."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if len(col) == 0:
-        return np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        return np.zeros(0, dtype), np.zeros(0, np.int64)
     offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
-    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].view(np.uint32)
-    return data, np.diff(offsets) // 4
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].view(dtype)
+    return data, np.diff(offsets) // np.dtype(dtype).itemsize
 
 
 def write_outputs(cfg: RunConfig, root: str, summaries: list[dict], dups: Optional[pads.Dataset], trained: bool,
                   dtype: np.dtype) -> tuple[dict, Counter, int, int]:
     """Stage 4: shards, removed.parquet, counts. Sequential, streaming one staging file at a time."""
     out = cfg.data.output
-    writers = {0: ShardWriter(root, "train", dtype, out.shard_tokens), 1: ShardWriter(root, "val", dtype, out.shard_tokens)}
+    masks = cfg.data.has_tasks
+    writers = {sp: ShardWriter(root, name, dtype, out.shard_tokens, masks=masks) for sp, name in ((0, "train"), (1, "val"))}
     removed_counts: Counter = Counter()
     docs_in = bytes_in = 0
     fs, _ = fsspec.core.url_to_fs(root)
     with fs.open(f"{root}/removed.parquet.tmp", "wb") as fh, pq.ParquetWriter(fh, REMOVED_SCHEMA) as removed_w:
         for s in tqdm(summaries, desc="shards", unit="file", disable=None):
-            cols = ["uid", "id", "src", "status", "nbytes", "split"] + ([] if trained else ["tokens"])
+            cols = ["uid", "id", "src", "status", "nbytes", "split"] + ([] if trained else ["tokens"]) + (["mask"] if masks else [])
             t = pq.read_table(s["path"], columns=cols)
             docs_in += t.num_rows
             bytes_in += int(pc.sum(t["nbytes"]).as_py() or 0)
@@ -184,10 +185,12 @@ def write_outputs(cfg: RunConfig, root: str, summaries: list[dict], dups: Option
             # kept documents, in order, to their split
             tok_col = pq.read_table(s["path"] + ".tokens")["tokens"] if trained else t["tokens"].filter(pa.array(mask))
             flat, lengths = _token_arrays(tok_col)
+            flat_mask = _token_arrays(t["mask"].filter(pa.array(mask)), np.uint8)[0] if masks else None
             split = t["split"].to_numpy()[mask]
             for sp, w in writers.items():
                 docs = split == sp
-                w.add(flat if docs.all() else flat[np.repeat(docs, lengths)], lengths[docs])
+                sel = slice(None) if docs.all() else np.repeat(docs, lengths)
+                w.add(flat[sel], lengths[docs], None if flat_mask is None else flat_mask[sel])
     fs.mv(f"{root}/removed.parquet.tmp", f"{root}/removed.parquet")
     splits = {"train": writers[0].close(), "val": writers[1].close()}
     return splits, removed_counts, docs_in, bytes_in
@@ -255,6 +258,7 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
         # a trained tokenizer is the run's own file: named relative to data/, so the manifest is the same wherever the run is
         "tokenizer": {**describe(tok, enc), **({"path": "tokenizer.tiktoken"} if trained else {})},
         "dtype": dtype.name,
+        **({"loss_mask": True} if cfg.data.has_tasks else {}),  # shard-*.mask.npy beside every shard
         "splits": splits,
         "stats": {"docs_in": docs_in, "docs_kept": docs_kept, "removed": dict(sorted(removed.items())), "bytes_in": bytes_in,
                   "tokens": splits["train"]["tokens"] + splits["val"]["tokens"]},

@@ -1,5 +1,8 @@
 """Token shards (`.npy`, 1-D uint16/uint32) with a document index, and the manifest.
 
+Task sets (prompt/completion) add a loss mask per shard, `shard-NNNNNN.mask.npy`: 1-D uint8, one
+entry per token, 1 where the token is a target the loss counts (completions), 0 elsewhere (prompts).
+
 A shard is cut when it reaches `shard_tokens`; documents never straddle shards. The writer keeps
 at most one shard in memory. The manifest is written last, atomically (tmp + rename).
 """
@@ -7,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterator
+from typing import Iterator, Optional
 
 import fsspec
 import numpy as np
@@ -45,11 +48,13 @@ class ShardWriter:
     Tokens stream to a raw temp file as they come; closing a shard writes the .npy header and copies
     the data behind it (hashing as it goes), so memory stays at one input batch, not one shard."""
 
-    def __init__(self, root: str, split: str, dtype: np.dtype, shard_tokens: int):
+    def __init__(self, root: str, split: str, dtype: np.dtype, shard_tokens: int, masks: bool = False):
         self.fs, _ = fsspec.core.url_to_fs(root)
         self.root, self.split, self.dtype, self.limit = root, split, dtype, shard_tokens
         self.fs.makedirs(f"{root}/{split}", exist_ok=True)
         self.raw = None  # open temp file of the current shard
+        self.masks = masks
+        self.raw_mask = None  # ... and of its loss mask
         self.lengths: list[int] = []
         self.n = 0
         self.shards: list[dict] = []
@@ -59,17 +64,24 @@ class ShardWriter:
     def _name(self) -> str:
         return f"{self.split}/shard-{len(self.shards):06d}"
 
-    def _append(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+    def _append(self, tokens: np.ndarray, lengths: np.ndarray, mask: Optional[np.ndarray]) -> None:
         if self.raw is None:
             self.raw = self.fs.open(f"{self.root}/{self._name()}.raw.tmp", "wb")
+            if self.masks:
+                self.raw_mask = self.fs.open(f"{self.root}/{self._name()}.mask.raw.tmp", "wb")
         self.raw.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        if self.masks:
+            self.raw_mask.write(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
         self.lengths.extend(int(x) for x in lengths)
         self.n += len(tokens)
 
-    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        """Many documents at once: `tokens` is their concatenation, `lengths` their sizes."""
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, mask: Optional[np.ndarray] = None) -> None:
+        """Many documents at once: `tokens` is their concatenation, `lengths` their sizes, `mask`
+        their loss masks (concatenated likewise; required when the writer keeps masks)."""
         if len(lengths) == 0:
             return
+        if self.masks and (mask is None or len(mask) != len(tokens)):
+            raise ValueError(f"{self.split}: a loss mask of {len(tokens)} entries is required")
         ends = np.cumsum(lengths)
         start_doc, start_tok = 0, 0
         while start_doc < len(lengths):
@@ -82,7 +94,8 @@ class ShardWriter:
                 self.flush()
                 continue
             stop_tok = int(ends[start_doc + k - 1])
-            self._append(tokens[start_tok:stop_tok], lengths[start_doc:start_doc + k])
+            self._append(tokens[start_tok:stop_tok], lengths[start_doc:start_doc + k],
+                         mask[start_tok:stop_tok] if self.masks else None)
             start_doc += k
             start_tok = stop_tok
             if self.n >= self.limit:
@@ -95,21 +108,32 @@ class ShardWriter:
         raw_path = f"{self.root}/{name}.raw.tmp"
         self.raw.close()
         self.raw = None
-        path, tmp = f"{self.root}/{name}.npy", f"{self.root}/{name}.npy.tmp"
+        sha = self._raw_to_npy(raw_path, f"{self.root}/{name}.npy", self.dtype)
+        entry = {"path": f"{name}.npy", "tokens": self.n, "docs": len(self.lengths), "sha256": sha}
+        if self.masks:
+            self.raw_mask.close()
+            self.raw_mask = None
+            entry["mask_sha256"] = self._raw_to_npy(f"{self.root}/{name}.mask.raw.tmp", f"{self.root}/{name}.mask.npy",
+                                                    np.dtype(np.uint8))
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.uint64)
+        _save_npy(self.fs, f"{self.root}/{name}.idx.npy", offsets)
+        self.shards.append(entry)
+        self.tokens += self.n
+        self.docs += len(self.lengths)
+        self.lengths, self.n = [], 0
+
+    def _raw_to_npy(self, raw_path: str, path: str, dtype: np.dtype) -> str:
+        """The .npy header, then the raw values copied behind it (hashing as it goes); returns the sha256."""
+        tmp = path + ".tmp"
         with self.fs.open(tmp, "wb") as f, self.fs.open(raw_path, "rb") as src:
             out = _HashingWriter(f)
-            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                        "fortran_order": False, "shape": (self.n,)})
             for chunk in iter(lambda: src.read(_COPY_CHUNK), b""):
                 out.write(chunk)
         self.fs.mv(tmp, path)
         self.fs.rm(raw_path)
-        offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.uint64)
-        _save_npy(self.fs, f"{self.root}/{name}.idx.npy", offsets)
-        self.shards.append({"path": f"{name}.npy", "tokens": self.n, "docs": len(self.lengths), "sha256": out.sha.hexdigest()})
-        self.tokens += self.n
-        self.docs += len(self.lengths)
-        self.lengths, self.n = [], 0
+        return out.sha.hexdigest()
 
     def close(self) -> dict:
         self.flush()
@@ -136,24 +160,30 @@ def is_local(fs) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
-def iter_documents(root: str, split: str) -> Iterator[np.ndarray]:
-    """Every document of a split, in order, as its token array (EOT first). mmap'd when local."""
+def _load_npy(fs, path: str, local: bool) -> np.ndarray:
+    if local:
+        return np.load(path, mmap_mode="r")
+    with fs.open(path) as f:
+        return np.load(f)
+
+
+def iter_documents(root: str, split: str, with_masks: bool = False) -> Iterator:
+    """Every document of a split, in order, as its token array (EOT first); with `with_masks`,
+    (tokens, loss mask) pairs (the mask all ones where the shards have none). mmap'd when local."""
     man = read_manifest(root)
     fs, _ = fsspec.core.url_to_fs(root)
     local = is_local(fs)
     for shard in man["splits"][split]["shards"]:
         path = f"{root}/{shard['path']}"
-        if local:
-            tokens = np.load(path, mmap_mode="r")
-            offsets = np.load(path[:-4] + ".idx.npy")
-        else:
-            with fs.open(path) as f:
-                tokens = np.load(f)
-            with fs.open(path[:-4] + ".idx.npy") as f:
-                offsets = np.load(f)
+        tokens = _load_npy(fs, path, local)
+        offsets = _load_npy(fs, path[:-4] + ".idx.npy", local)
+        mask = _load_npy(fs, path[:-4] + ".mask.npy", local) if with_masks and man.get("loss_mask") else None
         ends = np.r_[offsets[1:], len(tokens)].astype(np.int64)
         for s, e in zip(offsets.astype(np.int64), ends):
-            yield tokens[s:e]
+            if not with_masks:
+                yield tokens[s:e]
+            else:
+                yield tokens[s:e], (mask[s:e] if mask is not None else np.ones(e - s, dtype=np.uint8))
 
 
 def rm_tree(path: str) -> None:

@@ -28,6 +28,7 @@ SCHEMA = pa.schema([
     ("text", pa.large_string()),
     ("nbytes", pa.int64()),  # raw size, for bytes_in and MB/s
     ("reject", pa.string()),  # null, or the reason this input is not a document
+    ("prompt_chars", pa.int64()),  # task records: text = prompt + completion, the prompt's length; else null
 ])
 
 _EXT = {".txt": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
@@ -81,10 +82,12 @@ class _Rows:
         self.bytes = 0
         self.execution = execution
 
-    def add(self, uid: int, id_: str, src: str, text: Optional[str], nbytes: int, reject: Optional[str]) -> None:
+    def add(self, uid: int, id_: str, src: str, text: Optional[str], nbytes: int, reject: Optional[str],
+            prompt_chars: Optional[int]) -> None:
         c = self.cols
         c["uid"].append(uid); c["id"].append(id_); c["src"].append(src)
         c["text"].append(text); c["nbytes"].append(nbytes); c["reject"].append(reject)
+        c["prompt_chars"].append(prompt_chars if reject is None else None)
         self.bytes += nbytes
 
     def full(self) -> bool:
@@ -104,25 +107,46 @@ def _decode(raw: bytes) -> tuple[Optional[str], Optional[str]]:
         return None, "invalid_utf8"
 
 
-def _doc_from_json(line: bytes, spec: InputSpec) -> tuple[Optional[str], Optional[str], Optional[str]]:
-    """(text, id, reject reason) of one JSON line."""
+def _record_text(rec: dict, spec: InputSpec) -> tuple[Optional[str], Optional[str], Optional[int]]:
+    """(text, reject reason, prompt_chars) of one record: its text field, or prompt + completion."""
+    if not spec.is_task:
+        text = rec.get(spec.text_field)
+        if spec.text_field not in rec:
+            return None, "missing_text", None
+        return (text, None, None) if isinstance(text, str) else (None, "non_string_text", None)
+    parts = []
+    for field, what in ((spec.prompt_field, "prompt"), (spec.completion_field, "completion")):
+        if field not in rec or rec[field] is None:
+            return None, f"missing_{what}", None
+        if not isinstance(rec[field], str):
+            return None, f"non_string_{what}", None
+        parts.append(rec[field])
+    if not parts[1].strip():
+        return None, "empty_completion", None
+    return parts[0] + parts[1], None, len(parts[0])
+
+
+def _doc_from_json(line: bytes, spec: InputSpec) -> tuple[Optional[str], Optional[str], Optional[str], Optional[int]]:
+    """(text, id, reject reason, prompt_chars) of one JSON line."""
     s, bad = _decode(line)
     if bad:
-        return None, None, bad
+        return None, None, bad, None
     try:
         obj = json.loads(s)
     except ValueError:
-        return None, None, "malformed_json"
+        return None, None, "malformed_json", None
     if not isinstance(obj, dict):
-        return None, None, "malformed_json"
+        return None, None, "malformed_json", None
     doc_id = obj.get(spec.id_field) if spec.id_field else None
     doc_id = None if doc_id is None else str(doc_id)
-    if spec.text_field not in obj:
-        return None, doc_id, "missing_text"
-    text = obj[spec.text_field]
-    if not isinstance(text, str):
-        return None, doc_id, "non_string_text"
-    return text, doc_id, None
+    text, why, prompt_chars = _record_text(obj, spec)
+    return text, doc_id, why, prompt_chars
+
+
+def _json_row(line: bytes, spec: InputSpec) -> tuple:
+    """The arguments of read_file's add() for one JSON line."""
+    text, doc_id, why, prompt_chars = _doc_from_json(line, spec)
+    return text, doc_id, len(line), why, prompt_chars
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -141,29 +165,32 @@ def read_file(sf: SourceFile, execution: ExecutionConfig, reject: RejectConfig) 
     base = sf.index << 32
     line_no = 0
 
-    def add(text: Optional[str], doc_id: Optional[str], nbytes: int, why: Optional[str]) -> None:
+    def add(text: Optional[str], doc_id: Optional[str], nbytes: int, why: Optional[str], prompt_chars: Optional[int] = None) -> None:
         src = f"{sf.path}:{line_no + 1}"
         if why is None:
             if nbytes > reject.max_bytes:
                 text, why = None, "too_large"
             elif not text or not text.strip():
                 text, why = None, "empty"
-        rows.add(base | line_no, doc_id if doc_id is not None else src, src, text, nbytes, why)
+        rows.add(base | line_no, doc_id if doc_id is not None else src, src, text, nbytes, why, prompt_chars)
 
     try:
         if sf.format == "parquet":
             with fsspec.open(sf.path, "rb") as f:
                 pf = pq.ParquetFile(f)
-                cols = [sf.spec.text_field] + ([sf.spec.id_field] if sf.spec.id_field and sf.spec.id_field in pf.schema_arrow.names else [])
-                if sf.spec.text_field not in pf.schema_arrow.names:
-                    raise KeyError(sf.spec.text_field)
+                spec = sf.spec
+                fields = [spec.prompt_field, spec.completion_field] if spec.is_task else [spec.text_field]
+                for name in fields:
+                    if name not in pf.schema_arrow.names:
+                        raise KeyError(name)
+                cols = fields + ([spec.id_field] if spec.id_field and spec.id_field in pf.schema_arrow.names else [])
                 for batch in pf.iter_batches(columns=cols, batch_size=1024):
                     d = batch.to_pydict()
-                    ids = d.get(sf.spec.id_field) if sf.spec.id_field else None
-                    for i, text in enumerate(d[sf.spec.text_field]):
+                    ids = d.get(spec.id_field) if spec.id_field else None
+                    for i in range(batch.num_rows):
                         doc_id = None if ids is None or ids[i] is None else str(ids[i])
-                        ok = isinstance(text, str)
-                        add(text if ok else None, doc_id, len(text.encode()) if ok else 0, None if ok else "non_string_text")
+                        text, why, prompt_chars = _record_text({k: d[k][i] for k in fields}, spec)
+                        add(text, doc_id, len(text.encode()) if text is not None else 0, why, prompt_chars)
                         line_no += 1
                         if rows.full():
                             yield rows.take()
@@ -185,14 +212,12 @@ def read_file(sf: SourceFile, execution: ExecutionConfig, reject: RejectConfig) 
                         *lines, pending = pending.split(b"\n")
                         for line in lines:
                             if line.strip():
-                                text, doc_id, bad = _doc_from_json(line, sf.spec)
-                                add(text, doc_id, len(line), bad)
+                                add(*_json_row(line, sf.spec))
                             line_no += 1
                             if rows.full():
                                 yield rows.take()
                     if pending.strip():
-                        text, doc_id, bad = _doc_from_json(pending, sf.spec)
-                        add(text, doc_id, len(pending), bad)
+                        add(*_json_row(pending, sf.spec))
     except KeyError as e:
         add(None, None, 0, f"missing_column:{e.args[0]}")
     except _read_errors() as e:  # truncated gzip/zstd, unreadable parquet: the rest of the file is lost, say so

@@ -124,6 +124,28 @@ def ranks_file(spec: TokenizerSpec) -> Optional[str]:
     return off._get_data_path(f"{spec.name}.tiktoken")
 
 
+def encode_with_masks(enc: tiktoken.Encoding, texts: list[str], prompt_chars: list[Optional[int]]
+                      ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Documents and their loss masks (uint8, 1 = a target the loss counts). A task record (its
+    prompt's length in characters given) is EOT, prompt, completion, EOT: the prompt and completion
+    are encoded apart, so the boundary is exact, and the mask covers the completion and the closing
+    EOT (the model learns to stop). Plain text (None) is a document as encode_documents makes it, all ones."""
+    plain = [i for i, n in enumerate(prompt_chars) if n is None]
+    task = [i for i, n in enumerate(prompt_chars) if n is not None]
+    docs: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
+    masks: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
+    for i, d in zip(plain, encode_documents(enc, [texts[i] for i in plain])):
+        docs[i], masks[i] = d, np.ones(len(d), dtype=np.uint8)
+    pieces = [texts[i][:prompt_chars[i]] for i in task] + [texts[i][prompt_chars[i]:] for i in task]
+    enc_pieces = enc.encode_ordinary_batch(pieces, num_threads=1)
+    eot = [enc.eot_token]
+    for k, i in enumerate(task):
+        p, c = enc_pieces[k], enc_pieces[len(task) + k]
+        docs[i] = np.asarray(eot + p + c + eot, dtype=np.uint32)
+        masks[i] = np.concatenate([np.zeros(1 + len(p), np.uint8), np.ones(len(c) + 1, np.uint8)])
+    return docs, masks
+
+
 def describe(spec: TokenizerSpec, enc: tiktoken.Encoding) -> dict:
     """The manifest's tokenizer entry."""
     ranks = ranks_file(spec)

@@ -78,7 +78,8 @@ def save(directory: str, rank: int, state: Optional[dict], tokenizer_dir: Option
         return
     torch.save(state, os.path.join(directory, STATE))
     with open(os.path.join(directory, META), "w") as f:
-        json.dump({"step": state["step"], "tokenizer": state["tokenizer"]["name"]}, f)
+        json.dump({"step": state["step"], "tokenizer": state["tokenizer"]["name"], "tokenizer_sha256": state["tokenizer"]["sha256"],
+                   "model": state["config"]["train"]["model"]}, f)
     if tokenizer_dir is not None:
         src = f"{tokenizer_dir}/tokenizer.tiktoken"
         fs, _ = fsspec.core.url_to_fs(src)

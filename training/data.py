@@ -7,6 +7,7 @@ of `seq_len` inside one shard. Which windows a rank reads at a step is a pure fu
 network with cycle walking: O(1) memory, however large the corpus), and step s of rank r takes
 positions [(s * world + r) * B, ... + B) of that order, so ranks never share a window in an epoch.
 The loader's whole state is (epoch, step): it goes into checkpoints and resumes exactly.
+Task sets carry a loss mask per shard (`shard-*.mask.npy`); a batch then has the mask of its targets.
 """
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ def permute(i: np.ndarray, n: int, key: int) -> np.ndarray:
     return out.astype(np.int64)
 
 
+def _open_array(url: str, sha256: str, local: bool, cache_dir: str) -> np.ndarray:
+    return np.load(url if local else _local_copy(url, sha256, cache_dir), mmap_mode="r")
+
+
 def _local_copy(url: str, sha256: str, cache_dir: str) -> str:
     """Remote shard -> local file, once per node (atomic rename, so concurrent ranks are safe)."""
     dst = Path(cache_dir) / f"{sha256}.npy"
@@ -79,25 +84,35 @@ class ShardWindows:
         cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "raylm", "shards")
         self.seq_len = seq_len
         self.arrays: list[np.ndarray] = []
+        self.masks: Optional[list[np.ndarray]] = [] if man.get("loss_mask") else None
         counts = []
         for sh in man["splits"][split]["shards"]:
             url = f"{data_root}/{sh['path']}"
-            path = url if local else _local_copy(url, sh["sha256"], cache_dir)
-            arr = np.load(path, mmap_mode="r")
+            arr = _open_array(url, sh["sha256"], local, cache_dir)
             self.arrays.append(arr)
+            if self.masks is not None:
+                self.masks.append(_open_array(url[:-4] + ".mask.npy", sh["mask_sha256"], local, cache_dir))
             counts.append(max(0, (len(arr) - 1) // seq_len))
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.n = int(self.starts[-1])
         if self.n == 0:
             raise ValueError(f"{data_root}: split {split!r} has no window of {seq_len + 1} tokens")
 
-    def window(self, ids: np.ndarray) -> np.ndarray:
+    def window(self, ids: np.ndarray, arrays: Optional[list[np.ndarray]] = None) -> np.ndarray:
+        """Tokens (or, given `arrays=self.masks`, loss masks) of windows `ids`: (len(ids), seq_len + 1)."""
+        arrays = self.arrays if arrays is None else arrays
         shard = np.searchsorted(self.starts, ids, side="right") - 1
         out = np.empty((len(ids), self.seq_len + 1), dtype=np.int64)
         for k, (s, i) in enumerate(zip(shard, ids)):
             off = int(i - self.starts[s]) * self.seq_len
-            out[k] = self.arrays[s][off: off + self.seq_len + 1]
+            out[k] = arrays[s][off: off + self.seq_len + 1]
         return out
+
+    def batch(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Inputs, targets and (task sets) the targets' loss mask of windows `ids`."""
+        arr = torch.from_numpy(self.window(ids))
+        mask = torch.from_numpy(self.window(ids, self.masks)[:, 1:]) if self.masks is not None else None
+        return arr[:, :-1], arr[:, 1:], mask
 
 
 class TrainLoader:
@@ -114,12 +129,13 @@ class TrainLoader:
         first = (step * self.world + self.rank) * self.B
         return permute(np.arange(first, first + self.B), self.w.n, key=self.seed * 1_000_003 + epoch)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(inputs, targets, loss mask or None) of this rank's next micro-batch."""
         if self.state.step >= self.steps_per_epoch:
             self.state = LoaderState(self.state.epoch + 1, 0)
-        arr = torch.from_numpy(self.w.window(self.ids_at(self.state.epoch, self.state.step)))
+        out = self.w.batch(self.ids_at(self.state.epoch, self.state.step))
         self.state.step += 1
-        return arr[:, :-1], arr[:, 1:]
+        return out
 
     def state_dict(self) -> dict:
         return {"epoch": self.state.epoch, "step": self.state.step}

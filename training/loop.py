@@ -57,17 +57,19 @@ def _peak_flops(device: torch.device) -> float | None:
 
 def evaluate(model: torch.nn.Module, windows: ShardWindows, ids: np.ndarray, micro_batch: int, device: torch.device,
              amp, rank: int = 0, world: int = 1) -> float:
-    """Mean loss over the fixed validation windows `ids`, each rank taking an equal slice (the same
-    number of forward passes everywhere, as FSDP's collectives need), summed across ranks."""
+    """Mean loss per target token (per masked-in target for task sets) over the fixed validation
+    windows `ids`, each rank taking an equal slice (the same number of forward passes everywhere, as
+    FSDP's collectives need), summed across ranks."""
     per_rank = len(ids) // world
     mine = ids[rank * per_rank:(rank + 1) * per_rank] if world > 1 else ids
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of losses x windows, windows
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of token losses, tokens
     for i in range(0, len(mine), micro_batch):
-        arr = torch.from_numpy(windows.window(mine[i:i + micro_batch])).to(device)
+        x, y, m = (a.to(device) if a is not None else None for a in windows.batch(mine[i:i + micro_batch]))
         with torch.no_grad(), amp:
-            _, loss = model(arr[:, :-1], arr[:, 1:])
-        total += torch.stack([loss.double() * len(arr), torch.tensor(float(len(arr)), dtype=torch.float64, device=device)])
+            _, loss = model(x, y, loss_mask=m)
+        n = m.sum().double() if m is not None else torch.tensor(float(y.numel()), dtype=torch.float64, device=device)
+        total += torch.stack([loss.double() * n, n])
     model.train()
     if world > 1:
         torch.distributed.all_reduce(total)
@@ -80,9 +82,9 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, loader
     returns the mean loss across micro-batches and ranks, and the pre-clip gradient norm."""
     loss_sum = torch.zeros((), device=device)
     for micro in range(accum):
-        x, y = (a.to(device, non_blocking=True) for a in loader.next())
+        x, y, m = (a.to(device, non_blocking=True) if a is not None else None for a in loader.next())
         with grad_sync(model, micro == accum - 1), amp:
-            _, loss = model(x, y)
+            _, loss = model(x, y, loss_mask=m)
             (loss / accum).backward()
         loss_sum += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -22,8 +22,9 @@ def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, start_from: 
     t = cfg.train
     storage = absolute(cfg.storage_path)
     recipe = cfg.model_copy(update={"storage_path": storage}).model_dump(mode="json")
-    if t.data_path:
-        recipe["train"]["data_path"] = absolute(t.data_path)
+    for key in ("data_path", "init_from"):  # workers do not share the driver's working directory
+        if getattr(t, key):
+            recipe["train"][key] = absolute(getattr(t, key))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"recipe": recipe, "start_from": start_from},
@@ -45,10 +46,42 @@ def run_train(cfg: RunConfig):
 
     if not exists(f"{cfg.data_dir}/manifest.json"):
         raise FileNotFoundError(f"{cfg.data_dir} has no manifest.json: run `raylm data` first")
+    if cfg.train.init_from:
+        check_init_from(cfg)
     init_ray(cfg.ray)
     result = build_trainer(cfg).fit()
     plot_losses(read_metrics(f"{cfg.run_dir}/train/metrics.jsonl"), f"{cfg.run_dir}/train/loss.png", title=cfg.name)
     return result
+
+
+def check_init_from(cfg: RunConfig) -> str:
+    """The checkpoint `train.init_from` names, after checking (from its meta.json, without loading
+    weights) that its model has the recipe's shape and its tokenizer made the shards. Raises
+    FileNotFoundError or ConfigError with what differs."""
+    import json
+
+    import fsspec
+
+    from cluster.config import ConfigError
+    from pipelines.shards import read_manifest
+    from training import checkpoint
+
+    ckpt = checkpoint.latest(cfg.train.init_from)
+    with fsspec.open(f"{ckpt}/{checkpoint.META}") as f:
+        meta = json.load(f)
+    want = cfg.train.model.model_dump(mode="json")
+    have = meta.get("model")
+    # dropout is a training choice, not a shape: a fine-tune may change it
+    diff = {k: (have[k], want[k]) for k in want if k != "dropout" and have is not None and have.get(k) != want[k]}
+    if diff:
+        raise ConfigError(f"train.init_from: {ckpt} has a different model: "
+                          + ", ".join(f"train.model.{k} is {w!r} there, {v!r} here" for k, (w, v) in diff.items()))
+    tok = read_manifest(cfg.data_dir)["tokenizer"]
+    if meta.get("tokenizer_sha256", tok["sha256"]) != tok["sha256"]:
+        raise ConfigError(f"train.init_from: {ckpt} was trained with another tokenizer ({meta['tokenizer']}) than the one "
+                          f"that made {cfg.data_dir} ({tok['name']}); tokenize with the pretrained run's "
+                          "(data.tokenizer.path: RUN/data/tokenizer.tiktoken)")
+    return ckpt
 
 
 def summarize(cfg: RunConfig) -> dict:

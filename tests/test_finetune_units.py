@@ -1,0 +1,182 @@
+"""Fine-tuning and evaluation pieces without Ray: task records and their loss masks, mask-carrying
+shards and windows, the masked loss and its gradient, metrics on hand-made cases, init_from checks."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cluster.config import ConfigError, DataConfig, ModelConfig, RunConfig
+from pipelines.shards import ShardWriter, iter_documents, write_manifest
+from pipelines.sources import _record_text
+from pipelines.tasks import build_play_task, speeches
+from pipelines.tokenize import encode_with_masks, load_encoding, spec_from_config
+from cluster.config import InputSpec, TokenizerConfig
+from training.data import ShardWindows
+from training.evaluate import bleu, classification_metrics, label_logprobs, lm_metrics, split_examples
+from training.model import GPT, GPTConfig
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return load_encoding(spec_from_config(TokenizerConfig()))
+
+
+def test_task_records_fields_and_rejects():
+    spec = InputSpec(path="x.jsonl", prompt_field="q", completion_field="a")
+    assert _record_text({"q": "Line:\n", "a": " Hamlet"}, spec) == ("Line:\n Hamlet", None, 6)
+    assert _record_text({"q": "Line:"}, spec)[1] == "missing_completion"
+    assert _record_text({"a": "x", "q": 3}, spec)[1] == "non_string_prompt"
+    assert _record_text({"q": "Line:", "a": "  "}, spec)[1] == "empty_completion"
+    with pytest.raises(ValueError, match="both prompt_field and completion_field"):
+        InputSpec(path="x.jsonl", prompt_field="q")
+    with pytest.raises(ValueError, match="jsonl or parquet"):
+        InputSpec(path="x.txt", format="txt", prompt_field="q", completion_field="a")
+    with pytest.raises(ValueError, match="pretrained run's tokenizer"):
+        DataConfig(inputs=[spec], tokenizer={"train": {"vocab_size": 512}})
+
+
+def test_encode_with_masks_marks_completion_and_closing_eot(enc):
+    docs, masks = encode_with_masks(enc, ["Passage:\nTo be\nPlay: Hamlet", "plain text"], [len("Passage:\nTo be\nPlay:"), None])
+    p, c = enc.encode_ordinary("Passage:\nTo be\nPlay:"), enc.encode_ordinary(" Hamlet")
+    eot = enc.eot_token
+    assert docs[0].tolist() == [eot] + p + c + [eot]
+    assert masks[0].tolist() == [0] * (1 + len(p)) + [1] * (len(c) + 1)
+    assert docs[1].tolist() == [eot] + enc.encode_ordinary("plain text") and masks[1].tolist() == [1] * len(docs[1])
+
+
+def _model(vocab=128, seq_len=16, seed=0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.from_recipe(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=seq_len), n_vocab=vocab))
+
+
+def test_prompt_targets_contribute_nothing_to_loss_or_gradient():
+    m = _model()
+    torch.manual_seed(1)
+    x = torch.randint(0, 128, (2, 16))
+    y = torch.randint(0, 128, (2, 16))
+    mask = torch.zeros(2, 16, dtype=torch.uint8)
+    mask[0, 10:] = 1
+    mask[1, 4:7] = 1
+
+    def loss_and_grads(targets):
+        m.zero_grad()
+        _, loss = m(x, targets, loss_mask=mask)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in m.parameters()]
+
+    l1, g1 = loss_and_grads(y)
+    y2 = y.clone()
+    y2[mask == 0] = torch.randint(0, 128, (int((mask == 0).sum()),))  # other targets at the prompt positions
+    l2, g2 = loss_and_grads(y2)
+    assert l1 == l2 and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    logits, _ = m(x)
+    want = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")[mask.reshape(-1).bool()].mean()
+    assert abs(l1 - want.item()) < 1e-6
+    y3 = y.clone()
+    y3[0, 12] = (y3[0, 12] + 1) % 128  # a completion target does count
+    assert loss_and_grads(y3)[0] != l1
+
+
+def _task_shards(root, enc):
+    texts = ["Passage:\nTo be\nPlay: Hamlet", "Passage:\nFair is foul\nPlay: Macbeth", "Passage:\nWherefore art thou\nPlay: Romeo"]
+    prompts = [t.index(":", len("Passage:")) + 1 for t in texts]
+    docs, masks = encode_with_masks(enc, texts, prompts)
+    tokens = np.concatenate(docs)
+    w = ShardWriter(str(root), "val", np.dtype(np.uint32), shard_tokens=20, masks=True)
+    w.add(tokens, np.array([len(d) for d in docs]), np.concatenate(masks))
+    split = w.close()
+    write_manifest(str(root), {"format": "raylm-shards", "version": 1, "loss_mask": True,
+                               "tokenizer": {"name": "cl100k_base", "n_vocab": enc.n_vocab, "eot": enc.eot_token, "sha256": "x"},
+                               "dtype": "uint32", "splits": {"train": {"tokens": 0, "docs": 0, "shards": []}, "val": split}})
+    return docs, masks, split
+
+
+def test_mask_shards_round_trip_and_windows_align_masks_with_targets(tmp_path, enc):
+    docs, masks, split = _task_shards(tmp_path, enc)
+    assert len(split["shards"]) >= 2 and all("mask_sha256" in s for s in split["shards"])  # cut into several shards
+    assert (tmp_path / "val" / "shard-000000.mask.npy").exists()
+    got = list(iter_documents(str(tmp_path), "val", with_masks=True))
+    assert [d.tolist() for d, _ in got] == [d.tolist() for d in docs]
+    assert [m.tolist() for _, m in got] == [m.tolist() for m in masks]
+    w = ShardWindows(str(tmp_path), "val", seq_len=4)
+    x, y, m = w.batch(np.arange(w.n))
+    for s in range(w.n):  # the mask of a target is the mask of that token in its shard
+        shard = int(np.searchsorted(w.starts, s, side="right") - 1)
+        off = int(s - w.starts[shard]) * 4
+        assert m[s].tolist() == w.masks[shard][off + 1: off + 5].tolist()
+        assert y[s].tolist() == w.arrays[shard][off + 1: off + 5].tolist()
+    ex = split_examples(str(tmp_path), "val")
+    assert [enc.decode(c) for _, c in ex] == [" Hamlet", " Macbeth", " Romeo"]
+    assert enc.decode(ex[1][0][1:]) == "Passage:\nFair is foul\nPlay:"
+
+
+def test_classification_metrics_hand_made():
+    r = classification_metrics(["a", "a", "b", "c"], ["a", "b", "b", "a"])
+    # a: tp1 fp1 fn1 -> 0.5; b: tp1 fp1 fn0 -> 2/3; c: tp0 fn1 -> 0 (scikit-learn gives 0.38888...)
+    assert r["accuracy"] == 0.5 and abs(r["macro_f1"] - (0.5 + 2 / 3 + 0) / 3) < 1e-12
+    assert classification_metrics(["x", "y"], ["x", "y"]) == {"accuracy": 1.0, "macro_f1": 1.0}
+    maj = classification_metrics(["a", "a", "a", "b"], ["a"] * 4)  # a: 2*3/(6+1) = 6/7; b: 0
+    assert maj["accuracy"] == 0.75 and abs(maj["macro_f1"] - 3 / 7) < 1e-12
+
+
+def test_bleu_bounds():
+    refs = ["the cat sat on the mat today", "a quick brown fox jumps over it"]
+    assert bleu(refs, refs) == pytest.approx(100.0)
+    assert bleu(["zz yy xx ww vv uu", "qq rr ss tt oo pp"], refs) == pytest.approx(0.0)
+    assert 0 < bleu(["the cat sat on the mat", "a quick brown fox jumps over it"], refs) < 100
+
+
+def test_label_logprobs_and_masked_lm_metrics_match_direct_computation():
+    m = _model().eval()
+    prompt, labels = [5, 9, 11, 3], [[7, 1], [8, 2, 1], [4]]
+    got = label_logprobs(m, prompt, labels, "cpu")
+    for i, lab in enumerate(labels):
+        seq = torch.tensor([prompt + lab])
+        lp = torch.log_softmax(m(seq[:, :-1])[0][0], -1)
+        want = sum(lp[len(prompt) - 1 + j, t].item() for j, t in enumerate(lab))
+        assert abs(got[i].item() - want) < 1e-5
+    torch.manual_seed(2)
+    x, y = torch.randint(0, 128, (3, 16)), torch.randint(0, 128, (3, 16))
+    mask = (torch.rand(3, 16) > 0.5).to(torch.uint8)
+    res = lm_metrics(m, iter([(x, y, mask)]), "cpu")
+    logits = m(x)[0]
+    sel = mask.bool()
+    assert res["tokens"] == int(sel.sum())
+    assert abs(res["loss"] - F.cross_entropy(logits[sel], y[sel]).item()) < 1e-5
+    assert res["token_accuracy"] == (logits.argmax(-1)[sel] == y[sel]).float().mean().item()
+
+
+def test_play_task_builder(tmp_path):
+    counts = build_play_task(tmp_path / "play.jsonl")
+    recs = [json.loads(line) for line in open(tmp_path / "play.jsonl")]
+    assert len(recs) == sum(counts.values()) > 3000 and len(counts) == 6
+    assert len({r["id"] for r in recs}) == len(recs)
+    assert all(r["prompt"].startswith("Passage:\n") and r["prompt"].endswith("\nPlay:") for r in recs)
+    assert max(counts.values()) / len(recs) < 0.3  # no class dwarfs the rest
+    assert speeches("HAMLET.\nTo be, or not to be\n[Aside.] that is\n\n[Exit.]\n") == [["To be, or not to be", "that is"]]
+
+
+def test_init_from_must_match_model_and_tokenizer(tmp_path):
+    from tests.test_export import write_checkpoint
+    from pipelines.tokenize import describe, train_bpe
+    from tests.conftest import sample_docs
+    from training.trainer import check_init_from
+
+    spec = train_bpe((d["text"] for d in sample_docs()[:3]), 400, str(tmp_path / "tok" / "tokenizer.tiktoken"))
+    tok = (spec, load_encoding(spec), str(tmp_path / "tok"))
+    write_checkpoint(tmp_path / "pre" / "train" / "checkpoint_000", {"n_layer": 1, "n_head": 2, "d_model": 32, "seq_len": 16}, tok)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"tokenizer": describe(*tok[:2])}))
+    base = {"name": "ft", "storage_path": str(tmp_path), "train": {"init_from": str(tmp_path / "pre"), "data_path": str(data),
+                                                                   "model": {"n_layer": 1, "n_head": 2, "d_model": 32, "seq_len": 16}}}
+    assert check_init_from(RunConfig.model_validate(base)).endswith("checkpoint_000")
+    wider = json.loads(json.dumps(base))
+    wider["train"]["model"]["d_model"] = 64
+    with pytest.raises(ConfigError, match="train.model.d_model is 32 there, 64 here"):
+        check_init_from(RunConfig.model_validate(wider))
+    (data / "manifest.json").write_text(json.dumps({"tokenizer": {"name": "cl100k_base", "sha256": "other"}}))
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        check_init_from(RunConfig.model_validate(base))

@@ -1,0 +1,268 @@
+"""`raylm eval`: a checkpoint measured on a split of the run's shards or on a file.
+
+Language modelling: loss per target token, perplexity and next-token accuracy (over completion
+tokens only when the shards carry loss masks). Task sets (prompt/completion records): greedy
+completions scored by exact match and BLEU (sacrebleu); when the completions are a small set of
+labels, each example is also classified by the likeliest label (the sum of the label's token
+log-probabilities, closing end-of-text included, as lm-evaluation-harness scores multiple choice)
+for accuracy and macro-F1, beside the majority-class baseline (the train split's most frequent label).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cluster.config import ConfigError, RunConfig
+from pipelines.shards import exists, iter_documents, read_manifest
+from training.data import ShardWindows, val_windows
+from training.model import GPT
+
+
+@dataclass
+class EvalOptions:
+    checkpoint: Optional[str] = None  # run dir or checkpoint dir; None: the recipe's run
+    split: str = "val"
+    file: Optional[str] = None  # a .txt (perplexity) or a prompt/completion .jsonl instead of a split
+    max_windows: Optional[int] = None  # LM metrics on at most this many windows (evenly spread); None: all
+    max_examples: int = 1000  # task metrics on the first N examples
+    max_labels: int = 50  # completions count as labels (accuracy, macro-F1) when there are at most this many distinct
+    max_new_tokens: int = 64  # generation cap (also bounded by the longest reference + 2)
+    device: str = "cpu"
+
+
+# ---------------------------------------------------------------- metrics on hand-checkable inputs
+def classification_metrics(gold: list[str], pred: list[str]) -> dict:
+    """Accuracy and macro-F1 (the unweighted mean of per-class F1 over every class in gold or pred,
+    0 for a class never predicted correctly: scikit-learn's f1_score(average='macro', zero_division=0))."""
+    if not gold:
+        return {"accuracy": None, "macro_f1": None}
+    tp, fp, fn = Counter(), Counter(), Counter()
+    for g, p in zip(gold, pred):
+        if g == p:
+            tp[g] += 1
+        else:
+            fp[p] += 1
+            fn[g] += 1
+    f1s = []
+    for c in set(gold) | set(pred):
+        denom = 2 * tp[c] + fp[c] + fn[c]
+        f1s.append(2 * tp[c] / denom if denom else 0.0)
+    return {"accuracy": sum(tp.values()) / len(gold), "macro_f1": sum(f1s) / len(f1s)}
+
+
+def bleu(hyps: list[str], refs: list[str]) -> float:
+    """Corpus BLEU (sacrebleu's defaults: 13a tokenization, 4-grams), 0..100."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(hyps, [refs]).score)
+
+
+# ---------------------------------------------------------------- model passes
+@torch.no_grad()
+def lm_metrics(model: GPT, batches: Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]], device: str) -> dict:
+    """Loss per counted target, perplexity and next-token accuracy over (inputs, targets, mask) batches."""
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y, m in batches:
+        x, y = x.to(device), y.to(device)
+        logits, _ = model(x)
+        w = (m.to(device).bool() if m is not None else torch.ones_like(y, dtype=torch.bool)).reshape(-1)
+        logits = logits.float().reshape(-1, logits.size(-1))[w]
+        tgt = y.reshape(-1)[w]
+        loss_sum += F.cross_entropy(logits, tgt, reduction="sum").item()
+        correct += (logits.argmax(-1) == tgt).sum().item()
+        count += int(w.sum())
+    if count == 0:
+        return {"loss": None, "ppl": None, "token_accuracy": None, "tokens": 0}
+    loss = loss_sum / count
+    return {"loss": loss, "ppl": math.exp(min(loss, 50)), "token_accuracy": correct / count, "tokens": count}
+
+
+@torch.no_grad()
+def greedy(model: GPT, prompt: list[int], max_new: int, eot: int, vocab: int, device: str) -> list[int]:
+    """Greedy continuation of `prompt`, stopped at end-of-text (not included)."""
+    new: list[int] = []
+    for _ in range(max_new):
+        ctx = torch.tensor([(prompt + new)[-model.cfg.seq_len:]], device=device)
+        logits, _ = model(ctx)
+        nxt = int(logits[0, -1, :vocab].argmax())
+        if nxt == eot:
+            break
+        new.append(nxt)
+    return new
+
+
+@torch.no_grad()
+def label_logprobs(model: GPT, prompt: list[int], labels: list[list[int]], device: str) -> torch.Tensor:
+    """log p(label | prompt) of each label (token ids, closing EOT included), one batched forward."""
+    seqs = [(prompt + lab)[-(model.cfg.seq_len + 1):] for lab in labels]
+    width = max(len(s) for s in seqs)
+    x = torch.zeros(len(seqs), width - 1, dtype=torch.long)
+    y = torch.zeros(len(seqs), width - 1, dtype=torch.long)
+    m = torch.zeros(len(seqs), width - 1)
+    for i, (s, lab) in enumerate(zip(seqs, labels)):
+        x[i, :len(s) - 1] = torch.tensor(s[:-1])
+        y[i, :len(s) - 1] = torch.tensor(s[1:])
+        m[i, len(s) - 1 - len(lab):len(s) - 1] = 1  # the label's positions (right padding is causal-safe)
+    logits, _ = model(x.to(device))
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, y.to(device)[..., None])[..., 0]
+    return (lp * m.to(device)).sum(-1).cpu()
+
+
+# ---------------------------------------------------------------- examples
+def split_examples(data_root: str, split: str) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids with the leading EOT, completion ids without the closing EOT) of the task records
+    of a split: the documents whose loss mask starts at 0."""
+    out = []
+    for tokens, mask in iter_documents(data_root, split, with_masks=True):
+        if len(mask) and mask[0] == 0 and mask.any():
+            k = int(np.argmax(mask))
+            out.append(([int(t) for t in tokens[:k]], [int(t) for t in tokens[k:-1]]))
+    return out
+
+
+def file_examples(path: str, enc) -> tuple[list[tuple[list[int], list[int]]], Optional[list[int]]]:
+    """A prompt/completion .jsonl -> examples; a text file -> its tokens (EOT first) for perplexity."""
+    if path.endswith((".jsonl", ".json")):
+        ex = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                if not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("completion"), str):
+                    raise ConfigError(f"{path}:{n}: expected string fields 'prompt' and 'completion'")
+                ex.append(([enc.eot_token] + enc.encode_ordinary(rec["prompt"]), enc.encode_ordinary(rec["completion"])))
+        return ex, None
+    return [], [enc.eot_token] + enc.encode_ordinary(Path(path).read_text(encoding="utf-8"))
+
+
+def _token_batches(tokens: list[int], seq_len: int, mask: Optional[list[int]] = None, batch: int = 16):
+    """Non-overlapping windows over one token stream (the last one shorter), in batches of equal length."""
+    arr = np.asarray(tokens, dtype=np.int64)
+    msk = np.asarray(mask, dtype=np.uint8) if mask is not None else None
+    starts = list(range(0, max(len(arr) - 1, 0), seq_len))
+    full = [s for s in starts if s + seq_len + 1 <= len(arr)]
+    for i in range(0, len(full), batch):
+        idx = full[i:i + batch]
+        w = torch.from_numpy(np.stack([arr[s:s + seq_len + 1] for s in idx]))
+        m = torch.from_numpy(np.stack([msk[s + 1:s + seq_len + 1] for s in idx])) if msk is not None else None
+        yield w[:, :-1], w[:, 1:], m
+    tail = [s for s in starts if s + seq_len + 1 > len(arr)]
+    for s in tail:
+        w = torch.from_numpy(arr[s:])[None]
+        yield w[:, :-1], w[:, 1:], (torch.from_numpy(msk[s + 1:])[None] if msk is not None else None)
+
+
+def _split_batches(data_root: str, split: str, seq_len: int, max_windows: Optional[int], micro_batch: int):
+    w = ShardWindows(data_root, split, seq_len)
+    ids = np.arange(w.n) if max_windows is None else val_windows(w, max_windows)
+    for i in range(0, len(ids), micro_batch):
+        yield w.batch(ids[i:i + micro_batch])
+
+
+# ---------------------------------------------------------------- the command
+def task_metrics(model: GPT, enc, examples: list[tuple[list[int], list[int]]], train_labels: list[str],
+                 opts: EvalOptions) -> dict:
+    """Exact match and BLEU of greedy completions; accuracy and macro-F1 by label scoring, with the
+    majority baseline, when the references are a small label set."""
+    device, eot = opts.device, enc.eot_token
+    examples = examples[:opts.max_examples]
+    refs = [enc.decode(c) for _, c in examples]
+    longest = max(len(c) for _, c in examples)
+    hyps = [enc.decode(greedy(model, p, min(opts.max_new_tokens, longest + 2), eot, enc.n_vocab, device)) for p, _ in examples]
+    out = {"examples": len(examples),
+           "exact_match": sum(h.strip() == r.strip() for h, r in zip(hyps, refs)) / len(examples),
+           "bleu": bleu(hyps, refs), "samples": [{"reference": r, "generated": h} for r, h in list(zip(refs, hyps))[:5]]}
+    labels = sorted(set(refs) | set(train_labels))
+    if len(labels) > opts.max_labels:
+        out["labels"] = f"{len(labels)} distinct completions > max_labels ({opts.max_labels}): not a classification set"
+        return out
+    label_ids = [enc.encode_ordinary(lab) + [eot] for lab in labels]
+    pred = [labels[int(label_logprobs(model, p, label_ids, device).argmax())] for p, _ in examples]
+    majority = Counter(train_labels or refs).most_common(1)[0][0]
+    out.update(labels=len(labels), **classification_metrics(refs, pred),
+               majority_label=majority, majority=classification_metrics(refs, [majority] * len(refs)))
+    return out
+
+
+def run_eval(cfg: RunConfig, opts: EvalOptions) -> dict:
+    """Evaluate, write `{run_dir}/eval/<what>@<run>-step<N>.json`, return the results."""
+    import fsspec
+
+    from training import checkpoint
+    from training.sample import load_model
+
+    source = opts.checkpoint or cfg.run_dir
+    ckpt = checkpoint.local_dir(checkpoint.latest(source))
+    model, enc, state = load_model(ckpt, opts.device)
+    t0 = time.perf_counter()
+    res: dict = {"checkpoint": ckpt, "run": state["config"]["name"], "step": state["step"]}
+    seq_len = model.cfg.seq_len
+    if opts.file is not None:
+        examples, tokens = file_examples(opts.file, enc)
+        what = Path(opts.file).stem
+        if tokens is not None:
+            res["lm"] = lm_metrics(model, _token_batches(tokens, seq_len), opts.device)
+        else:
+            stream = [t for p, c in examples for t in p + c + [enc.eot_token]]
+            mask = [m for p, c in examples for m in [0] * len(p) + [1] * (len(c) + 1)]
+            res["lm"] = lm_metrics(model, _token_batches(stream, seq_len, mask), opts.device)
+        train_labels: list[str] = []
+    else:
+        data_root, what = cfg.data_dir, opts.split
+        if not exists(f"{data_root}/manifest.json"):
+            raise FileNotFoundError(f"{data_root} has no manifest.json: run `raylm data` first (or pass --file)")
+        man = read_manifest(data_root)
+        if man["tokenizer"]["sha256"] != state["tokenizer"]["sha256"]:
+            raise ConfigError(f"{ckpt} was trained with tokenizer {state['tokenizer']['name']}, "
+                              f"{data_root} was made with {man['tokenizer']['name']} (different ranks)")
+        res["lm"] = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows,
+                                                     cfg.train.batch.micro_batch_size), opts.device)
+        examples = split_examples(data_root, opts.split) if man.get("loss_mask") else []
+        train_labels = [enc.decode(c) for _, c in split_examples(data_root, "train")] if examples else []
+    if examples:
+        res["task"] = task_metrics(model, enc, examples, train_labels, opts)
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    out = f"{cfg.run_dir}/eval/{what}@{state['config']['name'].replace('/', '_')}-step{state['step']}.json"
+    fs, _ = fsspec.core.url_to_fs(out)
+    fs.makedirs(out.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(out, "w") as f:
+        json.dump(res, f, indent=1)
+    res["path"] = out
+    return res
+
+
+def print_results(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"raylm eval: {res['run']} step {res['step']}", show_header=True)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    lm = res["lm"]
+    if lm["loss"] is not None:
+        t.add_row("loss (nats/token)", f"{lm['loss']:.4f}")
+        t.add_row("perplexity", f"{lm['ppl']:.2f}")
+        t.add_row("next-token accuracy", f"{lm['token_accuracy']:.2%}")
+        t.add_row("tokens scored", f"{lm['tokens']:,}")
+    task = res.get("task")
+    if task:
+        t.add_row("examples", f"{task['examples']:,}")
+        t.add_row("exact match (greedy)", f"{task['exact_match']:.2%}")
+        t.add_row("BLEU (greedy)", f"{task['bleu']:.2f}")
+        if task.get("accuracy") is not None:
+            t.add_row(f"accuracy ({task['labels']} labels)", f"{task['accuracy']:.2%}")
+            t.add_row("macro-F1", f"{task['macro_f1']:.4f}")
+            t.add_row(f"majority baseline ({task['majority_label'].strip()!r}): accuracy", f"{task['majority']['accuracy']:.2%}")
+            t.add_row("majority baseline: macro-F1", f"{task['majority']['macro_f1']:.4f}")
+    Console().print(t)
+    print(f"raylm eval: results in {res['path']}")
