@@ -62,8 +62,9 @@ def test_resume_from_state_gives_the_same_batches(data_root):
 
 def test_inputs_and_targets_shift_by_one(data_root):
     w = ShardWindows(data_root, "train", seq_len=16)
-    x, y = TrainLoader(w, 2, 0, 1, seed=0).next()
+    x, y, mask = TrainLoader(w, 2, 0, 1, seed=0).next()
     assert x.shape == y.shape == (2, 16) and bool((x[:, 1:] == y[:, :-1]).all())
+    assert mask is None  # plain text: every target counts
 
 
 def test_val_windows_fixed(data_root):
