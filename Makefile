@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RECIPE ?= cluster/recipes/local.yaml
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run finetune test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "raylm needs Python 3.10+"'
@@ -23,8 +23,17 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/raylm run $(RECIPE)
 
+# the fine-tuning worked example (README): from the model `make run` pretrained, name the play of a passage
+finetune: install
+	@test -f runs/shakespeare-local/data/manifest.json || $(MAKE) run
+	$(PY) -m pipelines.tasks play --out data/tasks/play.jsonl
+	$(VENV)/bin/raylm data cluster/recipes/finetune.yaml
+	$(VENV)/bin/raylm eval cluster/recipes/finetune.yaml --checkpoint runs/shakespeare-local
+	$(VENV)/bin/raylm train cluster/recipes/finetune.yaml
+	$(VENV)/bin/raylm eval cluster/recipes/finetune.yaml
+
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

@@ -1,9 +1,14 @@
 """The main job end to end on the sample through the CLI (`raylm run`: data, 2-worker Ray Train,
 sample), its outputs (metrics, TensorBoard events, loss curve, checkpoints), `raylm sample`, and
-`raylm train` resuming the run to more steps."""
+`raylm train` resuming the run to more steps; then fine-tuning from that run on a prompt/completion
+task set (data with loss masks, init_from, `raylm eval` before and after, `raylm export`)."""
+import io
 import json
+from collections import Counter
+from contextlib import redirect_stdout
 
 import pytest
+import torch
 
 from cluster.cli import main
 from tests.conftest import ROOT
@@ -11,20 +16,34 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 RECIPE = str(ROOT / "cluster" / "recipes" / "local.yaml")
+FINETUNE = str(ROOT / "cluster" / "recipes" / "finetune.yaml")
+MODEL = "{n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}"
 
 
 def _rows(run):
     return [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_run_sample_then_resume(ray_session, tmp_path, capsys):
-    over = [f"storage_path={tmp_path}", "name=tr", "train.model={n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}",
-            "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}", "train.max_steps=12",
-            "train.schedule.warmup_steps=2", "train.eval={every: 6, batches: 2}", "train.checkpoint={every: 6, keep: 2}",
-            "train.scaling.num_workers=2"]
-    sets = [a for o in over for a in ("--set", o)]
-    assert main(["run", RECIPE, *sets, "--prompt", "KING"]) == 0
-    out = capsys.readouterr().out
+def _sets(over: list[str]) -> list[str]:
+    return [a for o in over for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def pretrained(ray_session, tmp_path_factory):
+    """`raylm run` of a small model on the sample: (storage path, the --set arguments, captured stdout)."""
+    tmp = tmp_path_factory.mktemp("pre")
+    sets = _sets([f"storage_path={tmp}", "name=tr", f"train.model={MODEL}",
+                  "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}", "train.max_steps=12",
+                  "train.schedule.warmup_steps=2", "train.eval={every: 6, batches: 2}", "train.checkpoint={every: 6, keep: 2}",
+                  "train.scaling.num_workers=2"])
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["run", RECIPE, *sets, "--prompt", "KING"]) == 0
+    return tmp, sets, buf.getvalue()
+
+
+def test_run_sample_then_resume(pretrained, capsys):
+    tmp_path, sets, out = pretrained
     assert "--- sample (prompt 'KING') ---\nKING" in out and "unigram entropy" in out
     run = tmp_path / "tr"
     rows = _rows(run)
@@ -48,3 +67,67 @@ def test_run_sample_then_resume(ray_session, tmp_path, capsys):
     assert main(["train", RECIPE, *sets, "--set", "train.max_steps=18"]) == 0
     assert [r["step"] for r in _rows(run)] == list(range(1, 19))
     assert "step 18" in capsys.readouterr().out
+
+
+def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, capsys):
+    from pipelines.shards import read_manifest
+    from pipelines.tasks import build_play_task
+    from training import checkpoint
+    from training.evaluate import split_examples
+
+    pre_root, _, _ = pretrained
+    pre = pre_root / "tr"
+    build_play_task(tmp_path / "all.jsonl")
+    lines = (tmp_path / "all.jsonl").read_text().splitlines()[::10]  # ~400 records of the six plays
+    (tmp_path / "play.jsonl").write_text("\n".join(lines) + "\n")
+    # lr 0: the fine-tuned weights stay the pretrained ones, so what init_from loaded can be checked exactly
+    sets = _sets([f"storage_path={tmp_path}", "name=ft", f"train.model={MODEL}", f"train.init_from={pre}",
+                  f"data.inputs=[{{path: {tmp_path / 'play.jsonl'}, format: jsonl, prompt_field: prompt, completion_field: completion}}]",
+                  f"data.tokenizer.path={pre / 'data' / 'tokenizer.tiktoken'}", "data.output.val_fraction=0.2",
+                  "train.optim.lr=0", "train.max_steps=2", "train.schedule.warmup_steps=1",
+                  "train.batch={micro_batch_size: 4, global_batch_tokens: 512}", "train.eval={every: 2, batches: 4}",
+                  "train.checkpoint={every: 2, keep: 1}"])
+    assert main(["data", FINETUNE, *sets]) == 0
+    data = tmp_path / "ft" / "data"
+    man = read_manifest(str(data))
+    assert man["loss_mask"] is True and man["stats"]["docs_in"] == len(lines)
+    assert man["stats"]["docs_in"] == man["stats"]["docs_kept"] + sum(man["stats"]["removed"].values())
+    assert man["tokenizer"]["sha256"] == read_manifest(str(pre / "data"))["tokenizer"]["sha256"]
+    assert (data / "train" / "shard-000000.mask.npy").exists() and (data / "val" / "shard-000000.mask.npy").exists()
+
+    # a model of another shape is refused before Ray starts
+    assert main(["train", FINETUNE, *sets, "--set", "train.model.d_model=128"]) == 2
+    assert "train.model.d_model is 64 there, 128 here" in capsys.readouterr().err
+
+    assert main(["train", FINETUNE, *sets]) == 0
+    ft_state, _ = checkpoint.load(checkpoint.latest(str(tmp_path / "ft")), 0)
+    pre_state, _ = checkpoint.load(checkpoint.latest(str(pre)), 0)
+    assert ft_state["step"] == 2 and pre_state["step"] >= 12
+    assert all(torch.equal(ft_state["model"][k], v) for k, v in pre_state["model"].items())  # the weights: loaded
+    steps = {int(s["step"]) for s in ft_state["optimizer"]["state"].values()}
+    assert steps == {2}  # the optimizer: new (Adam's step count is this run's 2, not the pretrained run's)
+    assert ft_state["scheduler"]["last_epoch"] == 2
+
+    # raylm eval before (the pretrained checkpoint) and after: JSON in the run directory, a table printed
+    assert main(["eval", FINETUNE, *sets, "--checkpoint", str(pre)]) == 0
+    assert main(["eval", FINETUNE, *sets]) == 0
+    out = capsys.readouterr().out
+    assert "macro-F1" in out and "majority baseline" in out
+    before = json.loads(next((tmp_path / "ft" / "eval").glob("val@tr-step*.json")).read_text())
+    after = json.loads((tmp_path / "ft" / "eval" / "val@ft-step2.json").read_text())
+    assert abs(before["lm"]["loss"] - after["lm"]["loss"]) < 1e-6  # same weights (lr 0), same val targets
+    task = after["task"]
+    val = split_examples(str(data), "val")
+    assert task["examples"] == len(val) > 0 and task["labels"] == 6
+    assert 0 <= task["accuracy"] <= 1 and 0 <= task["macro_f1"] <= 1 and 0 <= task["bleu"] <= 100
+    from pipelines.tokenize import load_encoding, run_tokenizer
+    enc = load_encoding(run_tokenizer(man["tokenizer"], str(data)))
+    majority = Counter(enc.decode(c) for _, c in split_examples(str(data), "train")).most_common(1)[0][0]
+    assert task["majority_label"] == majority
+    assert task["majority"]["accuracy"] == sum(enc.decode(c) == majority for _, c in val) / len(val)
+    # the masked LM loss counts completion tokens only: fewer than the val split's tokens
+    assert after["lm"]["tokens"] < man["splits"]["val"]["tokens"] / 3
+
+    # and the fine-tuned run exports
+    assert main(["export", str(tmp_path / "ft"), str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").exists()
