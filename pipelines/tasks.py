@@ -4,13 +4,15 @@
 passage of spoken verse (consecutive lines of one speech; speaker headings and stage directions
 left out) as the prompt, the play's title as the completion, in the prompt/completion JSONL that
 `data.inputs[*].prompt_field/completion_field` reads. Every passage is a separate, non-overlapping
-piece of text, and ids are stable, so the train/val split (a hash of the id) is too.
+piece of text, ids are stable, so the train/val split (a hash of the id) is too, and the records are
+shuffled (seeded), as a task file for packed training must be.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
 import json
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -58,7 +60,7 @@ def passages(text: str, lines: int, min_chars: int) -> list[str]:
     return out
 
 
-def build_play_task(out: Path, sample: Path = SAMPLE, lines: int = 2, min_chars: int = 40) -> Counter:
+def build_play_task(out: Path, sample: Path = SAMPLE, lines: int = 2, min_chars: int = 40, seed: int = 0) -> Counter:
     """Write the "name the play" records; returns the number of records per play."""
     with gzip.open(sample, "rt", encoding="utf-8") as f:
         docs = {d["id"]: d["text"] for d in map(json.loads, f)}
@@ -66,13 +68,17 @@ def build_play_task(out: Path, sample: Path = SAMPLE, lines: int = 2, min_chars:
     if missing:
         raise ValueError(f"{sample}: no document with id {', '.join(missing)}")
     counts: Counter = Counter()
+    records = []
+    for doc_id, title in PLAYS.items():
+        for n, p in enumerate(passages(docs[doc_id], lines, min_chars)):
+            records.append({"id": f"{doc_id}:{n}", "prompt": PROMPT.format(passage=p), "completion": f" {title}"})
+            counts[title] += 1
+    # shuffled: training packs records into windows in file order, and a window of one play's records
+    # would teach "the same title as the record before" instead of reading the passage
+    random.Random(seed).shuffle(records)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        for doc_id, title in PLAYS.items():
-            for n, p in enumerate(passages(docs[doc_id], lines, min_chars)):
-                rec = {"id": f"{doc_id}:{n}", "prompt": PROMPT.format(passage=p), "completion": f" {title}"}
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                counts[title] += 1
+        f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
     return counts
 
 

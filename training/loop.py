@@ -76,6 +76,15 @@ def evaluate(model: torch.nn.Module, windows: ShardWindows, ids: np.ndarray, mic
     return (total[0] / total[1].clamp_min(1)).item()
 
 
+def await_ack(acks, rank: int, world: int) -> None:
+    """Wait until the last report is acknowledged (a Tune trial: until Tune lets it continue); rank 0
+    takes the acknowledgement, the others wait for rank 0."""
+    if rank == 0:
+        acks.get()
+    if world > 1:
+        torch.distributed.barrier()
+
+
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, loader: TrainLoader, accum: int, clip: float,
                amp, device: torch.device, world: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over `accum` micro-batches (gradient sync on the last only), clipped;
@@ -132,6 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
     val = ShardWindows(data_root, "val", t.model.seq_len) if man["splits"]["val"]["tokens"] > t.model.seq_len else None
     val_ids = val_windows(val, t.eval.batches * t.batch.micro_batch_size) if val is not None else None
 
+    acks = config.get("acks")  # a Tune trial: wait at each report until Tune lets the trial go on
     step = 0
     ckpt = ray.train.get_checkpoint()
     start = config.get("start_from")  # another run's checkpoint to continue (PBT), unless this run has its own
@@ -183,5 +193,9 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
         elif report or "val_loss" in row:
             ray.train.report(row)
+        else:
+            continue
+        if acks is not None and step < t.max_steps:
+            await_ack(acks, rank, world)
     if log is not None:
         log.close()

@@ -10,10 +10,11 @@ from typing import Optional
 from cluster.config import RunConfig, absolute
 
 
-def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, start_from: Optional[str] = None):
+def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, start_from: Optional[str] = None, acks=None):
     """A TorchTrainer for the recipe (`callbacks`: Ray Train UserCallbacks, e.g. Tune's report callback;
     `start_from`: a checkpoint directory whose full state a new run continues from, as a PBT trial does
-    from another's; the run's own checkpoints, after a failure, take precedence)."""
+    from another's; the run's own checkpoints, after a failure, take precedence; `acks`: a queue that
+    acknowledges each report, which the workers wait for before training on, as Tune trials do)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -27,7 +28,7 @@ def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, start_from: 
             recipe["train"][key] = absolute(getattr(t, key))
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"recipe": recipe, "start_from": start_from},
+        train_loop_config={"recipe": recipe, "start_from": start_from, "acks": acks},
         scaling_config=ScalingConfig(num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu,
                                      resources_per_worker=t.scaling.resources_per_worker),
         run_config=RayRunConfig(name=f"{cfg.name}/train", storage_path=storage,

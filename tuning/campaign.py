@@ -62,17 +62,26 @@ def trial_recipe(recipe: dict, values: dict[str, Any], trial_id: str, data_dir: 
 
 
 def run_trial(config: dict, recipe: dict, data_dir: str) -> None:
-    """One trial: a Ray Train run reporting to Tune through TuneReportCallback (PBT: with its checkpoints)."""
+    """One trial: a Ray Train run reporting to Tune through TuneReportCallback (PBT: with its checkpoints).
+    Its workers wait at each report until Tune lets the trial go on (AckReports), so a trial the
+    scheduler stops at a rung has trained exactly to the rung."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Queue
 
     from training.trainer import build_trainer
+    from tuning.forward import AckReports
 
     trial_id = ray.tune.get_context().get_trial_id()
     if recipe["tune"]["scheduler"]["type"] == "pbt":
         return _run_pbt_trial(config, recipe, data_dir, trial_id)
     cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir))
-    result = build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+    callbacks: list = [TuneReportCallback()]
+    acks = None
+    if recipe["tune"]["scheduler"]["type"] in ("asha", "hyperband"):  # they stop trials early; FIFO never does
+        acks = Queue(actor_options={"num_cpus": 0})
+        callbacks.append(AckReports(acks))
+    result = build_trainer(cfg, callbacks=callbacks, acks=acks).fit()
     if result.error is not None:
         raise result.error
 

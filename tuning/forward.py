@@ -1,5 +1,6 @@
-"""A Ray Train callback for PBT trials: Ray's TuneReportCallback forwards a report's metrics to Tune but
-not its checkpoint, and PBT exploits through checkpoints."""
+"""Ray Train callbacks of Tune trials. ForwardReports (PBT): Ray's TuneReportCallback forwards a report's
+metrics to Tune but not its checkpoint, and PBT exploits through checkpoints. AckReports (the other
+schedulers): tells the workers that Tune let the trial go on after a report."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -17,3 +18,16 @@ class ForwardReports(UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Optional[Checkpoint]) -> None:
         self.queue.put((metrics[0], checkpoint))
+
+
+class AckReports(UserCallback):
+    """Runs in the Ray Train controller after TuneReportCallback, whose `ray.tune.report` returns only once
+    Tune lets the trial continue: acknowledges the report on a queue that rank 0 waits on. Without it,
+    workers train on while a report travels (up to a controller poll, 2 s, plus Tune's decision), and a
+    trial ASHA stops at a rung has already spent steps past it."""
+
+    def __init__(self, queue: Queue):
+        self.queue = queue
+
+    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Optional[Checkpoint]) -> None:
+        self.queue.put(metrics[0].get("step"))
