@@ -72,3 +72,15 @@ def test_run_and_sample_on_s3(s3_server, monkeypatch):
     from cluster.cli import main
 
     assert main(["sample", f"s3://{run}", "--prompt", "ROMEO:", "--max-new-tokens", "8"]) == 0
+
+    # a search campaign on the same storage: Tune's experiment, the trials' Ray Train runs, results and best.yaml on S3
+    tune_over = over + ["tune.num_samples=2", "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}",
+                        "tune.scheduler={type: asha, grace_period: 6, reduction_factor: 2}", "train.checkpoint={every: 12, keep: 1}"]
+    out = subprocess.run([sys.executable, "-m", "cluster", "tune", RECIPE, *[a for o in tune_over for a in ("--set", o)]],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert fs.exists(f"{run}/tune/results.csv") and fs.exists(f"{run}/tune/best.yaml")
+    assert "s3://raylm-test/runs/s3run/data" in fs.cat(f"{run}/tune/best.yaml").decode()
+    assert len(fs.glob(f"{run}/tune/trials/*/train/metrics.jsonl")) == 2
+    assert not (ROOT / "runs" / "s3run").exists()
+    assert secret not in out.stdout + out.stderr
