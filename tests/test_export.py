@@ -2,6 +2,7 @@
 (max abs diff <= 1e-4 on CPU), with biases, without, and under muP; its tokenizer gives tiktoken's ids."""
 import pytest
 import torch
+import transformers  # raylm[hf], in the test extras: the export test must run in CI, never skip
 
 from cluster.cli import main
 from cluster.config import RunConfig
@@ -10,7 +11,6 @@ from tests.conftest import sample_docs
 from training import checkpoint
 from training.model import GPT, GPTConfig
 
-transformers = pytest.importorskip("transformers")  # a test extra: `make test` installs it
 
 
 @pytest.fixture(scope="module")
