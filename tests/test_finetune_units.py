@@ -180,3 +180,33 @@ def test_init_from_must_match_model_and_tokenizer(tmp_path):
     (data / "manifest.json").write_text(json.dumps({"tokenizer": {"name": "cl100k_base", "sha256": "other"}}))
     with pytest.raises(ConfigError, match="another tokenizer"):
         check_init_from(RunConfig.model_validate(base))
+
+
+def test_eval_on_files_text_and_task_records(tmp_path):
+    """`raylm eval --file`: a text file gives LM metrics over all its tokens; a prompt/completion .jsonl
+    gives masked LM metrics and task metrics, with the labels read from the file itself."""
+    from cluster.cli import main
+    from pipelines.tokenize import train_bpe
+    from tests.conftest import sample_docs
+    from tests.test_export import write_checkpoint
+
+    spec = train_bpe((d["text"] for d in sample_docs()[:3]), 400, str(tmp_path / "tok" / "tokenizer.tiktoken"))
+    enc = load_encoding(spec)
+    write_checkpoint(tmp_path / "ckpt", {"n_layer": 1, "n_head": 2, "d_model": 32, "seq_len": 16}, (spec, enc, str(tmp_path / "tok")))
+    text = "ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun."
+    (tmp_path / "t.txt").write_text(text)
+    recs = [{"prompt": "Who? ", "completion": lab} for lab in ["Romeo", "Juliet", "Romeo"]]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: ev\nstorage_path: {tmp_path}\n")
+    common = ["eval", str(recipe), "--checkpoint", str(tmp_path / "ckpt")]
+    assert main([*common, "--file", str(tmp_path / "t.txt")]) == 0
+    res = json.loads((tmp_path / "ev" / "eval" / "t@export-test-step7.json").read_text())
+    assert res["lm"]["tokens"] == len(enc.encode_ordinary(text)) and "task" not in res  # every token after the leading EOT
+    assert main([*common, "--file", str(tmp_path / "t.jsonl")]) == 0
+    res = json.loads((tmp_path / "ev" / "eval" / "t@export-test-step7.json").read_text())
+    assert res["lm"]["tokens"] == sum(len(enc.encode_ordinary(r["completion"])) + 1 for r in recs)  # completions + EOT only
+    assert res["task"]["examples"] == 3 and res["task"]["labels"] == 2
+    assert res["task"]["majority"]["accuracy"] == pytest.approx(2 / 3)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n')
+    assert main([*common, "--file", str(tmp_path / "bad.jsonl")]) == 2
