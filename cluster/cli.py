@@ -10,6 +10,10 @@ from training.evaluate import EvalOptions
 from training.sample import SampleOptions
 
 
+# the commands that take a recipe, which `raylm submit RECIPE -- COMMAND` can run on a cluster
+RECIPE_COMMANDS = ("validate", "data", "train", "tune", "run", "eval")
+
+
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (see cluster/recipes/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -181,8 +185,8 @@ def _submit(cfg: RunConfig, args: argparse.Namespace) -> int:
     from cluster.submit import submit
 
     command = args.job_command
-    if command and command[0] not in ("data", "train", "tune", "run", "validate"):
-        print(f"raylm: submit runs a recipe command (data, train, tune, run, validate), not {command[0]!r}", file=sys.stderr)
+    if command and command[0] not in RECIPE_COMMANDS:
+        print(f"raylm: submit runs a recipe command ({', '.join(RECIPE_COMMANDS)}), not {command[0]!r}", file=sys.stderr)
         return 2
     try:
         return submit(cfg, args.address, command, wait=not args.no_wait, deps=not args.no_deps)
