@@ -210,3 +210,43 @@ def test_eval_on_files_text_and_task_records(tmp_path):
     assert res["task"]["majority"]["accuracy"] == pytest.approx(2 / 3)
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n')
     assert main([*common, "--file", str(tmp_path / "bad.jsonl")]) == 2
+
+
+def test_masked_accumulation_weighs_tokens_not_micro_batches():
+    """Two micro-batches with 2 and 20 completion tokens: one step of train_step equals one step on the
+    mean over all 22 targets (not the mean of the two micro-batch means)."""
+    import copy
+    from contextlib import nullcontext
+
+    from training.loop import train_step
+
+    a = _model()
+    b = copy.deepcopy(a)
+    torch.manual_seed(3)
+    x, y = torch.randint(0, 128, (4, 16)), torch.randint(0, 128, (4, 16))
+    mask = torch.zeros(4, 16, dtype=torch.uint8)
+    mask[0, 14:] = 1
+    mask[2:, 6:16] = 1
+    micro = [(x[:2], y[:2], mask[:2]), (x[2:], y[2:], mask[2:])]
+
+    class Loader:
+        def __init__(self):
+            self.it = iter(micro)
+
+        def next(self):
+            return next(self.it)
+
+    opt = torch.optim.SGD(a.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    loss, _ = train_step(a, opt, sched, Loader(), 2, clip=1e9, amp=nullcontext(), device=torch.device("cpu"), world=1)
+
+    with torch.no_grad():
+        means = [b(xx, yy, loss_mask=mm)[1].item() for xx, yy, mm in micro]
+    _, want = b(x, y, loss_mask=mask)  # the mean over all 22 counted targets
+    assert abs(sum(means) / 2 - want.item()) > 1e-3  # the naive mean of means differs: the test can fail
+    want.backward()
+    with torch.no_grad():
+        for p in b.parameters():
+            p -= p.grad
+    assert abs(loss.item() - want.item()) < 1e-5
+    assert all(torch.allclose(pa, pb, atol=1e-6) for pa, pb in zip(a.parameters(), b.parameters()))

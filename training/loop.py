@@ -85,25 +85,40 @@ def await_ack(acks, rank: int, world: int) -> None:
         torch.distributed.barrier()
 
 
+def masked_weights(masks: list[torch.Tensor], world: int) -> list[torch.Tensor]:
+    """Per micro-batch multipliers of the masked mean loss so that the step's gradient is that of the
+    mean over every counted target of the step, on all ranks (micro-batch i weighs n_i * world / N,
+    N all-reduced; DDP then averages over ranks). Equal weights 1/accum would weigh a micro-batch
+    of few completion tokens as much as one of many."""
+    counts = torch.stack([m.sum().to(torch.float32) for m in masks])
+    total = counts.sum()
+    if world > 1:
+        torch.distributed.all_reduce(total)
+    return list(counts * world / total.clamp_min(1))
+
+
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, loader: TrainLoader, accum: int, clip: float,
                amp, device: torch.device, world: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over `accum` micro-batches (gradient sync on the last only), clipped;
-    returns the mean loss across micro-batches and ranks, and the pre-clip gradient norm."""
+    returns the mean loss across micro-batches and ranks (per counted target under a loss mask),
+    and the pre-clip gradient norm."""
+    batches = [tuple(a.to(device, non_blocking=True) if a is not None else None for a in loader.next()) for _ in range(accum)]
+    masked = batches[0][2] is not None
+    weights = masked_weights([b[2] for b in batches], world) if masked else None
     loss_sum = torch.zeros((), device=device)
-    for micro in range(accum):
-        x, y, m = (a.to(device, non_blocking=True) if a is not None else None for a in loader.next())
+    for micro, (x, y, m) in enumerate(batches):
         with grad_sync(model, micro == accum - 1), amp:
             _, loss = model(x, y, loss_mask=m)
-            (loss / accum).backward()
-        loss_sum += loss.detach()
+            (loss * weights[micro] if masked else loss / accum).backward()
+        loss_sum += loss.detach() * weights[micro] if masked else loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    loss_t = loss_sum / accum
+    loss_t = loss_sum / world if masked else loss_sum / accum  # masked: this rank's share of the global mean
     if world > 1:
-        torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.AVG)
+        torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.SUM if masked else torch.distributed.ReduceOp.AVG)
     return loss_t, grad_norm
 
 
