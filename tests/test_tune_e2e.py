@@ -85,8 +85,11 @@ def test_pbt_exploits_through_ray_train_checkpoints(ray_session, tmp_path):
     a new Ray Train run under from-<step>-*/. Its first step's loss (computed before the update, on the
     batch the loader state gives) equals the donor's loss at that step bit for bit: the same weights,
     data position and RNG, while its lr differs."""
-    assert main(["tune", RECIPE, *_sets(tmp_path, "tp", "train.max_steps=30", "train.checkpoint={every: 10, keep: 2}",
-                                          "tune.scheduler={type: pbt, perturbation_interval: 10, quantile_fraction: 0.5}",
+    # Tune's (asynchronous) PBT exploits only between live trials, and only from a trial it has seen in the
+    # top quantile at one of its own perturbations; on 2 busy cores one trial may run twice as fast as the
+    # other and finish first, so perturbations come every 5 steps (every report) to leave room for both
+    assert main(["tune", RECIPE, *_sets(tmp_path, "tp", "train.max_steps=30", "train.checkpoint={every: 5, keep: 10}",
+                                          "tune.scheduler={type: pbt, perturbation_interval: 5, quantile_fraction: 0.5}",
                                           "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 3.0e-2]}}")]) == 0
     rows = _results(tmp_path / "tp")
     assert len(rows) == 4 and all(r["status"] == "done" and int(r["steps"]) == 30 for r in rows)
@@ -98,7 +101,12 @@ def test_pbt_exploits_through_ray_train_checkpoints(ray_session, tmp_path):
         if "from-" not in str(seg):
             continue
         start = int(seg.parent.parent.name.split("-")[1])
-        assert hist[0]["step"] == start + 1 and hist[-1]["step"] == 30
+        if start == 30:  # handed a finished trial's final checkpoint: it holds that model, with its final row
+            assert len(hist) == 1 and any(hist[0] == r for p, h in runs.items() if trial[p] != trial[seg] for r in h)
+            continue
+        # a continuation may itself be cut short when PBT hands the trial yet another checkpoint (every
+        # trial's merged history ends at step 30: checked above)
+        assert hist[0]["step"] == start + 1
         same = [(p, r) for p, h in runs.items() if p != seg for r in h if r["step"] == start + 1 and r["loss"] == hist[0]["loss"]]
         assert same, f"{seg}: its first loss matches no run's at step {start + 1}: not continued from a checkpoint"
         donors = [r for p, r in same if trial[p] != trial[seg]]

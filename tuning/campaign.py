@@ -14,6 +14,7 @@ position, data order) and its own perturbed values.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from cluster.config import ConfigError, RunConfig, TuneConfig, absolute
@@ -87,8 +88,6 @@ def run_trial(config: dict, recipe: dict, data_dir: str) -> None:
 
 
 def _checkpoint_step(ckpt) -> int:
-    import json
-
     with ckpt.as_directory() as d, open(f"{d}/meta.json") as f:
         return json.load(f)["step"]
 
@@ -125,7 +124,7 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str) -> 
     start = ray.tune.get_checkpoint()
     step = _checkpoint_step(start) if start is not None else 0
     if step >= recipe["train"]["max_steps"]:  # handed a finished run's checkpoint: nothing left to train
-        return
+        return _adopt_finished(start, step, config, recipe, data_dir, trial_id)
     cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step) if step else None))
     reports = Queue(actor_options={"num_cpus": 0})
     trainer = build_trainer(cfg, callbacks=[ForwardReports(reports)], start_from=_url(start) if start is not None else None)
@@ -150,6 +149,25 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str) -> 
         raise out["error"]
     if out["result"].error is not None:
         raise out["result"].error
+
+
+def _adopt_finished(start, step: int, config: dict, recipe: dict, data_dir: str, trial_id: str) -> None:
+    """PBT handed this trial another's final checkpoint: the trial ends holding that finished model. Its
+    history gets the donor's row at that step (in from-<step>-<hash>/, like any continuation) and Tune gets
+    it as the trial's last result, so the trial is done at max_steps with the metric of the model it holds."""
+    import fsspec
+    import ray.tune
+
+    from training.metrics import read_metrics
+
+    url = _url(start)
+    rows = [r for r in read_metrics(f"{url.rstrip('/').rsplit('/', 1)[0]}/metrics.jsonl") if r["step"] == step]
+    if not rows:
+        raise RuntimeError(f"{url}: no metrics row of step {step} beside the checkpoint PBT handed over")
+    cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step)))
+    with fsspec.open(f"{cfg.run_dir}/train/metrics.jsonl", "w", auto_mkdir=True) as f:
+        f.write(json.dumps(rows[-1]) + "\n")
+    ray.tune.report(rows[-1])
 
 
 def _workers_resources(cfg: RunConfig) -> dict[str, float]:
