@@ -78,8 +78,9 @@ def save(directory: str, rank: int, state: Optional[dict], tokenizer_dir: Option
         return
     torch.save(state, os.path.join(directory, STATE))
     with open(os.path.join(directory, META), "w") as f:
+        c = state["config"]
         json.dump({"step": state["step"], "tokenizer": state["tokenizer"]["name"], "tokenizer_sha256": state["tokenizer"]["sha256"],
-                   "model": state["config"]["train"]["model"]}, f)
+                   "model": c["train"]["model"], "run_dir": f"{c['storage_path'].rstrip('/')}/{c['name']}"}, f)
     if tokenizer_dir is not None:
         src = f"{tokenizer_dir}/tokenizer.tiktoken"
         fs, _ = fsspec.core.url_to_fs(src)

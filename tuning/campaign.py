@@ -87,9 +87,10 @@ def run_trial(config: dict, recipe: dict, data_dir: str) -> None:
         raise result.error
 
 
-def _checkpoint_step(ckpt) -> int:
+def _checkpoint_meta(ckpt) -> dict:
+    """A checkpoint's meta.json: its step, and the run that wrote it (Tune hands over its own copy)."""
     with ckpt.as_directory() as d, open(f"{d}/meta.json") as f:
-        return json.load(f)["step"]
+        return json.load(f)
 
 
 def _segment(start, step: int) -> str:
@@ -122,9 +123,10 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str) -> 
     from tuning.forward import ForwardReports
 
     start = ray.tune.get_checkpoint()
-    step = _checkpoint_step(start) if start is not None else 0
+    meta = _checkpoint_meta(start) if start is not None else {"step": 0}
+    step = meta["step"]
     if step >= recipe["train"]["max_steps"]:  # handed a finished run's checkpoint: nothing left to train
-        return _adopt_finished(start, step, config, recipe, data_dir, trial_id)
+        return _adopt_finished(start, meta, config, recipe, data_dir, trial_id)
     cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step) if step else None))
     reports = Queue(actor_options={"num_cpus": 0})
     trainer = build_trainer(cfg, callbacks=[ForwardReports(reports)], start_from=_url(start) if start is not None else None)
@@ -151,7 +153,7 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str) -> 
         raise out["result"].error
 
 
-def _adopt_finished(start, step: int, config: dict, recipe: dict, data_dir: str, trial_id: str) -> None:
+def _adopt_finished(start, meta: dict, config: dict, recipe: dict, data_dir: str, trial_id: str) -> None:
     """PBT handed this trial another's final checkpoint: the trial ends holding that finished model. Its
     history gets the donor's row at that step (in from-<step>-<hash>/, like any continuation) and Tune gets
     it as the trial's last result, so the trial is done at max_steps with the metric of the model it holds."""
@@ -160,10 +162,12 @@ def _adopt_finished(start, step: int, config: dict, recipe: dict, data_dir: str,
 
     from training.metrics import read_metrics
 
-    url = _url(start)
-    rows = [r for r in read_metrics(f"{url.rstrip('/').rsplit('/', 1)[0]}/metrics.jsonl") if r["step"] == step]
+    if f"/{trial_name(recipe['name'], trial_id)}/" in f"{meta['run_dir']}/":  # its own final checkpoint: already done
+        return
+    step, donor = meta["step"], f"{meta['run_dir']}/train/metrics.jsonl"
+    rows = [r for r in read_metrics(donor) if r["step"] == step]
     if not rows:
-        raise RuntimeError(f"{url}: no metrics row of step {step} beside the checkpoint PBT handed over")
+        raise RuntimeError(f"{donor}: no row of step {step}, the step of the checkpoint PBT handed over")
     cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step)))
     with fsspec.open(f"{cfg.run_dir}/train/metrics.jsonl", "w", auto_mkdir=True) as f:
         f.write(json.dumps(rows[-1]) + "\n")
