@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from cluster.config import ConfigError, RunConfig
 from pipelines.shards import exists, iter_documents, read_manifest
+from pipelines.tokenize import encode_documents, encode_with_masks
 from training.data import ShardWindows, val_windows
 from training.model import GPT
 
@@ -118,34 +119,41 @@ def label_logprobs(model: GPT, prompt: list[int], labels: list[list[int]], devic
 
 
 # ---------------------------------------------------------------- examples
-def split_examples(data_root: str, split: str) -> list[tuple[list[int], list[int]]]:
+def task_examples(documents: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[tuple[list[int], list[int]]]:
     """(prompt ids with the leading EOT, completion ids without the closing EOT) of the task records
-    of a split: the documents whose loss mask starts at 0."""
+    among (tokens, loss mask) documents: those whose mask starts at 0 (see encode_with_masks)."""
     out = []
-    for tokens, mask in iter_documents(data_root, split, with_masks=True):
+    for tokens, mask in documents:
         if len(mask) and mask[0] == 0 and mask.any():
             k = int(np.argmax(mask))
             out.append(([int(t) for t in tokens[:k]], [int(t) for t in tokens[k:-1]]))
     return out
 
 
-def file_examples(path: str, enc) -> tuple[list[tuple[list[int], list[int]]], Optional[list[int]]]:
-    """A prompt/completion .jsonl -> examples; a text file -> its tokens (EOT first) for perplexity."""
-    if path.endswith((".jsonl", ".json")):
-        ex = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                if not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("completion"), str):
-                    raise ConfigError(f"{path}:{n}: expected string fields 'prompt' and 'completion'")
-                ex.append(([enc.eot_token] + enc.encode_ordinary(rec["prompt"]), enc.encode_ordinary(rec["completion"])))
-        return ex, None
-    return [], [enc.eot_token] + enc.encode_ordinary(Path(path).read_text(encoding="utf-8"))
+def split_examples(data_root: str, split: str) -> list[tuple[list[int], list[int]]]:
+    """The task records of a split of the shards."""
+    return task_examples(iter_documents(data_root, split, with_masks=True))
 
 
-def _token_batches(tokens: list[int], seq_len: int, mask: Optional[list[int]] = None, batch: int = 16):
+def file_documents(path: str, enc) -> tuple[list[np.ndarray], Optional[list[np.ndarray]]]:
+    """A prompt/completion .jsonl -> its records as the data stage encodes them, with their loss masks;
+    a text file -> one document (EOT first) and no masks."""
+    if not path.endswith((".jsonl", ".json")):
+        return encode_documents(enc, [Path(path).read_text(encoding="utf-8")]), None
+    texts, prompt_chars = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("completion"), str):
+                raise ConfigError(f"{path}:{n}: expected string fields 'prompt' and 'completion'")
+            texts.append(rec["prompt"] + rec["completion"])
+            prompt_chars.append(len(rec["prompt"]))
+    return encode_with_masks(enc, texts, prompt_chars)
+
+
+def _token_batches(tokens: np.ndarray, seq_len: int, mask: Optional[np.ndarray] = None, batch: int = 16):
     """Non-overlapping windows over one token stream (the last one shorter), in batches of equal length."""
     arr = np.asarray(tokens, dtype=np.int64)
     msk = np.asarray(mask, dtype=np.uint8) if mask is not None else None
@@ -208,14 +216,11 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> dict:
     res: dict = {"checkpoint": ckpt, "run": state["config"]["name"], "step": state["step"]}
     seq_len = model.cfg.seq_len
     if opts.file is not None:
-        examples, tokens = file_examples(opts.file, enc)
+        docs, masks = file_documents(opts.file, enc)
         what = Path(opts.file).stem
-        if tokens is not None:
-            res["lm"] = lm_metrics(model, _token_batches(tokens, seq_len), opts.device)
-        else:
-            stream = [t for p, c in examples for t in p + c + [enc.eot_token]]
-            mask = [m for p, c in examples for m in [0] * len(p) + [1] * (len(c) + 1)]
-            res["lm"] = lm_metrics(model, _token_batches(stream, seq_len, mask), opts.device)
+        mask = np.concatenate(masks) if masks is not None else None
+        res["lm"] = lm_metrics(model, _token_batches(np.concatenate(docs), seq_len, mask), opts.device)
+        examples = task_examples(zip(docs, masks)) if masks is not None else []
         train_labels: list[str] = []
     else:
         data_root, what = cfg.data_dir, opts.split
