@@ -2,15 +2,14 @@
 
 Every line (jsonl), file (txt) or row (parquet) becomes one row: a document, or a reject with its
 reason. Nothing is dropped here: bad input is passed on with `reject` set, so the stats can count it.
-Rows carry `uid` = file_index << 32 | line, unique and ordered like the input, which fixes the
+Rows carry `uid` = file_index << 32 | record (line or row), unique and ordered like the input, which fixes the
 order of everything downstream.
 """
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import fsspec
 import pyarrow as pa
@@ -20,6 +19,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from cluster.config import ExecutionConfig, InputSpec, RejectConfig
+from pipelines.streams import Damaged, compression_of, decompressed
 
 SCHEMA = pa.schema([
     ("uid", pa.int64()),
@@ -32,7 +32,7 @@ SCHEMA = pa.schema([
 ])
 
 _EXT = {".txt": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
-_BINARY_SNIFF = 8192
+_BINARY_SNIFF = 8192  # a text file with a NUL byte this early is binary
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class SourceFile:
     path: str  # as fsspec names it, protocol included for remote files
     format: str
     spec: InputSpec
+
+
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
 
 
 def _format_of(path: str, declared: str) -> str:
@@ -65,8 +69,11 @@ def list_files(inputs: list[InputSpec]) -> list[SourceFile]:
             matches = sorted(m for m in fs.expand_path(spec.path) if not fs.isdir(m))
         except FileNotFoundError:
             matches = []
+        if matches and not _is_glob(spec.path) and not fs.exists(matches[0]):
+            matches = []  # expand_path returns a plain path as it is, whether it exists or not
         if not matches:
-            raise FileNotFoundError(f"data.inputs: no files match {spec.path!r}")
+            what = "no files match" if _is_glob(spec.path) else "no such file or directory (or one with no files)"
+            raise FileNotFoundError(f"data.inputs: {what}: {spec.path!r}")
         proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         for m in matches:
             url = m if proto in ("file", "local") else f"{proto}://{m}"
@@ -90,14 +97,41 @@ class _Rows:
         c["prompt_chars"].append(prompt_chars if reject is None else None)
         self.bytes += nbytes
 
+    def __len__(self) -> int:
+        return len(self.cols["uid"])
+
     def full(self) -> bool:
-        return len(self.cols["uid"]) >= self.execution.batch_docs or self.bytes >= self.execution.batch_bytes
+        return len(self) >= self.execution.batch_docs or self.bytes >= self.execution.batch_bytes
 
     def take(self) -> pa.Table:
-        t = pa.table(self.cols, schema=SCHEMA)
+        try:
+            t = pa.table(self.cols, schema=SCHEMA)
+        except (UnicodeEncodeError, pa.ArrowException):
+            t = pa.table(_unicode_rejected(self.cols), schema=SCHEMA)
         self.cols = {f.name: [] for f in SCHEMA}
         self.bytes = 0
         return t
+
+
+def _encodable(s: Optional[str]) -> bool:
+    try:
+        s is None or s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _unicode_rejected(cols: dict[str, list]) -> dict[str, list]:
+    """The block with each row whose strings are not valid Unicode (a lone surrogate from a JSON escape
+    such as "\\ud800", which Arrow cannot encode) rejected as invalid_unicode: one such record costs itself only."""
+    out = {k: list(v) for k, v in cols.items()}
+    for i in range(len(out["uid"])):
+        if all(_encodable(out[k][i]) for k in ("id", "src", "text")):
+            continue
+        for k in ("id", "src"):
+            out[k][i] = out[k][i].encode("utf-8", "backslashreplace").decode("utf-8")
+        out["text"][i], out["reject"][i], out["prompt_chars"][i] = None, "invalid_unicode", None
+    return out
 
 
 def _decode(raw: bytes) -> tuple[Optional[str], Optional[str]]:
@@ -109,31 +143,41 @@ def _decode(raw: bytes) -> tuple[Optional[str], Optional[str]]:
 
 def _record_text(rec: dict, spec: InputSpec) -> tuple[Optional[str], Optional[str], Optional[int]]:
     """(text, reject reason, prompt_chars) of one record: its text field, or prompt + completion."""
-    if not spec.is_task:
-        text = rec.get(spec.text_field)
-        if spec.text_field not in rec:
-            return None, "missing_text", None
-        return (text, None, None) if isinstance(text, str) else (None, "non_string_text", None)
+    fields = ((spec.prompt_field, "prompt"), (spec.completion_field, "completion")) if spec.is_task else ((spec.text_field, "text"),)
     parts = []
-    for field, what in ((spec.prompt_field, "prompt"), (spec.completion_field, "completion")):
-        if field not in rec or rec[field] is None:
+    for field, what in fields:
+        value = rec.get(field)
+        if value is _INVALID:
+            return None, "invalid_utf8", None
+        if value is None:
             return None, f"missing_{what}", None
-        if not isinstance(rec[field], str):
+        if not isinstance(value, str):
             return None, f"non_string_{what}", None
-        parts.append(rec[field])
+        parts.append(value)
+    if not spec.is_task:
+        return parts[0], None, None
     if not parts[1].strip():
         return None, "empty_completion", None
     return parts[0] + parts[1], None, len(parts[0])
 
 
-def _doc_from_json(line: bytes, spec: InputSpec) -> tuple[Optional[str], Optional[str], Optional[str], Optional[int]]:
+class _Invalid:
+    """Stands for a Parquet string value that is not valid UTF-8 (Parquet readers do not validate)."""
+
+
+_INVALID = _Invalid()
+
+
+def _json_record(line: bytes, spec: InputSpec) -> tuple[Optional[str], Optional[str], Optional[str], Optional[int]]:
     """(text, id, reject reason, prompt_chars) of one JSON line."""
+    if b"\x00" in line:  # a raw NUL is never valid JSON: binary data inside a text file
+        return None, None, "binary", None
     s, bad = _decode(line)
     if bad:
         return None, None, bad, None
     try:
         obj = json.loads(s)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return None, None, "malformed_json", None
     if not isinstance(obj, dict):
         return None, None, "malformed_json", None
@@ -143,90 +187,163 @@ def _doc_from_json(line: bytes, spec: InputSpec) -> tuple[Optional[str], Optiona
     return text, doc_id, why, prompt_chars
 
 
-def _json_row(line: bytes, spec: InputSpec) -> tuple:
-    """The arguments of read_file's add() for one JSON line."""
-    text, doc_id, why, prompt_chars = _doc_from_json(line, spec)
-    return text, doc_id, len(line), why, prompt_chars
+class _FileRows:
+    """The rows of one file: their numbering (uid, src: path:record) and the rejects every format shares."""
 
+    def __init__(self, sf: SourceFile, execution: ExecutionConfig, reject: RejectConfig):
+        self.rows, self.reject, self.base = _Rows(execution), reject, sf.index << 32
+        self.path = sf.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # undecodable names
+        self.record = 0  # 0-based number of the next record: line of a jsonl file, row of a parquet file
 
-def _read_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [EOFError, zlib.error, OSError]
-    try:
-        import zstandard
-        errs.append(zstandard.ZstdError)
-    except ImportError:
-        pass
-    return tuple(errs)
-
-
-def read_file(sf: SourceFile, execution: ExecutionConfig, reject: RejectConfig) -> Iterator[pa.Table]:
-    """Stream one file as blocks; a truncated or binary file ends in a reject row, never an exception."""
-    rows = _Rows(execution)
-    base = sf.index << 32
-    line_no = 0
-
-    def add(text: Optional[str], doc_id: Optional[str], nbytes: int, why: Optional[str], prompt_chars: Optional[int] = None) -> None:
-        src = f"{sf.path}:{line_no + 1}"
+    def add(self, text: Optional[str], doc_id: Optional[str], nbytes: int, why: Optional[str],
+            prompt_chars: Optional[int] = None) -> None:
+        src = f"{self.path}:{self.record + 1}"
         if why is None:
-            if nbytes > reject.max_bytes:
+            if nbytes > self.reject.max_bytes:
                 text, why = None, "too_large"
             elif not text or not text.strip():
                 text, why = None, "empty"
-        rows.add(base | line_no, doc_id if doc_id is not None else src, src, text, nbytes, why, prompt_chars)
+        self.rows.add(self.base | self.record, doc_id if doc_id is not None else src, src, text, nbytes, why, prompt_chars)
 
-    try:
-        if sf.format == "parquet":
-            with fsspec.open(sf.path, "rb") as f:
-                pf = pq.ParquetFile(f)
-                spec = sf.spec
-                fields = [spec.prompt_field, spec.completion_field] if spec.is_task else [spec.text_field]
-                for name in fields:
-                    if name not in pf.schema_arrow.names:
-                        raise KeyError(name)
-                cols = fields + ([spec.id_field] if spec.id_field and spec.id_field in pf.schema_arrow.names else [])
-                for batch in pf.iter_batches(columns=cols, batch_size=1024):
-                    d = batch.to_pydict()
-                    ids = d.get(spec.id_field) if spec.id_field else None
-                    for i in range(batch.num_rows):
-                        doc_id = None if ids is None or ids[i] is None else str(ids[i])
-                        text, why, prompt_chars = _record_text({k: d[k][i] for k in fields}, spec)
-                        add(text, doc_id, len(text.encode()) if text is not None else 0, why, prompt_chars)
-                        line_no += 1
-                        if rows.full():
-                            yield rows.take()
+    def blocks(self, final: bool = False) -> Iterator[pa.Table]:
+        if self.rows.full() or (final and len(self.rows)):
+            yield self.rows.take()
+
+
+def _lines(stream: Iterable[bytes], max_bytes: int) -> Iterator[tuple[Optional[bytes], int]]:
+    """(line, size) for each line of a byte stream, without its "\\n"; a line longer than max_bytes comes as
+    (None, size) and is never held whole. A last line without "\\n" comes too."""
+    pending, skipping = b"", None
+    for chunk in stream:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if skipping is not None:
+                yield None, skipping + end - start
+                skipping = None
+            else:
+                yield pending + chunk[start:end], len(pending) + end - start
+                pending = b""
+            start = end + 1
+        rest = len(chunk) - start
+        if skipping is not None:
+            skipping += rest
+        elif len(pending) + rest > max_bytes:
+            skipping, pending = len(pending) + rest, b""
         else:
-            with fsspec.open(sf.path, "rb", compression="infer") as f:
-                head = f.read(_BINARY_SNIFF)
-                if b"\x00" in head:
-                    add(None, None, len(head), "binary")
-                    yield rows.take()
-                    return
-                if sf.format == "txt":
-                    raw = head + f.read()
-                    text, bad = _decode(raw)
-                    add(text, None, len(raw), bad)
-                else:
-                    pending = head
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        pending += chunk
-                        *lines, pending = pending.split(b"\n")
-                        for line in lines:
-                            if line.strip():
-                                add(*_json_row(line, sf.spec))
-                            line_no += 1
-                            if rows.full():
-                                yield rows.take()
-                    if pending.strip():
-                        add(*_json_row(pending, sf.spec))
-    except KeyError as e:
-        add(None, None, 0, f"missing_column:{e.args[0]}")
-    except _read_errors() as e:  # truncated gzip/zstd, unreadable parquet: the rest of the file is lost, say so
-        name = "truncated" if isinstance(e, EOFError) or "truncat" in str(e).lower() or "end of" in str(e).lower() else "unreadable"
-        add(None, None, 0, name)
-    except Exception as e:  # noqa: BLE001 - any other reader failure is reported per file, not fatal
-        add(None, None, 0, f"unreadable:{type(e).__name__}")
-    if rows.cols["uid"]:
-        yield rows.take()
+            pending += chunk[start:]
+    if skipping is not None:
+        yield None, skipping
+    elif pending:
+        yield pending, len(pending)
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _read_jsonl(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterator[pa.Table]:
+    for line, size in _lines(stream, out.reject.max_bytes):
+        if line is None:
+            out.add(None, None, size, "too_large")
+        else:
+            line = line[3:] if line.startswith(_BOM) else line  # at the start of a file, or of a `cat`ed one
+            if line.strip():  # blank lines (\n, \r\n) are no records
+                out.add(*_json_row(line, sf.spec, size))
+        out.record += 1
+        yield from out.blocks()
+
+
+def _json_row(line: bytes, spec: InputSpec, size: int) -> tuple:
+    text, doc_id, why, prompt_chars = _json_record(line, spec)
+    return text, doc_id, size, why, prompt_chars
+
+
+def _read_txt(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterator[pa.Table]:
+    """A text file is one document: it is kept or rejected whole."""
+    parts, size = [], 0
+    for chunk in stream:
+        size += len(chunk)
+        if size <= out.reject.max_bytes:
+            parts.append(chunk)
+    raw = b"".join(parts)
+    raw = raw[3:] if raw.startswith(_BOM) else raw
+    if size > out.reject.max_bytes:
+        out.add(None, None, size, "too_large")
+    elif b"\x00" in raw[:_BINARY_SNIFF]:
+        out.add(None, None, size, "binary")
+    else:
+        text, bad = _decode(raw)
+        out.add(text, None, size, bad)
+    yield from ()
+
+
+def _read_stream(sf: SourceFile, out: _FileRows) -> Iterator[pa.Table]:
+    reader = _read_txt if sf.format == "txt" else _read_jsonl
+    with fsspec.open(sf.path, "rb") as f:
+        try:
+            yield from reader(sf, out, decompressed(f, compression_of(sf.path)))
+        except Damaged as e:
+            # every complete record before the damage is kept; the damaged tail is one reject row
+            out.add(None, None, 0, e.kind)
+
+
+def _values(col: pa.Array) -> list:
+    """A column as Python values; string columns are decoded value by value, so that an invalid UTF-8
+    value rejects its own row only."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        raw = col.view(pa.binary() if pa.types.is_string(col.type) else pa.large_binary()).to_pylist()
+        return [v if v is None else (_decode(v)[0] if _decode(v)[1] is None else _INVALID) for v in raw]
+    return col.to_pylist()
+
+
+def _parquet_rows(pf: pq.ParquetFile, cols: list[str]) -> Iterator[Optional[dict]]:
+    """Each row as {column: value}; None for each row of a row group that cannot be decoded."""
+    for g in range(pf.num_row_groups):
+        done = 0
+        try:
+            for batch in pf.iter_batches(row_groups=[g], columns=cols, batch_size=1024):
+                d = {name: _values(batch.column(name)) for name in cols}
+                for i in range(batch.num_rows):
+                    yield {k: v[i] for k, v in d.items()}
+                done += batch.num_rows
+        except (OSError, pa.ArrowException):  # a damaged row group costs its own rows, not the file's
+            yield from (None for _ in range(pf.metadata.row_group(g).num_rows - done))
+
+
+def _read_parquet(sf: SourceFile, out: _FileRows) -> Iterator[pa.Table]:
+    spec = sf.spec
+    with fsspec.open(sf.path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        fields = [spec.prompt_field, spec.completion_field] if spec.is_task else [spec.text_field]
+        missing = [n for n in fields if n not in names]
+        if missing:  # every row of the file is counted, each with its row number
+            for _ in range(pf.metadata.num_rows):
+                out.add(None, None, 0, f"missing_column:{missing[0]}")
+                out.record += 1
+                yield from out.blocks()
+            return
+        id_col = spec.id_field if spec.id_field and spec.id_field in names else None
+        for row in _parquet_rows(pf, fields + ([id_col] if id_col else [])):
+            if row is None:
+                out.add(None, None, 0, "corrupt")
+            else:
+                doc_id = row.get(id_col) if id_col else None
+                doc_id = None if doc_id is None or doc_id is _INVALID else str(doc_id)
+                text, why, prompt_chars = _record_text(row, spec)
+                out.add(text, doc_id, len(text.encode("utf-8", "surrogatepass")) if text is not None else 0, why, prompt_chars)
+            out.record += 1
+            yield from out.blocks()
+
+
+def read_file(sf: SourceFile, execution: ExecutionConfig, reject: RejectConfig) -> Iterator[pa.Table]:
+    """Stream one file as blocks of rows. Damage costs the damaged records only: it ends in a reject row,
+    never an exception, and every complete record before it is kept."""
+    out = _FileRows(sf, execution, reject)
+    try:
+        yield from (_read_parquet(sf, out) if sf.format == "parquet" else _read_stream(sf, out))
+    except Exception as e:  # noqa: BLE001 - a file that cannot be opened or parsed at all is one reject, not fatal
+        out.add(None, None, 0, "unreadable" if isinstance(e, (OSError, pa.ArrowException)) else f"unreadable:{type(e).__name__}")
+    yield from out.blocks(final=True)
 
 
 class TextFiles(Datasource):

@@ -4,6 +4,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# property tests: deterministic in CI (derandomize), modest by default; `--hypothesis-profile=thorough` runs more
+settings.register_profile("ci", max_examples=100, derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("thorough", max_examples=1000, deadline=None, print_blob=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "shakespeare.jsonl.gz"
@@ -12,6 +17,11 @@ SAMPLE = ROOT / "data" / "sample" / "shakespeare.jsonl.gz"
 def sample_docs() -> list[dict]:
     with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
+
+
+def pytest_configure(config):
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,114 @@
+"""Regression tests of issue #12's reader defects, each on the exact input that once lost documents (no Ray)."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.config import ExecutionConfig, InputSpec, RejectConfig
+from pipelines.sources import SourceFile, list_files, read_file
+
+DOCS = [{"id": f"d{i}", "text": f"document {i} " + "lorem ipsum dolor sit amet " * 60} for i in range(3)]
+
+
+def _lines(docs) -> bytes:
+    return b"".join(json.dumps(d).encode() + b"\n" for d in docs)
+
+
+def _read(path, fmt="jsonl", **spec) -> list[dict]:
+    sf = SourceFile(0, str(path), fmt, InputSpec(path=str(path), **spec))
+    return [r for b in read_file(sf, ExecutionConfig(), RejectConfig()) for r in b.to_pylist()]
+
+
+def _kept(rows) -> list[str]:
+    return [r["id"] for r in rows if r["reject"] is None]
+
+
+def test_small_jsonl_keeps_every_document(tmp_path):  # defect 1: a file smaller than the binary sniff
+    p = tmp_path / "small.jsonl"
+    p.write_bytes(_lines(DOCS))
+    assert 1000 < p.stat().st_size < 8192
+    rows = _read(p)
+    assert _kept(rows) == ["d0", "d1", "d2"] and len(rows) == 3
+
+
+def test_lone_surrogate_costs_one_document(tmp_path):  # defect 2: Arrow cannot encode "\ud800"
+    p = tmp_path / "s.jsonl"
+    p.write_bytes(_lines(DOCS[:1]) + b'{"id": "bad", "text": "\\ud800 and more text"}\n' + _lines(DOCS[1:]))
+    rows = _read(p)
+    assert _kept(rows) == ["d0", "d1", "d2"]
+    assert [(r["src"].endswith(":2"), r["reject"]) for r in rows if r["reject"]] == [(True, "invalid_unicode")]
+
+
+def test_surrogate_in_the_id_or_a_task_field(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_bytes(b'{"id": "\\udfff", "text": "fine text"}\n{"p": "q\\ud83d", "c": " a"}\n{"p": "q", "c": " a"}\n')
+    rows = _read(p)
+    assert [r["reject"] for r in rows] == ["invalid_unicode", "missing_text", "missing_text"]
+    rows = _read(p, prompt_field="p", completion_field="c", id_field=None)
+    assert [r["reject"] for r in rows] == ["missing_prompt", "invalid_unicode", None]
+
+
+def test_truncated_gzip_keeps_its_readable_prefix(tmp_path):  # defect 5
+    docs = [{"id": f"t{i}", "text": "word " * 200 + str(i)} for i in range(50)]
+    payload = gzip.compress(_lines(docs))
+    p = tmp_path / "trunc.jsonl.gz"
+    p.write_bytes(payload[: len(payload) // 2])
+    rows = _read(p)
+    kept = _kept(rows)
+    assert len(kept) >= 19 and kept == [f"t{i}" for i in range(len(kept))]
+    assert [r["reject"] for r in rows if r["reject"]] == ["truncated"]  # the damaged tail, once
+    assert rows[-1]["src"].endswith(f":{len(kept) + 1}")  # with its line number
+
+
+def test_corrupt_gzip_member_keeps_what_came_before(tmp_path):
+    payload = bytearray(gzip.compress(_lines(DOCS * 20)))
+    payload[len(payload) // 2: len(payload) // 2 + 16] = b"\xff" * 16
+    p = tmp_path / "c.jsonl.gz"
+    p.write_bytes(bytes(payload))
+    rows = _read(p)
+    assert len(_kept(rows)) >= 1 and rows[-1]["reject"] in ("corrupt", "truncated")
+    assert sum(r["reject"] is not None for r in rows) == 1
+
+
+def test_nul_byte_costs_its_line_only(tmp_path):  # defect 6
+    p = tmp_path / "n.jsonl"
+    p.write_bytes(b'{"id": "x", "text": "a\x00b"}\n' + _lines(DOCS))
+    rows = _read(p)
+    assert _kept(rows) == ["d0", "d1", "d2"] and rows[0]["reject"] == "binary"
+
+
+def test_utf8_bom_is_stripped(tmp_path):  # defect 7
+    p = tmp_path / "b.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + _lines(DOCS).replace(b"\n", b"\r\n"))
+    rows = _read(p)
+    assert _kept(rows) == ["d0", "d1", "d2"]
+    t = tmp_path / "b.txt"
+    t.write_bytes(b"\xef\xbb\xbfhello")
+    assert [r["text"] for r in _read(t, "txt")] == ["hello"]
+
+
+def test_parquet_missing_column_counts_every_row(tmp_path):  # defect 8 (parquet)
+    p = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"body": ["a", "b", "c", "d", "e"]}), p, row_group_size=2)
+    rows = _read(p, "parquet")
+    assert [r["reject"] for r in rows] == ["missing_column:text"] * 5
+    assert [r["src"].rsplit(":", 1)[1] for r in rows] == ["1", "2", "3", "4", "5"]
+
+
+def test_missing_input_path_is_an_error(tmp_path):  # defect 4 (the path half)
+    with pytest.raises(FileNotFoundError, match="does/not/exist.jsonl"):
+        list_files([InputSpec(path=str(tmp_path / "does/not/exist.jsonl"))])
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        list_files([InputSpec(path=str(tmp_path / "*.jsonl"))])
+
+
+def test_huge_line_is_rejected_without_losing_its_neighbours(tmp_path):
+    p = tmp_path / "h.jsonl"
+    p.write_bytes(_lines(DOCS[:1]) + json.dumps({"text": "x" * 5000}).encode() + b"\n" + _lines(DOCS[1:]))
+    sf = SourceFile(0, str(p), "jsonl", InputSpec(path=str(p)))
+    rows = [r for b in read_file(sf, ExecutionConfig(), RejectConfig(max_bytes=3000)) for r in b.to_pylist()]
+    assert _kept(rows) == ["d0", "d1", "d2"] and rows[1]["reject"] == "too_large" and rows[1]["nbytes"] > 5000

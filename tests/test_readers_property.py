@@ -1,0 +1,215 @@
+"""Property test of the input readers (no Ray): generated txt, jsonl, jsonl.gz, jsonl.zst and parquet files mixing
+valid records with damage of every kind. Every valid record that the bytes still hold is kept exactly once with
+its text intact, every other record is one row with a known reason and its line, and nothing else appears.
+
+`pytest --hypothesis-profile=thorough tests/test_readers_property.py` runs ten times more examples."""
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from cluster.config import ExecutionConfig, InputSpec, RejectConfig
+from pipelines.sources import SourceFile, read_file
+
+MAX_BYTES = 2048  # small, so that "huge" records are cheap to generate
+REJECT = RejectConfig(max_bytes=MAX_BYTES)
+EXECUTION = ExecutionConfig(batch_docs=7, batch_bytes=4096)  # many blocks per file: records must not be lost between them
+KNOWN = {"binary", "invalid_utf8", "invalid_unicode", "malformed_json", "missing_text", "non_string_text", "empty",
+         "too_large", "truncated", "corrupt", "unreadable", "missing_column:text"}
+
+
+@dataclass
+class Rec:
+    line: bytes  # as written, without its end of line
+    text: Optional[str]  # expected kept text, or None
+    reason: Optional[str]  # expected reject reason, or None (kept); both None: a blank line, no record
+
+
+texts = st.text(st.characters(codec="utf-8"), min_size=0, max_size=60) | st.text(max_size=3000)
+
+
+def _expect_text(text: str, line: bytes) -> Rec:
+    if len(line) > MAX_BYTES:
+        return Rec(line, None, "too_large")
+    return Rec(line, text, None) if text.strip() else Rec(line, None, "empty")
+
+
+@st.composite
+def json_records(draw) -> Rec:
+    kind = draw(st.sampled_from(["valid"] * 6 + ["bad_utf8", "surrogate", "nul", "malformed", "non_string", "null",
+                                                  "missing", "not_object", "blank", "huge"]))
+    text = draw(texts)
+    ascii_ = draw(st.booleans())
+    doc = {"id": draw(st.integers(0, 10**6)), "text": text}
+    if kind == "valid":
+        return _expect_text(text, json.dumps(doc, ensure_ascii=ascii_).encode())
+    if kind == "huge":
+        return _expect_text("x" * (MAX_BYTES + 1) + text, json.dumps({"text": "x" * (MAX_BYTES + 1) + text}).encode())
+    if kind == "bad_utf8":
+        safe = text.encode()[:20].translate(None, b'"\\\n\x00')
+        return Rec(b'{"text": "' + safe + b'\xff\xfe"}', None, "invalid_utf8")
+    if kind == "surrogate":
+        return Rec(json.dumps({"id": 1, "text": text}).encode()[:-2] + b'\\ud800"}', None, "invalid_unicode")
+    if kind == "nul":
+        return Rec(b'{"text": "a\x00b"}', None, "binary")
+    if kind == "malformed":
+        line = json.dumps(doc).encode()
+        return Rec(line[: draw(st.integers(1, len(line) - 1))], None, "malformed_json")
+    if kind == "non_string":
+        return Rec(json.dumps({"text": draw(st.integers() | st.lists(st.integers(), max_size=3))}).encode(), None, "non_string_text")
+    if kind == "null":
+        return Rec(b'{"text": null}', None, "missing_text")
+    if kind == "missing":
+        return Rec(json.dumps({"body": text}).encode(), None, "missing_text")
+    if kind == "not_object":
+        return Rec(json.dumps([text]).encode(), None, "malformed_json")
+    return Rec(draw(st.sampled_from([b"", b"  ", b"\t"])), None, None)
+
+
+def _jsonl_bytes(recs: list[Rec], crlf: bool, bom: bool, final_newline: bool) -> bytes:
+    eol = b"\r\n" if crlf else b"\n"
+    body = eol.join(r.line for r in recs) + (eol if final_newline else b"")
+    return (b"\xef\xbb\xbf" if bom else b"") + body
+
+
+def _expected_lines(recs: list[Rec], recovered: Optional[bytes], crlf: bool, bom: bool) -> list[tuple[int, Rec]]:
+    """(1-based line, record) of each record whose whole line (and its end) lies in the recovered bytes."""
+    out, pos = [], 3 if bom else 0
+    for i, r in enumerate(recs):
+        pos += len(r.line) + (2 if crlf else 1)
+        if recovered is not None and pos > len(recovered):
+            break
+        if r.text is not None or r.reason is not None:
+            out.append((i + 1, r))
+    return out
+
+
+def _rows(tmp_path, name: str, data: bytes, fmt: str, spec: Optional[InputSpec] = None) -> list[dict]:
+    path = tmp_path / name
+    path.write_bytes(data)
+    sf = SourceFile(0, str(path), fmt, spec or InputSpec(path=str(path), id_field=None))
+    return [r for block in read_file(sf, EXECUTION, REJECT) for r in block.to_pylist()]
+
+
+def _check(rows: list[dict], expected: list[tuple[int, Rec]], tail: Optional[str]) -> None:
+    # the accounting: one row per record, each kept or with a known reason
+    assert all(r["reject"] is None or r["reject"] in KNOWN for r in rows), {r["reject"] for r in rows}
+    body = rows[:-1] if tail else rows
+    if tail:
+        assert rows[-1]["reject"] == tail and rows[-1]["text"] is None
+    assert [int(r["src"].rsplit(":", 1)[1]) for r in body] == [n for n, _ in expected]
+    for row, (n, rec) in zip(body, expected):
+        if rec.reason is None:
+            assert row["reject"] is None and row["text"] == rec.text, (n, rec, row)
+        else:
+            assert row["reject"] == rec.reason and row["text"] is None, (n, rec, row)
+    assert len({r["uid"] for r in rows}) == len(rows)
+    kept = sum(r["reject"] is None for r in rows)
+    assert len(rows) == kept + sum(r["reject"] is not None for r in rows)
+
+
+jsonl_files = st.tuples(st.lists(json_records(), min_size=0, max_size=25), st.booleans(), st.booleans(), st.booleans())
+_slow_ok = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@_slow_ok
+@given(jsonl_files)
+def test_jsonl(tmp_path, f):
+    recs, crlf, bom, final_newline = f
+    data = _jsonl_bytes(recs, crlf, bom, final_newline)
+    _check(_rows(tmp_path, "a.jsonl", data, "jsonl"), _expected_lines(recs, None, crlf, bom), None)
+
+
+def _compress(kind: str, data: bytes, members: int) -> tuple[bytes, set[int]]:
+    """`members` concatenated gzip members / zstd frames (as pigz, `cat a.gz b.gz` and multi-frame writers make),
+    and the offsets where members end."""
+    cuts = [len(data) * i // members for i in range(members + 1)]
+    compress = gzip.compress if kind == "gz" else zstandard.ZstdCompressor().compress
+    parts = [compress(data[a:b]) for a, b in zip(cuts, cuts[1:])]
+    ends = {sum(len(p) for p in parts[: i + 1]) for i in range(len(parts))}
+    return b"".join(parts), ends
+
+
+def _recoverable(kind: str, cut: bytes) -> bytes:
+    """What the codec itself can decompress from damaged bytes: the oracle of what must be kept."""
+    out = b""
+    while cut:
+        d = zlib.decompressobj(31) if kind == "gz" else zstandard.ZstdDecompressor().decompressobj()
+        try:
+            out += d.decompress(cut)
+        except (zlib.error, zstandard.ZstdError):
+            break
+        if not d.eof:
+            break
+        cut = d.unused_data
+    return out
+
+
+@_slow_ok
+@given(jsonl_files, st.sampled_from(["gz", "zst"]), st.integers(1, 3), st.one_of(st.none(), st.floats(0, 1, exclude_max=True)))
+def test_compressed_jsonl_truncated_anywhere(tmp_path, f, kind, members, cut_at):
+    recs, crlf, bom, final_newline = f
+    whole, ends = _compress(kind, _jsonl_bytes(recs, crlf, bom, final_newline), members)
+    data = whole if cut_at is None else whole[: int(len(whole) * cut_at)]
+    assume(len(data) not in ends or len(data) == len(whole))  # a cut between members looks like a shorter, whole file
+    truncated = len(data) < len(whole)
+    recovered = _recoverable(kind, data) if truncated else None
+    rows = _rows(tmp_path, f"a.jsonl.{kind}", data, "jsonl")
+    _check(rows, _expected_lines(recs, recovered, crlf, bom), "truncated" if truncated and data else None)
+
+
+@_slow_ok
+@given(st.binary(max_size=40) | texts.map(str.encode), st.booleans(), st.booleans())
+def test_txt(tmp_path, body, bom, nul):
+    data = (b"\xef\xbb\xbf" if bom else b"") + (b"a\x00b" if nul else b"") + body
+    rows = _rows(tmp_path, "a.txt", data, "txt")
+    assert len(rows) == 1
+    raw = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    want = "too_large" if len(data) > MAX_BYTES else "binary" if b"\x00" in raw[:8192] else "invalid_utf8" if text is None else \
+        None if text.strip() else "empty"
+    assert rows[0]["reject"] == want and (want is not None or rows[0]["text"] == text)
+
+
+parquet_values = st.one_of(texts.map(lambda t: ("kept", t)), st.just(("null", None)), st.just(("bad", b"bad\xff")),
+                           st.just(("huge", "y" * (MAX_BYTES + 1))))
+
+
+@_slow_ok
+@given(st.lists(parquet_values, max_size=30), st.sampled_from(["ok", "int_column", "no_column", "truncated"]),
+       st.integers(1, 7))
+def test_parquet(tmp_path, values, variant, row_group):
+    raw = [v.encode() if isinstance(v, str) else v for _, v in values]
+    col = pa.array(raw, pa.binary()).view(pa.string())  # Parquet does not validate UTF-8: invalid values do occur
+    if variant == "int_column":
+        col = pa.array(range(len(values)), pa.int64())
+    table = pa.table({"body" if variant == "no_column" else "text": col, "id": [f"r{i}" for i in range(len(values))]})
+    path = tmp_path / "w.parquet"
+    pq.write_table(table, path, row_group_size=row_group)
+    data = path.read_bytes()
+    if variant == "truncated":
+        data = data[: len(data) // 2]
+    rows = _rows(tmp_path, "a.parquet", data, "parquet", InputSpec(path="x"))
+    if variant == "truncated":  # the footer (schema, row count) is gone: the file is one unreadable record
+        assert [r["reject"] for r in rows] == ["unreadable"]
+        return
+    assert [int(r["src"].rsplit(":", 1)[1]) for r in rows] == list(range(1, len(values) + 1))
+    for i, (r, (kind, v)) in enumerate(zip(rows, values)):
+        want = {"no_column": "missing_column:text", "int_column": "non_string_text"}.get(variant) or {
+            "null": "missing_text", "bad": "invalid_utf8"}.get(kind) or (
+            "too_large" if len(v.encode()) > MAX_BYTES else None if v.strip() else "empty")
+        assert r["reject"] == want, (kind, v, r)
+        if want is None:
+            assert r["text"] == v and r["id"] == f"r{i}"
