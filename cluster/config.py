@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 # ---------------------------------------------------------------- data
@@ -50,13 +54,19 @@ class NormalizeConfig(Strict):
 
 class Range(Strict):
     enabled: bool = True
-    min: Optional[float] = None
-    max: Optional[float] = None
+    min: Optional[float] = Field(default=None, ge=0)
+    max: Optional[float] = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
 
 
 class MaxRatio(Strict):
     enabled: bool = True
-    max: float
+    max: float = Field(ge=0)
 
 
 class CleanConfig(Strict):
@@ -74,7 +84,7 @@ class CleanConfig(Strict):
 
 class RejectConfig(Strict):
     """Input that is not a usable document at all; always on, counted as reject:<name>."""
-    max_bytes: int = Field(default=10_000_000, gt=0)  # larger documents are rejected, not truncated
+    max_bytes: int = Field(default=10_000_000, gt=0, le=2**31)  # larger documents are rejected, not truncated
 
 
 class ExactConfig(Strict):
@@ -85,14 +95,14 @@ class MinHashConfig(Strict):
     enabled: bool = True
     threshold: float = Field(default=0.8, gt=0, lt=1)
     num_perm: int = Field(default=128, ge=8, le=1024)
-    ngram: int = Field(default=5, ge=1)
-    seed: int = 0
+    ngram: int = Field(default=5, ge=1, le=1000)
+    seed: int = Field(default=0, ge=0, lt=2**32)
     # bands x rows minimize (1-w)*false-positive area + w*false-negative area of the LSH S-curve; a missed
     # pair is lost for good while a false candidate is dropped by the Jaccard confirmation, hence w > 0.5
     false_negative_weight: float = Field(default=0.9, gt=0, lt=1)
-    bands: Optional[int] = None  # null: chosen from threshold, num_perm and the weight above
-    rows: Optional[int] = None
-    max_bucket_pairs: int = Field(default=64, ge=2)  # larger buckets emit a star+chain instead of all pairs
+    bands: Optional[int] = Field(default=None, ge=1)  # null: chosen from threshold, num_perm and the weight above
+    rows: Optional[int] = Field(default=None, ge=1)
+    max_bucket_pairs: int = Field(default=64, ge=2, le=1_000_000)  # larger buckets emit a star+chain instead of all pairs
 
     @model_validator(mode="after")
     def _bands_rows(self) -> "MinHashConfig":
@@ -106,12 +116,12 @@ class MinHashConfig(Strict):
 class DedupConfig(Strict):
     exact: ExactConfig = ExactConfig()
     minhash: MinHashConfig = MinHashConfig()
-    partitions: int = Field(default=8, ge=1)  # hash partitions of every shuffle step (scale with corpus)
+    partitions: int = Field(default=8, ge=1, le=100_000)  # hash partitions of every shuffle step (scale with corpus)
 
 
 class TrainTokenizer(Strict):
     vocab_size: int = Field(ge=260, le=1_000_000)
-    max_docs: Optional[int] = None  # train on at most this many kept docs (null: all)
+    max_docs: Optional[int] = Field(default=None, ge=1)  # train on at most this many kept docs (null: all)
 
 
 class TokenizerConfig(Strict):
@@ -137,13 +147,13 @@ class TokenizerConfig(Strict):
 class OutputConfig(Strict):
     shard_tokens: int = Field(default=100_000_000, gt=0)
     val_fraction: float = Field(default=0.01, ge=0, lt=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**64)  # xxhash seed of the train/val split
 
 
 class ExecutionConfig(Strict):
     batch_docs: int = Field(default=4096, gt=0)  # a read block ends after this many documents
     batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes (also Ray Data's block size)
-    workers: Optional[int] = None  # document-processing actors (null: one per CPU)
+    workers: Optional[int] = Field(default=None, ge=1)  # document-processing actors (null: one per CPU)
 
 
 class DataConfig(Strict):
@@ -192,42 +202,42 @@ class ModelConfig(Strict):
 
 class OptimConfig(Strict):
     name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1.0e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
+    lr: float = Field(default=1.0e-3, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
+    grad_clip: float = Field(default=1.0, gt=0)  # max global gradient norm
 
 
 class ScheduleConfig(Strict):
-    warmup_steps: int = 100
+    warmup_steps: int = Field(default=100, ge=0)
     decay: Literal["cosine", "wsd", "constant"] = "cosine"
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     decay_fraction: float = Field(default=0.2, gt=0, le=1)  # wsd: the last fraction of steps decays linearly
 
 
 class BatchConfig(Strict):
-    micro_batch_size: int = 16
-    global_batch_tokens: int = 65536
+    micro_batch_size: int = Field(default=16, ge=1)  # sequences per worker per forward/backward
+    global_batch_tokens: int = Field(default=65536, ge=1)  # tokens per optimizer step, all workers
 
 
 class EvalConfig(Strict):
-    every: int = 200
-    batches: int = 20
+    every: int = Field(default=200, ge=1)  # steps between evaluations
+    batches: int = Field(default=20, ge=1)
 
 
 class CheckpointConfig(Strict):
-    every: int = 500
-    keep: int = 2
+    every: int = Field(default=500, ge=1)  # steps between checkpoints
+    keep: int = Field(default=2, ge=1)
 
 
 class ScalingConfig(Strict):
-    num_workers: int = 2
+    num_workers: int = Field(default=2, ge=1)
     use_gpu: bool = False
-    resources_per_worker: dict[str, float] = {"CPU": 1}
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] = {"CPU": 1}
 
 
 class FailureConfig(Strict):
-    max_failures: int = 3
+    max_failures: int = Field(default=3, ge=-1)  # -1: retry forever (Ray's FailureConfig)
 
 
 class TrainConfig(Strict):
@@ -235,8 +245,8 @@ class TrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     batch: BatchConfig = BatchConfig()
-    max_steps: int = 2000
-    seed: int = 0
+    max_steps: int = Field(default=2000, ge=1)
+    seed: int = Field(default=0, ge=0, lt=2**32)
     eval: EvalConfig = EvalConfig()
     # ray.train.report at every eval and checkpoint step, and every `report_every` steps if set.
     # Not every step: Ray Train consumes one report per worker per health-check poll (2 s), and a
@@ -255,7 +265,7 @@ class TrainConfig(Strict):
 class TuneSchedulerConfig(Strict):
     type: Literal["asha", "hyperband", "pbt", "fifo"] = "asha"
     time_attr: Literal["step", "tokens"] = "step"  # a metric the loop reports
-    grace_period: Optional[int] = None  # in time_attr units; null: the first evaluation (train.eval.every steps)
+    grace_period: Optional[int] = Field(default=None, ge=1)  # in time_attr units; null: the first evaluation (train.eval.every steps)
     reduction_factor: float = Field(default=3, gt=1)
     brackets: int = Field(default=1, ge=1)  # asha
     # pbt: every perturbation_interval (time_attr units; null: train.checkpoint.every steps) a trial in the
@@ -269,7 +279,7 @@ class TuneSchedulerConfig(Strict):
 
 class TuneSearchConfig(Strict):
     type: Literal["random", "grid", "optuna"] = "random"  # grid: only grid entries, each combination once
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)
 
 
 class TuneConfig(Strict):
@@ -304,6 +314,22 @@ class RunConfig(Strict):
             raise ValueError(f"{v!r} must be a relative path below storage_path (no leading '/', '~', '..', '.' or empty parts)")
         return v
 
+    @field_validator("name", "storage_path")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError(f"{v!r} holds a control character (newline, NUL, ...): not a usable path")
+        return v
+
+    @field_validator("storage_path")
+    @classmethod
+    def _no_parent_parts(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        if ".." in v.replace("\\", "/").split("/"):
+            raise ValueError(f"{v!r} contains '..': give an absolute path (or one below the current directory) instead")
+        return v
+
     @property
     def run_dir(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
@@ -322,6 +348,10 @@ def absolute(path: str) -> str:
 # ---------------------------------------------------------------- loading
 class ConfigError(ValueError):
     """A recipe problem the user must fix; the CLI prints it and exits 2."""
+
+
+class RecipeWarning(UserWarning):
+    """A recipe that works but is probably not what was meant; the CLI prints it as one line."""
 
 
 def _fields_at(path: tuple, model: type[BaseModel] = RunConfig) -> list[str]:
@@ -354,7 +384,7 @@ def _format_errors(err: ValidationError) -> str:
             hint = f" (did you mean '{'.'.join(str(p) for p in loc[:-1] + (near[0],))}'?)" if near else ""
             lines.append(f"{path}: unknown key{hint}")
         else:
-            lines.append(f"{path}: {e['msg']}")
+            lines.append(f"{path}: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -364,7 +394,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, value = item.split("=", 1)
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set {item!r}: bad key")
-    return key.split("."), yaml.safe_load(value) if value != "" else ""
+    try:
+        return key.split("."), yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it: --set '{key}=\"...\"'") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -379,19 +413,29 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def read_recipe(path: str | Path) -> dict:
+    """The recipe file as a mapping; every way it can be unusable is a ConfigError naming the file."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read recipe {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): a recipe is a YAML file") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if raw is None:
+        warnings.warn(f"{path} is empty: every key takes its default (raylm validate {path} prints them)", RecipeWarning,
+                      stacklevel=2)
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the recipe must be a mapping at the top level, not a {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    raw: dict = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read recipe {path}: {e.strerror}") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the recipe must be a mapping at the top level")
+    raw = read_recipe(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
     try:
         return RunConfig.model_validate(raw)
