@@ -1,11 +1,11 @@
 # `make run`: create .venv, install, run the main job on the bundled sample.
-# `make test`: create .venv, install with test extras, run the test suite.
+# `make test`: create .venv, install with test extras, run lint (ruff) and the test suite.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 RECIPE ?= cluster/recipes/local.yaml
 
-.PHONY: install run finetune test test-fast bench clean
+.PHONY: install run finetune lint test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "raylm needs Python 3.10+"'
@@ -32,7 +32,10 @@ finetune: install
 	$(VENV)/bin/raylm train cluster/recipes/finetune.yaml
 	$(VENV)/bin/raylm eval cluster/recipes/finetune.yaml
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q --durations=12
 
 test-fast: install

@@ -171,7 +171,7 @@ def main() -> None:
         print(f"{layout:>8} {rp:>12,.0f} {rr:>12,.0f} {rr / rp:>10.3f} {mfu:>10}  {same}")
     if len(results) > 1:
         best_plain = max(r[1] for r in results)
-        for layout, rp, rr, _ in results:
+        for layout, _, rr, _ in results:
             print(f"ray {layout} / best plain layout: {rr / best_plain:.3f}")
     ray.shutdown()
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from typing import Optional
 
-from cluster.config import ConfigError, RunConfig, dump_config, load_config
+from cluster.config import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
 from training.evaluate import EvalOptions
 from training.sample import SampleOptions
 
@@ -84,11 +86,7 @@ def _sample_args(p: argparse.ArgumentParser, prompt: str) -> None:
 def _sample(args: argparse.Namespace) -> int:
     from training.sample import load_model, sample
 
-    try:
-        model, enc, state = load_model(args.path, args.device)
-    except FileNotFoundError as e:
-        print(f"raylm: {e}", file=sys.stderr)
-        return 2
+    model, enc, state = load_model(args.path, args.device)
     opts = SampleOptions(prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_k=args.top_k or None, seed=args.seed, num_samples=args.num_samples)
     print(f"[raylm sample] step {state['step']} of {state['config']['name']}, tokenizer {state['tokenizer']['name']}",
@@ -105,23 +103,14 @@ def _eval(cfg: RunConfig, args: argparse.Namespace) -> int:
 
     opts = EvalOptions(checkpoint=args.checkpoint, split=args.split, file=args.file, max_windows=args.max_windows,
                        max_examples=args.max_examples, device=args.device)
-    try:
-        res = run_eval(cfg, opts)
-    except (FileNotFoundError, ConfigError) as e:
-        print(f"raylm: {e}", file=sys.stderr)
-        return 2
-    print_results(res)
+    print_results(run_eval(cfg, opts))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import ExportError, export_hf
+    from training.export import export_hf
 
-    try:
-        info = export_hf(args.path, args.out)
-    except (FileNotFoundError, ExportError) as e:
-        print(f"raylm: {e}", file=sys.stderr)
-        return 2
+    info = export_hf(args.path, args.out)
     print(f"raylm export: step {info['step']} of {info['run']} ({info['params']:,} parameters, vocab {info['n_vocab']:,}) "
           f"-> {args.out} (transformers GPT-2: GPT2LMHeadModel.from_pretrained / AutoTokenizer.from_pretrained)")
     return 0
@@ -130,11 +119,7 @@ def _export(args: argparse.Namespace) -> int:
 def _train(cfg: RunConfig) -> int:
     from training.trainer import run_train, summarize
 
-    try:
-        result = run_train(cfg)
-    except (FileNotFoundError, ConfigError) as e:  # `train` before `data`; init_from that does not fit
-        print(f"raylm: {e}", file=sys.stderr)
-        return 2
+    result = run_train(cfg)
     if result.error is not None:
         print(f"raylm: training failed: {result.error}", file=sys.stderr)
         return 1
@@ -171,11 +156,7 @@ def _tune(cfg: RunConfig, resume: bool) -> int:
     from tuning.campaign import run_tune
     from tuning.results import collect, print_summary, write_results
 
-    try:
-        grid = run_tune(cfg, resume=resume)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"raylm: {e}", file=sys.stderr)
-        return 2
+    grid = run_tune(cfg, resume=resume)
     rows = collect(cfg, grid)
     print_summary(cfg, rows, write_results(cfg, rows))
     return 0 if any(r["status"] != "error" for r in rows) else 1
@@ -186,37 +167,12 @@ def _submit(cfg: RunConfig, args: argparse.Namespace) -> int:
 
     command = args.job_command
     if command and command[0] not in RECIPE_COMMANDS:
-        print(f"raylm: submit runs a recipe command ({', '.join(RECIPE_COMMANDS)}), not {command[0]!r}", file=sys.stderr)
-        return 2
-    try:
-        return submit(cfg, args.address, command, wait=not args.no_wait, deps=not args.no_deps)
-    except ConfigError as e:
-        print(f"raylm: bad recipe: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"submit runs a recipe command ({', '.join(RECIPE_COMMANDS)}), not {command[0]!r}")
+    return submit(cfg, args.address, command, wait=not args.no_wait, deps=not args.no_deps)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    job_command = []
-    if argv[:1] == ["submit"] and "--" in argv:  # submit's own options, then the job's command line
-        i = argv.index("--")
-        argv, job_command = argv[:i], argv[i + 1:]
-    args = ap.parse_args(argv)
-    args.job_command = job_command
-    if args.command == "sample":
-        return _sample(args)
-    if args.command == "export":
-        return _export(args)
-    if args.command == "jobs":
-        from cluster.submit import jobs
-
-        return jobs(args.action, args.job_id, args.address, args.follow)
-    try:
-        cfg = load_config(args.recipe, args.overrides)
-    except ConfigError as e:
-        print(f"raylm: bad recipe:\n{e}", file=sys.stderr)
-        return 2
+def _recipe_command(args: argparse.Namespace) -> int:
+    cfg = load_config(args.recipe, args.overrides)
     if args.command == "validate":
         print(dump_config(cfg), end="")
         return 0
@@ -229,36 +185,103 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "tune":
         from tuning.campaign import check
 
-        try:
-            check(cfg)  # a bad search space fails before Ray starts
-        except ConfigError as e:
-            print(f"raylm: bad recipe: {e}", file=sys.stderr)
-            return 2
-
+        check(cfg)  # a bad search space fails before Ray starts
+    from pipelines.run import run_data
     from pipelines.sources import list_files
-    from pipelines.tokenize import TokenizerError
 
     try:
         list_files(cfg.data.inputs)  # a recipe pointing at nothing is a config error, before Ray starts
     except (FileNotFoundError, ValueError) as e:
-        print(f"raylm: bad recipe: {e}", file=sys.stderr)
-        return 2
-    try:
-        from pipelines.run import run_data
+        raise ConfigError(str(e)) from None
+    run_data(cfg, force=args.force)
+    if args.command == "run":
+        return _run(cfg, args.prompt)
+    if args.command == "tune":
+        return _tune(cfg, args.resume)
+    return 0
 
-        run_data(cfg, force=args.force)
-        if args.command == "run":
-            return _run(cfg, args.prompt)
-        if args.command == "tune":
-            return _tune(cfg, args.resume)
-    except TokenizerError as e:
-        print(f"raylm: bad recipe: {e}", file=sys.stderr)
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "sample":
+        return _sample(args)
+    if args.command == "export":
+        return _export(args)
+    if args.command == "jobs":
+        from cluster.submit import jobs
+
+        return jobs(args.action, args.job_id, args.address, args.follow)
+    return _recipe_command(args)
+
+
+class UsageError(ValueError):
+    """Arguments that cannot work together: exit 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user fixes (exit 2): the recipe, the arguments, a path that is not what it should be."""
+    from pipelines.tokenize import TokenizerError
+    from training.checkpoint import CheckpointError
+    from training.export import ExportError
+
+    return ConfigError, UsageError, TokenizerError, CheckpointError, ExportError, FileNotFoundError, NotADirectoryError
+
+
+def _crash(e: BaseException) -> int:
+    """An unexpected error: one line here, the traceback in a file (RAYLM_LOG=debug prints it too)."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    fd, path = tempfile.mkstemp(prefix="raylm-error-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    if os.environ.get("RAYLM_LOG", "").lower() == "debug":
+        print(text, file=sys.stderr)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    print(f"raylm: error: {type(e).__name__}{': ' + first[:500] if first else ''} (traceback in {path})", file=sys.stderr)
+    return 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, RecipeWarning):
+        print(f"raylm: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Exit codes: 0 done, 2 bad recipe, arguments or input paths, 1 the run failed. Never a traceback."""
+    ap = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    job_command = []
+    if argv[:1] == ["submit"] and "--" in argv:  # submit's own options, then the job's command line
+        i = argv.index("--")
+        argv, job_command = argv[:i], argv[i + 1:]
+    args = ap.parse_args(argv)
+    args.job_command = job_command
+    warnings.showwarning = _show_warning
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"raylm: bad recipe:\n{e}" if "\n" in str(e) else f"raylm: bad recipe: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raylm: interrupted; run the same command again to go on (finished stages are kept, training resumes)",
               file=sys.stderr)
         return 1
-    return 0
+    except Exception as e:  # noqa: BLE001 - the one place that turns every error into a message and an exit code
+        from pipelines.run import DataStageError
+
+        if isinstance(e, _user_errors()):
+            print(f"raylm: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, DataStageError):
+            print(f"raylm data: {e}", file=sys.stderr)
+            return 1
+        return _crash(e)
 
 
 if __name__ == "__main__":

@@ -397,7 +397,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         return key.split("."), yaml.safe_load(value) if value != "" else ""
     except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = (getattr(e, "problem", None) or str(e).splitlines()[0]).replace("'\\x00'", "the end")
         raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it: --set '{key}=\"...\"'") from None
 
 

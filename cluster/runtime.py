@@ -1,25 +1,47 @@
-"""Connecting to Ray the way the recipe says: `ray.address`, else RAY_ADDRESS, else a running
-`ray start` on this machine, else a fresh local instance."""
+"""Connecting to Ray the way the recipe says.
+
+A run joins a cluster only when told to: `ray.address` in the recipe (`auto` for a `ray start` on this
+machine), or RAY_ADDRESS (which Ray Jobs sets for every job's driver). Otherwise it starts a local instance
+of its own, never one it found running: that may be another raylm process's short-lived instance, whose end
+would kill this run's actors. The first line of output says which it did.
+"""
 from __future__ import annotations
 
 import logging
 import os
+from typing import Callable
 
 import ray
 
 from cluster.config import RayConfig
 
 
-def init_ray(cfg: RayConfig) -> None:
+def _say(msg: str) -> None:
+    print(f"[raylm] {msg}", flush=True)
+
+
+def ray_target(cfg: RayConfig) -> str | None:
+    """The address to join, or None for a local instance of this process's own."""
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say) -> None:
     if ray.is_initialized():
         return
     kwargs = dict(runtime_env=cfg.runtime_env or None, log_to_driver=True, logging_level=logging.WARNING)
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    address = ray_target(cfg)
     if address:
+        where = "ray.address in the recipe" if cfg.address else "RAY_ADDRESS"
         ray.init(address=address, **kwargs)
+        say(f"ray: joined the cluster at {ray.get_runtime_context().gcs_address} ({where}={address}): "
+            f"{_cpus()} CPUs")
         return
-    try:
-        ray.init(address="auto", **kwargs)
-    except (ConnectionError, RuntimeError, ValueError):
-        # the dashboard (on 127.0.0.1 only) serves the State API that Ray Train's controller queries
-        ray.init(dashboard_host="127.0.0.1", **kwargs)
+    # "local" starts a new instance even when another runs on this machine (None or "auto" would join it). The
+    # dashboard (on 127.0.0.1 only) serves the State API that Ray Train's controller queries.
+    ray.init(address="local", dashboard_host="127.0.0.1", **kwargs)
+    say(f"ray: started a local instance for this run at {ray.get_runtime_context().gcs_address}: {_cpus()} CPUs "
+        "(to join a cluster instead: ray.address in the recipe, `auto` for a local `ray start`, or RAY_ADDRESS)")
+
+
+def _cpus() -> int:
+    return int(ray.cluster_resources().get("CPU", 0))

@@ -68,7 +68,7 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
         for r in range(1, num_perm // b + 1):
             p = lambda s, b=b, r=r: 1 - (1 - s ** r) ** b  # noqa: E731
             fp = _integrate(p, 0.0, threshold)
-            fn = _integrate(lambda s: 1 - p(s), threshold, 1.0)
+            fn = _integrate(lambda s, p=p: 1 - p(s), threshold, 1.0)
             err = fp_weight * fp + fn_weight * fn
             if err < best_err:
                 best, best_err = (b, r), err

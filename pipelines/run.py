@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from cluster.config import RunConfig
+from cluster.config import ConfigError, RunConfig
 from pipelines.dedup import run_dedup
 from pipelines.process import DocProcessor, binary_column
 from pipelines.shards import ShardWriter, exists, makedirs, read_manifest, rm_tree, token_dtype, write_manifest
@@ -196,26 +196,60 @@ def write_outputs(cfg: RunConfig, root: str, summaries: list[dict], dups: Option
     return splits, removed_counts, docs_in, bytes_in
 
 
+class DataStageError(RuntimeError):
+    """The stage ran but produced nothing usable (every document removed): the CLI exits 1 with this message."""
+
+
+# the data section keys that decide the output; `execution` (workers, block sizes) changes only how it is computed
+_OUTPUT_KEYS = ("inputs", "clean", "reject", "dedup", "tokenizer", "output")
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}.{key}" if prefix else str(key)).items()}
+    if isinstance(d, list):
+        return {k: v for i, val in enumerate(d) for k, v in _flat(val, f"{prefix}[{i}]").items()} or {prefix: []}
+    return {prefix: d}
+
+
+def changed_keys(finished: dict, wanted: dict) -> list[str]:
+    """Dotted data.* keys whose value differs between a finished run's config and the recipe's."""
+    a = _flat({k: finished.get(k) for k in _OUTPUT_KEYS}, "data")
+    b = _flat({k: wanted.get(k) for k in _OUTPUT_KEYS}, "data")
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _reuse_finished(cfg: RunConfig, root: str, say: Callable[[str], None]) -> dict:
+    """The finished run's manifest, if it was made by this recipe's data section; else a ConfigError."""
+    man = read_manifest(root)
+    diff = changed_keys(man.get("config") or {}, cfg.data.model_dump(mode="json")) if "config" in man else []
+    if diff:
+        shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise ConfigError(f"{root} was built by a different data section ({shown} changed); rebuild it with --force, "
+                          f"or give this recipe a new name (--set name=...)")
+    say(f"{root} is complete (manifest.json present, same data section); nothing to do. Use --force to rebuild.")
+    return man
+
+
 def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _say, summary: bool = True) -> dict:
     """raw text -> shards + manifest + removed.parquet + stats.json. Returns the manifest."""
     from cluster.runtime import init_ray
 
     root = f"{cfg.run_dir}/data"
     if exists(f"{root}/manifest.json") and not force:
-        say(f"{root} is complete (manifest.json present); nothing to do. Use --force to rebuild.")
-        return read_manifest(root)
+        return _reuse_finished(cfg, root, say)
     report = Report()
     t_start = time.perf_counter()
     files = list_files(cfg.data.inputs)
     tcfg = cfg.data.tokenizer
     tok = None if tcfg.train is not None else spec_from_config(tcfg)
+    init_ray(cfg.ray)
     if exists(root):
         say(f"{root} has no manifest: an unfinished run; starting it again from scratch")
         rm_tree(root)
     work = f"{root}/_work"
     makedirs(f"{work}/docs")
-    init_ray(cfg.ray)
-    say(f"{len(files)} input file(s); ray: {int(ray.cluster_resources().get('CPU', 0))} CPUs")
+    say(f"{len(files)} input file(s)")
 
     with report.timed("process"):
         summaries = process_documents(cfg, files, f"{work}/docs", tok, report)
@@ -272,6 +306,10 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
     fs, _ = fsspec.core.url_to_fs(root)
     with fs.open(f"{root}/stats.json", "w") as f:
         json.dump(stats, f, indent=1)
+    if docs_kept == 0:  # no manifest: nothing to train on is a failed stage, not a finished one
+        reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(removed.items(), key=lambda x: -x[1])) or "no input records"
+        raise DataStageError(f"no document kept of {docs_in:,} read ({reasons}); each one is listed with its file and "
+                             f"line in {root}/removed.parquet")
     write_manifest(root, manifest)
     if summary:
         print_summary(manifest, stats, root)

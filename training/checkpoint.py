@@ -24,6 +24,11 @@ from pipelines.shards import is_local
 from pipelines.tokenize import copy_tokenizer
 
 STATE, META = "state.pt", "meta.json"
+_STATE_KEYS = ("model", "config", "tokenizer", "step")  # what every raylm state.pt holds
+
+
+class CheckpointError(ValueError):
+    """A path that holds no usable raylm checkpoint (another program's file, a damaged one): the CLI exits 2."""
 
 
 def rng_state() -> dict:
@@ -88,11 +93,38 @@ def save(directory: str, rank: int, state: Optional[dict], tokenizer_dir: Option
             copy_tokenizer(src, os.path.join(directory, "tokenizer.tiktoken"))
 
 
+def _torch_load(path: str, device: torch.device | str = "cpu") -> Any:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unpickling, zip and tensor errors all mean "not what raylm wrote"
+        # torch's own message suggests weights_only=False, i.e. running arbitrary code from the file: never
+        raise CheckpointError(f"{path}: not a raylm checkpoint file (torch cannot load it as tensors: "
+                              f"{type(e).__name__}); it is damaged or was written by another program") from None
+
+
 def load(directory: str, rank: int, device: torch.device | str = "cpu") -> tuple[dict[str, Any], Optional[dict]]:
     """state.pt and this rank's RNG states (None when the checkpoint was written by fewer ranks)."""
-    state = torch.load(os.path.join(directory, STATE), map_location=device, weights_only=True)
+    path = os.path.join(directory, STATE)
+    state = _torch_load(path, device)
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a raylm checkpoint (it has no {', '.join(missing)})")
     rng_path = os.path.join(directory, f"rng-{rank}.pt")
-    return state, (torch.load(rng_path, weights_only=True) if os.path.exists(rng_path) else None)
+    return state, (_torch_load(rng_path) if os.path.exists(rng_path) else None)
+
+
+def read_meta(path: str) -> dict:
+    """A checkpoint's meta.json (a file path, local or URL); a damaged one is a CheckpointError naming it."""
+    fs, _ = fsspec.core.url_to_fs(path)
+    try:
+        meta = json.loads(fs.cat(path))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the checkpoint is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{path}: not a raylm checkpoint's meta.json (no integer 'step')")
+    return meta
 
 
 def local_dir(ckpt: str) -> str:
@@ -115,5 +147,5 @@ def latest(path: str) -> str:
     metas = fs.glob(f"{path}/train/checkpoint_*/{META}") + fs.glob(f"{path}/checkpoint_*/{META}")
     if not metas:
         raise FileNotFoundError(f"{path}: no checkpoint (looked for {STATE} there and train/checkpoint_*/{META} below)")
-    best = max(metas, key=lambda m: json.loads(fs.cat(m))["step"]).rsplit("/", 1)[0]
+    best = max(metas, key=lambda m: read_meta(fs.unstrip_protocol(m) if "://" in path else m)["step"]).rsplit("/", 1)[0]
     return fs.unstrip_protocol(best) if "://" in path else best

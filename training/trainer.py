@@ -59,17 +59,12 @@ def check_init_from(cfg: RunConfig) -> str:
     """The checkpoint `train.init_from` names, after checking (from its meta.json, without loading
     weights) that its model has the recipe's shape and its tokenizer made the shards. Raises
     FileNotFoundError or ConfigError with what differs."""
-    import json
-
-    import fsspec
-
     from cluster.config import ConfigError
     from pipelines.shards import read_manifest
     from training import checkpoint
 
     ckpt = checkpoint.latest(cfg.train.init_from)
-    with fsspec.open(f"{ckpt}/{checkpoint.META}") as f:
-        meta = json.load(f)
+    meta = checkpoint.read_meta(f"{ckpt}/{checkpoint.META}")
     want = cfg.train.model.model_dump(mode="json")
     have = meta.get("model")
     # dropout is a training choice, not a shape: a fine-tune may change it

@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from cluster.config import ConfigError, RunConfig, TuneConfig, absolute
+from training import checkpoint
 from tuning.space import apply_trial, to_tune, validate_space
 
 
@@ -89,8 +90,8 @@ def run_trial(config: dict, recipe: dict, data_dir: str) -> None:
 
 def _checkpoint_meta(ckpt) -> dict:
     """A checkpoint's meta.json: its step, and the run that wrote it (Tune hands over its own copy)."""
-    with ckpt.as_directory() as d, open(f"{d}/meta.json") as f:
-        return json.load(f)
+    with ckpt.as_directory() as d:
+        return checkpoint.read_meta(f"{d}/{checkpoint.META}")
 
 
 def _segment(start, step: int) -> str:
