@@ -66,12 +66,16 @@ def cluster(tmp_path_factory):
         yield {"address": f"http://127.0.0.1:{dash}", "token": token, "storage": tmp_path_factory.mktemp("shared"),
                "port": port, "dirs": dirs}
     finally:
-        _kill_tree([f":{port} ", f":{port}\"", f"port={port}", *dirs])
-        for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
-        current = "/tmp/ray/ray_current_cluster"  # `ray.init("auto")` would keep dialing the dead head
-        if os.path.exists(current) and f":{port}" in open(current).read():
-            os.remove(current)
+        _teardown(port, dirs)
+
+
+def _teardown(port: int, dirs: list[str]) -> None:
+    _kill_tree([f":{port} ", f":{port}\"", f"port={port}", *dirs])
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    current = "/tmp/ray/ray_current_cluster"  # `ray.init("auto")` would keep dialing the dead head
+    if os.path.exists(current) and f":{port}" in open(current).read():
+        os.remove(current)
 
 
 def _sets(storage, name):
@@ -188,3 +192,35 @@ def test_killed_driver_then_the_same_submission_resumes(cluster, monkeypatch):
     rows = _rows(metrics)
     assert [r["step"] for r in rows] == list(range(1, 41))
     _assert_resumed(rows, killed_at)
+
+
+def test_onprem_head_started_as_its_config_says_runs_jobs_in_raylms_environment(tmp_path, monkeypatch):
+    """cluster/ray/onprem.yaml's own head start commands, run as `ray up` runs them (bash, the node's HOME with
+    ~/raylm/.venv, a PATH without that virtualenv): a submitted job's `python` must be raylm's, not the system's.
+    Test-only changes: free ports, no `ray stop` (it would stop every Ray on this machine), no autoscaler file."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "cluster" / "ray" / "onprem.yaml").read_text())
+    home = tmp_path / "home"
+    (home / "raylm").mkdir(parents=True)
+    (home / "raylm" / ".venv").symlink_to(sys.prefix)
+    token = secrets.token_hex(16)
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(token)  # what the config's file_mounts push
+    port, dash = _free_port(), _free_port()
+    env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    try:
+        for cmd in cfg["head_start_ray_commands"]:
+            if "ray stop" in cmd:
+                continue
+            cmd = cmd.replace("--port=6379", f"--port={port}").replace("--autoscaling-config=~/ray_bootstrap_config.yaml", "")
+            cmd += (f" --num-cpus=1 --dashboard-port={dash} --dashboard-agent-listen-port={_free_port()} --disable-usage-stats"
+                    " --include-dashboard=true")
+            out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr[-2000:]
+        monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+        rc = main(["submit", RECIPE, "--set", f"storage_path={tmp_path}/runs", "--address", f"http://127.0.0.1:{dash}",
+                   "--no-deps", "--", "validate"])
+        assert rc == 0, "the job failed: its `python` is not raylm's environment"
+    finally:
+        _teardown(port, [])

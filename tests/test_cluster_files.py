@@ -36,6 +36,9 @@ def test_ray_up_configs_pass_rays_validation_with_token_auth(path: Path):
     assert all("--dashboard-host=127.0.0.1" in c for c in head if "ray start" in c)
     assert "~/.ray/auth_token" in cfg["file_mounts"]  # the token is copied, not typed into a command
     assert any("pip install" in c and "-e" in c for c in cfg["setup_commands"])  # installs the project
+    # ... into ~/raylm/.venv, and Ray starts with it activated: a job's `python` is the raylet's PATH's
+    assert any("python3 -m venv .venv" in c and ".venv/bin/pip install" in c for c in cfg["setup_commands"])
+    assert all(c.startswith("source ~/raylm/.venv/bin/activate && ") for c in head + workers), head + workers
     if cfg["provider"]["type"] != "local":
         gpu = [t for n, t in cfg["available_node_types"].items() if n != cfg["head_node_type"]]
         assert gpu, "a GPU worker group"
