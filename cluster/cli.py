@@ -281,6 +281,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if isinstance(e, DataStageError):
             print(f"raylm data: {e}", file=sys.stderr)
             return 1
+        if isinstance(e, ConnectionError):  # ray.address, RAY_ADDRESS or --address that nothing answers at
+            print(f"raylm: cannot reach the Ray cluster: {e}", file=sys.stderr)
+            return 1
         return _crash(e)
 
 
