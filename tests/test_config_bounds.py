@@ -94,7 +94,7 @@ def test_bounds_hold_at_their_boundary(key, kind, bounds, typ):
 @pytest.mark.parametrize("override", ["train.batch.micro_batch_size=0", "train.max_steps=0", "train.max_steps=-5",
                                       "train.eval.every=0", "train.checkpoint.every=0", "train.optim.lr=-1e-3",
                                       "train.scaling.num_workers=0", "train.batch.global_batch_tokens=0",
-                                      "storage_path=runs/../../x", "name='a\\x00b'", "name='a\\nb'",
+                                      "storage_path=runs/../../x", 'name="a\\x00b"',
                                       'name="a\\nb"', "data.clean.chars={min: 500, max: 100}"])
 def test_values_that_cannot_work_fail_validation(override):  # defect 8
     with pytest.raises(ConfigError):
