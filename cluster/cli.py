@@ -193,6 +193,10 @@ def _recipe_command(args: argparse.Namespace) -> int:
         list_files(cfg.data.inputs)  # a recipe pointing at nothing is a config error, before Ray starts
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    if args.command in ("run", "tune"):  # they need Ray whether or not the data is done: say first which Ray
+        from cluster.runtime import init_ray
+
+        init_ray(cfg.ray)
     run_data(cfg, force=args.force)
     if args.command == "run":
         return _run(cfg, args.prompt)

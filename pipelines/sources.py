@@ -114,11 +114,22 @@ class _Rows:
 
 
 def _encodable(s: Optional[str]) -> bool:
-    try:
-        s is None or s.encode("utf-8")
+    if s is None:
         return True
+    try:
+        s.encode("utf-8")
     except UnicodeEncodeError:
         return False
+    return True
+
+
+def _printable(path: str) -> str:
+    """A path as valid Unicode for the rows' src and ids: undecodable bytes of a file name (which Python holds
+    as surrogate escapes) as \\x.. escapes."""
+    try:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _unicode_rejected(cols: dict[str, list]) -> dict[str, list]:
@@ -192,7 +203,7 @@ class _FileRows:
 
     def __init__(self, sf: SourceFile, execution: ExecutionConfig, reject: RejectConfig):
         self.rows, self.reject, self.base = _Rows(execution), reject, sf.index << 32
-        self.path = sf.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # undecodable names
+        self.path = _printable(sf.path)
         self.record = 0  # 0-based number of the next record: line of a jsonl file, row of a parquet file
 
     def add(self, text: Optional[str], doc_id: Optional[str], nbytes: int, why: Optional[str],

@@ -112,3 +112,13 @@ def test_huge_line_is_rejected_without_losing_its_neighbours(tmp_path):
     sf = SourceFile(0, str(p), "jsonl", InputSpec(path=str(p)))
     rows = [r for b in read_file(sf, ExecutionConfig(), RejectConfig(max_bytes=3000)) for r in b.to_pylist()]
     assert _kept(rows) == ["d0", "d1", "d2"] and rows[1]["reject"] == "too_large" and rows[1]["nbytes"] > 5000
+
+
+def test_undecodable_file_name_keeps_its_documents(tmp_path):
+    import os
+
+    name = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.jsonl")  # a Latin-1 name on a UTF-8 file system
+    with open(name, "wb") as f:
+        f.write(_lines(DOCS))
+    rows = _read(name)
+    assert _kept(rows) == ["d0", "d1", "d2"] and rows[0]["src"].endswith("caf\\xe9.jsonl:1")
