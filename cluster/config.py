@@ -202,7 +202,7 @@ class ModelConfig(Strict):
 
 class OptimConfig(Strict):
     name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(default=1.0e-3, gt=0)
+    lr: float = Field(default=1.0e-3, ge=0)  # 0 freezes the weights (a test of what init_from loaded)
     weight_decay: float = Field(default=0.1, ge=0)
     betas: tuple[Beta, Beta] = (0.9, 0.95)
     grad_clip: float = Field(default=1.0, gt=0)  # max global gradient norm
