@@ -119,10 +119,21 @@ def _bad_inputs(d: Path) -> None:
     big = {"id": "huge", "text": "word " * 10_500_000}  # ~52 MB
     (d / "big.jsonl").write_text(json.dumps(big) + "\n")
     (d / "blob.jsonl").write_bytes(b"\x00\x01\x02binary" * 1000)
-    payload = gzip.compress(b"\n".join(json.dumps({"id": f"t{i}", "text": good[0]["text"] + f" variant {i} " * 50}).encode() for i in range(50)))
+    # distinct documents (repetitive ones compress so well that half the file holds no complete line)
+    payload = gzip.compress(b"\n".join(json.dumps({"id": f"t{i}", "text": doc["text"][:2500] + " variant"}).encode()
+                                       for i, doc in enumerate(sample_docs()[30:70])))
     (d / "trunc.jsonl.gz").write_bytes(payload[: len(payload) // 2])
     (d / "ok.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(json.dumps({"id": "zst", "text": other[0] + " zst"}).encode() + b"\n"))
     (d / "note.txt").write_text(other[1] + "\nplain text file")
+    # issue #12's families: a lone surrogate, a raw NUL line and a BOM in one small file; a parquet file without
+    # its text column (each of its rows is counted)
+    small = [json.dumps({"id": f"s{i}", "text": doc["text"][:3000] + f" small {i}"}).encode()
+             for i, doc in enumerate(sample_docs()[20:23])]
+    (d / "small.jsonl").write_bytes(b"\xef\xbb\xbf" + small[0] + b'\r\n{"id": "sur", "text": "\\ud800 x"}\n{"id": "nul", "text": "a\x00"}\n'
+                                     + b"\n".join(small[1:]) + b"\n")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"body": ["a", "b", "c", "d"]}), d / "nocol.parquet")
 
 
 def test_bad_inputs_are_counted_not_fatal(ray_session, tmp_path):
@@ -147,6 +158,15 @@ def test_bad_inputs_are_counted_not_fatal(ray_session, tmp_path):
     kept_text += _decode_split(f"{tmp_path}/t/data", "val", load_encoding(TokenizerSpec("cl100k_base")))
     assert any(t.endswith(" zst") for t in kept_text) and any(t.endswith("plain text file") for t in kept_text)
     assert st["docs_kept"] >= 3 + 2  # good lines, zst, txt, and the lines before the gzip truncation
+    # the complete lines before the gzip cut are kept, the damaged tail is one row
+    assert len([r for r in reasons["reject:truncated"] if "trunc.jsonl.gz" in r["src"]]) == 1
+    deduped = [r for r in rem if "trunc.jsonl.gz" in r["src"] and r["reason"] in ("near", "exact")]
+    kept_before_cut = [t for t in kept_text if t.endswith(" variant")]
+    assert len(deduped) + len(kept_before_cut) >= 15, (len(deduped), len(kept_before_cut))  # not lost with the tail
+    assert sum(t.endswith(tuple(f" small {i}" for i in range(3))) for t in kept_text) == 3  # BOM, CRLF: all kept
+    assert [r["id"] for r in reasons["reject:invalid_unicode"]] == ["sur"]
+    assert any(r["src"].endswith("small.jsonl:3") for r in reasons["reject:binary"])  # the NUL line, not its file
+    assert len(reasons["reject:missing_column:text"]) == 4
 
 
 def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
