@@ -8,8 +8,7 @@ import warnings
 from typing import Optional
 
 from cluster.config import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
-from training.evaluate import EvalOptions
-from training.sample import SampleOptions
+from training.config import EvalOptions, SampleOptions
 
 
 # the commands that take a recipe, which `raylm submit RECIPE -- COMMAND` can run on a cluster
@@ -187,12 +186,15 @@ def _recipe_command(args: argparse.Namespace) -> int:
 
         check(cfg)  # a bad search space fails before Ray starts
     from pipelines.run import run_data
+    from pipelines.shards import exists
     from pipelines.sources import list_files
 
     try:
         list_files(cfg.data.inputs)  # a recipe pointing at nothing is a config error, before Ray starts
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    if args.command == "tune" and not exists(f"{cfg.run_dir}/data/manifest.json"):
+        print(f"[raylm tune] no shards at {cfg.run_dir}/data yet: running the data stage first, then the campaign", flush=True)
     if args.command in ("run", "tune"):  # they need Ray whether or not the data is done: say first which Ray
         from cluster.runtime import init_ray
 

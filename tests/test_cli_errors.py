@@ -134,3 +134,10 @@ def test_two_runs_at_once_each_start_their_own_ray(ray_session, tmp_path):  # de
     for name in "ab":
         assert (tmp_path / "runs" / name / "data" / "manifest.json").exists()
     print(f"two concurrent runs: {time.time() - t0:.1f}s")
+
+
+def test_validate_imports_neither_torch_nor_ray():
+    code = ("import sys; from cluster.cli import main; rc = main(['validate', %r]); "
+            "assert rc == 0 and 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)") % RECIPE
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]

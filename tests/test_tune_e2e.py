@@ -43,6 +43,7 @@ def test_asha_campaign_results_and_best_yaml(ray_session, tmp_path, capsys):
     for png in ("curves.png", "params.png"):
         assert (run / "tune" / png).read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("[raylm tune] no shards at")  # says first that the data stage runs first
     assert "raylm train" in out and "best.yaml" in out
     best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
     done = [r for r in rows if r["status"] == "done"]

@@ -13,7 +13,6 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
@@ -24,20 +23,9 @@ import torch.nn.functional as F
 from cluster.config import ConfigError, RunConfig
 from pipelines.shards import exists, iter_documents, read_manifest
 from pipelines.tokenize import encode_documents, encode_with_masks
+from training.config import EvalOptions
 from training.data import ShardWindows, val_windows
 from training.model import GPT
-
-
-@dataclass
-class EvalOptions:
-    checkpoint: Optional[str] = None  # run dir or checkpoint dir; None: the recipe's run
-    split: str = "val"
-    file: Optional[str] = None  # a .txt (perplexity) or a prompt/completion .jsonl instead of a split
-    max_windows: Optional[int] = None  # LM metrics on at most this many windows (evenly spread); None: all
-    max_examples: int = 1000  # task metrics on the first N examples
-    max_labels: int = 50  # completions count as labels (accuracy, macro-F1) when there are at most this many distinct
-    max_new_tokens: int = 64  # generation cap (also bounded by the longest reference + 2)
-    device: str = "cpu"
 
 
 # ---------------------------------------------------------------- metrics on hand-checkable inputs

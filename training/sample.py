@@ -1,25 +1,13 @@
 """`raylm sample`: text from a trained model, decoded with the run's own tokenizer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
 from cluster.config import RunConfig
 from pipelines.tokenize import load_encoding, run_tokenizer
 from training import checkpoint
+from training.config import SampleOptions
 from training.model import GPT, GPTConfig
-
-
-@dataclass
-class SampleOptions:
-    prompt: str = "\n"
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: Optional[int] = 200
-    seed: int = 0
-    num_samples: int = 1
 
 
 def load_model(path: str, device: str = "cpu") -> tuple[GPT, "object", dict]:
