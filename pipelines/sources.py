@@ -19,7 +19,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from cluster.config import ExecutionConfig, InputSpec, RejectConfig
-from pipelines.streams import Damaged, compression_of, decompressed
+from pipelines.streams import Damaged, compression_of, decompressed, strip_compression
 
 SCHEMA = pa.schema([
     ("uid", pa.int64()),
@@ -48,12 +48,10 @@ def _is_glob(path: str) -> bool:
 
 
 def _format_of(path: str, declared: str) -> str:
+    compression_of(path)  # an archive kind that is not read is a recipe error, before Ray starts
     if declared != "auto":
         return declared
-    name = path.lower()
-    for comp in (".gz", ".zst", ".zstd", ".bz2", ".xz"):
-        if name.endswith(comp):
-            name = name[: -len(comp)]
+    name = strip_compression(path).lower()
     for ext, fmt in _EXT.items():
         if name.endswith(ext):
             return fmt

@@ -14,7 +14,6 @@ import zlib
 from typing import BinaryIO, Callable, Iterator, Optional
 
 import zstandard
-from fsspec.utils import infer_compression
 
 CHUNK = 1 << 20  # bytes read at a time
 SLICE = 1 << 16  # compressed bytes fed at a time: what corrupt input can cost
@@ -33,8 +32,7 @@ def _decompressor(compression: str) -> Callable[[], object]:
     return {
         "gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
         "bz2": bz2.BZ2Decompressor,
-        "xz": lzma.LZMADecompressor,
-        "lzma": lzma.LZMADecompressor,
+        "xz": lzma.LZMADecompressor,  # FORMAT_AUTO: .xz and legacy .lzma
         "zstd": lambda: zstandard.ZstdDecompressor().decompressobj(),
     }[compression]
 
@@ -42,9 +40,26 @@ def _decompressor(compression: str) -> Callable[[], object]:
 _CODEC_ERRORS = (zlib.error, lzma.LZMAError, OSError, EOFError, zstandard.ZstdError)
 
 
+# the one table of compressed-file suffixes (format detection strips them, the reader decompresses them)
+CODECS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz", ".lzma": "xz"}
+_ARCHIVES = (".zip", ".tar", ".7z", ".lz4", ".snappy", ".br", ".tgz")  # containers or codecs not read: say so
+
+
 def compression_of(path: str) -> Optional[str]:
-    """gzip, bz2, xz, zstd or None, from the file name (as fsspec infers it)."""
-    return infer_compression(path)
+    """gzip, zstd, bz2, xz or None (plain), from the file name; ValueError for a kind that is not read."""
+    name = path.lower()
+    for suffix, codec in CODECS.items():
+        if name.endswith(suffix):
+            return codec
+    if name.endswith(_ARCHIVES):
+        raise ValueError(f"{path}: {name.rsplit('.', 1)[-1]} files are not read; decompress it, or recompress it as .gz or .zst")
+    return None
+
+
+def strip_compression(path: str) -> str:
+    """The file name without its compression suffix (data.jsonl.zst -> data.jsonl)."""
+    name = path.lower()
+    return next((path[: -len(s)] for s in CODECS if name.endswith(s)), path)
 
 
 def _decompress(d, raw: bytes) -> bytes:

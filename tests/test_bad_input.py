@@ -122,3 +122,21 @@ def test_undecodable_file_name_keeps_its_documents(tmp_path):
         f.write(_lines(DOCS))
     rows = _read(name)
     assert _kept(rows) == ["d0", "d1", "d2"] and rows[0]["src"].endswith("caf\\xe9.jsonl:1")
+
+
+def test_every_compression_suffix_is_read_and_archives_are_refused(tmp_path):
+    import bz2
+    import lzma
+
+    import zstandard
+
+    codecs = {".gz": gzip.compress, ".zst": zstandard.ZstdCompressor().compress, ".zstd": zstandard.ZstdCompressor().compress,
+              ".bz2": bz2.compress, ".xz": lzma.compress, ".lzma": lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE)}
+    for suffix, compress in codecs.items():
+        p = tmp_path / f"a.jsonl{suffix}"
+        p.write_bytes(compress(_lines(DOCS)))
+        (sf,) = list_files([InputSpec(path=str(p))])
+        assert sf.format == "jsonl" and _kept(_read(p)) == ["d0", "d1", "d2"], suffix
+    (tmp_path / "b.jsonl.zip").write_bytes(b"PK\x03\x04")
+    with pytest.raises(ValueError, match="zip files are not read"):
+        list_files([InputSpec(path=str(tmp_path / "b.jsonl.zip"), format="jsonl")])
