@@ -55,20 +55,33 @@ def test_asha_campaign_results_and_best_yaml(ray_session, tmp_path, capsys):
     assert metrics[-1]["val_loss"] == pytest.approx(float(top["final_val_loss"]), rel=0.02)
 
 
+def _terminated(tune_dir) -> list[str]:
+    """Ids of the trials Tune's newest saved experiment state records as finished."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except (ValueError, OSError):  # caught mid-write
+        return []
+    trials = [json.loads(t[0]) for t in trial_data]
+    return [t["trial_id"] for t in trials if t["status"] == "TERMINATED"]
+
+
 def test_resume_after_the_driver_is_killed(ray_session, tmp_path):
     import ray
 
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
+    # Tune saves its experiment state every second here (default: auto, tens of seconds on a busy machine): a trial
+    # that finished after the last save is, to Tune, still running, and a resumed campaign rightly runs it again
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT),
+           "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     args = [sys.executable, "-m", "cluster", "tune", RECIPE, *_sets(tmp_path, "tr", "tune.max_concurrent_trials=1",
                                                                       "tune.scheduler.type=fifo", "tune.num_samples=3")]
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     trials = tmp_path / "tr" / "tune" / "trials"
     deadline, finished = time.time() + 240, []
-    while time.time() < deadline and not finished:  # kill once the first trial is done and the second has begun
-        done = [p for p in trials.glob("*/train/metrics.jsonl")
-                if p.read_text().strip() and json.loads(p.read_text().splitlines()[-1])["step"] == 20]
+    while time.time() < deadline and not finished:  # kill once Tune has recorded a finished trial and the next has begun
+        done = _terminated(tmp_path / "tr" / "tune")
         if done and len(list(trials.glob("*"))) >= 2:
-            finished = done
+            finished = [trials / t / "train" / "metrics.jsonl" for t in done]
         time.sleep(0.2)
     assert finished and proc.poll() is None, "the campaign ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)
