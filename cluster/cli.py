@@ -186,14 +186,14 @@ def _recipe_command(args: argparse.Namespace) -> int:
 
         check(cfg)  # a bad search space fails before Ray starts
     from pipelines.run import run_data
-    from pipelines.shards import exists
+    from pipelines.shards import has_manifest
     from pipelines.sources import list_files
 
     try:
         list_files(cfg.data.inputs)  # a recipe pointing at nothing is a config error, before Ray starts
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    if args.command == "tune" and not exists(f"{cfg.run_dir}/data/manifest.json"):
+    if args.command == "tune" and not has_manifest(f"{cfg.run_dir}/data"):
         print(f"[raylm tune] no shards at {cfg.run_dir}/data yet: running the data stage first, then the campaign", flush=True)
     if args.command in ("run", "tune"):  # they need Ray whether or not the data is done: say first which Ray
         from cluster.runtime import init_ray

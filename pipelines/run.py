@@ -31,7 +31,7 @@ from tqdm import tqdm
 from cluster.config import ConfigError, RunConfig
 from pipelines.dedup import run_dedup
 from pipelines.process import DocProcessor, binary_column
-from pipelines.shards import ShardWriter, exists, makedirs, read_manifest, rm_tree, token_dtype, write_manifest
+from pipelines.shards import ShardWriter, exists, has_manifest, makedirs, read_manifest, rm_tree, token_dtype, write_manifest
 from pipelines.sources import TextFiles, list_files
 from pipelines.tokenize import TokenizerSpec, copy_tokenizer, describe, encode_documents, load_encoding, spec_from_config, train_bpe
 
@@ -236,7 +236,7 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
     from cluster.runtime import init_ray
 
     root = f"{cfg.run_dir}/data"
-    if exists(f"{root}/manifest.json") and not force:
+    if has_manifest(root) and not force:
         return _reuse_finished(cfg, root, say)
     report = Report()
     t_start = time.perf_counter()

@@ -140,19 +140,27 @@ class ShardWriter:
         return {"tokens": self.tokens, "docs": self.docs, "shards": self.shards}
 
 
+MANIFEST = "manifest.json"
+
+
 def write_manifest(root: str, manifest: dict) -> None:
     fs, _ = fsspec.core.url_to_fs(root)
-    tmp = f"{root}/manifest.json.tmp"
+    tmp = f"{root}/{MANIFEST}.tmp"
     with fs.open(tmp, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=False)
         f.write("\n")
-    fs.mv(tmp, f"{root}/manifest.json")
+    fs.mv(tmp, f"{root}/{MANIFEST}")
 
 
 def read_manifest(root: str) -> dict:
     fs, _ = fsspec.core.url_to_fs(root)
-    with fs.open(f"{root}/manifest.json") as f:
+    with fs.open(f"{root}/{MANIFEST}") as f:
         return json.load(f)
+
+
+def has_manifest(root: str) -> bool:
+    """Whether the data stage finished in `root` (the manifest is written last)."""
+    return exists(f"{root}/{MANIFEST}")
 
 
 def is_local(fs) -> bool:

@@ -256,14 +256,10 @@ def _read_jsonl(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iter
         else:
             line = line[3:] if line.startswith(_BOM) else line  # at the start of a file, or of a `cat`ed one
             if line.strip():  # blank lines (\n, \r\n) are no records
-                out.add(*_json_row(line, sf.spec, size))
+                text, doc_id, why, prompt_chars = _json_record(line, sf.spec)
+                out.add(text, doc_id, size, why, prompt_chars)
         out.record += 1
         yield from out.blocks()
-
-
-def _json_row(line: bytes, spec: InputSpec, size: int) -> tuple:
-    text, doc_id, why, prompt_chars = _json_record(line, spec)
-    return text, doc_id, size, why, prompt_chars
 
 
 def _read_txt(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterator[pa.Table]:
@@ -300,8 +296,13 @@ def _values(col: pa.Array) -> list:
     value rejects its own row only."""
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         raw = col.view(pa.binary() if pa.types.is_string(col.type) else pa.large_binary()).to_pylist()
-        return [v if v is None else (_decode(v)[0] if _decode(v)[1] is None else _INVALID) for v in raw]
+        return [v if v is None else _text_or_invalid(v) for v in raw]
     return col.to_pylist()
+
+
+def _text_or_invalid(raw: bytes):
+    text, bad = _decode(raw)
+    return _INVALID if bad else text
 
 
 def _parquet_rows(pf: pq.ParquetFile, cols: list[str]) -> Iterator[Optional[dict]]:

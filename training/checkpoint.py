@@ -147,5 +147,5 @@ def latest(path: str) -> str:
     metas = fs.glob(f"{path}/train/checkpoint_*/{META}") + fs.glob(f"{path}/checkpoint_*/{META}")
     if not metas:
         raise FileNotFoundError(f"{path}: no checkpoint (looked for {STATE} there and train/checkpoint_*/{META} below)")
-    best = max(metas, key=lambda m: read_meta(fs.unstrip_protocol(m) if "://" in path else m)["step"]).rsplit("/", 1)[0]
-    return fs.unstrip_protocol(best) if "://" in path else best
+    metas = [fs.unstrip_protocol(m) for m in metas] if "://" in path else metas  # glob drops the protocol
+    return max(metas, key=lambda m: read_meta(m)["step"]).rsplit("/", 1)[0]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cluster.config import ConfigError, RunConfig
-from pipelines.shards import exists, iter_documents, read_manifest
+from pipelines.shards import has_manifest, iter_documents, read_manifest
 from pipelines.tokenize import encode_documents, encode_with_masks
 from training.config import EvalOptions
 from training.data import ShardWindows, val_windows
@@ -212,7 +212,7 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> dict:
         train_labels: list[str] = []
     else:
         data_root, what = cfg.data_dir, opts.split
-        if not exists(f"{data_root}/manifest.json"):
+        if not has_manifest(data_root):
             raise FileNotFoundError(f"{data_root} has no manifest.json: run `raylm data` first (or pass --file)")
         man = read_manifest(data_root)
         if man["tokenizer"]["sha256"] != state["tokenizer"]["sha256"]:

@@ -42,10 +42,10 @@ def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, start_from: 
 def run_train(cfg: RunConfig):
     """Fit (or resume) the run's training, then draw its loss curve to train/loss.png."""
     from cluster.runtime import init_ray
-    from pipelines.shards import exists
+    from pipelines.shards import has_manifest
     from training.metrics import plot_losses, read_metrics
 
-    if not exists(f"{cfg.data_dir}/manifest.json"):
+    if not has_manifest(cfg.data_dir):
         raise FileNotFoundError(f"{cfg.data_dir} has no manifest.json: run `raylm data` first")
     if cfg.train.init_from:
         check_init_from(cfg)

@@ -267,10 +267,10 @@ def run_tune(cfg: RunConfig, resume: bool = False):
     from ray import tune
 
     from cluster.runtime import init_ray
-    from pipelines.shards import exists
+    from pipelines.shards import has_manifest
 
     space = check(cfg)
-    if not exists(f"{cfg.data_dir}/manifest.json"):
+    if not has_manifest(cfg.data_dir):
         raise FileNotFoundError(f"{cfg.data_dir} has no manifest.json: run `raylm data` first (trials only read shards)")
     init_ray(cfg.ray)
     storage, data_dir = absolute(cfg.storage_path), absolute(cfg.data_dir)
