@@ -1,12 +1,13 @@
 """Synthetic corpora built from the bundled sample: scene-sized pieces, with injected exact and
 near duplicates at known word-edit rates. Used by the dedup tests and the throughput benchmark."""
+
 from __future__ import annotations
 
 import gzip
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "shakespeare.jsonl.gz"
 

@@ -9,6 +9,7 @@ Prints, measured side by side in one run on this machine's cores:
   peak memory (PSS, so shared object-store pages count once) of the whole process tree of a full
   `raylm data` run at 1x and `--scale`x the corpus size, and their ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,17 +68,19 @@ def tiktoken_ceiling(texts: list[str], threads: int) -> float:
 def _cfg(corpus: Path, out: Path, name: str, *extra: str):
     from cluster.config import load_config
 
-    return load_config(None, [f"storage_path={out}", f"name={name}", f"data.inputs=[{{path: '{corpus}/*.jsonl.gz'}}]",
-                              "data.dedup.partitions=4", *extra])
+    return load_config(
+        None, [f"storage_path={out}", f"name={name}", f"data.inputs=[{{path: '{corpus}/*.jsonl.gz'}}]", "data.dedup.partitions=4", *extra]
+    )
 
 
 def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str, float]:
     """Seconds of each pipeline variant (Ray already running; start-up is not throughput)."""
+    import ray
+
     from pipelines.dedup import run_dedup
     from pipelines.run import Report, process_documents, run_data
     from pipelines.shards import rm_tree
     from pipelines.sources import list_files
-    import ray
 
     times = {}
     variants = [
@@ -85,7 +88,7 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
         ("+exact", ["data.dedup.minhash.enabled=false"], True),
         ("+near", [], True),
     ]
-    for label, extra, dedup in ([] if full_only else variants):
+    for label, extra, dedup in [] if full_only else variants:
         cfg = _cfg(corpus, out, "v", *extra)
         work = out / "v-work"
         rm_tree(str(work))
@@ -137,11 +140,11 @@ def _tree_pss(pid: int) -> int:
 def peak_memory(corpus: Path, out: Path, name: str) -> tuple[int, float]:
     """Peak PSS of a full `raylm data` run (its own fresh Ray instance) and its wall time."""
     code = (
-        "import ray, sys; sys.path.insert(0, %r);"
-        "ray.init(num_cpus=%d, object_store_memory=2*1024**3, include_dashboard=False, log_to_driver=False);"
+        f"import ray, sys; sys.path.insert(0, {str(ROOT)!r});"
+        f"ray.init(num_cpus={os.cpu_count()}, object_store_memory=2*1024**3, include_dashboard=False, log_to_driver=False);"
         "from benchmarks.data_throughput import _cfg; from pipelines.run import run_data; from pathlib import Path;"
-        "run_data(_cfg(Path(%r), Path(%r), %r), force=True)"
-    ) % (str(ROOT), os.cpu_count(), str(corpus), str(out), name)
+        f"run_data(_cfg(Path({str(corpus)!r}), Path({str(out)!r}), {name!r}), force=True)"
+    )
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0
@@ -178,7 +181,6 @@ def throughput(args, out: Path, one: tuple, many: tuple) -> None:
     print(f"(b) full pipeline, {args.scale}x corpus:")
     print_rows(times, nbN, ndN, ceilings[f"{args.scale}x"])
     ray.shutdown()
-
 
 
 def main() -> None:

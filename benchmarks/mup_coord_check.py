@@ -9,6 +9,7 @@ block's output and the logits is recorded. Under muP these stay flat as width gr
 they grow with width (the logits fastest). Prints a table per step and the ratio widest/narrowest
 of each, and writes bench-out/mup_coord_check.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def batches(n: int, batch: int, seq: int, seed: int = 0) -> list[torch.Tensor]:
     ids = torch.tensor(enc.encode_ordinary(text[:400_000]))
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(ids) - seq - 1, (n, batch), generator=g)
-    return [torch.stack([ids[s:s + seq + 1] for s in row]) for row in starts], enc.n_vocab
+    return [torch.stack([ids[s : s + seq + 1] for s in row]) for row in starts], enc.n_vocab
 
 
 def coords(width: int, base: int | None, data: list[torch.Tensor], n_vocab: int, lr: float) -> list[dict[str, float]]:

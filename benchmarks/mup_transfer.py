@@ -8,6 +8,7 @@ the recipe's shards: `raylm data` runs first if needed) in one process, no Ray: 
 parametrization differs. Prints the final val loss per (parametrization, width, lr), the optimal lr
 at each width and how far it moved between the widths (muP: base width = the smallest width).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,7 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
     from training.optim import build_optimizer, build_scheduler
 
     t = cfg.train
-    model_cfg = type(t.model).model_validate({**t.model.model_dump(), "d_model": width,
-                                              "mup": {"base_width": base} if base else None})
+    model_cfg = type(t.model).model_validate({**t.model.model_dump(), "d_model": width, "mup": {"base_width": base} if base else None})
     torch.manual_seed(t.seed)
     model = GPT(GPTConfig.from_recipe(model_cfg, read_manifest(data_dir)["tokenizer"]["n_vocab"]))
     opt = build_optimizer(model, t.optim.model_copy(update={"lr": lr}), "cpu")
@@ -46,8 +46,7 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
         if not torch.isfinite(loss):
             return float("inf")
     val = ShardWindows(data_dir, "val", model_cfg.seq_len)
-    return evaluate(model, val, val_windows(val, 16 * t.batch.micro_batch_size), t.batch.micro_batch_size,
-                    torch.device("cpu"), nullcontext())
+    return evaluate(model, val, val_windows(val, 16 * t.batch.micro_batch_size), t.batch.micro_batch_size, torch.device("cpu"), nullcontext())
 
 
 def main() -> None:
@@ -74,10 +73,11 @@ def main() -> None:
         for w in widths:
             losses = [one_run(cfg, cfg.data_dir, w, widths[0] if p == "mup" else None, float(lr), args.steps) for lr in lrs]
             best[p, w] = float(lrs[int(np.argmin(losses))])
-            print(f"{p:>4} width {w:>4}: " + "  ".join(f"{lr:.2e}:{v:.3f}" for lr, v in zip(lrs, losses))
-                  + f"   -> best lr {best[p, w]:.2e}", flush=True)
-    print(f"\noptimal lr, width {widths[0]} -> {widths[-1]} ({args.steps} steps, {args.points} lrs a factor "
-          f"{lrs[1] / lrs[0]:.2f} apart):")
+            print(
+                f"{p:>4} width {w:>4}: " + "  ".join(f"{lr:.2e}:{v:.3f}" for lr, v in zip(lrs, losses)) + f"   -> best lr {best[p, w]:.2e}",
+                flush=True,
+            )
+    print(f"\noptimal lr, width {widths[0]} -> {widths[-1]} ({args.steps} steps, {args.points} lrs a factor {lrs[1] / lrs[0]:.2f} apart):")
     for p in ("sp", "mup"):
         a, b = best[p, widths[0]], best[p, widths[-1]]
         print(f"  {p:>4}: {a:.2e} -> {b:.2e}  shift x{max(a, b) / min(a, b):.1f}")

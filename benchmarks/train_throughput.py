@@ -10,6 +10,7 @@ C CPU threads each. Throughput is tokens over wall time between the end of step 
 end of the last step (per-step timestamps), so start-up, compile and the final checkpoint are left
 out of both. Prints tokens/s, MFU where there is a GPU, and the ratio Ray Train / plain.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,12 +39,12 @@ def _plain_worker(rank: int, world: int, recipe: dict, steps: int, port: int, ou
     import torch
     import torch.distributed as dist
 
+    from pipelines.shards import read_manifest
     from training.data import ShardWindows, TrainLoader
     from training.loop import accumulation_steps, cpu_threads, train_step
     from training.model import GPT, GPTConfig
     from training.optim import build_optimizer, build_scheduler
     from training.parallel import autocast, use_compile
-    from pipelines.shards import read_manifest
 
     cfg = RunConfig.model_validate(recipe)
     t = cfg.train
@@ -105,8 +106,9 @@ def run_ray(cfg: RunConfig) -> list[dict]:
 
 def _fresh_run(cfg: RunConfig, base: RunConfig, tag: str) -> RunConfig:
     """A new run name (so nothing resumes) that trains on the base run's shards."""
-    return cfg.model_copy(update={"name": f"{cfg.name}-{tag}-{int(time.time())}",
-                                  "train": cfg.train.model_copy(update={"data_path": absolute(base.data_dir)})})
+    return cfg.model_copy(
+        update={"name": f"{cfg.name}-{tag}-{int(time.time())}", "train": cfg.train.model_copy(update={"data_path": absolute(base.data_dir)})}
+    )
 
 
 def main() -> None:
@@ -126,24 +128,31 @@ def main() -> None:
 
     from cluster.runtime import init_ray
     from pipelines.run import run_data
-    from training.model import GPT, GPTConfig
     from pipelines.shards import read_manifest
+    from training.model import GPT, GPTConfig
 
     base = load_config(args.recipe, [*args.overrides, f"storage_path={out}"])
     init_ray(base.ray)
     run_data(base, summary=False)  # once; kept between runs of the benchmark
     n_vocab = read_manifest(f"{base.run_dir}/data")["tokenizer"]["n_vocab"]
     fpt = GPT(GPTConfig.from_recipe(base.train.model, n_vocab)).flops_per_token()
-    print(f"\nmodel {base.train.model.model_dump()}; {fpt / 6:,.0f} FLOPs/6 per token; global batch "
-          f"{base.train.batch.global_batch_tokens:,} tokens; {args.steps} steps, timed from step {args.skip}; "
-          f"{os.cpu_count()} CPUs on this machine")
+    print(
+        f"\nmodel {base.train.model.model_dump()}; {fpt / 6:,.0f} FLOPs/6 per token; global batch "
+        f"{base.train.batch.global_batch_tokens:,} tokens; {args.steps} steps, timed from step {args.skip}; "
+        f"{os.cpu_count()} CPUs on this machine"
+    )
     results = []
     for layout in args.layouts.split(","):
         w, c = (int(x) for x in layout.lower().split("x"))
         res = {"CPU": c} if c else {"GPU": 1}
-        over = [f"train.scaling.num_workers={w}", f"train.scaling.resources_per_worker={json.dumps(res)}",
-                f"train.scaling.use_gpu={str(c == 0).lower()}", f"train.max_steps={args.steps}",
-                "train.eval.every=1000000000", "train.checkpoint.every=1000000000"]
+        over = [
+            f"train.scaling.num_workers={w}",
+            f"train.scaling.resources_per_worker={json.dumps(res)}",
+            f"train.scaling.use_gpu={str(c == 0).lower()}",
+            f"train.max_steps={args.steps}",
+            "train.eval.every=1000000000",
+            "train.checkpoint.every=1000000000",
+        ]
         cfg = load_config(args.recipe, [*args.overrides, f"storage_path={out}", *over])
         plain_rates, ray_rates, same = [], [], True
         for rep in range(args.repeat):  # alternated, so a drift of the machine's speed hits both alike

@@ -7,6 +7,7 @@ same shards (`raylm data` once); one runs the recipe's ASHA scheduler, the other
 to `train.max_steps`. Trial-steps are the optimizer steps each trial actually took (from its
 metrics.jsonl, so a trial stopped between evaluations counts the steps it ran past its last one).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,10 @@ def campaign(recipe: str, overrides: list[str], scheduler: str, data_dir: str) -
     from tuning.results import collect
 
     base = load_config(recipe, overrides)
-    cfg = load_config(recipe, [*overrides, f"name={base.name}-bench-{scheduler}-{int(time.time())}",
-                               f"tune.scheduler.type={scheduler}", f"train.data_path={data_dir}"])
+    cfg = load_config(
+        recipe,
+        [*overrides, f"name={base.name}-bench-{scheduler}-{int(time.time())}", f"tune.scheduler.type={scheduler}", f"train.data_path={data_dir}"],
+    )
     t0 = time.perf_counter()
     grid = run_tune(cfg)
     return collect(cfg, grid), time.perf_counter() - t0
@@ -53,8 +56,8 @@ def main() -> None:
         summary[s] = (steps, best)
         print(f"{s:>10} {len(rows):>7} {steps:>12} {best:>15.4f} {wall:>8.0f}")
     (sa, ba), (sf, bf) = summary["asha"], summary["fifo"]
-    print(f"\nASHA / FIFO trial-steps: {sa / sf:.2f}; best {base.tune.metric}: ASHA {ba:.4f} vs FIFO {bf:.4f} "
-          f"({(ba - bf) / bf:+.2%})")
+    print(f"\nASHA / FIFO trial-steps: {sa / sf:.2f}; best {base.tune.metric}: ASHA {ba:.4f} vs FIFO {bf:.4f} ({(ba - bf) / bf:+.2%})")
+
     def draws(rows):
         return sorted(tuple(round(r[k], 12) if isinstance(r[k], float) else r[k] for k in base.tune.param_space) for r in rows)
 

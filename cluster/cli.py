@@ -1,15 +1,14 @@
 """The `raylm` command. Exit codes: 0 done, 2 bad config or arguments, 1 failure of the run."""
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import warnings
-from typing import Optional
 
 from cluster.config import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
 from training.config import EvalOptions, SampleOptions
-
 
 # the commands that take a recipe, which `raylm submit RECIPE -- COMMAND` can run on a cluster
 RECIPE_COMMANDS = ("validate", "data", "train", "tune", "run", "eval")
@@ -17,8 +16,14 @@ RECIPE_COMMANDS = ("validate", "data", "train", "tune", "run", "eval")
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (see cluster/recipes/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set data.dedup.minhash.threshold=0.7 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set data.dedup.minhash.threshold=0.7 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,16 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return (default: follow the logs)")
-    p.add_argument("--no-deps", action="store_true", help="do not pip-install raylm's dependencies in the job "
-                                                          "(the cluster's image has them, as cluster/ray and cluster/k8s set up)")
+    p.add_argument(
+        "--no-deps",
+        action="store_true",
+        help="do not pip-install raylm's dependencies in the job (the cluster's image has them, as cluster/ray and cluster/k8s set up)",
+    )
     p.epilog = "After --: the raylm command to run there, with its options (default: run), e.g. -- tune --resume"
     p = sub.add_parser("jobs", help="a submitted job: status, logs (--follow), stop")
     p.add_argument("action", choices=["status", "logs", "stop"])
     p.add_argument("job_id")
     p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
     p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
-    p = sub.add_parser("eval", help="loss, perplexity, next-token accuracy; task metrics (exact match, accuracy, "
-                                    "macro-F1, BLEU) on a split or a file")
+    p = sub.add_parser(
+        "eval", help="loss, perplexity, next-token accuracy; task metrics (exact match, accuracy, macro-F1, BLEU) on a split or a file"
+    )
     _recipe_args(p)
     d = EvalOptions()
     p.add_argument("--checkpoint", default=None, help="a run directory or checkpoint (default: the recipe's run)")
@@ -86,10 +95,15 @@ def _sample(args: argparse.Namespace) -> int:
     from training.sample import load_model, sample
 
     model, enc, state = load_model(args.path, args.device)
-    opts = SampleOptions(prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k or None, seed=args.seed, num_samples=args.num_samples)
-    print(f"[raylm sample] step {state['step']} of {state['config']['name']}, tokenizer {state['tokenizer']['name']}",
-          file=sys.stderr)
+    opts = SampleOptions(
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        seed=args.seed,
+        num_samples=args.num_samples,
+    )
+    print(f"[raylm sample] step {state['step']} of {state['config']['name']}, tokenizer {state['tokenizer']['name']}", file=sys.stderr)
     for i, text in enumerate(sample(model, enc, opts, args.device)):
         if i:
             print("-" * 40)
@@ -100,8 +114,9 @@ def _sample(args: argparse.Namespace) -> int:
 def _eval(cfg: RunConfig, args: argparse.Namespace) -> int:
     from training.evaluate import print_results, run_eval
 
-    opts = EvalOptions(checkpoint=args.checkpoint, split=args.split, file=args.file, max_windows=args.max_windows,
-                       max_examples=args.max_examples, device=args.device)
+    opts = EvalOptions(
+        checkpoint=args.checkpoint, split=args.split, file=args.file, max_windows=args.max_windows, max_examples=args.max_examples, device=args.device
+    )
     print_results(run_eval(cfg, opts))
     return 0
 
@@ -110,8 +125,10 @@ def _export(args: argparse.Namespace) -> int:
     from training.export import export_hf
 
     info = export_hf(args.path, args.out)
-    print(f"raylm export: step {info['step']} of {info['run']} ({info['params']:,} parameters, vocab {info['n_vocab']:,}) "
-          f"-> {args.out} (transformers GPT-2: GPT2LMHeadModel.from_pretrained / AutoTokenizer.from_pretrained)")
+    print(
+        f"raylm export: step {info['step']} of {info['run']} ({info['params']:,} parameters, vocab {info['n_vocab']:,}) "
+        f"-> {args.out} (transformers GPT-2: GPT2LMHeadModel.from_pretrained / AutoTokenizer.from_pretrained)"
+    )
     return 0
 
 
@@ -125,8 +142,10 @@ def _train(cfg: RunConfig) -> int:
     s = summarize(cfg)
     val = f", val loss {s['val_loss']:.4f} (ppl {s['val_ppl']:.1f}) at step {s['val_step']}" if "val_loss" in s else ""
     mfu = f", MFU {s['mfu']:.1%}" if s.get("mfu") is not None else ""
-    print(f"raylm train: {cfg.run_dir}/train: step {s['step']}, {s['tokens']:,} tokens, train loss {s['loss']:.4f}{val}; "
-          f"{s['tokens_per_s']:,.0f} tokens/s{mfu}; loss curve train/loss.png")
+    print(
+        f"raylm train: {cfg.run_dir}/train: step {s['step']}, {s['tokens']:,} tokens, train loss {s['loss']:.4f}{val}; "
+        f"{s['tokens_per_s']:,.0f} tokens/s{mfu}; loss curve train/loss.png"
+    )
     return 0
 
 
@@ -146,8 +165,10 @@ def _run(cfg: RunConfig, prompt: str) -> int:
     s = summarize(cfg)
     h = unigram_entropy(cfg.data_dir)
     if "val_loss" in s:
-        print(f"raylm run: val loss {s['val_loss']:.3f} nats/token vs unigram entropy {h:.3f} of the train tokens "
-              f"({h - s['val_loss']:+.3f}: what the model learned beyond token frequencies)")
+        print(
+            f"raylm run: val loss {s['val_loss']:.3f} nats/token vs unigram entropy {h:.3f} of the train tokens "
+            f"({h - s['val_loss']:+.3f}: what the model learned beyond token frequencies)"
+        )
     return 0
 
 
@@ -258,14 +279,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _default_showwarning = warnings.showwarning
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad recipe, arguments or input paths, 1 the run failed. Never a traceback."""
     ap = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     job_command = []
     if argv[:1] == ["submit"] and "--" in argv:  # submit's own options, then the job's command line
         i = argv.index("--")
-        argv, job_command = argv[:i], argv[i + 1:]
+        argv, job_command = argv[:i], argv[i + 1 :]
     args = ap.parse_args(argv)
     args.job_command = job_command
     warnings.showwarning = _show_warning
@@ -275,8 +296,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"raylm: bad recipe:\n{e}" if "\n" in str(e) else f"raylm: bad recipe: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("raylm: interrupted; run the same command again to go on (finished stages are kept, training resumes)",
-              file=sys.stderr)
+        print("raylm: interrupted; run the same command again to go on (finished stages are kept, training resumes)", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the one place that turns every error into a message and an exit code
         from pipelines.run import DataStageError

@@ -3,13 +3,14 @@
 Unknown keys are rejected with their dotted path and a "did you mean"; `--set a.b=c`
 overrides are applied to the raw YAML before validation so they are checked the same way.
 """
+
 from __future__ import annotations
 
 import difflib
 import os
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,14 +28,14 @@ class InputSpec(Strict):
     path: str  # local path, glob, or fsspec URL (s3://bucket/*.jsonl.zst)
     format: Literal["auto", "txt", "jsonl", "parquet"] = "auto"  # auto: from the extension
     text_field: str = "text"
-    id_field: Optional[str] = "id"  # absent or null: ids derived from path and line
+    id_field: str | None = "id"  # absent or null: ids derived from path and line
     # a task set (fine-tuning): each record is prompt + completion, the loss counts completion tokens only
     # (shard-*.mask.npy); task records skip the quality filters, which are made for web text, not examples
-    prompt_field: Optional[str] = None
-    completion_field: Optional[str] = None
+    prompt_field: str | None = None
+    completion_field: str | None = None
 
     @model_validator(mode="after")
-    def _task_fields(self) -> "InputSpec":
+    def _task_fields(self) -> InputSpec:
         if (self.prompt_field is None) != (self.completion_field is None):
             raise ValueError("set both prompt_field and completion_field (a prompt/completion task set), or neither")
         if self.prompt_field is not None and self.format == "txt":
@@ -47,18 +48,18 @@ class InputSpec(Strict):
 
 
 class NormalizeConfig(Strict):
-    unicode: Optional[Literal["NFC", "NFKC"]] = "NFC"
+    unicode: Literal["NFC", "NFKC"] | None = "NFC"
     strip_control: bool = True  # control characters other than \n and \t
     whitespace: bool = True  # \r\n -> \n, trailing spaces, runs of blank lines
 
 
 class Range(Strict):
     enabled: bool = True
-    min: Optional[float] = Field(default=None, ge=0)
-    max: Optional[float] = Field(default=None, ge=0)
+    min: float | None = Field(default=None, ge=0)
+    max: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Range":
+    def _ordered(self) -> Range:
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is above max ({self.max})")
         return self
@@ -71,6 +72,7 @@ class MaxRatio(Strict):
 
 class CleanConfig(Strict):
     """Gopher (Rae et al. 2021) / C4 style quality filters; each counted as filter:<name>."""
+
     enabled: bool = True
     normalize: NormalizeConfig = NormalizeConfig()
     chars: Range = Range(min=200, max=None)
@@ -84,6 +86,7 @@ class CleanConfig(Strict):
 
 class RejectConfig(Strict):
     """Input that is not a usable document at all; always on, counted as reject:<name>."""
+
     max_bytes: int = Field(default=10_000_000, gt=0, le=2**31)  # larger documents are rejected, not truncated
 
 
@@ -100,12 +103,12 @@ class MinHashConfig(Strict):
     # bands x rows minimize (1-w)*false-positive area + w*false-negative area of the LSH S-curve; a missed
     # pair is lost for good while a false candidate is dropped by the Jaccard confirmation, hence w > 0.5
     false_negative_weight: float = Field(default=0.9, gt=0, lt=1)
-    bands: Optional[int] = Field(default=None, ge=1)  # null: chosen from threshold, num_perm and the weight above
-    rows: Optional[int] = Field(default=None, ge=1)
+    bands: int | None = Field(default=None, ge=1)  # null: chosen from threshold, num_perm and the weight above
+    rows: int | None = Field(default=None, ge=1)
     max_bucket_pairs: int = Field(default=64, ge=2, le=1_000_000)  # larger buckets emit a star+chain instead of all pairs
 
     @model_validator(mode="after")
-    def _bands_rows(self) -> "MinHashConfig":
+    def _bands_rows(self) -> MinHashConfig:
         if (self.bands is None) != (self.rows is None):
             raise ValueError("set both bands and rows, or neither")
         if self.bands is not None and self.bands * self.rows > self.num_perm:
@@ -121,13 +124,13 @@ class DedupConfig(Strict):
 
 class TrainTokenizer(Strict):
     vocab_size: int = Field(ge=260, le=1_000_000)
-    max_docs: Optional[int] = Field(default=None, ge=1)  # train on at most this many kept docs (null: all)
+    max_docs: int | None = Field(default=None, ge=1)  # train on at most this many kept docs (null: all)
 
 
 class TokenizerConfig(Strict):
-    name: Optional[str] = "cl100k_base"
-    path: Optional[str] = None
-    train: Optional[TrainTokenizer] = None
+    name: str | None = "cl100k_base"
+    path: str | None = None
+    train: TrainTokenizer | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -137,7 +140,7 @@ class TokenizerConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "TokenizerConfig":
+    def _check(self) -> TokenizerConfig:
         given = [k for k in ("name", "path", "train") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of name, path, train (got {given or 'none'})")
@@ -153,7 +156,7 @@ class OutputConfig(Strict):
 class ExecutionConfig(Strict):
     batch_docs: int = Field(default=4096, gt=0)  # a read block ends after this many documents
     batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes (also Ray Data's block size)
-    workers: Optional[int] = Field(default=None, ge=1)  # document-processing actors (null: one per CPU)
+    workers: int | None = Field(default=None, ge=1)  # document-processing actors (null: one per CPU)
 
 
 class DataConfig(Strict):
@@ -171,16 +174,19 @@ class DataConfig(Strict):
         return any(i.is_task for i in self.inputs)
 
     @model_validator(mode="after")
-    def _task_tokenizer(self) -> "DataConfig":
+    def _task_tokenizer(self) -> DataConfig:
         if self.has_tasks and self.tokenizer.train is not None:
-            raise ValueError("tokenizer: a prompt/completion task set is tokenized with the pretrained run's tokenizer "
-                             "(tokenizer.path: RUN/data/tokenizer.tiktoken, or its name), not a newly trained one")
+            raise ValueError(
+                "tokenizer: a prompt/completion task set is tokenized with the pretrained run's tokenizer "
+                "(tokenizer.path: RUN/data/tokenizer.tiktoken, or its name), not a newly trained one"
+            )
         return self
 
 
 # ---------------------------------------------------------------- train/tune
 class MupConfig(Strict):
     """muP (Yang et al., Tensor Programs V): hyperparameters tuned at d_model = base_width transfer to wider models."""
+
     base_width: int = Field(gt=0)
 
 
@@ -191,10 +197,10 @@ class ModelConfig(Strict):
     seq_len: int = Field(default=256, ge=1)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     bias: bool = False
-    mup: Optional[MupConfig] = None  # null: standard parametrization
+    mup: MupConfig | None = None  # null: standard parametrization
 
     @model_validator(mode="after")
-    def _heads(self) -> "ModelConfig":
+    def _heads(self) -> ModelConfig:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})")
         return self
@@ -251,13 +257,13 @@ class TrainConfig(Strict):
     # ray.train.report at every eval and checkpoint step, and every `report_every` steps if set.
     # Not every step: Ray Train consumes one report per worker per health-check poll (2 s), and a
     # worker blocks on its next report until then (metrics.jsonl and TensorBoard get every step).
-    report_every: Optional[int] = Field(default=None, ge=1)
+    report_every: int | None = Field(default=None, ge=1)
     checkpoint: CheckpointConfig = CheckpointConfig()
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: Literal["auto", True, False] = "auto"  # auto: on GPU
     parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 fully_shard per block, for models too big for one GPU
-    init_from: Optional[str] = None  # a run dir or checkpoint: start from its weights (fresh optimizer)
-    data_path: Optional[str] = None  # shards to train on (null: this run's data/, written by `raylm data`)
+    init_from: str | None = None  # a run dir or checkpoint: start from its weights (fresh optimizer)
+    data_path: str | None = None  # shards to train on (null: this run's data/, written by `raylm data`)
     scaling: ScalingConfig = ScalingConfig()
     failure: FailureConfig = FailureConfig()
 
@@ -265,14 +271,14 @@ class TrainConfig(Strict):
 class TuneSchedulerConfig(Strict):
     type: Literal["asha", "hyperband", "pbt", "fifo"] = "asha"
     time_attr: Literal["step", "tokens"] = "step"  # a metric the loop reports
-    grace_period: Optional[int] = Field(default=None, ge=1)  # in time_attr units; null: the first evaluation (train.eval.every steps)
+    grace_period: int | None = Field(default=None, ge=1)  # in time_attr units; null: the first evaluation (train.eval.every steps)
     reduction_factor: float = Field(default=3, gt=1)
     brackets: int = Field(default=1, ge=1)  # asha
     # pbt: every perturbation_interval (time_attr units; null: train.checkpoint.every steps) a trial in the
     # bottom quantile_fraction continues from a top trial's checkpoint with perturbed (or, with
     # resample_probability, redrawn) values. Trials checkpoint at that interval, which must be a multiple of
     # train.eval.every so that every checkpoint carries the metric.
-    perturbation_interval: Optional[int] = Field(default=None, ge=1)
+    perturbation_interval: int | None = Field(default=None, ge=1)
     quantile_fraction: float = Field(default=0.25, gt=0, le=0.5)
     resample_probability: float = Field(default=0.25, ge=0, le=1)
 
@@ -286,15 +292,15 @@ class TuneConfig(Strict):
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(default=8, ge=1)  # trials (with grid entries: repeats of the whole grid)
-    max_concurrent_trials: Optional[int] = Field(default=None, ge=1)  # null: cluster CPUs (GPUs) / one trial's
-    time_budget_s: Optional[float] = Field(default=None, gt=0)  # stop starting and running trials after this
+    max_concurrent_trials: int | None = Field(default=None, ge=1)  # null: cluster CPUs (GPUs) / one trial's
+    time_budget_s: float | None = Field(default=None, gt=0)  # stop starting and running trials after this
     scheduler: TuneSchedulerConfig = TuneSchedulerConfig()
     search: TuneSearchConfig = TuneSearchConfig()
     param_space: dict[str, Any] = {}  # checked by tuning.space: dotted recipe key -> {loguniform|uniform|randint|choice|grid: ...}
 
 
 class RayConfig(Strict):
-    address: Optional[str] = None  # null: RAY_ADDRESS, else a running `ray start`, else a local instance
+    address: str | None = None  # null: RAY_ADDRESS, else a running `ray start`, else a local instance
     runtime_env: dict[str, Any] = {}
 
 
@@ -362,7 +368,7 @@ def _fields_at(path: tuple, model: type[BaseModel] = RunConfig) -> list[str]:
             return []
         ann = field.annotation
         # unwrap Optional[...] and list[...] to the model inside
-        for arg in (getattr(ann, "__args__", None) or (ann,)):
+        for arg in getattr(ann, "__args__", None) or (ann,):
             if isinstance(arg, type) and issubclass(arg, BaseModel):
                 model = arg
                 break
@@ -426,8 +432,7 @@ def read_recipe(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if raw is None:
-        warnings.warn(f"{path} is empty: every key takes its default (raylm validate {path} prints them)", RecipeWarning,
-                      stacklevel=2)
+        warnings.warn(f"{path} is empty: every key takes its default (raylm validate {path} prints them)", RecipeWarning, stacklevel=2)
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the recipe must be a mapping at the top level, not a {type(raw).__name__}")

@@ -5,11 +5,12 @@ machine), or RAY_ADDRESS (which Ray Jobs sets for every job's driver). Otherwise
 of its own, never one it found running: that may be another raylm process's short-lived instance, whose end
 would kill this run's actors. The first line of output says which it did.
 """
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import ray
 
@@ -33,14 +34,15 @@ def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say) -> None:
     if address:
         where = "ray.address in the recipe" if cfg.address else "RAY_ADDRESS"
         ray.init(address=address, **kwargs)
-        say(f"ray: joined the cluster at {ray.get_runtime_context().gcs_address} ({where}={address}): "
-            f"{_cpus()} CPUs")
+        say(f"ray: joined the cluster at {ray.get_runtime_context().gcs_address} ({where}={address}): {_cpus()} CPUs")
         return
     # "local" starts a new instance even when another runs on this machine (None or "auto" would join it). The
     # dashboard (on 127.0.0.1 only) serves the State API that Ray Train's controller queries.
     ray.init(address="local", dashboard_host="127.0.0.1", **kwargs)
-    say(f"ray: started a local instance for this run at {ray.get_runtime_context().gcs_address}: {_cpus()} CPUs "
-        "(to join a cluster instead: ray.address in the recipe, `auto` for a local `ray start`, or RAY_ADDRESS)")
+    say(
+        f"ray: started a local instance for this run at {ray.get_runtime_context().gcs_address}: {_cpus()} CPUs "
+        "(to join a cluster instead: ray.address in the recipe, `auto` for a local `ray start`, or RAY_ADDRESS)"
+    )
 
 
 def _cpus() -> int:

@@ -10,6 +10,7 @@ Clusters started from cluster/ray or cluster/k8s require a token (RAY_AUTH_MODE=
 sends it as an Authorization header, read from RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH, else
 ~/.ray/auth_token. It is never printed and never written into the run.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,6 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -28,12 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE_ENV = "RAYLM_RECIPE"
 RECIPE_FILE = "submitted.yaml"
 # gitignore syntax, last match wins: the sample corpus ships, other data does not
-EXCLUDES = [".git", ".venv", "venv", "env", "runs", "bench-out", "build", "**/__pycache__", "*.egg-info",
-            ".pytest_cache", "data/*", "!data/sample"]
+EXCLUDES = [".git", ".venv", "venv", "env", "runs", "bench-out", "build", "**/__pycache__", "*.egg-info", ".pytest_cache", "data/*", "!data/sample"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-def auth_token() -> Optional[str]:
+def auth_token() -> str | None:
     """The cluster's token, where Ray keeps it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return os.environ["RAY_AUTH_TOKEN"].strip()
@@ -41,7 +40,7 @@ def auth_token() -> Optional[str]:
     return path.read_text().strip() if path.is_file() else None
 
 
-def client(address: Optional[str]):
+def client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
     token = auth_token()
@@ -63,8 +62,10 @@ def check_storage(cfg: RunConfig) -> None:
     """A job's working directory is temporary and per node: the run must live on shared storage."""
     sp = cfg.storage_path
     if "://" not in sp and not os.path.isabs(sp):
-        raise ConfigError(f"storage_path: {sp!r} is relative: on a cluster it would land in the job's temporary "
-                          "working directory; use an absolute path on shared storage (NFS) or an fsspec URL (s3://, gs://)")
+        raise ConfigError(
+            f"storage_path: {sp!r} is relative: on a cluster it would land in the job's temporary "
+            "working directory; use an absolute path on shared storage (NFS) or an fsspec URL (s3://, gs://)"
+        )
 
 
 def job_spec(cfg: RunConfig, command: list[str], deps: bool = True) -> dict:
@@ -78,12 +79,11 @@ def job_spec(cfg: RunConfig, command: list[str], deps: bool = True) -> dict:
     if deps:
         runtime_env["pip"] = sorted(set(dependencies()) | set(env.get("pip", [])))
     args = " ".join(shlex.quote(a) for a in cmd[1:])
-    entrypoint = (f'printenv {RECIPE_ENV} > {RECIPE_FILE} && python -m cluster {shlex.quote(cmd[0])} {RECIPE_FILE}'
-                  + (f" {args}" if args else ""))
+    entrypoint = f"printenv {RECIPE_ENV} > {RECIPE_FILE} && python -m cluster {shlex.quote(cmd[0])} {RECIPE_FILE}" + (f" {args}" if args else "")
     return {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": {"raylm_run": cfg.name}}
 
 
-def submit(cfg: RunConfig, address: Optional[str], command: list[str], wait: bool = True, deps: bool = True) -> int:
+def submit(cfg: RunConfig, address: str | None, command: list[str], wait: bool = True, deps: bool = True) -> int:
     check_storage(cfg)
     c = client(address)
     spec = job_spec(cfg, command, deps)
@@ -105,6 +105,7 @@ def submit(cfg: RunConfig, address: Optional[str], command: list[str], wait: boo
 
 def follow(c, job_id: str) -> int:
     """Stream the job's logs until it ends; exit 0 if it succeeded, 1 otherwise."""
+
     async def tail() -> None:
         async for lines in c.tail_job_logs(job_id):
             print(lines, end="", flush=True)
@@ -127,12 +128,11 @@ def _status(c, job_id: str) -> str:
     return str(getattr(status, "value", status))
 
 
-def jobs(action: str, job_id: str, address: Optional[str], follow_logs: bool = False) -> int:
+def jobs(action: str, job_id: str, address: str | None, follow_logs: bool = False) -> int:
     c = client(address)
     if action == "status":
         info = c.get_job_info(job_id)
-        print(f"{job_id}: {getattr(info.status, 'value', info.status)}"
-              + (f" ({info.message})" if info.message else ""))
+        print(f"{job_id}: {getattr(info.status, 'value', info.status)}" + (f" ({info.message})" if info.message else ""))
         return 0
     if action == "logs":
         if follow_logs:

@@ -3,11 +3,11 @@
 `normalize` returns the cleaned text that goes on to dedup and tokenization (and that the shards
 decode back to); `quality_filter` returns the name of the first filter a document fails, or None.
 """
+
 from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Optional
 
 from cluster.config import CleanConfig, NormalizeConfig
 
@@ -61,11 +61,11 @@ def _ellipsis_lines(text: str, lines: list[str]) -> int:
     return sum(text.count(e + "\n") for e in _ELLIPSIS) + text.rstrip().endswith(_ELLIPSIS)
 
 
-def _outside(value: float, lo: Optional[float], hi: Optional[float]) -> bool:
+def _outside(value: float, lo: float | None, hi: float | None) -> bool:
     return (lo is not None and value < lo) or (hi is not None and value > hi)
 
 
-def quality_filter(text: str, cfg: CleanConfig, words: Optional[list[str]] = None) -> Optional[str]:
+def quality_filter(text: str, cfg: CleanConfig, words: list[str] | None = None) -> str | None:
     """Name of the first failed filter (cheapest first), or None if the document is kept."""
     if cfg.chars.enabled and _outside(len(text), cfg.chars.min, cfg.chars.max):
         return "chars"

@@ -14,14 +14,15 @@ and the connected-components rounds work on partitions of the edge list, never t
                        every component becomes a star around its smallest uid
   S6:                  join members with their ids, keep the smallest id, label the rest exact|near
 """
+
 from __future__ import annotations
 
 import functools
 import itertools
 import math
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -66,7 +67,7 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
     best, best_err = (1, num_perm), math.inf
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            p = lambda s, b=b, r=r: 1 - (1 - s ** r) ** b  # noqa: E731
+            p = lambda s, b=b, r=r: 1 - (1 - s**r) ** b  # noqa: E731
             fp = _integrate(p, 0.0, threshold)
             fn = _integrate(lambda s, p=p: 1 - p(s), threshold, 1.0)
             err = fp_weight * fp + fn_weight * fn
@@ -82,7 +83,7 @@ def bands_rows(cfg: MinHashConfig) -> tuple[int, int]:
 
 
 def candidate_probability(s: float, bands: int, rows: int) -> float:
-    return 1 - (1 - s ** rows) ** bands
+    return 1 - (1 - s**rows) ** bands
 
 
 def words_of(text: str) -> list[str]:
@@ -104,7 +105,7 @@ def shingle_hashes(word_lists: Sequence[list[str]], ngram: int) -> tuple[np.ndar
             # win[j] combines words j..j+n-1 of the flat array; keep the windows inside one document
             win = flat[: len(flat) - ngram + 1].copy()
             for k in range(1, ngram):
-                win = win * _M1 + flat[k: len(flat) - ngram + 1 + k]
+                win = win * _M1 + flat[k : len(flat) - ngram + 1 + k]
             full = lens >= ngram
             counts = n_sh[full]
             dst = np.arange(int(counts.sum())) + np.repeat(out_offsets[:-1][full].astype(np.int64) - np.r_[0, np.cumsum(counts)[:-1]], counts)
@@ -112,7 +113,7 @@ def shingle_hashes(word_lists: Sequence[list[str]], ngram: int) -> tuple[np.ndar
             out[dst] = win[src]
         for i in np.flatnonzero(lens < ngram):  # short documents: one shingle of all their words
             h = np.uint64(0)
-            for x in flat[starts[i]: starts[i] + lens[i]]:
+            for x in flat[starts[i] : starts[i] + lens[i]]:
                 h = h * _M1 + x
             out[out_offsets[i]] = h
     return mix64(out), out_offsets
@@ -170,7 +171,7 @@ def _concat(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _remote_fn(fn):
     return ray.remote(fn)  # one RemoteFunction per step: Ray exports each function once, not per call
 
@@ -206,7 +207,7 @@ class Plan:
     max_bucket_pairs: int
 
     @classmethod
-    def from_config(cls, cfg: DedupConfig) -> "Plan":
+    def from_config(cls, cfg: DedupConfig) -> Plan:
         b, r = bands_rows(cfg.minhash) if cfg.minhash.enabled else (0, 0)
         return cls(cfg.partitions, cfg.exact.enabled, cfg.minhash.enabled, b, r, cfg.minhash.threshold, cfg.minhash.max_bucket_pairs)
 
@@ -246,14 +247,16 @@ def bucket_pairs(bands: pa.Table, max_bucket_pairs: int) -> pa.Table:
     sizes = np.diff(np.r_[starts, len(key)])
     a_out, b_out, ex_out = [], [], []
     for s, n in zip(starts[sizes > 1], sizes[sizes > 1]):
-        u, hh = uid[s: s + n], h[s: s + n]
+        u, hh = uid[s : s + n], h[s : s + n]
         first = np.r_[True, hh[1:] != hh[:-1]]  # one representative (smallest uid) per text hash
         rep_idx = np.flatnonzero(first)
         grp = np.cumsum(first) - 1
         reps = u[rep_idx]
         copies = np.flatnonzero(~first)
         if len(copies):
-            a_out.append(reps[grp[copies]]); b_out.append(u[copies]); ex_out.append(np.ones(len(copies), bool))
+            a_out.append(reps[grp[copies]])
+            b_out.append(u[copies])
+            ex_out.append(np.ones(len(copies), bool))
         k = len(reps)
         if k > 1:
             reps = np.sort(reps)
@@ -262,7 +265,9 @@ def bucket_pairs(bands: pa.Table, max_bucket_pairs: int) -> pa.Table:
             else:
                 i = np.r_[np.zeros(k - 1, int), np.arange(1, k - 1)]
                 j = np.r_[np.arange(1, k), np.arange(2, k)]
-            a_out.append(reps[i]); b_out.append(reps[j]); ex_out.append(np.zeros(len(i), bool))
+            a_out.append(reps[i])
+            b_out.append(reps[j])
+            ex_out.append(np.zeros(len(i), bool))
     if not a_out:
         return PAIR.empty_table()
     a, b, ex = np.concatenate(a_out), np.concatenate(b_out), np.concatenate(ex_out)
@@ -430,7 +435,7 @@ class DedupResult:
     candidate_pairs: int
     confirmed_edges: int
     cc_rounds: int
-    edges: Optional[list] = None  # refs of confirmed edge tables (kept for inspection/tests)
+    edges: list | None = None  # refs of confirmed edge tables (kept for inspection/tests)
 
 
 def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> DedupResult:

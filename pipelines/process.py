@@ -3,10 +3,10 @@ normalize -> reject/filter -> exact hash -> MinHash signature -> split -> tokeni
 written as one staging parquet file per block, named by its first uid so that the concatenation
 of all staging files in name order is the input order, whatever the batching was.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +23,15 @@ _CHUNK = 256  # documents processed together inside a block
 
 
 def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
-    fields = [("uid", pa.int64()), ("id", pa.string()), ("src", pa.string()), ("status", pa.string()),
-              ("nbytes", pa.int64()), ("hash", pa.uint64()), ("split", pa.int8())]
+    fields = [
+        ("uid", pa.int64()),
+        ("id", pa.string()),
+        ("src", pa.string()),
+        ("status", pa.string()),
+        ("nbytes", pa.int64()),
+        ("hash", pa.uint64()),
+        ("split", pa.int8()),
+    ]
     if cfg.dedup.minhash.enabled:
         fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))
     fields.append(("tokens", pa.large_binary()) if tokenized else ("text", pa.large_string()))
@@ -48,7 +55,7 @@ def binary_column(parts: list[np.ndarray], n_rows: int, where: np.ndarray, items
 
 
 class DocProcessor:
-    def __init__(self, cfg: DataConfig, staging_dir: str, tokenizer: Optional[TokenizerSpec]):
+    def __init__(self, cfg: DataConfig, staging_dir: str, tokenizer: TokenizerSpec | None):
         import fsspec
 
         self.cfg, self.staging_dir = cfg, staging_dir
@@ -56,7 +63,7 @@ class DocProcessor:
         self.enc = tokenizer.load() if tokenizer is not None else None
         self.schema = staging_schema(cfg, tokenized=self.enc is not None)
 
-    def _clean(self, text: Optional[str], reject: Optional[str], task: bool) -> tuple[str, Optional[str], Optional[list[str]]]:
+    def _clean(self, text: str | None, reject: str | None, task: bool) -> tuple[str, str | None, list[str] | None]:
         """(status, cleaned text, words) of one document."""
         if reject is not None:
             return f"reject:{reject}", None, None
@@ -93,7 +100,9 @@ class DocProcessor:
                 st, text, w = self._clean(raw[i], rejects[i], prompt_chars[i] is not None)
                 status.append(st)
                 if text is not None:
-                    idx.append(i); texts.append(text); words.append(w)
+                    idx.append(i)
+                    texts.append(text)
+                    words.append(w)
                     hashes[i] = text_hash(text)
                     split[i] = split_of(ids[i], cfg.output.seed, cfg.output.val_fraction)
             t1 = time.perf_counter()
@@ -111,11 +120,20 @@ class DocProcessor:
                 kept_out += texts
             kept_idx += idx
             t3 = time.perf_counter()
-            timings["clean"] += t1 - t0; timings["minhash"] += t2 - t1; timings["tokenize"] += t3 - t2
+            timings["clean"] += t1 - t0
+            timings["minhash"] += t2 - t1
+            timings["tokenize"] += t3 - t2
         t3 = time.perf_counter()
         where = np.asarray(kept_idx, dtype=np.int64)
-        cols = {"uid": batch["uid"], "id": batch["id"], "src": batch["src"], "status": pa.array(status, pa.string()),
-                "nbytes": batch["nbytes"], "hash": pa.array(hashes), "split": pa.array(split)}
+        cols = {
+            "uid": batch["uid"],
+            "id": batch["id"],
+            "src": batch["src"],
+            "status": pa.array(status, pa.string()),
+            "nbytes": batch["nbytes"],
+            "hash": pa.array(hashes),
+            "split": pa.array(split),
+        }
         if sig is not None:
             cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * mh.num_perm), n, [None, pa.py_buffer(sig.tobytes())])
         if self.enc is not None:
@@ -137,5 +155,4 @@ class DocProcessor:
             pq.write_table(table, f, compression="zstd" if self.enc is None else "none")
         self.fs.mv(path + ".tmp", path)
         timings["write"] = time.perf_counter() - t3
-        return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n],
-                         **{f"s_{k}": [v] for k, v in timings.items()}})
+        return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], **{f"s_{k}": [v] for k, v in timings.items()}})

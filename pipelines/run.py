@@ -9,6 +9,7 @@
 A run directory without a manifest is unfinished: it is wiped and redone, and because every step
 is a pure function of the input and recipe, the result is byte-identical to an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,8 @@ import itertools
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
 
 import fsspec
 import numpy as np
@@ -41,6 +42,7 @@ REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept
 @dataclass
 class Report:
     """Counts and timings of one run; timings go to stats.json, not the (deterministic) manifest."""
+
     seconds: dict[str, float] = field(default_factory=dict)
     stage_seconds: Counter = field(default_factory=Counter)  # CPU seconds inside the actors, by step
     dedup: dict = field(default_factory=dict)
@@ -60,7 +62,7 @@ def _workers(cfg: RunConfig) -> int:
     return cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def process_documents(cfg: RunConfig, files, staging: str, tok: Optional[TokenizerSpec], report: Report) -> list[dict]:
+def process_documents(cfg: RunConfig, files, staging: str, tok: TokenizerSpec | None, report: Report) -> list[dict]:
     """Stage 1: read, clean, hash, sign, tokenize; returns one summary row per staging file."""
     import ray.data as rd
 
@@ -73,12 +75,19 @@ def process_documents(cfg: RunConfig, files, staging: str, tok: Optional[Tokeniz
     # bounded read-ahead: without a cap Ray Data queues blocks up to half the object store, so
     # memory would grow with the corpus; a few blocks per actor keep every worker busy
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-        object_store_memory=max(256 << 20, 8 * cfg.data.execution.batch_bytes * workers))
+        object_store_memory=max(256 << 20, 8 * cfg.data.execution.batch_bytes * workers)
+    )
     # the actors do the CPU work (one per CPU); reading is mostly I/O and decompression, so read
     # tasks get a token CPU share instead of starving the pool (measured: 2x faster than 0.25/0.75)
     ds = rd.read_datasource(TextFiles(files, cfg.data.execution, cfg.data.reject), override_num_blocks=len(files), num_cpus=0.01)
-    ds = ds.map_batches(DocProcessor, fn_constructor_args=(cfg.data, staging, tok), batch_size=None,
-                        batch_format="pyarrow", compute=rd.ActorPoolStrategy(size=workers), num_cpus=0.99)
+    ds = ds.map_batches(
+        DocProcessor,
+        fn_constructor_args=(cfg.data, staging, tok),
+        batch_size=None,
+        batch_format="pyarrow",
+        compute=rd.ActorPoolStrategy(size=workers),
+        num_cpus=0.99,
+    )
     rows = ds.take_all()
     for r in rows:
         for k in ("clean", "minhash", "tokenize", "write"):
@@ -94,7 +103,7 @@ def _write_table(table: pa.Table, path: str) -> int:
     return table.num_rows
 
 
-def _dups_in(dups: Optional[pads.Dataset], first: int, last: int) -> dict[int, tuple[str, str]]:
+def _dups_in(dups: pads.Dataset | None, first: int, last: int) -> dict[int, tuple[str, str]]:
     if dups is None:
         return {}
     t = dups.to_table(filter=(pads.field("uid") >= first) & (pads.field("uid") <= last), columns=["uid", "reason", "kept_id"])
@@ -109,20 +118,20 @@ def _final_mask(t: pa.Table, dups: dict) -> np.ndarray:
     return kept
 
 
-def final_texts(path: str, first: int, last: int, dups: Optional[pads.Dataset]) -> list[str]:
+def final_texts(path: str, first: int, last: int, dups: pads.Dataset | None) -> list[str]:
     """Cleaned texts of the documents of one staging file that survive dedup, in order."""
     t = pq.read_table(path, columns=["uid", "status", "text"])
     return t["text"].filter(pa.array(_final_mask(t, _dups_in(dups, first, last)))).to_pylist()
 
 
-def kept_texts(summaries: list[dict], dups: Optional[pads.Dataset], limit: Optional[int]) -> Iterator[str]:
+def kept_texts(summaries: list[dict], dups: pads.Dataset | None, limit: int | None) -> Iterator[str]:
     """Texts of the final kept documents, in order (for tokenizer training)."""
     texts = (x for s in summaries for x in final_texts(s["path"], s["first_uid"], s["last_uid"], dups))
     return itertools.islice(texts, limit)
 
 
 @ray.remote(num_cpus=1)
-def _train_tokenizer_task(summaries: list[dict], dups_dir: Optional[str], vocab_size: int, limit: Optional[int], out: str) -> TokenizerSpec:
+def _train_tokenizer_task(summaries: list[dict], dups_dir: str | None, vocab_size: int, limit: int | None, out: str) -> TokenizerSpec:
     dups = pads.dataset(dups_dir, format="parquet") if dups_dir else None
     return train_bpe(kept_texts(summaries, dups, limit), vocab_size, out)
 
@@ -130,7 +139,7 @@ def _train_tokenizer_task(summaries: list[dict], dups_dir: Optional[str], vocab_
 class TokenizeFile:
     """Actor: tokenizes the final kept documents of one staging file into `<file>.tokens.parquet`."""
 
-    def __init__(self, spec: TokenizerSpec, dups_dir: Optional[str]):
+    def __init__(self, spec: TokenizerSpec, dups_dir: str | None):
         self.enc = spec.load()
         self.dups = pads.dataset(dups_dir, format="parquet") if dups_dir else None
 
@@ -151,12 +160,13 @@ def _token_arrays(col: pa.Array, dtype: type = np.uint32) -> tuple[np.ndarray, n
     if len(col) == 0:
         return np.zeros(0, dtype), np.zeros(0, np.int64)
     offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
-    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].view(dtype)
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].view(dtype)
     return data, np.diff(offsets) // np.dtype(dtype).itemsize
 
 
-def write_outputs(cfg: RunConfig, root: str, summaries: list[dict], dups: Optional[pads.Dataset], trained: bool,
-                  dtype: np.dtype) -> tuple[dict, Counter, int, int]:
+def write_outputs(
+    cfg: RunConfig, root: str, summaries: list[dict], dups: pads.Dataset | None, trained: bool, dtype: np.dtype
+) -> tuple[dict, Counter, int, int]:
     """Stage 4: shards, removed.parquet, counts. Sequential, streaming one staging file at a time."""
     out = cfg.data.output
     masks = cfg.data.has_tasks
@@ -178,7 +188,10 @@ def write_outputs(cfg: RunConfig, root: str, summaries: list[dict], dups: Option
             rows = {"id": [], "reason": [], "kept_id": [], "src": []}
             for i in np.flatnonzero(~mask):
                 reason, kept_id = d.get(uids[i], (status[i], None))
-                rows["id"].append(ids[i]); rows["reason"].append(reason); rows["kept_id"].append(kept_id); rows["src"].append(srcs[i])
+                rows["id"].append(ids[i])
+                rows["reason"].append(reason)
+                rows["kept_id"].append(kept_id)
+                rows["src"].append(srcs[i])
                 removed_counts[reason] += 1
             if rows["id"]:
                 removed_w.write_table(pa.table(rows, schema=REMOVED_SCHEMA))
@@ -225,8 +238,10 @@ def _reuse_finished(cfg: RunConfig, root: str, say: Callable[[str], None]) -> di
     diff = changed_keys(man.get("config") or {}, cfg.data.model_dump(mode="json")) if "config" in man else []
     if diff:
         shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise ConfigError(f"{root} was built by a different data section ({shown} changed); rebuild it with --force, "
-                          f"or give this recipe a new name (--set name=...)")
+        raise ConfigError(
+            f"{root} was built by a different data section ({shown} changed); rebuild it with --force, "
+            f"or give this recipe a new name (--set name=...)"
+        )
     say(f"{root} is complete (manifest.json present, same data section); nothing to do. Use --force to rebuild.")
     return man
 
@@ -269,13 +284,20 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
     if trained:
         with report.timed("tokenizer_train"):
             say(f"training a BPE tokenizer (vocab {tcfg.train.vocab_size}) with rustbpe on the kept documents")
-            tok = ray.get(_train_tokenizer_task.remote(summaries, dups_dir if dups is not None else None, tcfg.train.vocab_size,
-                                                       tcfg.train.max_docs, f"{root}/tokenizer.tiktoken"))
+            tok = ray.get(
+                _train_tokenizer_task.remote(
+                    summaries, dups_dir if dups is not None else None, tcfg.train.vocab_size, tcfg.train.max_docs, f"{root}/tokenizer.tiktoken"
+                )
+            )
         with report.timed("tokenize"):
             import ray.data as rd
+
             rd.from_items([{k: s[k] for k in ("path", "first_uid", "last_uid")} for s in summaries]).map_batches(
-                TokenizeFile, fn_constructor_args=(tok, dups_dir if dups is not None else None), batch_size=1,
-                compute=rd.ActorPoolStrategy(size=_workers(cfg))).materialize()
+                TokenizeFile,
+                fn_constructor_args=(tok, dups_dir if dups is not None else None),
+                batch_size=1,
+                compute=rd.ActorPoolStrategy(size=_workers(cfg)),
+            ).materialize()
     elif tok.path is not None:  # keep the run self-contained: the tokenizer travels with the shards
         fs, _ = fsspec.core.url_to_fs(root)
         copy_tokenizer(tok.path, f"{root}/tokenizer.tiktoken")
@@ -288,28 +310,37 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
     if docs_in != docs_kept + sum(removed.values()):  # a bug, never an input problem
         raise AssertionError(f"conservation violated: {docs_in} in, {docs_kept} kept, {dict(removed)} removed")
     manifest = {
-        "format": "raylm-shards", "version": 1,
+        "format": "raylm-shards",
+        "version": 1,
         # a trained tokenizer is the run's own file: named relative to data/, so the manifest is the same wherever the run is
         "tokenizer": {**describe(tok, enc), **({"path": "tokenizer.tiktoken"} if trained else {})},
         "dtype": dtype.name,
         **({"loss_mask": True} if cfg.data.has_tasks else {}),  # shard-*.mask.npy beside every shard
         "splits": splits,
-        "stats": {"docs_in": docs_in, "docs_kept": docs_kept, "removed": dict(sorted(removed.items())), "bytes_in": bytes_in,
-                  "tokens": splits["train"]["tokens"] + splits["val"]["tokens"]},
+        "stats": {
+            "docs_in": docs_in,
+            "docs_kept": docs_kept,
+            "removed": dict(sorted(removed.items())),
+            "bytes_in": bytes_in,
+            "tokens": splits["train"]["tokens"] + splits["val"]["tokens"],
+        },
         "config": cfg.data.model_dump(mode="json"),
     }
     rm_tree(work)
     report.seconds["total"] = round(time.perf_counter() - t_start, 3)
-    stats = {"seconds": report.seconds, "actor_cpu_seconds": {k: round(v, 3) for k, v in report.stage_seconds.items()},
-             "dedup": report.dedup, "mb_per_s": round(bytes_in / 1e6 / max(report.seconds["total"], 1e-9), 3),
-             "docs_per_s": round(docs_in / max(report.seconds["total"], 1e-9), 1)}
+    stats = {
+        "seconds": report.seconds,
+        "actor_cpu_seconds": {k: round(v, 3) for k, v in report.stage_seconds.items()},
+        "dedup": report.dedup,
+        "mb_per_s": round(bytes_in / 1e6 / max(report.seconds["total"], 1e-9), 3),
+        "docs_per_s": round(docs_in / max(report.seconds["total"], 1e-9), 1),
+    }
     fs, _ = fsspec.core.url_to_fs(root)
     with fs.open(f"{root}/stats.json", "w") as f:
         json.dump(stats, f, indent=1)
     if docs_kept == 0:  # no manifest: nothing to train on is a failed stage, not a finished one
         reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(removed.items(), key=lambda x: -x[1])) or "no input records"
-        raise DataStageError(f"no document kept of {docs_in:,} read ({reasons}); each one is listed with its file and "
-                             f"line in {root}/removed.parquet")
+        raise DataStageError(f"no document kept of {docs_in:,} read ({reasons}); each one is listed with its file and line in {root}/removed.parquet")
     write_manifest(root, manifest)
     if summary:
         print_summary(manifest, stats, root)
@@ -322,7 +353,9 @@ def print_summary(manifest: dict, stats: dict, root: str) -> None:
 
     st = manifest["stats"]
     t = Table(title=f"raylm data: {root}", show_header=True)
-    t.add_column("what"); t.add_column("documents", justify="right"); t.add_column("share", justify="right")
+    t.add_column("what")
+    t.add_column("documents", justify="right")
+    t.add_column("share", justify="right")
     n = max(st["docs_in"], 1)
     t.add_row("in", f"{st['docs_in']:,}", "100%")
     t.add_row("kept", f"{st['docs_kept']:,}", f"{100 * st['docs_kept'] / n:.1f}%")
@@ -334,4 +367,5 @@ def print_summary(manifest: dict, stats: dict, root: str) -> None:
         f"tokens: train {sp['train']['tokens']:,} in {len(sp['train']['shards'])} shard(s), val {sp['val']['tokens']:,}; "
         f"tokenizer {manifest['tokenizer']['name']} (n_vocab {manifest['tokenizer']['n_vocab']:,}, {manifest['dtype']}); "
         f"{st['bytes_in'] / 1e6:.1f} MB in {stats['seconds']['total']:.1f}s = {stats['mb_per_s']:.2f} MB/s, "
-        f"{stats['docs_per_s']:,.0f} docs/s")
+        f"{stats['docs_per_s']:,.0f} docs/s"
+    )

@@ -6,11 +6,12 @@ entry per token, 1 where the token is a target the loss counts (completions), 0 
 A shard is cut when it reaches `shard_tokens`; documents never straddle shards. The writer keeps
 at most one shard in memory. The manifest is written last, atomically (tmp + rename).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import fsspec
 import numpy as np
@@ -64,7 +65,7 @@ class ShardWriter:
     def _name(self) -> str:
         return f"{self.split}/shard-{len(self.shards):06d}"
 
-    def _append(self, tokens: np.ndarray, lengths: np.ndarray, mask: Optional[np.ndarray]) -> None:
+    def _append(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None) -> None:
         if self.raw is None:
             self.raw = self.fs.open(f"{self.root}/{self._name()}.raw.tmp", "wb")
             if self.masks:
@@ -75,7 +76,7 @@ class ShardWriter:
         self.lengths.extend(int(x) for x in lengths)
         self.n += len(tokens)
 
-    def add(self, tokens: np.ndarray, lengths: np.ndarray, mask: Optional[np.ndarray] = None) -> None:
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Many documents at once: `tokens` is their concatenation, `lengths` their sizes, `mask`
         their loss masks (concatenated likewise; required when the writer keeps masks)."""
         if len(lengths) == 0:
@@ -94,8 +95,7 @@ class ShardWriter:
                 self.flush()
                 continue
             stop_tok = int(ends[start_doc + k - 1])
-            self._append(tokens[start_tok:stop_tok], lengths[start_doc:start_doc + k],
-                         mask[start_tok:stop_tok] if self.masks else None)
+            self._append(tokens[start_tok:stop_tok], lengths[start_doc : start_doc + k], mask[start_tok:stop_tok] if self.masks else None)
             start_doc += k
             start_tok = stop_tok
             if self.n >= self.limit:
@@ -113,8 +113,7 @@ class ShardWriter:
         if self.masks:
             self.raw_mask.close()
             self.raw_mask = None
-            entry["mask_sha256"] = self._raw_to_npy(f"{self.root}/{name}.mask.raw.tmp", f"{self.root}/{name}.mask.npy",
-                                                    np.dtype(np.uint8))
+            entry["mask_sha256"] = self._raw_to_npy(f"{self.root}/{name}.mask.raw.tmp", f"{self.root}/{name}.mask.npy", np.dtype(np.uint8))
         offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.uint64)
         _save_npy(self.fs, f"{self.root}/{name}.idx.npy", offsets)
         self.shards.append(entry)
@@ -127,8 +126,7 @@ class ShardWriter:
         tmp = path + ".tmp"
         with self.fs.open(tmp, "wb") as f, self.fs.open(raw_path, "rb") as src:
             out = _HashingWriter(f)
-            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                       "fortran_order": False, "shape": (self.n,)})
+            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (self.n,)})
             for chunk in iter(lambda: src.read(_COPY_CHUNK), b""):
                 out.write(chunk)
         self.fs.mv(tmp, path)

@@ -5,11 +5,12 @@ reason. Nothing is dropped here: bad input is passed on with `reject` set, so th
 Rows carry `uid` = file_index << 32 | record (line or row), unique and ordered like the input, which fixes the
 order of everything downstream.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
 
 import fsspec
 import pyarrow as pa
@@ -21,15 +22,17 @@ from ray.data.datasource import Datasource, ReadTask
 from cluster.config import ExecutionConfig, InputSpec, RejectConfig
 from pipelines.streams import Damaged, compression_of, decompressed, strip_compression
 
-SCHEMA = pa.schema([
-    ("uid", pa.int64()),
-    ("id", pa.string()),
-    ("src", pa.string()),  # path:line, for reports
-    ("text", pa.large_string()),
-    ("nbytes", pa.int64()),  # raw size, for bytes_in and MB/s
-    ("reject", pa.string()),  # null, or the reason this input is not a document
-    ("prompt_chars", pa.int64()),  # task records: text = prompt + completion, the prompt's length; else null
-])
+SCHEMA = pa.schema(
+    [
+        ("uid", pa.int64()),
+        ("id", pa.string()),
+        ("src", pa.string()),  # path:line, for reports
+        ("text", pa.large_string()),
+        ("nbytes", pa.int64()),  # raw size, for bytes_in and MB/s
+        ("reject", pa.string()),  # null, or the reason this input is not a document
+        ("prompt_chars", pa.int64()),  # task records: text = prompt + completion, the prompt's length; else null
+    ]
+)
 
 _EXT = {".txt": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 _BINARY_SNIFF = 8192  # a text file with a NUL byte this early is binary
@@ -87,11 +90,14 @@ class _Rows:
         self.bytes = 0
         self.execution = execution
 
-    def add(self, uid: int, id_: str, src: str, text: Optional[str], nbytes: int, reject: Optional[str],
-            prompt_chars: Optional[int]) -> None:
+    def add(self, uid: int, id_: str, src: str, text: str | None, nbytes: int, reject: str | None, prompt_chars: int | None) -> None:
         c = self.cols
-        c["uid"].append(uid); c["id"].append(id_); c["src"].append(src)
-        c["text"].append(text); c["nbytes"].append(nbytes); c["reject"].append(reject)
+        c["uid"].append(uid)
+        c["id"].append(id_)
+        c["src"].append(src)
+        c["text"].append(text)
+        c["nbytes"].append(nbytes)
+        c["reject"].append(reject)
         c["prompt_chars"].append(prompt_chars if reject is None else None)
         self.bytes += nbytes
 
@@ -111,7 +117,7 @@ class _Rows:
         return t
 
 
-def _encodable(s: Optional[str]) -> bool:
+def _encodable(s: str | None) -> bool:
     if s is None:
         return True
     try:
@@ -143,14 +149,14 @@ def _unicode_rejected(cols: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def _decode(raw: bytes) -> tuple[Optional[str], Optional[str]]:
+def _decode(raw: bytes) -> tuple[str | None, str | None]:
     try:
         return raw.decode("utf-8"), None
     except UnicodeDecodeError:
         return None, "invalid_utf8"
 
 
-def _record_text(rec: dict, spec: InputSpec) -> tuple[Optional[str], Optional[str], Optional[int]]:
+def _record_text(rec: dict, spec: InputSpec) -> tuple[str | None, str | None, int | None]:
     """(text, reject reason, prompt_chars) of one record: its text field, or prompt + completion."""
     fields = ((spec.prompt_field, "prompt"), (spec.completion_field, "completion")) if spec.is_task else ((spec.text_field, "text"),)
     parts = []
@@ -177,7 +183,7 @@ class _Invalid:
 _INVALID = _Invalid()
 
 
-def _json_record(line: bytes, spec: InputSpec) -> tuple[Optional[str], Optional[str], Optional[str], Optional[int]]:
+def _json_record(line: bytes, spec: InputSpec) -> tuple[str | None, str | None, str | None, int | None]:
     """(text, id, reject reason, prompt_chars) of one JSON line."""
     if b"\x00" in line:  # a raw NUL is never valid JSON: binary data inside a text file
         return None, None, "binary", None
@@ -204,8 +210,7 @@ class _FileRows:
         self.path = _printable(sf.path)
         self.record = 0  # 0-based number of the next record: line of a jsonl file, row of a parquet file
 
-    def add(self, text: Optional[str], doc_id: Optional[str], nbytes: int, why: Optional[str],
-            prompt_chars: Optional[int] = None) -> None:
+    def add(self, text: str | None, doc_id: str | None, nbytes: int, why: str | None, prompt_chars: int | None = None) -> None:
         src = f"{self.path}:{self.record + 1}"
         if why is None:
             if nbytes > self.reject.max_bytes:
@@ -219,7 +224,7 @@ class _FileRows:
             yield self.rows.take()
 
 
-def _lines(stream: Iterable[bytes], max_bytes: int) -> Iterator[tuple[Optional[bytes], int]]:
+def _lines(stream: Iterable[bytes], max_bytes: int) -> Iterator[tuple[bytes | None, int]]:
     """(line, size) for each line of a byte stream, without its "\\n"; a line longer than max_bytes comes as
     (None, size) and is never held whole. A last line without "\\n" comes too."""
     pending, skipping = b"", None
@@ -305,7 +310,7 @@ def _text_or_invalid(raw: bytes):
     return _INVALID if bad else text
 
 
-def _parquet_rows(pf: pq.ParquetFile, cols: list[str]) -> Iterator[Optional[dict]]:
+def _parquet_rows(pf: pq.ParquetFile, cols: list[str]) -> Iterator[dict | None]:
     """Each row as {column: value}; None for each row of a row group that cannot be decoded."""
     for g in range(pf.num_row_groups):
         done = 0
@@ -362,10 +367,10 @@ class TextFiles(Datasource):
     def __init__(self, files: list[SourceFile], execution: ExecutionConfig, reject: RejectConfig):
         self.files, self.execution, self.reject = files, execution, reject
 
-    def estimate_inmemory_data_size(self) -> Optional[int]:
+    def estimate_inmemory_data_size(self) -> int | None:
         return None
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None, data_context=None) -> list[ReadTask]:
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
         tasks = []
         for sf in self.files:
             meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(sf.path,))

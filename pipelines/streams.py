@@ -6,12 +6,14 @@ incremental decompressor is fed chunk by chunk: everything it produced is yielde
 is raised as `Damaged`, which the reader turns into one reject row. Concatenated members/frames (`cat
 a.gz b.gz`, pigz, multi-frame zstd) are read through.
 """
+
 from __future__ import annotations
 
 import bz2
 import lzma
 import zlib
-from typing import BinaryIO, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import zstandard
 
@@ -45,7 +47,7 @@ CODECS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": 
 _ARCHIVES = (".zip", ".tar", ".7z", ".lz4", ".snappy", ".br", ".tgz")  # containers or codecs not read: say so
 
 
-def compression_of(path: str) -> Optional[str]:
+def compression_of(path: str) -> str | None:
     """gzip, zstd, bz2, xz or None (plain), from the file name; ValueError for a kind that is not read."""
     name = path.lower()
     for suffix, codec in CODECS.items():
@@ -74,7 +76,7 @@ def _decompress(d, raw: bytes) -> bytes:
         if backup is not None:
             try:
                 for i in range(0, len(raw), 256):
-                    good.append(backup.decompress(raw[i: i + 256]))
+                    good.append(backup.decompress(raw[i : i + 256]))
             except _CODEC_ERRORS:
                 pass
         err = Damaged("corrupt", str(e))
@@ -82,7 +84,7 @@ def _decompress(d, raw: bytes) -> bytes:
         raise err from None
 
 
-def decompressed(f: BinaryIO, compression: Optional[str]) -> Iterator[bytes]:
+def decompressed(f: BinaryIO, compression: str | None) -> Iterator[bytes]:
     """The decompressed bytes of `f`, chunk by chunk; raises Damaged after the last good byte."""
     if compression is None:
         yield from iter(lambda: f.read(CHUNK), b"")
@@ -91,7 +93,7 @@ def decompressed(f: BinaryIO, compression: Optional[str]) -> Iterator[bytes]:
     d, fed = make(), False
     for chunk in iter(lambda: f.read(CHUNK), b""):
         for i in range(0, len(chunk), SLICE):
-            raw = chunk[i: i + SLICE]
+            raw = chunk[i : i + SLICE]
             while raw:
                 try:
                     out = _decompress(d, raw)

@@ -7,6 +7,7 @@ left out) as the prompt, the play's title as the completion, in the prompt/compl
 piece of text, ids are stable, so the train/val split (a hash of the id) is too, and the records are
 shuffled (seeded), as a task file for packed training must be.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,14 @@ from pathlib import Path
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "shakespeare.jsonl.gz"
 # six plays of the modern-spelling edition, of different lengths (so the majority class is a real baseline)
-PLAYS = {"hamlet_gut": "Hamlet", "romeo_and_juliet_gut": "Romeo and Juliet", "julius_caesar_gut": "Julius Caesar",
-         "macbeth_gut": "Macbeth", "tempest_gut": "The Tempest", "midsummer_nights_dream_gut": "A Midsummer Night's Dream"}
+PLAYS = {
+    "hamlet_gut": "Hamlet",
+    "romeo_and_juliet_gut": "Romeo and Juliet",
+    "julius_caesar_gut": "Julius Caesar",
+    "macbeth_gut": "Macbeth",
+    "tempest_gut": "The Tempest",
+    "midsummer_nights_dream_gut": "A Midsummer Night's Dream",
+}
 PROMPT = "Passage:\n{passage}\nPlay:"
 
 # a speaker heading alone on a line: "Ham." / "FIRST WITCH." / "HERMIA"
@@ -54,7 +61,7 @@ def passages(text: str, lines: int, min_chars: int) -> list[str]:
     out = []
     for sp in speeches(text):
         for i in range(0, len(sp) - lines + 1, lines):
-            p = "\n".join(sp[i:i + lines])
+            p = "\n".join(sp[i : i + lines])
             if len(p) >= min_chars:
                 out.append(p)
     return out

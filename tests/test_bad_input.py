@@ -1,4 +1,5 @@
 """Regression tests of issue #12's reader defects, each on the exact input that once lost documents (no Ray)."""
+
 from __future__ import annotations
 
 import gzip
@@ -66,7 +67,7 @@ def test_truncated_gzip_keeps_its_readable_prefix(tmp_path):  # defect 5
 
 def test_corrupt_gzip_member_keeps_what_came_before(tmp_path):
     payload = bytearray(gzip.compress(_lines(DOCS * 20)))
-    payload[len(payload) // 2: len(payload) // 2 + 16] = b"\xff" * 16
+    payload[len(payload) // 2 : len(payload) // 2 + 16] = b"\xff" * 16
     p = tmp_path / "c.jsonl.gz"
     p.write_bytes(bytes(payload))
     rows = _read(p)
@@ -130,8 +131,14 @@ def test_every_compression_suffix_is_read_and_archives_are_refused(tmp_path):
 
     import zstandard
 
-    codecs = {".gz": gzip.compress, ".zst": zstandard.ZstdCompressor().compress, ".zstd": zstandard.ZstdCompressor().compress,
-              ".bz2": bz2.compress, ".xz": lzma.compress, ".lzma": lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE)}
+    codecs = {
+        ".gz": gzip.compress,
+        ".zst": zstandard.ZstdCompressor().compress,
+        ".zstd": zstandard.ZstdCompressor().compress,
+        ".bz2": bz2.compress,
+        ".xz": lzma.compress,
+        ".lzma": lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE),
+    }
     for suffix, compress in codecs.items():
         p = tmp_path / f"a.jsonl{suffix}"
         p.write_bytes(compress(_lines(DOCS)))

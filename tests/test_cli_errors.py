@@ -1,5 +1,6 @@
 """The CLI on hostile-but-ordinary input: one line and exit 2 for what the user must fix, exit 1 for a run that
 fails, never a traceback; reruns that would silently reuse another recipe's data; runs on their own Ray."""
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,17 @@ def _docs_file(tmp_path, name="in.jsonl"):
 
 
 def _sets(tmp_path, inputs: str, *more) -> list[str]:
-    return ["--set", f"storage_path={tmp_path}/runs", "--set", "name=t", "--set", "data.tokenizer={name: cl100k_base}",
-            "--set", f"data.inputs={inputs}", *[x for m in more for x in ("--set", m)]]
+    return [
+        "--set",
+        f"storage_path={tmp_path}/runs",
+        "--set",
+        "name=t",
+        "--set",
+        "data.tokenizer={name: cl100k_base}",
+        "--set",
+        f"data.inputs={inputs}",
+        *[x for m in more for x in ("--set", m)],
+    ]
 
 
 @pytest.mark.slow
@@ -121,8 +131,14 @@ def test_two_runs_at_once_each_start_their_own_ray(ray_session, tmp_path):  # de
     env.update(PYTHONPATH=str(ROOT), RAY_DATA_DISABLE_PROGRESS_BARS="1")
     procs = []
     for name, val in (("a", 0.0), ("b", 0.5)):
-        args = [sys.executable, "-m", "cluster", "data", RECIPE, *_sets(tmp_path, f"[{{path: '{src}'}}]", f"name={name}",
-                                                                     f"data.output.val_fraction={val}")]
+        args = [
+            sys.executable,
+            "-m",
+            "cluster",
+            "data",
+            RECIPE,
+            *_sets(tmp_path, f"[{{path: '{src}'}}]", f"name={name}", f"data.output.val_fraction={val}"),
+        ]
         procs.append(subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     t0 = time.time()
     outs = [p.communicate(timeout=300) for p in procs]
@@ -137,7 +153,9 @@ def test_two_runs_at_once_each_start_their_own_ray(ray_session, tmp_path):  # de
 
 
 def test_validate_imports_neither_torch_nor_ray():
-    code = ("import sys; from cluster.cli import main; rc = main(['validate', %r]); "
-            "assert rc == 0 and 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)") % RECIPE
+    code = (
+        f"import sys; from cluster.cli import main; rc = main(['validate', {RECIPE!r}]); "
+        "assert rc == 0 and 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-1500:]

@@ -2,6 +2,7 @@
 `ray start` and token auth; jobs go through `raylm submit` and the Ray Jobs API. A worker node killed
 mid-training (its raylet, by pid) ends in a finished run resumed from the last checkpoint; a killed job
 driver, then the same submission again, resumes too."""
+
 import json
 import os
 import secrets
@@ -49,8 +50,12 @@ def cluster(tmp_path_factory):
     worker node gets its own temp dir, as separate machines would have: nodes sharing one would unpack and
     delete the job's working_dir in one place."""
     token = secrets.token_hex(16)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}  # the job's `python` is this venv's
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+    }  # the job's `python` is this venv's
     env.pop("RAY_ADDRESS", None)
     dirs = [tempfile.mkdtemp(prefix=f"rl{n}", dir="/tmp") for n in "ab"]  # short: Ray's socket paths must fit
     port, dash = _free_port(), _free_port()
@@ -58,19 +63,33 @@ def cluster(tmp_path_factory):
     try:
         # every node's agent on a port of its own: the default (52365) is taken by the first Ray on the machine,
         # and the head's is the one the Jobs API submits through
-        run("start", "--head", f"--port={port}", "--num-cpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-            "--include-dashboard=true", "--disable-usage-stats", f"--dashboard-agent-listen-port={_free_port()}")
+        run(
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=0",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={_free_port()}",
+        )
         for name, d in zip(("node_a", "node_b"), dirs):
-            run("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", f"--resources={json.dumps({name: 1})}", f"--temp-dir={d}",
-                f"--dashboard-agent-listen-port={_free_port()}")
-        yield {"address": f"http://127.0.0.1:{dash}", "token": token, "storage": tmp_path_factory.mktemp("shared"),
-               "port": port, "dirs": dirs}
+            run(
+                "start",
+                f"--address=127.0.0.1:{port}",
+                "--num-cpus=2",
+                f"--resources={json.dumps({name: 1})}",
+                f"--temp-dir={d}",
+                f"--dashboard-agent-listen-port={_free_port()}",
+            )
+        yield {"address": f"http://127.0.0.1:{dash}", "token": token, "storage": tmp_path_factory.mktemp("shared"), "port": port, "dirs": dirs}
     finally:
         _teardown(port, dirs)
 
 
 def _teardown(port: int, dirs: list[str]) -> None:
-    _kill_tree([f":{port} ", f":{port}\"", f"port={port}", *dirs])
+    _kill_tree([f":{port} ", f':{port}"', f"port={port}", *dirs])
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
     current = "/tmp/ray/ray_current_cluster"  # `ray.init("auto")` would keep dialing the dead head
@@ -79,10 +98,18 @@ def _teardown(port: int, dirs: list[str]) -> None:
 
 
 def _sets(storage, name):
-    over = [f"storage_path={storage}", f"name={name}", "train.model={n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}",
-            "train.batch={micro_batch_size: 8, global_batch_tokens: 2048}", "train.max_steps=40",
-            "train.schedule.warmup_steps=5", "train.eval={every: 10, batches: 2}", "train.checkpoint={every: 10, keep: 2}",
-            "train.scaling={num_workers: 2, resources_per_worker: {CPU: 1}}", "train.failure.max_failures=3"]
+    over = [
+        f"storage_path={storage}",
+        f"name={name}",
+        "train.model={n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}",
+        "train.batch={micro_batch_size: 8, global_batch_tokens: 2048}",
+        "train.max_steps=40",
+        "train.schedule.warmup_steps=5",
+        "train.eval={every: 10, batches: 2}",
+        "train.checkpoint={every: 10, keep: 2}",
+        "train.scaling={num_workers: 2, resources_per_worker: {CPU: 1}}",
+        "train.failure.max_failures=3",
+    ]
     return [a for o in over for a in ("--set", o)]
 
 
@@ -107,8 +134,19 @@ def _procs(pattern):
 
 
 def _submit(cluster, name, *command, wait=False):
-    return main(["submit", RECIPE, *_sets(cluster["storage"], name), "--address", cluster["address"], "--no-deps",
-                 *([] if wait else ["--no-wait"]), "--", *command])
+    return main(
+        [
+            "submit",
+            RECIPE,
+            *_sets(cluster["storage"], name),
+            "--address",
+            cluster["address"],
+            "--no-deps",
+            *([] if wait else ["--no-wait"]),
+            "--",
+            *command,
+        ]
+    )
 
 
 def _job_status(cluster, name):
@@ -146,8 +184,11 @@ def test_job_runs_across_nodes_and_survives_a_killed_worker_node(cluster, monkey
     _wait_for_step(metrics, 13)
     _wait_for_checkpoint(cluster["storage"] / "nodes")
     # the raylet of the node hosting the Ray Train workers (their parent process), killed with its workers
-    workers = [w for w in _procs(lambda c: "RayTrainWorker" in c)  # of this cluster's nodes, not another Ray's
-               if any(d in " ".join(psutil.Process(w.info["ppid"]).cmdline()) for d in cluster["dirs"])]
+    workers = [
+        w
+        for w in _procs(lambda c: "RayTrainWorker" in c)  # of this cluster's nodes, not another Ray's
+        if any(d in " ".join(psutil.Process(w.info["ppid"]).cmdline()) for d in cluster["dirs"])
+    ]
     assert len(workers) == 2, "two Ray Train workers"
     raylet = psutil.Process(workers[0].info["ppid"])
     assert "raylet" in raylet.name() and "node_" in " ".join(raylet.cmdline())
@@ -214,13 +255,15 @@ def test_onprem_head_started_as_its_config_says_runs_jobs_in_raylms_environment(
             if "ray stop" in cmd:
                 continue
             cmd = cmd.replace("--port=6379", f"--port={port}").replace("--autoscaling-config=~/ray_bootstrap_config.yaml", "")
-            cmd += (f" --num-cpus=1 --dashboard-port={dash} --dashboard-agent-listen-port={_free_port()} --disable-usage-stats"
-                    " --include-dashboard=true")
+            cmd += (
+                f" --num-cpus=1 --dashboard-port={dash} --dashboard-agent-listen-port={_free_port()} --disable-usage-stats --include-dashboard=true"
+            )
             out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=120)
             assert out.returncode == 0, out.stderr[-2000:]
         monkeypatch.setenv("RAY_AUTH_TOKEN", token)
-        rc = main(["submit", RECIPE, "--set", f"storage_path={tmp_path}/runs", "--address", f"http://127.0.0.1:{dash}",
-                   "--no-deps", "--", "validate"])
+        rc = main(
+            ["submit", RECIPE, "--set", f"storage_path={tmp_path}/runs", "--address", f"http://127.0.0.1:{dash}", "--no-deps", "--", "validate"]
+        )
         assert rc == 0, "the job failed: its `python` is not raylm's environment"
     finally:
         _teardown(port, [])

@@ -1,5 +1,6 @@
 """The cluster YAMLs (cluster/ray: `ray up` configs, cluster/k8s: KubeRay manifests) and what `raylm submit`
 sends: Ray's own config validation, token auth on every node, no public dashboard; the job spec. No Ray cluster."""
+
 import copy
 from pathlib import Path
 

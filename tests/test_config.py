@@ -62,8 +62,9 @@ def test_cli_exit_codes(tmp_path):
 
 
 def test_train_before_data_is_a_clear_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "cluster", "train", str(RECIPE), "--set", f"storage_path={tmp_path}"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster", "train", str(RECIPE), "--set", f"storage_path={tmp_path}"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 2 and "run `raylm data` first" in out.stderr
 
 

@@ -1,5 +1,6 @@
 """Every number in the recipe schema has declared bounds (pydantic ge/gt/le/lt), and each bound holds at its
 boundary: the boundary value itself validates (or not, for gt/lt) and the value just past it fails with its key."""
+
 from __future__ import annotations
 
 import typing
@@ -12,8 +13,12 @@ from pydantic.fields import FieldInfo
 from cluster.config import ConfigError, RunConfig, load_config
 
 # values some fields need beside the one under test, for cross-field rules to hold
-COMPANIONS = {"data.dedup.minhash.bands": {"rows": 1}, "data.dedup.minhash.rows": {"bands": 1},
-              "train.model.d_model": {"n_head": 1}, "train.model.n_head": {"d_model": 64}}
+COMPANIONS = {
+    "data.dedup.minhash.bands": {"rows": 1},
+    "data.dedup.minhash.rows": {"bands": 1},
+    "train.model.d_model": {"n_head": 1},
+    "train.model.n_head": {"d_model": 64},
+}
 
 
 def _model_of(ann) -> type[BaseModel] | None:
@@ -91,11 +96,23 @@ def test_bounds_hold_at_their_boundary(key, kind, bounds, typ):
         assert not _validates(key, outside, kind), (key, outside)
 
 
-@pytest.mark.parametrize("override", ["train.batch.micro_batch_size=0", "train.max_steps=0", "train.max_steps=-5",
-                                      "train.eval.every=0", "train.checkpoint.every=0", "train.optim.lr=-1e-3",
-                                      "train.scaling.num_workers=0", "train.batch.global_batch_tokens=0",
-                                      "storage_path=runs/../../x", 'name="a\\x00b"',
-                                      'name="a\\nb"', "data.clean.chars={min: 500, max: 100}"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.batch.micro_batch_size=0",
+        "train.max_steps=0",
+        "train.max_steps=-5",
+        "train.eval.every=0",
+        "train.checkpoint.every=0",
+        "train.optim.lr=-1e-3",
+        "train.scaling.num_workers=0",
+        "train.batch.global_batch_tokens=0",
+        "storage_path=runs/../../x",
+        'name="a\\x00b"',
+        'name="a\\nb"',
+        "data.clean.chars={min: 500, max: 100}",
+    ],
+)
 def test_values_that_cannot_work_fail_validation(override):  # defect 8
     with pytest.raises(ConfigError):
         load_config(None, [override])

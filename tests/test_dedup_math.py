@@ -32,8 +32,8 @@ def test_shingles_word_ngrams():
 
 
 def _true_jaccard(a, b, n=5):
-    sa = {tuple(a[i:i + n]) for i in range(len(a) - n + 1)}
-    sb = {tuple(b[i:i + n]) for i in range(len(b) - n + 1)}
+    sa = {tuple(a[i : i + n]) for i in range(len(a) - n + 1)}
+    sb = {tuple(b[i : i + n]) for i in range(len(b) - n + 1)}
     return len(sa & sb) / len(sa | sb)
 
 
@@ -57,8 +57,14 @@ def test_signatures_case_insensitive_and_deterministic():
 
 
 def test_bucket_pairs_collapse_exact_copies():
-    bands = pa.table({"key": np.array([7, 7, 7, 7, 9], np.uint64), "uid": np.array([5, 3, 8, 1, 2], np.int64),
-                      "hash": np.array([100, 100, 100, 200, 300], np.uint64)}, schema=D.BAND)
+    bands = pa.table(
+        {
+            "key": np.array([7, 7, 7, 7, 9], np.uint64),
+            "uid": np.array([5, 3, 8, 1, 2], np.int64),
+            "hash": np.array([100, 100, 100, 200, 300], np.uint64),
+        },
+        schema=D.BAND,
+    )
     t = D.bucket_pairs(bands, max_bucket_pairs=64).sort_by([("a", "ascending"), ("b", "ascending")])
     rows = set(zip(t["a"].to_pylist(), t["b"].to_pylist(), t["exact"].to_pylist()))
     # 3,5,8 are copies (star on 3), 1 differs: one near candidate 1-3
@@ -97,6 +103,7 @@ def _union_find(edges):
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
+
     for a, b in edges:
         ra, rb = find(a), find(b)
         if ra != rb:
@@ -115,8 +122,9 @@ def test_connected_components_match_union_find():
 
 
 def test_choose_kept_smallest_id_and_reasons():
-    labels = pa.table({"root": [1, 1, 1, 9], "uid": [1, 2, 3, 9], "id": ["b", "a", "c", "z"],
-                       "hash": np.array([5, 5, 6, 1], np.uint64)}, schema=D.LABEL)
+    labels = pa.table(
+        {"root": [1, 1, 1, 9], "uid": [1, 2, 3, 9], "id": ["b", "a", "c", "z"], "hash": np.array([5, 5, 6, 1], np.uint64)}, schema=D.LABEL
+    )
     r = D.choose_kept(labels, exact_enabled=True)
     got = sorted(zip(r["id"].to_pylist(), r["reason"].to_pylist(), r["kept_id"].to_pylist()))
     assert got == [("b", "exact", "a"), ("c", "near", "a")]

@@ -1,5 +1,6 @@
 """`raylm export --format hf`: transformers loads the directory and computes raylm's logits
 (max abs diff <= 1e-4 on CPU), with biases, without, and under muP; its tokenizer gives tiktoken's ids."""
+
 import pytest
 import torch
 import transformers  # raylm[hf], in the test extras: the export test must run in CI, never skip
@@ -10,7 +11,6 @@ from pipelines.tokenize import describe, load_encoding, train_bpe
 from tests.conftest import sample_docs
 from training import checkpoint
 from training.model import GPT, GPTConfig
-
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,15 @@ def write_checkpoint(directory, model_cfg: dict, bpe, seed: int = 0, jitter: boo
     return model.eval()
 
 
-@pytest.mark.parametrize("model_cfg", [
-    {"n_layer": 2, "n_head": 4, "d_model": 64, "seq_len": 32, "bias": True},
-    {"n_layer": 2, "n_head": 2, "d_model": 64, "seq_len": 32, "bias": False},
-    {"n_layer": 2, "n_head": 4, "d_model": 128, "seq_len": 32, "bias": True, "mup": {"base_width": 32}},
-], ids=["bias", "no-bias", "mup"])
+@pytest.mark.parametrize(
+    "model_cfg",
+    [
+        {"n_layer": 2, "n_head": 4, "d_model": 64, "seq_len": 32, "bias": True},
+        {"n_layer": 2, "n_head": 2, "d_model": 64, "seq_len": 32, "bias": False},
+        {"n_layer": 2, "n_head": 4, "d_model": 128, "seq_len": 32, "bias": True, "mup": {"base_width": 32}},
+    ],
+    ids=["bias", "no-bias", "mup"],
+)
 def test_export_logits_match_transformers(tmp_path, bpe, model_cfg):
     ours = write_checkpoint(tmp_path / "ckpt", model_cfg, bpe)
     out = tmp_path / "hf"
@@ -57,7 +61,7 @@ def test_export_logits_match_transformers(tmp_path, bpe, model_cfg):
     with torch.no_grad():
         ref, _ = ours(x)
         got = hf(x).logits
-    diff = (ref[..., :enc.n_vocab] - got).abs().max().item()
+    diff = (ref[..., : enc.n_vocab] - got).abs().max().item()
     assert diff <= 1e-4, f"max abs logit diff {diff}"
     assert ref.abs().max().item() > 0.1  # not a vacuous comparison of near-zero logits
 
@@ -73,6 +77,7 @@ def test_exported_tokenizer_gives_tiktoken_ids(tmp_path, bpe):
     assert tok.eos_token_id == enc.eot_token and tok.decode(enc.encode_ordinary(text)) == text
     # the tiktoken copy rebuilds the same encoding in raylm (data.tokenizer.path)
     from pipelines.tokenize import TokenizerSpec
+
     again = load_encoding(TokenizerSpec(name="x", path=str(out / "tiktoken" / "tokenizer.tiktoken")))
     assert again.encode_ordinary(text) == enc.encode_ordinary(text) and again.eot_token == enc.eot_token
 

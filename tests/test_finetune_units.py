@@ -1,5 +1,6 @@
 """Fine-tuning and evaluation pieces without Ray: task records and their loss masks, mask-carrying
 shards and windows, the masked loss and its gradient, metrics on hand-made cases, init_from checks."""
+
 import json
 
 import numpy as np
@@ -7,12 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cluster.config import ConfigError, DataConfig, ModelConfig, RunConfig
+from cluster.config import ConfigError, DataConfig, InputSpec, ModelConfig, RunConfig, TokenizerConfig
 from pipelines.shards import ShardWriter, iter_documents, write_manifest
 from pipelines.sources import _record_text
 from pipelines.tasks import build_play_task, speeches
 from pipelines.tokenize import encode_with_masks, load_encoding, spec_from_config
-from cluster.config import InputSpec, TokenizerConfig
 from training.data import ShardWindows
 from training.evaluate import bleu, classification_metrics, label_logprobs, lm_metrics, split_examples
 from training.model import GPT, GPTConfig
@@ -87,9 +87,17 @@ def _task_shards(root, enc):
     w = ShardWriter(str(root), "val", np.dtype(np.uint32), shard_tokens=20, masks=True)
     w.add(tokens, np.array([len(d) for d in docs]), np.concatenate(masks))
     split = w.close()
-    write_manifest(str(root), {"format": "raylm-shards", "version": 1, "loss_mask": True,
-                               "tokenizer": {"name": "cl100k_base", "n_vocab": enc.n_vocab, "eot": enc.eot_token, "sha256": "x"},
-                               "dtype": "uint32", "splits": {"train": {"tokens": 0, "docs": 0, "shards": []}, "val": split}})
+    write_manifest(
+        str(root),
+        {
+            "format": "raylm-shards",
+            "version": 1,
+            "loss_mask": True,
+            "tokenizer": {"name": "cl100k_base", "n_vocab": enc.n_vocab, "eot": enc.eot_token, "sha256": "x"},
+            "dtype": "uint32",
+            "splits": {"train": {"tokens": 0, "docs": 0, "shards": []}, "val": split},
+        },
+    )
     return docs, masks, split
 
 
@@ -105,8 +113,8 @@ def test_mask_shards_round_trip_and_windows_align_masks_with_targets(tmp_path, e
     for s in range(w.n):  # the mask of a target is the mask of that token in its shard
         shard = int(np.searchsorted(w.starts, s, side="right") - 1)
         off = int(s - w.starts[shard]) * 4
-        assert m[s].tolist() == w.masks[shard][off + 1: off + 5].tolist()
-        assert y[s].tolist() == w.arrays[shard][off + 1: off + 5].tolist()
+        assert m[s].tolist() == w.masks[shard][off + 1 : off + 5].tolist()
+        assert y[s].tolist() == w.arrays[shard][off + 1 : off + 5].tolist()
     ex = split_examples(str(tmp_path), "val")
     assert [enc.decode(c) for _, c in ex] == [" Hamlet", " Macbeth", " Romeo"]
     assert enc.decode(ex[1][0][1:]) == "Passage:\nFair is foul\nPlay:"
@@ -159,9 +167,9 @@ def test_play_task_builder(tmp_path):
 
 
 def test_init_from_must_match_model_and_tokenizer(tmp_path):
-    from tests.test_export import write_checkpoint
     from pipelines.tokenize import describe, train_bpe
     from tests.conftest import sample_docs
+    from tests.test_export import write_checkpoint
     from training.trainer import check_init_from
 
     spec = train_bpe((d["text"] for d in sample_docs()[:3]), 400, str(tmp_path / "tok" / "tokenizer.tiktoken"))
@@ -170,8 +178,11 @@ def test_init_from_must_match_model_and_tokenizer(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "manifest.json").write_text(json.dumps({"tokenizer": describe(*tok[:2])}))
-    base = {"name": "ft", "storage_path": str(tmp_path), "train": {"init_from": str(tmp_path / "pre"), "data_path": str(data),
-                                                                   "model": {"n_layer": 1, "n_head": 2, "d_model": 32, "seq_len": 16}}}
+    base = {
+        "name": "ft",
+        "storage_path": str(tmp_path),
+        "train": {"init_from": str(tmp_path / "pre"), "data_path": str(data), "model": {"n_layer": 1, "n_head": 2, "d_model": 32, "seq_len": 16}},
+    }
     assert check_init_from(RunConfig.model_validate(base)).endswith("checkpoint_000")
     wider = json.loads(json.dumps(base))
     wider["train"]["model"]["d_model"] = 64

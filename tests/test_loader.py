@@ -1,4 +1,5 @@
 """The shard loader: a real manifest and real .npy shards written by the pipeline's ShardWriter."""
+
 import numpy as np
 import pytest
 

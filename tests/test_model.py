@@ -1,4 +1,5 @@
 """The GPT model on CPU: causality, tied weights, init, loss mask, and that it learns."""
+
 import math
 
 import torch

@@ -1,6 +1,7 @@
 """muP in the model and optimizer: width_mult, hidden init scale, attention and logit scaling,
 hidden-layer learning rate; without muP nothing changes. (Activation scales across widths are
 measured by benchmarks/mup_coord_check.py.)"""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Near-duplicate detection against brute-force Jaccard on a corpus with injected duplicates."""
+
 import itertools
 
 import pyarrow.parquet as pq
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def _shingles(text: str, n: int) -> set:
     w = words_of(text)
-    return {tuple(w[i:i + n]) for i in range(max(1, len(w) - n + 1))}
+    return {tuple(w[i : i + n]) for i in range(max(1, len(w) - n + 1))}
 
 
 def test_precision_recall_at_0_8(ray_session, tmp_path):
@@ -26,15 +27,22 @@ def test_precision_recall_at_0_8(ray_session, tmp_path):
 
     docs = injected(n_base=240, seed=0)
     write_jsonl(tmp_path / "in" / "docs.jsonl", docs)
-    cfg = load_config(ROOT / "cluster" / "recipes" / "local.yaml",
-                      [f"storage_path={tmp_path}", "name=q", f"data.inputs=[{{path: '{tmp_path}/in/*.jsonl'}}]",
-                       "data.clean.enabled=false", "data.execution.batch_bytes=200000", "data.dedup.partitions=3",
-                       "data.tokenizer={name: cl100k_base}"])
+    cfg = load_config(
+        ROOT / "cluster" / "recipes" / "local.yaml",
+        [
+            f"storage_path={tmp_path}",
+            "name=q",
+            f"data.inputs=[{{path: '{tmp_path}/in/*.jsonl'}}]",
+            "data.clean.enabled=false",
+            "data.execution.batch_bytes=200000",
+            "data.dedup.partitions=3",
+            "data.tokenizer={name: cl100k_base}",
+        ],
+    )
     ng, thr = cfg.data.dedup.minhash.ngram, cfg.data.dedup.minhash.threshold
     # brute force: exact Jaccard of every pair of shingle sets
     sets = {d["id"]: _shingles(normalize(d["text"], cfg.data.clean.normalize), ng) for d in docs}
-    truth = {tuple(sorted((a, b))) for a, b in itertools.combinations(sets, 2)
-             if len(sets[a] & sets[b]) / len(sets[a] | sets[b]) >= thr}
+    truth = {tuple(sorted((a, b))) for a, b in itertools.combinations(sets, 2) if len(sets[a] & sets[b]) / len(sets[a] | sets[b]) >= thr}
     assert len(truth) >= 60  # the corpus must actually contain near duplicates
 
     # the pipeline's confirmed edges (LSH candidates with estimated Jaccard >= threshold)

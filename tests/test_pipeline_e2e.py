@@ -1,4 +1,5 @@
 """End-to-end runs of the data stage on a shared local Ray instance."""
+
 import gzip
 import hashlib
 import json
@@ -35,8 +36,11 @@ def _decode_split(root, split, enc):
 
 
 def _tree_digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "stats.json"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "stats.json"
+    }
 
 
 def test_sample_round_trip_split_and_conservation(ray_session, tmp_path):
@@ -74,7 +78,8 @@ def test_split_and_output_stable_across_batching(ray_session, tmp_path):
     run_data(a)
     run_data(b)
     da, db = _tree_digest(tmp_path / "a" / "data"), _tree_digest(tmp_path / "b" / "data")
-    da.pop("manifest.json"); db.pop("manifest.json")  # the manifest holds the (different) config
+    da.pop("manifest.json")
+    db.pop("manifest.json")  # the manifest holds the (different) config
     assert da == db
     ma, mb = read_manifest(f"{tmp_path}/a/data"), read_manifest(f"{tmp_path}/b/data")
     assert ma["splits"] == mb["splits"] and ma["stats"] == mb["stats"]
@@ -120,17 +125,18 @@ def _bad_inputs(d: Path) -> None:
     (d / "big.jsonl").write_text(json.dumps(big) + "\n")
     (d / "blob.jsonl").write_bytes(b"\x00\x01\x02binary" * 1000)
     # distinct documents (repetitive ones compress so well that half the file holds no complete line)
-    payload = gzip.compress(b"\n".join(json.dumps({"id": f"t{i}", "text": doc["text"][:2500] + " variant"}).encode()
-                                       for i, doc in enumerate(sample_docs()[30:70])))
+    payload = gzip.compress(
+        b"\n".join(json.dumps({"id": f"t{i}", "text": doc["text"][:2500] + " variant"}).encode() for i, doc in enumerate(sample_docs()[30:70]))
+    )
     (d / "trunc.jsonl.gz").write_bytes(payload[: len(payload) // 2])
     (d / "ok.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(json.dumps({"id": "zst", "text": other[0] + " zst"}).encode() + b"\n"))
     (d / "note.txt").write_text(other[1] + "\nplain text file")
     # issue #12's families: a lone surrogate, a raw NUL line and a BOM in one small file; a parquet file without
     # its text column (each of its rows is counted)
-    small = [json.dumps({"id": f"s{i}", "text": doc["text"][:3000] + f" small {i}"}).encode()
-             for i, doc in enumerate(sample_docs()[20:23])]
-    (d / "small.jsonl").write_bytes(b"\xef\xbb\xbf" + small[0] + b'\r\n{"id": "sur", "text": "\\ud800 x"}\n{"id": "nul", "text": "a\x00"}\n'
-                                     + b"\n".join(small[1:]) + b"\n")
+    small = [json.dumps({"id": f"s{i}", "text": doc["text"][:3000] + f" small {i}"}).encode() for i, doc in enumerate(sample_docs()[20:23])]
+    (d / "small.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + small[0] + b'\r\n{"id": "sur", "text": "\\ud800 x"}\n{"id": "nul", "text": "a\x00"}\n' + b"\n".join(small[1:]) + b"\n"
+    )
     import pyarrow as pa
 
     pq.write_table(pa.table({"body": ["a", "b", "c", "d"]}), d / "nocol.parquet")
@@ -146,8 +152,16 @@ def test_bad_inputs_are_counted_not_fatal(ray_session, tmp_path):
     reasons = {}
     for r in rem:
         reasons.setdefault(r["reason"], []).append(r)
-    for want in ("reject:invalid_utf8", "reject:malformed_json", "reject:missing_text", "reject:non_string_text",
-                 "reject:empty", "reject:too_large", "reject:binary", "reject:truncated"):
+    for want in (
+        "reject:invalid_utf8",
+        "reject:malformed_json",
+        "reject:missing_text",
+        "reject:non_string_text",
+        "reject:empty",
+        "reject:too_large",
+        "reject:binary",
+        "reject:truncated",
+    ):
         assert want in reasons, (want, sorted(reasons))
         assert all(":" in r["src"] and r["src"].rsplit(":", 1)[1].isdigit() for r in reasons[want])
     assert {r["id"] for r in reasons["reject:invalid_utf8"]} == {f"{src}/mixed.jsonl:4"}  # file and line
@@ -174,8 +188,12 @@ def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
 
     docs = sample_docs()[:10]
     pq.write_table(pa.table({"content": [d["text"] for d in docs], "doc": [d["id"] for d in docs]}), tmp_path / "in.parquet")
-    cfg = _cfg(tmp_path, f"data.inputs=[{{path: '{tmp_path}/in.parquet', text_field: content, id_field: doc}}]",
-               "data.tokenizer={train: {vocab_size: 1024}}", "data.output.val_fraction=0.0")
+    cfg = _cfg(
+        tmp_path,
+        f"data.inputs=[{{path: '{tmp_path}/in.parquet', text_field: content, id_field: doc}}]",
+        "data.tokenizer={train: {vocab_size: 1024}}",
+        "data.output.val_fraction=0.0",
+    )
     man = run_data(cfg)
     root = f"{tmp_path}/t/data"
     assert man["dtype"] == "uint16" and man["tokenizer"]["n_vocab"] == 1024 and man["tokenizer"]["eot"] == 1023
@@ -183,8 +201,13 @@ def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
     enc = load_encoding(spec)
     assert _decode_split(root, "train", enc) == [normalize(d["text"], cfg.data.clean.normalize) for d in docs]
     # the saved tokenizer is usable as a path source in another run
-    cfg2 = _cfg(tmp_path, "name=t2", f"data.inputs=[{{path: '{tmp_path}/in.parquet', text_field: content, id_field: doc}}]",
-                f"data.tokenizer={{path: '{root}/tokenizer.tiktoken'}}", "data.output.val_fraction=0.0")
+    cfg2 = _cfg(
+        tmp_path,
+        "name=t2",
+        f"data.inputs=[{{path: '{tmp_path}/in.parquet', text_field: content, id_field: doc}}]",
+        f"data.tokenizer={{path: '{root}/tokenizer.tiktoken'}}",
+        "data.output.val_fraction=0.0",
+    )
     man2 = run_data(cfg2)
     assert man2["splits"]["train"]["tokens"] == man["splits"]["train"]["tokens"]
     assert man2["tokenizer"]["sha256"] == man["tokenizer"]["sha256"]
@@ -197,8 +220,21 @@ def test_cli_data_end_to_end_with_fsspec_url(ray_session, tmp_path):
     src = tmp_path / "in"
     write_jsonl(src / "a.jsonl", sample_docs()[:4])
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "cluster", "data", str(RECIPE), "--set", f"storage_path={tmp_path}", "--set", "name=cli",
-            "--set", f"data.inputs=[{{path: 'file://{src}/*.jsonl'}}]", "--set", "data.tokenizer={name: cl100k_base}"]
+    args = [
+        sys.executable,
+        "-m",
+        "cluster",
+        "data",
+        str(RECIPE),
+        "--set",
+        f"storage_path={tmp_path}",
+        "--set",
+        "name=cli",
+        "--set",
+        f"data.inputs=[{{path: 'file://{src}/*.jsonl'}}]",
+        "--set",
+        "data.tokenizer={name: cl100k_base}",
+    ]
     out = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "kept" in out.stdout and "MB/s" in out.stdout

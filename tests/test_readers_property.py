@@ -3,13 +3,13 @@ valid records with damage of every kind. Every valid record that the bytes still
 its text intact, every other record is one row with a known reason and its line, and nothing else appears.
 
 `pytest --hypothesis-profile=thorough tests/test_readers_property.py` runs ten times more examples."""
+
 from __future__ import annotations
 
 import gzip
 import json
 import zlib
 from dataclasses import dataclass
-from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,15 +23,27 @@ from pipelines.sources import SourceFile, read_file
 MAX_BYTES = 2048  # small, so that "huge" records are cheap to generate
 REJECT = RejectConfig(max_bytes=MAX_BYTES)
 EXECUTION = ExecutionConfig(batch_docs=7, batch_bytes=4096)  # many blocks per file: records must not be lost between them
-KNOWN = {"binary", "invalid_utf8", "invalid_unicode", "malformed_json", "missing_text", "non_string_text", "empty",
-         "too_large", "truncated", "corrupt", "unreadable", "missing_column:text"}
+KNOWN = {
+    "binary",
+    "invalid_utf8",
+    "invalid_unicode",
+    "malformed_json",
+    "missing_text",
+    "non_string_text",
+    "empty",
+    "too_large",
+    "truncated",
+    "corrupt",
+    "unreadable",
+    "missing_column:text",
+}
 
 
 @dataclass
 class Rec:
     line: bytes  # as written, without its end of line
-    text: Optional[str]  # expected kept text, or None
-    reason: Optional[str]  # expected reject reason, or None (kept); both None: a blank line, no record
+    text: str | None  # expected kept text, or None
+    reason: str | None  # expected reject reason, or None (kept); both None: a blank line, no record
 
 
 texts = st.text(st.characters(codec="utf-8"), min_size=0, max_size=60) | st.text(max_size=3000)
@@ -45,8 +57,9 @@ def _expect_text(text: str, line: bytes) -> Rec:
 
 @st.composite
 def json_records(draw) -> Rec:
-    kind = draw(st.sampled_from(["valid"] * 6 + ["bad_utf8", "surrogate", "nul", "malformed", "non_string", "null",
-                                                  "missing", "not_object", "blank", "huge"]))
+    kind = draw(
+        st.sampled_from(["valid"] * 6 + ["bad_utf8", "surrogate", "nul", "malformed", "non_string", "null", "missing", "not_object", "blank", "huge"])
+    )
     text = draw(texts)
     ascii_ = draw(st.booleans())
     doc = {"id": draw(st.integers(0, 10**6)), "text": text}
@@ -81,7 +94,7 @@ def _jsonl_bytes(recs: list[Rec], crlf: bool, bom: bool, final_newline: bool) ->
     return (b"\xef\xbb\xbf" if bom else b"") + body
 
 
-def _expected_lines(recs: list[Rec], recovered: Optional[bytes], crlf: bool, bom: bool) -> list[tuple[int, Rec]]:
+def _expected_lines(recs: list[Rec], recovered: bytes | None, crlf: bool, bom: bool) -> list[tuple[int, Rec]]:
     """(1-based line, record) of each record whose whole line (and its end) lies in the recovered bytes."""
     out, pos = [], 3 if bom else 0
     for i, r in enumerate(recs):
@@ -93,14 +106,14 @@ def _expected_lines(recs: list[Rec], recovered: Optional[bytes], crlf: bool, bom
     return out
 
 
-def _rows(tmp_path, name: str, data: bytes, fmt: str, spec: Optional[InputSpec] = None) -> list[dict]:
+def _rows(tmp_path, name: str, data: bytes, fmt: str, spec: InputSpec | None = None) -> list[dict]:
     path = tmp_path / name
     path.write_bytes(data)
     sf = SourceFile(0, str(path), fmt, spec or InputSpec(path=str(path), id_field=None))
     return [r for block in read_file(sf, EXECUTION, REJECT) for r in block.to_pylist()]
 
 
-def _check(rows: list[dict], expected: list[tuple[int, Rec]], tail: Optional[str]) -> None:
+def _check(rows: list[dict], expected: list[tuple[int, Rec]], tail: str | None) -> None:
     # the accounting: one row per record, each kept or with a known reason
     assert all(r["reject"] is None or r["reject"] in KNOWN for r in rows), {r["reject"] for r in rows}
     body = rows[:-1] if tail else rows
@@ -178,18 +191,27 @@ def test_txt(tmp_path, body, bom, nul):
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    want = "too_large" if len(data) > MAX_BYTES else "binary" if b"\x00" in raw[:8192] else "invalid_utf8" if text is None else \
-        None if text.strip() else "empty"
+    want = (
+        "too_large"
+        if len(data) > MAX_BYTES
+        else "binary"
+        if b"\x00" in raw[:8192]
+        else "invalid_utf8"
+        if text is None
+        else None
+        if text.strip()
+        else "empty"
+    )
     assert rows[0]["reject"] == want and (want is not None or rows[0]["text"] == text)
 
 
-parquet_values = st.one_of(texts.map(lambda t: ("kept", t)), st.just(("null", None)), st.just(("bad", b"bad\xff")),
-                           st.just(("huge", "y" * (MAX_BYTES + 1))))
+parquet_values = st.one_of(
+    texts.map(lambda t: ("kept", t)), st.just(("null", None)), st.just(("bad", b"bad\xff")), st.just(("huge", "y" * (MAX_BYTES + 1)))
+)
 
 
 @_slow_ok
-@given(st.lists(parquet_values, max_size=30), st.sampled_from(["ok", "int_column", "no_column", "truncated"]),
-       st.integers(1, 7))
+@given(st.lists(parquet_values, max_size=30), st.sampled_from(["ok", "int_column", "no_column", "truncated"]), st.integers(1, 7))
 def test_parquet(tmp_path, values, variant, row_group):
     raw = [v.encode() if isinstance(v, str) else v for _, v in values]
     col = pa.array(raw, pa.binary()).view(pa.string())  # Parquet does not validate UTF-8: invalid values do occur
@@ -207,9 +229,11 @@ def test_parquet(tmp_path, values, variant, row_group):
         return
     assert [int(r["src"].rsplit(":", 1)[1]) for r in rows] == list(range(1, len(values) + 1))
     for i, (r, (kind, v)) in enumerate(zip(rows, values)):
-        want = {"no_column": "missing_column:text", "int_column": "non_string_text"}.get(variant) or {
-            "null": "missing_text", "bad": "invalid_utf8"}.get(kind) or (
-            "too_large" if len(v.encode()) > MAX_BYTES else None if v.strip() else "empty")
+        want = (
+            {"no_column": "missing_column:text", "int_column": "non_string_text"}.get(variant)
+            or {"null": "missing_text", "bad": "invalid_utf8"}.get(kind)
+            or ("too_large" if len(v.encode()) > MAX_BYTES else None if v.strip() else "empty")
+        )
         assert r["reject"] == want, (kind, v, r)
         if want is None:
             assert r["text"] == v and r["id"] == f"r{i}"

@@ -1,6 +1,7 @@
 """storage_path on S3: a real S3-compatible server (moto's, on loopback) started by the test, a real
 client (s3fs for fsspec, pyarrow's S3 for Ray Train); `raylm run` writes shards, metrics and checkpoints
 there, and `raylm sample` reads the model back from the s3:// run directory. No mock of the client."""
+
 import json
 import os
 import socket
@@ -22,10 +23,15 @@ def s3_server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "raylm-test-key",
-           "AWS_SECRET_ACCESS_KEY": "raylm-test-secret-0123456789", "AWS_DEFAULT_REGION": "us-east-1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "raylm-test-key",
+        "AWS_SECRET_ACCESS_KEY": "raylm-test-secret-0123456789",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     deadline = time.time() + 30
     while time.time() < deadline:
         with socket.socket() as s:
@@ -48,12 +54,26 @@ def test_run_and_sample_on_s3(s3_server, monkeypatch):
     fs.mkdir("raylm-test")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    over = ["storage_path=s3://raylm-test/runs", "name=s3run", "ray.address=local",
-            "train.model={n_layer: 1, n_head: 2, d_model: 64, seq_len: 64}", "train.batch={micro_batch_size: 8, global_batch_tokens: 1024}",
-            "train.max_steps=12", "train.schedule.warmup_steps=2", "train.eval={every: 6, batches: 2}",
-            "train.checkpoint={every: 6, keep: 1}", "train.scaling.num_workers=1"]
-    out = subprocess.run([sys.executable, "-m", "cluster", "run", RECIPE, *[a for o in over for a in ("--set", o)]],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    over = [
+        "storage_path=s3://raylm-test/runs",
+        "name=s3run",
+        "ray.address=local",
+        "train.model={n_layer: 1, n_head: 2, d_model: 64, seq_len: 64}",
+        "train.batch={micro_batch_size: 8, global_batch_tokens: 1024}",
+        "train.max_steps=12",
+        "train.schedule.warmup_steps=2",
+        "train.eval={every: 6, batches: 2}",
+        "train.checkpoint={every: 6, keep: 1}",
+        "train.scaling.num_workers=1",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster", "run", RECIPE, *[a for o in over for a in ("--set", o)]],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run = "raylm-test/runs/s3run"
     man = json.loads(fs.cat(f"{run}/data/manifest.json"))
@@ -74,10 +94,20 @@ def test_run_and_sample_on_s3(s3_server, monkeypatch):
     assert main(["sample", f"s3://{run}", "--prompt", "ROMEO:", "--max-new-tokens", "8"]) == 0
 
     # a search campaign on the same storage: Tune's experiment, the trials' Ray Train runs, results and best.yaml on S3
-    tune_over = over + ["tune.num_samples=2", "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}",
-                        "tune.scheduler={type: asha, grace_period: 6, reduction_factor: 2}", "train.checkpoint={every: 12, keep: 1}"]
-    out = subprocess.run([sys.executable, "-m", "cluster", "tune", RECIPE, *[a for o in tune_over for a in ("--set", o)]],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    tune_over = over + [
+        "tune.num_samples=2",
+        "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}",
+        "tune.scheduler={type: asha, grace_period: 6, reduction_factor: 2}",
+        "train.checkpoint={every: 12, keep: 1}",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster", "tune", RECIPE, *[a for o in tune_over for a in ("--set", o)]],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert fs.exists(f"{run}/tune/results.csv") and fs.exists(f"{run}/tune/best.yaml")
     assert "s3://raylm-test/runs/s3run/data" in fs.cat(f"{run}/tune/best.yaml").decode()

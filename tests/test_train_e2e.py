@@ -2,6 +2,7 @@
 sample), its outputs (metrics, TensorBoard events, loss curve, checkpoints), `raylm sample`, and
 `raylm train` resuming the run to more steps; then fine-tuning from that run on a prompt/completion
 task set (data with loss masks, init_from, `raylm eval` before and after, `raylm export`)."""
+
 import io
 import json
 from collections import Counter
@@ -32,10 +33,19 @@ def _sets(over: list[str]) -> list[str]:
 def pretrained(ray_session, tmp_path_factory):
     """`raylm run` of a small model on the sample: (storage path, the --set arguments, captured stdout)."""
     tmp = tmp_path_factory.mktemp("pre")
-    sets = _sets([f"storage_path={tmp}", "name=tr", f"train.model={MODEL}",
-                  "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}", "train.max_steps=12",
-                  "train.schedule.warmup_steps=2", "train.eval={every: 6, batches: 2}", "train.checkpoint={every: 6, keep: 2}",
-                  "train.scaling.num_workers=2"])
+    sets = _sets(
+        [
+            f"storage_path={tmp}",
+            "name=tr",
+            f"train.model={MODEL}",
+            "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}",
+            "train.max_steps=12",
+            "train.schedule.warmup_steps=2",
+            "train.eval={every: 6, batches: 2}",
+            "train.checkpoint={every: 6, keep: 2}",
+            "train.scaling.num_workers=2",
+        ]
+    )
     buf = io.StringIO()
     with redirect_stdout(buf):
         assert main(["run", RECIPE, *sets, "--prompt", "KING"]) == 0
@@ -81,12 +91,23 @@ def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, cap
     lines = (tmp_path / "all.jsonl").read_text().splitlines()[::10]  # ~400 records of the six plays
     (tmp_path / "play.jsonl").write_text("\n".join(lines) + "\n")
     # lr 0: the fine-tuned weights stay the pretrained ones, so what init_from loaded can be checked exactly
-    sets = _sets([f"storage_path={tmp_path}", "name=ft", f"train.model={MODEL}", f"train.init_from={pre}",
-                  f"data.inputs=[{{path: {tmp_path / 'play.jsonl'}, format: jsonl, prompt_field: prompt, completion_field: completion}}]",
-                  f"data.tokenizer.path={pre / 'data' / 'tokenizer.tiktoken'}", "data.output.val_fraction=0.2",
-                  "train.optim.lr=0", "train.max_steps=2", "train.schedule.warmup_steps=1",
-                  "train.batch={micro_batch_size: 4, global_batch_tokens: 512}", "train.eval={every: 2, batches: 4}",
-                  "train.checkpoint={every: 2, keep: 1}"])
+    sets = _sets(
+        [
+            f"storage_path={tmp_path}",
+            "name=ft",
+            f"train.model={MODEL}",
+            f"train.init_from={pre}",
+            f"data.inputs=[{{path: {tmp_path / 'play.jsonl'}, format: jsonl, prompt_field: prompt, completion_field: completion}}]",
+            f"data.tokenizer.path={pre / 'data' / 'tokenizer.tiktoken'}",
+            "data.output.val_fraction=0.2",
+            "train.optim.lr=0",
+            "train.max_steps=2",
+            "train.schedule.warmup_steps=1",
+            "train.batch={micro_batch_size: 4, global_batch_tokens: 512}",
+            "train.eval={every: 2, batches: 4}",
+            "train.checkpoint={every: 2, keep: 1}",
+        ]
+    )
     assert main(["data", FINETUNE, *sets]) == 0
     data = tmp_path / "ft" / "data"
     man = read_manifest(str(data))
@@ -121,6 +142,7 @@ def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, cap
     assert task["examples"] == len(val) > 0 and task["labels"] == 6
     assert 0 <= task["accuracy"] <= 1 and 0 <= task["macro_f1"] <= 1 and 0 <= task["bleu"] <= 100
     from pipelines.tokenize import load_encoding, run_tokenizer
+
     enc = load_encoding(run_tokenizer(man["tokenizer"], str(data)))
     majority = Counter(enc.decode(c) for _, c in split_examples(str(data), "train")).most_common(1)[0][0]
     assert task["majority_label"] == majority

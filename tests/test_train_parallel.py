@@ -1,6 +1,7 @@
 """Data parallelism changes nothing but speed: 2 DDP workers, 2 FSDP2 workers and 1 worker with twice
 the gradient accumulation see the same windows per optimizer step, so their per-step losses agree
 (to float tolerance: only the order of the reductions differs)."""
+
 import json
 
 import pytest
@@ -15,11 +16,22 @@ pytestmark = pytest.mark.slow
 
 
 def _run(tmp_path, name, *over):
-    cfg = load_config(ROOT / "cluster" / "recipes" / "local.yaml", [
-        f"storage_path={tmp_path}", f"name={name}", "train.model={n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}",
-        "train.batch={micro_batch_size: 4, global_batch_tokens: 512}", "train.max_steps=8", "train.optim.lr=3e-3",
-        "train.schedule.warmup_steps=2", "train.eval={every: 4, batches: 4}", "train.checkpoint={every: 8, keep: 1}",
-        *([] if name == "one" else [f"train.data_path={tmp_path / 'one' / 'data'}"]), *over])  # one set of shards
+    cfg = load_config(
+        ROOT / "cluster" / "recipes" / "local.yaml",
+        [
+            f"storage_path={tmp_path}",
+            f"name={name}",
+            "train.model={n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}",
+            "train.batch={micro_batch_size: 4, global_batch_tokens: 512}",
+            "train.max_steps=8",
+            "train.optim.lr=3e-3",
+            "train.schedule.warmup_steps=2",
+            "train.eval={every: 4, batches: 4}",
+            "train.checkpoint={every: 8, keep: 1}",
+            *([] if name == "one" else [f"train.data_path={tmp_path / 'one' / 'data'}"]),
+            *over,
+        ],
+    )  # one set of shards
     if name == "one":
         run_data(cfg, summary=False)
     assert run_train(cfg).error is None

@@ -1,5 +1,6 @@
 """Exact resume and worker-failure recovery: SIGKILL a Ray Train worker mid-run; the run recovers
 from its last checkpoint and its per-step losses equal, bit for bit, those of a run never stopped."""
+
 import json
 import os
 import signal
@@ -17,11 +18,22 @@ pytestmark = pytest.mark.slow
 
 
 def _cfg(tmp_path, name):
-    return load_config(ROOT / "cluster" / "recipes" / "local.yaml", [
-        f"storage_path={tmp_path}", f"name={name}", "train.model={n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}",
-        "train.batch={micro_batch_size: 8, global_batch_tokens: 2048}", "train.max_steps=30",
-        "train.schedule.warmup_steps=5", "train.eval={every: 10, batches: 2}", "train.checkpoint={every: 10, keep: 2}",
-        "train.scaling.num_workers=2", "train.failure.max_failures=2", "train.optim.lr=3e-3"])
+    return load_config(
+        ROOT / "cluster" / "recipes" / "local.yaml",
+        [
+            f"storage_path={tmp_path}",
+            f"name={name}",
+            "train.model={n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}",
+            "train.batch={micro_batch_size: 8, global_batch_tokens: 2048}",
+            "train.max_steps=30",
+            "train.schedule.warmup_steps=5",
+            "train.eval={every: 10, batches: 2}",
+            "train.checkpoint={every: 10, keep: 2}",
+            "train.scaling.num_workers=2",
+            "train.failure.max_failures=2",
+            "train.optim.lr=3e-3",
+        ],
+    )
 
 
 def _losses(tmp_path, name):

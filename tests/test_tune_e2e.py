@@ -1,6 +1,7 @@
 """A Ray Tune campaign end to end on the sample: 4 ASHA trials that are Ray Train runs, results.csv,
 plots, best.yaml that `raylm train` reproduces; and `raylm tune --resume` after the campaign's driver
 was killed, which finishes the campaign without rerunning finished trials."""
+
 import csv
 import json
 import os
@@ -21,10 +22,19 @@ RECIPE = str(ROOT / "cluster" / "recipes" / "tune-local.yaml")
 
 
 def _sets(tmp_path, name, *more):
-    over = [f"storage_path={tmp_path}", f"name={name}", "train.model={n_layer: 1, n_head: 2, d_model: 64, seq_len: 64}",
-            "train.batch={micro_batch_size: 8, global_batch_tokens: 512}", "train.max_steps=20",
-            "train.schedule.warmup_steps=2", "train.eval={every: 5, batches: 2}", "train.checkpoint={every: 20, keep: 1}",
-            "tune.num_samples=4", "tune.scheduler={type: asha, grace_period: 5, reduction_factor: 2}", *more]
+    over = [
+        f"storage_path={tmp_path}",
+        f"name={name}",
+        "train.model={n_layer: 1, n_head: 2, d_model: 64, seq_len: 64}",
+        "train.batch={micro_batch_size: 8, global_batch_tokens: 512}",
+        "train.max_steps=20",
+        "train.schedule.warmup_steps=2",
+        "train.eval={every: 5, batches: 2}",
+        "train.checkpoint={every: 20, keep: 1}",
+        "tune.num_samples=4",
+        "tune.scheduler={type: asha, grace_period: 5, reduction_factor: 2}",
+        *more,
+    ]
     return [a for o in over for a in ("--set", o)]
 
 
@@ -71,10 +81,15 @@ def test_resume_after_the_driver_is_killed(ray_session, tmp_path):
 
     # Tune saves its experiment state every second here (default: auto, tens of seconds on a busy machine): a trial
     # that finished after the last save is, to Tune, still running, and a resumed campaign rightly runs it again
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT),
-           "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    args = [sys.executable, "-m", "cluster", "tune", RECIPE, *_sets(tmp_path, "tr", "tune.max_concurrent_trials=1",
-                                                                      "tune.scheduler.type=fifo", "tune.num_samples=3")]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    args = [
+        sys.executable,
+        "-m",
+        "cluster",
+        "tune",
+        RECIPE,
+        *_sets(tmp_path, "tr", "tune.max_concurrent_trials=1", "tune.scheduler.type=fifo", "tune.num_samples=3"),
+    ]
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     trials = tmp_path / "tr" / "tune" / "trials"
     deadline, finished = time.time() + 240, []
@@ -87,8 +102,10 @@ def test_resume_after_the_driver_is_killed(ray_session, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {p: p.stat().st_mtime for p in finished}
-    assert main(["tune", RECIPE, *_sets(tmp_path, "tr", "tune.max_concurrent_trials=1", "tune.scheduler.type=fifo",
-                                          "tune.num_samples=3"), "--resume"]) == 0
+    assert (
+        main(["tune", RECIPE, *_sets(tmp_path, "tr", "tune.max_concurrent_trials=1", "tune.scheduler.type=fifo", "tune.num_samples=3"), "--resume"])
+        == 0
+    )
     rows = _results(tmp_path / "tr")
     assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
     assert {p: p.stat().st_mtime for p in finished} == before  # finished trials were not run again
@@ -102,9 +119,23 @@ def test_pbt_exploits_through_ray_train_checkpoints(ray_session, tmp_path):
     # Tune's (asynchronous) PBT exploits only between live trials, and only from a trial it has seen in the
     # top quantile at one of its own perturbations; on 2 busy cores one trial may run twice as fast as the
     # other and finish first, so perturbations come every 5 steps (every report) to leave room for both
-    assert main(["tune", RECIPE, *_sets(tmp_path, "tp", "train.max_steps=30", "train.checkpoint={every: 5, keep: 10}",
-                                          "tune.scheduler={type: pbt, perturbation_interval: 5, quantile_fraction: 0.5}",
-                                          "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 3.0e-2]}}")]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                RECIPE,
+                *_sets(
+                    tmp_path,
+                    "tp",
+                    "train.max_steps=30",
+                    "train.checkpoint={every: 5, keep: 10}",
+                    "tune.scheduler={type: pbt, perturbation_interval: 5, quantile_fraction: 0.5}",
+                    "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 3.0e-2]}}",
+                ),
+            ]
+        )
+        == 0
+    )
     rows = _results(tmp_path / "tp")
     assert len(rows) == 4 and all(r["status"] == "done" and int(r["steps"]) == 30 for r in rows)
     trials = tmp_path / "tp" / "tune" / "trials"

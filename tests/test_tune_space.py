@@ -1,5 +1,6 @@
 """The search space of tune.param_space: parsing, the errors a user gets (with the key's path), and
 what a trial's recipe looks like. Pure logic: no Ray."""
+
 import pytest
 
 from cluster.cli import main
@@ -18,29 +19,34 @@ def _cfg(space: str, *more):
 def test_the_five_kinds_parse_into_tune_objects():
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    cfg = _cfg("{train.optim.lr: {loguniform: [1.0e-4, 1.0e-2]}, train.optim.weight_decay: {uniform: [0, 0.2]},"
-               " train.model.n_layer: {randint: [1, 4]}, train.batch.micro_batch_size: {choice: [8, 16]},"
-               " train.schedule.decay: {grid: [cosine, wsd]}}")
+    cfg = _cfg(
+        "{train.optim.lr: {loguniform: [1.0e-4, 1.0e-2]}, train.optim.weight_decay: {uniform: [0, 0.2]},"
+        " train.model.n_layer: {randint: [1, 4]}, train.batch.micro_batch_size: {choice: [8, 16]},"
+        " train.schedule.decay: {grid: [cosine, wsd]}}"
+    )
     space = to_tune(validate_space(cfg))
     assert isinstance(space["train.optim.lr"], Float) and isinstance(space["train.model.n_layer"], Integer)
     assert isinstance(space["train.batch.micro_batch_size"], Categorical)
     assert space["train.schedule.decay"] == {"grid_search": ["cosine", "wsd"]}
 
 
-@pytest.mark.parametrize("space, message", [
-    ("{train.optim.lrr: {uniform: [0, 1]}}", "tune.param_space.train.optim.lrr: not a key of the recipe (did you mean 'train.optim.lr'?)"),
-    ("{train.optimizer.lr: {uniform: [0, 1]}}", "tune.param_space.train.optimizer.lr: not a key of the recipe"),
-    ("{train.optim.lr: {normal: [0, 1]}}", "unknown distribution 'normal'"),
-    ("{train.optim.lr: {loguniform: [0, 1]}}", "loguniform: bounds must be positive"),
-    ("{train.optim.lr: {uniform: [1, 0]}}", "low must be below high"),
-    ("{train.optim.lr: {uniform: 3}}", "expected [low, high]"),
-    ("{train.optim.lr: 0.1}", "expected one of"),
-    ("{train.model.n_layer: {randint: [1.5, 4]}}", "randint: bounds must be integers"),
-    ("{train.model.n_layer: {choice: []}}", "expected a non-empty list"),
-    ("{train.schedule.decay: {choice: [cosine, linear]}}", "value 'linear' is not valid there"),
-    ("{tune.num_samples: {choice: [1, 2]}}", "the tune section itself cannot be searched"),
-    ("{}", "tune.param_space: empty"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("{train.optim.lrr: {uniform: [0, 1]}}", "tune.param_space.train.optim.lrr: not a key of the recipe (did you mean 'train.optim.lr'?)"),
+        ("{train.optimizer.lr: {uniform: [0, 1]}}", "tune.param_space.train.optimizer.lr: not a key of the recipe"),
+        ("{train.optim.lr: {normal: [0, 1]}}", "unknown distribution 'normal'"),
+        ("{train.optim.lr: {loguniform: [0, 1]}}", "loguniform: bounds must be positive"),
+        ("{train.optim.lr: {uniform: [1, 0]}}", "low must be below high"),
+        ("{train.optim.lr: {uniform: 3}}", "expected [low, high]"),
+        ("{train.optim.lr: 0.1}", "expected one of"),
+        ("{train.model.n_layer: {randint: [1.5, 4]}}", "randint: bounds must be integers"),
+        ("{train.model.n_layer: {choice: []}}", "expected a non-empty list"),
+        ("{train.schedule.decay: {choice: [cosine, linear]}}", "value 'linear' is not valid there"),
+        ("{tune.num_samples: {choice: [1, 2]}}", "the tune section itself cannot be searched"),
+        ("{}", "tune.param_space: empty"),
+    ],
+)
 def test_bad_spaces_fail_with_the_key_path(space, message):
     with pytest.raises(ConfigError) as e:
         check(_cfg(space))
@@ -77,22 +83,38 @@ def test_summary_ranks_trials_and_puts_failed_ones_last(capsys):
     from tuning.results import best_row, print_summary
 
     cfg = load_config(RECIPE)
-    rows = [{"trial_id": f"t{i}", "train.optim.lr": 1e-3 * i, "train.optim.weight_decay": 0.1, "final_val_loss": v,
-             "best_val_loss": v, "steps": 10, "status": s, "history": []}
-            for i, (v, s) in enumerate([(None, "error"), (7.0, "stopped"), (None, "error"), (6.5, "done")])]
+    rows = [
+        {
+            "trial_id": f"t{i}",
+            "train.optim.lr": 1e-3 * i,
+            "train.optim.weight_decay": 0.1,
+            "final_val_loss": v,
+            "best_val_loss": v,
+            "steps": 10,
+            "status": s,
+            "history": [],
+        }
+        for i, (v, s) in enumerate([(None, "error"), (7.0, "stopped"), (None, "error"), (6.5, "done")])
+    ]
     assert best_row(cfg, rows)["trial_id"] == "t3"
     print_summary(cfg, rows, {"best": "b.yaml"})
     out = capsys.readouterr().out
     assert out.index("t3 *") < out.index("t1") < out.index("t0") and "raylm train b.yaml" in out
 
 
-@pytest.mark.parametrize("space, more, message", [
-    ("{train.model.n_layer: {choice: [1, 2]}}", [], "PBT changes values under a running model"),
-    ("{train.optim.lr: {grid: [0.001, 0.01]}}", [], "PBT cannot perturb a grid entry"),
-    ("{train.optim.lr: {uniform: [0.001, 0.01]}}", ["tune.scheduler.perturbation_interval=15"], "multiple of train.eval.every"),
-    ("{train.optim.lr: {uniform: [0.001, 0.01]}}", ["tune.scheduler={type: pbt, time_attr: tokens, perturbation_interval: 3000}"],
-     "not a whole number of steps"),
-])
+@pytest.mark.parametrize(
+    "space, more, message",
+    [
+        ("{train.model.n_layer: {choice: [1, 2]}}", [], "PBT changes values under a running model"),
+        ("{train.optim.lr: {grid: [0.001, 0.01]}}", [], "PBT cannot perturb a grid entry"),
+        ("{train.optim.lr: {uniform: [0.001, 0.01]}}", ["tune.scheduler.perturbation_interval=15"], "multiple of train.eval.every"),
+        (
+            "{train.optim.lr: {uniform: [0.001, 0.01]}}",
+            ["tune.scheduler={type: pbt, time_attr: tokens, perturbation_interval: 3000}"],
+            "not a whole number of steps",
+        ),
+    ],
+)
 def test_pbt_spaces_that_cannot_be_perturbed_fail(space, more, message):
     with pytest.raises(ConfigError) as e:
         check(_cfg(space, "tune.scheduler.type=pbt", *more))
@@ -100,8 +122,11 @@ def test_pbt_spaces_that_cannot_be_perturbed_fail(space, more, message):
 
 
 def test_pbt_trials_checkpoint_at_every_perturbation():
-    cfg = _cfg("{train.optim.lr: {uniform: [0.001, 0.01]}, train.model.dropout: {uniform: [0, 0.2]}}",
-               "tune.scheduler={type: pbt, time_attr: tokens, perturbation_interval: 40960}", "train.report_every=5")
+    cfg = _cfg(
+        "{train.optim.lr: {uniform: [0.001, 0.01]}, train.model.dropout: {uniform: [0, 0.2]}}",
+        "tune.scheduler={type: pbt, time_attr: tokens, perturbation_interval: 40960}",
+        "train.report_every=5",
+    )
     check(cfg)
     r = trial_recipe(cfg.model_dump(mode="json"), {"train.optim.lr": 0.002}, "t0", "/d", "from-000020-ab")
     assert r["train"]["checkpoint"]["every"] == 20 and r["train"]["report_every"] is None

@@ -8,13 +8,14 @@ decodes. Everything loads with `torch.load(weights_only=True)`. Full state dicts
 torch.distributed.checkpoint's state_dict API, which undoes DDP, FSDP2 and torch.compile wrapping,
 so a checkpoint resumes under either strategy and any world size, and loads into a bare GPT.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import random
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -35,9 +36,13 @@ def rng_state() -> dict:
     """Every RNG a worker uses, in types `torch.load(weights_only=True)` accepts."""
     version, keys, gauss = random.getstate()
     name, np_keys, pos, has_gauss, np_gauss = np.random.get_state()
-    return {"python": list(keys), "python_version": version,
-            "numpy": [name, torch.from_numpy(np_keys.astype(np.int64)), pos, has_gauss, np_gauss],
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": list(keys),
+        "python_version": version,
+        "numpy": [name, torch.from_numpy(np_keys.astype(np.int64)), pos, has_gauss, np_gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(s: dict) -> None:
@@ -75,7 +80,7 @@ def load_model_weights(model: torch.nn.Module, model_sd: dict) -> None:
     set_model_state_dict(model, model_sd, options=_options())
 
 
-def save(directory: str, rank: int, state: Optional[dict], tokenizer_dir: Optional[str] = None) -> None:
+def save(directory: str, rank: int, state: dict | None, tokenizer_dir: str | None = None) -> None:
     """Write this rank's part of a checkpoint into a local directory: its RNG states, and on rank 0
     (`state` given) the shared state, meta.json and the tokenizer files."""
     torch.save(rng_state(), os.path.join(directory, f"rng-{rank}.pt"))
@@ -84,8 +89,16 @@ def save(directory: str, rank: int, state: Optional[dict], tokenizer_dir: Option
     torch.save(state, os.path.join(directory, STATE))
     with open(os.path.join(directory, META), "w") as f:
         c = state["config"]
-        json.dump({"step": state["step"], "tokenizer": state["tokenizer"]["name"], "tokenizer_sha256": state["tokenizer"]["sha256"],
-                   "model": c["train"]["model"], "run_dir": f"{c['storage_path'].rstrip('/')}/{c['name']}"}, f)
+        json.dump(
+            {
+                "step": state["step"],
+                "tokenizer": state["tokenizer"]["name"],
+                "tokenizer_sha256": state["tokenizer"]["sha256"],
+                "model": c["train"]["model"],
+                "run_dir": f"{c['storage_path'].rstrip('/')}/{c['name']}",
+            },
+            f,
+        )
     if tokenizer_dir is not None:
         src = f"{tokenizer_dir}/tokenizer.tiktoken"
         fs, _ = fsspec.core.url_to_fs(src)
@@ -100,11 +113,13 @@ def _torch_load(path: str, device: torch.device | str = "cpu") -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - unpickling, zip and tensor errors all mean "not what raylm wrote"
         # torch's own message suggests weights_only=False, i.e. running arbitrary code from the file: never
-        raise CheckpointError(f"{path}: not a raylm checkpoint file (torch cannot load it as tensors: "
-                              f"{type(e).__name__}); it is damaged or was written by another program") from None
+        raise CheckpointError(
+            f"{path}: not a raylm checkpoint file (torch cannot load it as tensors: "
+            f"{type(e).__name__}); it is damaged or was written by another program"
+        ) from None
 
 
-def load(directory: str, rank: int, device: torch.device | str = "cpu") -> tuple[dict[str, Any], Optional[dict]]:
+def load(directory: str, rank: int, device: torch.device | str = "cpu") -> tuple[dict[str, Any], dict | None]:
     """state.pt and this rank's RNG states (None when the checkpoint was written by fewer ranks)."""
     path = os.path.join(directory, STATE)
     state = _torch_load(path, device)

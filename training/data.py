@@ -9,12 +9,12 @@ positions [(s * world + r) * B, ... + B) of that order, so ranks never share a w
 The loader's whole state is (epoch, step): it goes into checkpoints and resumes exactly.
 Task sets carry a loss mask per shard (`shard-*.mask.npy`); a batch then has the mask of its targets.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import fsspec
 import numpy as np
@@ -77,14 +77,14 @@ class LoaderState:
 class ShardWindows:
     """All windows of one split: `window(ids)` gathers them as an int64 array (len(ids), seq_len+1)."""
 
-    def __init__(self, data_root: str, split: str, seq_len: int, cache_dir: Optional[str] = None):
+    def __init__(self, data_root: str, split: str, seq_len: int, cache_dir: str | None = None):
         man = read_manifest(data_root)
         fs, _ = fsspec.core.url_to_fs(data_root)
         local = is_local(fs)
         cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "raylm", "shards")
         self.seq_len = seq_len
         self.arrays: list[np.ndarray] = []
-        self.masks: Optional[list[np.ndarray]] = [] if man.get("loss_mask") else None
+        self.masks: list[np.ndarray] | None = [] if man.get("loss_mask") else None
         counts = []
         for sh in man["splits"][split]["shards"]:
             url = f"{data_root}/{sh['path']}"
@@ -98,17 +98,17 @@ class ShardWindows:
         if self.n == 0:
             raise ValueError(f"{data_root}: split {split!r} has no window of {seq_len + 1} tokens")
 
-    def window(self, ids: np.ndarray, arrays: Optional[list[np.ndarray]] = None) -> np.ndarray:
+    def window(self, ids: np.ndarray, arrays: list[np.ndarray] | None = None) -> np.ndarray:
         """Tokens (or, given `arrays=self.masks`, loss masks) of windows `ids`: (len(ids), seq_len + 1)."""
         arrays = self.arrays if arrays is None else arrays
         shard = np.searchsorted(self.starts, ids, side="right") - 1
         out = np.empty((len(ids), self.seq_len + 1), dtype=np.int64)
         for k, (s, i) in enumerate(zip(shard, ids)):
             off = int(i - self.starts[s]) * self.seq_len
-            out[k] = arrays[s][off: off + self.seq_len + 1]
+            out[k] = arrays[s][off : off + self.seq_len + 1]
         return out
 
-    def batch(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def batch(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Inputs, targets and (task sets) the targets' loss mask of windows `ids`."""
         arr = torch.from_numpy(self.window(ids))
         mask = torch.from_numpy(self.window(ids, self.masks)[:, 1:]) if self.masks is not None else None
@@ -129,7 +129,7 @@ class TrainLoader:
         first = (step * self.world + self.rank) * self.B
         return permute(np.arange(first, first + self.B), self.w.n, key=self.seed * 1_000_003 + epoch)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(inputs, targets, loss mask or None) of this rank's next micro-batch."""
         if self.state.step >= self.steps_per_epoch:
             self.state = LoaderState(self.state.epoch + 1, 0)

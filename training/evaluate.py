@@ -7,14 +7,15 @@ labels, each example is also classified by the likeliest label (the sum of the l
 log-probabilities, closing end-of-text included, as lm-evaluation-harness scores multiple choice)
 for accuracy and macro-F1, beside the majority-class baseline (the train split's most frequent label).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ def bleu(hyps: list[str], refs: list[str]) -> float:
 
 # ---------------------------------------------------------------- model passes
 @torch.no_grad()
-def lm_metrics(model: GPT, batches: Iterator[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]], device: str) -> dict:
+def lm_metrics(model: GPT, batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], device: str) -> dict:
     """Loss per counted target, perplexity and next-token accuracy over (inputs, targets, mask) batches."""
     loss_sum, correct, count = 0.0, 0, 0
     for x, y, m in batches:
@@ -80,7 +81,7 @@ def greedy(model: GPT, prompt: list[int], max_new: int, eot: int, vocab: int, de
     """Greedy continuation of `prompt`, stopped at end-of-text (not included)."""
     new: list[int] = []
     for _ in range(max_new):
-        ctx = torch.tensor([(prompt + new)[-model.cfg.seq_len:]], device=device)
+        ctx = torch.tensor([(prompt + new)[-model.cfg.seq_len :]], device=device)
         logits, _ = model(ctx)
         nxt = int(logits[0, -1, :vocab].argmax())
         if nxt == eot:
@@ -92,15 +93,15 @@ def greedy(model: GPT, prompt: list[int], max_new: int, eot: int, vocab: int, de
 @torch.no_grad()
 def label_logprobs(model: GPT, prompt: list[int], labels: list[list[int]], device: str) -> torch.Tensor:
     """log p(label | prompt) of each label (token ids, closing EOT included), one batched forward."""
-    seqs = [(prompt + lab)[-(model.cfg.seq_len + 1):] for lab in labels]
+    seqs = [(prompt + lab)[-(model.cfg.seq_len + 1) :] for lab in labels]
     width = max(len(s) for s in seqs)
     x = torch.zeros(len(seqs), width - 1, dtype=torch.long)
     y = torch.zeros(len(seqs), width - 1, dtype=torch.long)
     m = torch.zeros(len(seqs), width - 1)
     for i, (s, lab) in enumerate(zip(seqs, labels)):
-        x[i, :len(s) - 1] = torch.tensor(s[:-1])
-        y[i, :len(s) - 1] = torch.tensor(s[1:])
-        m[i, len(s) - 1 - len(lab):len(s) - 1] = 1  # the label's positions (right padding is causal-safe)
+        x[i, : len(s) - 1] = torch.tensor(s[:-1])
+        y[i, : len(s) - 1] = torch.tensor(s[1:])
+        m[i, len(s) - 1 - len(lab) : len(s) - 1] = 1  # the label's positions (right padding is causal-safe)
     logits, _ = model(x.to(device))
     lp = torch.log_softmax(logits.float(), -1).gather(-1, y.to(device)[..., None])[..., 0]
     return (lp * m.to(device)).sum(-1).cpu()
@@ -123,7 +124,7 @@ def split_examples(data_root: str, split: str) -> list[tuple[list[int], list[int
     return task_examples(iter_documents(data_root, split, with_masks=True))
 
 
-def file_documents(path: str, enc) -> tuple[list[np.ndarray], Optional[list[np.ndarray]]]:
+def file_documents(path: str, enc) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """A prompt/completion .jsonl -> its records as the data stage encodes them, with their loss masks;
     a text file -> one document (EOT first) and no masks."""
     if not path.endswith((".jsonl", ".json")):
@@ -141,43 +142,45 @@ def file_documents(path: str, enc) -> tuple[list[np.ndarray], Optional[list[np.n
     return encode_with_masks(enc, texts, prompt_chars)
 
 
-def _token_batches(tokens: np.ndarray, seq_len: int, mask: Optional[np.ndarray] = None, batch: int = 16):
+def _token_batches(tokens: np.ndarray, seq_len: int, mask: np.ndarray | None = None, batch: int = 16):
     """Non-overlapping windows over one token stream (the last one shorter), in batches of equal length."""
     arr = np.asarray(tokens, dtype=np.int64)
     msk = np.asarray(mask, dtype=np.uint8) if mask is not None else None
     starts = list(range(0, max(len(arr) - 1, 0), seq_len))
     full = [s for s in starts if s + seq_len + 1 <= len(arr)]
     for i in range(0, len(full), batch):
-        idx = full[i:i + batch]
-        w = torch.from_numpy(np.stack([arr[s:s + seq_len + 1] for s in idx]))
-        m = torch.from_numpy(np.stack([msk[s + 1:s + seq_len + 1] for s in idx])) if msk is not None else None
+        idx = full[i : i + batch]
+        w = torch.from_numpy(np.stack([arr[s : s + seq_len + 1] for s in idx]))
+        m = torch.from_numpy(np.stack([msk[s + 1 : s + seq_len + 1] for s in idx])) if msk is not None else None
         yield w[:, :-1], w[:, 1:], m
     tail = [s for s in starts if s + seq_len + 1 > len(arr)]
     for s in tail:
         w = torch.from_numpy(arr[s:])[None]
-        yield w[:, :-1], w[:, 1:], (torch.from_numpy(msk[s + 1:])[None] if msk is not None else None)
+        yield w[:, :-1], w[:, 1:], (torch.from_numpy(msk[s + 1 :])[None] if msk is not None else None)
 
 
-def _split_batches(data_root: str, split: str, seq_len: int, max_windows: Optional[int], micro_batch: int):
+def _split_batches(data_root: str, split: str, seq_len: int, max_windows: int | None, micro_batch: int):
     w = ShardWindows(data_root, split, seq_len)
     ids = np.arange(w.n) if max_windows is None else val_windows(w, max_windows)
     for i in range(0, len(ids), micro_batch):
-        yield w.batch(ids[i:i + micro_batch])
+        yield w.batch(ids[i : i + micro_batch])
 
 
 # ---------------------------------------------------------------- the command
-def task_metrics(model: GPT, enc, examples: list[tuple[list[int], list[int]]], train_labels: list[str],
-                 opts: EvalOptions) -> dict:
+def task_metrics(model: GPT, enc, examples: list[tuple[list[int], list[int]]], train_labels: list[str], opts: EvalOptions) -> dict:
     """Exact match and BLEU of greedy completions; accuracy and macro-F1 by label scoring, with the
     majority baseline, when the references are a small label set."""
     device, eot = opts.device, enc.eot_token
-    examples = examples[:opts.max_examples]
+    examples = examples[: opts.max_examples]
     refs = [enc.decode(c) for _, c in examples]
     longest = max(len(c) for _, c in examples)
     hyps = [enc.decode(greedy(model, p, min(opts.max_new_tokens, longest + 2), eot, enc.n_vocab, device)) for p, _ in examples]
-    out = {"examples": len(examples),
-           "exact_match": sum(h.strip() == r.strip() for h, r in zip(hyps, refs)) / len(examples),
-           "bleu": bleu(hyps, refs), "samples": [{"reference": r, "generated": h} for r, h in list(zip(refs, hyps))[:5]]}
+    out = {
+        "examples": len(examples),
+        "exact_match": sum(h.strip() == r.strip() for h, r in zip(hyps, refs)) / len(examples),
+        "bleu": bleu(hyps, refs),
+        "samples": [{"reference": r, "generated": h} for r, h in list(zip(refs, hyps))[:5]],
+    }
     labels = sorted(set(refs) | set(train_labels))
     if len(labels) > opts.max_labels:
         out["labels"] = f"{len(labels)} distinct completions > max_labels ({opts.max_labels}): not a classification set"
@@ -185,8 +188,12 @@ def task_metrics(model: GPT, enc, examples: list[tuple[list[int], list[int]]], t
     label_ids = [enc.encode_ordinary(lab) + [eot] for lab in labels]
     pred = [labels[int(label_logprobs(model, p, label_ids, device).argmax())] for p, _ in examples]
     majority = Counter(train_labels or refs).most_common(1)[0][0]
-    out.update(labels=len(labels), **classification_metrics(refs, pred),
-               majority_label=majority, majority=classification_metrics(refs, [majority] * len(refs)))
+    out.update(
+        labels=len(labels),
+        **classification_metrics(refs, pred),
+        majority_label=majority,
+        majority=classification_metrics(refs, [majority] * len(refs)),
+    )
     return out
 
 
@@ -216,10 +223,11 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> dict:
             raise FileNotFoundError(f"{data_root} has no manifest.json: run `raylm data` first (or pass --file)")
         man = read_manifest(data_root)
         if man["tokenizer"]["sha256"] != state["tokenizer"]["sha256"]:
-            raise ConfigError(f"{ckpt} was trained with tokenizer {state['tokenizer']['name']}, "
-                              f"{data_root} was made with {man['tokenizer']['name']} (different ranks)")
-        res["lm"] = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows,
-                                                     cfg.train.batch.micro_batch_size), opts.device)
+            raise ConfigError(
+                f"{ckpt} was trained with tokenizer {state['tokenizer']['name']}, "
+                f"{data_root} was made with {man['tokenizer']['name']} (different ranks)"
+            )
+        res["lm"] = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows, cfg.train.batch.micro_batch_size), opts.device)
         examples = split_examples(data_root, opts.split) if man.get("loss_mask") else []
         train_labels = [enc.decode(c) for _, c in split_examples(data_root, "train")] if examples else []
     if examples:

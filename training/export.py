@@ -9,6 +9,7 @@ beside it twice: `tokenizer.json` (a `tokenizers` BPE converted from the tiktoke
 `AutoTokenizer.from_pretrained(OUT)` works) and `tiktoken/tokenizer.tiktoken` (+ `.json`: pattern
 and special tokens), which raylm's `data.tokenizer.path` reads.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,7 @@ class ExportError(ValueError):
 
 # what the converted tokenizer must split exactly as tiktoken does: contractions, numbers, accents,
 # punctuation runs, whitespace runs and newlines, a special token
-_PROBE = ("ROMEO: It's 2026; I'll pay 1,234,567.89 -- naïve café, Ελληνικά, 日本語!\n\n  Exit   all.\t\r\n"
-          "<|endoftext|>KING HENRY V:\n")
+_PROBE = "ROMEO: It's 2026; I'll pay 1,234,567.89 -- naïve café, Ελληνικά, 日本語!\n\n  Exit   all.\t\r\n<|endoftext|>KING HENRY V:\n"
 
 
 def _require_transformers():
@@ -46,10 +46,22 @@ def gpt2_config(model: GPT, n_vocab: int, eot: int):
     """The transformers GPT2Config of a raylm GPT (vocabulary = the tokenizer's, unpadded)."""
     c = model.cfg
     return _require_transformers().GPT2Config(
-        vocab_size=n_vocab, n_positions=c.seq_len, n_embd=c.d_model, n_layer=c.n_layer, n_head=c.n_head,
-        n_inner=4 * c.d_model, activation_function="gelu",  # F.gelu: the exact (erf) form
-        resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=1e-5,
-        scale_attn_weights=True, tie_word_embeddings=True, bos_token_id=eot, eos_token_id=eot)
+        vocab_size=n_vocab,
+        n_positions=c.seq_len,
+        n_embd=c.d_model,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_inner=4 * c.d_model,
+        activation_function="gelu",  # F.gelu: the exact (erf) form
+        resid_pdrop=c.dropout,
+        embd_pdrop=c.dropout,
+        attn_pdrop=c.dropout,
+        layer_norm_epsilon=1e-5,
+        scale_attn_weights=True,
+        tie_word_embeddings=True,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
 
 
 def gpt2_state_dict(model: GPT, n_vocab: int) -> dict[str, torch.Tensor]:
@@ -67,19 +79,24 @@ def gpt2_state_dict(model: GPT, n_vocab: int) -> dict[str, torch.Tensor]:
     for i in range(c.n_layer):
         p, h = f"blocks.{i}.", f"transformer.h.{i}."
         qkv_w, qkv_b = sd[p + "attn.qkv.weight"].clone(), bias(p + "attn.qkv.bias", 3 * c.d_model).clone()
-        qkv_w[:c.d_model] *= q_scale
-        qkv_b[:c.d_model] *= q_scale
-        out.update({
-            h + "ln_1.weight": sd[p + "ln1.weight"], h + "ln_1.bias": bias(p + "ln1.bias", c.d_model),
-            h + "attn.c_attn.weight": qkv_w.t().contiguous(), h + "attn.c_attn.bias": qkv_b,
-            h + "attn.c_proj.weight": sd[p + "attn.proj.weight"].t().contiguous(),
-            h + "attn.c_proj.bias": bias(p + "attn.proj.bias", c.d_model),
-            h + "ln_2.weight": sd[p + "ln2.weight"], h + "ln_2.bias": bias(p + "ln2.bias", c.d_model),
-            h + "mlp.c_fc.weight": sd[p + "mlp.fc.weight"].t().contiguous(),
-            h + "mlp.c_fc.bias": bias(p + "mlp.fc.bias", 4 * c.d_model),
-            h + "mlp.c_proj.weight": sd[p + "mlp.proj.weight"].t().contiguous(),
-            h + "mlp.c_proj.bias": bias(p + "mlp.proj.bias", c.d_model),
-        })
+        qkv_w[: c.d_model] *= q_scale
+        qkv_b[: c.d_model] *= q_scale
+        out.update(
+            {
+                h + "ln_1.weight": sd[p + "ln1.weight"],
+                h + "ln_1.bias": bias(p + "ln1.bias", c.d_model),
+                h + "attn.c_attn.weight": qkv_w.t().contiguous(),
+                h + "attn.c_attn.bias": qkv_b,
+                h + "attn.c_proj.weight": sd[p + "attn.proj.weight"].t().contiguous(),
+                h + "attn.c_proj.bias": bias(p + "attn.proj.bias", c.d_model),
+                h + "ln_2.weight": sd[p + "ln2.weight"],
+                h + "ln_2.bias": bias(p + "ln2.bias", c.d_model),
+                h + "mlp.c_fc.weight": sd[p + "mlp.fc.weight"].t().contiguous(),
+                h + "mlp.c_fc.bias": bias(p + "mlp.fc.bias", 4 * c.d_model),
+                h + "mlp.c_proj.weight": sd[p + "mlp.proj.weight"].t().contiguous(),
+                h + "mlp.c_proj.bias": bias(p + "mlp.proj.bias", c.d_model),
+            }
+        )
     # muP divides the logits by width_mult; the final LayerNorm feeds only the head, so scale it
     out["transformer.ln_f.weight"] = sd["ln_f.weight"] / c.width_mult
     out["transformer.ln_f.bias"] = bias("ln_f.bias", c.d_model) / c.width_mult
@@ -105,8 +122,7 @@ def hf_tokenizer(ranks_path: str, enc):
         if tok.token_to_id(name) != idx:
             raise ExportError(f"tokenizer: {name} would get id {tok.token_to_id(name)}, tiktoken has {idx}")
     eot = enc.decode([enc.eot_token])
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=None,
-                                                model_max_length=None)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=None, model_max_length=None)
     got, want = fast(_PROBE)["input_ids"], enc.encode(_PROBE, allowed_special="all")
     if got != want:
         raise ExportError(f"the converted tokenizer disagrees with tiktoken on {_PROBE!r}: {got} vs {want}")
@@ -135,7 +151,13 @@ def export_hf(path: str, out_dir: str) -> dict:
     hf_tokenizer(ranks, enc).save_pretrained(out)
     # and as raylm reads it (data.tokenizer.path); in a folder, as its .json sidecar would be tokenizer.json
     save_tiktoken(enc, ranks, str(out / "tiktoken" / "tokenizer.tiktoken"))
-    info = {"source": ckpt, "step": state["step"], "run": state["config"]["name"], "n_vocab": n_vocab,
-            "eot": enc.eot_token, "params": sum(p.numel() for p in hf.parameters())}
+    info = {
+        "source": ckpt,
+        "step": state["step"],
+        "run": state["config"]["name"],
+        "n_vocab": n_vocab,
+        "eot": enc.eot_token,
+        "params": sum(p.numel() for p in hf.parameters()),
+    }
     (out / "raylm_export.json").write_text(json.dumps(info, indent=1) + "\n")
     return info

@@ -3,6 +3,7 @@ shard loader, AdamW with warmup and decay, gradient accumulation up to `batch.gl
 clipping, periodic evaluation, per-step metrics through `ray.train.report` (and metrics.jsonl /
 TensorBoard on rank 0), checkpoints that carry everything an exact resume needs (checkpoint.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,17 +56,18 @@ def _peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-def evaluate(model: torch.nn.Module, windows: ShardWindows, ids: np.ndarray, micro_batch: int, device: torch.device,
-             amp, rank: int = 0, world: int = 1) -> float:
+def evaluate(
+    model: torch.nn.Module, windows: ShardWindows, ids: np.ndarray, micro_batch: int, device: torch.device, amp, rank: int = 0, world: int = 1
+) -> float:
     """Mean loss per target token (per masked-in target for task sets) over the fixed validation
     windows `ids`, each rank taking an equal slice (the same number of forward passes everywhere, as
     FSDP's collectives need), summed across ranks."""
     per_rank = len(ids) // world
-    mine = ids[rank * per_rank:(rank + 1) * per_rank] if world > 1 else ids
+    mine = ids[rank * per_rank : (rank + 1) * per_rank] if world > 1 else ids
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of token losses, tokens
     for i in range(0, len(mine), micro_batch):
-        x, y, m = (a.to(device) if a is not None else None for a in windows.batch(mine[i:i + micro_batch]))
+        x, y, m = (a.to(device) if a is not None else None for a in windows.batch(mine[i : i + micro_batch]))
         with torch.no_grad(), amp:
             _, loss = model(x, y, loss_mask=m)
         n = m.sum().double() if m is not None else torch.tensor(float(y.numel()), dtype=torch.float64, device=device)
@@ -97,8 +99,9 @@ def masked_weights(masks: list[torch.Tensor], world: int) -> list[torch.Tensor]:
     return list(counts * world / total.clamp_min(1))
 
 
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched, loader: TrainLoader, accum: int, clip: float,
-               amp, device: torch.device, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, sched, loader: TrainLoader, accum: int, clip: float, amp, device: torch.device, world: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over `accum` micro-batches (gradient sync on the last only), clipped;
     returns the mean loss across micro-batches and ranks (per counted target under a loss mask),
     and the pre-clip gradient norm."""
@@ -200,8 +203,15 @@ def train_loop_per_worker(config: dict) -> None:
             model_sd, opt_sd = checkpoint.full_state(model, opt)  # a collective: every rank
             state = None
             if rank == 0:
-                state = {"model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(), "loader": loader.state_dict(),
-                         "step": step, "config": cfg.model_dump(mode="json"), "tokenizer": man["tokenizer"]}
+                state = {
+                    "model": model_sd,
+                    "optimizer": opt_sd,
+                    "scheduler": sched.state_dict(),
+                    "loader": loader.state_dict(),
+                    "step": step,
+                    "config": cfg.model_dump(mode="json"),
+                    "tokenizer": man["tokenizer"],
+                }
                 log.flush()
             with tempfile.TemporaryDirectory() as d:
                 checkpoint.save(d, rank, state, tokenizer_dir=data_root)

@@ -2,12 +2,12 @@
 optimizer step) and TensorBoard event files in `train/tensorboard/`, written by rank 0; and the
 loss-curve PNG drawn from metrics.jsonl at the end of a run.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from typing import Optional
 
 import fsspec
 
@@ -64,7 +64,7 @@ class MetricsLog:
         self._f.close()
 
 
-def plot_losses(rows: list[dict], out_path: str, title: Optional[str] = None) -> Optional[str]:
+def plot_losses(rows: list[dict], out_path: str, title: str | None = None) -> str | None:
     """Train loss per step and val loss at eval steps, as a PNG at `out_path` (any fsspec URL)."""
     if not rows:
         return None

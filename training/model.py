@@ -8,11 +8,12 @@ variance / width_mult, attention scale 1/d_head, logits / width_mult; the hidden
 / width_mult is the optimizer's part (training/optim.py, `hidden_lr_scale`). How it is
 parallelized lives elsewhere.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 @dataclass
 class GPTConfig:
     """The model's shape. No defaults here: they live in the recipe schema (cluster.config.ModelConfig)."""
+
     vocab_size: int  # padded: see padded_vocab
     n_layer: int
     n_head: int
@@ -32,10 +34,10 @@ class GPTConfig:
     seq_len: int
     dropout: float
     bias: bool
-    mup_base_width: Optional[int] = None  # muP on, with hyperparameters tuned at this d_model
+    mup_base_width: int | None = None  # muP on, with hyperparameters tuned at this d_model
 
     @classmethod
-    def from_recipe(cls, model: "ModelConfig", n_vocab: int) -> "GPTConfig":
+    def from_recipe(cls, model: ModelConfig, n_vocab: int) -> GPTConfig:
         d = model.model_dump()
         mup = d.pop("mup")
         return cls(vocab_size=padded_vocab(n_vocab), mup_base_width=mup["base_width"] if mup else None, **d)
@@ -79,8 +81,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True,
-                                           scale=self.scale)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=self.scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -141,8 +142,9 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                loss_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, with targets, the mean cross-entropy (over mask==1 positions)."""
         B, T = idx.shape
         assert T <= self.cfg.seq_len, f"sequence of {T} tokens, model seq_len is {self.cfg.seq_len}"
@@ -162,12 +164,19 @@ class GPT(nn.Module):
         return logits, (loss * m).sum() / m.sum().clamp_min(1)
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
-                 generator: Optional[torch.Generator] = None, vocab_limit: Optional[int] = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        vocab_limit: int | None = None,
+    ) -> torch.Tensor:
         """Append `max_new_tokens` sampled tokens; `vocab_limit` keeps ids below the tokenizer's
         real vocabulary (the rows padded onto it decode to nothing)."""
         for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.cfg.seq_len:])
+            logits, _ = self(idx[:, -self.cfg.seq_len :])
             logits = logits[:, -1, :vocab_limit]
             if temperature <= 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)

@@ -1,4 +1,5 @@
 """Optimizer and learning-rate schedule from the recipe (train.optim, train.schedule)."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list
             hidden.append(p)
         else:
             decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
-              {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
     if hidden:
         groups.insert(1, {"params": hidden, "weight_decay": weight_decay, "lr": lr * scale})
     return groups

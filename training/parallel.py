@@ -2,10 +2,11 @@
 torch.compile, then DDP through `ray.train.torch.prepare_model` or FSDP2 (`fully_shard` per block,
 then the root, which also holds the tied embedding/head) with bf16 parameters on GPU.
 """
+
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
-from typing import ContextManager, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -51,7 +52,7 @@ def parallelize(model: GPT, t: TrainConfig, device: torch.device) -> torch.nn.Mo
     return rtt.prepare_model(model, parallel_strategy="ddp")
 
 
-def autocast(t: TrainConfig, device: torch.device) -> ContextManager:
+def autocast(t: TrainConfig, device: torch.device) -> AbstractContextManager:
     """bf16 autocast for DDP on GPU; FSDP2 casts through its mixed-precision policy instead."""
     if use_bf16(t, device) and t.parallelism == "ddp":
         return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -1,4 +1,5 @@
 """`raylm sample`: text from a trained model, decoded with the run's own tokenizer."""
+
 from __future__ import annotations
 
 import torch
@@ -10,7 +11,7 @@ from training.config import SampleOptions
 from training.model import GPT, GPTConfig
 
 
-def load_model(path: str, device: str = "cpu") -> tuple[GPT, "object", dict]:
+def load_model(path: str, device: str = "cpu") -> tuple[GPT, object, dict]:
     """Model (eval mode), tiktoken encoding and state of the latest checkpoint of a run directory,
     or of a checkpoint directory."""
     ckpt = checkpoint.local_dir(checkpoint.latest(path))
@@ -29,12 +30,11 @@ def sample(model: GPT, enc, opts: SampleOptions, device: str = "cpu") -> list[st
     ids = [enc.eot_token] + enc.encode_ordinary(opts.prompt)
     x = torch.tensor([ids] * opts.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(opts.seed)
-    out = model.generate(x, opts.max_new_tokens, temperature=opts.temperature, top_k=opts.top_k, generator=gen,
-                         vocab_limit=enc.n_vocab)
+    out = model.generate(x, opts.max_new_tokens, temperature=opts.temperature, top_k=opts.top_k, generator=gen, vocab_limit=enc.n_vocab)
     texts = []
     for row in out.tolist():
-        new = row[len(ids):]
+        new = row[len(ids) :]
         if enc.eot_token in new:  # a document ended: stop there
-            new = new[:new.index(enc.eot_token)]
+            new = new[: new.index(enc.eot_token)]
         texts.append(opts.prompt + enc.decode(new))
     return texts

@@ -3,19 +3,19 @@
 Running it again on the same run resumes from the latest checkpoint (Ray Train restores a run
 found at storage_path/name); a failed worker is restarted from it up to failure.max_failures times.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from cluster.config import RunConfig, absolute
 
 
-def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, start_from: Optional[str] = None, acks=None):
+def build_trainer(cfg: RunConfig, callbacks: list | None = None, start_from: str | None = None, acks=None):
     """A TorchTrainer for the recipe (`callbacks`: Ray Train UserCallbacks, e.g. Tune's report callback;
     `start_from`: a checkpoint directory whose full state a new run continues from, as a PBT trial does
     from another's; the run's own checkpoints, after a failure, take precedence; `acks`: a queue that
     acknowledges each report, which the workers wait for before training on, as Tune trials do)."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
     from training.loop import train_loop_per_worker
@@ -29,13 +29,18 @@ def build_trainer(cfg: RunConfig, callbacks: Optional[list] = None, start_from: 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"recipe": recipe, "start_from": start_from, "acks": acks},
-        scaling_config=ScalingConfig(num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu,
-                                     resources_per_worker=t.scaling.resources_per_worker),
-        run_config=RayRunConfig(name=f"{cfg.name}/train", storage_path=storage,
-                                checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
-                                failure_config=FailureConfig(max_failures=t.failure.max_failures),
-                                # Ray Train's INFO lines (one per report and checkpoint) would bury the run's own output
-                                logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks),
+        scaling_config=ScalingConfig(
+            num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu, resources_per_worker=t.scaling.resources_per_worker
+        ),
+        run_config=RayRunConfig(
+            name=f"{cfg.name}/train",
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=t.failure.max_failures),
+            # Ray Train's INFO lines (one per report and checkpoint) would bury the run's own output
+            logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
+        ),
     )
 
 
@@ -70,13 +75,17 @@ def check_init_from(cfg: RunConfig) -> str:
     # dropout is a training choice, not a shape: a fine-tune may change it
     diff = {k: (have[k], want[k]) for k in want if k != "dropout" and have is not None and have.get(k) != want[k]}
     if diff:
-        raise ConfigError(f"train.init_from: {ckpt} has a different model: "
-                          + ", ".join(f"train.model.{k} is {w!r} there, {v!r} here" for k, (w, v) in diff.items()))
+        raise ConfigError(
+            f"train.init_from: {ckpt} has a different model: "
+            + ", ".join(f"train.model.{k} is {w!r} there, {v!r} here" for k, (w, v) in diff.items())
+        )
     tok = read_manifest(cfg.data_dir)["tokenizer"]
     if meta.get("tokenizer_sha256", tok["sha256"]) != tok["sha256"]:
-        raise ConfigError(f"train.init_from: {ckpt} was trained with another tokenizer ({meta['tokenizer']}) than the one "
-                          f"that made {cfg.data_dir} ({tok['name']}); tokenize with the pretrained run's "
-                          "(data.tokenizer.path: RUN/data/tokenizer.tiktoken)")
+        raise ConfigError(
+            f"train.init_from: {ckpt} was trained with another tokenizer ({meta['tokenizer']}) than the one "
+            f"that made {cfg.data_dir} ({tok['name']}); tokenize with the pretrained run's "
+            "(data.tokenizer.path: RUN/data/tokenizer.tiktoken)"
+        )
     return ckpt
 
 
@@ -89,8 +98,12 @@ def summarize(cfg: RunConfig) -> dict:
         return {}
     ev = [r for r in rows if r.get("val_loss") is not None]
     timed = rows[1:] or rows  # the first step carries one-off costs
-    out = {"step": rows[-1]["step"], "tokens": rows[-1]["tokens"], "loss": rows[-1]["loss"],
-           "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed)}
+    out = {
+        "step": rows[-1]["step"],
+        "tokens": rows[-1]["tokens"],
+        "loss": rows[-1]["loss"],
+        "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed),
+    }
     if ev:
         out.update(val_loss=ev[-1]["val_loss"], val_ppl=ev[-1]["val_ppl"], val_step=ev[-1]["step"])
     mfu = [r["mfu"] for r in timed if r.get("mfu") is not None]

@@ -12,6 +12,7 @@ Tune, and a trial told to continue from another's starts a new Ray Train run fro
 (trials/<trial_id>/from-<step>-<hash>/train), with the full state (weights, optimizer moments, schedule
 position, data order) and its own perturbed values.
 """
+
 from __future__ import annotations
 
 import json
@@ -202,15 +203,20 @@ def build_scheduler(t: TuneConfig, cfg: RunConfig, space: dict):
     if s.type == "pbt":
         # Tune's own PBT: perturbs (x0.8 / x1.2, or the next choice) or redraws from the searched distribution
         interval = pbt_interval_steps(cfg) * (1 if s.time_attr == "step" else cfg.train.batch.global_batch_tokens)
-        return PopulationBasedTraining(time_attr=s.time_attr, perturbation_interval=interval,
-                                       hyperparam_mutations=to_tune(space), quantile_fraction=s.quantile_fraction,
-                                       resample_probability=s.resample_probability)
+        return PopulationBasedTraining(
+            time_attr=s.time_attr,
+            perturbation_interval=interval,
+            hyperparam_mutations=to_tune(space),
+            quantile_fraction=s.quantile_fraction,
+            resample_probability=s.resample_probability,
+        )
     steps = cfg.train.max_steps
     max_t = steps if s.time_attr == "step" else steps * cfg.train.batch.global_batch_tokens
     grace = s.grace_period or (cfg.train.eval.every if s.time_attr == "step" else cfg.train.eval.every * cfg.train.batch.global_batch_tokens)
     if s.type == "asha":
-        return ASHAScheduler(time_attr=s.time_attr, max_t=max_t, grace_period=min(grace, max_t),
-                             reduction_factor=s.reduction_factor, brackets=s.brackets)
+        return ASHAScheduler(
+            time_attr=s.time_attr, max_t=max_t, grace_period=min(grace, max_t), reduction_factor=s.reduction_factor, brackets=s.brackets
+        )
     if s.type == "hyperband":
         return HyperBandScheduler(time_attr=s.time_attr, max_t=max_t, reduction_factor=s.reduction_factor)
     return FIFOScheduler()
@@ -248,17 +254,23 @@ def _check_pbt(cfg: RunConfig, space: dict) -> None:
     s, t = cfg.tune.scheduler, cfg.train
     for key, (kind, _) in space.items():
         if not key.startswith(PBT_KEYS):
-            raise ConfigError(f"tune.param_space.{key}: PBT changes values under a running model; it can search "
-                              f"{', '.join(k + '*' if k.endswith('.') else k for k in PBT_KEYS)} only")
+            raise ConfigError(
+                f"tune.param_space.{key}: PBT changes values under a running model; it can search "
+                f"{', '.join(k + '*' if k.endswith('.') else k for k in PBT_KEYS)} only"
+            )
         if kind == "grid":
             raise ConfigError(f"tune.param_space.{key}: PBT cannot perturb a grid entry; use choice")
     if s.time_attr == "tokens" and s.perturbation_interval and s.perturbation_interval % t.batch.global_batch_tokens:
-        raise ConfigError(f"tune.scheduler.perturbation_interval: {s.perturbation_interval} tokens is not a whole number "
-                          f"of steps ({t.batch.global_batch_tokens} tokens each)")
+        raise ConfigError(
+            f"tune.scheduler.perturbation_interval: {s.perturbation_interval} tokens is not a whole number "
+            f"of steps ({t.batch.global_batch_tokens} tokens each)"
+        )
     steps = pbt_interval_steps(cfg)
     if steps < 1 or steps % t.eval.every:
-        raise ConfigError(f"tune.scheduler.perturbation_interval: {steps} steps must be a multiple of train.eval.every "
-                          f"({t.eval.every}): PBT ranks trials by the metric at each checkpoint")
+        raise ConfigError(
+            f"tune.scheduler.perturbation_interval: {steps} steps must be a multiple of train.eval.every "
+            f"({t.eval.every}): PBT ranks trials by the metric at each checkpoint"
+        )
 
 
 def run_tune(cfg: RunConfig, resume: bool = False):
@@ -290,10 +302,15 @@ def run_tune(cfg: RunConfig, resume: bool = False):
     tuner = tune.Tuner(
         trainable,
         param_space=to_tune(space),
-        tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
-                                    scheduler=build_scheduler(t, cfg, space), search_alg=build_search(t, space, concurrency),
-                                    max_concurrent_trials=concurrency, time_budget_s=t.time_budget_s),
+        tune_config=tune.TuneConfig(
+            metric=t.metric,
+            mode=t.mode,
+            num_samples=t.num_samples,
+            scheduler=build_scheduler(t, cfg, space),
+            search_alg=build_search(t, space, concurrency),
+            max_concurrent_trials=concurrency,
+            time_budget_s=t.time_budget_s,
+        ),
         run_config=tune.RunConfig(name=tune_name(cfg.name), storage_path=storage, verbose=1),
     )
     return tuner.fit()
-

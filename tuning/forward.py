@@ -1,9 +1,10 @@
 """Ray Train callbacks of Tune trials. ForwardReports (PBT): Ray's TuneReportCallback forwards a report's
 metrics to Tune but not its checkpoint, and PBT exploits through checkpoints. AckReports (the other
 schedulers): tells the workers that Tune let the trial go on after a report."""
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from ray.train import Checkpoint, UserCallback
 from ray.util.queue import Queue
@@ -16,7 +17,7 @@ class ForwardReports(UserCallback):
     def __init__(self, queue: Queue):
         self.queue = queue
 
-    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Optional[Checkpoint]) -> None:
+    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Checkpoint | None) -> None:
         self.queue.put((metrics[0], checkpoint))
 
 
@@ -29,5 +30,5 @@ class AckReports(UserCallback):
     def __init__(self, queue: Queue):
         self.queue = queue
 
-    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Optional[Checkpoint]) -> None:
+    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Checkpoint | None) -> None:
         self.queue.put(metrics[0].get("step"))

@@ -1,6 +1,7 @@
 """What a campaign leaves in tune/: results.csv (one row per trial), best.yaml (a complete recipe
 that `raylm train` runs as is), curves.png (the metric against step for every trial), params.png
 (the final metric against each searched parameter), and a summary table on the terminal."""
+
 from __future__ import annotations
 
 import csv
@@ -9,7 +10,7 @@ import math
 import os
 import re
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import fsspec
 import yaml
@@ -46,10 +47,17 @@ def collect(cfg: RunConfig, grid) -> list[dict]:
             status = "done"
         else:
             status = "stopped"  # by the scheduler (or the time budget)
-        rows.append({"trial_id": trial_id, **{k: res.config.get(k) for k in cfg.tune.param_space},
-                     f"final_{metric}": evals[-1] if evals else None,
-                     f"best_{metric}": min(evals, key=lambda v: sign * v) if evals else None,
-                     "steps": steps, "status": status, "history": hist})
+        rows.append(
+            {
+                "trial_id": trial_id,
+                **{k: res.config.get(k) for k in cfg.tune.param_space},
+                f"final_{metric}": evals[-1] if evals else None,
+                f"best_{metric}": min(evals, key=lambda v: sign * v) if evals else None,
+                "steps": steps,
+                "status": status,
+                "history": hist,
+            }
+        )
     return rows
 
 
@@ -61,7 +69,7 @@ def _trial_id(res) -> str:
     return (res.metrics or {}).get("trial_id") or os.path.basename(res.path.rstrip("/"))
 
 
-def best_row(cfg: RunConfig, rows: list[dict]) -> Optional[dict]:
+def best_row(cfg: RunConfig, rows: list[dict]) -> dict | None:
     key, sign = f"final_{cfg.tune.metric}", (1 if cfg.tune.mode == "min" else -1)
     ok = [r for r in rows if r[key] is not None and math.isfinite(r[key]) and r["status"] != "error"]
     return min(ok, key=lambda r: sign * r[key]) if ok else None
@@ -94,8 +102,10 @@ def write_results(cfg: RunConfig, rows: list[dict]) -> dict[str, str]:
     if best is not None:
         paths["best"] = f"{out}/best.yaml"
         with fsspec.open(paths["best"], "w") as f:
-            f.write(f"# best of {len(rows)} trials of {cfg.name}: trial {best['trial_id']}, "
-                    f"final {cfg.tune.metric} {best[f'final_{cfg.tune.metric}']:.4f}\n")
+            f.write(
+                f"# best of {len(rows)} trials of {cfg.name}: trial {best['trial_id']}, "
+                f"final {cfg.tune.metric} {best[f'final_{cfg.tune.metric}']:.4f}\n"
+            )
             f.write(yaml.safe_dump(best_recipe(cfg, best), sort_keys=False))
     paths.update(plot(cfg, rows, out))
     return paths
@@ -113,8 +123,7 @@ def plot(cfg: RunConfig, rows: list[dict], out: str) -> dict[str, str]:
     for r in rows:
         ev = [h for h in r["history"] if h.get(metric) is not None]
         if ev:
-            ax.plot([h["step"] for h in ev], [h[metric] for h in ev], "o-", ms=3, lw=1,
-                    label=f"{r['trial_id']} ({r['status']})", alpha=0.85)
+            ax.plot([h["step"] for h in ev], [h[metric] for h in ev], "o-", ms=3, lw=1, label=f"{r['trial_id']} ({r['status']})", alpha=0.85)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(metric)
     ax.set_title(f"{cfg.name}: {metric} of every trial")
@@ -158,8 +167,9 @@ def print_summary(cfg: RunConfig, rows: list[dict], paths: dict[str, str]) -> No
     sign = 1 if cfg.tune.mode == "min" else -1
     for r in sorted(rows, key=lambda r: (r[key] is None, sign * (r[key] or 0.0))):  # trials without a metric last
         mark = " *" if best is not None and r["trial_id"] == best["trial_id"] else ""
-        table.add_row(r["trial_id"] + mark, *(_fmt(r[k]) for k in cfg.tune.param_space), _fmt(r[key]),
-                      _fmt(r[f"best_{metric}"]), str(r["steps"]), r["status"])
+        table.add_row(
+            r["trial_id"] + mark, *(_fmt(r[k]) for k in cfg.tune.param_space), _fmt(r[key]), _fmt(r[f"best_{metric}"]), str(r["steps"]), r["status"]
+        )
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # not cut to 80 columns in logs
     for name, p in paths.items():
         print(f"{name}: {p}")

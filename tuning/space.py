@@ -11,6 +11,7 @@
 A key that is not in the recipe schema, a spec other than the five above, or bounds that do not
 make sense fail with the key's path (ConfigError: exit 2 from the CLI), before Ray starts.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,7 @@ def _check_spec(key: str, spec: Any) -> tuple[str, Any]:
     where = f"tune.param_space.{key}"
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{where}: expected one of {{{', '.join(KINDS)}: ...}}, got {spec!r}")
-    (kind, arg), = spec.items()
+    ((kind, arg),) = spec.items()
     if kind not in KINDS:
         raise ConfigError(f"{where}: unknown distribution {kind!r} (one of {', '.join(KINDS)})")
     if kind in ("choice", "grid"):
@@ -86,8 +87,7 @@ def validate_space(cfg: RunConfig) -> dict[str, tuple[str, Any]]:
                 raise ConfigError(f"tune.param_space.{key}: value {v!r} is not valid there:\n{_format_errors(e)}") from None
         space[key] = (kind, arg)
     if not space:
-        raise ConfigError("tune.param_space: empty; give at least one key to search, e.g. "
-                          "train.optim.lr: {loguniform: [1.0e-4, 1.0e-2]}")
+        raise ConfigError("tune.param_space: empty; give at least one key to search, e.g. train.optim.lr: {loguniform: [1.0e-4, 1.0e-2]}")
     return space
 
 
@@ -95,8 +95,13 @@ def to_tune(space: dict[str, tuple[str, Any]]) -> dict[str, Any]:
     """Ray Tune search-space objects, keyed by the dotted recipe key."""
     from ray import tune
 
-    make = {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
-            "randint": lambda a: tune.randint(int(a[0]), int(a[1])), "choice": tune.choice, "grid": tune.grid_search}
+    make = {
+        "loguniform": lambda a: tune.loguniform(*a),
+        "uniform": lambda a: tune.uniform(*a),
+        "randint": lambda a: tune.randint(int(a[0]), int(a[1])),
+        "choice": tune.choice,
+        "grid": tune.grid_search,
+    }
     return {key: make[kind](arg) for key, (kind, arg) in space.items()}
 
 
