@@ -66,7 +66,7 @@ def tiktoken_ceiling(texts: list[str], threads: int) -> float:
 
 
 def _cfg(corpus: Path, out: Path, name: str, *extra: str):
-    from cluster.config import load_config
+    from cluster.recipe import load_config
 
     return load_config(
         None, [f"storage_path={out}", f"name={name}", f"data.inputs=[{{path: '{corpus}/*.jsonl.gz'}}]", "data.dedup.partitions=4", *extra]
@@ -79,7 +79,7 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
 
     from pipelines.dedup import run_dedup
     from pipelines.run import Report, process_documents, run_data
-    from pipelines.shards import rm_tree
+    from pipelines.io import rm_tree
     from pipelines.sources import list_files
 
     times = {}
@@ -94,7 +94,7 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
         rm_tree(str(work))
         work.mkdir(parents=True)
         t = time.perf_counter()
-        summaries = process_documents(cfg, list_files(cfg.data.inputs), str(work), None, Report())
+        summaries = process_documents(cfg.data, list_files(cfg.data.inputs), str(work), None, Report())
         if dedup:
             res = run_dedup([s["path"] for s in summaries], cfg.data.dedup)
             ray.get(res.removed)
@@ -103,7 +103,7 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
     cfg = _cfg(corpus, out, "full")
     rm_tree(f"{out}/full")
     t = time.perf_counter()
-    run_data(cfg, say=lambda m: None, summary=False)
+    run_data(cfg.data, cfg.paths, say=lambda m: None, summary=False)
     times["+tokenize+write (full)"] = time.perf_counter() - t
     return times
 
@@ -143,7 +143,7 @@ def peak_memory(corpus: Path, out: Path, name: str) -> tuple[int, float]:
         f"import ray, sys; sys.path.insert(0, {str(ROOT)!r});"
         f"ray.init(num_cpus={os.cpu_count()}, object_store_memory=2*1024**3, include_dashboard=False, log_to_driver=False);"
         "from benchmarks.data_throughput import _cfg; from pipelines.run import run_data; from pathlib import Path;"
-        f"run_data(_cfg(Path({str(corpus)!r}), Path({str(out)!r}), {name!r}), force=True)"
+        f"c = _cfg(Path({str(corpus)!r}), Path({str(out)!r}), {name!r}); run_data(c.data, c.paths, force=True)"
     )
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from cluster.config import ModelConfig, OptimConfig  # noqa: E402
+from training.config import ModelConfig, OptimConfig  # noqa: E402
 from training.model import GPT, GPTConfig  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
@@ -43,7 +43,7 @@ def batches(n: int, batch: int, seq: int, seed: int = 0) -> list[torch.Tensor]:
 def coords(width: int, base: int | None, data: list[torch.Tensor], n_vocab: int, lr: float) -> list[dict[str, float]]:
     torch.manual_seed(0)
     mup = {"base_width": base} if base else None
-    model = GPT(GPTConfig.from_recipe(ModelConfig(n_layer=2, n_head=4, d_model=width, seq_len=data[0].shape[1] - 1, mup=mup), n_vocab))
+    model = GPT(GPTConfig.from_config(ModelConfig(n_layer=2, n_head=4, d_model=width, seq_len=data[0].shape[1] - 1, mup=mup), n_vocab))
     opt = build_optimizer(model, OptimConfig(lr=lr, weight_decay=0.0), "cpu")
     seen: dict[str, float] = {}
     hooks = [model.wte.register_forward_hook(lambda m, i, o: seen.__setitem__("embedding", o.abs().mean().item()))]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cluster.config import load_config  # noqa: E402
+from cluster.recipe import load_config  # noqa: E402
 
 
 def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: int) -> float:
@@ -36,7 +36,7 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
     t = cfg.train
     model_cfg = type(t.model).model_validate({**t.model.model_dump(), "d_model": width, "mup": {"base_width": base} if base else None})
     torch.manual_seed(t.seed)
-    model = GPT(GPTConfig.from_recipe(model_cfg, read_manifest(data_dir)["tokenizer"]["n_vocab"]))
+    model = GPT(GPTConfig.from_config(model_cfg, read_manifest(data_dir)["tokenizer"]["n_vocab"]))
     opt = build_optimizer(model, t.optim.model_copy(update={"lr": lr}), "cpu")
     sched = build_scheduler(opt, t.schedule, steps)
     loader = TrainLoader(ShardWindows(data_dir, "train", model_cfg.seq_len), t.batch.micro_batch_size, 0, 1, t.seed)
@@ -62,16 +62,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(args.recipe)
     from pipelines.run import run_data
-    from pipelines.shards import exists
+    from pipelines.shards import has_manifest
 
-    if not exists(f"{cfg.data_dir}/manifest.json"):
-        run_data(cfg, summary=False)
+    if not has_manifest(cfg.paths.shards):
+        run_data(cfg.data, cfg.paths, summary=False)
     widths = [int(w) for w in args.widths.split(",")]
     lrs = np.geomspace(args.lr_min, args.lr_max, args.points)
     best = {}
     for p in ("sp", "mup"):
         for w in widths:
-            losses = [one_run(cfg, cfg.data_dir, w, widths[0] if p == "mup" else None, float(lr), args.steps) for lr in lrs]
+            losses = [one_run(cfg, cfg.paths.shards, w, widths[0] if p == "mup" else None, float(lr), args.steps) for lr in lrs]
             best[p, w] = float(lrs[int(np.argmin(losses))])
             print(
                 f"{p:>4} width {w:>4}: " + "  ".join(f"{lr:.2e}:{v:.3f}" for lr, v in zip(lrs, losses)) + f"   -> best lr {best[p, w]:.2e}",

@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.config import RunConfig, absolute, load_config  # noqa: E402
+from cluster.recipe import RunConfig, load_config  # noqa: E402
+from pipelines.io import absolute  # noqa: E402
 
 
 def _free_port() -> int:
@@ -35,46 +36,22 @@ def _free_port() -> int:
 
 
 def _plain_worker(rank: int, world: int, recipe: dict, steps: int, port: int, out: str) -> None:
-    """One rank of the plain loop: what training.loop does, minus Ray."""
+    """One rank of the plain loop: the Ray Train worker's own Trainer (training.loop), driven without Ray."""
     import torch
     import torch.distributed as dist
 
-    from pipelines.shards import read_manifest
-    from training.data import ShardWindows, TrainLoader
-    from training.loop import accumulation_steps, cpu_threads, train_step
-    from training.model import GPT, GPTConfig
-    from training.optim import build_optimizer, build_scheduler
-    from training.parallel import autocast, use_compile
+    from training.config import TrainJob
+    from training.loop import Trainer
 
-    cfg = RunConfig.model_validate(recipe)
-    t = cfg.train
-    device = torch.device(f"cuda:{rank}" if t.scaling.use_gpu else "cpu")
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-        torch.set_num_threads(cpu_threads(t))
-    else:
+    job = TrainJob.from_recipe(recipe)
+    device = torch.device(f"cuda:{rank}" if job.train.scaling.use_gpu else "cpu")
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    data_root = cfg.data_dir
-    torch.manual_seed(t.seed)
-    model = GPT(GPTConfig.from_recipe(t.model, read_manifest(data_root)["tokenizer"]["n_vocab"])).to(device)
-    if use_compile(t, device):
-        model.compile()
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank] if device.type == "cuda" else None)
-    opt = build_optimizer(model, t.optim, device.type)
-    sched = build_scheduler(opt, t.schedule, t.max_steps)
-    loader = TrainLoader(ShardWindows(data_root, "train", t.model.seq_len), t.batch.micro_batch_size, rank, world, t.seed)
-    accum = accumulation_steps(cfg, world)
-    amp = autocast(t, device)
-    tokens_per_step = accum * t.batch.micro_batch_size * t.model.seq_len * world
-    rows = []
-    for step in range(1, steps + 1):
-        loss, gn = train_step(model, opt, sched, loader, accum, t.optim.grad_clip, amp, device, world)
-        rows.append({"step": step, "tokens": step * tokens_per_step, "loss": loss.item(), "grad_norm": gn.item(), "time": time.time()})
+    trainer = Trainer(job, rank, world, device)
+    rows = [trainer.train_step() for _ in range(steps)]
     if rank == 0:
         Path(out).write_text("\n".join(json.dumps(r) for r in rows))
     if world > 1:
@@ -90,7 +67,8 @@ def run_plain(cfg: RunConfig, steps: int, out: Path) -> list[dict]:
     import torch.multiprocessing as mp
 
     world = cfg.train.scaling.num_workers
-    mp.spawn(_plain_worker, args=(world, cfg.model_dump(mode="json"), steps, _free_port(), str(out)), nprocs=world, join=True)
+    recipe = cfg.train_job().absolute().recipe
+    mp.spawn(_plain_worker, args=(world, recipe, steps, _free_port(), str(out)), nprocs=world, join=True)
     return [json.loads(x) for x in out.read_text().splitlines()]
 
 
@@ -98,17 +76,35 @@ def run_ray(cfg: RunConfig) -> list[dict]:
     from training.metrics import read_metrics
     from training.trainer import build_trainer
 
-    result = build_trainer(cfg).fit()
+    result = build_trainer(cfg.train_job()).fit()
     if result.error is not None:
         raise RuntimeError(result.error)
-    return read_metrics(f"{cfg.run_dir}/train/metrics.jsonl")
+    return read_metrics(cfg.paths.metrics)
 
 
 def _fresh_run(cfg: RunConfig, base: RunConfig, tag: str) -> RunConfig:
     """A new run name (so nothing resumes) that trains on the base run's shards."""
     return cfg.model_copy(
-        update={"name": f"{cfg.name}-{tag}-{int(time.time())}", "train": cfg.train.model_copy(update={"data_path": absolute(base.data_dir)})}
+        update={"name": f"{cfg.name}-{tag}-{int(time.time())}", "train": cfg.train.model_copy(update={"data_path": absolute(base.paths.shards)})}
     )
+
+
+def _print_results(results: list[tuple], fpt: float, repeat: int) -> None:
+    import torch
+
+    from training.loop import peak_flops
+
+    peak = peak_flops(torch.device("cuda")) if torch.cuda.is_available() else None
+    print(f"\nmedians of {repeat} alternated runs each")
+    print(f"{'layout':>8} {'plain tok/s':>12} {'ray tok/s':>12} {'ray/plain':>10} {'MFU (ray)':>10}  same losses")
+    for layout, rp, rr, same in results:
+        w = int(layout.split("x")[0])
+        mfu = f"{rr * fpt / (peak * w):.1%}" if peak else "n/a"
+        print(f"{layout:>8} {rp:>12,.0f} {rr:>12,.0f} {rr / rp:>10.3f} {mfu:>10}  {same}")
+    if len(results) > 1:
+        best_plain = max(r[1] for r in results)
+        for layout, _, rr, _ in results:
+            print(f"ray {layout} / best plain layout: {rr / best_plain:.3f}")
 
 
 def main() -> None:
@@ -133,9 +129,9 @@ def main() -> None:
 
     base = load_config(args.recipe, [*args.overrides, f"storage_path={out}"])
     init_ray(base.ray)
-    run_data(base, summary=False)  # once; kept between runs of the benchmark
-    n_vocab = read_manifest(f"{base.run_dir}/data")["tokenizer"]["n_vocab"]
-    fpt = GPT(GPTConfig.from_recipe(base.train.model, n_vocab)).flops_per_token()
+    run_data(base.data, base.paths, summary=False)  # once; kept between runs of the benchmark
+    n_vocab = read_manifest(base.paths.data)["tokenizer"]["n_vocab"]
+    fpt = GPT(GPTConfig.from_config(base.train.model, n_vocab)).flops_per_token()
     print(
         f"\nmodel {base.train.model.model_dump()}; {fpt / 6:,.0f} FLOPs/6 per token; global batch "
         f"{base.train.batch.global_batch_tokens:,} tokens; {args.steps} steps, timed from step {args.skip}; "
@@ -163,25 +159,7 @@ def main() -> None:
             same = same and [a["loss"] for a in plain] == [b["loss"] for b in rows]
             print(f"[{layout} #{rep + 1}] plain {plain_rates[-1]:,.0f} tok/s, ray {ray_rates[-1]:,.0f} tok/s", flush=True)
         results.append((layout, statistics.median(plain_rates), statistics.median(ray_rates), same))
-    peak = None
-    try:
-        import torch
-
-        from training.loop import _peak_flops
-
-        peak = _peak_flops(torch.device("cuda")) if torch.cuda.is_available() else None
-    except Exception:  # noqa: BLE001
-        pass
-    print(f"\nmedians of {args.repeat} alternated runs each")
-    print(f"{'layout':>8} {'plain tok/s':>12} {'ray tok/s':>12} {'ray/plain':>10} {'MFU (ray)':>10}  same losses")
-    for layout, rp, rr, same in results:
-        w = int(layout.split("x")[0])
-        mfu = f"{rr * fpt / (peak * w):.1%}" if peak else "n/a"
-        print(f"{layout:>8} {rp:>12,.0f} {rr:>12,.0f} {rr / rp:>10.3f} {mfu:>10}  {same}")
-    if len(results) > 1:
-        best_plain = max(r[1] for r in results)
-        for layout, _, rr, _ in results:
-            print(f"ray {layout} / best plain layout: {rr / best_plain:.3f}")
+    _print_results(results, fpt, args.repeat)
     ray.shutdown()
 
 

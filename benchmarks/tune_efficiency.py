@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.config import load_config  # noqa: E402
+from cluster.recipe import load_config  # noqa: E402
 
 
 def campaign(recipe: str, overrides: list[str], scheduler: str, data_dir: str) -> tuple[list[dict], float]:
@@ -40,12 +40,12 @@ def main() -> None:
     ap.add_argument("--recipe", default=str(ROOT / "cluster" / "recipes" / "tune-local.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    from cluster.config import absolute
+    from pipelines.io import absolute
     from pipelines.run import run_data
 
     base = load_config(args.recipe, args.overrides)
-    run_data(base, summary=False)
-    data_dir = absolute(base.data_dir)
+    run_data(base.data, base.paths, summary=False)
+    data_dir = absolute(base.paths.shards)
     res = {s: campaign(args.recipe, args.overrides, s, data_dir) for s in ("asha", "fifo")}
     metric = f"final_{base.tune.metric}"
     print(f"\n{'scheduler':>10} {'trials':>7} {'trial-steps':>12} {'best ' + base.tune.metric:>15} {'wall s':>8}")

@@ -6,8 +6,12 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from cluster.config import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
+from cluster.recipe import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
+from cluster.runtime import init_ray
+from pipelines.paths import LOSS_PLOT
 from training.config import EvalOptions, SampleOptions
 
 # the commands that take a recipe, which `raylm submit RECIPE -- COMMAND` can run on a cluster
@@ -26,27 +30,36 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="raylm", description="LLM pretraining on Ray: data, train, tune, from one YAML recipe.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("validate", help="print the resolved config, or a clear error (exit 2)")
-    _recipe_args(p)
-    p = sub.add_parser("data", help="raw text -> deduplicated token shards")
-    _recipe_args(p)
-    p.add_argument("--force", action="store_true", help="rebuild even if the run's data is complete")
-    p = sub.add_parser("train", help="shards -> checkpoints on Ray Train (resumes if the run exists)")
-    _recipe_args(p)
-    p = sub.add_parser("run", help="the main job: data, then train, then a sample")
-    _recipe_args(p)
+@dataclass(frozen=True)
+class Command:
+    """One `raylm` subcommand: its help line, its own options, and the function that runs it."""
+
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    options: Callable[[argparse.ArgumentParser], None] = lambda p: None
+    recipe: bool = True  # takes RECIPE and --set
+
+
+def _force(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rebuild the data even if complete")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    _force(p)
     p.add_argument("--prompt", default="ROMEO:", help="prompt of the sample printed at the end")
-    p = sub.add_parser("tune", help="hyperparameter search over tune.param_space (data first if needed; trials are Ray Train runs)")
-    _recipe_args(p)
+
+
+def _tune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted campaign (finished trials are kept)")
-    p.add_argument("--force", action="store_true", help="rebuild the data even if complete")
-    p = sub.add_parser("submit", help="run the recipe on a Ray cluster through Ray Jobs: raylm submit RECIPE --address URL -- train")
-    _recipe_args(p)
+    _force(p)
+
+
+def _address(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
+
+
+def _submit_options(p: argparse.ArgumentParser) -> None:
+    _address(p)
     p.add_argument("--no-wait", action="store_true", help="print the job id and return (default: follow the logs)")
     p.add_argument(
         "--no-deps",
@@ -54,15 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not pip-install raylm's dependencies in the job (the cluster's image has them, as cluster/ray and cluster/k8s set up)",
     )
     p.epilog = "After --: the raylm command to run there, with its options (default: run), e.g. -- tune --resume"
-    p = sub.add_parser("jobs", help="a submitted job: status, logs (--follow), stop")
+
+
+def _jobs_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["status", "logs", "stop"])
     p.add_argument("job_id")
-    p.add_argument("--address", default=None, help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
+    _address(p)
     p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
-    p = sub.add_parser(
-        "eval", help="loss, perplexity, next-token accuracy; task metrics (exact match, accuracy, macro-F1, BLEU) on a split or a file"
-    )
-    _recipe_args(p)
+
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
     d = EvalOptions()
     p.add_argument("--checkpoint", default=None, help="a run directory or checkpoint (default: the recipe's run)")
     p.add_argument("--split", default=d.split, choices=["val", "train"])
@@ -70,25 +84,167 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, default=d.max_windows, help="LM metrics on at most N windows (default: all)")
     p.add_argument("--max-examples", type=int, default=d.max_examples, help="task metrics on the first N examples")
     p.add_argument("--device", default=d.device)
-    p = sub.add_parser("export", help="a run's latest checkpoint as a Hugging Face transformers GPT-2 directory")
+
+
+def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json, model.safetensors, tokenizer.json")
     p.add_argument("out", metavar="OUT_DIR")
-    p = sub.add_parser("sample", help="generate text from a run's latest checkpoint (or a checkpoint directory)")
-    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
-    _sample_args(p, prompt="\n")
-    return ap
 
 
-def _sample_args(p: argparse.ArgumentParser, prompt: str) -> None:
+def _sample_options(p: argparse.ArgumentParser) -> None:
     d = SampleOptions()
-    p.add_argument("--prompt", default=prompt, help="text to continue")
+    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--prompt", default="\n", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--temperature", type=float, default=d.temperature, help="0: greedy")
     p.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k likeliest tokens (0: all)")
     p.add_argument("--num-samples", type=int, default=d.num_samples)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="raylm", description="LLM pretraining on Ray: data, train, tune, from one YAML recipe.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help)
+        if cmd.recipe:
+            _recipe_args(p)
+        cmd.options(p)
+    return ap
+
+
+# ---------------------------------------------------------------- the commands
+def _recipe(args: argparse.Namespace) -> RunConfig:
+    return load_config(args.recipe, args.overrides)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    print(dump_config(_recipe(args)), end="")
+    return 0
+
+
+def _check_inputs(cfg: RunConfig) -> None:
+    """A recipe pointing at nothing is a config error, before Ray starts."""
+    from pipelines.sources import list_files
+
+    try:
+        list_files(cfg.data.inputs)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _data_stage(cfg: RunConfig, force: bool) -> None:
+    """The data stage, on the recipe's Ray (started only when there is work, unless already connected)."""
+    from pipelines.run import run_data
+    from pipelines.shards import has_manifest
+
+    _check_inputs(cfg)
+    if force or not has_manifest(cfg.paths.data):
+        init_ray(cfg.ray)
+    run_data(cfg.data, cfg.paths, force=force)
+
+
+def _data(args: argparse.Namespace) -> int:
+    _data_stage(_recipe(args), args.force)
+    return 0
+
+
+def _train_job(cfg: RunConfig) -> int:
+    from pipelines.shards import require_shards
+    from training.trainer import run_train, summarize
+
+    require_shards(cfg.paths.shards)  # before Ray starts
+    init_ray(cfg.ray)
+    result = run_train(cfg.train_job())
+    if result.error is not None:
+        print(f"raylm: training failed: {result.error}", file=sys.stderr)
+        return 1
+    s = summarize(cfg.paths)
+    val = f", val loss {s['val_loss']:.4f} (ppl {s['val_ppl']:.1f}) at step {s['val_step']}" if "val_loss" in s else ""
+    mfu = f", MFU {s['mfu']:.1%}" if s.get("mfu") is not None else ""
+    print(
+        f"raylm train: {cfg.paths.train}: step {s['step']}, {s['tokens']:,} tokens, train loss {s['loss']:.4f}{val}; "
+        f"{s['tokens_per_s']:,.0f} tokens/s{mfu}; loss curve train/{LOSS_PLOT}"
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    return _train_job(_recipe(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The main job: the data stage (skipped when complete), training, a sample and the bar to clear."""
+    from training.data import unigram_entropy
+    from training.sample import load_model, sample
+    from training.trainer import summarize
+
+    cfg = _recipe(args)
+    _check_inputs(cfg)
+    init_ray(cfg.ray)  # whether or not the data is done: say first which Ray
+    _data_stage(cfg, args.force)
+    rc = _train_job(cfg)
+    if rc:
+        return rc
+    model, enc, _ = load_model(cfg.paths.root)
+    print(f"--- sample (prompt {args.prompt!r}) ---")
+    print(sample(model, enc, SampleOptions(prompt=args.prompt))[0])
+    print("---")
+    s = summarize(cfg.paths)
+    h = unigram_entropy(cfg.paths.shards)
+    if "val_loss" in s:
+        print(
+            f"raylm run: val loss {s['val_loss']:.3f} nats/token vs unigram entropy {h:.3f} of the train tokens "
+            f"({h - s['val_loss']:+.3f}: what the model learned beyond token frequencies)"
+        )
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from pipelines.shards import has_manifest
+    from tuning.campaign import check, run_tune
+    from tuning.results import collect, print_summary, write_results
+
+    cfg = _recipe(args)
+    check(cfg)  # a bad search space fails before Ray starts
+    _check_inputs(cfg)
+    if not has_manifest(cfg.paths.data):
+        print(f"[raylm tune] no shards at {cfg.paths.data} yet: running the data stage first, then the campaign", flush=True)
+    init_ray(cfg.ray)
+    _data_stage(cfg, args.force)
+    grid = run_tune(cfg, resume=args.resume)
+    rows = collect(cfg, grid)
+    print_summary(cfg, rows, write_results(cfg, rows))
+    return 0 if any(r["status"] != "error" for r in rows) else 1
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from training.evaluate import print_results, run_eval
+
+    cfg = _recipe(args)
+    opts = EvalOptions(
+        checkpoint=args.checkpoint, split=args.split, file=args.file, max_windows=args.max_windows, max_examples=args.max_examples, device=args.device
+    )
+    print_results(run_eval(cfg.train_job(), opts))
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from cluster.submit import submit
+
+    cfg = _recipe(args)
+    command = args.job_command
+    if command and command[0] not in RECIPE_COMMANDS:
+        raise UsageError(f"submit runs a recipe command ({', '.join(RECIPE_COMMANDS)}), not {command[0]!r}")
+    return submit(cfg, args.address, command, wait=not args.no_wait, deps=not args.no_deps)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from cluster.submit import jobs
+
+    return jobs(args.action, args.job_id, args.address, args.follow)
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -111,16 +267,6 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(cfg: RunConfig, args: argparse.Namespace) -> int:
-    from training.evaluate import print_results, run_eval
-
-    opts = EvalOptions(
-        checkpoint=args.checkpoint, split=args.split, file=args.file, max_windows=args.max_windows, max_examples=args.max_examples, device=args.device
-    )
-    print_results(run_eval(cfg, opts))
-    return 0
-
-
 def _export(args: argparse.Namespace) -> int:
     from training.export import export_hf
 
@@ -132,112 +278,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(cfg: RunConfig) -> int:
-    from training.trainer import run_train, summarize
-
-    result = run_train(cfg)
-    if result.error is not None:
-        print(f"raylm: training failed: {result.error}", file=sys.stderr)
-        return 1
-    s = summarize(cfg)
-    val = f", val loss {s['val_loss']:.4f} (ppl {s['val_ppl']:.1f}) at step {s['val_step']}" if "val_loss" in s else ""
-    mfu = f", MFU {s['mfu']:.1%}" if s.get("mfu") is not None else ""
-    print(
-        f"raylm train: {cfg.run_dir}/train: step {s['step']}, {s['tokens']:,} tokens, train loss {s['loss']:.4f}{val}; "
-        f"{s['tokens_per_s']:,.0f} tokens/s{mfu}; loss curve train/loss.png"
-    )
-    return 0
-
-
-def _run(cfg: RunConfig, prompt: str) -> int:
-    """data is done (or skipped as complete) by the caller; then train, sample and the bar to clear."""
-    from training.data import unigram_entropy
-    from training.sample import load_model, sample
-    from training.trainer import summarize
-
-    rc = _train(cfg)
-    if rc:
-        return rc
-    model, enc, _ = load_model(cfg.run_dir)
-    print(f"--- sample (prompt {prompt!r}) ---")
-    print(sample(model, enc, SampleOptions(prompt=prompt))[0])
-    print("---")
-    s = summarize(cfg)
-    h = unigram_entropy(cfg.data_dir)
-    if "val_loss" in s:
-        print(
-            f"raylm run: val loss {s['val_loss']:.3f} nats/token vs unigram entropy {h:.3f} of the train tokens "
-            f"({h - s['val_loss']:+.3f}: what the model learned beyond token frequencies)"
-        )
-    return 0
-
-
-def _tune(cfg: RunConfig, resume: bool) -> int:
-    from tuning.campaign import run_tune
-    from tuning.results import collect, print_summary, write_results
-
-    grid = run_tune(cfg, resume=resume)
-    rows = collect(cfg, grid)
-    print_summary(cfg, rows, write_results(cfg, rows))
-    return 0 if any(r["status"] != "error" for r in rows) else 1
-
-
-def _submit(cfg: RunConfig, args: argparse.Namespace) -> int:
-    from cluster.submit import submit
-
-    command = args.job_command
-    if command and command[0] not in RECIPE_COMMANDS:
-        raise UsageError(f"submit runs a recipe command ({', '.join(RECIPE_COMMANDS)}), not {command[0]!r}")
-    return submit(cfg, args.address, command, wait=not args.no_wait, deps=not args.no_deps)
-
-
-def _recipe_command(args: argparse.Namespace) -> int:
-    cfg = load_config(args.recipe, args.overrides)
-    if args.command == "validate":
-        print(dump_config(cfg), end="")
-        return 0
-    if args.command == "train":
-        return _train(cfg)
-    if args.command == "eval":
-        return _eval(cfg, args)
-    if args.command == "submit":
-        return _submit(cfg, args)
-    if args.command == "tune":
-        from tuning.campaign import check
-
-        check(cfg)  # a bad search space fails before Ray starts
-    from pipelines.run import run_data
-    from pipelines.shards import has_manifest
-    from pipelines.sources import list_files
-
-    try:
-        list_files(cfg.data.inputs)  # a recipe pointing at nothing is a config error, before Ray starts
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(str(e)) from None
-    if args.command == "tune" and not has_manifest(f"{cfg.run_dir}/data"):
-        print(f"[raylm tune] no shards at {cfg.run_dir}/data yet: running the data stage first, then the campaign", flush=True)
-    if args.command in ("run", "tune"):  # they need Ray whether or not the data is done: say first which Ray
-        from cluster.runtime import init_ray
-
-        init_ray(cfg.ray)
-    run_data(cfg, force=args.force)
-    if args.command == "run":
-        return _run(cfg, args.prompt)
-    if args.command == "tune":
-        return _tune(cfg, args.resume)
-    return 0
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "sample":
-        return _sample(args)
-    if args.command == "export":
-        return _export(args)
-    if args.command == "jobs":
-        from cluster.submit import jobs
-
-        return jobs(args.action, args.job_id, args.address, args.follow)
-    return _recipe_command(args)
+COMMANDS: dict[str, Command] = {
+    "validate": Command("print the resolved config, or a clear error (exit 2)", _validate),
+    "data": Command("raw text -> deduplicated token shards", _data, _force),
+    "train": Command("shards -> checkpoints on Ray Train (resumes if the run exists)", _train),
+    "run": Command("the main job: data, then train, then a sample", _run, _run_options),
+    "tune": Command("hyperparameter search over tune.param_space (data first if needed; trials are Ray Train runs)", _tune, _tune_options),
+    "submit": Command("run the recipe on a Ray cluster through Ray Jobs: raylm submit RECIPE --address URL -- train", _submit, _submit_options),
+    "jobs": Command("a submitted job: status, logs (--follow), stop", _jobs, _jobs_options, recipe=False),
+    "eval": Command(
+        "loss, perplexity, next-token accuracy; task metrics (exact match, accuracy, macro-F1, BLEU) on a split or a file", _eval, _eval_options
+    ),
+    "export": Command("a run's latest checkpoint as a Hugging Face transformers GPT-2 directory", _export, _export_options, recipe=False),
+    "sample": Command("generate text from a run's latest checkpoint (or a checkpoint directory)", _sample, _sample_options, recipe=False),
+}
 
 
 class UsageError(ValueError):
@@ -291,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args.job_command = job_command
     warnings.showwarning = _show_warning
     try:
-        return _dispatch(args)
+        return COMMANDS[args.command].run(args)
     except ConfigError as e:
         print(f"raylm: bad recipe:\n{e}" if "\n" in str(e) else f"raylm: bad recipe: {e}", file=sys.stderr)
         return 2

@@ -12,9 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 
-import ray
-
-from cluster.config import RayConfig
+from cluster.recipe import RayConfig
 
 
 def _say(msg: str) -> None:
@@ -27,6 +25,9 @@ def ray_target(cfg: RayConfig) -> str | None:
 
 
 def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say) -> None:
+    """Connect this process to the recipe's Ray, once; `raylm validate`, `submit` and `jobs` never call it."""
+    import ray  # here, not at the top: the commands that never start Ray do not pay for importing it
+
     if ray.is_initialized():
         return
     kwargs = dict(runtime_env=cfg.runtime_env or None, log_to_driver=True, logging_level=logging.WARNING)
@@ -46,4 +47,6 @@ def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say) -> None:
 
 
 def _cpus() -> int:
+    import ray
+
     return int(ray.cluster_resources().get("CPU", 0))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from cluster.config import ConfigError, RunConfig
+from cluster.recipe import ConfigError, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_ENV = "RAYLM_RECIPE"

@@ -31,7 +31,7 @@ import ray
 import rensa
 import xxhash
 
-from cluster.config import DedupConfig, MinHashConfig
+from pipelines.config import DedupConfig, MinHashConfig
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from cluster.config import DataConfig
 from pipelines.clean import normalize, quality_filter
+from pipelines.config import DataConfig
 from pipelines.dedup import signatures_from_words, text_hash, words_of
 from pipelines.tokenize import TokenizerSpec, encode_documents, encode_with_masks
 

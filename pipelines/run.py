@@ -29,10 +29,13 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from cluster.config import ConfigError, RunConfig
+from pipelines.config import DataConfig, ExecutionConfig
 from pipelines.dedup import run_dedup
+from pipelines.io import exists, makedirs, rm_tree
+from pipelines.paths import REMOVED, STATS, TOKENIZER, WORK, RunPaths
 from pipelines.process import DocProcessor, binary_column
-from pipelines.shards import ShardWriter, exists, has_manifest, makedirs, read_manifest, rm_tree, token_dtype, write_manifest
+from pipelines.schema import ConfigError
+from pipelines.shards import ShardWriter, has_manifest, read_manifest, token_dtype, write_manifest
 from pipelines.sources import TextFiles, list_files
 from pipelines.tokenize import TokenizerSpec, copy_tokenizer, describe, encode_documents, load_encoding, spec_from_config, train_bpe
 
@@ -58,31 +61,31 @@ def _say(msg: str) -> None:
     print(f"[raylm data] {msg}", flush=True)
 
 
-def _workers(cfg: RunConfig) -> int:
-    return cfg.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+def _workers(ex: ExecutionConfig) -> int:
+    return ex.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def process_documents(cfg: RunConfig, files, staging: str, tok: TokenizerSpec | None, report: Report) -> list[dict]:
+def process_documents(data: DataConfig, files, staging: str, tok: TokenizerSpec | None, report: Report) -> list[dict]:
     """Stage 1: read, clean, hash, sign, tokenize; returns one summary row per staging file."""
     import ray.data as rd
 
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = True
-    workers = _workers(cfg)
+    workers = _workers(data.execution)
     # a block is one read task's rows, so one contiguous uid range of one file: the staging files
     # then concatenate in input order whatever the batching (see DocProcessor)
-    ctx.target_max_block_size = cfg.data.execution.batch_bytes
+    ctx.target_max_block_size = data.execution.batch_bytes
     # bounded read-ahead: without a cap Ray Data queues blocks up to half the object store, so
     # memory would grow with the corpus; a few blocks per actor keep every worker busy
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-        object_store_memory=max(256 << 20, 8 * cfg.data.execution.batch_bytes * workers)
+        object_store_memory=max(256 << 20, 8 * data.execution.batch_bytes * workers)
     )
     # the actors do the CPU work (one per CPU); reading is mostly I/O and decompression, so read
     # tasks get a token CPU share instead of starving the pool (measured: 2x faster than 0.25/0.75)
-    ds = rd.read_datasource(TextFiles(files, cfg.data.execution, cfg.data.reject), override_num_blocks=len(files), num_cpus=0.01)
+    ds = rd.read_datasource(TextFiles(files, data.execution, data.reject), override_num_blocks=len(files), num_cpus=0.01)
     ds = ds.map_batches(
         DocProcessor,
-        fn_constructor_args=(cfg.data, staging, tok),
+        fn_constructor_args=(data, staging, tok),
         batch_size=None,
         batch_format="pyarrow",
         compute=rd.ActorPoolStrategy(size=workers),
@@ -165,16 +168,16 @@ def _token_arrays(col: pa.Array, dtype: type = np.uint32) -> tuple[np.ndarray, n
 
 
 def write_outputs(
-    cfg: RunConfig, root: str, summaries: list[dict], dups: pads.Dataset | None, trained: bool, dtype: np.dtype
+    data: DataConfig, root: str, summaries: list[dict], dups: pads.Dataset | None, trained: bool, dtype: np.dtype
 ) -> tuple[dict, Counter, int, int]:
     """Stage 4: shards, removed.parquet, counts. Sequential, streaming one staging file at a time."""
-    out = cfg.data.output
-    masks = cfg.data.has_tasks
+    out = data.output
+    masks = data.has_tasks
     writers = {sp: ShardWriter(root, name, dtype, out.shard_tokens, masks=masks) for sp, name in ((0, "train"), (1, "val"))}
     removed_counts: Counter = Counter()
     docs_in = bytes_in = 0
     fs, _ = fsspec.core.url_to_fs(root)
-    with fs.open(f"{root}/removed.parquet.tmp", "wb") as fh, pq.ParquetWriter(fh, REMOVED_SCHEMA) as removed_w:
+    with fs.open(f"{root}/{REMOVED}.tmp", "wb") as fh, pq.ParquetWriter(fh, REMOVED_SCHEMA) as removed_w:
         for s in tqdm(summaries, desc="shards", unit="file", disable=None):
             cols = ["uid", "id", "src", "status", "nbytes", "split"] + ([] if trained else ["tokens"]) + (["mask"] if masks else [])
             t = pq.read_table(s["path"], columns=cols)
@@ -204,7 +207,7 @@ def write_outputs(
                 docs = split == sp
                 sel = slice(None) if docs.all() else np.repeat(docs, lengths)
                 w.add(flat[sel], lengths[docs], None if flat_mask is None else flat_mask[sel])
-    fs.mv(f"{root}/removed.parquet.tmp", f"{root}/removed.parquet")
+    fs.mv(f"{root}/{REMOVED}.tmp", f"{root}/{REMOVED}")
     splits = {"train": writers[0].close(), "val": writers[1].close()}
     return splits, removed_counts, docs_in, bytes_in
 
@@ -232,10 +235,10 @@ def changed_keys(finished: dict, wanted: dict) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
-def _reuse_finished(cfg: RunConfig, root: str, say: Callable[[str], None]) -> dict:
+def _reuse_finished(data: DataConfig, root: str, say: Callable[[str], None]) -> dict:
     """The finished run's manifest, if it was made by this recipe's data section; else a ConfigError."""
     man = read_manifest(root)
-    diff = changed_keys(man.get("config") or {}, cfg.data.model_dump(mode="json")) if "config" in man else []
+    diff = changed_keys(man.get("config") or {}, data.model_dump(mode="json")) if "config" in man else []
     if diff:
         shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
         raise ConfigError(
@@ -246,35 +249,33 @@ def _reuse_finished(cfg: RunConfig, root: str, say: Callable[[str], None]) -> di
     return man
 
 
-def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _say, summary: bool = True) -> dict:
-    """raw text -> shards + manifest + removed.parquet + stats.json. Returns the manifest."""
-    from cluster.runtime import init_ray
-
-    root = f"{cfg.run_dir}/data"
+def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callable[[str], None] = _say, summary: bool = True) -> dict:
+    """raw text -> shards + manifest + removed.parquet + stats.json in paths.data. Returns the manifest.
+    Runs on the Ray instance this process is connected to (cluster.runtime.init_ray), else a new local one."""
+    root = paths.data
     if has_manifest(root) and not force:
-        return _reuse_finished(cfg, root, say)
+        return _reuse_finished(data, root, say)
     report = Report()
     t_start = time.perf_counter()
-    files = list_files(cfg.data.inputs)
-    tcfg = cfg.data.tokenizer
+    files = list_files(data.inputs)
+    tcfg = data.tokenizer
     tok = None if tcfg.train is not None else spec_from_config(tcfg)
-    init_ray(cfg.ray)
     if exists(root):
         say(f"{root} has no manifest: an unfinished run; starting it again from scratch")
         rm_tree(root)
-    work = f"{root}/_work"
+    work = f"{root}/{WORK}"
     makedirs(f"{work}/docs")
     say(f"{len(files)} input file(s)")
 
     with report.timed("process"):
-        summaries = process_documents(cfg, files, f"{work}/docs", tok, report)
+        summaries = process_documents(data, files, f"{work}/docs", tok, report)
     staging = [s["path"] for s in summaries]
 
     dups = None
     dups_dir = f"{work}/dups"
-    if cfg.data.dedup.exact.enabled or cfg.data.dedup.minhash.enabled:
+    if data.dedup.exact.enabled or data.dedup.minhash.enabled:
         with report.timed("dedup"):
-            res = run_dedup(staging, cfg.data.dedup, progress=lambda m: say(f"dedup: {m}"))
+            res = run_dedup(staging, data.dedup, progress=lambda m: say(f"dedup: {m}"))
             makedirs(dups_dir)
             ray.get([_write_table.remote(r, f"{dups_dir}/part-{p:05d}.parquet") for p, r in enumerate(res.removed)])
             dups = pads.dataset(dups_dir, format="parquet")
@@ -286,7 +287,7 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
             say(f"training a BPE tokenizer (vocab {tcfg.train.vocab_size}) with rustbpe on the kept documents")
             tok = ray.get(
                 _train_tokenizer_task.remote(
-                    summaries, dups_dir if dups is not None else None, tcfg.train.vocab_size, tcfg.train.max_docs, f"{root}/tokenizer.tiktoken"
+                    summaries, dups_dir if dups is not None else None, tcfg.train.vocab_size, tcfg.train.max_docs, f"{root}/{TOKENIZER}"
                 )
             )
         with report.timed("tokenize"):
@@ -296,16 +297,16 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
                 TokenizeFile,
                 fn_constructor_args=(tok, dups_dir if dups is not None else None),
                 batch_size=1,
-                compute=rd.ActorPoolStrategy(size=_workers(cfg)),
+                compute=rd.ActorPoolStrategy(size=_workers(data.execution)),
             ).materialize()
     elif tok.path is not None:  # keep the run self-contained: the tokenizer travels with the shards
         fs, _ = fsspec.core.url_to_fs(root)
-        copy_tokenizer(tok.path, f"{root}/tokenizer.tiktoken")
+        copy_tokenizer(tok.path, f"{root}/{TOKENIZER}")
     enc = load_encoding(tok)
     dtype = token_dtype(enc.n_vocab)
 
     with report.timed("shards"):
-        splits, removed, docs_in, bytes_in = write_outputs(cfg, root, summaries, dups, trained, dtype)
+        splits, removed, docs_in, bytes_in = write_outputs(data, root, summaries, dups, trained, dtype)
     docs_kept = splits["train"]["docs"] + splits["val"]["docs"]
     if docs_in != docs_kept + sum(removed.values()):  # a bug, never an input problem
         raise AssertionError(f"conservation violated: {docs_in} in, {docs_kept} kept, {dict(removed)} removed")
@@ -313,9 +314,9 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
         "format": "raylm-shards",
         "version": 1,
         # a trained tokenizer is the run's own file: named relative to data/, so the manifest is the same wherever the run is
-        "tokenizer": {**describe(tok, enc), **({"path": "tokenizer.tiktoken"} if trained else {})},
+        "tokenizer": {**describe(tok, enc), **({"path": TOKENIZER} if trained else {})},
         "dtype": dtype.name,
-        **({"loss_mask": True} if cfg.data.has_tasks else {}),  # shard-*.mask.npy beside every shard
+        **({"loss_mask": True} if data.has_tasks else {}),  # shard-*.mask.npy beside every shard
         "splits": splits,
         "stats": {
             "docs_in": docs_in,
@@ -324,7 +325,7 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
             "bytes_in": bytes_in,
             "tokens": splits["train"]["tokens"] + splits["val"]["tokens"],
         },
-        "config": cfg.data.model_dump(mode="json"),
+        "config": data.model_dump(mode="json"),
     }
     rm_tree(work)
     report.seconds["total"] = round(time.perf_counter() - t_start, 3)
@@ -336,11 +337,11 @@ def run_data(cfg: RunConfig, force: bool = False, say: Callable[[str], None] = _
         "docs_per_s": round(docs_in / max(report.seconds["total"], 1e-9), 1),
     }
     fs, _ = fsspec.core.url_to_fs(root)
-    with fs.open(f"{root}/stats.json", "w") as f:
+    with fs.open(f"{root}/{STATS}", "w") as f:
         json.dump(stats, f, indent=1)
     if docs_kept == 0:  # no manifest: nothing to train on is a failed stage, not a finished one
         reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(removed.items(), key=lambda x: -x[1])) or "no input records"
-        raise DataStageError(f"no document kept of {docs_in:,} read ({reasons}); each one is listed with its file and line in {root}/removed.parquet")
+        raise DataStageError(f"no document kept of {docs_in:,} read ({reasons}); each one is listed with its file and line in {root}/{REMOVED}")
     write_manifest(root, manifest)
     if summary:
         print_summary(manifest, stats, root)

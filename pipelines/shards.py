@@ -16,6 +16,9 @@ from collections.abc import Iterator
 import fsspec
 import numpy as np
 
+from pipelines.io import exists, is_local
+from pipelines.paths import MANIFEST
+
 
 def token_dtype(n_vocab: int) -> np.dtype:
     return np.dtype(np.uint16) if n_vocab <= 65536 else np.dtype(np.uint32)
@@ -138,9 +141,6 @@ class ShardWriter:
         return {"tokens": self.tokens, "docs": self.docs, "shards": self.shards}
 
 
-MANIFEST = "manifest.json"
-
-
 def write_manifest(root: str, manifest: dict) -> None:
     fs, _ = fsspec.core.url_to_fs(root)
     tmp = f"{root}/{MANIFEST}.tmp"
@@ -161,9 +161,10 @@ def has_manifest(root: str) -> bool:
     return exists(f"{root}/{MANIFEST}")
 
 
-def is_local(fs) -> bool:
-    """Whether an fsspec filesystem is this machine's disk (np.load can mmap its paths)."""
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+def require_shards(root: str, hint: str = "") -> None:
+    """The one check train, tune and eval make before reading shards: a finished data stage in `root`."""
+    if not has_manifest(root):
+        raise FileNotFoundError(f"{root} has no {MANIFEST}: run `raylm data` first{hint}")
 
 
 def _load_npy(fs, path: str, local: bool) -> np.ndarray:
@@ -192,20 +193,4 @@ def iter_documents(root: str, split: str, with_masks: bool = False) -> Iterator:
                 yield tokens[s:e], (mask[s:e] if mask is not None else np.ones(e - s, dtype=np.uint8))
 
 
-def rm_tree(path: str) -> None:
-    fs, _ = fsspec.core.url_to_fs(path)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
-def exists(path: str) -> bool:
-    fs, _ = fsspec.core.url_to_fs(path)
-    return fs.exists(path)
-
-
-def makedirs(path: str) -> None:
-    fs, _ = fsspec.core.url_to_fs(path)
-    fs.makedirs(path, exist_ok=True)
-
-
-__all__ = ["ShardWriter", "write_manifest", "read_manifest", "iter_documents", "token_dtype", "rm_tree", "exists", "makedirs", "is_local"]
+__all__ = ["ShardWriter", "has_manifest", "iter_documents", "read_manifest", "require_shards", "token_dtype", "write_manifest"]

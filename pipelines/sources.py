@@ -19,7 +19,7 @@ from fsspec.core import url_to_fs
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from cluster.config import ExecutionConfig, InputSpec, RejectConfig
+from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
 from pipelines.streams import Damaged, compression_of, decompressed, strip_compression
 
 SCHEMA = pa.schema(

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.config import ExecutionConfig, InputSpec, RejectConfig
+from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
 from pipelines.sources import SourceFile, list_files, read_file
 
 DOCS = [{"id": f"d{i}", "text": f"document {i} " + "lorem ipsum dolor sit amet " * 60} for i in range(3)]

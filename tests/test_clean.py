@@ -1,5 +1,5 @@
-from cluster.config import CleanConfig, NormalizeConfig
 from pipelines.clean import normalize, quality_filter
+from pipelines.config import CleanConfig, NormalizeConfig
 
 GOOD = " ".join(f"word{i % 37} alpha beta gamma delta." for i in range(60))
 

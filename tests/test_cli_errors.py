@@ -71,7 +71,7 @@ def test_unexpected_error_is_a_message_and_a_saved_traceback(capsys, monkeypatch
     def boom(args):
         raise RuntimeError("something inside broke")
 
-    monkeypatch.setattr(cli, "_dispatch", boom)
+    monkeypatch.setitem(cli.COMMANDS, "validate", cli.COMMANDS["validate"].__class__("validate", boom))
     rc, _, err = _cli(capsys, "validate", RECIPE)
     assert rc == 1 and "RuntimeError: something inside broke" in err
     path = err.rsplit("traceback in ", 1)[1].rstrip(")\n")

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.config import ConfigError, load_config
+from cluster.recipe import load_config
 from cluster.submit import EXCLUDES, RECIPE_ENV, check_storage, job_spec
+from pipelines.schema import ConfigError
 from tests.conftest import ROOT
 
 RAY_UP = sorted((ROOT / "cluster" / "ray").glob("*.yaml"))

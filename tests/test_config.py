@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from cluster.config import ConfigError, load_config
+from cluster.recipe import load_config
+from pipelines.schema import ConfigError
 from tests.conftest import ROOT
 
 RECIPE = ROOT / "cluster" / "recipes" / "local.yaml"
@@ -75,4 +76,4 @@ def test_run_name_cannot_leave_storage_path(name):
 
 
 def test_nested_run_names_are_fine():
-    assert load_config(RECIPE, ["name=team/exp-1"]).run_dir == "./runs/team/exp-1"
+    assert load_config(RECIPE, ["name=team/exp-1"]).paths.root == "./runs/team/exp-1"

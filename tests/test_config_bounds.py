@@ -10,7 +10,9 @@ import pytest
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from cluster.config import ConfigError, RunConfig, load_config
+# values some fields need beside the one under test, for cross-field rules to hold
+from cluster.recipe import RunConfig, load_config
+from pipelines.schema import ConfigError
 
 # values some fields need beside the one under test, for cross-field rules to hold
 COMPANIONS = {

@@ -3,8 +3,8 @@ import random
 import numpy as np
 import pyarrow as pa
 
-from cluster.config import MinHashConfig
 from pipelines import dedup as D
+from pipelines.config import MinHashConfig
 
 
 def test_optimal_bands_matches_known_values():

@@ -6,7 +6,7 @@ import torch
 import transformers  # raylm[hf], in the test extras: the export test must run in CI, never skip
 
 from cluster.cli import main
-from cluster.config import RunConfig
+from cluster.recipe import RunConfig
 from pipelines.tokenize import describe, load_encoding, train_bpe
 from tests.conftest import sample_docs
 from training import checkpoint
@@ -26,7 +26,7 @@ def write_checkpoint(directory, model_cfg: dict, bpe, seed: int = 0, jitter: boo
     spec, enc, tok_dir = bpe
     cfg = RunConfig.model_validate({"name": "export-test", "train": {"model": model_cfg}})
     torch.manual_seed(seed)
-    model = GPT(GPTConfig.from_recipe(cfg.train.model, enc.n_vocab))
+    model = GPT(GPTConfig.from_config(cfg.train.model, enc.n_vocab))
     if jitter:  # LayerNorm weights and biases away from 1 and 0, so a wrong mapping cannot hide
         with torch.no_grad():
             for name, p in model.named_parameters():

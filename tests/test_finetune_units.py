@@ -8,11 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cluster.config import ConfigError, DataConfig, InputSpec, ModelConfig, RunConfig, TokenizerConfig
+from cluster.recipe import RunConfig
+from pipelines.config import DataConfig, InputSpec, TokenizerConfig
+from pipelines.schema import ConfigError
 from pipelines.shards import ShardWriter, iter_documents, write_manifest
 from pipelines.sources import _record_text
 from pipelines.tasks import build_play_task, speeches
 from pipelines.tokenize import encode_with_masks, load_encoding, spec_from_config
+from training.config import ModelConfig
 from training.data import ShardWindows
 from training.evaluate import bleu, classification_metrics, label_logprobs, lm_metrics, split_examples
 from training.model import GPT, GPTConfig
@@ -48,7 +51,7 @@ def test_encode_with_masks_marks_completion_and_closing_eot(enc):
 
 def _model(vocab=128, seq_len=16, seed=0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig.from_recipe(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=seq_len), n_vocab=vocab))
+    return GPT(GPTConfig.from_config(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=seq_len), n_vocab=vocab))
 
 
 def test_prompt_targets_contribute_nothing_to_loss_or_gradient():
@@ -183,14 +186,14 @@ def test_init_from_must_match_model_and_tokenizer(tmp_path):
         "storage_path": str(tmp_path),
         "train": {"init_from": str(tmp_path / "pre"), "data_path": str(data), "model": {"n_layer": 1, "n_head": 2, "d_model": 32, "seq_len": 16}},
     }
-    assert check_init_from(RunConfig.model_validate(base)).endswith("checkpoint_000")
+    assert check_init_from(RunConfig.model_validate(base).train_job()).endswith("checkpoint_000")
     wider = json.loads(json.dumps(base))
     wider["train"]["model"]["d_model"] = 64
     with pytest.raises(ConfigError, match="train.model.d_model is 32 there, 64 here"):
-        check_init_from(RunConfig.model_validate(wider))
+        check_init_from(RunConfig.model_validate(wider).train_job())
     (data / "manifest.json").write_text(json.dumps({"tokenizer": {"name": "cl100k_base", "sha256": "other"}}))
     with pytest.raises(ConfigError, match="another tokenizer"):
-        check_init_from(RunConfig.model_validate(base))
+        check_init_from(RunConfig.model_validate(base).train_job())
 
 
 def test_eval_on_files_text_and_task_records(tmp_path):

@@ -4,13 +4,13 @@ import math
 
 import torch
 
-from cluster.config import ModelConfig
+from training.config import ModelConfig
 from training.model import GPT, GPTConfig, padded_vocab
 
 
 def _model() -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig.from_recipe(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=16), n_vocab=100))
+    return GPT(GPTConfig.from_config(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=16), n_vocab=100))
 
 
 def test_future_tokens_never_change_past_logits():

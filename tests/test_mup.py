@@ -5,7 +5,7 @@ measured by benchmarks/mup_coord_check.py.)"""
 import pytest
 import torch
 
-from cluster.config import ModelConfig, OptimConfig
+from training.config import ModelConfig, OptimConfig
 from training.model import GPT, GPTConfig
 from training.optim import build_optimizer
 
@@ -13,7 +13,7 @@ from training.optim import build_optimizer
 def _gpt(d_model, mup_base=None, seed=0):
     torch.manual_seed(seed)
     mup = {"base_width": mup_base} if mup_base else None
-    return GPT(GPTConfig.from_recipe(ModelConfig(n_layer=2, n_head=4, d_model=d_model, seq_len=16, mup=mup), 200))
+    return GPT(GPTConfig.from_config(ModelConfig(n_layer=2, n_head=4, d_model=d_model, seq_len=16, mup=mup), 200))
 
 
 def test_hidden_init_and_lr_scale_with_width():

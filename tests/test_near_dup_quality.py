@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.corpus import injected
-from cluster.config import load_config
+from cluster.recipe import load_config
 from pipelines.clean import normalize
 from pipelines.dedup import run_dedup, words_of
 from pipelines.run import Report, process_documents, run_data
@@ -62,7 +62,7 @@ def test_precision_recall_at_0_8(ray_session, tmp_path):
     assert precision >= 0.99 and recall >= 0.99
 
     # and the run's removed.parquet: each removed doc is a true duplicate of the doc it names as kept
-    man = run_data(cfg)
+    man = run_data(cfg.data, cfg.paths)
     rem = [r for r in pq.read_table(f"{tmp_path}/q/data/removed.parquet").to_pylist() if r["reason"] in ("exact", "near")]
     assert len(rem) == man["stats"]["removed"].get("exact", 0) + man["stats"]["removed"].get("near", 0)
     assert all(tuple(sorted((r["id"], r["kept_id"]))) in truth for r in rem)

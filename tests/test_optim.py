@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from cluster.config import ModelConfig, OptimConfig, ScheduleConfig
+from training.config import ModelConfig, OptimConfig, ScheduleConfig
 from training.model import GPT, GPTConfig
 from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 
 def test_decay_groups_cover_every_parameter_once():
-    m = GPT(GPTConfig.from_recipe(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=16, bias=True), 100))
+    m = GPT(GPTConfig.from_config(ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=16, bias=True), 100))
     decay, no_decay = param_groups(m, 0.1, 1e-3)
     n = sum(p.numel() for p in m.parameters())  # tied weights counted once by .parameters()
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == n
@@ -45,7 +45,7 @@ def test_scheduler_drives_optimizer_lr():
 
 def _trained_optimizer(lr: float, steps: int):
     torch.manual_seed(0)
-    m = GPT(GPTConfig.from_recipe(ModelConfig(n_layer=1, n_head=2, d_model=32, seq_len=8, mup={"base_width": 16}), 50))
+    m = GPT(GPTConfig.from_config(ModelConfig(n_layer=1, n_head=2, d_model=32, seq_len=8, mup={"base_width": 16}), 50))
     opt = build_optimizer(m, OptimConfig(lr=lr), "cpu")
     sch = build_scheduler(opt, ScheduleConfig(warmup_steps=3), 20)
     for _ in range(steps):

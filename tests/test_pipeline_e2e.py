@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from cluster.config import load_config
+from cluster.recipe import load_config
 from pipelines.clean import normalize
 from pipelines.process import split_of
 from pipelines.run import run_data
@@ -45,7 +45,7 @@ def _tree_digest(root: Path) -> dict:
 
 def test_sample_round_trip_split_and_conservation(ray_session, tmp_path):
     cfg = _cfg(tmp_path)
-    man = run_data(cfg)
+    man = run_data(cfg.data, cfg.paths)
     root = f"{tmp_path}/t/data"
     st = man["stats"]
     assert st["docs_in"] == 78 and st["docs_in"] == st["docs_kept"] + sum(st["removed"].values())
@@ -68,15 +68,15 @@ def test_sample_round_trip_split_and_conservation(ray_session, tmp_path):
     assert len(man["splits"]["train"]["shards"]) >= 2  # shard_tokens 1M in the recipe
     # a finished run is not redone
     before = _tree_digest(Path(root))
-    run_data(cfg)
+    run_data(cfg.data, cfg.paths)
     assert _tree_digest(Path(root)) == before
 
 
 def test_split_and_output_stable_across_batching(ray_session, tmp_path):
     a = _cfg(tmp_path, "name=a")
     b = _cfg(tmp_path, "name=b", "data.execution.batch_bytes=300000", "data.dedup.partitions=3")
-    run_data(a)
-    run_data(b)
+    run_data(a.data, a.paths)
+    run_data(b.data, b.paths)
     da, db = _tree_digest(tmp_path / "a" / "data"), _tree_digest(tmp_path / "b" / "data")
     da.pop("manifest.json")
     db.pop("manifest.json")  # the manifest holds the (different) config
@@ -91,7 +91,7 @@ def test_killed_run_restarts_byte_identical(ray_session, tmp_path):
 
     trained = "data.tokenizer={train: {vocab_size: 4096}}"  # the recipe's: BPE training is redone byte-identically too
     ref = _cfg(tmp_path, "name=ref", trained)
-    run_data(ref)
+    run_data(ref.data, ref.paths)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "cluster", "data", str(RECIPE), "--set", f"storage_path={tmp_path}", "--set", "name=k"]
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -103,7 +103,7 @@ def test_killed_run_restarts_byte_identical(ray_session, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "k" / "data" / "manifest.json").exists()
-    run_data(_cfg(tmp_path, "name=k", trained))
+    run_data(*(lambda c: (c.data, c.paths))(_cfg(tmp_path, "name=k", trained)))
     dk, dr = _tree_digest(tmp_path / "k" / "data"), _tree_digest(tmp_path / "ref" / "data")
     assert dk.keys() == dr.keys() and dk == dr
 
@@ -147,7 +147,7 @@ def test_bad_inputs_are_counted_not_fatal(ray_session, tmp_path):
     src.mkdir()
     _bad_inputs(src)
     cfg = _cfg(tmp_path, f"data.inputs=[{{path: '{src}/*'}}]", "data.clean.enabled=false")
-    man = run_data(cfg)
+    man = run_data(cfg.data, cfg.paths)
     rem = pq.read_table(f"{tmp_path}/t/data/removed.parquet").to_pylist()
     reasons = {}
     for r in rem:
@@ -194,7 +194,7 @@ def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
         "data.tokenizer={train: {vocab_size: 1024}}",
         "data.output.val_fraction=0.0",
     )
-    man = run_data(cfg)
+    man = run_data(cfg.data, cfg.paths)
     root = f"{tmp_path}/t/data"
     assert man["dtype"] == "uint16" and man["tokenizer"]["n_vocab"] == 1024 and man["tokenizer"]["eot"] == 1023
     spec = TokenizerSpec("rustbpe", f"{root}/tokenizer.tiktoken")
@@ -208,7 +208,7 @@ def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
         f"data.tokenizer={{path: '{root}/tokenizer.tiktoken'}}",
         "data.output.val_fraction=0.0",
     )
-    man2 = run_data(cfg2)
+    man2 = run_data(cfg2.data, cfg2.paths)
     assert man2["splits"]["train"]["tokens"] == man["splits"]["train"]["tokens"]
     assert man2["tokenizer"]["sha256"] == man["tokenizer"]["sha256"]
 

@@ -17,7 +17,7 @@ import zstandard
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cluster.config import ExecutionConfig, InputSpec, RejectConfig
+from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
 from pipelines.sources import SourceFile, read_file
 
 MAX_BYTES = 2048  # small, so that "huge" records are cheap to generate

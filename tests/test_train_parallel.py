@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cluster.config import load_config
+from cluster.recipe import load_config
 from pipelines.run import run_data
 from tests.conftest import ROOT
 from training.sample import SampleOptions, load_model, sample
@@ -33,8 +33,8 @@ def _run(tmp_path, name, *over):
         ],
     )  # one set of shards
     if name == "one":
-        run_data(cfg, summary=False)
-    assert run_train(cfg).error is None
+        run_data(cfg.data, cfg.paths, summary=False)
+    assert run_train(cfg.train_job()).error is None
     rows = [json.loads(x) for x in (tmp_path / name / "train" / "metrics.jsonl").read_text().splitlines()]
     return cfg, rows
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cluster.config import load_config
+from cluster.recipe import load_config
 from pipelines.run import run_data
 from tests.conftest import ROOT
 from training.trainer import run_train
@@ -45,15 +45,15 @@ def test_killed_worker_recovers_and_resume_is_bitwise_exact(ray_session, tmp_pat
     import psutil
 
     ref = _cfg(tmp_path, "ref")
-    run_data(ref, summary=False)
-    run_train(ref)
+    run_data(ref.data, ref.paths, summary=False)
+    run_train(ref.train_job())
     ref_steps, ref_losses = _losses(tmp_path, "ref")
     assert ref_steps == list(range(1, 31))
 
     cfg = _cfg(tmp_path, "kill")
-    run_data(cfg, summary=False)
+    run_data(cfg.data, cfg.paths, summary=False)
     result = {}
-    th = threading.Thread(target=lambda: result.setdefault("r", run_train(cfg)))
+    th = threading.Thread(target=lambda: result.setdefault("r", run_train(cfg.train_job())))
     th.start()
     metrics = tmp_path / "kill" / "train" / "metrics.jsonl"
     killed_at = None

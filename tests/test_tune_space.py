@@ -4,7 +4,8 @@ what a trial's recipe looks like. Pure logic: no Ray."""
 import pytest
 
 from cluster.cli import main
-from cluster.config import ConfigError, load_config
+from cluster.recipe import load_config
+from pipelines.schema import ConfigError
 from tests.conftest import ROOT
 from tuning.campaign import build_search, check, max_concurrent, trial_recipe
 from tuning.space import apply_trial, to_tune, validate_space

@@ -21,7 +21,8 @@ import fsspec
 import numpy as np
 import torch
 
-from pipelines.shards import is_local
+from pipelines.io import is_local
+from pipelines.paths import TOKENIZER, RunPaths
 from pipelines.tokenize import copy_tokenizer
 
 STATE, META = "state.pt", "meta.json"
@@ -95,15 +96,15 @@ def save(directory: str, rank: int, state: dict | None, tokenizer_dir: str | Non
                 "tokenizer": state["tokenizer"]["name"],
                 "tokenizer_sha256": state["tokenizer"]["sha256"],
                 "model": c["train"]["model"],
-                "run_dir": f"{c['storage_path'].rstrip('/')}/{c['name']}",
+                "run_dir": RunPaths(c["storage_path"], c["name"]).root,
             },
             f,
         )
     if tokenizer_dir is not None:
-        src = f"{tokenizer_dir}/tokenizer.tiktoken"
+        src = f"{tokenizer_dir}/{TOKENIZER}"
         fs, _ = fsspec.core.url_to_fs(src)
         if fs.exists(src):
-            copy_tokenizer(src, os.path.join(directory, "tokenizer.tiktoken"))
+            copy_tokenizer(src, os.path.join(directory, TOKENIZER))
 
 
 def _torch_load(path: str, device: torch.device | str = "cpu") -> Any:

@@ -1,9 +1,132 @@
-"""Options of the training package's commands, kept apart from the code that needs torch so that the CLI can
-build its parser (and `raylm validate`, `submit`, `jobs` can run) without importing torch."""
+"""The `train` section of the recipe (model, optimizer, schedule, batch, evaluation, checkpoints, scaling),
+and the options of the training package's commands (`raylm sample`, `raylm eval`). Every default of
+training lives here. Kept apart from the code that needs torch, so that the CLI can build its parser (and
+`raylm validate`, `submit`, `jobs` can run) without importing torch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from pipelines.io import absolute
+from pipelines.paths import RunPaths
+from pipelines.schema import Strict
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+class MupConfig(Strict):
+    """muP (Yang et al., Tensor Programs V): hyperparameters tuned at d_model = base_width transfer to wider models."""
+
+    base_width: int = Field(gt=0)
+
+
+class ModelConfig(Strict):
+    n_layer: int = Field(default=4, ge=1)
+    n_head: int = Field(default=4, ge=1)
+    d_model: int = Field(default=256, ge=1)
+    seq_len: int = Field(default=256, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    bias: bool = False
+    mup: MupConfig | None = None  # null: standard parametrization
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+class OptimConfig(Strict):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(default=1.0e-3, ge=0)  # 0 freezes the weights (a test of what init_from loaded)
+    weight_decay: float = Field(default=0.1, ge=0)
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
+    grad_clip: float = Field(default=1.0, gt=0)  # max global gradient norm
+
+
+class ScheduleConfig(Strict):
+    warmup_steps: int = Field(default=100, ge=0)
+    decay: Literal["cosine", "wsd", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    decay_fraction: float = Field(default=0.2, gt=0, le=1)  # wsd: the last fraction of steps decays linearly
+
+
+class BatchConfig(Strict):
+    micro_batch_size: int = Field(default=16, ge=1)  # sequences per worker per forward/backward
+    global_batch_tokens: int = Field(default=65536, ge=1)  # tokens per optimizer step, all workers
+
+
+class EvalConfig(Strict):
+    every: int = Field(default=200, ge=1)  # steps between evaluations
+    batches: int = Field(default=20, ge=1)
+
+
+class CheckpointConfig(Strict):
+    every: int = Field(default=500, ge=1)  # steps between checkpoints
+    keep: int = Field(default=2, ge=1)
+
+
+class ScalingConfig(Strict):
+    num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] = {"CPU": 1}
+
+
+class FailureConfig(Strict):
+    max_failures: int = Field(default=3, ge=-1)  # -1: retry forever (Ray's FailureConfig)
+
+
+class TrainConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    batch: BatchConfig = BatchConfig()
+    max_steps: int = Field(default=2000, ge=1)
+    seed: int = Field(default=0, ge=0, lt=2**32)
+    eval: EvalConfig = EvalConfig()
+    # ray.train.report at every eval and checkpoint step, and every `report_every` steps if set.
+    # Not every step: Ray Train consumes one report per worker per health-check poll (2 s), and a
+    # worker blocks on its next report until then (metrics.jsonl and TensorBoard get every step).
+    report_every: int | None = Field(default=None, ge=1)
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    compile: Literal["auto", True, False] = "auto"  # auto: on GPU
+    parallelism: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 fully_shard per block, for models too big for one GPU
+    init_from: str | None = None  # a run dir or checkpoint: start from its weights (fresh optimizer)
+    data_path: str | None = None  # shards to train on (null: this run's data/, written by `raylm data`)
+    scaling: ScalingConfig = ScalingConfig()
+    failure: FailureConfig = FailureConfig()
+
+
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What training needs of a recipe: its own section, the run's paths, and the whole resolved recipe
+    (JSON), which every checkpoint keeps as the record of what produced it."""
+
+    train: TrainConfig
+    paths: RunPaths
+    recipe: dict[str, Any]
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any]) -> TrainJob:
+        train = TrainConfig.model_validate(recipe.get("train") or {})
+        return cls(train, RunPaths(recipe["storage_path"], recipe["name"], train.data_path), recipe)
+
+    def absolute(self) -> TrainJob:
+        """Local paths made absolute: Ray workers do not share the driver's working directory."""
+        r = {**self.recipe, "storage_path": absolute(self.paths.storage_path), "train": dict(self.recipe["train"])}
+        for key in ("data_path", "init_from"):
+            if r["train"].get(key):
+                r["train"][key] = absolute(r["train"][key])
+        return TrainJob.from_recipe(r)
+
+    def with_name(self, name: str) -> TrainJob:
+        return TrainJob.from_recipe({**self.recipe, "name": name})
 
 
 @dataclass

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from pipelines.dedup import mix64
-from pipelines.shards import is_local, read_manifest
+from pipelines.io import is_local
+from pipelines.shards import read_manifest
 
 _ROUNDS = 4
 

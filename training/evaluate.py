@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cluster.config import ConfigError, RunConfig
-from pipelines.shards import has_manifest, iter_documents, read_manifest
+from pipelines.schema import ConfigError
+from pipelines.shards import iter_documents, read_manifest, require_shards
 from pipelines.tokenize import encode_documents, encode_with_masks
-from training.config import EvalOptions
+from training.config import EvalOptions, TrainJob
 from training.data import ShardWindows, val_windows
 from training.model import GPT
 
@@ -197,14 +197,14 @@ def task_metrics(model: GPT, enc, examples: list[tuple[list[int], list[int]]], t
     return out
 
 
-def run_eval(cfg: RunConfig, opts: EvalOptions) -> dict:
+def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
     """Evaluate, write `{run_dir}/eval/<what>@<run>-step<N>.json`, return the results."""
     import fsspec
 
     from training import checkpoint
     from training.sample import load_model
 
-    source = opts.checkpoint or cfg.run_dir
+    source = opts.checkpoint or job.paths.root
     ckpt = checkpoint.local_dir(checkpoint.latest(source))
     model, enc, state = load_model(ckpt, opts.device)
     t0 = time.perf_counter()
@@ -218,22 +218,21 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> dict:
         examples = task_examples(zip(docs, masks)) if masks is not None else []
         train_labels: list[str] = []
     else:
-        data_root, what = cfg.data_dir, opts.split
-        if not has_manifest(data_root):
-            raise FileNotFoundError(f"{data_root} has no manifest.json: run `raylm data` first (or pass --file)")
+        data_root, what = job.paths.shards, opts.split
+        require_shards(data_root, " (or pass --file)")
         man = read_manifest(data_root)
         if man["tokenizer"]["sha256"] != state["tokenizer"]["sha256"]:
             raise ConfigError(
                 f"{ckpt} was trained with tokenizer {state['tokenizer']['name']}, "
                 f"{data_root} was made with {man['tokenizer']['name']} (different ranks)"
             )
-        res["lm"] = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows, cfg.train.batch.micro_batch_size), opts.device)
+        res["lm"] = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows, job.train.batch.micro_batch_size), opts.device)
         examples = split_examples(data_root, opts.split) if man.get("loss_mask") else []
         train_labels = [enc.decode(c) for _, c in split_examples(data_root, "train")] if examples else []
     if examples:
         res["task"] = task_metrics(model, enc, examples, train_labels, opts)
     res["seconds"] = round(time.perf_counter() - t0, 2)
-    out = f"{cfg.run_dir}/eval/{what}@{state['config']['name'].replace('/', '_')}-step{state['step']}.json"
+    out = f"{job.paths.eval}/{what}@{state['config']['name'].replace('/', '_')}-step{state['step']}.json"
     fs, _ = fsspec.core.url_to_fs(out)
     fs.makedirs(out.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(out, "w") as f:

@@ -16,9 +16,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from cluster.config import RunConfig
 from pipelines.shards import read_manifest
 from training import checkpoint
+from training.config import TrainConfig, TrainJob
 from training.data import ShardWindows, TrainLoader, val_windows
 from training.metrics import MetricsLog
 from training.model import GPT, GPTConfig
@@ -29,10 +29,10 @@ from training.parallel import autocast, grad_sync, parallelize
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
-def accumulation_steps(cfg: RunConfig, world: int) -> int:
+def accumulation_steps(t: TrainConfig, world: int) -> int:
     """Micro-steps per optimizer step so that one step sees `global_batch_tokens` (at least one)."""
-    b = cfg.train.batch
-    per_micro = b.micro_batch_size * cfg.train.model.seq_len * world
+    b = t.batch
+    per_micro = b.micro_batch_size * t.model.seq_len * world
     return max(1, round(b.global_batch_tokens / per_micro))
 
 
@@ -130,12 +130,12 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch as rtt
 
     _quiet_ray_train_reports()
-    cfg = RunConfig.model_validate(config["recipe"])
-    t = cfg.train
+    job = TrainJob.from_recipe(config["recipe"])
+    t = job.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = rtt.get_device()
-    data_root, train_dir = cfg.data_dir, f"{cfg.run_dir}/train"
+    data_root, train_dir = job.paths.shards, job.paths.train
     man = read_manifest(data_root)
 
     random.seed(t.seed + rank)
@@ -148,7 +148,7 @@ def train_loop_per_worker(config: dict) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     torch.manual_seed(t.seed)  # the same initial weights on every rank
-    gpt = GPT(GPTConfig.from_recipe(t.model, man["tokenizer"]["n_vocab"]))
+    gpt = GPT(GPTConfig.from_config(t.model, man["tokenizer"]["n_vocab"]))
     torch.manual_seed(t.seed + rank)  # then per-rank streams (dropout)
     flops_per_token = gpt.flops_per_token()
     model = parallelize(gpt, t, device)
@@ -179,7 +179,7 @@ def train_loop_per_worker(config: dict) -> None:
         checkpoint.load_model_weights(model, state["model"])
 
     amp = autocast(t, device)
-    accum = accumulation_steps(cfg, world)
+    accum = accumulation_steps(t, world)
     tokens_per_step = accum * t.batch.micro_batch_size * t.model.seq_len * world
     peak = _peak_flops(device)
     log = MetricsLog(train_dir, step) if rank == 0 else None
@@ -209,7 +209,7 @@ def train_loop_per_worker(config: dict) -> None:
                     "scheduler": sched.state_dict(),
                     "loader": loader.state_dict(),
                     "step": step,
-                    "config": cfg.model_dump(mode="json"),
+                    "config": job.recipe,
                     "tokenizer": man["tokenizer"],
                 }
                 log.flush()

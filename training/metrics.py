@@ -11,7 +11,8 @@ import tempfile
 
 import fsspec
 
-from pipelines.shards import is_local
+from pipelines.io import is_local
+from pipelines.paths import METRICS, TENSORBOARD
 
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_ppl")
 
@@ -28,7 +29,7 @@ class MetricsLog:
     TensorBoard points) of the steps past it, which are about to be redone."""
 
     def __init__(self, train_dir: str, step: int):
-        self.path = f"{train_dir}/metrics.jsonl"
+        self.path = f"{train_dir}/{METRICS}"
         fs, _ = fsspec.core.url_to_fs(train_dir)
         fs.makedirs(train_dir, exist_ok=True)
         keep = [r for r in read_metrics(self.path) if r["step"] <= step]
@@ -36,8 +37,8 @@ class MetricsLog:
             f.write("".join(json.dumps(r) + "\n" for r in keep))
         self._f = fsspec.open(self.path, "a").open()
         # TensorBoard writes local files; on remote storage they are uploaded at every flush()
-        self.tb_remote = None if is_local(fs) else f"{train_dir}/tensorboard"
-        tb_dir = f"{train_dir}/tensorboard" if self.tb_remote is None else tempfile.mkdtemp(prefix="raylm-tb-")
+        self.tb_remote = None if is_local(fs) else f"{train_dir}/{TENSORBOARD}"
+        tb_dir = f"{train_dir}/{TENSORBOARD}" if self.tb_remote is None else tempfile.mkdtemp(prefix="raylm-tb-")
         if self.tb_remote is not None and fs.exists(self.tb_remote):
             fs.get(self.tb_remote, tb_dir, recursive=True)
         from tensorboardX import SummaryWriter

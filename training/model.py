@@ -20,12 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from cluster.config import ModelConfig
+    from training.config import ModelConfig
 
 
 @dataclass
 class GPTConfig:
-    """The model's shape. No defaults here: they live in the recipe schema (cluster.config.ModelConfig)."""
+    """The model's shape. No defaults here: they live in the recipe schema (training.config.ModelConfig)."""
 
     vocab_size: int  # padded: see padded_vocab
     n_layer: int
@@ -37,7 +37,7 @@ class GPTConfig:
     mup_base_width: int | None = None  # muP on, with hyperparameters tuned at this d_model
 
     @classmethod
-    def from_recipe(cls, model: ModelConfig, n_vocab: int) -> GPTConfig:
+    def from_config(cls, model: ModelConfig, n_vocab: int) -> GPTConfig:
         d = model.model_dump()
         mup = d.pop("mup")
         return cls(vocab_size=padded_vocab(n_vocab), mup_base_width=mup["base_width"] if mup else None, **d)

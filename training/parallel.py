@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
-from cluster.config import TrainConfig
+from training.config import TrainConfig
 from training.model import GPT
 
 

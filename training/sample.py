@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from cluster.config import RunConfig
 from pipelines.tokenize import load_encoding, run_tokenizer
 from training import checkpoint
-from training.config import SampleOptions
+from training.config import SampleOptions, TrainConfig
 from training.model import GPT, GPTConfig
 
 
@@ -16,8 +15,8 @@ def load_model(path: str, device: str = "cpu") -> tuple[GPT, object, dict]:
     or of a checkpoint directory."""
     ckpt = checkpoint.local_dir(checkpoint.latest(path))
     state, _ = checkpoint.load(ckpt, 0, device)
-    cfg = RunConfig.model_validate(state["config"])
-    model = GPT(GPTConfig.from_recipe(cfg.train.model, state["tokenizer"]["n_vocab"]))
+    train = TrainConfig.model_validate(state["config"]["train"])
+    model = GPT(GPTConfig.from_config(train.model, state["tokenizer"]["n_vocab"]))
     model.load_state_dict(state["model"])
     model.to(device).eval()
     enc = load_encoding(run_tokenizer(state["tokenizer"], ckpt))

@@ -6,10 +6,13 @@ found at storage_path/name); a failed worker is restarted from it up to failure.
 
 from __future__ import annotations
 
-from cluster.config import RunConfig, absolute
+from pipelines.paths import TOKENIZER, RunPaths
+from pipelines.schema import ConfigError
+from pipelines.shards import read_manifest, require_shards
+from training.config import TrainJob
 
 
-def build_trainer(cfg: RunConfig, callbacks: list | None = None, start_from: str | None = None, acks=None):
+def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str | None = None, acks=None):
     """A TorchTrainer for the recipe (`callbacks`: Ray Train UserCallbacks, e.g. Tune's report callback;
     `start_from`: a checkpoint directory whose full state a new run continues from, as a PBT trial does
     from another's; the run's own checkpoints, after a failure, take precedence; `acks`: a queue that
@@ -20,21 +23,17 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, start_from: str
 
     from training.loop import train_loop_per_worker
 
-    t = cfg.train
-    storage = absolute(cfg.storage_path)
-    recipe = cfg.model_copy(update={"storage_path": storage}).model_dump(mode="json")
-    for key in ("data_path", "init_from"):  # workers do not share the driver's working directory
-        if getattr(t, key):
-            recipe["train"][key] = absolute(getattr(t, key))
+    job = job.absolute()
+    t = job.train
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"recipe": recipe, "start_from": start_from, "acks": acks},
+        train_loop_config={"recipe": job.recipe, "start_from": start_from, "acks": acks},
         scaling_config=ScalingConfig(
             num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu, resources_per_worker=t.scaling.resources_per_worker
         ),
         run_config=RayRunConfig(
-            name=f"{cfg.name}/train",
-            storage_path=storage,
+            name=job.paths.train_name,
+            storage_path=job.paths.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
             failure_config=FailureConfig(max_failures=t.failure.max_failures),
             # Ray Train's INFO lines (one per report and checkpoint) would bury the run's own output
@@ -44,33 +43,28 @@ def build_trainer(cfg: RunConfig, callbacks: list | None = None, start_from: str
     )
 
 
-def run_train(cfg: RunConfig):
-    """Fit (or resume) the run's training, then draw its loss curve to train/loss.png."""
-    from cluster.runtime import init_ray
-    from pipelines.shards import has_manifest
+def run_train(job: TrainJob):
+    """Fit (or resume) the run's training, then draw its loss curve to train/loss.png. Runs on the Ray
+    instance this process is connected to (cluster.runtime.init_ray), else a new local one."""
     from training.metrics import plot_losses, read_metrics
 
-    if not has_manifest(cfg.data_dir):
-        raise FileNotFoundError(f"{cfg.data_dir} has no manifest.json: run `raylm data` first")
-    if cfg.train.init_from:
-        check_init_from(cfg)
-    init_ray(cfg.ray)
-    result = build_trainer(cfg).fit()
-    plot_losses(read_metrics(f"{cfg.run_dir}/train/metrics.jsonl"), f"{cfg.run_dir}/train/loss.png", title=cfg.name)
+    require_shards(job.paths.shards)
+    if job.train.init_from:
+        check_init_from(job)
+    result = build_trainer(job).fit()
+    plot_losses(read_metrics(job.paths.metrics), job.paths.loss_plot, title=job.paths.name)
     return result
 
 
-def check_init_from(cfg: RunConfig) -> str:
+def check_init_from(job: TrainJob) -> str:
     """The checkpoint `train.init_from` names, after checking (from its meta.json, without loading
     weights) that its model has the recipe's shape and its tokenizer made the shards. Raises
     FileNotFoundError or ConfigError with what differs."""
-    from cluster.config import ConfigError
-    from pipelines.shards import read_manifest
     from training import checkpoint
 
-    ckpt = checkpoint.latest(cfg.train.init_from)
+    ckpt = checkpoint.latest(job.train.init_from)
     meta = checkpoint.read_meta(f"{ckpt}/{checkpoint.META}")
-    want = cfg.train.model.model_dump(mode="json")
+    want = job.train.model.model_dump(mode="json")
     have = meta.get("model")
     # dropout is a training choice, not a shape: a fine-tune may change it
     diff = {k: (have[k], want[k]) for k in want if k != "dropout" and have is not None and have.get(k) != want[k]}
@@ -79,21 +73,21 @@ def check_init_from(cfg: RunConfig) -> str:
             f"train.init_from: {ckpt} has a different model: "
             + ", ".join(f"train.model.{k} is {w!r} there, {v!r} here" for k, (w, v) in diff.items())
         )
-    tok = read_manifest(cfg.data_dir)["tokenizer"]
+    tok = read_manifest(job.paths.shards)["tokenizer"]
     if meta.get("tokenizer_sha256", tok["sha256"]) != tok["sha256"]:
         raise ConfigError(
             f"train.init_from: {ckpt} was trained with another tokenizer ({meta['tokenizer']}) than the one "
-            f"that made {cfg.data_dir} ({tok['name']}); tokenize with the pretrained run's "
-            "(data.tokenizer.path: RUN/data/tokenizer.tiktoken)"
+            f"that made {job.paths.shards} ({tok['name']}); tokenize with the pretrained run's "
+            f"(data.tokenizer.path: RUN/data/{TOKENIZER})"
         )
     return ckpt
 
 
-def summarize(cfg: RunConfig) -> dict:
+def summarize(paths: RunPaths) -> dict:
     """The last step's figures, the last validation loss and the mean throughput, from metrics.jsonl."""
     from training.metrics import read_metrics
 
-    rows = read_metrics(f"{cfg.run_dir}/train/metrics.jsonl")
+    rows = read_metrics(paths.metrics)
     if not rows:
         return {}
     ev = [r for r in rows if r.get("val_loss") is not None]

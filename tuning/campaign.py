@@ -18,37 +18,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cluster.config import ConfigError, RunConfig, TuneConfig, absolute
+from pipelines.io import absolute
+from pipelines.paths import RunPaths
+from pipelines.schema import ConfigError
+from pipelines.shards import require_shards
 from training import checkpoint
+from training.config import TrainConfig, TrainJob
+from tuning.config import Recipe, TuneConfig
 from tuning.space import apply_trial, to_tune, validate_space
-
-
-def tune_name(name: str) -> str:
-    """Tune's experiment name (under storage_path): the campaign directory of run `name`."""
-    return f"{name}/tune"
-
-
-def trial_name(name: str, trial_id: str) -> str:
-    """The run name of a trial's Ray Train run, inside the campaign directory."""
-    return f"{tune_name(name)}/trials/{trial_id}"
-
-
-def tune_dir(cfg: RunConfig) -> str:
-    return f"{cfg.storage_path.rstrip('/')}/{tune_name(cfg.name)}"
-
 
 # What PBT may change under a running model: optimizer hyperparameters and dropout, not its shape or data.
 PBT_KEYS = ("train.optim.", "train.model.dropout")
 
 
-def pbt_interval_steps(cfg: RunConfig) -> int:
+def pbt_interval_steps(tune: TuneConfig, train: TrainConfig) -> int:
     """Steps between PBT perturbations (and so between a PBT trial's checkpoints)."""
-    s = cfg.tune.scheduler
+    s = tune.scheduler
     if s.perturbation_interval is None:
-        return cfg.train.checkpoint.every
+        return train.checkpoint.every
     if s.time_attr == "step":
         return s.perturbation_interval
-    return s.perturbation_interval // cfg.train.batch.global_batch_tokens
+    return s.perturbation_interval // train.batch.global_batch_tokens
 
 
 def trial_recipe(recipe: dict, values: dict[str, Any], trial_id: str, data_dir: str, segment: str | None = None) -> dict:
@@ -56,10 +46,10 @@ def trial_recipe(recipe: dict, values: dict[str, Any], trial_id: str, data_dir: 
     A PBT trial checkpoints at every perturbation; `segment` names the run of a trial that continues
     from a checkpoint Tune handed it."""
     r = apply_trial(recipe, values)
-    r["name"] = trial_name(recipe["name"], trial_id) + (f"/{segment}" if segment else "")
+    r["name"] = RunPaths(recipe["storage_path"], recipe["name"]).trial(trial_id).name + (f"/{segment}" if segment else "")
     r["train"]["data_path"] = data_dir
     if recipe["tune"]["scheduler"]["type"] == "pbt":
-        r["train"]["checkpoint"]["every"] = pbt_interval_steps(RunConfig.model_validate(recipe))
+        r["train"]["checkpoint"]["every"] = pbt_interval_steps(TuneConfig.model_validate(recipe["tune"]), TrainConfig.model_validate(recipe["train"]))
         r["train"]["report_every"] = None  # every report must carry the metric PBT ranks by
     return r
 
@@ -78,13 +68,13 @@ def run_trial(config: dict, recipe: dict, data_dir: str) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     if recipe["tune"]["scheduler"]["type"] == "pbt":
         return _run_pbt_trial(config, recipe, data_dir, trial_id)
-    cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir))
+    job = TrainJob.from_recipe(trial_recipe(recipe, config, trial_id, data_dir))
     callbacks: list = [TuneReportCallback()]
     acks = None
     if recipe["tune"]["scheduler"]["type"] in ("asha", "hyperband"):  # they stop trials early; FIFO never does
         acks = Queue(actor_options={"num_cpus": 0})
         callbacks.append(AckReports(acks))
-    result = build_trainer(cfg, callbacks=callbacks, acks=acks).fit()
+    result = build_trainer(job, callbacks=callbacks, acks=acks).fit()
     if result.error is not None:
         raise result.error
 
@@ -129,9 +119,9 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str) -> 
     step = meta["step"]
     if step >= recipe["train"]["max_steps"]:  # handed a finished run's checkpoint: nothing left to train
         return _adopt_finished(start, meta, config, recipe, data_dir, trial_id)
-    cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step) if step else None))
+    job = TrainJob.from_recipe(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step) if step else None))
     reports = Queue(actor_options={"num_cpus": 0})
-    trainer = build_trainer(cfg, callbacks=[ForwardReports(reports)], start_from=_url(start) if start is not None else None)
+    trainer = build_trainer(job, callbacks=[ForwardReports(reports)], start_from=_url(start) if start is not None else None)
     out: dict[str, Any] = {}
 
     def fit() -> None:
@@ -164,19 +154,20 @@ def _adopt_finished(start, meta: dict, config: dict, recipe: dict, data_dir: str
 
     from training.metrics import read_metrics
 
-    if f"/{trial_name(recipe['name'], trial_id)}/" in f"{meta['run_dir']}/":  # its own final checkpoint: already done
+    own = RunPaths(recipe["storage_path"], recipe["name"]).trial(trial_id).name
+    if f"/{own}/" in f"{meta['run_dir']}/":  # its own final checkpoint: already done
         return
-    step, donor = meta["step"], f"{meta['run_dir']}/train/metrics.jsonl"
+    step, donor = meta["step"], RunPaths.at(meta["run_dir"]).metrics
     rows = [r for r in read_metrics(donor) if r["step"] == step]
     if not rows:
         raise RuntimeError(f"{donor}: no row of step {step}, the step of the checkpoint PBT handed over")
-    cfg = RunConfig.model_validate(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step)))
-    with fsspec.open(f"{cfg.run_dir}/train/metrics.jsonl", "w", auto_mkdir=True) as f:
+    job = TrainJob.from_recipe(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step)))
+    with fsspec.open(job.paths.metrics, "w", auto_mkdir=True) as f:
         f.write(json.dumps(rows[-1]) + "\n")
     ray.tune.report(rows[-1])
 
 
-def _workers_resources(cfg: RunConfig) -> dict[str, float]:
+def _workers_resources(cfg: Recipe) -> dict[str, float]:
     s = cfg.train.scaling
     per = dict(s.resources_per_worker)
     if s.use_gpu:
@@ -184,7 +175,7 @@ def _workers_resources(cfg: RunConfig) -> dict[str, float]:
     return {k: v * s.num_workers for k, v in per.items()}
 
 
-def max_concurrent(cfg: RunConfig, cluster: dict[str, float]) -> int:
+def max_concurrent(cfg: Recipe, cluster: dict[str, float]) -> int:
     """Trials that fit at once: for every resource a trial needs, what the cluster has / what one takes."""
     if cfg.tune.max_concurrent_trials:
         return cfg.tune.max_concurrent_trials
@@ -196,13 +187,13 @@ def max_concurrent(cfg: RunConfig, cluster: dict[str, float]) -> int:
     return n
 
 
-def build_scheduler(t: TuneConfig, cfg: RunConfig, space: dict):
+def build_scheduler(t: TuneConfig, cfg: Recipe, space: dict):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
 
     s = t.scheduler
     if s.type == "pbt":
         # Tune's own PBT: perturbs (x0.8 / x1.2, or the next choice) or redraws from the searched distribution
-        interval = pbt_interval_steps(cfg) * (1 if s.time_attr == "step" else cfg.train.batch.global_batch_tokens)
+        interval = pbt_interval_steps(cfg.tune, cfg.train) * (1 if s.time_attr == "step" else cfg.train.batch.global_batch_tokens)
         return PopulationBasedTraining(
             time_attr=s.time_attr,
             perturbation_interval=interval,
@@ -239,7 +230,7 @@ def build_search(t: TuneConfig, space: dict, concurrency: int):
     return BasicVariantGenerator(random_state=t.search.seed, max_concurrent=concurrency)  # seeded: the same draws every time
 
 
-def check(cfg: RunConfig) -> dict:
+def check(cfg: Recipe) -> dict:
     """Everything about the campaign that can be wrong before Ray starts (ConfigError, exit 2)."""
     space = validate_space(cfg)
     if cfg.tune.metric not in ("val_loss", "val_ppl", "loss"):
@@ -250,7 +241,7 @@ def check(cfg: RunConfig) -> dict:
     return space
 
 
-def _check_pbt(cfg: RunConfig, space: dict) -> None:
+def _check_pbt(cfg: Recipe, space: dict) -> None:
     s, t = cfg.tune.scheduler, cfg.train
     for key, (kind, _) in space.items():
         if not key.startswith(PBT_KEYS):
@@ -265,7 +256,7 @@ def _check_pbt(cfg: RunConfig, space: dict) -> None:
             f"tune.scheduler.perturbation_interval: {s.perturbation_interval} tokens is not a whole number "
             f"of steps ({t.batch.global_batch_tokens} tokens each)"
         )
-    steps = pbt_interval_steps(cfg)
+    steps = pbt_interval_steps(cfg.tune, cfg.train)
     if steps < 1 or steps % t.eval.every:
         raise ConfigError(
             f"tune.scheduler.perturbation_interval: {steps} steps must be a multiple of train.eval.every "
@@ -273,25 +264,20 @@ def _check_pbt(cfg: RunConfig, space: dict) -> None:
         )
 
 
-def run_tune(cfg: RunConfig, resume: bool = False):
+def run_tune(cfg: Recipe, resume: bool = False):
     """Run (or, with resume, continue) the campaign; returns Tune's ResultGrid."""
     import ray
     from ray import tune
 
-    from cluster.runtime import init_ray
-    from pipelines.shards import has_manifest
-
     space = check(cfg)
-    if not has_manifest(cfg.data_dir):
-        raise FileNotFoundError(f"{cfg.data_dir} has no manifest.json: run `raylm data` first (trials only read shards)")
-    init_ray(cfg.ray)
-    storage, data_dir = absolute(cfg.storage_path), absolute(cfg.data_dir)
-    recipe = cfg.model_copy(update={"storage_path": storage}).model_dump(mode="json")
+    require_shards(cfg.paths.shards, " (trials only read shards)")
+    storage, data_dir = absolute(cfg.storage_path), absolute(cfg.paths.shards)
+    recipe = {**cfg.model_dump(mode="json"), "storage_path": storage}
     # The trial function only drives a TorchTrainer: its Ray Train workers reserve what the trial uses.
     # Tune rejects an empty request, and any CPU share would make N trials need N x workers + a bit,
     # so it reserves a token byte of memory.
     trainable = tune.with_resources(tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir), {"memory": 1})
-    path = tune_dir(cfg.model_copy(update={"storage_path": storage}))
+    path = RunPaths(storage, cfg.name).tune
     if resume:
         if not tune.Tuner.can_restore(path):
             raise FileNotFoundError(f"{path}: no campaign to resume (run `raylm tune` without --resume)")
@@ -311,6 +297,6 @@ def run_tune(cfg: RunConfig, resume: bool = False):
             max_concurrent_trials=concurrency,
             time_budget_s=t.time_budget_s,
         ),
-        run_config=tune.RunConfig(name=tune_name(cfg.name), storage_path=storage, verbose=1),
+        run_config=tune.RunConfig(name=cfg.paths.tune_name, storage_path=storage, verbose=1),
     )
     return tuner.fit()

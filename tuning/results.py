@@ -15,15 +15,15 @@ from typing import Any
 import fsspec
 import yaml
 
-from cluster.config import RunConfig, absolute
+from pipelines.io import absolute
 from training.metrics import read_metrics, save_figure
-from tuning.campaign import trial_name, tune_dir
+from tuning.config import Recipe
 
 
-def _trial_metrics(cfg: RunConfig, trial_id: str) -> list[dict]:
+def _trial_metrics(cfg: Recipe, trial_id: str) -> list[dict]:
     """A trial's metrics.jsonl rows; for a PBT trial, its own rows up to each point where it continued
     from a checkpoint (from-<step>-*/), then that run's rows."""
-    base = f"{cfg.storage_path.rstrip('/')}/{trial_name(cfg.name, trial_id)}"
+    base = cfg.paths.trial(trial_id).root
     hist = read_metrics(f"{base}/train/metrics.jsonl")
     fs, _ = fsspec.core.url_to_fs(base)
     for seg in sorted(fs.glob(f"{base}/from-*/train/metrics.jsonl")):
@@ -32,7 +32,7 @@ def _trial_metrics(cfg: RunConfig, trial_id: str) -> list[dict]:
     return hist
 
 
-def collect(cfg: RunConfig, grid) -> list[dict]:
+def collect(cfg: Recipe, grid) -> list[dict]:
     """One dict per trial: id, the searched values, final and best metric, steps, status."""
     metric, sign = cfg.tune.metric, (1 if cfg.tune.mode == "min" else -1)
     rows = []
@@ -69,25 +69,25 @@ def _trial_id(res) -> str:
     return (res.metrics or {}).get("trial_id") or os.path.basename(res.path.rstrip("/"))
 
 
-def best_row(cfg: RunConfig, rows: list[dict]) -> dict | None:
+def best_row(cfg: Recipe, rows: list[dict]) -> dict | None:
     key, sign = f"final_{cfg.tune.metric}", (1 if cfg.tune.mode == "min" else -1)
     ok = [r for r in rows if r[key] is not None and math.isfinite(r[key]) and r["status"] != "error"]
     return min(ok, key=lambda r: sign * r[key]) if ok else None
 
 
-def best_recipe(cfg: RunConfig, row: dict) -> dict:
+def best_recipe(cfg: Recipe, row: dict) -> dict:
     """The campaign's recipe with the best trial's values: a new run name, the campaign's shards."""
     from tuning.space import apply_trial
 
     r = apply_trial(cfg.model_dump(mode="json"), {k: row[k] for k in cfg.tune.param_space})
     r["name"] = f"{cfg.name}-best"
-    r["train"]["data_path"] = absolute(cfg.data_dir)
-    RunConfig.model_validate(r)
+    r["train"]["data_path"] = absolute(cfg.paths.shards)
+    type(cfg).model_validate(r)
     return r
 
 
-def write_results(cfg: RunConfig, rows: list[dict]) -> dict[str, str]:
-    out = tune_dir(cfg)
+def write_results(cfg: Recipe, rows: list[dict]) -> dict[str, str]:
+    out = cfg.paths.tune
     fs, _ = fsspec.core.url_to_fs(out)
     fs.makedirs(out, exist_ok=True)
     cols = [c for c in (rows[0] if rows else {}) if c != "history"]
@@ -111,7 +111,7 @@ def write_results(cfg: RunConfig, rows: list[dict]) -> dict[str, str]:
     return paths
 
 
-def plot(cfg: RunConfig, rows: list[dict], out: str) -> dict[str, str]:
+def plot(cfg: Recipe, rows: list[dict], out: str) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +154,7 @@ def plot(cfg: RunConfig, rows: list[dict], out: str) -> dict[str, str]:
     return paths
 
 
-def print_summary(cfg: RunConfig, rows: list[dict], paths: dict[str, str]) -> None:
+def print_summary(cfg: Recipe, rows: list[dict], paths: dict[str, str]) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -19,22 +19,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cluster.config import ConfigError, RunConfig, _fields_at, _format_errors
+from pipelines.schema import ConfigError, did_you_mean, fields_at, format_errors
+from tuning.config import Recipe
 
 KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
 
 
-def _check_key(key: str) -> None:
+def _check_key(key: str, recipe: type) -> None:
     parts = tuple(key.split("."))
     if parts[0] == "tune":
         raise ConfigError(f"tune.param_space.{key}: the tune section itself cannot be searched")
-    if parts[-1] not in _fields_at(parts[:-1]):
-        import difflib
-
-        known = _fields_at(parts[:-1])
-        near = difflib.get_close_matches(parts[-1], known, n=1)
-        hint = f" (did you mean '{'.'.join(parts[:-1] + (near[0],))}'?)" if near else ""
-        raise ConfigError(f"tune.param_space.{key}: not a key of the recipe{hint}")
+    if parts[-1] not in fields_at(parts[:-1], recipe):
+        raise ConfigError(f"tune.param_space.{key}: not a key of the recipe{did_you_mean(parts, recipe)}")
 
 
 def _check_spec(key: str, spec: Any) -> tuple[str, Any]:
@@ -71,20 +67,20 @@ def set_key(recipe: dict, key: str, value: Any) -> dict:
     return out
 
 
-def validate_space(cfg: RunConfig) -> dict[str, tuple[str, Any]]:
+def validate_space(cfg: Recipe) -> dict[str, tuple[str, Any]]:
     """Every entry of cfg.tune.param_space checked: key in the schema, spec well formed, and every
     value a trial can draw (choice/grid values and the bounds) valid at that key."""
     space = {}
     base = cfg.model_dump(mode="json")
     for key, spec in cfg.tune.param_space.items():
-        _check_key(key)
+        _check_key(key, type(cfg))
         kind, arg = _check_spec(key, spec)
         values = arg if kind in ("choice", "grid") else ([int(arg[0]), int(arg[1]) - 1] if kind == "randint" else arg)
         for v in values:
             try:
-                RunConfig.model_validate(set_key(base, key, v))
+                type(cfg).model_validate(set_key(base, key, v))
             except ValidationError as e:
-                raise ConfigError(f"tune.param_space.{key}: value {v!r} is not valid there:\n{_format_errors(e)}") from None
+                raise ConfigError(f"tune.param_space.{key}: value {v!r} is not valid there:\n{format_errors(e, type(cfg))}") from None
         space[key] = (kind, arg)
     if not space:
         raise ConfigError("tune.param_space: empty; give at least one key to search, e.g. train.optim.lr: {loguniform: [1.0e-4, 1.0e-2]}")

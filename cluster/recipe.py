@@ -1,0 +1,133 @@
+"""The recipe: one YAML file describes a whole run. This module only composes the capabilities' own
+sections (`pipelines/config.py` data, `training/config.py` train, `tuning/config.py` tune) with the run's
+name, storage and Ray connection, loads YAML, applies `--set`, and formats errors.
+
+Unknown keys are rejected with their dotted path and a "did you mean"; `--set a.b=c`
+overrides are applied to the raw YAML before validation so they are checked the same way.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError, field_validator
+
+from pipelines.config import DataConfig
+from pipelines.paths import RunPaths
+from pipelines.schema import ConfigError, Strict, format_errors
+from training.config import TrainConfig, TrainJob
+from tuning.config import TuneConfig
+
+__all__ = ["ConfigError", "RayConfig", "RecipeWarning", "RunConfig", "dump_config", "load_config", "read_recipe"]
+
+
+class RayConfig(Strict):
+    address: str | None = None  # null: RAY_ADDRESS, else a running `ray start`, else a local instance
+    runtime_env: dict[str, Any] = {}
+
+
+class RunConfig(Strict):
+    name: str = "run"  # the run directory below storage_path (may contain '/', never leaves it)
+    storage_path: str = "./runs"
+    ray: RayConfig = RayConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _inside_storage(cls, v: str) -> str:
+        parts = v.split("/")
+        if not v or v.startswith(("/", "~")) or "://" in v or "\\" in v or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{v!r} must be a relative path below storage_path (no leading '/', '~', '..', '.' or empty parts)")
+        return v
+
+    @field_validator("name", "storage_path")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError(f"{v!r} holds a control character (newline, NUL, ...): not a usable path")
+        return v
+
+    @field_validator("storage_path")
+    @classmethod
+    def _no_parent_parts(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        if ".." in v.replace("\\", "/").split("/"):
+            raise ValueError(f"{v!r} contains '..': give an absolute path (or one below the current directory) instead")
+        return v
+
+    @property
+    def paths(self) -> RunPaths:
+        """Every path of this run (pipelines/paths.py)."""
+        return RunPaths.of(self)
+
+    def train_job(self) -> TrainJob:
+        """What training takes of this recipe (training/config.py)."""
+        return TrainJob.from_recipe(self.model_dump(mode="json"))
+
+
+class RecipeWarning(UserWarning):
+    """A recipe that works but is probably not what was meant; the CLI prints it as one line."""
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, value = item.split("=", 1)
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: bad key")
+    try:
+        return key.split("."), yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError as e:
+        problem = (getattr(e, "problem", None) or str(e).splitlines()[0]).replace("'\\x00'", "the end")
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it: --set '{key}=\"...\"'") from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            if not isinstance(node.get(k, {}), dict):
+                raise ConfigError(f"--set {item!r}: '{k}' is not a section")
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return raw
+
+
+def read_recipe(path: str | Path) -> dict:
+    """The recipe file as a mapping; every way it can be unusable is a ConfigError naming the file."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read recipe {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): a recipe is a YAML file") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if raw is None:
+        warnings.warn(f"{path} is empty: every key takes its default (raylm validate {path} prints them)", RecipeWarning, stacklevel=2)
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the recipe must be a mapping at the top level, not a {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    raw = read_recipe(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, RunConfig)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,171 @@
+"""The `data` section of the recipe: what the data stage reads, how it cleans, dedups and tokenizes,
+and what it writes. Every default of the data stage lives here."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pipelines.schema import Strict
+
+
+class InputSpec(Strict):
+    path: str  # local path, glob, or fsspec URL (s3://bucket/*.jsonl.zst)
+    format: Literal["auto", "txt", "jsonl", "parquet"] = "auto"  # auto: from the extension
+    text_field: str = "text"
+    id_field: str | None = "id"  # absent or null: ids derived from path and line
+    # a task set (fine-tuning): each record is prompt + completion, the loss counts completion tokens only
+    # (shard-*.mask.npy); task records skip the quality filters, which are made for web text, not examples
+    prompt_field: str | None = None
+    completion_field: str | None = None
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> InputSpec:
+        if (self.prompt_field is None) != (self.completion_field is None):
+            raise ValueError("set both prompt_field and completion_field (a prompt/completion task set), or neither")
+        if self.prompt_field is not None and self.format == "txt":
+            raise ValueError("prompt_field/completion_field need records: format jsonl or parquet")
+        return self
+
+    @property
+    def is_task(self) -> bool:
+        return self.prompt_field is not None
+
+
+class NormalizeConfig(Strict):
+    unicode: Literal["NFC", "NFKC"] | None = "NFC"
+    strip_control: bool = True  # control characters other than \n and \t
+    whitespace: bool = True  # \r\n -> \n, trailing spaces, runs of blank lines
+
+
+class Range(Strict):
+    enabled: bool = True
+    min: float | None = Field(default=None, ge=0)
+    max: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class MaxRatio(Strict):
+    enabled: bool = True
+    max: float = Field(ge=0)
+
+
+class CleanConfig(Strict):
+    """Gopher (Rae et al. 2021) / C4 style quality filters; each counted as filter:<name>."""
+
+    enabled: bool = True
+    normalize: NormalizeConfig = NormalizeConfig()
+    chars: Range = Range(min=200, max=None)
+    words: Range = Range(min=50, max=100_000)
+    mean_word_length: Range = Range(min=3, max=10)
+    symbol_ratio: MaxRatio = MaxRatio(max=0.1)  # ('#' + '...' + '…') per word
+    ellipsis_lines: MaxRatio = MaxRatio(max=0.3)  # fraction of lines ending in an ellipsis
+    dup_lines: MaxRatio = MaxRatio(max=0.3)  # fraction of lines that repeat an earlier line
+    dup_paragraphs: MaxRatio = MaxRatio(max=0.3)  # fraction of paragraphs that repeat
+
+
+class RejectConfig(Strict):
+    """Input that is not a usable document at all; always on, counted as reject:<name>."""
+
+    max_bytes: int = Field(default=10_000_000, gt=0, le=2**31)  # larger documents are rejected, not truncated
+
+
+class ExactConfig(Strict):
+    enabled: bool = True
+
+
+class MinHashConfig(Strict):
+    enabled: bool = True
+    threshold: float = Field(default=0.8, gt=0, lt=1)
+    num_perm: int = Field(default=128, ge=8, le=1024)
+    ngram: int = Field(default=5, ge=1, le=1000)
+    seed: int = Field(default=0, ge=0, lt=2**32)
+    # bands x rows minimize (1-w)*false-positive area + w*false-negative area of the LSH S-curve; a missed
+    # pair is lost for good while a false candidate is dropped by the Jaccard confirmation, hence w > 0.5
+    false_negative_weight: float = Field(default=0.9, gt=0, lt=1)
+    bands: int | None = Field(default=None, ge=1)  # null: chosen from threshold, num_perm and the weight above
+    rows: int | None = Field(default=None, ge=1)
+    max_bucket_pairs: int = Field(default=64, ge=2, le=1_000_000)  # larger buckets emit a star+chain instead of all pairs
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> MinHashConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+class DedupConfig(Strict):
+    exact: ExactConfig = ExactConfig()
+    minhash: MinHashConfig = MinHashConfig()
+    partitions: int = Field(default=8, ge=1, le=100_000)  # hash partitions of every shuffle step (scale with corpus)
+
+
+class TrainTokenizer(Strict):
+    vocab_size: int = Field(ge=260, le=1_000_000)
+    max_docs: int | None = Field(default=None, ge=1)  # train on at most this many kept docs (null: all)
+
+
+class TokenizerConfig(Strict):
+    name: str | None = "cl100k_base"
+    path: str | None = None
+    train: TrainTokenizer | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source(cls, v: Any) -> Any:
+        if isinstance(v, dict) and ("path" in v or "train" in v) and "name" not in v:
+            v = {**v, "name": None}
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizerConfig:
+        given = [k for k in ("name", "path", "train") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of name, path, train (got {given or 'none'})")
+        return self
+
+
+class OutputConfig(Strict):
+    shard_tokens: int = Field(default=100_000_000, gt=0)
+    val_fraction: float = Field(default=0.01, ge=0, lt=1)
+    seed: int = Field(default=0, ge=0, lt=2**64)  # xxhash seed of the train/val split
+
+
+class ExecutionConfig(Strict):
+    batch_docs: int = Field(default=4096, gt=0)  # a read block ends after this many documents
+    batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes (also Ray Data's block size)
+    workers: int | None = Field(default=None, ge=1)  # document-processing actors (null: one per CPU)
+
+
+class DataConfig(Strict):
+    inputs: list[InputSpec] = [InputSpec(path="data/sample/*.jsonl.gz", format="jsonl")]
+    clean: CleanConfig = CleanConfig()
+    reject: RejectConfig = RejectConfig()
+    dedup: DedupConfig = DedupConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    output: OutputConfig = OutputConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    @property
+    def has_tasks(self) -> bool:
+        """Whether any input is a prompt/completion task set (the shards then carry loss masks)."""
+        return any(i.is_task for i in self.inputs)
+
+    @model_validator(mode="after")
+    def _task_tokenizer(self) -> DataConfig:
+        if self.has_tasks and self.tokenizer.train is not None:
+            raise ValueError(
+                "tokenizer: a prompt/completion task set is tokenized with the pretrained run's tokenizer "
+                "(tokenizer.path: RUN/data/tokenizer.tiktoken, or its name), not a newly trained one"
+            )
+        return self
+
+

@@ -1,0 +1,28 @@
+"""The one way a stage records what it did: counts and seconds by name (datatrove's PipelineStep keeps
+its stats the same way), summed across blocks and actors, and written to stats.json."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    seconds: Counter = field(default_factory=Counter)
+    counts: Counter = field(default_factory=Counter)
+
+    @contextlib.contextmanager
+    def timer(self, name: str) -> Iterator[None]:
+        """Adds the seconds spent inside the block to `name`."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.seconds.items()}

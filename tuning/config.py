@@ -1,0 +1,59 @@
+"""The `tune` section of the recipe: the search campaign (`raylm tune`). Every default of tuning lives here."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol
+
+from pydantic import Field
+
+from pipelines.paths import RunPaths
+from pipelines.schema import Strict
+from training.config import TrainConfig
+
+
+class TuneSchedulerConfig(Strict):
+    type: Literal["asha", "hyperband", "pbt", "fifo"] = "asha"
+    time_attr: Literal["step", "tokens"] = "step"  # a metric the loop reports
+    grace_period: int | None = Field(default=None, ge=1)  # in time_attr units; null: the first evaluation (train.eval.every steps)
+    reduction_factor: float = Field(default=3, gt=1)
+    brackets: int = Field(default=1, ge=1)  # asha
+    # pbt: every perturbation_interval (time_attr units; null: train.checkpoint.every steps) a trial in the
+    # bottom quantile_fraction continues from a top trial's checkpoint with perturbed (or, with
+    # resample_probability, redrawn) values. Trials checkpoint at that interval, which must be a multiple of
+    # train.eval.every so that every checkpoint carries the metric.
+    perturbation_interval: int | None = Field(default=None, ge=1)
+    quantile_fraction: float = Field(default=0.25, gt=0, le=0.5)
+    resample_probability: float = Field(default=0.25, ge=0, le=1)
+
+
+class TuneSearchConfig(Strict):
+    type: Literal["random", "grid", "optuna"] = "random"  # grid: only grid entries, each combination once
+    seed: int = Field(default=0, ge=0, lt=2**32)
+
+
+class TuneConfig(Strict):
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(default=8, ge=1)  # trials (with grid entries: repeats of the whole grid)
+    max_concurrent_trials: int | None = Field(default=None, ge=1)  # null: cluster CPUs (GPUs) / one trial's
+    time_budget_s: float | None = Field(default=None, gt=0)  # stop starting and running trials after this
+    scheduler: TuneSchedulerConfig = TuneSchedulerConfig()
+    search: TuneSearchConfig = TuneSearchConfig()
+    param_space: dict[str, Any] = {}  # checked by tuning.space: dotted recipe key -> {loguniform|uniform|randint|choice|grid: ...}
+
+
+
+
+class Recipe(Protocol):
+    """What tuning needs of a composed recipe (cluster.recipe.RunConfig is one): a campaign searches over
+    any of its keys, so trials are validated against the recipe's own type (`type(cfg)`)."""
+
+    name: str
+    storage_path: str
+    train: TrainConfig
+    tune: TuneConfig
+
+    @property
+    def paths(self) -> RunPaths: ...
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]: ...
