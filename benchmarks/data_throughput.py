@@ -78,8 +78,8 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
     import ray
 
     from pipelines.dedup import run_dedup
-    from pipelines.run import Report, process_documents, run_data
     from pipelines.io import rm_tree
+    from pipelines.run import Report, process_documents, run_data
     from pipelines.sources import list_files
 
     times = {}

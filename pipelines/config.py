@@ -167,5 +167,3 @@ class DataConfig(Strict):
                 "(tokenizer.path: RUN/data/tokenizer.tiktoken, or its name), not a newly trained one"
             )
         return self
-
-

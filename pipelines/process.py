@@ -6,7 +6,7 @@ of all staging files in name order is the input order, whatever the batching was
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pipelines.clean import normalize, quality_filter
-from pipelines.config import DataConfig
+from pipelines.config import DataConfig, MinHashConfig
 from pipelines.dedup import signatures_from_words, text_hash, words_of
+from pipelines.stats import Stats
 from pipelines.tokenize import TokenizerSpec, encode_documents, encode_with_masks
 
 SPLIT_TRAIN, SPLIT_VAL = 0, 1
@@ -54,6 +55,40 @@ def binary_column(parts: list[np.ndarray], n_rows: int, where: np.ndarray, items
     return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n_rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
+# the steps a processing actor times, in order (stats.json: actor_cpu_seconds)
+STEPS = ("clean", "minhash", "tokenize", "write")
+
+
+@dataclass
+class _Batch:
+    """One block's columns as Python lists, and what processing fills in."""
+
+    raw: list
+    rejects: list
+    ids: list
+    prompt_chars: list
+    hashes: np.ndarray
+    split: np.ndarray
+    sig: np.ndarray | None
+    status: list = field(default_factory=list)
+    kept_idx: list = field(default_factory=list)
+    kept_out: list = field(default_factory=list)  # token arrays, or cleaned texts when the tokenizer is trained later
+    kept_masks: list = field(default_factory=list)
+
+    @classmethod
+    def of(cls, batch: pa.Table, mh: MinHashConfig) -> _Batch:
+        n = batch.num_rows
+        return cls(
+            batch["text"].to_pylist(),
+            batch["reject"].to_pylist(),
+            batch["id"].to_pylist(),
+            batch["prompt_chars"].to_pylist(),
+            np.zeros(n, dtype=np.uint64),
+            np.zeros(n, dtype=np.int8),
+            np.zeros((n, mh.num_perm), dtype=np.uint32) if mh.enabled else None,
+        )
+
+
 class DocProcessor:
     def __init__(self, cfg: DataConfig, staging_dir: str, tokenizer: TokenizerSpec | None):
         import fsspec
@@ -78,81 +113,75 @@ class DocProcessor:
         why = quality_filter(text, cfg, words) if cfg.enabled else None
         return ("kept", text, words) if why is None else (f"filter:{why}", None, None)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        cfg = self.cfg
-        timings = {"clean": 0.0, "minhash": 0.0, "tokenize": 0.0, "write": 0.0}
-        n = batch.num_rows
-        raw, rejects, ids = batch["text"].to_pylist(), batch["reject"].to_pylist(), batch["id"].to_pylist()
-        prompt_chars = batch["prompt_chars"].to_pylist()
-        status: list[str] = []
-        hashes = np.zeros(n, dtype=np.uint64)
-        split = np.zeros(n, dtype=np.int8)
-        mh = cfg.dedup.minhash
-        sig = np.zeros((n, mh.num_perm), dtype=np.uint32) if mh.enabled else None
-        kept_idx: list[int] = []
-        kept_out: list = []  # token arrays, or cleaned texts when the tokenizer is trained later
-        kept_masks: list = []
-        # chunks of documents: word lists and token lists live for one chunk, not the whole block
-        for lo in range(0, n, _CHUNK):
-            t0 = time.perf_counter()
+    def _chunk(self, batch: _Batch, lo: int, hi: int, stats: Stats) -> None:
+        """Clean, hash, sign and tokenize documents lo..hi of a block: word and token lists live for one chunk."""
+        cfg, b = self.cfg, batch
+        with stats.timer("clean"):
             idx, texts, words = [], [], []
-            for i in range(lo, min(lo + _CHUNK, n)):
-                st, text, w = self._clean(raw[i], rejects[i], prompt_chars[i] is not None)
-                status.append(st)
+            for i in range(lo, hi):
+                st, text, w = self._clean(b.raw[i], b.rejects[i], b.prompt_chars[i] is not None)
+                b.status.append(st)
                 if text is not None:
                     idx.append(i)
                     texts.append(text)
                     words.append(w)
-                    hashes[i] = text_hash(text)
-                    split[i] = split_of(ids[i], cfg.output.seed, cfg.output.val_fraction)
-            t1 = time.perf_counter()
-            if sig is not None and idx:
-                sig[idx] = signatures_from_words(words, mh)
-            del words
-            t2 = time.perf_counter()
-            if self.enc is not None and self.cfg.has_tasks:
-                docs, masks = encode_with_masks(self.enc, texts, [prompt_chars[i] for i in idx])
-                kept_out += docs
-                kept_masks += masks
+                    b.hashes[i] = text_hash(text)
+                    b.split[i] = split_of(b.ids[i], cfg.output.seed, cfg.output.val_fraction)
+        with stats.timer("minhash"):
+            if b.sig is not None and idx:
+                b.sig[idx] = signatures_from_words(words, cfg.dedup.minhash)
+        with stats.timer("tokenize"):
+            if self.enc is not None and cfg.has_tasks:
+                docs, masks = encode_with_masks(self.enc, texts, [b.prompt_chars[i] for i in idx])
+                b.kept_out += docs
+                b.kept_masks += masks
             elif self.enc is not None:
-                kept_out += encode_documents(self.enc, texts)
+                b.kept_out += encode_documents(self.enc, texts)
             else:
-                kept_out += texts
-            kept_idx += idx
-            t3 = time.perf_counter()
-            timings["clean"] += t1 - t0
-            timings["minhash"] += t2 - t1
-            timings["tokenize"] += t3 - t2
-        t3 = time.perf_counter()
-        where = np.asarray(kept_idx, dtype=np.int64)
+                b.kept_out += texts
+        b.kept_idx += idx
+
+    def _columns(self, batch: pa.Table, b: _Batch) -> dict[str, pa.Array]:
+        """The staging file's columns (staging_schema)."""
+        n = batch.num_rows
         cols = {
             "uid": batch["uid"],
             "id": batch["id"],
             "src": batch["src"],
-            "status": pa.array(status, pa.string()),
+            "status": pa.array(b.status, pa.string()),
             "nbytes": batch["nbytes"],
-            "hash": pa.array(hashes),
-            "split": pa.array(split),
+            "hash": pa.array(b.hashes),
+            "split": pa.array(b.split),
         }
-        if sig is not None:
-            cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(4 * mh.num_perm), n, [None, pa.py_buffer(sig.tobytes())])
+        if b.sig is not None:
+            cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(b.sig.shape[1] * 4), n, [None, pa.py_buffer(b.sig.tobytes())])
+        where = np.asarray(b.kept_idx, dtype=np.int64)
         if self.enc is not None:
-            cols["tokens"] = binary_column(kept_out, n, where, 4)
+            cols["tokens"] = binary_column(b.kept_out, n, where, 4)
             if self.cfg.has_tasks:
-                cols["mask"] = binary_column(kept_masks, n, where, 1)
+                cols["mask"] = binary_column(b.kept_masks, n, where, 1)
         else:
             texts = [None] * n
-            for k, i in enumerate(kept_idx):
-                texts[i] = kept_out[k]
+            for k, i in enumerate(b.kept_idx):
+                texts[i] = b.kept_out[k]
             cols["text"] = pa.array(texts, pa.large_string())
+        return cols
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        stats = Stats()
+        n = batch.num_rows
+        b = _Batch.of(batch, self.cfg.dedup.minhash)
+        for lo in range(0, n, _CHUNK):
+            self._chunk(b, lo, min(lo + _CHUNK, n), stats)
         uids = batch["uid"]
         first, last = int(uids[0].as_py()), int(uids[-1].as_py())
         if last - first + 1 < n or first >> 32 != last >> 32:  # a block must be one contiguous run of one file
             raise RuntimeError(f"block is not one contiguous input range: uids {first}..{last} for {n} rows")
         path = f"{self.staging_dir}/{first:020d}.parquet"
-        table = pa.table(cols, schema=self.schema)
-        with self.fs.open(path + ".tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
-            pq.write_table(table, f, compression="zstd" if self.enc is None else "none")
-        self.fs.mv(path + ".tmp", path)
-        timings["write"] = time.perf_counter() - t3
-        return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], **{f"s_{k}": [v] for k, v in timings.items()}})
+        with stats.timer("write"):
+            table = pa.table(self._columns(batch, b), schema=self.schema)
+            with self.fs.open(path + ".tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
+                pq.write_table(table, f, compression="zstd" if self.enc is None else "none")
+            self.fs.mv(path + ".tmp", path)
+        seconds = {f"s_{k}": [stats.seconds[k]] for k in STEPS}
+        return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], **seconds})

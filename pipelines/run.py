@@ -33,7 +33,7 @@ from pipelines.config import DataConfig, ExecutionConfig
 from pipelines.dedup import run_dedup
 from pipelines.io import exists, makedirs, rm_tree
 from pipelines.paths import REMOVED, STATS, TOKENIZER, WORK, RunPaths
-from pipelines.process import DocProcessor, binary_column
+from pipelines.process import STEPS, DocProcessor, binary_column
 from pipelines.schema import ConfigError
 from pipelines.shards import ShardWriter, has_manifest, read_manifest, token_dtype, write_manifest
 from pipelines.sources import TextFiles, list_files
@@ -93,7 +93,7 @@ def process_documents(data: DataConfig, files, staging: str, tok: TokenizerSpec 
     )
     rows = ds.take_all()
     for r in rows:
-        for k in ("clean", "minhash", "tokenize", "write"):
+        for k in STEPS:
             report.stage_seconds[k] += r[f"s_{k}"]
     return sorted(rows, key=lambda r: r["first_uid"])
 
@@ -249,68 +249,59 @@ def _reuse_finished(data: DataConfig, root: str, say: Callable[[str], None]) -> 
     return man
 
 
-def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callable[[str], None] = _say, summary: bool = True) -> dict:
-    """raw text -> shards + manifest + removed.parquet + stats.json in paths.data. Returns the manifest.
-    Runs on the Ray instance this process is connected to (cluster.runtime.init_ray), else a new local one."""
-    root = paths.data
-    if has_manifest(root) and not force:
-        return _reuse_finished(data, root, say)
-    report = Report()
-    t_start = time.perf_counter()
-    files = list_files(data.inputs)
-    tcfg = data.tokenizer
-    tok = None if tcfg.train is not None else spec_from_config(tcfg)
+def _start(root: str, say: Callable[[str], None]) -> str:
+    """A clean work directory; an unfinished run's leftovers are wiped (every step is redone from the inputs)."""
     if exists(root):
         say(f"{root} has no manifest: an unfinished run; starting it again from scratch")
         rm_tree(root)
     work = f"{root}/{WORK}"
     makedirs(f"{work}/docs")
-    say(f"{len(files)} input file(s)")
+    return work
 
-    with report.timed("process"):
-        summaries = process_documents(data, files, f"{work}/docs", tok, report)
-    staging = [s["path"] for s in summaries]
 
-    dups = None
-    dups_dir = f"{work}/dups"
-    if data.dedup.exact.enabled or data.dedup.minhash.enabled:
-        with report.timed("dedup"):
-            res = run_dedup(staging, data.dedup, progress=lambda m: say(f"dedup: {m}"))
-            makedirs(dups_dir)
-            ray.get([_write_table.remote(r, f"{dups_dir}/part-{p:05d}.parquet") for p, r in enumerate(res.removed)])
-            dups = pads.dataset(dups_dir, format="parquet")
-        report.dedup = {"candidate_pairs": res.candidate_pairs, "confirmed_edges": res.confirmed_edges, "cc_rounds": res.cc_rounds}
+def dedup_stage(data: DataConfig, summaries: list[dict], dups_dir: str, report: Report, say: Callable[[str], None]) -> pads.Dataset | None:
+    """Stage 2: which uids are exact or near duplicates of which (dups_dir: one parquet per hash partition)."""
+    if not (data.dedup.exact.enabled or data.dedup.minhash.enabled):
+        return None
+    with report.timed("dedup"):
+        res = run_dedup([s["path"] for s in summaries], data.dedup, progress=lambda m: say(f"dedup: {m}"))
+        makedirs(dups_dir)
+        ray.get([_write_table.remote(r, f"{dups_dir}/part-{p:05d}.parquet") for p, r in enumerate(res.removed)])
+    report.dedup = {"candidate_pairs": res.candidate_pairs, "confirmed_edges": res.confirmed_edges, "cc_rounds": res.cc_rounds}
+    return pads.dataset(dups_dir, format="parquet")
 
-    trained = tcfg.train is not None
-    if trained:
-        with report.timed("tokenizer_train"):
-            say(f"training a BPE tokenizer (vocab {tcfg.train.vocab_size}) with rustbpe on the kept documents")
-            tok = ray.get(
-                _train_tokenizer_task.remote(
-                    summaries, dups_dir if dups is not None else None, tcfg.train.vocab_size, tcfg.train.max_docs, f"{root}/{TOKENIZER}"
-                )
-            )
-        with report.timed("tokenize"):
-            import ray.data as rd
 
-            rd.from_items([{k: s[k] for k in ("path", "first_uid", "last_uid")} for s in summaries]).map_batches(
-                TokenizeFile,
-                fn_constructor_args=(tok, dups_dir if dups is not None else None),
-                batch_size=1,
-                compute=rd.ActorPoolStrategy(size=_workers(data.execution)),
-            ).materialize()
-    elif tok.path is not None:  # keep the run self-contained: the tokenizer travels with the shards
-        fs, _ = fsspec.core.url_to_fs(root)
-        copy_tokenizer(tok.path, f"{root}/{TOKENIZER}")
-    enc = load_encoding(tok)
-    dtype = token_dtype(enc.n_vocab)
+def tokenizer_stage(
+    data: DataConfig, tok: TokenizerSpec | None, root: str, summaries: list[dict], dups_dir: str | None, report: Report, say: Callable[[str], None]
+) -> TokenizerSpec:
+    """Stage 3, when `tokenizer.train` is set: a BPE tokenizer trained on the kept documents, which then
+    tokenizes them (`<staging>.tokens`); a file tokenizer is copied beside the shards."""
+    tcfg = data.tokenizer
+    if tok is not None:
+        if tok.path is not None:  # keep the run self-contained: the tokenizer travels with the shards
+            copy_tokenizer(tok.path, f"{root}/{TOKENIZER}")
+        return tok
+    with report.timed("tokenizer_train"):
+        say(f"training a BPE tokenizer (vocab {tcfg.train.vocab_size}) with rustbpe on the kept documents")
+        tok = ray.get(_train_tokenizer_task.remote(summaries, dups_dir, tcfg.train.vocab_size, tcfg.train.max_docs, f"{root}/{TOKENIZER}"))
+    with report.timed("tokenize"):
+        import ray.data as rd
 
-    with report.timed("shards"):
-        splits, removed, docs_in, bytes_in = write_outputs(data, root, summaries, dups, trained, dtype)
+        rd.from_items([{k: s[k] for k in ("path", "first_uid", "last_uid")} for s in summaries]).map_batches(
+            TokenizeFile,
+            fn_constructor_args=(tok, dups_dir),
+            batch_size=1,
+            compute=rd.ActorPoolStrategy(size=_workers(data.execution)),
+        ).materialize()
+    return tok
+
+
+def _manifest(data: DataConfig, tok: TokenizerSpec, enc, dtype: np.dtype, splits: dict, removed: Counter, docs_in: int, bytes_in: int) -> dict:
     docs_kept = splits["train"]["docs"] + splits["val"]["docs"]
     if docs_in != docs_kept + sum(removed.values()):  # a bug, never an input problem
         raise AssertionError(f"conservation violated: {docs_in} in, {docs_kept} kept, {dict(removed)} removed")
-    manifest = {
+    trained = data.tokenizer.train is not None
+    return {
         "format": "raylm-shards",
         "version": 1,
         # a trained tokenizer is the run's own file: named relative to data/, so the manifest is the same wherever the run is
@@ -327,19 +318,47 @@ def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callab
         },
         "config": data.model_dump(mode="json"),
     }
-    rm_tree(work)
-    report.seconds["total"] = round(time.perf_counter() - t_start, 3)
+
+
+def _write_stats(root: str, report: Report, docs_in: int, bytes_in: int) -> dict:
+    total = max(report.seconds["total"], 1e-9)
     stats = {
         "seconds": report.seconds,
         "actor_cpu_seconds": {k: round(v, 3) for k, v in report.stage_seconds.items()},
         "dedup": report.dedup,
-        "mb_per_s": round(bytes_in / 1e6 / max(report.seconds["total"], 1e-9), 3),
-        "docs_per_s": round(docs_in / max(report.seconds["total"], 1e-9), 1),
+        "mb_per_s": round(bytes_in / 1e6 / total, 3),
+        "docs_per_s": round(docs_in / total, 1),
     }
     fs, _ = fsspec.core.url_to_fs(root)
     with fs.open(f"{root}/{STATS}", "w") as f:
         json.dump(stats, f, indent=1)
-    if docs_kept == 0:  # no manifest: nothing to train on is a failed stage, not a finished one
+    return stats
+
+
+def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callable[[str], None] = _say, summary: bool = True) -> dict:
+    """raw text -> shards + manifest + removed.parquet + stats.json in paths.data. Returns the manifest.
+    Runs on the Ray instance this process is connected to (cluster.runtime.init_ray), else a new local one."""
+    root = paths.data
+    if has_manifest(root) and not force:
+        return _reuse_finished(data, root, say)
+    report, t_start = Report(), time.perf_counter()
+    files = list_files(data.inputs)
+    tok = None if data.tokenizer.train is not None else spec_from_config(data.tokenizer)  # a bad name fails before any work
+    work = _start(root, say)
+    say(f"{len(files)} input file(s)")
+    with report.timed("process"):  # stage 1: read, clean, hash, sign (and tokenize) into staging files
+        summaries = process_documents(data, files, f"{work}/docs", tok, report)
+    dups = dedup_stage(data, summaries, f"{work}/dups", report, say)
+    tok = tokenizer_stage(data, tok, root, summaries, f"{work}/dups" if dups is not None else None, report, say)
+    enc = load_encoding(tok)
+    dtype = token_dtype(enc.n_vocab)
+    with report.timed("shards"):  # stage 4: shards and removed.parquet
+        splits, removed, docs_in, bytes_in = write_outputs(data, root, summaries, dups, data.tokenizer.train is not None, dtype)
+    manifest = _manifest(data, tok, enc, dtype, splits, removed, docs_in, bytes_in)
+    rm_tree(work)
+    report.seconds["total"] = round(time.perf_counter() - t_start, 3)
+    stats = _write_stats(root, report, docs_in, bytes_in)
+    if manifest["stats"]["docs_kept"] == 0:  # no manifest: nothing to train on is a failed stage, not a finished one
         reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(removed.items(), key=lambda x: -x[1])) or "no input records"
         raise DataStageError(f"no document kept of {docs_in:,} read ({reasons}); each one is listed with its file and line in {root}/{REMOVED}")
     write_manifest(root, manifest)

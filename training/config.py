@@ -101,8 +101,6 @@ class TrainConfig(Strict):
     failure: FailureConfig = FailureConfig()
 
 
-
-
 @dataclass(frozen=True)
 class TrainJob:
     """What training needs of a recipe: its own section, the run's paths, and the whole resolved recipe

@@ -49,7 +49,7 @@ def cpu_threads(t) -> int:
     return max(1, int(t.scaling.resources_per_worker.get("CPU", 1)))
 
 
-def _peak_flops(device: torch.device) -> float | None:
+def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -125,102 +125,140 @@ def train_step(
     return loss_t, grad_norm
 
 
+class Trainer:
+    """One worker's training, in phases (torchtitan's trainer is the model): `build` (model, parallelism,
+    optimizer, schedule, loaders), `restore`, `train_step`, `evaluate`, `checkpoint_and_report`; and
+    `state_dict()` / `load_state_dict()` for everything a checkpoint holds. Ray Train runs it through
+    `train_loop_per_worker`; benchmarks/train_throughput.py drives the same object without Ray."""
+
+    def __init__(self, job: TrainJob, rank: int, world: int, device: torch.device):
+        self.job, self.t = job, job.train
+        self.rank, self.world, self.device = rank, world, device
+        self.step = 0
+        self.build()
+
+    def build(self) -> None:
+        t, rank, device = self.t, self.rank, self.device
+        random.seed(t.seed + rank)
+        np.random.seed(t.seed + rank)
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True)  # bitwise-reproducible steps
+            torch.set_num_threads(cpu_threads(t))
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.data_root = self.job.paths.shards
+        self.manifest = read_manifest(self.data_root)
+        torch.manual_seed(t.seed)  # the same initial weights on every rank
+        gpt = GPT(GPTConfig.from_config(t.model, self.manifest["tokenizer"]["n_vocab"]))
+        torch.manual_seed(t.seed + rank)  # then per-rank streams (dropout)
+        self.flops_per_token = gpt.flops_per_token()
+        self.model = parallelize(gpt, t, device)
+        self.opt = build_optimizer(self.model, t.optim, device.type)
+        self.sched = build_scheduler(self.opt, t.schedule, t.max_steps)
+        self.loader = TrainLoader(ShardWindows(self.data_root, "train", t.model.seq_len), t.batch.micro_batch_size, rank, self.world, t.seed)
+        has_val = self.manifest["splits"]["val"]["tokens"] > t.model.seq_len
+        self.val = ShardWindows(self.data_root, "val", t.model.seq_len) if has_val else None
+        self.val_ids = val_windows(self.val, t.eval.batches * t.batch.micro_batch_size) if has_val else None
+        self.amp = autocast(t, device)
+        self.accum = accumulation_steps(t, self.world)
+        self.tokens_per_step = self.accum * t.batch.micro_batch_size * t.model.seq_len * self.world
+        self.peak = peak_flops(device)
+
+    def state_dict(self) -> dict:
+        """Everything a checkpoint holds but the RNG states (per rank). A collective: call on every rank."""
+        model_sd, opt_sd = checkpoint.full_state(self.model, self.opt)
+        return {
+            "model": model_sd,
+            "optimizer": opt_sd,
+            "scheduler": self.sched.state_dict(),
+            "loader": self.loader.state_dict(),
+            "step": self.step,
+            "config": self.job.recipe,
+            "tokenizer": self.manifest["tokenizer"],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        hyper = hyperparams(self.opt)
+        checkpoint.load_full_state(self.model, self.opt, state["model"], state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        reapply_hyperparams(self.opt, self.sched, hyper)  # a PBT trial continues another's state with its own values
+        self.loader.load_state_dict(state["loader"])
+        self.step = state["step"]
+
+    def restore(self, ckpt, start_from: str | None) -> None:
+        """Resume from the run's own checkpoint (after a failure), else from `start_from` (another run's, as
+        a PBT trial continues), else take `train.init_from`'s weights (a fine-tune: fresh optimizer)."""
+        if ckpt is not None or start_from:
+            with ckpt.as_directory() if ckpt is not None else nullcontext(checkpoint.local_dir(start_from)) as d:
+                state, rng = checkpoint.load(d, self.rank, device="cpu")
+            self.load_state_dict(state)
+            if rng is not None:
+                checkpoint.set_rng_state(rng)
+        elif self.t.init_from:
+            state, _ = checkpoint.load(checkpoint.local_dir(checkpoint.latest(self.t.init_from)), self.rank, device="cpu")
+            checkpoint.load_model_weights(self.model, state["model"])
+
+    def train_step(self) -> dict:
+        """One optimizer step; returns its metrics row."""
+        t0 = time.perf_counter()
+        lr = self.opt.param_groups[0]["lr"]  # the lr this step uses
+        loss_t, grad_norm = train_step(
+            self.model, self.opt, self.sched, self.loader, self.accum, self.t.optim.grad_clip, self.amp, self.device, self.world
+        )
+        self.step += 1
+        row = {"step": self.step, "tokens": self.step * self.tokens_per_step, "loss": loss_t.item(), "lr": lr, "grad_norm": grad_norm.item()}
+        tps = self.tokens_per_step / (time.perf_counter() - t0)  # after .item(): the step's work is done
+        row["time"] = time.time()
+        row.update(tokens_per_s=tps, mfu=(tps * self.flops_per_token / (self.peak * self.world)) if self.peak else None)
+        return row
+
+    def evaluate(self) -> float:
+        return evaluate(self.model, self.val, self.val_ids, self.t.batch.micro_batch_size, self.device, self.amp, self.rank, self.world)
+
+    def checkpoint_and_report(self, row: dict, log: MetricsLog | None) -> bool:
+        """Report the row to Ray Train at checkpoint, eval and `report_every` steps (with a checkpoint at
+        checkpoint steps); returns whether it reported."""
+        import ray.train
+
+        t = self.t
+        if self.step % t.checkpoint.every == 0 or self.step == t.max_steps:
+            state = self.state_dict()  # a collective: every rank
+            if log is not None:
+                log.flush()
+            with tempfile.TemporaryDirectory() as d:
+                checkpoint.save(d, self.rank, state if self.rank == 0 else None, tokenizer_dir=self.data_root)
+                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+            return True
+        if (t.report_every and self.step % t.report_every == 0) or "val_loss" in row:
+            ray.train.report(row)
+            return True
+        return False
+
+    def fit(self, acks=None) -> None:
+        """Train to max_steps; `acks`: a Tune trial's queue, waited on after each report."""
+        t = self.t
+        log = MetricsLog(self.job.paths.train, self.step) if self.rank == 0 else None
+        while self.step < t.max_steps:
+            row = self.train_step()
+            if self.val is not None and (self.step % t.eval.every == 0 or self.step == t.max_steps):
+                vl = self.evaluate()
+                row.update(val_loss=vl, val_ppl=math.exp(min(vl, 50)))
+            if log is not None:
+                log.log(row)
+            if self.checkpoint_and_report(row, log) and acks is not None and self.step < t.max_steps:
+                await_ack(acks, self.rank, self.world)
+        if log is not None:
+            log.close()
+
+
 def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point on every worker."""
     import ray.train
     import ray.train.torch as rtt
 
     _quiet_ray_train_reports()
-    job = TrainJob.from_recipe(config["recipe"])
-    t = job.train
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = rtt.get_device()
-    data_root, train_dir = job.paths.shards, job.paths.train
-    man = read_manifest(data_root)
-
-    random.seed(t.seed + rank)
-    np.random.seed(t.seed + rank)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)  # bitwise-reproducible steps
-        torch.set_num_threads(cpu_threads(t))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    torch.manual_seed(t.seed)  # the same initial weights on every rank
-    gpt = GPT(GPTConfig.from_config(t.model, man["tokenizer"]["n_vocab"]))
-    torch.manual_seed(t.seed + rank)  # then per-rank streams (dropout)
-    flops_per_token = gpt.flops_per_token()
-    model = parallelize(gpt, t, device)
-    opt = build_optimizer(model, t.optim, device.type)
-    sched = build_scheduler(opt, t.schedule, t.max_steps)
-    windows = ShardWindows(data_root, "train", t.model.seq_len)
-    loader = TrainLoader(windows, t.batch.micro_batch_size, rank, world, t.seed)
-    val = ShardWindows(data_root, "val", t.model.seq_len) if man["splits"]["val"]["tokens"] > t.model.seq_len else None
-    val_ids = val_windows(val, t.eval.batches * t.batch.micro_batch_size) if val is not None else None
-
-    acks = config.get("acks")  # a Tune trial: wait at each report until Tune lets the trial go on
-    step = 0
-    ckpt = ray.train.get_checkpoint()
-    start = config.get("start_from")  # another run's checkpoint to continue (PBT), unless this run has its own
-    if ckpt is not None or start:  # resume: weights, optimizer, schedule, loader position, every rank's RNG
-        with ckpt.as_directory() if ckpt is not None else nullcontext(checkpoint.local_dir(start)) as d:
-            state, rng = checkpoint.load(d, rank, device="cpu")
-        hyper = hyperparams(opt)
-        checkpoint.load_full_state(model, opt, state["model"], state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        reapply_hyperparams(opt, sched, hyper)  # a PBT trial continues another's state with its own values
-        loader.load_state_dict(state["loader"])
-        step = state["step"]
-        if rng is not None:
-            checkpoint.set_rng_state(rng)
-    elif t.init_from:  # a new run starting from another run's weights (optimizer and schedule start fresh)
-        state, _ = checkpoint.load(checkpoint.local_dir(checkpoint.latest(t.init_from)), rank, device="cpu")
-        checkpoint.load_model_weights(model, state["model"])
-
-    amp = autocast(t, device)
-    accum = accumulation_steps(t, world)
-    tokens_per_step = accum * t.batch.micro_batch_size * t.model.seq_len * world
-    peak = _peak_flops(device)
-    log = MetricsLog(train_dir, step) if rank == 0 else None
-
-    while step < t.max_steps:
-        t0 = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]  # the lr this step uses
-        loss_t, grad_norm = train_step(model, opt, sched, loader, accum, t.optim.grad_clip, amp, device, world)
-        step += 1
-        row = {"step": step, "tokens": step * tokens_per_step, "loss": loss_t.item(), "lr": lr, "grad_norm": grad_norm.item()}
-        tps = tokens_per_step / (time.perf_counter() - t0)  # after .item(): the step's work is done
-        row["time"] = time.time()
-        row.update(tokens_per_s=tps, mfu=(tps * flops_per_token / (peak * world)) if peak else None)
-        if val is not None and (step % t.eval.every == 0 or step == t.max_steps):
-            vl = evaluate(model, val, val_ids, t.batch.micro_batch_size, device, amp, rank, world)
-            row.update(val_loss=vl, val_ppl=math.exp(min(vl, 50)))
-        if log is not None:
-            log.log(row)
-        report = bool(t.report_every) and step % t.report_every == 0
-        if step % t.checkpoint.every == 0 or step == t.max_steps:
-            model_sd, opt_sd = checkpoint.full_state(model, opt)  # a collective: every rank
-            state = None
-            if rank == 0:
-                state = {
-                    "model": model_sd,
-                    "optimizer": opt_sd,
-                    "scheduler": sched.state_dict(),
-                    "loader": loader.state_dict(),
-                    "step": step,
-                    "config": job.recipe,
-                    "tokenizer": man["tokenizer"],
-                }
-                log.flush()
-            with tempfile.TemporaryDirectory() as d:
-                checkpoint.save(d, rank, state, tokenizer_dir=data_root)
-                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
-        elif report or "val_loss" in row:
-            ray.train.report(row)
-        else:
-            continue
-        if acks is not None and step < t.max_steps:
-            await_ack(acks, rank, world)
-    if log is not None:
-        log.close()
+    trainer = Trainer(TrainJob.from_recipe(config["recipe"]), ctx.get_world_rank(), ctx.get_world_size(), rtt.get_device())
+    trainer.restore(ray.train.get_checkpoint(), config.get("start_from"))
+    trainer.fit(config.get("acks"))

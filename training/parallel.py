@@ -34,8 +34,6 @@ def _fully_shard():
 def parallelize(model: GPT, t: TrainConfig, device: torch.device) -> torch.nn.Module:
     """The model as the loop drives it: compiled and wrapped for `t.parallelism`. Its parameters
     stay the GPT's own (FSDP2 shards them in place), so optimizers can be built before or after."""
-    import ray.train.torch as rtt
-
     if t.parallelism == "fsdp":
         fully_shard, MixedPrecisionPolicy = _fully_shard()
         model.to(device)
@@ -49,7 +47,10 @@ def parallelize(model: GPT, t: TrainConfig, device: torch.device) -> torch.nn.Mo
         return model
     if use_compile(t, device):
         model.compile()  # in place: state_dict keys stay the GPT's
-    return rtt.prepare_model(model, parallel_strategy="ddp")
+    model.to(device)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:  # what rtt.prepare_model does, without needing Ray
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
 
 
 def autocast(t: TrainConfig, device: torch.device) -> AbstractContextManager:

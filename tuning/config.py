@@ -42,8 +42,6 @@ class TuneConfig(Strict):
     param_space: dict[str, Any] = {}  # checked by tuning.space: dotted recipe key -> {loguniform|uniform|randint|choice|grid: ...}
 
 
-
-
 class Recipe(Protocol):
     """What tuning needs of a composed recipe (cluster.recipe.RunConfig is one): a campaign searches over
     any of its keys, so trials are validated against the recipe's own type (`type(cfg)`)."""
