@@ -123,9 +123,6 @@ class TrainJob:
                 r["train"][key] = absolute(r["train"][key])
         return TrainJob.from_recipe(r)
 
-    def with_name(self, name: str) -> TrainJob:
-        return TrainJob.from_recipe({**self.recipe, "name": name})
-
 
 @dataclass
 class SampleOptions:

@@ -76,18 +76,11 @@ def lm_metrics(model: GPT, batches: Iterator[tuple[torch.Tensor, torch.Tensor, t
     return {"loss": loss, "ppl": math.exp(min(loss, 50)), "token_accuracy": correct / count, "tokens": count}
 
 
-@torch.no_grad()
 def greedy(model: GPT, prompt: list[int], max_new: int, eot: int, vocab: int, device: str) -> list[int]:
     """Greedy continuation of `prompt`, stopped at end-of-text (not included)."""
-    new: list[int] = []
-    for _ in range(max_new):
-        ctx = torch.tensor([(prompt + new)[-model.cfg.seq_len :]], device=device)
-        logits, _ = model(ctx)
-        nxt = int(logits[0, -1, :vocab].argmax())
-        if nxt == eot:
-            break
-        new.append(nxt)
-    return new
+    out = model.generate(torch.tensor([prompt], device=device), max_new, temperature=0, vocab_limit=vocab, stop_token=eot)
+    new = out[0, len(prompt) :].tolist()
+    return new[: new.index(eot)] if eot in new else new
 
 
 @torch.no_grad()

@@ -53,18 +53,6 @@ def padded_vocab(n_vocab: int, multiple: int = 64) -> int:
     return ((n_vocab + multiple - 1) // multiple) * multiple
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (torch's has no bias=False before 2.1)."""
-
-    def __init__(self, dim: int, bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -78,11 +66,11 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        B, T, C = x.shape  # batch, time, d_model
+        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=self.scale)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C): heads side by side
         return self.resid_drop(self.proj(y))
 
 
@@ -101,8 +89,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln1, self.attn = LayerNorm(cfg.d_model, cfg.bias), CausalSelfAttention(cfg)
-        self.ln2, self.mlp = LayerNorm(cfg.d_model, cfg.bias), MLP(cfg)
+        self.ln1, self.attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias), CausalSelfAttention(cfg)
+        self.ln2, self.mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias), MLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
@@ -117,7 +105,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = LayerNorm(cfg.d_model, cfg.bias)
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.wte.weight  # tied
         self.apply(self._init)
@@ -148,16 +136,16 @@ class GPT(nn.Module):
         """Logits (B, T, vocab) and, with targets, the mean cross-entropy (over mask==1 positions)."""
         B, T = idx.shape
         assert T <= self.cfg.seq_len, f"sequence of {T} tokens, model seq_len is {self.cfg.seq_len}"
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C)
         for block in self.blocks:
             x = block(x)
-        logits = self.head(self.ln_f(x))
+        logits = self.head(self.ln_f(x))  # (B, T, vocab)
         if self.cfg.mup_base_width:  # muP: output logits / width_mult keep their scale as width grows
             logits = logits / self.cfg.width_mult
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")  # (B*T,)
         if loss_mask is None:
             return logits, loss.mean()
         m = loss_mask.reshape(-1).to(loss.dtype)
@@ -172,9 +160,12 @@ class GPT(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         vocab_limit: int | None = None,
+        stop_token: int | None = None,
     ) -> torch.Tensor:
-        """Append `max_new_tokens` sampled tokens; `vocab_limit` keeps ids below the tokenizer's
-        real vocabulary (the rows padded onto it decode to nothing)."""
+        """Append up to `max_new_tokens` sampled tokens (temperature 0: greedy) to idx (B, T); `vocab_limit`
+        keeps ids below the tokenizer's real vocabulary (the rows padded onto it decode to nothing);
+        generation ends early once every row has produced `stop_token`."""
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.cfg.seq_len :])
             logits = logits[:, -1, :vocab_limit]
@@ -186,7 +177,11 @@ class GPT(nn.Module):
                     kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            idx = torch.cat([idx, nxt], dim=1)
+            idx = torch.cat([idx, nxt], dim=1)  # (B, T + 1)
+            if stop_token is not None:
+                done |= nxt[:, 0] == stop_token
+                if bool(done.all()):
+                    break
         return idx
 
     def flops_per_token(self) -> float:
