@@ -16,6 +16,7 @@ import xxhash
 from pipelines.clean import normalize, quality_filter
 from pipelines.config import DataConfig, MinHashConfig
 from pipelines.dedup import signatures_from_words, text_hash, words_of
+from pipelines.shards import binary_column
 from pipelines.stats import Stats
 from pipelines.tokenize import TokenizerSpec, encode_documents, encode_with_masks
 
@@ -44,15 +45,6 @@ def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
 def split_of(doc_id: str, seed: int, val_fraction: float) -> int:
     """Stable train/val assignment from a hash of the id: the same on every rerun and machine."""
     return SPLIT_VAL if xxhash.xxh64_intdigest(doc_id.encode("utf-8"), seed=seed) < val_fraction * 2.0**64 else SPLIT_TRAIN
-
-
-def binary_column(parts: list[np.ndarray], n_rows: int, where: np.ndarray, itemsize: int) -> pa.Array:
-    """One large_binary value per row: the bytes of parts[k] at row where[k], empty elsewhere."""
-    lengths = np.zeros(n_rows, dtype=np.int64)
-    lengths[where] = [len(p) * itemsize for p in parts]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    data = np.concatenate(parts).tobytes() if parts else b""
-    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n_rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 # the steps a processing actor times, in order (stats.json: actor_cpu_seconds)

@@ -33,9 +33,9 @@ from pipelines.config import DataConfig, ExecutionConfig
 from pipelines.dedup import run_dedup
 from pipelines.io import exists, makedirs, rm_tree
 from pipelines.paths import REMOVED, STATS, TOKENIZER, WORK, RunPaths
-from pipelines.process import STEPS, DocProcessor, binary_column
+from pipelines.process import STEPS, DocProcessor
 from pipelines.schema import ConfigError
-from pipelines.shards import ShardWriter, has_manifest, read_manifest, token_dtype, write_manifest
+from pipelines.shards import ShardWriter, binary_column, has_manifest, read_manifest, token_arrays, token_dtype, write_manifest
 from pipelines.sources import TextFiles, list_files
 from pipelines.tokenize import TokenizerSpec, copy_tokenizer, describe, encode_documents, load_encoding, spec_from_config, train_bpe
 
@@ -157,16 +157,6 @@ class TokenizeFile:
         return {"path": batch["path"]}
 
 
-def _token_arrays(col: pa.Array, dtype: type = np.uint32) -> tuple[np.ndarray, np.ndarray]:
-    """A large_binary column of `dtype` strings (tokens, or uint8 loss masks) -> (flat values, lengths)."""
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if len(col) == 0:
-        return np.zeros(0, dtype), np.zeros(0, np.int64)
-    offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
-    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].view(dtype)
-    return data, np.diff(offsets) // np.dtype(dtype).itemsize
-
-
 def write_outputs(
     data: DataConfig, root: str, summaries: list[dict], dups: pads.Dataset | None, trained: bool, dtype: np.dtype
 ) -> tuple[dict, Counter, int, int]:
@@ -200,8 +190,8 @@ def write_outputs(
                 removed_w.write_table(pa.table(rows, schema=REMOVED_SCHEMA))
             # kept documents, in order, to their split
             tok_col = pq.read_table(s["path"] + ".tokens")["tokens"] if trained else t["tokens"].filter(pa.array(mask))
-            flat, lengths = _token_arrays(tok_col)
-            flat_mask = _token_arrays(t["mask"].filter(pa.array(mask)), np.uint8)[0] if masks else None
+            flat, lengths = token_arrays(tok_col)
+            flat_mask = token_arrays(t["mask"].filter(pa.array(mask)), np.uint8)[0] if masks else None
             split = t["split"].to_numpy()[mask]
             for sp, w in writers.items():
                 docs = split == sp

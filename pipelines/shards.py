@@ -15,9 +15,30 @@ from collections.abc import Iterator
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 
 from pipelines.io import exists, is_local
 from pipelines.paths import MANIFEST
+
+
+# staging files carry each document's tokens (or loss mask) as one large_binary value: the codec and its inverse
+def binary_column(parts: list[np.ndarray], n_rows: int, where: np.ndarray, itemsize: int) -> pa.Array:
+    """One large_binary value per row: the bytes of parts[k] at row where[k], empty elsewhere."""
+    lengths = np.zeros(n_rows, dtype=np.int64)
+    lengths[where] = [len(p) * itemsize for p in parts]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    data = np.concatenate(parts).tobytes() if parts else b""
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n_rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def token_arrays(col: pa.Array, dtype: type = np.uint32) -> tuple[np.ndarray, np.ndarray]:
+    """A large_binary column of `dtype` strings (tokens, or uint8 loss masks) -> (flat values, lengths)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(col) == 0:
+        return np.zeros(0, dtype), np.zeros(0, np.int64)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].view(dtype)
+    return data, np.diff(offsets) // np.dtype(dtype).itemsize
 
 
 def token_dtype(n_vocab: int) -> np.dtype:
@@ -193,4 +214,14 @@ def iter_documents(root: str, split: str, with_masks: bool = False) -> Iterator:
                 yield tokens[s:e], (mask[s:e] if mask is not None else np.ones(e - s, dtype=np.uint8))
 
 
-__all__ = ["ShardWriter", "has_manifest", "iter_documents", "read_manifest", "require_shards", "token_dtype", "write_manifest"]
+__all__ = [
+    "ShardWriter",
+    "binary_column",
+    "token_arrays",
+    "has_manifest",
+    "iter_documents",
+    "read_manifest",
+    "require_shards",
+    "token_dtype",
+    "write_manifest",
+]
