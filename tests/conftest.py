@@ -31,7 +31,9 @@ def ray_session():
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     # the dashboard serves the State API that Ray Train V2 uses to clean up after a controller
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, ignore_reinit_error=True)
+    # address="local": a fresh instance of the suite's own, never one found running on the machine (a stale
+    # /tmp/ray/ray_current_cluster of a killed `ray start` would make ray.init try to join it and refuse num_cpus)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
 
