@@ -153,11 +153,14 @@ def _data(args: argparse.Namespace) -> int:
 
 def _train_job(cfg: RunConfig) -> int:
     from pipelines.shards import require_shards
-    from training.trainer import run_train, summarize
+    from training.trainer import check_init_from, run_train, summarize
 
-    require_shards(cfg.paths.shards)  # before Ray starts
+    job = cfg.train_job()
+    require_shards(cfg.paths.shards)  # what can be wrong fails before Ray starts
+    if job.train.init_from:
+        check_init_from(job)
     init_ray(cfg.ray)
-    result = run_train(cfg.train_job())
+    result = run_train(job)
     if result.error is not None:
         print(f"raylm: training failed: {result.error}", file=sys.stderr)
         return 1
