@@ -48,7 +48,7 @@ def test_precision_recall_at_0_8(ray_session, tmp_path):
     # the pipeline's confirmed edges (LSH candidates with estimated Jaccard >= threshold)
     work = tmp_path / "work"
     work.mkdir()
-    summaries = process_documents(cfg, list_files(cfg.data.inputs), str(work), spec_from_config(cfg.data.tokenizer), Report())
+    summaries = process_documents(cfg.data, list_files(cfg.data.inputs), str(work), spec_from_config(cfg.data.tokenizer), Report())
     res = run_dedup([s["path"] for s in summaries], cfg.data.dedup)
     uid_to_id = {}
     for s in summaries:
