@@ -136,18 +136,20 @@ def _check_inputs(cfg: RunConfig) -> None:
 
 
 def _data_stage(cfg: RunConfig, force: bool) -> None:
-    """The data stage, on the recipe's Ray (started only when there is work, unless already connected)."""
+    """The data stage, on the recipe's Ray (started only when there is work, unless already connected);
+    the caller has checked the inputs."""
     from pipelines.run import run_data
     from pipelines.shards import has_manifest
 
-    _check_inputs(cfg)
     if force or not has_manifest(cfg.paths.data):
         init_ray(cfg.ray)
     run_data(cfg.data, cfg.paths, force=force)
 
 
 def _data(args: argparse.Namespace) -> int:
-    _data_stage(_recipe(args), args.force)
+    cfg = _recipe(args)
+    _check_inputs(cfg)
+    _data_stage(cfg, args.force)
     return 0
 
 
