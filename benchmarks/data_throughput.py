@@ -78,9 +78,11 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
     import ray
 
     from pipelines.dedup import run_dedup
-    from pipelines.io import rm_tree
-    from pipelines.run import Report, process_documents, run_data
-    from pipelines.sources import list_files
+    from pipelines.io import makedirs, rm_tree
+    from pipelines.process import Process
+    from pipelines.run import run_data, run_stages
+    from pipelines.sources import Read
+    from pipelines.stage import DataRun
 
     times = {}
     variants = [
@@ -92,11 +94,12 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
         cfg = _cfg(corpus, out, "v", *extra)
         work = out / "v-work"
         rm_tree(str(work))
-        work.mkdir(parents=True)
+        run = DataRun(cfg.data, str(work), say=lambda m: None)  # no tokenizer: the variants stop before tokenizing
+        makedirs(run.docs_dir)
         t = time.perf_counter()
-        summaries = process_documents(cfg.data, list_files(cfg.data.inputs), str(work), None, Report())
+        run_stages(run, (Read(), Process()))
         if dedup:
-            res = run_dedup([s["path"] for s in summaries], cfg.data.dedup)
+            res = run_dedup([s["path"] for s in run.staging], cfg.data.dedup)
             ray.get(res.removed)
         times[label] = time.perf_counter() - t
         rm_tree(str(work))

@@ -10,6 +10,8 @@ import re
 import unicodedata
 
 from pipelines.config import CleanConfig, NormalizeConfig
+from pipelines.dedup import words_of
+from pipelines.stage import Chunk, Step
 
 # C0/C1 controls other than \t and \n, plus zero-width and BOM characters
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
@@ -93,3 +95,33 @@ def quality_filter(text: str, cfg: CleanConfig, words: list[str] | None = None) 
     if cfg.dup_paragraphs.enabled and _repeated_fraction(paragraphs) > cfg.dup_paragraphs.max:
         return "dup_paragraphs"
     return None
+
+
+class Normalize(Step):
+    """Unicode form, control characters and whitespace (data.clean.normalize); a text left empty is rejected.
+    Task records pass untouched: normalizing could move the prompt/completion boundary."""
+
+    name = "normalize"
+
+    @classmethod
+    def enabled(cls, cfg, enc) -> bool:
+        return cfg.clean.enabled
+
+    def __call__(self, c: Chunk) -> None:
+        norm = self.cfg.clean.normalize
+        c.texts = [t if c.is_task(k) else normalize(t, norm) for k, t in enumerate(c.texts)]
+        c.drop([None if t or c.is_task(k) else "reject:empty" for k, t in enumerate(c.texts)])
+
+
+class Filter(Step):
+    """The quality filters (data.clean), for web text: task records, curated examples, pass. The words
+    split here serve MinHash too."""
+
+    name = "filter"
+
+    def __call__(self, c: Chunk) -> None:
+        c.words = [words_of(t) for t in c.texts]
+        if self.cfg.clean.enabled:
+            cfg = self.cfg.clean
+            why = [None if c.is_task(k) else quality_filter(t, cfg, w) for k, (t, w) in enumerate(zip(c.texts, c.words))]
+            c.drop([None if w is None else f"filter:{w}" for w in why])

@@ -24,14 +24,21 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import ray
 import rensa
 import xxhash
 
 from pipelines.config import DedupConfig, MinHashConfig
+from pipelines.io import makedirs
+from pipelines.stage import Chunk, DataRun, Stage, Step
+from pipelines.staging import split_of
+from pipelines.stats import Stats
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -130,6 +137,33 @@ def signatures_from_words(word_lists: Sequence[list[str]], cfg: MinHashConfig) -
     flat, offsets = shingle_hashes(word_lists, cfg.ngram)
     m = rensa.RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, cfg.num_perm, cfg.seed)
     return np.asarray(m.to_rows(), dtype=np.uint32)
+
+
+class ExactHash(Step):
+    """The cleaned text's hash (exact dedup) and the document's split (from a hash of its id)."""
+
+    name = "hash"
+
+    def __call__(self, c: Chunk) -> None:
+        b, out = c.block, self.cfg.output
+        for r, t in zip(c.rows, c.texts):
+            b.hashes[r] = text_hash(t)
+            b.split[r] = split_of(b.ids[r], out.seed, out.val_fraction)
+
+
+class MinHashSign(Step):
+    """MinHash signatures of the word n-grams (data.dedup.minhash), for the LSH of the dedup stage."""
+
+    name = "minhash"
+
+    @classmethod
+    def enabled(cls, cfg, enc) -> bool:
+        return cfg.dedup.minhash.enabled
+
+    def __call__(self, c: Chunk) -> None:
+        if c.rows:
+            words = c.words if c.words is not None else [words_of(t) for t in c.texts]
+            c.block.sig[c.rows] = signatures_from_words(words, self.cfg.dedup.minhash)
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -468,3 +502,31 @@ def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> Dedu
     joined = [_as_list(_remote(_s6_join, P).remote(plan, nodes[p], *current[p]), P) for p in range(P)]
     removed = [_remote(_s6_choose, 1).remote(plan, *[joined[q][p] for q in range(P)]) for p in range(P)]
     return DedupResult(removed, int(sum(cand)), int(n_edges), rounds, edges=[r for row in confirmed_edges for r in row])
+
+
+# the stage ----------------------------------------------------------------------
+@ray.remote
+def _write_table(table: pa.Table, path: str) -> int:
+    fs, _ = fsspec.core.url_to_fs(path)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f, row_group_size=65536)
+    return table.num_rows
+
+
+class Dedup(Stage):
+    """Which documents are exact or near duplicates of which: hash-partitioned Ray tasks over the staging
+    files (run_dedup above), one parquet of (uid, id, reason, kept_id) per partition."""
+
+    name = "dedup"
+    reads = ("_work/docs/*.parquet",)
+    writes = ("_work/dups/part-*.parquet",)
+
+    def enabled(self, run: DataRun) -> bool:
+        return run.data.dedup.exact.enabled or run.data.dedup.minhash.enabled
+
+    def run(self, run: DataRun, stats: Stats) -> None:
+        res = run_dedup([s["path"] for s in run.staging], run.data.dedup, progress=lambda m: run.say(f"dedup: {m}"))
+        makedirs(run.dups_dir)
+        dups = ray.get([_write_table.remote(r, f"{run.dups_dir}/part-{p:05d}.parquet") for p, r in enumerate(res.removed)])
+        stats.counts.update(candidate_pairs=res.candidate_pairs, confirmed_edges=res.confirmed_edges, cc_rounds=res.cc_rounds, duplicates=sum(dups))
+        run.dups = pads.dataset(run.dups_dir, format="parquet")

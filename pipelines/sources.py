@@ -20,6 +20,8 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
+from pipelines.stage import DataRun, Stage
+from pipelines.stats import Stats
 from pipelines.streams import Damaged, compression_of, decompressed, strip_compression
 
 SCHEMA = pa.schema(
@@ -376,3 +378,28 @@ class TextFiles(Datasource):
             meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(sf.path,))
             tasks.append(ReadTask(lambda sf=sf: read_file(sf, self.execution, self.reject), meta, schema=SCHEMA))
         return tasks
+
+
+class Read(Stage):
+    """The recipe's inputs as a stream of records (a lazy Ray Dataset, one read task per file): nothing is
+    read until the process stage pulls blocks, so memory stays bounded whatever the corpus size."""
+
+    name = "read"
+    reads = ("data.inputs (the recipe's files, local or fsspec URLs)",)
+    writes = ()
+
+    def run(self, run: DataRun, stats: Stats) -> None:
+        import ray.data as rd
+
+        ex = run.data.execution
+        run.files = list_files(run.data.inputs)
+        run.say(f"{len(run.files)} input file(s)")
+        ctx = rd.DataContext.get_current()
+        ctx.enable_progress_bars = True
+        # a block is one read task's rows, so one contiguous uid range of one file: the staging files
+        # then concatenate in input order whatever the batching (see DocProcessor)
+        ctx.target_max_block_size = ex.batch_bytes
+        # reading is mostly I/O and decompression: the read tasks get a token CPU share instead of
+        # starving the processing actors (measured: 2x faster than 0.25/0.75)
+        run.records = rd.read_datasource(TextFiles(run.files, ex, run.data.reject), override_num_blocks=len(run.files), num_cpus=0.01)
+        stats.counts["files"] = len(run.files)

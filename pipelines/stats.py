@@ -24,5 +24,13 @@ class Stats:
         finally:
             self.seconds[name] += time.perf_counter() - t
 
+    def add(self, seconds: dict[str, float] | None = None, counts: dict[str, int] | None = None) -> None:
+        """Adds another worker's seconds and counts (an actor's, returned with its block)."""
+        self.seconds.update(seconds or {})
+        self.counts.update(counts or {})
+
     def rounded(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in self.seconds.items()}
+
+    def as_dict(self) -> dict:
+        return {"counts": dict(self.counts), "seconds": self.rounded()}

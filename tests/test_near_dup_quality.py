@@ -9,8 +9,11 @@ from benchmarks.corpus import injected
 from cluster.recipe import load_config
 from pipelines.clean import normalize
 from pipelines.dedup import run_dedup, words_of
-from pipelines.run import Report, process_documents, run_data
-from pipelines.sources import list_files
+from pipelines.io import makedirs
+from pipelines.process import Process
+from pipelines.run import run_data, run_stages
+from pipelines.sources import Read
+from pipelines.stage import DataRun
 from pipelines.tokenize import spec_from_config
 from tests.conftest import ROOT, write_jsonl
 
@@ -46,9 +49,10 @@ def test_precision_recall_at_0_8(ray_session, tmp_path):
     assert len(truth) >= 60  # the corpus must actually contain near duplicates
 
     # the pipeline's confirmed edges (LSH candidates with estimated Jaccard >= threshold)
-    work = tmp_path / "work"
-    work.mkdir()
-    summaries = process_documents(cfg.data, list_files(cfg.data.inputs), str(work), spec_from_config(cfg.data.tokenizer), Report())
+    run = DataRun(cfg.data, str(tmp_path / "stages"), tokenizer=spec_from_config(cfg.data.tokenizer))
+    makedirs(run.docs_dir)
+    run_stages(run, (Read(), Process()))
+    summaries = run.staging
     res = run_dedup([s["path"] for s in summaries], cfg.data.dedup)
     uid_to_id = {}
     for s in summaries:

@@ -16,9 +16,9 @@ import zstandard
 
 from cluster.recipe import load_config
 from pipelines.clean import normalize
-from pipelines.process import split_of
 from pipelines.run import run_data
 from pipelines.shards import iter_documents, read_manifest
+from pipelines.staging import split_of
 from pipelines.tokenize import TokenizerSpec, load_encoding
 from tests.conftest import ROOT, sample_docs, write_jsonl
 

@@ -1,0 +1,128 @@
+"""The two contracts of the data stage (datatrove's PipelineStep is the model for both).
+
+A `Stage` is one step of a run (read, process, dedup, tokenizer, write; the list is `pipelines.run.STAGES`):
+it reads what `reads` names in the run's data/ directory, writes what `writes` names, hands the next stage
+what it made through the `DataRun`, and records its own counts and seconds in a `Stats` (stats.json:
+`stages.<name>`). A `Step` is one per-document step inside the processing actors (the list is
+`pipelines.process.STEPS`): it sees a `Chunk` of documents, may rewrite their text or drop some with a
+reason, and is timed under its name. A new stage or step is one module and one entry in its list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from pipelines.config import DataConfig
+from pipelines.paths import WORK
+from pipelines.stats import Stats
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
+    import tiktoken
+
+    from pipelines.tokenize import TokenizerSpec
+
+
+@dataclass
+class DataRun:
+    """What the stages of one run share: the recipe's data section, the run's data/ directory, and what
+    each stage leaves for the next (the attributes below, named by the stage that sets them)."""
+
+    data: DataConfig
+    root: str  # {storage_path}/{name}/data
+    say: Callable[[str], None] = print
+    tokenizer: TokenizerSpec | None = None  # the recipe's; the tokenizer stage sets it when it trains one
+    files: list = field(default_factory=list)  # read: the input files (pipelines.sources.SourceFile)
+    records: Any = None  # read: the input records, a lazy Ray Dataset (streamed into process, never materialized)
+    staging: list[dict] = field(default_factory=list)  # process: one row per staging file (path, first_uid, last_uid, rows), in uid order
+    dups: pads.Dataset | None = None  # dedup: uid -> reason, kept_id of every duplicate
+    outputs: dict = field(default_factory=dict)  # write: splits, removed counts, docs_in, bytes_in
+
+    @property
+    def docs_dir(self) -> str:
+        return f"{self.root}/{WORK}/docs"
+
+    @property
+    def dups_dir(self) -> str:
+        return f"{self.root}/{WORK}/dups"
+
+    @property
+    def trains_tokenizer(self) -> bool:
+        return self.data.tokenizer.train is not None
+
+
+class Stage:
+    """One step of a run over the whole corpus."""
+
+    name: ClassVar[str]
+    reads: ClassVar[tuple[str, ...]] = ()  # paths under data/ (globs), or what the recipe names
+    writes: ClassVar[tuple[str, ...]] = ()  # paths under data/ (globs) this stage leaves behind
+
+    def enabled(self, run: DataRun) -> bool:
+        return True
+
+    def run(self, run: DataRun, stats: Stats) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Block:
+    """One block of input rows as the processing actor sees it: the columns steps read, and what they fill in."""
+
+    ids: list[str]
+    prompt_chars: list[int | None]  # task records: the prompt's length in characters; else None
+    status: list[str]  # "kept", or why the row was removed (reject:..., filter:...)
+    hashes: np.ndarray  # uint64: exact-dedup hash of the cleaned text
+    split: np.ndarray  # int8: SPLIT_TRAIN or SPLIT_VAL
+    sig: np.ndarray | None  # (rows, num_perm) uint32 MinHash signatures, when near-dup is on
+    kept: list[int] = field(default_factory=list)  # rows that passed every step, in order
+    out: list = field(default_factory=list)  # per kept row: its tokens, or its cleaned text when the tokenizer is trained later
+    masks: list = field(default_factory=list)  # per kept row: its loss mask (task recipes)
+
+
+@dataclass
+class Chunk:
+    """A few hundred documents of a block moving through the steps: the live rows and their current text."""
+
+    block: Block
+    rows: list[int]
+    texts: list[str]
+    words: list[list[str]] | None = None  # whitespace words, once a step has split them (shared by the filters and MinHash)
+    tokens: list[np.ndarray] | None = None  # set by the tokenize step
+    masks: list[np.ndarray] | None = None
+
+    def is_task(self, k: int) -> bool:
+        return self.block.prompt_chars[self.rows[k]] is not None
+
+    def drop(self, verdicts: list[str | None]) -> None:
+        """Removes the live documents whose verdict is a reason (None keeps one), recording the reason."""
+        if not any(verdicts):
+            return
+        keep = [k for k, why in enumerate(verdicts) if why is None]
+        for k, why in enumerate(verdicts):
+            if why is not None:
+                self.block.status[self.rows[k]] = why
+        self.rows = [self.rows[k] for k in keep]
+        self.texts = [self.texts[k] for k in keep]
+        if self.words is not None:
+            self.words = [self.words[k] for k in keep]
+
+
+class Step:
+    """A per-document step (built once per actor; `enabled` leaves it out of a recipe that does not use it)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, cfg: DataConfig, enc: tiktoken.Encoding | None):
+        self.cfg, self.enc = cfg, enc
+
+    @classmethod
+    def enabled(cls, cfg: DataConfig, enc: tiktoken.Encoding | None) -> bool:
+        return True
+
+    def __call__(self, chunk: Chunk) -> None:
+        raise NotImplementedError

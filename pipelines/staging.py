@@ -1,0 +1,61 @@
+"""The staging files between the process stage and the write stage (data/_work/docs/<first uid>.parquet):
+one per input block, every input row in it (kept, or with the reason it was removed), named by its
+first uid so that the files in name order are the input order, whatever the batching was."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import xxhash
+
+from pipelines.config import DataConfig
+
+SPLIT_TRAIN, SPLIT_VAL = 0, 1
+
+
+def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
+    fields = [
+        ("uid", pa.int64()),
+        ("id", pa.string()),
+        ("src", pa.string()),
+        ("status", pa.string()),
+        ("nbytes", pa.int64()),
+        ("hash", pa.uint64()),
+        ("split", pa.int8()),
+    ]
+    if cfg.dedup.minhash.enabled:
+        fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))
+    fields.append(("tokens", pa.large_binary()) if tokenized else ("text", pa.large_string()))
+    if tokenized and cfg.has_tasks:
+        fields.append(("mask", pa.large_binary()))  # uint8 loss mask per token (see encode_with_masks)
+    return pa.schema(fields)
+
+
+def split_of(doc_id: str, seed: int, val_fraction: float) -> int:
+    """Stable train/val assignment from a hash of the id: the same on every rerun and machine."""
+    return SPLIT_VAL if xxhash.xxh64_intdigest(doc_id.encode("utf-8"), seed=seed) < val_fraction * 2.0**64 else SPLIT_TRAIN
+
+
+def dups_in(dups: pads.Dataset | None, first: int, last: int) -> dict[int, tuple[str, str]]:
+    """uid -> (reason, kept_id) of the duplicates among uids first..last (one staging file)."""
+    if dups is None:
+        return {}
+    t = dups.to_table(filter=(pads.field("uid") >= first) & (pads.field("uid") <= last), columns=["uid", "reason", "kept_id"])
+    return dict(zip(t["uid"].to_pylist(), zip(t["reason"].to_pylist(), t["kept_id"].to_pylist())))
+
+
+def final_mask(t: pa.Table, dups: dict) -> np.ndarray:
+    """Which rows of a staging table survive both processing and dedup."""
+    kept = np.asarray(t["status"].to_numpy(zero_copy_only=False) == "kept")
+    if dups:
+        uid = t["uid"].to_numpy()
+        kept &= ~np.isin(uid, np.fromiter(dups.keys(), dtype=np.int64, count=len(dups)))
+    return kept
+
+
+def final_texts(path: str, first: int, last: int, dups: pads.Dataset | None) -> list[str]:
+    """Cleaned texts of the documents of one staging file that survive dedup, in order."""
+    t = pq.read_table(path, columns=["uid", "status", "text"])
+    return t["text"].filter(pa.array(final_mask(t, dups_in(dups, first, last)))).to_pylist()

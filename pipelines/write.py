@@ -1,0 +1,81 @@
+"""The write stage: the staging files in uid order, duplicates dropped, cut into .npy shards (train and val),
+and every removed document listed in removed.parquet with its reason, the document it duplicates and its
+source. Sequential, streaming one staging file at a time; the manifest comes after it (pipelines/run.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipelines.paths import REMOVED, TOKENIZER
+from pipelines.shards import ShardWriter, token_arrays, token_dtype
+from pipelines.stage import DataRun, Stage
+from pipelines.staging import SPLIT_TRAIN, SPLIT_VAL, dups_in, final_mask
+from pipelines.stats import Stats
+from pipelines.tokenize import copy_tokenizer, load_encoding
+
+REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string())])
+
+
+def removed_rows(t: pa.Table, mask: np.ndarray, dups: dict, counts: Counter) -> pa.Table | None:
+    """The removed rows of one staging table: filters and rejects from processing, duplicates from dedup."""
+    status, ids, srcs, uids = t["status"].to_pylist(), t["id"].to_pylist(), t["src"].to_pylist(), t["uid"].to_pylist()
+    rows: dict[str, list] = {"id": [], "reason": [], "kept_id": [], "src": []}
+    for i in np.flatnonzero(~mask):
+        reason, kept_id = dups.get(uids[i], (status[i], None))
+        rows["id"].append(ids[i])
+        rows["reason"].append(reason)
+        rows["kept_id"].append(kept_id)
+        rows["src"].append(srcs[i])
+        counts[reason] += 1
+    return pa.table(rows, schema=REMOVED_SCHEMA) if rows["id"] else None
+
+
+def add_kept(writers: dict[int, ShardWriter], t: pa.Table, mask: np.ndarray, tokens: pa.Array, masks: bool) -> None:
+    """The kept documents of one staging table, in order, to their split's shard writer."""
+    flat, lengths = token_arrays(tokens)
+    flat_mask = token_arrays(t["mask"].filter(pa.array(mask)), np.uint8)[0] if masks else None
+    split = t["split"].to_numpy()[mask]
+    for sp, w in writers.items():
+        docs = split == sp
+        sel = slice(None) if docs.all() else np.repeat(docs, lengths)
+        w.add(flat[sel], lengths[docs], None if flat_mask is None else flat_mask[sel])
+
+
+class Write(Stage):
+    name = "write"
+    reads = ("_work/docs/*.parquet", "_work/docs/*.parquet.tokens", "_work/dups/part-*.parquet")
+    writes = ("train/shard-*.npy", "val/shard-*.npy", REMOVED)
+
+    def run(self, run: DataRun, stats: Stats) -> None:
+        data, root = run.data, run.root
+        tok = run.tokenizer
+        if tok.path is not None and not run.trains_tokenizer:  # the run stays self-contained: the tokenizer travels with the shards
+            copy_tokenizer(tok.path, f"{root}/{TOKENIZER}")
+        enc = load_encoding(tok)
+        dtype, masks, trained = token_dtype(enc.n_vocab), data.has_tasks, run.trains_tokenizer
+        names = {SPLIT_TRAIN: "train", SPLIT_VAL: "val"}
+        writers = {sp: ShardWriter(root, name, dtype, data.output.shard_tokens, masks=masks) for sp, name in names.items()}
+        removed: Counter = Counter()
+        fs, _ = fsspec.core.url_to_fs(root)
+        with fs.open(f"{root}/{REMOVED}.tmp", "wb") as fh, pq.ParquetWriter(fh, REMOVED_SCHEMA) as removed_w:
+            for s in tqdm(run.staging, desc="shards", unit="file", disable=None):
+                cols = ["uid", "id", "src", "status", "nbytes", "split"] + ([] if trained else ["tokens"]) + (["mask"] if masks else [])
+                t = pq.read_table(s["path"], columns=cols)
+                stats.counts["docs_in"] += t.num_rows
+                stats.counts["bytes_in"] += int(pc.sum(t["nbytes"]).as_py() or 0)
+                d = dups_in(run.dups, s["first_uid"], s["last_uid"])
+                mask = final_mask(t, d)
+                if (rem := removed_rows(t, mask, d, removed)) is not None:
+                    removed_w.write_table(rem)
+                add_kept(writers, t, mask, pq.read_table(s["path"] + ".tokens")["tokens"] if trained else t["tokens"].filter(pa.array(mask)), masks)
+        fs.mv(f"{root}/{REMOVED}.tmp", f"{root}/{REMOVED}")
+        splits = {"train": writers[SPLIT_TRAIN].close(), "val": writers[SPLIT_VAL].close()}
+        stats.counts.update(docs_kept=sum(sp["docs"] for sp in splits.values()), shards=sum(len(sp["shards"]) for sp in splits.values()))
+        run.outputs = dict(splits=splits, removed=removed, docs_in=stats.counts["docs_in"], bytes_in=stats.counts["bytes_in"], enc=enc, dtype=dtype)

@@ -1,0 +1,108 @@
+"""The data stage's two contracts: per-document steps alone (no Ray), and each run-level stage alone on
+the session Ray, leaving what it declares in `writes` and nothing the next stage needs left unset."""
+
+import fnmatch
+import os
+import random
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.recipe import load_config
+from pipelines.clean import Filter, Normalize
+from pipelines.dedup import Dedup, ExactHash, MinHashSign, words_of
+from pipelines.io import makedirs
+from pipelines.process import STEPS, Process
+from pipelines.run import STAGES, run_stages
+from pipelines.sources import Read
+from pipelines.stage import Block, Chunk, DataRun
+from pipelines.tokenize import Encode, spec_from_config
+from pipelines.train_tokenizer import TrainTokenizer
+from pipelines.write import Write
+from tests.conftest import write_jsonl
+
+GOOD = "The quick brown fox jumps over the lazy dog, and then it runs far away into the green hills. " * 3
+
+
+def _cfg(tmp_path, *extra: str):
+    return load_config(None, [f"storage_path={tmp_path}", "name=s", f"data.inputs=[{{path: '{tmp_path}/in/*.jsonl'}}]", *extra])
+
+
+def _chunk(texts: list[str], prompt_chars: list | None = None, num_perm: int = 0) -> Chunk:
+    n = len(texts)
+    block = Block(
+        ids=[f"d{i}" for i in range(n)],
+        prompt_chars=prompt_chars or [None] * n,
+        status=["kept"] * n,
+        hashes=np.zeros(n, np.uint64),
+        split=np.zeros(n, np.int8),
+        sig=np.zeros((n, num_perm), np.uint32) if num_perm else None,
+    )
+    return Chunk(block, list(range(n)), list(texts))
+
+
+def test_steps_in_order_with_unique_names():
+    assert [s.name for s in STEPS] == ["normalize", "filter", "hash", "minhash", "tokenize"]
+    assert [s.name for s in STAGES] == ["read", "process", "dedup", "tokenizer", "write"]
+
+
+def test_normalize_rejects_empty_and_leaves_task_records(tmp_path):
+    cfg = _cfg(tmp_path).data
+    c = _chunk([" \u200b\n\n", "  a  text \r\n", " \n"], prompt_chars=[None, None, 1])
+    Normalize(cfg, None)(c)
+    assert c.rows == [1, 2] and c.texts == ["a  text", " \n"]  # the task record is untouched
+    assert c.block.status == ["reject:empty", "kept", "kept"]
+
+
+def test_filter_names_the_reason_and_splits_words(tmp_path):
+    cfg = _cfg(tmp_path).data
+    c = _chunk(["short", GOOD, "tiny"], prompt_chars=[None, None, 2])
+    Filter(cfg, None)(c)
+    assert c.block.status[0].startswith("filter:") and c.rows == [1, 2]
+    assert c.words == [words_of(GOOD), ["tiny"]]
+    off = _cfg(tmp_path, "data.clean.enabled=false").data
+    c = _chunk(["short"])
+    Filter(off, None)(c)
+    assert c.rows == [0]
+
+
+def test_hash_minhash_tokenize_fill_their_columns(tmp_path):
+    cfg = _cfg(tmp_path, "data.tokenizer={name: cl100k_base}").data
+    enc = spec_from_config(cfg.tokenizer).load()
+    c = _chunk([GOOD, GOOD + " more"], num_perm=cfg.dedup.minhash.num_perm)
+    for step in (Filter, ExactHash, MinHashSign, Encode):
+        assert step.enabled(cfg, enc)
+        step(cfg, enc)(c)
+    assert c.block.hashes[0] != c.block.hashes[1] and c.block.hashes.all()
+    assert (c.block.sig[0] != 0).any() and 0.5 < (c.block.sig[0] == c.block.sig[1]).mean() < 1
+    assert [t[0] for t in c.tokens] == [enc.eot_token] * 2 and enc.decode(c.tokens[0][1:].tolist()) == GOOD
+    assert not Encode.enabled(cfg, None)
+    assert not MinHashSign.enabled(_cfg(tmp_path, "data.dedup.minhash.enabled=false").data, enc)
+
+
+def _present(root: str, pattern: str) -> bool:
+    found = [os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs]
+    return any(fnmatch.fnmatch(f, pattern) for f in found)
+
+
+@pytest.mark.slow
+def test_each_stage_alone_writes_what_it_declares(ray_session, tmp_path):
+    rng = random.Random(0)
+    vocab = [f"w{k}ord" for k in range(300)]
+    docs = [{"id": f"{i:03d}", "text": " ".join(rng.choice(vocab) for _ in range(80))} for i in range(30)]
+    docs.append({"id": "dup", "text": docs[3]["text"]})
+    write_jsonl(tmp_path / "in" / "a.jsonl", docs)
+    cfg = _cfg(tmp_path, "data.tokenizer.train={vocab_size: 320}", "data.output.val_fraction=0.2")
+    run = DataRun(cfg.data, str(tmp_path / "s" / "data"), say=lambda m: None)
+    makedirs(run.docs_dir)
+    for stage in (Read(), Process(), Dedup(), TrainTokenizer(), Write()):
+        assert stage.enabled(run)
+        stats = run_stages(run, (stage,))[stage.name]
+        assert stats.seconds["total"] > 0
+        assert all(_present(run.root, p) for p in stage.writes), (stage.name, stage.writes)
+    assert run.files and len(run.staging) == 1 and run.staging[0]["rows"] == 31
+    assert pq.read_table(f"{run.dups_dir}").to_pylist()[0]["kept_id"] == "003"
+    out = run.outputs
+    assert out["docs_in"] == 31 and out["removed"] == {"exact": 1}
+    assert out["splits"]["train"]["docs"] + out["splits"]["val"]["docs"] == 30
