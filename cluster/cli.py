@@ -182,8 +182,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The main job: the data stage (skipped when complete), training, a sample and the bar to clear."""
+    from training.checkpoint import load_model
     from training.data import unigram_entropy
-    from training.sample import load_model, sample
+    from training.sample import sample
     from training.trainer import summarize
 
     cfg = _recipe(args)
@@ -193,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     rc = _train_job(cfg)
     if rc:
         return rc
-    model, enc, _ = load_model(cfg.paths.root)
+    model, enc, _, _ = load_model(cfg.paths.root)
     print(f"--- sample (prompt {args.prompt!r}) ---")
     print(sample(model, enc, SampleOptions(prompt=args.prompt))[0])
     print("---")
@@ -253,9 +254,10 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from training.sample import load_model, sample
+    from training.checkpoint import load_model
+    from training.sample import sample
 
-    model, enc, state = load_model(args.path, args.device)
+    model, enc, state, _ = load_model(args.path, args.device)
     opts = SampleOptions(
         prompt=args.prompt,
         max_new_tokens=args.max_new_tokens,

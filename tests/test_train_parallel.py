@@ -9,7 +9,8 @@ import pytest
 from cluster.recipe import load_config
 from pipelines.run import run_data
 from tests.conftest import ROOT
-from training.sample import SampleOptions, load_model, sample
+from training.checkpoint import load_model
+from training.sample import SampleOptions, sample
 from training.trainer import run_train
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def test_two_workers_equal_one_worker_with_double_accumulation(ray_session, tmp_
     assert one[-1]["loss"] < one[0]["loss"]
     assert ddp[-1]["val_loss"] == pytest.approx(one[-1]["val_loss"], rel=1e-5)
     # an FSDP checkpoint holds full, unsharded weights: it loads into a bare GPT on one process
-    model, enc, state = load_model(str(tmp_path / "fsdp"))
+    model, enc, state, _ = load_model(str(tmp_path / "fsdp"))
     assert state["step"] == 8 and state["config"]["train"]["parallelism"] == "fsdp"
     text = sample(model, enc, SampleOptions(prompt="KING", max_new_tokens=8))[0]
     assert text.startswith("KING")

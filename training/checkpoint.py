@@ -15,7 +15,7 @@ import json
 import os
 import random
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
 import numpy as np
@@ -23,7 +23,9 @@ import torch
 
 from pipelines.io import is_local
 from pipelines.paths import TOKENIZER, RunPaths
-from pipelines.tokenize import copy_tokenizer
+from pipelines.tokenize import copy_tokenizer, load_encoding, run_tokenizer
+from training.config import TrainConfig
+from training.model import GPT, GPTConfig
 
 STATE, META = "state.pt", "meta.json"
 _STATE_KEYS = ("model", "config", "tokenizer", "step")  # what every raylm state.pt holds
@@ -165,3 +167,27 @@ def latest(path: str) -> str:
         raise FileNotFoundError(f"{path}: no checkpoint (looked for {STATE} there and train/checkpoint_*/{META} below)")
     metas = [fs.unstrip_protocol(m) for m in metas] if "://" in path else metas  # glob drops the protocol
     return max(metas, key=lambda m: read_meta(m)["step"]).rsplit("/", 1)[0]
+
+
+def resolve(path: str) -> str:
+    """A local directory holding the checkpoint that `path` names: a checkpoint directory, or a run
+    directory's latest checkpoint (copied under /tmp when remote)."""
+    return local_dir(latest(path))
+
+
+class LoadedModel(NamedTuple):
+    model: GPT
+    enc: Any  # tiktoken.Encoding: the run's own tokenizer
+    state: dict  # the checkpoint's state.pt
+    path: str  # the local checkpoint directory it came from
+
+
+def load_model(path: str, device: str = "cpu") -> LoadedModel:
+    """The model (eval mode), tokenizer and state of the checkpoint `path` names (see `resolve`)."""
+    ckpt = resolve(path)
+    state, _ = load(ckpt, 0, device)
+    train = TrainConfig.model_validate(state["config"]["train"])
+    model = GPT(GPTConfig.from_config(train.model, state["tokenizer"]["n_vocab"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return LoadedModel(model, load_encoding(run_tokenizer(state["tokenizer"], ckpt)), state, ckpt)

@@ -10,6 +10,7 @@ for accuracy and macro-F1, beside the majority-class baseline (the train split's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from pipelines.schema import ConfigError
 from pipelines.shards import iter_documents, read_manifest, require_shards
 from pipelines.tokenize import encode_documents, encode_with_masks
+from training.checkpoint import load_model
 from training.config import EvalOptions, TrainJob
 from training.data import ShardWindows, val_windows
 from training.model import GPT
@@ -58,22 +60,45 @@ def bleu(hyps: list[str], refs: list[str]) -> float:
 
 # ---------------------------------------------------------------- model passes
 @torch.no_grad()
-def lm_metrics(model: GPT, batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], device: str) -> dict:
-    """Loss per counted target, perplexity and next-token accuracy over (inputs, targets, mask) batches."""
-    loss_sum, correct, count = 0.0, 0, 0
+def lm_metrics(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    device: torch.device | str,
+    amp=None,
+    world: int = 1,
+) -> dict:
+    """Loss per counted target (mask == 1 positions under a loss mask), perplexity and next-token accuracy
+    over (inputs, targets, mask) batches: the one language-model evaluator, of the training loop's
+    validation (each rank passing its share of the windows, the sums all-reduced) and of `raylm eval`."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, targets
     for x, y, m in batches:
         x, y = x.to(device), y.to(device)
-        logits, _ = model(x)
-        w = (m.to(device).bool() if m is not None else torch.ones_like(y, dtype=torch.bool)).reshape(-1)
-        logits = logits.float().reshape(-1, logits.size(-1))[w]
-        tgt = y.reshape(-1)[w]
-        loss_sum += F.cross_entropy(logits, tgt, reduction="sum").item()
-        correct += (logits.argmax(-1) == tgt).sum().item()
-        count += int(w.sum())
+        with amp or contextlib.nullcontext():
+            logits, _ = model(x)
+        logits, tgt = logits.float().reshape(-1, logits.size(-1)), y.reshape(-1)  # (B*T, vocab), (B*T,)
+        if m is not None:
+            w = m.to(device).reshape(-1).bool()
+            logits, tgt = logits[w], tgt[w]
+        loss = F.cross_entropy(logits, tgt, reduction="sum")
+        total += torch.stack(
+            [loss.double(), (logits.argmax(-1) == tgt).sum().double(), torch.tensor(float(tgt.numel()), dtype=torch.float64, device=device)]
+        )
+    model.train(was_training)
+    if world > 1:
+        torch.distributed.all_reduce(total)
+    loss_sum, correct, count = total.tolist()
     if count == 0:
         return {"loss": None, "ppl": None, "token_accuracy": None, "tokens": 0}
     loss = loss_sum / count
-    return {"loss": loss, "ppl": math.exp(min(loss, 50)), "token_accuracy": correct / count, "tokens": count}
+    return {"loss": loss, "ppl": math.exp(min(loss, 50)), "token_accuracy": correct / count, "tokens": int(count)}
+
+
+def window_batches(windows: ShardWindows, ids: np.ndarray, micro_batch: int) -> Iterator:
+    """(inputs, targets, mask) batches of the windows `ids`, in order."""
+    for i in range(0, len(ids), micro_batch):
+        yield windows.batch(ids[i : i + micro_batch])
 
 
 def greedy(model: GPT, prompt: list[int], max_new: int, eot: int, vocab: int, device: str) -> list[int]:
@@ -154,9 +179,7 @@ def _token_batches(tokens: np.ndarray, seq_len: int, mask: np.ndarray | None = N
 
 def _split_batches(data_root: str, split: str, seq_len: int, max_windows: int | None, micro_batch: int):
     w = ShardWindows(data_root, split, seq_len)
-    ids = np.arange(w.n) if max_windows is None else val_windows(w, max_windows)
-    for i in range(0, len(ids), micro_batch):
-        yield w.batch(ids[i : i + micro_batch])
+    return window_batches(w, np.arange(w.n) if max_windows is None else val_windows(w, max_windows), micro_batch)
 
 
 # ---------------------------------------------------------------- the command
@@ -194,12 +217,7 @@ def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
     """Evaluate, write `{run_dir}/eval/<what>@<run>-step<N>.json`, return the results."""
     import fsspec
 
-    from training import checkpoint
-    from training.sample import load_model
-
-    source = opts.checkpoint or job.paths.root
-    ckpt = checkpoint.local_dir(checkpoint.latest(source))
-    model, enc, state = load_model(ckpt, opts.device)
+    model, enc, state, ckpt = load_model(opts.checkpoint or job.paths.root, opts.device)
     t0 = time.perf_counter()
     res: dict = {"checkpoint": ckpt, "run": state["config"]["name"], "step": state["step"]}
     seq_len = model.cfg.seq_len

@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from pipelines.tokenize import ranks_file, run_tokenizer, save_tiktoken
-from training import checkpoint
+from training.checkpoint import load_model
 from training.model import GPT
-from training.sample import load_model
 
 
 class ExportError(ValueError):
@@ -64,42 +63,51 @@ def gpt2_config(model: GPT, n_vocab: int, eot: int):
     )
 
 
-def gpt2_state_dict(model: GPT, n_vocab: int) -> dict[str, torch.Tensor]:
-    """raylm GPT weights under GPT2LMHeadModel's names and layouts (lm_head is tied to wte)."""
-    c = model.cfg
+# raylm's parameter names -> GPT2LMHeadModel's ({} = block index; lm_head is tied to wte), as torchtitan's
+# state_dict_adapter maps its models to Hugging Face's
+_LAYER = {"ln1": "ln_1", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj", "ln2": "ln_2", "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
+GPT2_NAMES = {
+    "wte.weight": "transformer.wte.weight",
+    "wpe.weight": "transformer.wpe.weight",
+    "ln_f.weight": "transformer.ln_f.weight",
+    "ln_f.bias": "transformer.ln_f.bias",
+    **{f"blocks.{{}}.{ours}.{p}": f"transformer.h.{{}}.{theirs}.{p}" for ours, theirs in _LAYER.items() for p in ("weight", "bias")},
+}
+_CONV1D = tuple(f"{theirs}.weight" for ours, theirs in _LAYER.items() if not ours.startswith("ln"))  # GPT-2's Conv1D is (in, out)
+
+
+def _with_biases(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's state dict (float32, CPU) with every bias GPT-2 has: zeros where raylm has none (bias: false)."""
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and name != "head" and f"{name}.bias" not in sd:
+            sd[f"{name}.bias"] = torch.zeros(module.weight.shape[0])
+    return sd
 
-    def bias(name: str, n: int) -> torch.Tensor:
-        return sd.get(name, torch.zeros(n))
 
-    d_head = c.d_model // c.n_head
-    # muP attends with 1/d_head, GPT-2 with 1/sqrt(d_head): scale the queries by the ratio
-    q_scale = 1.0 / math.sqrt(d_head) if c.mup_base_width else 1.0
-    out = {"transformer.wte.weight": sd["wte.weight"][:n_vocab].clone(), "transformer.wpe.weight": sd["wpe.weight"]}
+def _fold_mup(sd: dict[str, torch.Tensor], model: GPT) -> None:
+    """muP's departures from GPT-2, folded into the weights: attention by 1/d_head (GPT-2: 1/sqrt(d_head))
+    into the query rows; logits / width_mult into the final LayerNorm, which feeds only the head."""
+    c = model.cfg
+    if not c.mup_base_width:
+        return
+    q_scale = 1.0 / math.sqrt(c.d_model // c.n_head)
     for i in range(c.n_layer):
-        p, h = f"blocks.{i}.", f"transformer.h.{i}."
-        qkv_w, qkv_b = sd[p + "attn.qkv.weight"].clone(), bias(p + "attn.qkv.bias", 3 * c.d_model).clone()
-        qkv_w[: c.d_model] *= q_scale
-        qkv_b[: c.d_model] *= q_scale
-        out.update(
-            {
-                h + "ln_1.weight": sd[p + "ln1.weight"],
-                h + "ln_1.bias": bias(p + "ln1.bias", c.d_model),
-                h + "attn.c_attn.weight": qkv_w.t().contiguous(),
-                h + "attn.c_attn.bias": qkv_b,
-                h + "attn.c_proj.weight": sd[p + "attn.proj.weight"].t().contiguous(),
-                h + "attn.c_proj.bias": bias(p + "attn.proj.bias", c.d_model),
-                h + "ln_2.weight": sd[p + "ln2.weight"],
-                h + "ln_2.bias": bias(p + "ln2.bias", c.d_model),
-                h + "mlp.c_fc.weight": sd[p + "mlp.fc.weight"].t().contiguous(),
-                h + "mlp.c_fc.bias": bias(p + "mlp.fc.bias", 4 * c.d_model),
-                h + "mlp.c_proj.weight": sd[p + "mlp.proj.weight"].t().contiguous(),
-                h + "mlp.c_proj.bias": bias(p + "mlp.proj.bias", c.d_model),
-            }
-        )
-    # muP divides the logits by width_mult; the final LayerNorm feeds only the head, so scale it
-    out["transformer.ln_f.weight"] = sd["ln_f.weight"] / c.width_mult
-    out["transformer.ln_f.bias"] = bias("ln_f.bias", c.d_model) / c.width_mult
+        for p in ("weight", "bias"):
+            sd[f"blocks.{i}.attn.qkv.{p}"] = sd[f"blocks.{i}.attn.qkv.{p}"].clone()
+            sd[f"blocks.{i}.attn.qkv.{p}"][: c.d_model] *= q_scale
+    for p in ("weight", "bias"):
+        sd[f"ln_f.{p}"] = sd[f"ln_f.{p}"] / c.width_mult
+
+
+def gpt2_state_dict(model: GPT, n_vocab: int) -> dict[str, torch.Tensor]:
+    """raylm GPT weights under GPT2LMHeadModel's names (GPT2_NAMES) and layouts, the vocabulary cut back to the tokenizer's."""
+    sd = _with_biases(model)
+    _fold_mup(sd, model)
+    names = {ours: theirs for ours, theirs in GPT2_NAMES.items() if "{}" not in ours}
+    names.update({o.format(i): t.format(i) for o, t in GPT2_NAMES.items() if "{}" in o for i in range(model.cfg.n_layer)})
+    out = {theirs: sd[ours].t().contiguous() if theirs.endswith(_CONV1D) else sd[ours] for ours, theirs in names.items()}
+    out["transformer.wte.weight"] = out["transformer.wte.weight"][:n_vocab].clone()
     return out
 
 
@@ -133,8 +141,7 @@ def export_hf(path: str, out_dir: str) -> dict:
     """Write `out_dir` (config.json, model.safetensors, tokenizer.json + config, tokenizer.tiktoken)
     from the latest checkpoint of the run (or the checkpoint) at `path`. Returns a summary."""
     transformers = _require_transformers()
-    ckpt = checkpoint.local_dir(checkpoint.latest(path))
-    model, enc, state = load_model(ckpt)
+    model, enc, state, ckpt = load_model(path)
     spec = run_tokenizer(state["tokenizer"], ckpt)
     ranks = ranks_file(spec)
     if ranks is None:

@@ -7,7 +7,6 @@ TensorBoard on rank 0), checkpoints that carry everything an exact resume needs 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pipelines.shards import read_manifest
 from training import checkpoint
 from training.config import TrainConfig, TrainJob
 from training.data import ShardWindows, TrainLoader, val_windows
+from training.evaluate import lm_metrics, window_batches
 from training.metrics import MetricsLog
 from training.model import GPT, GPTConfig
 from training.optim import build_optimizer, build_scheduler, hyperparams, reapply_hyperparams
@@ -54,28 +54,6 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
-def evaluate(
-    model: torch.nn.Module, windows: ShardWindows, ids: np.ndarray, micro_batch: int, device: torch.device, amp, rank: int = 0, world: int = 1
-) -> float:
-    """Mean loss per target token (per masked-in target for task sets) over the fixed validation
-    windows `ids`, each rank taking an equal slice (the same number of forward passes everywhere, as
-    FSDP's collectives need), summed across ranks."""
-    per_rank = len(ids) // world
-    mine = ids[rank * per_rank : (rank + 1) * per_rank] if world > 1 else ids
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of token losses, tokens
-    for i in range(0, len(mine), micro_batch):
-        x, y, m = (a.to(device) if a is not None else None for a in windows.batch(mine[i : i + micro_batch]))
-        with torch.no_grad(), amp:
-            _, loss = model(x, y, loss_mask=m)
-        n = m.sum().double() if m is not None else torch.tensor(float(y.numel()), dtype=torch.float64, device=device)
-        total += torch.stack([loss.double() * n, n])
-    model.train()
-    if world > 1:
-        torch.distributed.all_reduce(total)
-    return (total[0] / total[1].clamp_min(1)).item()
 
 
 def await_ack(acks, rank: int, world: int) -> None:
@@ -196,7 +174,7 @@ class Trainer:
             if rng is not None:
                 checkpoint.set_rng_state(rng)
         elif self.t.init_from:
-            state, _ = checkpoint.load(checkpoint.local_dir(checkpoint.latest(self.t.init_from)), self.rank, device="cpu")
+            state, _ = checkpoint.load(checkpoint.resolve(self.t.init_from), self.rank, device="cpu")
             checkpoint.load_model_weights(self.model, state["model"])
 
     def train_step(self) -> dict:
@@ -213,8 +191,12 @@ class Trainer:
         row.update(tokens_per_s=tps, mfu=(tps * self.flops_per_token / (self.peak * self.world)) if self.peak else None)
         return row
 
-    def evaluate(self) -> float:
-        return evaluate(self.model, self.val, self.val_ids, self.t.batch.micro_batch_size, self.device, self.amp, self.rank, self.world)
+    def evaluate(self) -> dict:
+        """lm_metrics over the fixed validation windows, each rank taking an equal slice (the same number of
+        forward passes everywhere, as FSDP's collectives need)."""
+        per_rank = len(self.val_ids) // self.world
+        mine = self.val_ids[self.rank * per_rank : (self.rank + 1) * per_rank]
+        return lm_metrics(self.model, window_batches(self.val, mine, self.t.batch.micro_batch_size), self.device, self.amp, self.world)
 
     def checkpoint_and_report(self, row: dict, log: MetricsLog | None) -> bool:
         """Report the row to Ray Train at checkpoint, eval and `report_every` steps (with a checkpoint at
@@ -242,8 +224,8 @@ class Trainer:
         while self.step < t.max_steps:
             row = self.train_step()
             if self.val is not None and (self.step % t.eval.every == 0 or self.step == t.max_steps):
-                vl = self.evaluate()
-                row.update(val_loss=vl, val_ppl=math.exp(min(vl, 50)))
+                val = self.evaluate()
+                row.update(val_loss=val["loss"], val_ppl=val["ppl"])
             if log is not None:
                 log.log(row)
             if self.checkpoint_and_report(row, log) and acks is not None and self.step < t.max_steps:

@@ -4,23 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.tokenize import load_encoding, run_tokenizer
-from training import checkpoint
-from training.config import SampleOptions, TrainConfig
-from training.model import GPT, GPTConfig
-
-
-def load_model(path: str, device: str = "cpu") -> tuple[GPT, object, dict]:
-    """Model (eval mode), tiktoken encoding and state of the latest checkpoint of a run directory,
-    or of a checkpoint directory."""
-    ckpt = checkpoint.local_dir(checkpoint.latest(path))
-    state, _ = checkpoint.load(ckpt, 0, device)
-    train = TrainConfig.model_validate(state["config"]["train"])
-    model = GPT(GPTConfig.from_config(train.model, state["tokenizer"]["n_vocab"]))
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    enc = load_encoding(run_tokenizer(state["tokenizer"], ckpt))
-    return model, enc, state
+from training.config import SampleOptions
+from training.model import GPT
 
 
 def sample(model: GPT, enc, opts: SampleOptions, device: str = "cpu") -> list[str]:
