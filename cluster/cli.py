@@ -146,6 +146,18 @@ def _data_stage(cfg: RunConfig, force: bool) -> None:
     run_data(cfg.data, cfg.paths, force=force)
 
 
+def _own_shards(cfg: RunConfig) -> bool:
+    """Whether `run` and `tune` build their shards (the run's data/, from the inputs) or read another run's
+    (train.data_path: they must exist, and nothing is built). Checked before Ray starts."""
+    from pipelines.shards import require_shards
+
+    if cfg.train.data_path is None:
+        _check_inputs(cfg)
+        return True
+    require_shards(cfg.paths.shards, " (it is train.data_path: raylm reads those shards, it does not build them)")
+    return False
+
+
 def _data(args: argparse.Namespace) -> int:
     cfg = _recipe(args)
     _check_inputs(cfg)
@@ -188,9 +200,10 @@ def _run(args: argparse.Namespace) -> int:
     from training.trainer import summarize
 
     cfg = _recipe(args)
-    _check_inputs(cfg)
+    own = _own_shards(cfg)
     init_ray(cfg.ray)  # whether or not the data is done: say first which Ray
-    _data_stage(cfg, args.force)
+    if own:
+        _data_stage(cfg, args.force)
     rc = _train_job(cfg)
     if rc:
         return rc
@@ -215,11 +228,12 @@ def _tune(args: argparse.Namespace) -> int:
 
     cfg = _recipe(args)
     check(cfg)  # a bad search space fails before Ray starts
-    _check_inputs(cfg)
-    if not has_manifest(cfg.paths.data):
+    own = _own_shards(cfg)
+    if own and not has_manifest(cfg.paths.data):
         print(f"[raylm tune] no shards at {cfg.paths.data} yet: running the data stage first, then the campaign", flush=True)
     init_ray(cfg.ray)
-    _data_stage(cfg, args.force)
+    if own:
+        _data_stage(cfg, args.force)
     grid = run_tune(cfg, resume=args.resume)
     rows = collect(cfg, grid)
     print_summary(cfg, rows, write_results(cfg, rows))

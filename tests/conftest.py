@@ -13,6 +13,10 @@ settings.register_profile("thorough", max_examples=1000, deadline=None, print_bl
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "shakespeare.jsonl.gz"
 
+# Ray Train's controller polls its workers every 2 s by default: each of the suite's ~40 short Ray Train runs
+# would wait out a poll or two at its start and end. Every Ray the suite starts inherits this.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
 
 def sample_docs() -> list[dict]:
     with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:
@@ -36,6 +40,18 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_shards(ray_session, tmp_path_factory) -> str:
+    """The bundled sample through the data stage of cluster/recipes/local.yaml, once for the session: the
+    data/ directory that tests which train or tune (and do not test the data stage) read as train.data_path."""
+    from cluster.recipe import load_config
+    from pipelines.run import run_data
+
+    cfg = load_config(ROOT / "cluster" / "recipes" / "local.yaml", [f"storage_path={tmp_path_factory.mktemp('shards')}", "name=sample"])
+    run_data(cfg.data, cfg.paths, summary=False)
+    return cfg.paths.data
 
 
 def write_jsonl(path: Path, docs: list[dict]) -> Path:

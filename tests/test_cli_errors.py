@@ -16,6 +16,7 @@ from cluster.cli import main
 from tests.conftest import ROOT, sample_docs, write_jsonl
 
 RECIPE = str(ROOT / "cluster" / "recipes" / "local.yaml")
+TUNE = str(ROOT / "cluster" / "recipes" / "tune-local.yaml")
 
 
 def _cli(capsys, *argv) -> tuple[int, str, str]:
@@ -49,6 +50,9 @@ CASES = {  # defect 9 and the config half of defect 8: (argv, text the one line 
     "missing_input": (["data", RECIPE, "--set", "data.inputs=[{path: does/not/exist.jsonl}]"], "does/not/exist.jsonl"),
     "missing_recipe": (["data", "{d}/nope.yaml"], "nope.yaml"),
     "submit_bad_command": (["submit", RECIPE, "--", "frobnicate"], "frobnicate"),
+    # inputs that do not exist: with train.data_path nothing is built from them
+    "tune_data_path_empty": (["tune", TUNE, "--set", "train.data_path={d}/ck", "--set", "data.inputs=[{path: nope.jsonl}]"], "it is train.data_path"),
+    "run_data_path_empty": (["run", RECIPE, "--set", "train.data_path={d}/ck"], "it is train.data_path"),
 }
 
 

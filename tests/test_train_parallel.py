@@ -7,7 +7,6 @@ import json
 import pytest
 
 from cluster.recipe import load_config
-from pipelines.run import run_data
 from tests.conftest import ROOT
 from training.checkpoint import load_model
 from training.sample import SampleOptions, sample
@@ -16,7 +15,7 @@ from training.trainer import run_train
 pytestmark = pytest.mark.slow
 
 
-def _run(tmp_path, name, *over):
+def _run(tmp_path, shards, name, *over):
     cfg = load_config(
         ROOT / "cluster" / "recipes" / "local.yaml",
         [
@@ -29,21 +28,19 @@ def _run(tmp_path, name, *over):
             "train.schedule.warmup_steps=2",
             "train.eval={every: 4, batches: 4}",
             "train.checkpoint={every: 8, keep: 1}",
-            *([] if name == "one" else [f"train.data_path={tmp_path / 'one' / 'data'}"]),
+            f"train.data_path={shards}",
             *over,
         ],
-    )  # one set of shards
-    if name == "one":
-        run_data(cfg.data, cfg.paths, summary=False)
+    )
     assert run_train(cfg.train_job()).error is None
     rows = [json.loads(x) for x in (tmp_path / name / "train" / "metrics.jsonl").read_text().splitlines()]
     return cfg, rows
 
 
-def test_two_workers_equal_one_worker_with_double_accumulation(ray_session, tmp_path):
-    _, one = _run(tmp_path, "one", "train.scaling.num_workers=1")
-    _, ddp = _run(tmp_path, "ddp", "train.scaling.num_workers=2")
-    cfg, fsdp = _run(tmp_path, "fsdp", "train.scaling.num_workers=2", "train.parallelism=fsdp")
+def test_two_workers_equal_one_worker_with_double_accumulation(ray_session, sample_shards, tmp_path):
+    _, one = _run(tmp_path, sample_shards, "one", "train.scaling.num_workers=1")
+    _, ddp = _run(tmp_path, sample_shards, "ddp", "train.scaling.num_workers=2")
+    cfg, fsdp = _run(tmp_path, sample_shards, "fsdp", "train.scaling.num_workers=2", "train.parallelism=fsdp")
     assert [r["tokens"] for r in one] == [r["tokens"] for r in ddp] == [512 * s for s in range(1, 9)]
     for other in (ddp, fsdp):
         for a, b in zip(one, other):
@@ -58,5 +55,5 @@ def test_two_workers_equal_one_worker_with_double_accumulation(ray_session, tmp_
     assert text.startswith("KING")
 
     # a new run initialized from another's weights starts where that one ended, with a fresh optimizer
-    _, ft = _run(tmp_path, "ft", "train.scaling.num_workers=1", f"train.init_from={tmp_path / 'one'}", "train.max_steps=2")
+    _, ft = _run(tmp_path, sample_shards, "ft", "train.scaling.num_workers=1", f"train.init_from={tmp_path / 'one'}", "train.max_steps=2")
     assert ft[0]["loss"] < one[0]["loss"] - 0.5 and ft[0]["lr"] == one[0]["lr"]

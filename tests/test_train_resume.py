@@ -10,19 +10,19 @@ import time
 import pytest
 
 from cluster.recipe import load_config
-from pipelines.run import run_data
 from tests.conftest import ROOT
 from training.trainer import run_train
 
 pytestmark = pytest.mark.slow
 
 
-def _cfg(tmp_path, name):
+def _cfg(tmp_path, name, shards):
     return load_config(
         ROOT / "cluster" / "recipes" / "local.yaml",
         [
             f"storage_path={tmp_path}",
             f"name={name}",
+            f"train.data_path={shards}",
             "train.model={n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}",
             "train.batch={micro_batch_size: 8, global_batch_tokens: 2048}",
             "train.max_steps=30",
@@ -41,17 +41,15 @@ def _losses(tmp_path, name):
     return [r["step"] for r in rows], [r["loss"] for r in rows]
 
 
-def test_killed_worker_recovers_and_resume_is_bitwise_exact(ray_session, tmp_path):
+def test_killed_worker_recovers_and_resume_is_bitwise_exact(ray_session, sample_shards, tmp_path):
     import psutil
 
-    ref = _cfg(tmp_path, "ref")
-    run_data(ref.data, ref.paths, summary=False)
+    ref = _cfg(tmp_path, "ref", sample_shards)
     run_train(ref.train_job())
     ref_steps, ref_losses = _losses(tmp_path, "ref")
     assert ref_steps == list(range(1, 31))
 
-    cfg = _cfg(tmp_path, "kill")
-    run_data(cfg.data, cfg.paths, summary=False)
+    cfg = _cfg(tmp_path, "kill", sample_shards)
     result = {}
     th = threading.Thread(target=lambda: result.setdefault("r", run_train(cfg.train_job())))
     th.start()

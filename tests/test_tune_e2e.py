@@ -1,4 +1,4 @@
-"""A Ray Tune campaign end to end on the sample: 4 ASHA trials that are Ray Train runs, results.csv,
+"""A Ray Tune campaign end to end on the sample: 2 ASHA trials that are Ray Train runs, results.csv,
 plots, best.yaml that `raylm train` reproduces; and `raylm tune --resume` after the campaign's driver
 was killed, which finishes the campaign without rerunning finished trials."""
 
@@ -31,7 +31,7 @@ def _sets(tmp_path, name, *more):
         "train.schedule.warmup_steps=2",
         "train.eval={every: 5, batches: 2}",
         "train.checkpoint={every: 20, keep: 1}",
-        "tune.num_samples=4",
+        "tune.num_samples=2",  # two trials run at once on 2 cores: one round
         "tune.scheduler={type: asha, grace_period: 5, reduction_factor: 2}",
         *more,
     ]
@@ -47,9 +47,9 @@ def test_asha_campaign_results_and_best_yaml(ray_session, tmp_path, capsys):
     assert main(["tune", RECIPE, *_sets(tmp_path, "tn")]) == 0
     run = tmp_path / "tn"
     rows = _results(run)
-    assert len(rows) == 4 and {r["status"] for r in rows} <= {"done", "stopped"}
-    assert sum(int(r["steps"]) for r in rows) <= 4 * 20 and any(r["status"] == "done" for r in rows)
-    assert len({r["train.optim.lr"] for r in rows}) == 4
+    assert len(rows) == 2 and {r["status"] for r in rows} <= {"done", "stopped"}
+    assert sum(int(r["steps"]) for r in rows) <= 2 * 20 and any(r["status"] == "done" for r in rows)
+    assert len({r["train.optim.lr"] for r in rows}) == 2
     for png in ("curves.png", "params.png"):
         assert (run / "tune" / png).read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
@@ -76,20 +76,15 @@ def _terminated(tune_dir) -> list[str]:
     return [t["trial_id"] for t in trials if t["status"] == "TERMINATED"]
 
 
-def test_resume_after_the_driver_is_killed(ray_session, tmp_path):
+def test_resume_after_the_driver_is_killed(ray_session, sample_shards, tmp_path):
     import ray
 
     # Tune saves its experiment state every second here (default: auto, tens of seconds on a busy machine): a trial
     # that finished after the last save is, to Tune, still running, and a resumed campaign rightly runs it again
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    args = [
-        sys.executable,
-        "-m",
-        "cluster",
-        "tune",
-        RECIPE,
-        *_sets(tmp_path, "tr", "tune.max_concurrent_trials=1", "tune.scheduler.type=fifo", "tune.num_samples=3"),
-    ]
+    # two trials one after the other, on the session's shards: killed once the first has finished and the second begun
+    sets = _sets(tmp_path, "tr", "tune.max_concurrent_trials=1", "tune.scheduler.type=fifo", f"train.data_path={sample_shards}")
+    args = [sys.executable, "-m", "cluster", "tune", RECIPE, *sets]
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     trials = tmp_path / "tr" / "tune" / "trials"
     deadline, finished = time.time() + 240, []
@@ -102,42 +97,32 @@ def test_resume_after_the_driver_is_killed(ray_session, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {p: p.stat().st_mtime for p in finished}
-    assert (
-        main(["tune", RECIPE, *_sets(tmp_path, "tr", "tune.max_concurrent_trials=1", "tune.scheduler.type=fifo", "tune.num_samples=3"), "--resume"])
-        == 0
-    )
+    assert main(["tune", RECIPE, *sets, "--resume"]) == 0
     rows = _results(tmp_path / "tr")
-    assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
     assert {p: p.stat().st_mtime for p in finished} == before  # finished trials were not run again
 
 
-def test_pbt_exploits_through_ray_train_checkpoints(ray_session, tmp_path):
+def test_pbt_exploits_through_ray_train_checkpoints(ray_session, sample_shards, tmp_path):
     """PBT: a bottom trial continues from a top trial's Ray Train checkpoint with its own perturbed lr, in
     a new Ray Train run under from-<step>-*/. Its first step's loss (computed before the update, on the
     batch the loader state gives) equals the donor's loss at that step bit for bit: the same weights,
     data position and RNG, while its lr differs."""
     # Tune's (asynchronous) PBT exploits only between live trials, and only from a trial it has seen in the
     # top quantile at one of its own perturbations; on 2 busy cores one trial may run twice as fast as the
-    # other and finish first, so perturbations come every 5 steps (every report) to leave room for both
-    assert (
-        main(
-            [
-                "tune",
-                RECIPE,
-                *_sets(
-                    tmp_path,
-                    "tp",
-                    "train.max_steps=30",
-                    "train.checkpoint={every: 5, keep: 10}",
-                    "tune.scheduler={type: pbt, perturbation_interval: 5, quantile_fraction: 0.5}",
-                    "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 3.0e-2]}}",
-                ),
-            ]
-        )
-        == 0
+    # other and finish first, so perturbations come every 5 steps (every report) to leave room for both.
+    # Two trials, both live at once on 2 cores: at each perturbation one is the bottom half, the other the top
+    sets = _sets(
+        tmp_path,
+        "tp",
+        f"train.data_path={sample_shards}",
+        "train.checkpoint={every: 5, keep: 10}",
+        "tune.scheduler={type: pbt, perturbation_interval: 5, quantile_fraction: 0.5}",
+        "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 3.0e-2]}}",
     )
+    assert main(["tune", RECIPE, *sets]) == 0
     rows = _results(tmp_path / "tp")
-    assert len(rows) == 4 and all(r["status"] == "done" and int(r["steps"]) == 30 for r in rows)
+    assert len(rows) == 2 and all(r["status"] == "done" and int(r["steps"]) == 20 for r in rows)
     trials = tmp_path / "tp" / "tune" / "trials"
     runs = {p: [json.loads(x) for x in p.read_text().splitlines()] for p in trials.glob("**/train/metrics.jsonl")}
     trial = {p: p.relative_to(trials).parts[0] for p in runs}
@@ -146,11 +131,11 @@ def test_pbt_exploits_through_ray_train_checkpoints(ray_session, tmp_path):
         if "from-" not in str(seg):
             continue
         start = int(seg.parent.parent.name.split("-")[1])
-        if start == 30:  # handed a finished trial's final checkpoint: it holds that model, with its final row
+        if start == 20:  # handed a finished trial's final checkpoint: it holds that model, with its final row
             assert len(hist) == 1 and any(hist[0] == r for p, h in runs.items() if trial[p] != trial[seg] for r in h)
             continue
         # a continuation may itself be cut short when PBT hands the trial yet another checkpoint (every
-        # trial's merged history ends at step 30: checked above)
+        # trial's merged history ends at step 20: checked above)
         assert hist[0]["step"] == start + 1
         same = [(p, r) for p, h in runs.items() if p != seg for r in h if r["step"] == start + 1 and r["loss"] == hist[0]["loss"]]
         assert same, f"{seg}: its first loss matches no run's at step {start + 1}: not continued from a checkpoint"
