@@ -29,7 +29,8 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
 
     from pipelines.shards import read_manifest
     from training.data import ShardWindows, TrainLoader, val_windows
-    from training.loop import evaluate, train_step
+    from training.evaluate import lm_metrics, window_batches
+    from training.loop import train_step
     from training.model import GPT, GPTConfig
     from training.optim import build_optimizer, build_scheduler
 
@@ -46,7 +47,7 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
         if not torch.isfinite(loss):
             return float("inf")
     val = ShardWindows(data_dir, "val", model_cfg.seq_len)
-    return evaluate(model, val, val_windows(val, 16 * t.batch.micro_batch_size), t.batch.micro_batch_size, torch.device("cpu"), nullcontext())
+    return lm_metrics(model, window_batches(val, val_windows(val, 16 * t.batch.micro_batch_size), t.batch.micro_batch_size), "cpu")["loss"]
 
 
 def main() -> None:
