@@ -1,6 +1,8 @@
 import gzip
+import io
 import json
 import os
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ settings.register_profile("thorough", max_examples=1000, deadline=None, print_bl
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "shakespeare.jsonl.gz"
+MODEL = "{n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}"  # the pretrained run's, which fine-tuning from it must match
 
 # Ray Train's controller polls its workers every 2 s by default: each of the suite's ~40 short Ray Train runs
 # would wait out a poll or two at its start and end. Every Ray the suite starts inherits this.
@@ -43,15 +46,35 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-def sample_shards(ray_session, tmp_path_factory) -> str:
-    """The bundled sample through the data stage of cluster/recipes/local.yaml, once for the session: the
-    data/ directory that tests which train or tune (and do not test the data stage) read as train.data_path."""
-    from cluster.recipe import load_config
-    from pipelines.run import run_data
+def pretrained(ray_session, tmp_path_factory):
+    """`raylm run` of a small model on the sample, once for the session: (storage path, the --set arguments,
+    captured stdout). Its run is `tr`; tests/test_train_e2e.py checks it and trains it further."""
+    from cluster.cli import main
 
-    cfg = load_config(ROOT / "cluster" / "recipes" / "local.yaml", [f"storage_path={tmp_path_factory.mktemp('shards')}", "name=sample"])
-    run_data(cfg.data, cfg.paths, summary=False)
-    return cfg.paths.data
+    tmp = tmp_path_factory.mktemp("pre")
+    over = [
+        f"storage_path={tmp}",
+        "name=tr",
+        f"train.model={MODEL}",
+        "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}",
+        "train.max_steps=12",
+        "train.schedule.warmup_steps=2",
+        "train.eval={every: 6, batches: 2}",
+        "train.checkpoint={every: 6, keep: 2}",
+        "train.scaling.num_workers=2",
+    ]
+    sets = [a for o in over for a in ("--set", o)]
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["run", str(ROOT / "cluster" / "recipes" / "local.yaml"), *sets, "--prompt", "KING"]) == 0
+    return tmp, sets, buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sample_shards(pretrained) -> str:
+    """The shards of the pretrained run (the sample through local.yaml's data stage): what the tests that
+    train or tune, and do not test the data stage, read as train.data_path."""
+    return str(pretrained[0] / "tr" / "data")
 
 
 def write_jsonl(path: Path, docs: list[dict]) -> Path:

@@ -3,22 +3,19 @@ sample), its outputs (metrics, TensorBoard events, loss curve, checkpoints), `ra
 `raylm train` resuming the run to more steps; then fine-tuning from that run on a prompt/completion
 task set (data with loss masks, init_from, `raylm eval` before and after, `raylm export`)."""
 
-import io
 import json
 from collections import Counter
-from contextlib import redirect_stdout
 
 import pytest
 import torch
 
 from cluster.cli import main
-from tests.conftest import ROOT
+from tests.conftest import MODEL, ROOT
 
 pytestmark = pytest.mark.slow
 
 RECIPE = str(ROOT / "cluster" / "recipes" / "local.yaml")
 FINETUNE = str(ROOT / "cluster" / "recipes" / "finetune.yaml")
-MODEL = "{n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}"
 
 
 def _rows(run):
@@ -29,29 +26,7 @@ def _sets(over: list[str]) -> list[str]:
     return [a for o in over for a in ("--set", o)]
 
 
-@pytest.fixture(scope="module")
-def pretrained(ray_session, tmp_path_factory):
-    """`raylm run` of a small model on the sample: (storage path, the --set arguments, captured stdout)."""
-    tmp = tmp_path_factory.mktemp("pre")
-    sets = _sets(
-        [
-            f"storage_path={tmp}",
-            "name=tr",
-            f"train.model={MODEL}",
-            "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}",
-            "train.max_steps=12",
-            "train.schedule.warmup_steps=2",
-            "train.eval={every: 6, batches: 2}",
-            "train.checkpoint={every: 6, keep: 2}",
-            "train.scaling.num_workers=2",
-        ]
-    )
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        assert main(["run", RECIPE, *sets, "--prompt", "KING"]) == 0
-    return tmp, sets, buf.getvalue()
-
-
+# `pretrained` (tests/conftest.py): the session's `raylm run` of a small model on the sample
 def test_run_sample_then_resume(pretrained, capsys):
     tmp_path, sets, out = pretrained
     assert "--- sample (prompt 'KING') ---\nKING" in out and "unigram entropy" in out
