@@ -16,10 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "shakespeare.jsonl.gz"
 MODEL = "{n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}"  # the pretrained run's, which fine-tuning from it must match
 
-# Ray Train's controller polls its workers every 2 s by default: each of the suite's ~40 short Ray Train runs
-# would wait out a poll or two at its start and end. Every Ray the suite starts inherits this.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-
 
 def sample_docs() -> list[dict]:
     with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:

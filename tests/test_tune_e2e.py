@@ -103,26 +103,34 @@ def test_resume_after_the_driver_is_killed(ray_session, sample_shards, tmp_path)
     assert {p: p.stat().st_mtime for p in finished} == before  # finished trials were not run again
 
 
-def test_pbt_exploits_through_ray_train_checkpoints(ray_session, sample_shards, tmp_path):
+def test_pbt_exploits_through_ray_train_checkpoints(ray_session, tmp_path):
     """PBT: a bottom trial continues from a top trial's Ray Train checkpoint with its own perturbed lr, in
     a new Ray Train run under from-<step>-*/. Its first step's loss (computed before the update, on the
     batch the loader state gives) equals the donor's loss at that step bit for bit: the same weights,
     data position and RNG, while its lr differs."""
     # Tune's (asynchronous) PBT exploits only between live trials, and only from a trial it has seen in the
     # top quantile at one of its own perturbations; on 2 busy cores one trial may run twice as fast as the
-    # other and finish first, so perturbations come every 5 steps (every report) to leave room for both.
-    # Two trials, both live at once on 2 cores: at each perturbation one is the bottom half, the other the top
-    sets = _sets(
-        tmp_path,
-        "tp",
-        f"train.data_path={sample_shards}",
-        "train.checkpoint={every: 5, keep: 10}",
-        "tune.scheduler={type: pbt, perturbation_interval: 5, quantile_fraction: 0.5}",
-        "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 3.0e-2]}}",
+    # other and finish first, so perturbations come every 5 steps (every report) to leave room for both
+    assert (
+        main(
+            [
+                "tune",
+                RECIPE,
+                *_sets(
+                    tmp_path,
+                    "tp",
+                    "train.max_steps=30",
+                    "train.checkpoint={every: 5, keep: 10}",
+                    "tune.num_samples=4",
+                    "tune.scheduler={type: pbt, perturbation_interval: 5, quantile_fraction: 0.5}",
+                    "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 3.0e-2]}}",
+                ),
+            ]
+        )
+        == 0
     )
-    assert main(["tune", RECIPE, *sets]) == 0
     rows = _results(tmp_path / "tp")
-    assert len(rows) == 2 and all(r["status"] == "done" and int(r["steps"]) == 20 for r in rows)
+    assert len(rows) == 4 and all(r["status"] == "done" and int(r["steps"]) == 30 for r in rows)
     trials = tmp_path / "tp" / "tune" / "trials"
     runs = {p: [json.loads(x) for x in p.read_text().splitlines()] for p in trials.glob("**/train/metrics.jsonl")}
     trial = {p: p.relative_to(trials).parts[0] for p in runs}
@@ -131,11 +139,11 @@ def test_pbt_exploits_through_ray_train_checkpoints(ray_session, sample_shards, 
         if "from-" not in str(seg):
             continue
         start = int(seg.parent.parent.name.split("-")[1])
-        if start == 20:  # handed a finished trial's final checkpoint: it holds that model, with its final row
+        if start == 30:  # handed a finished trial's final checkpoint: it holds that model, with its final row
             assert len(hist) == 1 and any(hist[0] == r for p, h in runs.items() if trial[p] != trial[seg] for r in h)
             continue
         # a continuation may itself be cut short when PBT hands the trial yet another checkpoint (every
-        # trial's merged history ends at step 20: checked above)
+        # trial's merged history ends at step 30: checked above)
         assert hist[0]["step"] == start + 1
         same = [(p, r) for p, h in runs.items() if p != seg for r in h if r["step"] == start + 1 and r["loss"] == hist[0]["loss"]]
         assert same, f"{seg}: its first loss matches no run's at step {start + 1}: not continued from a checkpoint"
