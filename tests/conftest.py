@@ -12,9 +12,25 @@ from hypothesis import settings
 settings.register_profile("ci", max_examples=100, derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("thorough", max_examples=1000, deadline=None, print_blob=True)
 
+# Ray Train's controller polls its workers every 2 s by default (each run waits on that poll to start and
+# to end), and starts a preemption-watcher actor per run (one more process on 2 cores) that no test needs.
+# Set here, before any Ray starts, so that the session's instance and every subprocess's inherit them.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "shakespeare.jsonl.gz"
 MODEL = "{n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}"  # the pretrained run's, which fine-tuning from it must match
+# the pretrained run's training (2 workers, 12 steps); tests/test_train_parallel.py runs it on 1 worker to compare
+PRETRAIN = [
+    f"train.model={MODEL}",
+    "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}",
+    "train.max_steps=12",
+    "train.schedule.warmup_steps=2",
+    "train.eval={every: 6, batches: 2}",
+    "train.checkpoint={every: 6, keep: 2}",
+    "train.scaling.num_workers=2",
+]
 
 
 def sample_docs() -> list[dict]:
@@ -48,17 +64,7 @@ def pretrained(ray_session, tmp_path_factory):
     from cluster.cli import main
 
     tmp = tmp_path_factory.mktemp("pre")
-    over = [
-        f"storage_path={tmp}",
-        "name=tr",
-        f"train.model={MODEL}",
-        "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}",
-        "train.max_steps=12",
-        "train.schedule.warmup_steps=2",
-        "train.eval={every: 6, batches: 2}",
-        "train.checkpoint={every: 6, keep: 2}",
-        "train.scaling.num_workers=2",
-    ]
+    over = [f"storage_path={tmp}", "name=tr", *PRETRAIN]
     sets = [a for o in over for a in ("--set", o)]
     buf = io.StringIO()
     with redirect_stdout(buf):

@@ -66,33 +66,6 @@ def test_run_and_sample_on_s3(s3_server, monkeypatch):
         "train.checkpoint={every: 6, keep: 1}",
         "train.scaling.num_workers=1",
     ]
-    out = subprocess.run(
-        [sys.executable, "-m", "cluster", "run", RECIPE, *[a for o in over for a in ("--set", o)]],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    run = "raylm-test/runs/s3run"
-    man = json.loads(fs.cat(f"{run}/data/manifest.json"))
-    assert all(fs.exists(f"{run}/data/{s['path']}") for s in man["splits"]["train"]["shards"])
-    rows = [json.loads(x) for x in fs.cat(f"{run}/train/metrics.jsonl").decode().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 13))
-    assert fs.glob(f"{run}/train/checkpoint_*/state.pt")
-    assert not (ROOT / "runs" / "s3run").exists(), "nothing of the run written locally"
-    # the credentials appear in no log and nowhere in the run
-    secret = s3_server["AWS_SECRET_ACCESS_KEY"]
-    assert secret not in out.stdout + out.stderr
-    for f, info in fs.find(run, detail=True).items():
-        if info["type"] == "file" and info["size"] and not f.endswith((".npy", ".png")):  # directory markers have no body
-            assert secret.encode() not in fs.cat(f), f
-
-    from cluster.cli import main
-
-    assert main(["sample", f"s3://{run}", "--prompt", "ROMEO:", "--max-new-tokens", "8"]) == 0
-
     # a search campaign on the same storage: Tune's experiment, the trials' Ray Train runs, results and best.yaml on S3
     tune_over = over + [
         "tune.num_samples=2",
@@ -100,17 +73,30 @@ def test_run_and_sample_on_s3(s3_server, monkeypatch):
         "tune.scheduler={type: asha, grace_period: 6, reduction_factor: 2}",
         "train.checkpoint={every: 12, keep: 1}",
     ]
-    out = subprocess.run(
-        [sys.executable, "-m", "cluster", "tune", RECIPE, *[a for o in tune_over for a in ("--set", o)]],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    # `raylm run` then `raylm tune`, in one process started with the credentials: its one local Ray instance (the
+    # session's was started without them) serves both
+    both = ["run", RECIPE, *[a for o in over for a in ("--set", o)], "::", "tune", RECIPE, *[a for o in tune_over for a in ("--set", o)]]
+    code = "import sys; from cluster.cli import main; a = sys.argv[1:]; i = a.index('::'); sys.exit(main(a[:i]) or main(a[i + 1 :]))"
+    out = subprocess.run([sys.executable, "-c", code, *both], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
+    run = "raylm-test/runs/s3run"
+    man = json.loads(fs.cat(f"{run}/data/manifest.json"))
+    assert all(fs.exists(f"{run}/data/{s['path']}") for s in man["splits"]["train"]["shards"])
+    rows = [json.loads(x) for x in fs.cat(f"{run}/train/metrics.jsonl").decode().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert fs.glob(f"{run}/train/checkpoint_*/state.pt")
+    assert not (ROOT / "runs" / "s3run").exists(), "nothing of the run or the campaign written locally"
+    # the credentials appear in no log and nowhere in the run or the campaign
+    secret = s3_server["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in out.stdout + out.stderr
+    for f, info in fs.find(run, detail=True).items():
+        if info["type"] == "file" and info["size"] and not f.endswith((".npy", ".png")):  # directory markers have no body
+            assert secret.encode() not in fs.cat(f), f
+
     assert fs.exists(f"{run}/tune/results.csv") and fs.exists(f"{run}/tune/best.yaml")
     assert "s3://raylm-test/runs/s3run/data" in fs.cat(f"{run}/tune/best.yaml").decode()
     assert len(fs.glob(f"{run}/tune/trials/*/train/metrics.jsonl")) == 2
-    assert not (ROOT / "runs" / "s3run").exists()
-    assert secret not in out.stdout + out.stderr
+
+    from cluster.cli import main
+
+    assert main(["sample", f"s3://{run}", "--prompt", "ROMEO:", "--max-new-tokens", "8"]) == 0

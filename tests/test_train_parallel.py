@@ -1,13 +1,13 @@
-"""Data parallelism changes nothing but speed: 2 DDP workers, 2 FSDP2 workers and 1 worker with twice
-the gradient accumulation see the same windows per optimizer step, so their per-step losses agree
-(to float tolerance: only the order of the reductions differs)."""
+"""Data parallelism changes nothing but speed: 2 DDP workers (the session's pretrained run), 2 FSDP2 workers
+and 1 worker with twice the gradient accumulation see the same windows per optimizer step, so their
+per-step losses agree (to float tolerance: only the order of the reductions differs)."""
 
 import json
 
 import pytest
 
 from cluster.recipe import load_config
-from tests.conftest import ROOT
+from tests.conftest import PRETRAIN, ROOT
 from training.checkpoint import load_model
 from training.sample import SampleOptions, sample
 from training.trainer import run_train
@@ -15,33 +15,27 @@ from training.trainer import run_train
 pytestmark = pytest.mark.slow
 
 
+def _rows(run_dir, max_steps=12):
+    # steps 1..12: tests/test_train_e2e.py trains the pretrained run further, appending later steps
+    rows = [json.loads(x) for x in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["step"] <= max_steps]
+
+
 def _run(tmp_path, shards, name, *over):
+    # the pretrained run's training, on its shards
     cfg = load_config(
         ROOT / "cluster" / "recipes" / "local.yaml",
-        [
-            f"storage_path={tmp_path}",
-            f"name={name}",
-            "train.model={n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}",
-            "train.batch={micro_batch_size: 4, global_batch_tokens: 512}",
-            "train.max_steps=8",
-            "train.optim.lr=3e-3",
-            "train.schedule.warmup_steps=2",
-            "train.eval={every: 4, batches: 4}",
-            "train.checkpoint={every: 8, keep: 1}",
-            f"train.data_path={shards}",
-            *over,
-        ],
+        [f"storage_path={tmp_path}", f"name={name}", *PRETRAIN, f"train.data_path={shards}", *over],
     )
     assert run_train(cfg.train_job()).error is None
-    rows = [json.loads(x) for x in (tmp_path / name / "train" / "metrics.jsonl").read_text().splitlines()]
-    return cfg, rows
+    return cfg, _rows(tmp_path / name)
 
 
-def test_two_workers_equal_one_worker_with_double_accumulation(ray_session, sample_shards, tmp_path):
+def test_two_workers_equal_one_worker_with_double_accumulation(pretrained, sample_shards, tmp_path):
     _, one = _run(tmp_path, sample_shards, "one", "train.scaling.num_workers=1")
-    _, ddp = _run(tmp_path, sample_shards, "ddp", "train.scaling.num_workers=2")
+    ddp = _rows(pretrained[0] / "tr")
     cfg, fsdp = _run(tmp_path, sample_shards, "fsdp", "train.scaling.num_workers=2", "train.parallelism=fsdp")
-    assert [r["tokens"] for r in one] == [r["tokens"] for r in ddp] == [512 * s for s in range(1, 9)]
+    assert [r["tokens"] for r in one] == [r["tokens"] for r in ddp] == [1024 * s for s in range(1, 13)]
     for other in (ddp, fsdp):
         for a, b in zip(one, other):
             assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-5), (a["step"], a["loss"], b["loss"])
@@ -50,7 +44,7 @@ def test_two_workers_equal_one_worker_with_double_accumulation(ray_session, samp
     assert ddp[-1]["val_loss"] == pytest.approx(one[-1]["val_loss"], rel=1e-5)
     # an FSDP checkpoint holds full, unsharded weights: it loads into a bare GPT on one process
     model, enc, state, _ = load_model(str(tmp_path / "fsdp"))
-    assert state["step"] == 8 and state["config"]["train"]["parallelism"] == "fsdp"
+    assert state["step"] == 12 and state["config"]["train"]["parallelism"] == "fsdp"
     text = sample(model, enc, SampleOptions(prompt="KING", max_new_tokens=8))[0]
     assert text.startswith("KING")
 

@@ -103,14 +103,14 @@ def test_resume_after_the_driver_is_killed(ray_session, sample_shards, tmp_path)
     assert {p: p.stat().st_mtime for p in finished} == before  # finished trials were not run again
 
 
-def test_pbt_exploits_through_ray_train_checkpoints(ray_session, tmp_path):
+def test_pbt_exploits_through_ray_train_checkpoints(ray_session, sample_shards, tmp_path):
     """PBT: a bottom trial continues from a top trial's Ray Train checkpoint with its own perturbed lr, in
     a new Ray Train run under from-<step>-*/. Its first step's loss (computed before the update, on the
     batch the loader state gives) equals the donor's loss at that step bit for bit: the same weights,
     data position and RNG, while its lr differs."""
-    # Tune's (asynchronous) PBT exploits only between live trials, and only from a trial it has seen in the
-    # top quantile at one of its own perturbations; on 2 busy cores one trial may run twice as fast as the
-    # other and finish first, so perturbations come every 5 steps (every report) to leave room for both
+    # Tune's synchronous PBT: both trials wait at step 5, then the bottom one continues from the top one's
+    # checkpoint (asynchronous PBT exploits only from a trial it has seen in the top quantile at one of its own
+    # perturbations: on 2 busy cores which trial runs faster, and so whether any exploit happens, is chance)
     assert (
         main(
             [
@@ -119,18 +119,18 @@ def test_pbt_exploits_through_ray_train_checkpoints(ray_session, tmp_path):
                 *_sets(
                     tmp_path,
                     "tp",
-                    "train.max_steps=30",
+                    "train.max_steps=8",
                     "train.checkpoint={every: 5, keep: 10}",
-                    "tune.num_samples=4",
-                    "tune.scheduler={type: pbt, perturbation_interval: 5, quantile_fraction: 0.5}",
+                    "tune.scheduler={type: pbt, perturbation_interval: 5, quantile_fraction: 0.5, synch: true}",
                     "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, 3.0e-2]}}",
+                    f"train.data_path={sample_shards}",
                 ),
             ]
         )
         == 0
     )
     rows = _results(tmp_path / "tp")
-    assert len(rows) == 4 and all(r["status"] == "done" and int(r["steps"]) == 30 for r in rows)
+    assert len(rows) == 2 and all(r["status"] == "done" and int(r["steps"]) == 8 for r in rows)
     trials = tmp_path / "tp" / "tune" / "trials"
     runs = {p: [json.loads(x) for x in p.read_text().splitlines()] for p in trials.glob("**/train/metrics.jsonl")}
     trial = {p: p.relative_to(trials).parts[0] for p in runs}
@@ -139,11 +139,11 @@ def test_pbt_exploits_through_ray_train_checkpoints(ray_session, tmp_path):
         if "from-" not in str(seg):
             continue
         start = int(seg.parent.parent.name.split("-")[1])
-        if start == 30:  # handed a finished trial's final checkpoint: it holds that model, with its final row
+        if start == 8:  # handed a finished trial's final checkpoint: it holds that model, with its final row
             assert len(hist) == 1 and any(hist[0] == r for p, h in runs.items() if trial[p] != trial[seg] for r in h)
             continue
         # a continuation may itself be cut short when PBT hands the trial yet another checkpoint (every
-        # trial's merged history ends at step 30: checked above)
+        # trial's merged history ends at step 8: checked above)
         assert hist[0]["step"] == start + 1
         same = [(p, r) for p, h in runs.items() if p != seg for r in h if r["step"] == start + 1 and r["loss"] == hist[0]["loss"]]
         assert same, f"{seg}: its first loss matches no run's at step {start + 1}: not continued from a checkpoint"

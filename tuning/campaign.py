@@ -200,6 +200,7 @@ def build_scheduler(t: TuneConfig, cfg: Recipe, space: dict):
             hyperparam_mutations=to_tune(space),
             quantile_fraction=s.quantile_fraction,
             resample_probability=s.resample_probability,
+            synch=s.synch,
         )
     steps = cfg.train.max_steps
     max_t = steps if s.time_attr == "step" else steps * cfg.train.batch.global_batch_tokens

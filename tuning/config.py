@@ -24,6 +24,9 @@ class TuneSchedulerConfig(Strict):
     perturbation_interval: int | None = Field(default=None, ge=1)
     quantile_fraction: float = Field(default=0.25, gt=0, le=0.5)
     resample_probability: float = Field(default=0.25, ge=0, le=1)
+    # pbt: true waits for every live trial at each perturbation (each is paused, then continues from its
+    # checkpoint): exploits do not depend on which trial runs faster, at one restart per trial per interval
+    synch: bool = False
 
 
 class TuneSearchConfig(Strict):
