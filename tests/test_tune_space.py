@@ -7,7 +7,7 @@ from cluster.cli import main
 from cluster.recipe import load_config
 from pipelines.schema import ConfigError
 from tests.conftest import ROOT
-from tuning.campaign import build_search, check, max_concurrent, trial_recipe
+from tuning.campaign import build_scheduler, build_search, check, max_concurrent, trial_recipe
 from tuning.space import apply_trial, to_tune, validate_space
 
 RECIPE = ROOT / "cluster" / "recipes" / "tune-local.yaml"
@@ -132,3 +132,12 @@ def test_pbt_trials_checkpoint_at_every_perturbation():
     r = trial_recipe(cfg.model_dump(mode="json"), {"train.optim.lr": 0.002}, "t0", "/d", "from-000020-ab")
     assert r["train"]["checkpoint"]["every"] == 20 and r["train"]["report_every"] is None
     assert r["name"] == "shakespeare-tune/tune/trials/t0/from-000020-ab" and r["train"]["optim"]["lr"] == 0.002
+
+
+@pytest.mark.parametrize("synch", [False, True])
+def test_pbt_scheduler_is_tunes_own_with_the_recipes_settings(synch):
+    space = "{train.optim.lr: {uniform: [0.001, 0.01]}}"
+    cfg = _cfg(space, f"tune.scheduler={{type: pbt, perturbation_interval: 20, quantile_fraction: 0.5, synch: {str(synch).lower()}}}")
+    s = build_scheduler(cfg.tune, cfg, check(cfg))
+    assert type(s).__name__ == "PopulationBasedTraining"
+    assert (s._synch, s._perturbation_interval, s._quantile_fraction) == (synch, 20, 0.5)
