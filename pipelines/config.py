@@ -3,16 +3,21 @@ and what it writes. Every default of the data stage lives here."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from pipelines.schema import Strict
 
+WEB_FORMATS = ("warc", "wet")
+_WEB_NAME = re.compile(r"\.(warc|wet)(\.[a-z0-9]+)?$")  # data.warc.gz, CC-MAIN-....warc.wet.gz
+
 
 class InputSpec(Strict):
     path: str  # local path, glob, or fsspec URL (s3://bucket/*.jsonl.zst)
-    format: Literal["auto", "txt", "jsonl", "parquet"] = "auto"  # auto: from the extension
+    # auto: from the extension (.txt, .jsonl/.json, .parquet, .warc, .warc.wet; each also compressed)
+    format: Literal["auto", "txt", "jsonl", "parquet", "warc", "wet"] = "auto"
     text_field: str = "text"
     id_field: str | None = "id"  # absent or null: ids derived from path and line
     # a task set (fine-tuning): each record is prompt + completion, the loss counts completion tokens only
@@ -24,13 +29,18 @@ class InputSpec(Strict):
     def _task_fields(self) -> InputSpec:
         if (self.prompt_field is None) != (self.completion_field is None):
             raise ValueError("set both prompt_field and completion_field (a prompt/completion task set), or neither")
-        if self.prompt_field is not None and self.format == "txt":
+        if self.prompt_field is not None and self.format in ("txt", *WEB_FORMATS):
             raise ValueError("prompt_field/completion_field need records: format jsonl or parquet")
         return self
 
     @property
     def is_task(self) -> bool:
         return self.prompt_field is not None
+
+    @property
+    def is_web(self) -> bool:
+        """A web crawl (WARC or WET), declared or by its extension."""
+        return self.format in WEB_FORMATS or (self.format == "auto" and _WEB_NAME.search(self.path.lower()) is not None)
 
 
 class NormalizeConfig(Strict):
@@ -139,6 +149,13 @@ class OutputConfig(Strict):
     seed: int = Field(default=0, ge=0, lt=2**64)  # xxhash seed of the train/val split
 
 
+class ExtractConfig(Strict):
+    """Web pages (WARC input) to text."""
+
+    engine: Literal["resiliparse"] = "resiliparse"
+    main_content: bool = True  # only the page's main content: no navigation, banners, footers
+
+
 class ExecutionConfig(Strict):
     batch_docs: int = Field(default=4096, gt=0)  # a read block ends after this many documents
     batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes (also Ray Data's block size)
@@ -147,6 +164,7 @@ class ExecutionConfig(Strict):
 
 class DataConfig(Strict):
     inputs: list[InputSpec] = [InputSpec(path="data/sample/*.jsonl.gz", format="jsonl")]
+    extract: ExtractConfig = ExtractConfig()
     clean: CleanConfig = CleanConfig()
     reject: RejectConfig = RejectConfig()
     dedup: DedupConfig = DedupConfig()
@@ -158,6 +176,11 @@ class DataConfig(Strict):
     def has_tasks(self) -> bool:
         """Whether any input is a prompt/completion task set (the shards then carry loss masks)."""
         return any(i.is_task for i in self.inputs)
+
+    @property
+    def has_web(self) -> bool:
+        """Whether any input is a web crawl (its pages go through the extract step)."""
+        return any(i.is_web for i in self.inputs)
 
     @model_validator(mode="after")
     def _task_tokenizer(self) -> DataConfig:

@@ -2,7 +2,7 @@
 actor pool (steps and encoder built once per actor), written as one staging parquet per block
 (pipelines/staging.py).
 
-  normalize -> filter -> hash (+ split) -> minhash -> tokenize
+  extract (web pages) -> normalize -> filter -> hash (+ split) -> minhash -> tokenize
 
 A step that drops a document records why (reject:..., filter:...); the row stays in staging with that
 status, so the write stage can account for it.
@@ -19,14 +19,15 @@ import ray
 from pipelines.clean import Filter, Normalize
 from pipelines.config import DataConfig
 from pipelines.dedup import ExactHash, MinHashSign
+from pipelines.extract import Extract
 from pipelines.shards import binary_column
 from pipelines.stage import Block, Chunk, DataRun, Stage
-from pipelines.staging import staging_schema
+from pipelines.staging import SKIP, staging_schema
 from pipelines.stats import Stats
 from pipelines.tokenize import Encode, TokenizerSpec
 
 # the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over actors)
-STEPS = (Normalize, Filter, ExactHash, MinHashSign, Encode)
+STEPS = (Extract, Normalize, Filter, ExactHash, MinHashSign, Encode)
 _CHUNK = 256  # documents that go through the steps together: word and token lists live for one chunk
 
 
@@ -39,6 +40,8 @@ def _block(batch: pa.Table, cfg: DataConfig) -> Block:
         hashes=np.zeros(n, dtype=np.uint64),
         split=np.zeros(n, dtype=np.int8),
         sig=np.zeros((n, mh.num_perm), dtype=np.uint32) if mh.enabled else None,
+        payloads=batch["payload"].to_pylist() if cfg.has_web else [None] * n,
+        charsets=batch["charset"].to_pylist() if cfg.has_web else [None] * n,
     )
 
 
@@ -55,8 +58,8 @@ class DocProcessor:
     def _chunk(self, b: Block, raw: list, rejects: list, lo: int, hi: int, stats: Stats) -> None:
         rows = [i for i in range(lo, hi) if rejects[i] is None]
         for i in range(lo, hi):
-            if rejects[i] is not None:  # the reader's verdict (bad JSON, bad UTF-8, ...): never a document
-                b.status[i] = f"reject:{rejects[i]}"
+            if rejects[i] is not None:  # the reader's verdict (bad JSON, bad UTF-8, ...; a skipped WARC record): never a document
+                b.status[i] = rejects[i] if rejects[i].startswith(SKIP) else f"reject:{rejects[i]}"
         c = Chunk(b, rows, [raw[i] for i in rows])
         for step in self.steps:
             with stats.timer(step.name):

@@ -44,7 +44,7 @@ class DataStageError(RuntimeError):
 
 
 # the data section keys that decide the output; `execution` (workers, block sizes) changes only how it is computed
-_OUTPUT_KEYS = ("inputs", "clean", "reject", "dedup", "tokenizer", "output")
+_OUTPUT_KEYS = ("inputs", "extract", "clean", "reject", "dedup", "tokenizer", "output")
 
 
 def _flat(d, prefix: str = "") -> dict:
@@ -57,7 +57,9 @@ def _flat(d, prefix: str = "") -> dict:
 
 def changed_keys(finished: dict, wanted: dict) -> list[str]:
     """Dotted data.* keys whose value differs between a finished run's config and the recipe's."""
-    a = _flat({k: finished.get(k) for k in _OUTPUT_KEYS}, "data")
+    # a section a finished run's config lacks (made before the section existed) was its default then
+    defaults = DataConfig().model_dump(mode="json")
+    a = _flat({k: finished.get(k, defaults[k]) for k in _OUTPUT_KEYS}, "data")
     b = _flat({k: wanted.get(k) for k in _OUTPUT_KEYS}, "data")
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
@@ -99,7 +101,7 @@ def run_stages(run: DataRun, stages: tuple[Stage, ...] = STAGES) -> dict[str, St
 
 def _manifest(run: DataRun) -> dict:
     o, data = run.outputs, run.data
-    splits, removed, docs_in = o["splits"], o["removed"], o["docs_in"]
+    splits, removed, skipped, docs_in = o["splits"], o["removed"], o["skipped"], o["docs_in"]
     docs_kept = splits["train"]["docs"] + splits["val"]["docs"]
     if docs_in != docs_kept + sum(removed.values()):  # a bug, never an input problem
         raise AssertionError(f"conservation violated: {docs_in} in, {docs_kept} kept, {dict(removed)} removed")
@@ -112,6 +114,8 @@ def _manifest(run: DataRun) -> dict:
         **({"loss_mask": True} if data.has_tasks else {}),  # shard-*.mask.npy beside every shard
         "splits": splits,
         "stats": {
+            "records_in": docs_in + sum(skipped.values()),  # every input record: documents_in + skipped
+            "skipped": dict(sorted(skipped.items())),  # records that are no documents (web input: requests, redirects, images)
             "docs_in": docs_in,
             "docs_kept": docs_kept,
             "removed": dict(sorted(removed.items())),
@@ -170,6 +174,10 @@ def print_summary(manifest: dict, stats: dict, root: str) -> None:
     t.add_column("documents", justify="right")
     t.add_column("share", justify="right")
     n = max(st["docs_in"], 1)
+    if st["skipped"]:  # web input: records that are no documents, before the documents' own accounting
+        t.add_row("records in", f"{st['records_in']:,}", "")
+        for reason, c in st["skipped"].items():
+            t.add_row(f"skipped: {reason}", f"{c:,}", "")
     t.add_row("in", f"{st['docs_in']:,}", "100%")
     t.add_row("kept", f"{st['docs_kept']:,}", f"{100 * st['docs_kept'] / n:.1f}%")
     for reason, c in st["removed"].items():

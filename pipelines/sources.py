@@ -19,10 +19,11 @@ from fsspec.core import url_to_fs
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
+from pipelines.config import WEB_FORMATS, ExecutionConfig, InputSpec, RejectConfig
 from pipelines.stage import DataRun, Stage
 from pipelines.stats import Stats
 from pipelines.streams import Damaged, compression_of, decompressed, strip_compression
+from pipelines.warc import WebRecord, frames, parse
 
 SCHEMA = pa.schema(
     [
@@ -33,10 +34,16 @@ SCHEMA = pa.schema(
         ("nbytes", pa.int64()),  # raw size, for bytes_in and MB/s
         ("reject", pa.string()),  # null, or the reason this input is not a document
         ("prompt_chars", pa.int64()),  # task records: text = prompt + completion, the prompt's length; else null
+        # web input (WARC/WET): the page's URL and WARC-Date; WARC: the HTTP payload (text null until the
+        # extract step) and the charset its Content-Type named
+        ("url", pa.string()),
+        ("date", pa.string()),
+        ("payload", pa.large_binary()),
+        ("charset", pa.string()),
     ]
 )
 
-_EXT = {".txt": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+_EXT = {".txt": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".wet": "wet", ".warc": "warc"}
 _BINARY_SNIFF = 8192  # a text file with a NUL byte this early is binary
 
 
@@ -60,7 +67,7 @@ def _format_of(path: str, declared: str) -> str:
     for ext, fmt in _EXT.items():
         if name.endswith(ext):
             return fmt
-    raise ValueError(f"{path}: cannot tell the format from the extension; set format: txt|jsonl|parquet")
+    raise ValueError(f"{path}: cannot tell the format from the extension; set format: txt|jsonl|parquet|warc|wet")
 
 
 def list_files(inputs: list[InputSpec]) -> list[SourceFile]:
@@ -92,7 +99,9 @@ class _Rows:
         self.bytes = 0
         self.execution = execution
 
-    def add(self, uid: int, id_: str, src: str, text: str | None, nbytes: int, reject: str | None, prompt_chars: int | None) -> None:
+    def add(
+        self, uid: int, id_: str, src: str, text: str | None, nbytes: int, reject: str | None, prompt_chars: int | None, web: WebRecord | None = None
+    ) -> None:
         c = self.cols
         c["uid"].append(uid)
         c["id"].append(id_)
@@ -101,6 +110,8 @@ class _Rows:
         c["nbytes"].append(nbytes)
         c["reject"].append(reject)
         c["prompt_chars"].append(prompt_chars if reject is None else None)
+        for k in ("url", "date", "payload", "charset"):
+            c[k].append(None if web is None else getattr(web, k))
         self.bytes += nbytes
 
     def __len__(self) -> int:
@@ -221,6 +232,16 @@ class _FileRows:
                 text, why = None, "empty"
         self.rows.add(self.base | self.record, doc_id if doc_id is not None else src, src, text, nbytes, why, prompt_chars)
 
+    def add_web(self, w: WebRecord, text: str | None = None) -> None:
+        """One WARC/WET record: src is file:offset (in the decompressed stream), the id its WARC-Record-ID."""
+        src = f"{self.path}:{w.offset}"
+        why = w.reason
+        if why is None and w.payload is None and not (text or "").strip():
+            why = "empty"
+        keep = why is None
+        self.rows.add(self.base | self.record, w.id or src, src, text if keep else None, w.size, why, None, w if keep else None)
+        self.record += 1
+
     def blocks(self, final: bool = False) -> Iterator[pa.Table]:
         if self.rows.full() or (final and len(self.rows)):
             yield self.rows.take()
@@ -288,7 +309,36 @@ def _read_txt(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterat
     yield from ()
 
 
+def _until_damaged(stream: Iterable[bytes], damage: list[str]) -> Iterator[bytes]:
+    """The stream's bytes up to the damage (its kind appended to `damage`), ending instead of raising."""
+    try:
+        yield from stream
+    except Damaged as e:
+        damage.append(e.kind)
+
+
+def _read_web(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterator[pa.Table]:
+    """A WARC or WET file, record by record (pipelines/warc.py); memory holds one record."""
+    damage: list[str] = []
+    last = None
+    for f in frames(_until_damaged(stream, damage), out.reject.max_bytes):
+        last = parse(f, sf.format)
+        text = None
+        if sf.format == "wet" and last.reason is None:  # a conversion record's payload is the text
+            text, bad = _decode(last.payload)
+            last.payload, last.reason = None, bad
+        out.add_web(last, text)
+        yield from out.blocks()
+    if damage and (last is None or last.reason != "warc_truncated"):  # the compressed stream broke between records
+        end = 0 if last is None else last.offset + last.size
+        out.add_web(WebRecord(end, 0, reason=damage[0]))
+
+
 def _read_stream(sf: SourceFile, out: _FileRows) -> Iterator[pa.Table]:
+    if sf.format in WEB_FORMATS:
+        with fsspec.open(sf.path, "rb") as f:
+            yield from _read_web(sf, out, decompressed(f, compression_of(sf.path)))
+        return
     reader = _read_txt if sf.format == "txt" else _read_jsonl
     with fsspec.open(sf.path, "rb") as f:
         try:

@@ -79,6 +79,8 @@ class Block:
     hashes: np.ndarray  # uint64: exact-dedup hash of the cleaned text
     split: np.ndarray  # int8: SPLIT_TRAIN or SPLIT_VAL
     sig: np.ndarray | None  # (rows, num_perm) uint32 MinHash signatures, when near-dup is on
+    payloads: list = field(default_factory=list)  # web pages: the HTTP payload (bytes) the extract step reads; else None
+    charsets: list = field(default_factory=list)  # ... and the charset of its Content-Type header
     kept: list[int] = field(default_factory=list)  # rows that passed every step, in order
     out: list = field(default_factory=list)  # per kept row: its tokens, or its cleaned text when the tokenizer is trained later
     masks: list = field(default_factory=list)  # per kept row: its loss mask (task recipes)

@@ -13,6 +13,9 @@ import xxhash
 from pipelines.config import DataConfig
 
 SPLIT_TRAIN, SPLIT_VAL = 0, 1
+# a record that is no document by its kind (a WARC request, a redirect, an image): counted as skipped, never
+# listed in removed.parquet, which holds documents
+SKIP = "skip:"
 
 
 def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:

@@ -16,18 +16,22 @@ from tqdm import tqdm
 from pipelines.paths import REMOVED, TOKENIZER
 from pipelines.shards import ShardWriter, token_arrays, token_dtype
 from pipelines.stage import DataRun, Stage
-from pipelines.staging import SPLIT_TRAIN, SPLIT_VAL, dups_in, final_mask
+from pipelines.staging import SKIP, SPLIT_TRAIN, SPLIT_VAL, dups_in, final_mask
 from pipelines.stats import Stats
 from pipelines.tokenize import copy_tokenizer, load_encoding
 
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string())])
 
 
-def removed_rows(t: pa.Table, mask: np.ndarray, dups: dict, counts: Counter) -> pa.Table | None:
-    """The removed rows of one staging table: filters and rejects from processing, duplicates from dedup."""
+def removed_rows(t: pa.Table, mask: np.ndarray, dups: dict, counts: Counter, skipped: Counter) -> pa.Table | None:
+    """The removed rows of one staging table: filters and rejects from processing, duplicates from dedup.
+    Skipped records (no documents: skip:...) are counted in `skipped` only."""
     status, ids, srcs, uids = t["status"].to_pylist(), t["id"].to_pylist(), t["src"].to_pylist(), t["uid"].to_pylist()
     rows: dict[str, list] = {"id": [], "reason": [], "kept_id": [], "src": []}
     for i in np.flatnonzero(~mask):
+        if status[i].startswith(SKIP):
+            skipped[status[i]] += 1
+            continue
         reason, kept_id = dups.get(uids[i], (status[i], None))
         rows["id"].append(ids[i])
         rows["reason"].append(reason)
@@ -63,19 +67,22 @@ class Write(Stage):
         names = {SPLIT_TRAIN: "train", SPLIT_VAL: "val"}
         writers = {sp: ShardWriter(root, name, dtype, data.output.shard_tokens, masks=masks) for sp, name in names.items()}
         removed: Counter = Counter()
+        skipped: Counter = Counter()
         fs, _ = fsspec.core.url_to_fs(root)
         with fs.open(f"{root}/{REMOVED}.tmp", "wb") as fh, pq.ParquetWriter(fh, REMOVED_SCHEMA) as removed_w:
             for s in tqdm(run.staging, desc="shards", unit="file", disable=None):
                 cols = ["uid", "id", "src", "status", "nbytes", "split"] + ([] if trained else ["tokens"]) + (["mask"] if masks else [])
                 t = pq.read_table(s["path"], columns=cols)
-                stats.counts["docs_in"] += t.num_rows
+                stats.counts["records_in"] += t.num_rows
                 stats.counts["bytes_in"] += int(pc.sum(t["nbytes"]).as_py() or 0)
                 d = dups_in(run.dups, s["first_uid"], s["last_uid"])
                 mask = final_mask(t, d)
-                if (rem := removed_rows(t, mask, d, removed)) is not None:
+                if (rem := removed_rows(t, mask, d, removed, skipped)) is not None:
                     removed_w.write_table(rem)
                 add_kept(writers, t, mask, pq.read_table(s["path"] + ".tokens")["tokens"] if trained else t["tokens"].filter(pa.array(mask)), masks)
         fs.mv(f"{root}/{REMOVED}.tmp", f"{root}/{REMOVED}")
         splits = {"train": writers[SPLIT_TRAIN].close(), "val": writers[SPLIT_VAL].close()}
-        stats.counts.update(docs_kept=sum(sp["docs"] for sp in splits.values()), shards=sum(len(sp["shards"]) for sp in splits.values()))
-        run.outputs = dict(splits=splits, removed=removed, docs_in=stats.counts["docs_in"], bytes_in=stats.counts["bytes_in"], enc=enc, dtype=dtype)
+        docs_in = stats.counts["records_in"] - sum(skipped.values())
+        kept, shards = sum(sp["docs"] for sp in splits.values()), sum(len(sp["shards"]) for sp in splits.values())
+        stats.counts.update(docs_in=docs_in, docs_kept=kept, shards=shards)
+        run.outputs = dict(splits=splits, removed=removed, skipped=skipped, docs_in=docs_in, bytes_in=stats.counts["bytes_in"], enc=enc, dtype=dtype)

@@ -1,0 +1,224 @@
+"""Web crawl input: WARC and WET files, record by record, each record one row.
+
+Where one record ends and the next begins is decided here, on the decompressed byte stream, so that
+damage stays local: a record whose Content-Length lies, bytes that are no record, or a file cut short
+cost the damaged record only, and every intact record before and after it is read. (FastWARC's own
+iterator, measured on such files, returns a cut record with an empty body as if it were whole, and
+loses every record after a lying Content-Length; warcio stops at the first.) Each framed record is then
+parsed by FastWARC (`WarcRecord.from_bytes`, `parse_http`).
+
+A record becomes a document (an HTML response with HTTP 200, or a WET conversion record), a skip
+(`skip:not_html`, `skip:http_status`, `skip:revisit`, `skip:request_or_metadata`), or a reject
+(`warc_truncated`, `warc_bad_length`, `warc_garbage`, `warc_bad_header`, `http_bad_header`, `too_large`).
+Its `src` is `file:offset`, the offset of the record in the decompressed WARC stream.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+MAGIC = b"WARC/1."
+_END = b"\r\n\r\n"
+HEADER_MAX = 1 << 16  # a WARC header longer than this is damage, not a header
+_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.IGNORECASE)
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+@dataclass
+class Framed:
+    """One record's bytes as framed in the stream: `raw` (header and block, without the closing CRLFs), or
+    None with `damage` saying why it could not be framed."""
+
+    offset: int
+    size: int
+    raw: bytes | None = None
+    damage: str | None = None
+
+
+class _Buffer:
+    """The decompressed stream with a movable start: bytes before `pos` are dropped as the reader moves on."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self.chunks, self.buf, self.base, self.eof = iter(chunks), bytearray(), 0, False
+
+    def fill(self, n: int) -> bool:
+        """At least n bytes buffered from the start (False: the stream ended first)."""
+        while len(self.buf) < n and not self.eof:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.eof = True
+            else:
+                self.buf += chunk
+        return len(self.buf) >= n
+
+    def drop(self, n: int) -> None:
+        del self.buf[:n]
+        self.base += n
+
+    def find(self, sub: bytes, start: int, limit: int | None = None) -> int:
+        """Index of `sub` at or after `start` (reading on as needed, up to `limit` bytes buffered); -1 if none."""
+        seen = start
+        while True:
+            i = self.buf.find(sub, seen)
+            if i >= 0:
+                return i
+            seen = max(start, len(self.buf) - len(sub) + 1)
+            if (limit is not None and len(self.buf) >= limit) or not self.fill(len(self.buf) + 1):
+                return -1
+
+
+def _drop_to_header(b: _Buffer, start: int) -> tuple[int, bool]:
+    """Drops the bytes up to the next line that starts a WARC header at or after `start` (or to the end of
+    the stream), streaming: (how many, whether any was more than blank lines)."""
+    dropped, text = 0, False
+
+    def drop(n: int) -> None:
+        nonlocal dropped, text
+        text = text or bool(bytes(b.buf[:n]).strip())
+        b.drop(n)
+        dropped += n
+
+    drop(max(0, start - 1))  # from the byte before: a header may begin at `start` itself
+    while True:
+        i = b.buf.find(b"\n" + MAGIC)
+        if i >= 0:
+            drop(i + 1)
+            return dropped, text
+        drop(max(0, len(b.buf) - len(MAGIC)))  # keep a tail: a header's first line may straddle two chunks
+        if not b.fill(len(b.buf) + 1):
+            drop(len(b.buf))
+            return dropped, text
+
+
+def frames(chunks: Iterable[bytes], max_bytes: int) -> Iterator[Framed]:
+    """Each record of a decompressed WARC stream, framed by its Content-Length and checked by its closing
+    CRLFs; memory holds one record (one over max_bytes is skipped through, never held)."""
+    b = _Buffer(chunks)
+    while True:
+        while b.fill(1) and b.buf[:1] in (b"\r", b"\n"):  # blank lines between records
+            b.drop(1)
+        if not b.buf:
+            return
+        if not b.fill(len(MAGIC)) and MAGIC.startswith(b.buf):  # cut inside a header's first bytes
+            yield Framed(b.base, len(b.buf), damage="warc_truncated")
+            return
+        if not b.buf.startswith(MAGIC):
+            offset = b.base
+            size, text = _drop_to_header(b, 1)
+            if text:  # bytes that are no record: one reject, then the next header
+                yield Framed(offset, size, damage="warc_garbage")
+            continue
+        yield from _one(b, max_bytes)
+
+
+def _one(b: _Buffer, max_bytes: int) -> Iterator[Framed]:
+    offset = b.base
+    he = b.find(_END, 0, HEADER_MAX)
+    if he < 0:
+        if b.eof and len(b.buf) < HEADER_MAX:
+            yield Framed(offset, len(b.buf), damage="warc_truncated")
+            b.drop(len(b.buf))
+        else:
+            yield from _bad(b, offset, "warc_bad_header", 1)
+        return
+    m = _LENGTH.search(bytes(b.buf[: he + 2]))
+    if m is None:
+        yield from _bad(b, offset, "warc_bad_header", he)
+        return
+    end = he + 4 + int(m.group(1))  # the block ends here; two CRLFs close the record
+    if end > max_bytes:
+        yield from _skip_large(b, offset, end)
+        return
+    if not b.fill(end + 4):  # cut short, or a length that runs past the end of the file (a header inside says which)
+        size, _ = _drop_to_header(b, he + 4)
+        yield Framed(offset, size, damage="warc_truncated" if b.eof and not b.buf else "warc_bad_length")
+        return
+    # a length that lies: the block is not closed by two CRLFs, or it swallowed whole records (a record's end
+    # then a header inside it); the records it swallowed are read again
+    if b.buf[end : end + 4] != _END or b.buf.find(_END + MAGIC, he, end) >= 0:
+        yield from _bad(b, offset, "warc_bad_length", he + 4)
+        return
+    yield Framed(offset, end + 4, raw=bytes(b.buf[:end]))
+    b.drop(end + 4)
+
+
+def _bad(b: _Buffer, offset: int, why: str, scan_from: int) -> Iterator[Framed]:
+    """A record that cannot be framed: one reject, then reading goes on at the next header after `scan_from`."""
+    size, _ = _drop_to_header(b, scan_from)
+    yield Framed(offset, size, damage=why)
+
+
+def _skip_large(b: _Buffer, offset: int, end: int) -> Iterator[Framed]:
+    """A record over max_bytes: read through without holding it (its closing CRLFs are not checked)."""
+    left = end + 4
+    while left > 0 and b.fill(1):
+        n = min(left, len(b.buf))
+        b.drop(n)
+        left -= n
+    yield Framed(offset, end + 4 - left, damage="too_large" if left == 0 else "warc_truncated")
+
+
+@dataclass
+class WebRecord:
+    """What a framed record is to the data stage: a document (payload set, reason None) or a reason."""
+
+    offset: int
+    size: int
+    reason: str | None = None  # skip:... or a reject reason
+    id: str | None = None  # WARC-Record-ID
+    url: str | None = None
+    date: str | None = None  # WARC-Date
+    payload: bytes | None = None  # the HTTP body (warc) or the converted text (wet)
+    charset: str | None = None  # from the HTTP Content-Type header
+
+
+def _is_html(r) -> bool:
+    # the crawler's own sniffing (Common Crawl: WARC-Identified-Payload-Type) beats the server's claim
+    kind = r.headers.get("WARC-Identified-Payload-Type") or r.http_content_type or ""
+    return kind.split(";")[0].strip().lower() in HTML_TYPES
+
+
+def parse(f: Framed, fmt: str) -> WebRecord:
+    """The framed record classified: `fmt` is warc (HTML responses are documents) or wet (conversions are)."""
+    from fastwarc.warc import WarcRecord, WarcRecordType
+
+    out = WebRecord(f.offset, f.size, reason=f.damage)
+    if f.raw is None:
+        return out
+    try:
+        r = WarcRecord.from_bytes(f.raw)
+    except OSError:
+        out.reason = "warc_bad_header"
+        return out
+    out.id, out.url, out.date = r.record_id, r.headers.get("WARC-Target-URI"), r.headers.get("WARC-Date")
+    t = r.record_type
+    if fmt == "wet" or t == WarcRecordType.conversion:
+        if t != WarcRecordType.conversion:
+            out.reason = "skip:request_or_metadata"
+        else:
+            out.payload = r.reader.read()
+        return out
+    if t == WarcRecordType.revisit:
+        out.reason = "skip:revisit"
+    elif t != WarcRecordType.response:
+        out.reason = "skip:request_or_metadata"
+    else:
+        out.reason = _response(r, out)
+    return out
+
+
+def _response(r, out: WebRecord) -> str | None:
+    try:
+        r.parse_http(auto_decode="all")
+        if r.http_headers is None:
+            return "skip:not_html"
+        if r.http_headers.status_code != 200:
+            return "skip:http_status"
+        if not _is_html(r):
+            return "skip:not_html"
+        out.payload, out.charset = r.reader.read(), r.http_charset
+    except OSError:  # HTTP headers or a content/transfer encoding that cannot be decoded
+        return "http_bad_payload"
+    return None

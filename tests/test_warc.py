@@ -1,0 +1,171 @@
+"""WARC/WET reading: framing under damage (property tests: any cut, any lying Content-Length, junk between
+records, any chunking), record classification, and HTML to text."""
+
+import gzip
+import io
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipelines.config import ExtractConfig
+from pipelines.extract import html_text
+from pipelines.streams import decompressed
+from pipelines.warc import frames, parse
+from tests.warcs import page, per_record_gzip, record, request
+
+BIG = 1 << 20
+
+
+def _records(n: int) -> list[bytes]:
+    return [page(f"http://example.com/{i}", f"<html><body><p>page {i} {'x' * (i * 7 % 50)}</p></body></html>") for i in range(n)]
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+def _framed(data: bytes, size: int = 97):
+    return list(frames(_chunks(data, size), BIG))
+
+
+def _intact(fs) -> list[bytes]:
+    return [f.raw for f in fs if f.damage is None]
+
+
+def _offsets(recs: list[bytes]) -> list[int]:
+    out, at = [], 0
+    for r in recs:
+        out.append(at)
+        at += len(r)
+    return out
+
+
+@given(n=st.integers(0, 6), size=st.integers(1, 500))
+def test_every_record_comes_back_whatever_the_chunking(n, size):
+    recs = _records(n)
+    fs = _framed(b"".join(recs), size)
+    assert [f.raw + b"\r\n\r\n" for f in fs] == recs
+    assert [f.offset for f in fs] == _offsets(recs) and all(f.damage is None for f in fs)
+
+
+@given(n=st.integers(1, 6), cut=st.floats(0, 1), size=st.integers(1, 400))
+def test_a_cut_anywhere_costs_the_cut_record_only(n, cut, size):
+    recs = _records(n)
+    data = b"".join(recs)
+    k = int(cut * len(data))
+    fs = _framed(data[:k], size)
+    whole = [r for r, at in zip(recs, _offsets(recs)) if at + len(r) <= k]
+    assert [r + b"\r\n\r\n" for r in _intact(fs)] == whole
+    damaged = [f for f in fs if f.damage]
+    assert len(damaged) <= 1 and all(f.damage == "warc_truncated" and f.offset == len(b"".join(whole)) for f in damaged)
+    assert sum(f.size for f in fs) == k - (k - len(b"".join(whole)) if not damaged else 0)
+
+
+@given(n=st.integers(2, 6), which=st.integers(0, 5), delta=st.integers(-60, 400).filter(lambda d: d != 0), size=st.integers(1, 300))
+def test_a_lying_content_length_costs_that_record_only(n, which, delta, size):
+    recs = _records(n)
+    i = which % n
+    head, sep, rest = recs[i].partition(b"Content-Length: ")
+    length = int(rest.split(b"\r\n", 1)[0])
+    lie = head + sep + str(max(0, length + delta)).encode() + rest[len(str(length)) :]
+    fs = _framed(b"".join(recs[:i] + [lie] + recs[i + 1 :]), size)
+    assert [r + b"\r\n\r\n" for r in _intact(fs)] == recs[:i] + recs[i + 1 :]
+    assert [f.damage for f in fs if f.damage] in (["warc_bad_length"], ["warc_truncated"])
+
+
+@given(n=st.integers(1, 5), at=st.integers(0, 5), junk=st.binary(min_size=1, max_size=300), size=st.integers(1, 300))
+def test_junk_between_records_is_one_reject_and_costs_no_record(n, at, junk, size):
+    recs = _records(n)
+    j = at % (n + 1)
+    junk = junk.replace(b"WARC/1.", b"WARC/0.")
+    fs = _framed(b"".join(recs[:j]) + junk + b"\r\n" + b"".join(recs[j:]), size)
+    assert [r + b"\r\n\r\n" for r in _intact(fs)] == recs
+    assert len([f for f in fs if f.damage]) <= 1
+
+
+def test_not_a_warc_and_empty_files():
+    assert [(f.damage, f.size) for f in _framed(b"hello\n" * 1000)] == [("warc_garbage", 6000)]
+    assert _framed(b"") == []
+    assert [f.damage for f in _framed(bytes(range(256)) * 40)] == ["warc_garbage"]
+
+
+def test_gzip_per_record_and_whole_file_read_alike():
+    recs = _records(4)
+    for data in (per_record_gzip(recs), gzip.compress(b"".join(recs))):
+        assert [f.raw + b"\r\n\r\n" for f in frames(decompressed(io.BytesIO(data), "gzip"), BIG)] == recs
+
+
+def test_records_are_documents_or_skips_by_kind():
+    recs = [
+        record("warcinfo", body=b"software: raylm-test\r\n"),
+        request("http://example.com/"),
+        page("http://example.com/", "<html><body><p>Hello there, reader.</p></body></html>", rid="uuid:00000000-0000-0000-0000-000000000001"),
+        page("http://example.com/logo.png", b"\x89PNG\r\n", ctype="image/png"),
+        page("http://example.com/gone", "<html>gone</html>", status="404 Not Found"),
+        page("http://example.com/moved", "", status="301 Moved Permanently"),
+        record("revisit", "http://example.com/"),
+        record("metadata", "http://example.com/", b"fetchTimeMs: 12\r\n"),
+        page(
+            "http://example.com/sniffed",
+            b"<html><p>x</p></html>",
+            ctype="application/octet-stream",
+            headers={"WARC-Identified-Payload-Type": "text/html"},
+        ),
+    ]
+    got = [parse(f, "warc") for f in _framed(b"".join(recs))]
+    assert [g.reason for g in got] == [
+        "skip:request_or_metadata",
+        "skip:request_or_metadata",
+        None,
+        "skip:not_html",
+        "skip:http_status",
+        "skip:http_status",
+        "skip:revisit",
+        "skip:request_or_metadata",
+        None,
+    ]
+    doc = got[2]
+    assert doc.id == "<urn:uuid:00000000-0000-0000-0000-000000000001>" and doc.url == "http://example.com/"
+    assert doc.date == "2024-05-01T12:00:00Z" and doc.charset == "utf-8" and doc.payload.startswith(b"<html>")
+
+
+def test_wet_conversion_records_are_the_documents():
+    recs = [
+        record("warcinfo", body=b"x: y\r\n"),
+        record("conversion", "http://example.com/", b"Plain text of the page.\n", headers={"Content-Type": "text/plain"}),
+    ]
+    got = [parse(f, "wet") for f in _framed(b"".join(recs))]
+    assert [g.reason for g in got] == ["skip:request_or_metadata", None] and got[1].payload == b"Plain text of the page.\n"
+
+
+def test_html_text_decodes_charsets_and_counts_failures():
+    cfg = ExtractConfig()
+    body = "<html><body><article><p>Привет, мир. Это основной текст страницы, достаточно длинный.</p></article></body></html>"
+    assert "Привет" in html_text(body.encode("windows-1251"), None, cfg)[0]  # no charset header: detected
+    sj = '<html><head><meta charset="shift_jis"></head><body><p>日本語のテキストです。これは本文です。</p></body></html>'
+    assert "日本語" in html_text(sj.encode("shift_jis"), None, cfg)[0]  # from <meta charset>
+    assert html_text(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "utf-8", cfg) == (None, "reject:binary")
+    assert html_text(b"<html><body><script>var x = 1;</script></body></html>", "utf-8", cfg) == (None, "filter:extract_empty")
+
+
+def test_a_run_finished_before_the_extract_section_existed_is_still_this_recipes():
+    from pipelines.config import DataConfig
+    from pipelines.run import changed_keys
+
+    wanted = DataConfig().model_dump(mode="json")
+    older = {k: v for k, v in wanted.items() if k != "extract"}
+    assert changed_keys(older, wanted) == []
+    assert changed_keys(older, {**wanted, "extract": {"engine": "resiliparse", "main_content": False}}) == ["data.extract.main_content"]
+
+
+def test_web_inputs_are_told_by_extension_or_format():
+    from pipelines.config import DataConfig, InputSpec
+
+    assert [InputSpec(path=p).is_web for p in ("a.warc.gz", "CC-1.warc.wet.gz", "s3://b/*.warc", "a.jsonl.gz", "warc.txt")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert InputSpec(path="dump.bin", format="warc").is_web and not DataConfig().has_web
