@@ -156,6 +156,32 @@ class ExtractConfig(Strict):
     main_content: bool = True  # only the page's main content: no navigation, banners, footers
 
 
+class UrlFilterConfig(Strict):
+    """Web pages whose URL is on a blocklist are removed (filter:url). Plain-text list files (local or fsspec
+    URLs), one entry a line, `#` comments; a domain blocks its subdomains. Matched offline (tldextract's
+    bundled public-suffix snapshot)."""
+
+    block_domains: list[str] = []
+    block_urls: list[str] = []
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.block_domains or self.block_urls)
+
+
+class PiiConfig(Strict):
+    """Personal data replaced by fixed placeholders before dedup and tokenization; counted in stats.json."""
+
+    email: Literal["replace", "off"] = "replace"
+    ip: Literal["replace", "off"] = "replace"  # public IPv4/IPv6 addresses; private and reserved ranges untouched
+    phone: Literal["replace", "off"] = "off"  # numbers the phonenumbers library validates for `region`
+    region: str = Field(default="US", min_length=2, max_length=2)  # where numbers without a +country code are from
+
+    @property
+    def enabled(self) -> bool:
+        return "replace" in (self.email, self.ip, self.phone)
+
+
 class ExecutionConfig(Strict):
     batch_docs: int = Field(default=4096, gt=0)  # a read block ends after this many documents
     batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes (also Ray Data's block size)
@@ -165,6 +191,8 @@ class ExecutionConfig(Strict):
 class DataConfig(Strict):
     inputs: list[InputSpec] = [InputSpec(path="data/sample/*.jsonl.gz", format="jsonl")]
     extract: ExtractConfig = ExtractConfig()
+    url_filter: UrlFilterConfig = UrlFilterConfig()
+    pii: PiiConfig = PiiConfig()
     clean: CleanConfig = CleanConfig()
     reject: RejectConfig = RejectConfig()
     dedup: DedupConfig = DedupConfig()

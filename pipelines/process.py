@@ -2,7 +2,7 @@
 actor pool (steps and encoder built once per actor), written as one staging parquet per block
 (pipelines/staging.py).
 
-  extract (web pages) -> normalize -> filter -> hash (+ split) -> minhash -> tokenize
+  url filter, extract (web pages) -> normalize -> PII -> filter -> hash (+ split) -> minhash -> tokenize
 
 A step that drops a document records why (reject:..., filter:...); the row stays in staging with that
 status, so the write stage can account for it.
@@ -20,14 +20,16 @@ from pipelines.clean import Filter, Normalize
 from pipelines.config import DataConfig
 from pipelines.dedup import ExactHash, MinHashSign
 from pipelines.extract import Extract
+from pipelines.pii import RedactPii
 from pipelines.shards import binary_column
 from pipelines.stage import Block, Chunk, DataRun, Stage
 from pipelines.staging import SKIP, staging_schema
 from pipelines.stats import Stats
 from pipelines.tokenize import Encode, TokenizerSpec
+from pipelines.url_filter import UrlFilter
 
 # the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over actors)
-STEPS = (Extract, Normalize, Filter, ExactHash, MinHashSign, Encode)
+STEPS = (UrlFilter, Extract, Normalize, RedactPii, Filter, ExactHash, MinHashSign, Encode)
 _CHUNK = 256  # documents that go through the steps together: word and token lists live for one chunk
 
 
@@ -40,6 +42,7 @@ def _block(batch: pa.Table, cfg: DataConfig) -> Block:
         hashes=np.zeros(n, dtype=np.uint64),
         split=np.zeros(n, dtype=np.int8),
         sig=np.zeros((n, mh.num_perm), dtype=np.uint32) if mh.enabled else None,
+        urls=batch["url"].to_pylist() if cfg.has_web else [None] * n,
         payloads=batch["payload"].to_pylist() if cfg.has_web else [None] * n,
         charsets=batch["charset"].to_pylist() if cfg.has_web else [None] * n,
     )
@@ -113,7 +116,10 @@ class DocProcessor:
         with stats.timer("write"):
             self._write(batch, b, path)
         seconds = {f"s_{k}": [stats.seconds[k]] for k in [s.name for s in self.steps] + ["write"]}
-        return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], "kept": [len(b.kept)], **seconds})
+        counts = {f"c_{k}": [v] for s in self.steps for k, v in s.counts.items()}
+        for s in self.steps:
+            s.counts = dict.fromkeys(s.counts, 0)
+        return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], "kept": [len(b.kept)], **seconds, **counts})
 
 
 def workers(run: DataRun) -> int:
@@ -146,6 +152,7 @@ class Process(Stage):
         )
         rows = sorted(ds.take_all(), key=lambda r: r["first_uid"])
         for r in rows:
-            stats.add({f"cpu.{k[2:]}": v for k, v in r.items() if k.startswith("s_")}, {"docs": r["rows"], "kept": r["kept"]})
+            counts = {k[2:]: v for k, v in r.items() if k.startswith("c_")}
+            stats.add({f"cpu.{k[2:]}": v for k, v in r.items() if k.startswith("s_")}, {"docs": r["rows"], "kept": r["kept"], **counts})
         stats.counts["staging_files"] = len(rows)
         run.staging = [{k: r[k] for k in ("path", "first_uid", "last_uid", "rows")} for r in rows]

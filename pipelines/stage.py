@@ -79,6 +79,7 @@ class Block:
     hashes: np.ndarray  # uint64: exact-dedup hash of the cleaned text
     split: np.ndarray  # int8: SPLIT_TRAIN or SPLIT_VAL
     sig: np.ndarray | None  # (rows, num_perm) uint32 MinHash signatures, when near-dup is on
+    urls: list = field(default_factory=list)  # web input: each record's URL; else None
     payloads: list = field(default_factory=list)  # web pages: the HTTP payload (bytes) the extract step reads; else None
     charsets: list = field(default_factory=list)  # ... and the charset of its Content-Type header
     kept: list[int] = field(default_factory=list)  # rows that passed every step, in order
@@ -121,6 +122,7 @@ class Step:
 
     def __init__(self, cfg: DataConfig, enc: tiktoken.Encoding | None):
         self.cfg, self.enc = cfg, enc
+        self.counts: dict[str, int] = {}  # what it counted in the current block (stats.json: stages.process.counts)
 
     @classmethod
     def enabled(cls, cfg: DataConfig, enc: tiktoken.Encoding | None) -> bool:

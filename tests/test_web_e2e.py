@@ -4,6 +4,7 @@ survive (a lying Content-Length, a record cut by the end of the file, a non-WARC
 record is accounted for; every intact page is read."""
 
 import gzip
+import json
 
 import pyarrow.parquet as pq
 import pytest
@@ -37,6 +38,8 @@ def _crawl(docs: list[dict]) -> tuple[list[bytes], dict]:
         record("revisit", "http://theatre.example/0"),
         page("http://theatre.example/binary", b"\x00\x01\x02binary\x00" * 50),
         page("http://theatre.example/ru", f"<html><body><p>{ru}</p></body></html>".encode("windows-1251"), ctype="text/html"),
+        page("http://ads.tracker.example/banner", _html(docs[1]["text"] + "\nsponsored")),  # blocked by domain
+        page("http://theatre.example/contact", _html(docs[2]["text"] + "\nWrite to box-office@theatre.example, host 8.8.4.4")),
         page("http://theatre.example/last", _html(docs[0]["text"])),  # cut short by the end of the file
     ]
     expect.update(skip_request=1 + len(docs), not_html=1, http_status=2, revisit=1)
@@ -57,7 +60,8 @@ def test_a_damaged_crawl_keeps_every_intact_page_and_accounts_for_every_record(r
     (src / "b.warc.gz").write_bytes(gzip.compress(b"".join(recs[1:11])))  # whole-file gzip: 5 pages again
     (src / "notwarc.warc.gz").write_bytes(b"this is not gzip, nor a WARC file\n" * 10)
     (src / "empty.warc.gz").write_bytes(b"")
-    cfg = _cfg(tmp_path, f"data.inputs=[{{path: '{src}/*.warc.gz'}}]")
+    (tmp_path / "block.txt").write_text("# ad networks\ntracker.example\n")
+    cfg = _cfg(tmp_path, f"data.inputs=[{{path: '{src}/*.warc.gz'}}]", f"data.url_filter.block_domains=['{tmp_path}/block.txt']")
     man = run_data(cfg.data, cfg.paths)
     st = man["stats"]
     assert st["records_in"] == st["docs_in"] + sum(st["skipped"].values())
@@ -68,9 +72,10 @@ def test_a_damaged_crawl_keeps_every_intact_page_and_accounts_for_every_record(r
         "skip:http_status": 2,
         "skip:revisit": 1,
     }
-    # a.warc.gz: 39 intact pages, the liar, the binary page, the Russian page, the cut one; b.warc.gz: 5 pages;
+    # a.warc.gz: 39 intact pages, the liar, the binary page, the Russian page, the ad, the contact page, the cut one;
+    # b.warc.gz: 5 pages;
     # notwarc.warc.gz: one reject (it is no gzip stream); empty.warc.gz: no record
-    assert (st["docs_in"], st["records_in"]) == (43 + 5 + 1, 43 + 45 + 10 + 1)
+    assert (st["docs_in"], st["records_in"]) == (45 + 5 + 1, 45 + 45 + 10 + 1)
     rem = pq.read_table(f"{tmp_path}/t/data/removed.parquet").to_pylist()
     rejects = sorted((r["reason"], r["src"].rsplit("/", 1)[1].split(":")[0]) for r in rem if r["reason"].startswith("reject:"))
     assert rejects == [
@@ -80,6 +85,9 @@ def test_a_damaged_crawl_keeps_every_intact_page_and_accounts_for_every_record(r
         ("reject:warc_truncated", "a.warc.gz"),
     ]
     assert all(r["src"].rsplit(":", 1)[1].isdigit() for r in rem)  # file:offset
+    assert [r["id"] for r in rem if r["reason"] == "filter:url"] and len([r for r in rem if r["reason"] == "filter:url"]) == 1
+    counts = json.loads((tmp_path / "t" / "data" / "stats.json").read_text())["stages"]["process"]["counts"]
+    assert counts["pii.email"] == 1 and counts["pii.ip"] == 1
     # b.warc.gz's 5 pages are a.warc.gz's first 5 again: exact duplicates, each naming the page it repeats
     dup_of_b = [r for r in rem if "b.warc.gz" in r["src"] and r["reason"] == "exact"]
     assert len(dup_of_b) == 5 and all(r["kept_id"].startswith("<urn:uuid:") for r in dup_of_b)
