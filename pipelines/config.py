@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.schema import Strict
 
@@ -176,6 +176,12 @@ class PiiConfig(Strict):
     ip: Literal["replace", "off"] = "replace"  # public IPv4/IPv6 addresses; private and reserved ranges untouched
     phone: Literal["replace", "off"] = "off"  # numbers the phonenumbers library validates for `region`
     region: str = Field(default="US", min_length=2, max_length=2)  # where numbers without a +country code are from
+
+    @field_validator("email", "ip", "phone", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML reads a bare `off` as false (and `on` as true)
+        return {False: "off", True: "replace"}.get(v, v) if isinstance(v, bool) else v
 
     @property
     def enabled(self) -> bool:

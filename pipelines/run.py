@@ -27,6 +27,7 @@ from pipelines.schema import ConfigError
 from pipelines.shards import has_manifest, read_manifest, write_manifest
 from pipelines.sources import Read
 from pipelines.stage import DataRun, Stage
+from pipelines.staging import SKIP
 from pipelines.stats import Stats
 from pipelines.tokenize import describe, spec_from_config
 from pipelines.train_tokenizer import TrainTokenizer
@@ -177,7 +178,7 @@ def print_summary(manifest: dict, stats: dict, root: str) -> None:
     if st["skipped"]:  # web input: records that are no documents, before the documents' own accounting
         t.add_row("records in", f"{st['records_in']:,}", "")
         for reason, c in st["skipped"].items():
-            t.add_row(f"skipped: {reason}", f"{c:,}", "")
+            t.add_row(f"skipped: {reason.removeprefix(SKIP)}", f"{c:,}", "")
     t.add_row("in", f"{st['docs_in']:,}", "100%")
     t.add_row("kept", f"{st['docs_kept']:,}", f"{100 * st['docs_kept'] / n:.1f}%")
     for reason, c in st["removed"].items():

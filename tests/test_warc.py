@@ -11,7 +11,7 @@ from pipelines.config import ExtractConfig
 from pipelines.extract import html_text
 from pipelines.streams import decompressed
 from pipelines.warc import frames, parse
-from tests.warcs import page, per_record_gzip, record, request
+from pipelines.web_sample import page, per_record_gzip, record, request
 
 BIG = 1 << 20
 

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.run import run_data
-from tests.conftest import sample_docs
+from pipelines.web_sample import page, per_record_gzip, record, request
+from tests.conftest import ROOT, sample_docs
 from tests.test_pipeline_e2e import _cfg
-from tests.warcs import page, per_record_gzip, record, request
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +91,23 @@ def test_a_damaged_crawl_keeps_every_intact_page_and_accounts_for_every_record(r
     # b.warc.gz's 5 pages are a.warc.gz's first 5 again: exact duplicates, each naming the page it repeats
     dup_of_b = [r for r in rem if "b.warc.gz" in r["src"] and r["reason"] == "exact"]
     assert len(dup_of_b) == 5 and all(r["kept_id"].startswith("<urn:uuid:") for r in dup_of_b)
+
+
+def test_the_bundled_web_recipe_end_to_end(ray_session, tmp_path, capsys):
+    from cluster.cli import main
+    from pipelines.shards import iter_documents
+    from pipelines.tokenize import TokenizerSpec, load_encoding
+    from pipelines.web_sample import OUT, build
+
+    assert OUT.read_bytes() == build()  # the committed sample is what the builder makes
+    assert main(["data", str(ROOT / "cluster" / "recipes" / "web.yaml"), "--set", f"storage_path={tmp_path}"]) == 0
+    data = tmp_path / "shakespeare-web" / "data"
+    st = json.loads((data / "manifest.json").read_text())["stats"]
+    assert st["records_in"] == st["docs_in"] + sum(st["skipped"].values()) and st["docs_in"] == st["docs_kept"] + sum(st["removed"].values())
+    assert set(st["skipped"]) == {"skip:request_or_metadata", "skip:not_html", "skip:http_status", "skip:revisit"}
+    assert st["removed"]["filter:url"] == 1 and st["docs_kept"] >= 50
+    enc = load_encoding(TokenizerSpec("rustbpe", str(data / "tokenizer.tiktoken")))
+    texts = [enc.decode(d[1:].tolist()) for split in ("train", "val") for d in iter_documents(str(data), split)]
+    assert not any("cookies" in t or "All rights reserved" in t or "Tickets" in t for t in texts)  # boilerplate gone
+    assert sum("ROMEO" in t or "HAMLET" in t.upper() for t in texts) > 0
+    assert "records in" in capsys.readouterr().out
