@@ -17,6 +17,7 @@ from dataclasses import dataclass
 # file names inside a data directory (the run's data/, or any train.data_path)
 MANIFEST = "manifest.json"
 REMOVED = "removed.parquet"
+DOCS = "docs.parquet"  # every kept document: where it is in the shards, where it came from
 STATS = "stats.json"
 TOKENIZER = "tokenizer.tiktoken"
 WORK = "_work"

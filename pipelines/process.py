@@ -82,6 +82,8 @@ class DocProcessor:
             "nbytes": batch["nbytes"],
             "hash": pa.array(b.hashes),
             "split": pa.array(b.split),
+            "url": batch["url"],
+            "date": batch["date"],
         }
         if b.sig is not None:
             cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(b.sig.shape[1] * 4), n, [None, pa.py_buffer(b.sig.tobytes())])

@@ -87,9 +87,10 @@ class ShardWriter:
         self.docs = 0
 
     def _name(self) -> str:
-        return f"{self.split}/shard-{len(self.shards):06d}"
+        return self.shard_path(len(self.shards))[: -len(".npy")]
 
-    def _append(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None) -> None:
+    def _append(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None) -> tuple[int, int]:
+        """Writes whole documents to the current shard; (its number, the first one's index in it)."""
         if self.raw is None:
             self.raw = self.fs.open(f"{self.root}/{self._name()}.raw.tmp", "wb")
             if self.masks:
@@ -97,14 +98,18 @@ class ShardWriter:
         self.raw.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
         if self.masks:
             self.raw_mask.write(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+        first = len(self.lengths)
         self.lengths.extend(int(x) for x in lengths)
         self.n += len(tokens)
+        return len(self.shards), first
 
-    def add(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None = None) -> None:
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Many documents at once: `tokens` is their concatenation, `lengths` their sizes, `mask`
-        their loss masks (concatenated likewise; required when the writer keeps masks)."""
+        their loss masks (concatenated likewise; required when the writer keeps masks). Returns where each
+        document went: its shard's number and its index in that shard."""
+        shard, index = np.zeros(len(lengths), dtype=np.int64), np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) == 0:
-            return
+            return shard, index
         if self.masks and (mask is None or len(mask) != len(tokens)):
             raise ValueError(f"{self.split}: a loss mask of {len(tokens)} entries is required")
         ends = np.cumsum(lengths)
@@ -119,11 +124,17 @@ class ShardWriter:
                 self.flush()
                 continue
             stop_tok = int(ends[start_doc + k - 1])
-            self._append(tokens[start_tok:stop_tok], lengths[start_doc : start_doc + k], mask[start_tok:stop_tok] if self.masks else None)
+            n, first = self._append(tokens[start_tok:stop_tok], lengths[start_doc : start_doc + k], mask[start_tok:stop_tok] if self.masks else None)
+            shard[start_doc : start_doc + k], index[start_doc : start_doc + k] = n, np.arange(first, first + k)
             start_doc += k
             start_tok = stop_tok
             if self.n >= self.limit:
                 self.flush()
+        return shard, index
+
+    def shard_path(self, n: int) -> str:
+        """Shard number n's file, relative to data/ (as the manifest names it)."""
+        return f"{self.split}/shard-{n:06d}.npy"
 
     def flush(self) -> None:
         if not self.lengths:

@@ -27,6 +27,8 @@ def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
         ("nbytes", pa.int64()),
         ("hash", pa.uint64()),
         ("split", pa.int8()),
+        ("url", pa.string()),  # web input: the page's URL and WARC-Date (else null), for docs.parquet
+        ("date", pa.string()),
     ]
     if cfg.dedup.minhash.enabled:
         fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))

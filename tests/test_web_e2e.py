@@ -107,7 +107,23 @@ def test_the_bundled_web_recipe_end_to_end(ray_session, tmp_path, capsys):
     assert set(st["skipped"]) == {"skip:request_or_metadata", "skip:not_html", "skip:http_status", "skip:revisit"}
     assert st["removed"]["filter:url"] == 1 and st["docs_kept"] >= 50
     enc = load_encoding(TokenizerSpec("rustbpe", str(data / "tokenizer.tiktoken")))
-    texts = [enc.decode(d[1:].tolist()) for split in ("train", "val") for d in iter_documents(str(data), split)]
+    man = json.loads((data / "manifest.json").read_text())
+    at = {}  # (shard, index) -> text, from the shards themselves
+    for split in ("train", "val"):
+        docs = iter(iter_documents(str(data), split))
+        for shard in man["splits"][split]["shards"]:
+            for i in range(shard["docs"]):
+                at[(shard["path"], i)] = enc.decode(next(docs)[1:].tolist())
+    texts = list(at.values())
     assert not any("cookies" in t or "All rights reserved" in t or "Tickets" in t for t in texts)  # boilerplate gone
     assert sum("ROMEO" in t or "HAMLET" in t.upper() for t in texts) > 0
     assert "records in" in capsys.readouterr().out
+    # docs.parquet: each kept document once, where it is in the shards and the page it came from
+    rows = pq.read_table(data / "docs.parquet").to_pylist()
+    assert sorted((r["shard"], r["index"]) for r in rows) == sorted(at)
+    assert all(r["url"].startswith("https://") and r["date"] == "2024-05-01T12:00:00Z" and r["id"].startswith("<urn:uuid:") for r in rows)
+    assert all(r["src"].startswith(str(ROOT / "data" / "sample" / "web.warc.gz") + ":") for r in rows)
+    from pipelines.web_sample import SITE
+
+    page_one = [r for r in rows if r["url"].startswith(f"{SITE}/plays/") and r["url"].endswith("/1")]
+    assert page_one and all(", part 1" in at[(r["shard"], r["index"])] for r in page_one)  # the page's own heading
