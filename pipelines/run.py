@@ -45,7 +45,7 @@ class DataStageError(RuntimeError):
 
 
 # the data section keys that decide the output; `execution` (workers, block sizes) changes only how it is computed
-_OUTPUT_KEYS = ("inputs", "extract", "url_filter", "pii", "clean", "reject", "dedup", "tokenizer", "output")
+_OUTPUT_KEYS = ("inputs", "extract", "url_filter", "language", "pii", "clean", "reject", "dedup", "tokenizer", "output")
 
 
 def _flat(d, prefix: str = "") -> dict:

@@ -80,6 +80,8 @@ class Block:
     split: np.ndarray  # int8: SPLIT_TRAIN or SPLIT_VAL
     sig: np.ndarray | None  # (rows, num_perm) uint32 MinHash signatures, when near-dup is on
     urls: list = field(default_factory=list)  # web input: each record's URL; else None
+    languages: list = field(default_factory=list)  # the language step: each document's language and score; else None
+    language_scores: list = field(default_factory=list)
     payloads: list = field(default_factory=list)  # web pages: the HTTP payload (bytes) the extract step reads; else None
     charsets: list = field(default_factory=list)  # ... and the charset of its Content-Type header
     kept: list[int] = field(default_factory=list)  # rows that passed every step, in order

@@ -29,6 +29,8 @@ def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
         ("split", pa.int8()),
         ("url", pa.string()),  # web input: the page's URL and WARC-Date (else null), for docs.parquet
         ("date", pa.string()),
+        ("language", pa.string()),  # the language step's verdict (null when it did not run)
+        ("language_score", pa.float32()),
     ]
     if cfg.dedup.minhash.enabled:
         fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))

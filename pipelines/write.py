@@ -23,7 +23,16 @@ from pipelines.tokenize import copy_tokenizer, load_encoding
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string())])
 # docs.parquet: every kept document, in input order: the shard it is in (which names its split) and its index there
 DOCS_SCHEMA = pa.schema(
-    [("id", pa.string()), ("shard", pa.string()), ("index", pa.int64()), ("src", pa.string()), ("url", pa.string()), ("date", pa.string())]
+    [
+        ("id", pa.string()),
+        ("shard", pa.string()),
+        ("index", pa.int64()),
+        ("src", pa.string()),
+        ("url", pa.string()),
+        ("date", pa.string()),
+        ("language", pa.string()),
+        ("language_score", pa.float32()),
+    ]
 )
 
 
@@ -85,7 +94,8 @@ def add_kept(writers: dict[int, ShardWriter], t: pa.Table, mask: np.ndarray, tok
         shard_of[docs] = [w.shard_path(int(k)) for k in n]
     kept = t.filter(pa.array(mask))
     cols = {"id": kept["id"], "shard": pa.array(shard_of.tolist(), pa.string()), "index": pa.array(index)}
-    return pa.table({**cols, "src": kept["src"], "url": kept["url"], "date": kept["date"]}, schema=DOCS_SCHEMA)
+    where = {k: kept[k] for k in ("src", "url", "date", "language", "language_score")}
+    return pa.table({**cols, **where}, schema=DOCS_SCHEMA)
 
 
 class Write(Stage):
@@ -113,7 +123,7 @@ class Write(Stage):
         ):
             removed_w, docs_w = FixedRowGroups(rw), FixedRowGroups(dw)
             for s in tqdm(run.staging, desc="shards", unit="file", disable=None):
-                cols = ["uid", "id", "src", "status", "nbytes", "split", "url", "date"]
+                cols = ["uid", "id", "src", "status", "nbytes", "split", "url", "date", "language", "language_score"]
                 cols += ([] if trained else ["tokens"]) + (["mask"] if masks else [])
                 t = pq.read_table(s["path"], columns=cols)
                 stats.counts["records_in"] += t.num_rows

@@ -105,7 +105,7 @@ def test_the_bundled_web_recipe_end_to_end(ray_session, tmp_path, capsys):
     st = json.loads((data / "manifest.json").read_text())["stats"]
     assert st["records_in"] == st["docs_in"] + sum(st["skipped"].values()) and st["docs_in"] == st["docs_kept"] + sum(st["removed"].values())
     assert set(st["skipped"]) == {"skip:request_or_metadata", "skip:not_html", "skip:http_status", "skip:revisit"}
-    assert st["removed"]["filter:url"] == 1 and st["docs_kept"] >= 50
+    assert st["removed"]["filter:url"] == 1 and 6 <= st["removed"]["filter:language"] <= 8 and st["docs_kept"] >= 50
     enc = load_encoding(TokenizerSpec("rustbpe", str(data / "tokenizer.tiktoken")))
     man = json.loads((data / "manifest.json").read_text())
     at = {}  # (shard, index) -> text, from the shards themselves
@@ -123,6 +123,8 @@ def test_the_bundled_web_recipe_end_to_end(ray_session, tmp_path, capsys):
     assert sorted((r["shard"], r["index"]) for r in rows) == sorted(at)
     assert all(r["url"].startswith("https://") and r["date"] == "2024-05-01T12:00:00Z" and r["id"].startswith("<urn:uuid:") for r in rows)
     assert all(r["src"].startswith(str(ROOT / "data" / "sample" / "web.warc.gz") + ":") for r in rows)
+    assert all(r["language"] == "en" and r["language_score"] >= 0.2 for r in rows)
+    assert not [r for r in rows if "/saison" in r["url"]]  # the six pages in other languages
     from pipelines.web_sample import SITE
 
     page_one = [r for r in rows if r["url"].startswith(f"{SITE}/plays/") and r["url"].endswith("/1")]

@@ -48,3 +48,28 @@ def test_an_ip_address_in_text_is_replaced_iff_it_is_public(before, after, ip):
 @given(text=_words)
 def test_text_without_personal_data_is_left_as_it_is(text):
     assert redact_emails(text) == (text, 0) and redact_ips(text) == (text, 0)
+
+
+def test_language_id_on_the_benchmark_set_is_at_least_95_percent():
+    import json
+    from pathlib import Path
+
+    from pipelines.language import identify
+
+    rows = [json.loads(x) for x in (Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "langid.jsonl").read_text().splitlines()]
+    assert len({r["lang"] for r in rows}) >= 8 and all(len(r["text"]) >= 200 for r in rows)
+    got = [identify(r["text"], 4096) for r in rows]
+    right = sum(lang == r["lang"] for (lang, _), r in zip(got, rows))
+    assert right / len(rows) >= 0.95, [(r["lang"], g) for g, r in zip(got, rows) if g[0] != r["lang"]]
+    assert all(0 < score <= 1 for _, score in got)
+
+
+def test_language_keep_takes_iso_codes_only():
+    import pytest
+
+    from pipelines.config import LanguageConfig
+    from pipelines.schema import ConfigError
+
+    assert LanguageConfig(keep=["en", "fr"]).keep == ["en", "fr"]
+    with pytest.raises((ValueError, ConfigError)):
+        LanguageConfig(keep=["English"])
