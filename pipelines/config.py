@@ -152,8 +152,9 @@ class OutputConfig(Strict):
 class ExtractConfig(Strict):
     """Web pages (WARC input) to text."""
 
-    engine: Literal["resiliparse"] = "resiliparse"
+    engine: Literal["resiliparse", "trafilatura"] = "resiliparse"  # trafilatura: pip install "raylm[trafilatura]"
     main_content: bool = True  # only the page's main content: no navigation, banners, footers
+    timeout_s: float = Field(default=5.0, gt=0, le=600)  # a page that takes longer is rejected: reject:extract_timeout
 
 
 class UrlFilterConfig(Strict):

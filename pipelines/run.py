@@ -58,9 +58,10 @@ def _flat(d, prefix: str = "") -> dict:
 
 def changed_keys(finished: dict, wanted: dict) -> list[str]:
     """Dotted data.* keys whose value differs between a finished run's config and the recipe's."""
-    # a section a finished run's config lacks (made before the section existed) was its default then
-    defaults = DataConfig().model_dump(mode="json")
-    a = _flat({k: finished.get(k, defaults[k]) for k in _OUTPUT_KEYS}, "data")
+    # a key a finished run's config lacks (made before the key existed) had its default's effect then
+    defaults = _flat({k: DataConfig().model_dump(mode="json")[k] for k in _OUTPUT_KEYS}, "data")
+    a = _flat({k: finished.get(k) for k in _OUTPUT_KEYS if k in finished}, "data")
+    a = {**{k: v for k, v in defaults.items() if not k.startswith("data.inputs")}, **a}
     b = _flat({k: wanted.get(k) for k in _OUTPUT_KEYS}, "data")
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 

@@ -154,8 +154,10 @@ def test_a_run_finished_before_the_extract_section_existed_is_still_this_recipes
 
     wanted = DataConfig().model_dump(mode="json")
     older = {k: v for k, v in wanted.items() if k != "extract"}
+    older["pii"] = {k: v for k, v in wanted["pii"].items() if k != "region"}  # a key added to a section later
     assert changed_keys(older, wanted) == []
-    assert changed_keys(older, {**wanted, "extract": {"engine": "resiliparse", "main_content": False}}) == ["data.extract.main_content"]
+    assert changed_keys(older, {**wanted, "extract": {**wanted["extract"], "main_content": False}}) == ["data.extract.main_content"]
+    assert changed_keys(wanted, {**wanted, "clean": {**wanted["clean"], "enabled": False}}) == ["data.clean.enabled"]
 
 
 def test_web_inputs_are_told_by_extension_or_format():
@@ -169,3 +171,37 @@ def test_web_inputs_are_told_by_extension_or_format():
         False,
     ]
     assert InputSpec(path="dump.bin", format="warc").is_web and not DataConfig().has_web
+
+
+def test_both_engines_keep_the_article_and_drop_the_boilerplate():
+    from pipelines.web_sample import html_page
+
+    article = " ".join(f"The players rehearse scene {i} of the second act with great care and much patience." for i in range(30))
+    page = html_page("Rehearsals", article).encode()
+    for engine in ("resiliparse", "trafilatura"):
+        text, why = html_text(page, "utf-8", ExtractConfig(engine=engine))
+        assert why is None, engine
+        words = article.split()
+        assert sum(w in text for w in words) / len(words) >= 0.95, engine
+        assert "cookies" not in text and "All rights reserved" not in text, engine
+
+
+def test_a_page_past_the_time_limit_is_rejected_not_waited_for():
+    import time
+
+    from pipelines import extract
+
+    slow = extract.ENGINES["resiliparse"]
+
+    def crawl(html, cfg):
+        time.sleep(2)
+        return slow(html, cfg)
+
+    extract.ENGINES["slow"] = crawl
+    try:
+        cfg = ExtractConfig.model_construct(engine="slow", main_content=True, timeout_s=0.2)
+        t0 = time.perf_counter()
+        assert html_text(b"<html><p>hello</p></html>", "utf-8", cfg) == (None, "reject:extract_timeout")
+        assert time.perf_counter() - t0 < 1.0
+    finally:
+        del extract.ENGINES["slow"]
