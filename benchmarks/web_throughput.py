@@ -1,0 +1,161 @@
+"""Web input throughput: raylm against datatrove on the same WARC files and cores, in one sitting; and the
+data stage's peak memory at 1x and 4x the WARC input.
+
+    pip install -e ".[bench]"     # datatrove, warcio, trafilatura
+    python benchmarks/web_throughput.py [--mb 40] [--scale 4] [--out bench-out]
+
+The WARC: pages of a made-up theatre site (pipelines/web_sample.py's layout: navigation, cookie banner,
+footer around scene-sized pieces of the sample, 35% of words replaced each round so no two pages are
+alike), each with its request record, one gzip member a record (Common Crawl's layout), in as many files
+as there are cores. Measured, wall time, HTML responses per second and WARC MB/s (compressed):
+  raylm     `raylm data` on Ray with read + extract (Resiliparse) + language ID + normalize + filters
+            (and, beyond what datatrove is asked to do, tokenizing and writing shards; dedup off)
+  datatrove LocalPipelineExecutor, one task a file, as many workers as cores: WarcReader + Trafilatura
+            (its default extractor), the documents counted at the end
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.corpus import edit_words, pieces, vocabulary  # noqa: E402
+from benchmarks.data_throughput import _tree_pss  # noqa: E402
+from pipelines.web_sample import SITE, html_page, page, per_record_gzip, request  # noqa: E402
+
+
+def build_warcs(out: Path, mb: float, files: int, seed: int = 0) -> tuple[int, int]:
+    """About `mb` MB of compressed WARC in `files` files; returns (bytes, HTML responses)."""
+    marker = out / "DONE"
+    if marker.exists():
+        b, n = marker.read_text().split()
+        return int(b), int(n)
+    out.mkdir(parents=True, exist_ok=True)
+    rng, base = random.Random(seed), pieces()
+    vocab = vocabulary(base)
+    handles = [open(out / f"crawl-{i:02d}.warc.gz", "wb") for i in range(files)]
+    total = pages = rnd = 0
+    while total < mb * 1e6:
+        for d in base:
+            text = d["text"] if rnd == 0 else edit_words(d["text"], 0.35, rng, vocab)
+            url = f"{SITE}/r{rnd}/{d['id'].replace('#', '/')}"
+            data = per_record_gzip([request(url), page(url, html_page(d["id"], text))])
+            handles[pages % files].write(data)
+            total, pages = total + len(data), pages + 1
+            if total >= mb * 1e6:
+                break
+        rnd += 1
+    for h in handles:
+        h.close()
+    marker.write_text(f"{total} {pages}")
+    return total, pages
+
+
+def run_raylm(warcs: Path, out: Path, name: str) -> float:
+    from cluster.recipe import load_config
+    from pipelines.run import run_data
+
+    cfg = load_config(
+        ROOT / "cluster" / "recipes" / "web.yaml",
+        [
+            f"storage_path={out}",
+            f"name={name}",
+            f"data.inputs=[{{path: '{warcs}/*.warc.gz'}}]",
+            "data.url_filter.block_domains=[]",
+            "data.dedup={exact: {enabled: false}, minhash: {enabled: false}}",
+            "data.tokenizer={name: cl100k_base}",
+            "data.execution.batch_bytes=4000000",
+        ],
+    )
+    t = time.perf_counter()
+    run_data(cfg.data, cfg.paths, force=True, summary=False, say=lambda m: None)
+    return time.perf_counter() - t
+
+
+def run_datatrove(warcs: Path, out: Path, files: int, workers: int) -> tuple[float, int]:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.readers import WarcReader
+
+    kept = out / "datatrove-count"
+    kept.mkdir(parents=True, exist_ok=True)
+
+    def count(data, rank: int = 0, world_size: int = 1):
+        n = sum(1 for _ in data)
+        (kept / f"{rank}").write_text(str(n))
+        return iter(())
+
+    ex = LocalPipelineExecutor(
+        pipeline=[WarcReader(str(warcs), glob_pattern="*.warc.gz"), Trafilatura(), count],
+        tasks=files,
+        workers=workers,
+        logging_dir=str(out / f"datatrove-logs-{time.time_ns()}"),
+        skip_completed=False,
+    )
+    t = time.perf_counter()
+    ex.run()
+    return time.perf_counter() - t, sum(int(p.read_text()) for p in kept.iterdir())
+
+
+def peak_memory(warcs: Path, out: Path, name: str) -> tuple[int, float]:
+    """Peak PSS of a whole `raylm data` run on web.yaml (its own Ray instance) and its wall time."""
+    import subprocess
+
+    sets = [f"storage_path={out}", f"name={name}", f"data.inputs=[{{path: '{warcs}/*.warc.gz'}}]", "data.tokenizer={name: cl100k_base}"]
+    recipe = str(ROOT / "cluster" / "recipes" / "web.yaml")
+    cmd = [sys.executable, "-m", "cluster", "data", recipe, "--force", *[a for s in sets for a in ("--set", s)]]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_pss(proc.pid))
+        time.sleep(0.25)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory run {name} failed with exit {proc.returncode}")
+    return peak, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=40.0, help="compressed WARC MB for the throughput runs and the 1x memory run")
+    ap.add_argument("--scale", type=int, default=4)
+    ap.add_argument("--out", default=str(ROOT / "bench-out"))
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    cores, out = os.cpu_count() or 1, Path(args.out)
+    w1 = out / f"warc-{args.mb:g}mb"
+    nbytes, pages = build_warcs(w1, args.mb, cores)
+    print(f"WARC: {nbytes / 1e6:.1f} MB compressed in {cores} files, {pages:,} HTML responses (+ as many requests); {cores} cores")
+
+    import ray
+
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    run_raylm(w1, out / "runs", "web-warmup")  # worker processes, imports, page cache
+    t_raylm = run_raylm(w1, out / "runs", "web-bench")
+    ray.shutdown()
+    t_dt, dt_docs = run_datatrove(w1, out, cores, cores)
+    print(f"{'':10s} {'seconds':>8s} {'WARC MB/s':>10s} {'pages/s':>9s}")
+    for label, s in (("raylm", t_raylm), ("datatrove", t_dt)):
+        print(f"{label:10s} {s:8.2f} {nbytes / 1e6 / s:10.2f} {pages / s:9,.0f}")
+    print(f"raylm / datatrove pages/s: {t_dt / t_raylm:.2f}x  (datatrove documents out: {dt_docs:,})")
+    if not args.skip_memory:
+        wN = out / f"warc-{args.mb * args.scale:g}mb"
+        build_warcs(wN, args.mb * args.scale, cores)
+        p1, s1 = peak_memory(w1, out / "runs", "web-mem-1x")
+        pN, sN = peak_memory(wN, out / "runs", f"web-mem-{args.scale}x")
+        print(f"peak PSS of `raylm data` (whole process tree): 1x {p1 / 2**20:,.0f} MiB ({s1:.0f}s), ", end="")
+        print(f"{args.scale}x {pN / 2**20:,.0f} MiB ({sN:.0f}s): ratio {pN / p1:.2f}")
+
+
+if __name__ == "__main__":
+    main()
