@@ -4,6 +4,7 @@ data stage's peak memory at 1x and 4x the WARC input.
     pip install -e ".[bench]"     # datatrove, warcio, trafilatura
     python benchmarks/web_throughput.py [--mb 40] [--scale 4] [--out bench-out]
 
+First the readers alone, one process: raylm's framing with FastWARC's parser, FastWARC's and warcio's iterators.
 The WARC: pages of a made-up theatre site (pipelines/web_sample.py's layout: navigation, cookie banner,
 footer around scene-sized pieces of the sample, 35% of words replaced each round so no two pages are
 alike), each with its request record, one gzip member a record (Common Crawl's layout), in as many files
@@ -56,6 +57,38 @@ def build_warcs(out: Path, mb: float, files: int, seed: int = 0) -> tuple[int, i
         h.close()
     marker.write_text(f"{total} {pages}")
     return total, pages
+
+
+def readers(warcs: Path) -> dict[str, tuple[float, int]]:
+    """Seconds and HTTP 200 responses of each reader over the files, one process: raylm's framing plus FastWARC's
+    parser (what the read stage does), FastWARC's own iterator, warcio's."""
+    from fastwarc.warc import ArchiveIterator as FastIterator
+    from fastwarc.warc import WarcRecordType
+
+    from pipelines.streams import decompressed
+    from pipelines.warc import frames, parse
+
+    def raylm(path: Path) -> int:
+        with open(path, "rb") as f:
+            return sum(1 for fr in frames(decompressed(f, "gzip"), 1 << 26) if parse(fr, "warc").reason is None)
+
+    def fastwarc(path: Path) -> int:
+        with open(path, "rb") as f:
+            it = FastIterator(f, record_types=WarcRecordType.response, parse_http=True)
+            return sum(1 for r in it if r.http_headers.status_code == 200 and r.reader.read() is not None)
+
+    def warcio(path: Path) -> int:
+        from warcio.archiveiterator import ArchiveIterator
+
+        with open(path, "rb") as f:
+            return sum(1 for r in ArchiveIterator(f) if r.rec_type == "response" and r.content_stream().read() is not None)
+
+    out = {}
+    for name, fn in (("raylm framing + FastWARC", raylm), ("FastWARC ArchiveIterator", fastwarc), ("warcio ArchiveIterator", warcio)):
+        t = time.perf_counter()
+        n = sum(fn(p) for p in sorted(warcs.glob("*.warc.gz")))
+        out[name] = (time.perf_counter() - t, n)
+    return out
 
 
 def run_raylm(warcs: Path, out: Path, name: str) -> float:
@@ -133,6 +166,10 @@ def main() -> None:
     w1 = out / f"warc-{args.mb:g}mb"
     nbytes, pages = build_warcs(w1, args.mb, cores)
     print(f"WARC: {nbytes / 1e6:.1f} MB compressed in {cores} files, {pages:,} HTML responses (+ as many requests); {cores} cores")
+
+    print(f"{'reader (one process)':26s} {'seconds':>8s} {'WARC MB/s':>10s} {'pages':>8s}")
+    for name, (sec, n) in readers(w1).items():
+        print(f"{name:26s} {sec:8.2f} {nbytes / 1e6 / sec:10.2f} {n:8,}")
 
     import ray
 
