@@ -148,8 +148,13 @@ def peak_memory(corpus: Path, out: Path, name: str) -> tuple[int, float]:
         "from benchmarks.data_throughput import _cfg; from pipelines.run import run_data; from pathlib import Path;"
         f"c = _cfg(Path({str(corpus)!r}), Path({str(out)!r}), {name!r}); run_data(c.data, c.paths, force=True)"
     )
+    return run_peak([sys.executable, "-c", code], name)
+
+
+def run_peak(cmd: list[str], name: str, **popen) -> tuple[int, float]:
+    """Runs `cmd`, sampling its process tree's PSS every 0.25 s: (peak bytes, wall seconds)."""
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _tree_pss(proc.pid))

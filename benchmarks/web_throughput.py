@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.corpus import edit_words, pieces, vocabulary  # noqa: E402
-from benchmarks.data_throughput import _tree_pss  # noqa: E402
+from benchmarks.data_throughput import run_peak  # noqa: E402
 from pipelines.web_sample import SITE, html_page, page, per_record_gzip, request  # noqa: E402
 
 
@@ -139,20 +139,10 @@ def run_datatrove(warcs: Path, out: Path, files: int, workers: int) -> tuple[flo
 
 def peak_memory(warcs: Path, out: Path, name: str) -> tuple[int, float]:
     """Peak PSS of a whole `raylm data` run on web.yaml (its own Ray instance) and its wall time."""
-    import subprocess
-
     sets = [f"storage_path={out}", f"name={name}", f"data.inputs=[{{path: '{warcs}/*.warc.gz'}}]", "data.tokenizer={name: cl100k_base}"]
     recipe = str(ROOT / "cluster" / "recipes" / "web.yaml")
     cmd = [sys.executable, "-m", "cluster", "data", recipe, "--force", *[a for s in sets for a in ("--set", s)]]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _tree_pss(proc.pid))
-        time.sleep(0.25)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory run {name} failed with exit {proc.returncode}")
-    return peak, time.perf_counter() - t
+    return run_peak(cmd, name, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def main() -> None:
