@@ -10,10 +10,13 @@ through untouched.
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
 
 from pipelines.config import ExtractConfig
 from pipelines.stage import Chunk, Step
@@ -44,41 +47,84 @@ def _trafilatura(html: str, cfg: ExtractConfig) -> str:
 ENGINES: dict[str, Callable[[str, ExtractConfig], str]] = {"resiliparse": _resiliparse, "trafilatura": _trafilatura}
 
 
-class ExtractTimeout(BaseException):
-    """A BaseException, so that an extractor's own `except Exception` cannot swallow it."""
-
-
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raises ExtractTimeout in the block after `seconds` (SIGALRM: it interrupts Python code, and a C call
-    once it returns). Needs the main thread, where Ray runs the tasks of an actor with max_concurrency 1."""
-
-    def expire(signum, frame):
-        raise ExtractTimeout
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def html_text(payload: bytes, charset: str | None, cfg: ExtractConfig) -> tuple[str | None, str | None]:
-    """(text, None), or (None, why) for a page that yields none."""
-    if threading.current_thread() is not threading.main_thread():  # loudly: never a page run without its limit
-        raise RuntimeError("extraction time limits need the main thread (an actor with max_concurrency 1)")
+def extract_text(payload: bytes, charset: str | None, cfg: ExtractConfig) -> tuple[str | None, str | None]:
+    """(text, None), or (None, why) for a page that yields none; in this process, with no time limit."""
     if b"\x00" in payload[:_SNIFF]:
         return None, "reject:binary"
     try:
-        with time_limit(cfg.timeout_s):
-            text = ENGINES[cfg.engine](decode_html(payload, charset), cfg)
-    except ExtractTimeout:
-        return None, "reject:extract_timeout"
+        text = ENGINES[cfg.engine](decode_html(payload, charset), cfg)
     except Exception:  # noqa: BLE001 - a page the extractor cannot handle costs that page only
         return None, "reject:extract_failed"
     return (text, None) if text.strip() else (None, "filter:extract_empty")
+
+
+class Sandbox:
+    """extract_text in a child process (`python -m pipelines.extract`), as datatrove's ExtractorSandbox does: a
+    page that takes longer than cfg.timeout_s has its child killed (the next page starts a new one). Ray Data
+    runs a UDF off the main thread, where no signal-based limit can interrupt a C extractor."""
+
+    def __init__(self, cfg: ExtractConfig):
+        self.cfg, self.proc = cfg, None
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.extract"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        _send(self.proc.stdin, self.cfg.model_dump())
+        if _recv(self.proc.stdout) != "ready":  # imports done: they do not count against a page's time
+            raise RuntimeError("the extraction process did not start")
+
+    def __call__(self, payload: bytes, charset: str | None) -> tuple[str | None, str | None]:
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        _send(self.proc.stdin, (payload, charset))
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.cfg.timeout_s)
+        if ready:
+            return _recv(self.proc.stdout)
+        self.close()
+        return None, "reject:extract_timeout"
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def _send(f, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(struct.pack("<Q", len(data)) + data)
+    f.flush()
+
+
+def _recv(f):
+    head = f.read(8)
+    if len(head) < 8:
+        raise EOFError("the extraction process ended")
+    (n,) = struct.unpack("<Q", head)
+    return pickle.loads(f.read(n))
+
+
+def html_text(payload: bytes, charset: str | None, cfg: ExtractConfig) -> tuple[str | None, str | None]:
+    """extract_text within cfg.timeout_s, in a sandbox of its own (a one-off: the step keeps one per actor)."""
+    box = Sandbox(cfg)
+    try:
+        return box(payload, charset)
+    finally:
+        box.close()
+
+
+def _serve() -> None:
+    """The child's loop: the config, then (payload, charset) -> (text, why) until stdin closes."""
+    src, out = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever an extractor prints goes to stderr, not into the replies
+    cfg = ExtractConfig(**_recv(src))
+    ENGINES[cfg.engine]("<html></html>", cfg)  # imports the engine before the first timed page
+    _send(out, "ready")
+    while True:
+        try:
+            payload, charset = _recv(src)
+        except EOFError:
+            return
+        _send(out, extract_text(payload, charset, cfg))
 
 
 class Extract(Step):
@@ -97,6 +143,7 @@ class Extract(Step):
                 import trafilatura  # noqa: F401
             except ImportError as e:
                 raise RuntimeError('data.extract.engine: trafilatura is not installed (pip install "raylm[trafilatura]")') from e
+        self.sandbox = Sandbox(cfg.extract)
 
     def __call__(self, chunk: Chunk) -> None:
         b, verdicts = chunk.block, []
@@ -104,7 +151,11 @@ class Extract(Step):
             if b.payloads[i] is None:
                 verdicts.append(None)
                 continue
-            text, why = html_text(b.payloads[i], b.charsets[i], self.cfg.extract)
+            text, why = self.sandbox(b.payloads[i], b.charsets[i])
             chunk.texts[k] = text
             verdicts.append(why)
         chunk.drop(verdicts)
+
+
+if __name__ == "__main__":
+    _serve()

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines.config import ExtractConfig
-from pipelines.extract import html_text
+from pipelines.extract import Sandbox, extract_text, html_text
 from pipelines.streams import decompressed
 from pipelines.warc import frames, parse
 from pipelines.web_sample import page, per_record_gzip, record, request
@@ -142,11 +142,11 @@ def test_wet_conversion_records_are_the_documents():
 def test_html_text_decodes_charsets_and_counts_failures():
     cfg = ExtractConfig()
     body = "<html><body><article><p>Привет, мир. Это основной текст страницы, достаточно длинный.</p></article></body></html>"
-    assert "Привет" in html_text(body.encode("windows-1251"), None, cfg)[0]  # no charset header: detected
+    assert "Привет" in extract_text(body.encode("windows-1251"), None, cfg)[0]  # no charset header: detected
     sj = '<html><head><meta charset="shift_jis"></head><body><p>日本語のテキストです。これは本文です。</p></body></html>'
-    assert "日本語" in html_text(sj.encode("shift_jis"), None, cfg)[0]  # from <meta charset>
-    assert html_text(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "utf-8", cfg) == (None, "reject:binary")
-    assert html_text(b"<html><body><script>var x = 1;</script></body></html>", "utf-8", cfg) == (None, "filter:extract_empty")
+    assert "日本語" in extract_text(sj.encode("shift_jis"), None, cfg)[0]  # from <meta charset>
+    assert extract_text(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "utf-8", cfg) == (None, "reject:binary")
+    assert extract_text(b"<html><body><script>var x = 1;</script></body></html>", "utf-8", cfg) == (None, "filter:extract_empty")
 
 
 def test_a_run_finished_before_the_extract_section_existed_is_still_this_recipes():
@@ -190,22 +190,19 @@ def test_both_engines_keep_the_article_and_drop_the_boilerplate():
         assert len(boiler) > 15 and len(boiler & out) / len(boiler) <= 0.10, (engine, boiler & out)
 
 
-def test_a_page_past_the_time_limit_is_rejected_not_waited_for():
+def test_a_page_past_the_time_limit_is_rejected_and_the_next_page_gets_a_new_process():
     import time
 
-    from pipelines import extract
+    from pipelines.web_sample import html_page
 
-    slow = extract.ENGINES["resiliparse"]
-
-    def crawl(html, cfg):
-        time.sleep(2)
-        return slow(html, cfg)
-
-    extract.ENGINES["slow"] = crawl
+    huge = html_page("Big", "\n\n".join(f"Paragraph {i} of a very long page about the theatre." for i in range(40000))).encode()
+    box = Sandbox(ExtractConfig(engine="trafilatura", timeout_s=0.5))
     try:
-        cfg = ExtractConfig.model_construct(engine="slow", main_content=True, timeout_s=0.2)
+        box._start()  # the process and its imports: not counted against a page
         t0 = time.perf_counter()
-        assert html_text(b"<html><p>hello</p></html>", "utf-8", cfg) == (None, "reject:extract_timeout")
-        assert time.perf_counter() - t0 < 1.0
+        assert box(huge, "utf-8") == (None, "reject:extract_timeout")
+        assert time.perf_counter() - t0 < 1.5 and box.proc is None  # its process was killed, not waited for
+        text, why = box(html_page("Small", "A short page about the players and their rehearsals of the play.").encode(), "utf-8")
+        assert why is None and "rehearsals" in text
     finally:
-        del extract.ENGINES["slow"]
+        box.close()
