@@ -75,7 +75,7 @@ def readers(warcs: Path) -> dict[str, tuple[float, int]]:
 
     def raylm(path: Path) -> int:
         with open(path, "rb") as f:
-            return sum(1 for fr in frames(decompressed(f, "gzip"), 1 << 26) if parse(fr, "warc").reason is None)
+            return sum(1 for fr in frames(decompressed(f, "gzip", resync=True), 1 << 26) if parse(fr, "warc").reason is None)
 
     def fastwarc(path: Path) -> int:
         with open(path, "rb") as f:

@@ -309,35 +309,52 @@ def _read_txt(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterat
     yield from ()
 
 
-def _until_damaged(stream: Iterable[bytes], damage: list[str]) -> Iterator[bytes]:
-    """The stream's bytes up to the damage (its kind appended to `damage`), ending instead of raising."""
-    try:
-        yield from stream
-    except Damaged as e:
-        damage.append(e.kind)
+class _Segment:
+    """The stream's bytes up to its next Damaged marker (a corrupt gzip member, see streams.members) or its end;
+    `damage` is set when a marker or a raised Damaged ended it, `more` when the stream goes on after it."""
+
+    def __init__(self, it: Iterator[bytes | Damaged]):
+        self.it, self.damage, self.more, self.size = it, None, False, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for x in self.it:
+                if isinstance(x, Damaged):
+                    self.damage, self.more = x.kind, True
+                    return
+                self.size += len(x)
+                yield x
+        except Damaged as e:
+            self.damage = e.kind
 
 
-def _read_web(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterator[pa.Table]:
-    """A WARC or WET file, record by record (pipelines/warc.py); memory holds one record."""
-    damage: list[str] = []
-    last = None
-    for f in frames(_until_damaged(stream, damage), out.reject.max_bytes):
-        last = parse(f, sf.format)
-        text = None
-        if sf.format == "wet" and last.reason is None:  # a conversion record's payload is the text
-            text, bad = _decode(last.payload)
-            last.payload, last.reason = None, bad
-        out.add_web(last, text)
-        yield from out.blocks()
-    if damage and (last is None or last.reason != "warc_truncated"):  # the compressed stream broke between records
-        end = 0 if last is None else last.offset + last.size
-        out.add_web(WebRecord(end, 0, reason=damage[0]))
+def _read_web(sf: SourceFile, out: _FileRows, stream: Iterable[bytes | Damaged]) -> Iterator[pa.Table]:
+    """A WARC or WET file, record by record (pipelines/warc.py); memory holds one record. Damage in the
+    compressed stream ends a segment: the record it cut, or one row where it fell between records, is rejected
+    with its kind, and a many-member gzip goes on at the next member (offsets then count the bytes read)."""
+    it, base, more = iter(stream), 0, True
+    while more:
+        seg, cut = _Segment(it), False
+        for f in frames(seg, out.reject.max_bytes, base):
+            rec = parse(f, sf.format)
+            text = None
+            if sf.format == "wet" and rec.reason is None:  # a conversion record's payload is the text
+                text, bad = _decode(rec.payload)
+                rec.payload, rec.reason = None, bad
+            cut = rec.reason == "warc_truncated"  # by the end of the segment: the file's, or the damage's
+            if cut and seg.damage == "corrupt":
+                rec.reason = "corrupt"
+            out.add_web(rec, text)
+            yield from out.blocks()
+        if seg.damage and not cut:  # the damage fell between records
+            out.add_web(WebRecord(base + seg.size, 0, reason=seg.damage))
+        base, more = base + seg.size, seg.more
 
 
 def _read_stream(sf: SourceFile, out: _FileRows) -> Iterator[pa.Table]:
     if sf.format in WEB_FORMATS:
         with fsspec.open(sf.path, "rb") as f:
-            yield from _read_web(sf, out, decompressed(f, compression_of(sf.path)))
+            yield from _read_web(sf, out, decompressed(f, compression_of(sf.path), resync=True))
         return
     reader = _read_txt if sf.format == "txt" else _read_jsonl
     with fsspec.open(sf.path, "rb") as f:

@@ -28,6 +28,7 @@ class Damaged(Exception):
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
         self.partial = b""  # output decoded before the damage, not yet yielded
+        self.streamed = False  # resyncing gzip: some of the damaged member's output went out before the damage
 
 
 def _decompressor(compression: str) -> Callable[[], object]:
@@ -84,10 +85,17 @@ def _decompress(d, raw: bytes) -> bytes:
         raise err from None
 
 
-def decompressed(f: BinaryIO, compression: str | None) -> Iterator[bytes]:
-    """The decompressed bytes of `f`, chunk by chunk; raises Damaged after the last good byte."""
+def decompressed(f: BinaryIO, compression: str | None, resync: bool = False) -> Iterator[bytes | Damaged]:
+    """The decompressed bytes of `f`, chunk by chunk; raises Damaged after the last good byte.
+
+    resync (gzip only, `f` seekable): a corrupt member costs that member only, as a WARC needs, whose
+    writers put one record in each member: the stream yields a Damaged marker where the member's output
+    would have been, then goes on at the next gzip member header after the member's start (see members)."""
     if compression is None:
         yield from iter(lambda: f.read(CHUNK), b"")
+        return
+    if resync and compression == "gzip":
+        yield from members(f)
         return
     make = _decompressor(compression)
     d, fed = make(), False
@@ -112,3 +120,78 @@ def decompressed(f: BinaryIO, compression: str | None) -> Iterator[bytes]:
                     raw = raw.lstrip(b"\x00")  # some writers pad gzip files with zeros after the last member
     if fed and not d.eof:
         raise Damaged("truncated", "the compressed stream ends inside a member")
+
+
+_GZIP_MAGIC = b"\x1f\x8b\x08"  # a gzip member header: ID1, ID2, CM=deflate
+HOLD = 1 << 24  # a member's output is held back until its CRC checks, up to this many bytes
+
+
+def _next_member(f: BinaryIO, after: int) -> int | None:
+    """Offset of the first gzip member header in `f` after offset `after`, or None."""
+    pos, tail = after + 1, b""
+    f.seek(pos)
+    while chunk := f.read(CHUNK):
+        i = (tail + chunk).find(_GZIP_MAGIC)
+        if i >= 0:
+            return pos - len(tail) + i
+        tail, pos = chunk[-(len(_GZIP_MAGIC) - 1) :], pos + len(chunk)
+    return None
+
+
+def _member(f: BinaryIO, start: int, pending: bytes) -> Iterator[bytes]:
+    """One gzip member's output from offset `start`, held back until the member ends (its CRC checked), so a
+    corrupt member yields nothing; one larger than HOLD (a whole-file gzip) streams, as without resync, and
+    keeps the bytes before its damage. `pending`: bytes of `f` from `start` already read (the file is then at
+    start + len(pending)). Returns where the next member starts (None at the end of the file) and its bytes read;
+    raises Damaged: corrupt (`streamed` when some of its output went out), or truncated by the end of the
+    file (`partial`: the output not yet yielded)."""
+    if not pending:
+        f.seek(start)
+    d, held, pos, size = zlib.decompressobj(16 + zlib.MAX_WBITS), [], start, 0
+    while chunk := pending or f.read(SLICE):
+        pending = b""
+        try:
+            out = _decompress(d, chunk)
+        except Damaged as e:
+            e.streamed = size > HOLD
+            if e.streamed:
+                yield e.partial
+            e.partial = b""
+            raise
+        held.append(out)
+        size += len(out)
+        if size > HOLD:
+            yield from held
+            held.clear()
+        if d.eof:
+            yield from held
+            rest = d.unused_data.lstrip(b"\x00")  # zero padding after a member is no member
+            return pos + len(chunk) - len(rest), rest
+        pos += len(chunk)
+    if pos == start:
+        return None, b""
+    err = Damaged("truncated", "the compressed stream ends inside a member")
+    err.partial = b"".join(held)  # not yet yielded: members decides
+    raise err
+
+
+def members(f: BinaryIO) -> Iterator[bytes | Damaged]:
+    """A many-member gzip file's output, member by member; a corrupt member is a Damaged marker in the stream,
+    and reading goes on at the next member header after its start. A header found there by chance (inside
+    compressed data) fails before any output and is passed over silently; a truncated last member raises."""
+    start, pending, resyncing = 0, b"", False
+    while start is not None:
+        try:
+            start, pending = yield from _member(f, start, pending)
+            resyncing = False
+        except Damaged as e:
+            nxt = _next_member(f, start)
+            if e.kind == "truncated" and nxt is None:  # the file was cut inside its last member: keep what it held
+                yield e.partial
+                e.partial = b""
+                raise
+            # corrupt; or "truncated" because damage made the member's deflate data run on into the next members
+            if not resyncing or e.streamed:
+                e.kind, e.partial = "corrupt", b""
+                yield e
+            start, pending, resyncing = nxt, b"", True

@@ -40,8 +40,8 @@ class Framed:
 class _Buffer:
     """The decompressed stream with a movable start: bytes before `pos` are dropped as the reader moves on."""
 
-    def __init__(self, chunks: Iterable[bytes]):
-        self.chunks, self.buf, self.base, self.eof = iter(chunks), bytearray(), 0, False
+    def __init__(self, chunks: Iterable[bytes], base: int = 0):
+        self.chunks, self.buf, self.base, self.eof = iter(chunks), bytearray(), base, False
 
     def fill(self, n: int) -> bool:
         """At least n bytes buffered from the start (False: the stream ended first)."""
@@ -92,10 +92,13 @@ def _drop_to_header(b: _Buffer, start: int) -> tuple[int, bool]:
             return dropped, text
 
 
-def frames(chunks: Iterable[bytes], max_bytes: int) -> Iterator[Framed]:
+def frames(chunks: Iterable[bytes], max_bytes: int, base: int = 0) -> Iterator[Framed]:
     """Each record of a decompressed WARC stream, framed by its Content-Length and checked by its closing
-    CRLFs; memory holds one record (one over max_bytes is skipped through, never held)."""
-    b = _Buffer(chunks)
+    CRLFs; memory holds one record (one over max_bytes is skipped through, never held). Offsets count from
+    `base` (where the stream starts in the file's output). A length that lies and lands exactly on two CRLFs
+    inside its own block cannot be told from a record followed by junk: the record is framed short, and the
+    rest of its block is one `warc_garbage` reject."""
+    b = _Buffer(chunks, base)
     while True:
         while b.fill(1) and b.buf[:1] in (b"\r", b"\n"):  # blank lines between records
             b.drop(1)
