@@ -10,6 +10,8 @@ status, so the write stage can account for it.
 
 from __future__ import annotations
 
+import time
+
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -111,7 +113,7 @@ class DocProcessor:
         self.fs.mv(path + ".tmp", path)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        stats, n = Stats(), batch.num_rows
+        stats, n, began = Stats(), batch.num_rows, time.time()
         uids = batch["uid"]
         first, last = int(uids[0].as_py()), int(uids[-1].as_py())
         if last - first + 1 < n or first >> 32 != last >> 32:  # a block must be one contiguous run of one file
@@ -126,7 +128,9 @@ class DocProcessor:
         counts = {f"c_{k}": [v] for s in self.steps for k, v in s.counts.items()}
         for s in self.steps:
             s.counts = dict.fromkeys(s.counts, 0)
-        return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], "kept": [len(b.kept)], **seconds, **counts})
+        # wall clock (not perf_counter): the driver compares it with its own, to time the stage's fixed costs
+        span = {"began": [began], "ended": [time.time()]}
+        return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], "kept": [len(b.kept)], **span, **seconds, **counts})
 
 
 def workers(run: DataRun) -> int:
@@ -162,4 +166,6 @@ class Process(Stage):
             counts = {k[2:]: v for k, v in r.items() if k.startswith("c_")}
             stats.add({f"cpu.{k[2:]}": v for k, v in r.items() if k.startswith("s_")}, {"docs": r["rows"], "kept": r["kept"], **counts})
         stats.counts["staging_files"] = len(rows)
+        if rows:
+            run.processing = (min(r["began"] for r in rows), max(r["ended"] for r in rows))
         run.staging = [{k: r[k] for k in ("path", "first_uid", "last_uid", "rows")} for r in rows]

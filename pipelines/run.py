@@ -128,10 +128,21 @@ def _manifest(run: DataRun) -> dict:
     }
 
 
-def _write_stats(root: str, stages: dict[str, Stats], total: float, docs_in: int, bytes_in: int) -> dict:
-    """stats.json: wall seconds by stage, each stage's own counts and seconds, and the rates."""
+def _fixed_costs(run: DataRun, started: float) -> dict[str, float]:
+    """What the stage costs besides processing blocks: from its start (Ray already up) to the first block's
+    processing (Ray Data planning, the actors' start and imports), and from the last block processed to now
+    (dedup, the tokenizer stage when it trains one, writing)."""
+    if run.processing is None:
+        return {}
+    first, last = run.processing
+    return {"to_first_block": round(first - started, 3), "after_last_block": round(time.time() - last, 3)}
+
+
+def _write_stats(root: str, stages: dict[str, Stats], total: float, docs_in: int, bytes_in: int, fixed: dict[str, float]) -> dict:
+    """stats.json: wall seconds by stage, the fixed costs, each stage's own counts and seconds, and the rates."""
     stats = {
         "seconds": {**{name: round(st.seconds["total"], 3) for name, st in stages.items()}, "total": round(total, 3)},
+        "fixed_seconds": fixed,
         "stages": {name: st.as_dict() for name, st in stages.items()},
         "mb_per_s": round(bytes_in / 1e6 / max(total, 1e-9), 3),
         "docs_per_s": round(docs_in / max(total, 1e-9), 1),
@@ -148,14 +159,14 @@ def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callab
     root = paths.data
     if has_manifest(root) and not force:
         return _reuse_finished(data, root, say)
-    t_start = time.perf_counter()
+    t_start, started = time.perf_counter(), time.time()
     tok = None if data.tokenizer.train is not None else spec_from_config(data.tokenizer)  # a bad name fails before any work
     _start(root, say)
     run = DataRun(data, root, say, tokenizer=tok)
     stages = run_stages(run)
     manifest = _manifest(run)
     rm_tree(f"{root}/{WORK}")
-    stats = _write_stats(root, stages, time.perf_counter() - t_start, run.outputs["docs_in"], run.outputs["bytes_in"])
+    stats = _write_stats(root, stages, time.perf_counter() - t_start, run.outputs["docs_in"], run.outputs["bytes_in"], _fixed_costs(run, started))
     if manifest["stats"]["docs_kept"] == 0:  # no manifest: nothing to train on is a failed stage, not a finished one
         removed, docs_in = manifest["stats"]["removed"], manifest["stats"]["docs_in"]
         reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(removed.items(), key=lambda x: -x[1])) or "no input records"

@@ -39,6 +39,7 @@ class DataRun:
     files: list = field(default_factory=list)  # read: the input files (pipelines.sources.SourceFile)
     records: Any = None  # read: the input records, a lazy Ray Dataset (streamed into process, never materialized)
     staging: list[dict] = field(default_factory=list)  # process: one row per staging file (path, first_uid, last_uid, rows), in uid order
+    processing: tuple[float, float] | None = None  # process: when the first block began and the last ended (time.time())
     dups: pads.Dataset | None = None  # dedup: uid -> reason, kept_id of every duplicate
     outputs: dict = field(default_factory=dict)  # write: splits, removed counts, docs_in, bytes_in
 
