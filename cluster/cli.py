@@ -142,7 +142,7 @@ def _data_stage(cfg: RunConfig, force: bool) -> None:
     from pipelines.shards import has_manifest
 
     if force or not has_manifest(cfg.paths.data):
-        init_ray(cfg.ray)
+        init_ray(cfg.ray, dashboard=False)  # a no-op under `run` and `tune`, which connected first (with it)
     run_data(cfg.data, cfg.paths, force=force)
 
 

@@ -24,8 +24,10 @@ def ray_target(cfg: RayConfig) -> str | None:
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say) -> None:
-    """Connect this process to the recipe's Ray, once; `raylm validate`, `submit` and `jobs` never call it."""
+def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say, dashboard: bool = True) -> None:
+    """Connect this process to the recipe's Ray, once; `raylm validate`, `submit` and `jobs` never call it.
+    `dashboard`: a local instance serves the State API (Ray Train's controller queries it); a command that
+    runs no Ray Train (`raylm data`) starts without it, a few processes fewer to start on a small machine."""
     import ray  # here, not at the top: the commands that never start Ray do not pay for importing it
 
     if ray.is_initialized():
@@ -39,7 +41,7 @@ def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say) -> None:
         return
     # "local" starts a new instance even when another runs on this machine (None or "auto" would join it). The
     # dashboard (on 127.0.0.1 only) serves the State API that Ray Train's controller queries.
-    ray.init(address="local", dashboard_host="127.0.0.1", **kwargs)
+    ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
     say(
         f"ray: started a local instance for this run at {ray.get_runtime_context().gcs_address}: {_cpus()} CPUs "
         "(to join a cluster instead: ray.address in the recipe, `auto` for a local `ray start`, or RAY_ADDRESS)"
