@@ -151,11 +151,14 @@ def _member(f: BinaryIO, start: int, pending: bytes) -> Iterator[bytes]:
     while chunk := pending or f.read(SLICE):
         pending = b""
         try:
-            out = _decompress(d, chunk)
+            # only a streaming member keeps the bytes before its damage: _decompress's replay (a copy of the
+            # zlib state per call) would be wasted on a held member, whose output is dropped whole
+            out = _decompress(d, chunk) if size > HOLD else d.decompress(chunk)
+        except _CODEC_ERRORS as e:
+            raise Damaged("corrupt", str(e)) from None
         except Damaged as e:
-            e.streamed = size > HOLD
-            if e.streamed:
-                yield e.partial
+            e.streamed = True
+            yield e.partial
             e.partial = b""
             raise
         held.append(out)
