@@ -96,7 +96,9 @@ class DocProcessor:
             cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(b.sig.shape[1] * 4), n, [None, pa.py_buffer(b.sig.tobytes())])
         where = np.asarray(b.kept, dtype=np.int64)
         if self.enc is not None:
-            cols["tokens"] = binary_column(b.out, n, where, 4)
+            ntokens = np.zeros(n, dtype=np.int32)
+            ntokens[where] = [len(t) for t in b.out]
+            cols["ntokens"], cols["tokens"] = pa.array(ntokens), binary_column(b.out, n, where, 4)
             if self.cfg.has_tasks:
                 cols["mask"] = binary_column(b.masks, n, where, 1)
         else:

@@ -67,6 +67,26 @@ class _HashingWriter:
 _COPY_CHUNK = 16 << 20
 
 
+def npy_from_raw(fs, path: str, dtype: np.dtype, n: int, sources: list[str]) -> str:
+    """An .npy of `n` values of `dtype`: the header, then the raw bytes of `sources` in order, copied
+    in chunks (memory stays at one chunk, whatever the shard's size); returns its sha256."""
+    tmp = path + ".tmp"
+    with fs.open(tmp, "wb") as f:
+        out = _HashingWriter(f)
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)})
+        for raw in sources:
+            with fs.open(raw, "rb") as src:
+                for chunk in iter(lambda: src.read(_COPY_CHUNK), b""):
+                    out.write(chunk)
+    fs.mv(tmp, path)
+    return out.sha.hexdigest()
+
+
+def save_index(fs, path: str, lengths: np.ndarray) -> str:
+    """A shard's document index (`.idx.npy`): each document's first token, from the documents' lengths."""
+    return _save_npy(fs, path, np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64))
+
+
 class ShardWriter:
     """Appends documents (token arrays starting with EOT) to `{root}/{split}/shard-NNNNNN.npy`.
 
@@ -143,30 +163,20 @@ class ShardWriter:
         raw_path = f"{self.root}/{name}.raw.tmp"
         self.raw.close()
         self.raw = None
-        sha = self._raw_to_npy(raw_path, f"{self.root}/{name}.npy", self.dtype)
+        sha = npy_from_raw(self.fs, f"{self.root}/{name}.npy", self.dtype, self.n, [raw_path])
+        self.fs.rm(raw_path)
         entry = {"path": f"{name}.npy", "tokens": self.n, "docs": len(self.lengths), "sha256": sha}
         if self.masks:
             self.raw_mask.close()
             self.raw_mask = None
-            entry["mask_sha256"] = self._raw_to_npy(f"{self.root}/{name}.mask.raw.tmp", f"{self.root}/{name}.mask.npy", np.dtype(np.uint8))
-        offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.uint64)
-        _save_npy(self.fs, f"{self.root}/{name}.idx.npy", offsets)
+            raw_mask = f"{self.root}/{name}.mask.raw.tmp"
+            entry["mask_sha256"] = npy_from_raw(self.fs, f"{self.root}/{name}.mask.npy", np.dtype(np.uint8), self.n, [raw_mask])
+            self.fs.rm(raw_mask)
+        save_index(self.fs, f"{self.root}/{name}.idx.npy", np.asarray(self.lengths))
         self.shards.append(entry)
         self.tokens += self.n
         self.docs += len(self.lengths)
         self.lengths, self.n = [], 0
-
-    def _raw_to_npy(self, raw_path: str, path: str, dtype: np.dtype) -> str:
-        """The .npy header, then the raw values copied behind it (hashing as it goes); returns the sha256."""
-        tmp = path + ".tmp"
-        with self.fs.open(tmp, "wb") as f, self.fs.open(raw_path, "rb") as src:
-            out = _HashingWriter(f)
-            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (self.n,)})
-            for chunk in iter(lambda: src.read(_COPY_CHUNK), b""):
-                out.write(chunk)
-        self.fs.mv(tmp, path)
-        self.fs.rm(raw_path)
-        return out.sha.hexdigest()
 
     def close(self) -> dict:
         self.flush()

@@ -34,7 +34,10 @@ def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
     ]
     if cfg.dedup.minhash.enabled:
         fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))
-    fields.append(("tokens", pa.large_binary()) if tokenized else ("text", pa.large_string()))
+    if tokenized:  # the token count apart: the write stage lays shards out from counts without reading the tokens
+        fields += [("ntokens", pa.int32()), ("tokens", pa.large_binary())]
+    else:
+        fields.append(("text", pa.large_string()))
     if tokenized and cfg.has_tasks:
         fields.append(("mask", pa.large_binary()))  # uint8 loss mask per token (see encode_with_masks)
     return pa.schema(fields)

@@ -48,7 +48,8 @@ class TokenizeFile:
             texts = final_texts(path, int(first), int(last), self.dups)
             parts = encode_documents(self.enc, texts)
             col = binary_column(parts, len(parts), np.arange(len(parts)), 4)
-            pq.write_table(pa.table({"tokens": col}), path + ".tokens.tmp", compression="none")
+            ntokens = pa.array([len(p) for p in parts], pa.int32())
+            pq.write_table(pa.table({"ntokens": ntokens, "tokens": col}), path + ".tokens.tmp", compression="none")
             fs, _ = fsspec.core.url_to_fs(path)
             fs.mv(path + ".tokens.tmp", path + ".tokens")
         return {"path": batch["path"]}

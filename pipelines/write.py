@@ -1,6 +1,19 @@
 """The write stage: the staging files in uid order, duplicates dropped, cut into .npy shards (train and val),
-and every removed document listed in removed.parquet with its reason, the document it duplicates and its
-source. Sequential, streaming one staging file at a time; the manifest comes after it (pipelines/run.py)."""
+every removed document listed in removed.parquet/ with its reason, the document it duplicates and its
+source, and every kept one in docs.parquet/ with where it went. Ray tasks over groups of consecutive staging
+files, in four steps, so that nothing scales with the corpus in one process:
+
+  count     per group: kept documents and tokens per split, removed rows, the stage's counts
+  windows   per group: the shard windows its documents start in (pipelines/layout.py)
+  pieces    per group: its documents' tokens cut at shard boundaries, its table rows cut at part boundaries
+            (_work/pieces/)
+  assemble  per shard: its pieces in group order -> .npy, .idx.npy (+ .mask.npy) and sha256; per table part:
+            its pieces -> one parquet file
+
+Where each document goes is decided from counts alone (pipelines/layout.py), so the bytes do not depend on
+the grouping, the number of nodes or CPUs, or the order tasks finish in. The driver holds counts per group
+and one entry per shard, never anything per document. Every task writes to temporary names and renames, so
+a task redone after a lost node leaves the same files, once. The manifest comes after (pipelines/run.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +23,18 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import ray
 from tqdm import tqdm
 
-from pipelines.paths import DOCS, REMOVED, TOKENIZER
-from pipelines.shards import ShardWriter, token_arrays, token_dtype
+from pipelines import layout
+from pipelines.layout import SPLITS, Counts, ShardMap, Start
+from pipelines.paths import DOCS, REMOVED, TOKENIZER, WORK
+from pipelines.process import workers
+from pipelines.shards import npy_from_raw, save_index, token_arrays, token_dtype
 from pipelines.stage import DataRun, Stage
-from pipelines.staging import SKIP, SPLIT_TRAIN, SPLIT_VAL, dups_in, final_mask
+from pipelines.staging import SKIP, SPLIT_TRAIN, SPLIT_VAL, final_mask
 from pipelines.stats import Stats
 from pipelines.tokenize import copy_tokenizer, load_encoding
 
@@ -34,6 +52,10 @@ DOCS_SCHEMA = pa.schema(
         ("language_score", pa.float32()),
     ]
 )
+TABLES = {REMOVED: REMOVED_SCHEMA, DOCS: DOCS_SCHEMA}
+SPLIT_NAMES = {SPLIT_TRAIN: "train", SPLIT_VAL: "val"}
+ROWS_PER_PART = 1 << 20  # rows of each removed.parquet/ and docs.parquet/ part file (16 row groups)
+PIECES = f"{WORK}/pieces"
 
 
 class FixedRowGroups:
@@ -62,11 +84,12 @@ class FixedRowGroups:
             self._emit(self.rows)
 
 
-def removed_rows(t: pa.Table, mask: np.ndarray, dups: dict, counts: Counter, skipped: Counter) -> pa.Table | None:
-    """The removed rows of one staging table: filters and rejects from processing, duplicates from dedup.
-    Skipped records (no documents: skip:...) are counted in `skipped` only."""
+def removed_rows(t: pa.Table, mask: np.ndarray, dups: dict) -> tuple[pa.Table, Counter, Counter]:
+    """The removed rows of one staging table (filters and rejects from processing, duplicates from dedup),
+    and their counts by reason. Skipped records (no documents: skip:...) are counted apart, never listed."""
     status, ids, srcs, uids = t["status"].to_pylist(), t["id"].to_pylist(), t["src"].to_pylist(), t["uid"].to_pylist()
     rows: dict[str, list] = {"id": [], "reason": [], "kept_id": [], "src": []}
+    counts, skipped = Counter(), Counter()
     for i in np.flatnonzero(~mask):
         if status[i].startswith(SKIP):
             skipped[status[i]] += 1
@@ -77,68 +100,291 @@ def removed_rows(t: pa.Table, mask: np.ndarray, dups: dict, counts: Counter, ski
         rows["kept_id"].append(kept_id)
         rows["src"].append(srcs[i])
         counts[reason] += 1
-    return pa.table(rows, schema=REMOVED_SCHEMA) if rows["id"] else None
+    return pa.table(rows, schema=REMOVED_SCHEMA), counts, skipped
 
 
-def add_kept(writers: dict[int, ShardWriter], t: pa.Table, mask: np.ndarray, tokens: pa.Array, masks: bool) -> pa.Table:
-    """The kept documents of one staging table, in order, to their split's shard writer; returns their
-    docs.parquet rows (where each one went, where it came from)."""
-    flat, lengths = token_arrays(tokens)
-    flat_mask = token_arrays(t["mask"].filter(pa.array(mask)), np.uint8)[0] if masks else None
-    split = t["split"].to_numpy()[mask]
-    shard_of, index = np.empty(len(split), dtype=object), np.zeros(len(split), dtype=np.int64)
-    for sp, w in writers.items():
-        docs = split == sp
-        sel = slice(None) if docs.all() else np.repeat(docs, lengths)
-        n, index[docs] = w.add(flat[sel], lengths[docs], None if flat_mask is None else flat_mask[sel])
-        shard_of[docs] = [w.shard_path(int(k)) for k in n]
+class _Dups:
+    """The duplicates among one group's uids, read once per task (a scan of the dedup output), looked up per file."""
+
+    def __init__(self, dups_dir: str | None, group: list[dict]):
+        self.uid, self.reason, self.kept_id = np.zeros(0, np.int64), [], []
+        if dups_dir is not None:
+            f = (pads.field("uid") >= group[0]["first_uid"]) & (pads.field("uid") <= group[-1]["last_uid"])
+            t = pads.dataset(dups_dir, format="parquet").to_table(filter=f, columns=["uid", "reason", "kept_id"]).sort_by("uid")
+            self.uid, self.reason, self.kept_id = t["uid"].to_numpy(), t["reason"].to_pylist(), t["kept_id"].to_pylist()
+
+    def of(self, s: dict) -> dict[int, tuple[str, str]]:
+        """uid -> (reason, kept_id) of the duplicates in one staging file."""
+        lo, hi = np.searchsorted(self.uid, [s["first_uid"], s["last_uid"] + 1])
+        return {int(u): (self.reason[i], self.kept_id[i]) for i, u in zip(range(lo, hi), self.uid[lo:hi])}
+
+
+def _view(s: dict, dups: dict, trained: bool, cols: tuple[str, ...] = ()) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+    """A staging file's columns, which rows are kept, and the kept documents' splits and token counts."""
+    names = list(dict.fromkeys(("uid", "status", "split", *cols, *(() if trained else ("ntokens",)))))
+    t = pq.read_table(s["path"], columns=names)
+    mask = final_mask(t, dups)
+    lengths = pq.read_table(s["path"] + ".tokens", columns=["ntokens"])["ntokens"] if trained else t["ntokens"].filter(pa.array(mask))
+    return t, mask, t["split"].to_numpy()[mask], lengths.to_numpy().astype(np.int64)
+
+
+@ray.remote
+def _count(group: list[dict], dups_dir: str | None, trained: bool) -> tuple[Counts, dict]:
+    dups, docs, tokens, removed, skipped, records, nbytes = _Dups(dups_dir, group), [0, 0], [0, 0], Counter(), Counter(), 0, 0
+    for s in group:
+        d = dups.of(s)
+        t, mask, split, lengths = _view(s, d, trained, ("id", "src", "nbytes"))
+        _, r, k = removed_rows(t, mask, d)
+        removed.update(r)
+        skipped.update(k)
+        for sp in SPLITS:
+            docs[sp] += int((split == sp).sum())
+            tokens[sp] += int(lengths[split == sp].sum())
+        records, nbytes = records + t.num_rows, nbytes + int(pc.sum(t["nbytes"]).as_py() or 0)
+    counts = Counts(tuple(docs), tuple(tokens), sum(removed.values()))
+    return counts, {"records_in": records, "bytes_in": nbytes, "removed": removed, "skipped": skipped}
+
+
+@ray.remote
+def _windows(group: list[dict], dups_dir: str | None, trained: bool, start: Start, shard_tokens: int) -> dict:
+    """For each split: the windows the group's documents start in, and the ordinal of the first one in each."""
+    dups, token, ordinal = _Dups(dups_dir, group), list(start.token), list(start.ordinal)
+    found: dict[int, list] = {sp: [] for sp in SPLITS}
+    for s in group:
+        _, _, split, lengths = _view(s, dups.of(s), trained)
+        for sp in SPLITS:
+            n = lengths[split == sp]
+            found[sp].append(layout.firsts(layout.windows(n, token[sp], shard_tokens), ordinal[sp]))
+            token[sp], ordinal[sp] = token[sp] + int(n.sum()), ordinal[sp] + len(n)
+    return {sp: (np.concatenate([w for w, _ in f]), np.concatenate([o for _, o in f])) for sp, f in found.items()}
+
+
+class _ShardPieces:
+    """One group's share of each shard it touches (_work/pieces/<split>/<shard>/<group>): raw tokens
+    (and loss mask) appended as they come, and the documents' lengths. A group meets a split's shards
+    in increasing order, so one piece per split is open at a time."""
+
+    def __init__(self, root: str, g: int, masks: bool, shard_tokens: int, dtype: np.dtype):
+        self.fs, _ = fsspec.core.url_to_fs(root)
+        self.root, self.g, self.masks, self.shard_tokens, self.dtype = root, g, masks, shard_tokens, dtype
+        self.open: dict[int, tuple] = {}  # split -> (shard, token file, mask file, lengths)
+        self.made: dict[tuple[int, int], str] = {}  # (split, shard) -> piece path (without suffix)
+
+    def add(self, sp: int, shard: int, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None) -> None:
+        if sp in self.open and self.open[sp][0] != shard:
+            self._close(sp)
+        if sp not in self.open:
+            base = f"{self.root}/{PIECES}/{SPLIT_NAMES[sp]}/{shard:06d}/{self.g:06d}"
+            self.fs.makedirs(base.rsplit("/", 1)[0], exist_ok=True)
+            self.made[(sp, shard)] = base
+            self.open[sp] = (shard, self.fs.open(base + ".tok", "wb"), self.fs.open(base + ".mask", "wb") if self.masks else None, [])
+        _, tok, msk, lens = self.open[sp]
+        tok.write(tokens.astype(self.dtype).tobytes())
+        if msk is not None:
+            msk.write(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+        lens.append(lengths)
+
+    def _close(self, sp: int) -> None:
+        shard, tok, msk, lens = self.open.pop(sp)
+        tok.close()
+        if msk is not None:
+            msk.close()
+        with self.fs.open(self.made[(sp, shard)] + ".len.npy", "wb") as f:
+            np.save(f, np.concatenate(lens).astype(np.int64), allow_pickle=False)
+
+    def close(self) -> dict[tuple[int, int], str]:
+        for sp in list(self.open):
+            self._close(sp)
+        return self.made
+
+
+class _TablePieces:
+    """One group's rows of a table (removed.parquet or docs.parquet), cut at part boundaries: one piece
+    (_work/pieces/<table>/<part>/<group>.parquet) per part it touches."""
+
+    def __init__(self, root: str, table: str, g: int, row_start: int, rows_per_part: int):
+        self.fs, _ = fsspec.core.url_to_fs(root)
+        self.root, self.table, self.g, self.row, self.per = root, table, g, row_start, rows_per_part
+        self.part, self.writer, self.made = None, None, []
+
+    def write(self, t: pa.Table) -> None:
+        for j, sl in layout.parts(self.row, t.num_rows, self.per):
+            if j != self.part:
+                self._close()
+                path = f"{self.root}/{PIECES}/{self.table}/{j:06d}/{self.g:06d}.parquet"
+                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                self.part, self.fh = j, self.fs.open(path, "wb")
+                self.writer = pq.ParquetWriter(self.fh, TABLES[self.table])
+                self.made.append(j)
+            self.writer.write_table(t.slice(sl.start, sl.stop - sl.start))
+        self.row += t.num_rows
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.fh.close()
+            self.writer = None
+
+    def close(self) -> list[int]:
+        self._close()
+        return self.made
+
+
+def _docs_rows(t: pa.Table, mask: np.ndarray, shard: np.ndarray, index: np.ndarray) -> pa.Table:
+    """docs.parquet rows of one staging file's kept documents: where each went, where it came from."""
     kept = t.filter(pa.array(mask))
-    cols = {"id": kept["id"], "shard": pa.array(shard_of.tolist(), pa.string()), "index": pa.array(index)}
-    where = {k: kept[k] for k in ("src", "url", "date", "language", "language_score")}
-    return pa.table({**cols, **where}, schema=DOCS_SCHEMA)
+    cols = {"id": kept["id"], "shard": pa.array(shard.tolist(), pa.string()), "index": pa.array(index)}
+    return pa.table({**cols, **{k: kept[k] for k in ("src", "url", "date", "language", "language_score")}}, schema=DOCS_SCHEMA)
+
+
+def _place(pieces: _ShardPieces, maps: dict[int, ShardMap], split: np.ndarray, tokens: pa.Array, flat_mask: np.ndarray | None, at: dict) -> tuple:
+    """Cuts one staging file's kept documents at shard boundaries into the group's pieces; returns each
+    document's shard path and index there. `at` holds each split's next global token and ordinal."""
+    flat, lengths = token_arrays(tokens)
+    shard_of, index = np.empty(len(split), dtype=object), np.zeros(len(split), dtype=np.int64)
+    for sp, m in maps.items():
+        docs = np.flatnonzero(split == sp)
+        n, index[docs] = m.place(layout.windows(lengths[docs], at[sp][0], pieces.shard_tokens), at[sp][1] + np.arange(len(docs)))
+        shard_of[docs] = [f"{SPLIT_NAMES[sp]}/shard-{k:06d}.npy" for k in n]
+        for k in np.unique(n):  # each shard's documents of this split, in order
+            sel = np.zeros(len(split), bool)
+            sel[docs[n == k]] = True
+            spans = np.repeat(sel, lengths)
+            pieces.add(sp, int(k), flat[spans], lengths[sel], None if flat_mask is None else flat_mask[spans])
+        at[sp] = (at[sp][0] + int(lengths[docs].sum()), at[sp][1] + len(docs))
+    return shard_of, index
+
+
+@ray.remote
+def _pieces(g: int, group: list[dict], job: dict, start: Start, maps: dict) -> dict:
+    """One group's share of every output: shard pieces and table pieces (see the module's docstring)."""
+    root, trained, masks = job["root"], job["trained"], job["masks"]
+    dups, at = _Dups(job["dups_dir"], group), {sp: (start.token[sp], start.ordinal[sp]) for sp in SPLITS}
+    shards = _ShardPieces(root, g, masks, job["shard_tokens"], job["dtype"])
+    removed = _TablePieces(root, REMOVED, g, start.removed, job["rows_per_part"])
+    docs = _TablePieces(root, DOCS, g, start.kept, job["rows_per_part"])
+    cols = ("id", "src", "url", "date", "language", "language_score") + (() if trained else ("tokens",)) + (("mask",) if masks else ())
+    for s in group:
+        d = dups.of(s)
+        t, mask, split, _ = _view(s, d, trained, cols)
+        removed.write(removed_rows(t, mask, d)[0])
+        tokens = pq.read_table(s["path"] + ".tokens")["tokens"] if trained else t["tokens"].filter(pa.array(mask))
+        flat_mask = token_arrays(t["mask"].filter(pa.array(mask)), np.uint8)[0] if masks else None
+        shard_of, index = _place(shards, maps, split, tokens, flat_mask, at)
+        docs.write(_docs_rows(t, mask, shard_of, index))
+    return {"shards": shards.close(), REMOVED: removed.close(), DOCS: docs.close()}
+
+
+@ray.remote
+def _assemble_shard(root: str, path: str, bases: list[str], dtype: np.dtype, masks: bool) -> dict:
+    """One shard from its pieces, in group order: the .npy (its sha256 for the manifest), .idx.npy, .mask.npy."""
+    fs, _ = fsspec.core.url_to_fs(root)
+    lengths = []
+    for b in bases:
+        with fs.open(b + ".len.npy", "rb") as f:
+            lengths.append(np.load(f))
+    lengths = np.concatenate(lengths)
+    n, name = int(lengths.sum()), path[: -len(".npy")]
+    entry = {"path": path, "tokens": n, "docs": len(lengths), "sha256": npy_from_raw(fs, f"{root}/{path}", dtype, n, [b + ".tok" for b in bases])}
+    if masks:
+        entry["mask_sha256"] = npy_from_raw(fs, f"{root}/{name}.mask.npy", np.dtype(np.uint8), n, [b + ".mask" for b in bases])
+    save_index(fs, f"{root}/{name}.idx.npy", lengths)
+    return entry
+
+
+@ray.remote
+def _assemble_part(dest: str, sources: list[str], schema: pa.Schema) -> int:
+    """One part of removed.parquet/ or docs.parquet/ from its pieces, in group order, in fixed row groups."""
+    fs, _ = fsspec.core.url_to_fs(dest)
+    rows = 0
+    with fs.open(dest + ".tmp", "wb") as fh, pq.ParquetWriter(fh, schema) as w:
+        fixed = FixedRowGroups(w)
+        for src in sources:
+            with fs.open(src, "rb") as f:
+                t = pq.read_table(f)
+            fixed.write(t)
+            rows += t.num_rows
+        fixed.close()
+    fs.mv(dest + ".tmp", dest)
+    return rows
+
+
+def _gather(refs: list, desc: str) -> list:
+    """The tasks' results, in order, with a progress bar (on a terminal) as they finish."""
+    with tqdm(total=len(refs), desc=desc, unit="task", disable=None, leave=False) as bar:
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+    return ray.get(refs)
+
+
+def groups_of(staging: list[dict], n: int) -> list[list[dict]]:
+    """The staging files (in uid order) cut into at most n runs of consecutive files, as even as can be."""
+    n = max(1, min(n, len(staging)))
+    bounds = np.linspace(0, len(staging), n + 1).round().astype(int)
+    return [staging[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 class Write(Stage):
     name = "write"
     reads = ("_work/docs/*.parquet", "_work/docs/*.parquet.tokens", "_work/dups/part-*.parquet")
-    writes = ("train/shard-*.npy", "val/shard-*.npy", REMOVED, DOCS)
+    writes = ("train/shard-*.npy", "val/shard-*.npy", f"{REMOVED}/part-*.parquet", f"{DOCS}/part-*.parquet")
 
     def run(self, run: DataRun, stats: Stats) -> None:
-        data, root = run.data, run.root
-        tok = run.tokenizer
+        data, root, tok = run.data, run.root, run.tokenizer
         if tok.path is not None and not run.trains_tokenizer:  # the run stays self-contained: the tokenizer travels with the shards
             copy_tokenizer(tok.path, f"{root}/{TOKENIZER}")
         enc = load_encoding(tok)
-        dtype, masks, trained = token_dtype(enc.n_vocab), data.has_tasks, run.trains_tokenizer
-        names = {SPLIT_TRAIN: "train", SPLIT_VAL: "val"}
-        writers = {sp: ShardWriter(root, name, dtype, data.output.shard_tokens, masks=masks) for sp, name in names.items()}
-        removed: Counter = Counter()
-        skipped: Counter = Counter()
-        fs, _ = fsspec.core.url_to_fs(root)
-        with (
-            fs.open(f"{root}/{REMOVED}.tmp", "wb") as fh,
-            pq.ParquetWriter(fh, REMOVED_SCHEMA) as rw,
-            fs.open(f"{root}/{DOCS}.tmp", "wb") as fd,
-            pq.ParquetWriter(fd, DOCS_SCHEMA) as dw,
-        ):
-            removed_w, docs_w = FixedRowGroups(rw), FixedRowGroups(dw)
-            for s in tqdm(run.staging, desc="shards", unit="file", disable=None):
-                cols = ["uid", "id", "src", "status", "nbytes", "split", "url", "date", "language", "language_score"]
-                cols += ([] if trained else ["tokens"]) + (["mask"] if masks else [])
-                t = pq.read_table(s["path"], columns=cols)
-                stats.counts["records_in"] += t.num_rows
-                stats.counts["bytes_in"] += int(pc.sum(t["nbytes"]).as_py() or 0)
-                d = dups_in(run.dups, s["first_uid"], s["last_uid"])
-                mask = final_mask(t, d)
-                removed_w.write(removed_rows(t, mask, d, removed, skipped))
-                tokens = pq.read_table(s["path"] + ".tokens")["tokens"] if trained else t["tokens"].filter(pa.array(mask))
-                docs_w.write(add_kept(writers, t, mask, tokens, masks))
-            removed_w.close()
-            docs_w.close()
-        fs.mv(f"{root}/{REMOVED}.tmp", f"{root}/{REMOVED}")
-        fs.mv(f"{root}/{DOCS}.tmp", f"{root}/{DOCS}")
-        splits = {"train": writers[SPLIT_TRAIN].close(), "val": writers[SPLIT_VAL].close()}
+        dtype, groups = token_dtype(enc.n_vocab), groups_of(run.staging, 4 * workers(run))
+        job = dict(root=root, trained=run.trains_tokenizer, masks=data.has_tasks, dtype=dtype, rows_per_part=ROWS_PER_PART)
+        job.update(dups_dir=run.dups_dir if run.dups is not None else None, shard_tokens=data.output.shard_tokens)
+        with stats.timer("count"):
+            counted = _gather([_count.remote(g, job["dups_dir"], job["trained"]) for g in groups], "count")
+        begins = layout.starts([c for c, _ in counted])
+        with stats.timer("windows"):
+            found = _gather([_windows.remote(g, job["dups_dir"], job["trained"], b, job["shard_tokens"]) for g, b in zip(groups, begins)], "windows")
+        maps = ray.put({sp: ShardMap.merge([f[sp] for f in found]) for sp in SPLITS})
+        with stats.timer("pieces"):
+            made = _gather([_pieces.remote(i, g, job, b, maps) for i, (g, b) in enumerate(zip(groups, begins))], "pieces")
+        with stats.timer("assemble"):
+            splits = self._assemble(root, made, job)
+        removed, skipped = Counter(), Counter()
+        for _, c in counted:
+            removed.update(c["removed"])
+            skipped.update(c["skipped"])
+            stats.counts.update(records_in=c["records_in"], bytes_in=c["bytes_in"])
         docs_in = stats.counts["records_in"] - sum(skipped.values())
         kept, shards = sum(sp["docs"] for sp in splits.values()), sum(len(sp["shards"]) for sp in splits.values())
-        stats.counts.update(docs_in=docs_in, docs_kept=kept, shards=shards)
+        stats.counts.update(docs_in=docs_in, docs_kept=kept, shards=shards, groups=len(groups))
         run.outputs = dict(splits=splits, removed=removed, skipped=skipped, docs_in=docs_in, bytes_in=stats.counts["bytes_in"], enc=enc, dtype=dtype)
+
+    @staticmethod
+    def _assemble(root: str, made: list[dict], job: dict) -> dict:
+        """Every shard and table part from the groups' pieces; the splits' manifest entries."""
+        by_shard: dict[tuple[int, int], list[str]] = {}
+        by_part: dict[tuple[str, int], list[str]] = {}
+        for g, m in enumerate(made):  # groups in order: a shard's pieces concatenate in input order
+            for key, base in sorted(m["shards"].items()):
+                by_shard.setdefault(key, []).append(base)
+            for table in TABLES:
+                for j in m[table]:
+                    by_part.setdefault((table, j), []).append(f"{root}/{PIECES}/{table}/{j:06d}/{g:06d}.parquet")
+        fs, _ = fsspec.core.url_to_fs(root)
+        for name in SPLIT_NAMES.values():
+            fs.makedirs(f"{root}/{name}", exist_ok=True)
+        shard_refs = {}
+        for (sp, n), bases in sorted(by_shard.items()):
+            shard_refs[(sp, n)] = _assemble_shard.remote(root, f"{SPLIT_NAMES[sp]}/shard-{n:06d}.npy", bases, job["dtype"], job["masks"])
+        part_refs = []
+        for table, schema in TABLES.items():
+            fs.makedirs(f"{root}/{table}", exist_ok=True)
+            for j in range(max([k for t, k in by_part if t == table], default=0) + 1):  # an empty table is one empty part
+                part_refs.append(_assemble_part.remote(f"{root}/{table}/part-{j:06d}.parquet", by_part.get((table, j), []), schema))
+        done = _gather(list(shard_refs.values()) + part_refs, "assemble")
+        entries = dict(zip(shard_refs, done[: len(shard_refs)]))
+        splits = {}
+        for sp, name in SPLIT_NAMES.items():
+            shards = [entries[key] for key in sorted(entries) if key[0] == sp]
+            splits[name] = {"tokens": sum(s["tokens"] for s in shards), "docs": sum(s["docs"] for s in shards), "shards": shards}
+        return splits

@@ -1,0 +1,76 @@
+"""The write stage's layout (pipelines/layout.py): where each document and table row goes, computed group by
+group from counts, equals the plain sequential definition whatever the grouping. Pure: no Ray."""
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipelines import layout
+from pipelines.layout import SPLITS, Counts, ShardMap
+
+
+def _sequential(lengths: list[int], splits: list[int], shard_tokens: int) -> list[tuple[int, int]]:
+    """The definition, one document at a time: (shard, index in shard) of each document."""
+    out, start, shard, index, window = [], [0, 0], [-1, -1], [0, 0], [None, None]
+    for n, sp in zip(lengths, splits):
+        w = start[sp] // shard_tokens
+        if w != window[sp]:  # the first document starting in a new window opens the next shard
+            shard[sp], index[sp], window[sp] = shard[sp] + 1, 0, w
+        else:
+            index[sp] += 1
+        out.append((shard[sp], index[sp]))
+        start[sp] += n
+    return out
+
+
+def _grouped(lengths: list[int], splits: list[int], cuts: list[int], shard_tokens: int) -> list[tuple[int, int]]:
+    """The same through the write stage's steps: counts per group, starts, windows per group, merged maps, placing."""
+    lengths_a, splits_a = np.array(lengths, np.int64), np.array(splits)
+    bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(lengths))), len(lengths)]
+    groups = [(lengths_a[a:b], splits_a[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    counts = [Counts(tuple(int((s == sp).sum()) for sp in SPLITS), tuple(int(n[s == sp].sum()) for sp in SPLITS), 0) for n, s in groups]
+    begins = layout.starts(counts)
+    found = {sp: [] for sp in SPLITS}
+    for (n, s), b in zip(groups, begins):
+        for sp in SPLITS:
+            found[sp].append(layout.firsts(layout.windows(n[s == sp], b.token[sp], shard_tokens), b.ordinal[sp]))
+    maps = {sp: ShardMap.merge(found[sp]) for sp in SPLITS}
+    out = []
+    for (n, s), b in zip(groups, begins):
+        placed = np.zeros((len(n), 2), np.int64)
+        for sp in SPLITS:
+            docs = np.flatnonzero(s == sp)
+            win = layout.windows(n[docs], b.token[sp], shard_tokens)
+            shard, index = maps[sp].place(win, b.ordinal[sp] + np.arange(len(docs)))
+            placed[docs, 0], placed[docs, 1] = shard, index
+        out += [tuple(map(int, p)) for p in placed]
+    return out
+
+
+@given(
+    docs=st.lists(st.tuples(st.integers(1, 40), st.integers(0, 1)), max_size=60),
+    cuts=st.lists(st.integers(0, 60), max_size=8),
+    shard_tokens=st.integers(1, 100),
+)
+def test_grouped_layout_is_the_sequential_one_for_any_grouping(docs, cuts, shard_tokens):
+    lengths, splits = [n for n, _ in docs], [s for _, s in docs]
+    assert _grouped(lengths, splits, cuts, shard_tokens) == _sequential(lengths, splits, shard_tokens)
+
+
+def test_a_shard_holds_the_documents_starting_in_its_window():
+    # windows of 10 tokens: 3+4 start in window 0, 5 starts at 7 (window 0), 12 at 12 (window 1), 2 at 24 (window 2)
+    n = np.array([3, 4, 5, 12, 2])
+    win = layout.windows(n, 0, 10)
+    assert list(win) == [0, 0, 0, 1, 2]
+    # a document longer than two windows skips a window: shards stay numbered without gaps
+    win = layout.windows(np.array([35, 1]), 0, 10)
+    m = ShardMap.merge([layout.firsts(win, 0)])
+    assert list(m.place(win, np.arange(2))[0]) == [0, 1]
+
+
+@given(start=st.integers(0, 50), n=st.integers(0, 50), per=st.integers(1, 12))
+def test_table_parts_cover_the_rows_once(start, n, per):
+    got = layout.parts(start, n, per)
+    rows = [i for _, sl in got for i in range(sl.start, sl.stop)]
+    assert rows == list(range(n))
+    assert all((start + i) // per == j for j, sl in got for i in range(sl.start, sl.stop))
