@@ -9,6 +9,7 @@ order of everything downstream.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -53,6 +54,11 @@ class SourceFile:
     path: str  # as fsspec names it, protocol included for remote files
     format: str
     spec: InputSpec
+    name: str = ""  # as rows name it (src, default ids): relative to the working directory when the recipe's path is
+
+    @property
+    def shown(self) -> str:
+        return self.name or self.path
 
 
 def _is_glob(path: str) -> bool:
@@ -85,9 +91,13 @@ def list_files(inputs: list[InputSpec]) -> list[SourceFile]:
             what = "no files match" if _is_glob(spec.path) else "no such file or directory (or one with no files)"
             raise FileNotFoundError(f"data.inputs: {what}: {spec.path!r}")
         proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        local = proto in ("file", "local")
         for m in matches:
-            url = m if proto in ("file", "local") else f"{proto}://{m}"
-            files.append(SourceFile(len(files), url, _format_of(m, spec.format), spec))
+            url = m if local else f"{proto}://{m}"
+            # a relative path in the recipe stays relative in src and ids: the same rows wherever the job runs
+            # (a submitted job works in a directory of its own)
+            name = os.path.relpath(m) if local and not os.path.isabs(spec.path) else url
+            files.append(SourceFile(len(files), url, _format_of(m, spec.format), spec, name))
     return files
 
 
@@ -220,7 +230,7 @@ class _FileRows:
 
     def __init__(self, sf: SourceFile, execution: ExecutionConfig, reject: RejectConfig):
         self.rows, self.reject, self.base = _Rows(execution), reject, sf.index << 32
-        self.path = _printable(sf.path)
+        self.path = _printable(sf.shown)
         self.record = 0  # 0-based number of the next record: line of a jsonl file, row of a parquet file
 
     def add(self, text: str | None, doc_id: str | None, nbytes: int, why: str | None, prompt_chars: int | None = None) -> None:

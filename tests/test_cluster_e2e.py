@@ -46,6 +46,10 @@ def _kill_tree(marks) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    yield from local_cluster(tmp_path_factory)
+
+
+def local_cluster(tmp_path_factory):
     """Head (no CPUs: drivers only) + nodes a and b (2 CPUs each), every one requiring the same token. Each
     worker node gets its own temp dir, as separate machines would have: nodes sharing one would unpack and
     delete the job's working_dir in one place."""
@@ -74,18 +78,32 @@ def cluster(tmp_path_factory):
             "--disable-usage-stats",
             f"--dashboard-agent-listen-port={_free_port()}",
         )
+        c = {"address": f"http://127.0.0.1:{dash}", "token": token, "port": port, "dirs": dirs, "env": env}
+        c["storage"] = tmp_path_factory.mktemp("shared")
         for name, d in zip(("node_a", "node_b"), dirs):
-            run(
-                "start",
-                f"--address=127.0.0.1:{port}",
-                "--num-cpus=2",
-                f"--resources={json.dumps({name: 1})}",
-                f"--temp-dir={d}",
-                f"--dashboard-agent-listen-port={_free_port()}",
-            )
-        yield {"address": f"http://127.0.0.1:{dash}", "token": token, "storage": tmp_path_factory.mktemp("shared"), "port": port, "dirs": dirs}
+            start_node(c, name, d)
+        yield c
     finally:
         _teardown(port, dirs)
+
+
+def start_node(cluster: dict, name: str, temp_dir: str) -> None:
+    """A worker node with 2 CPUs joining the cluster, with a temp dir (and so a raylet) of its own."""
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            f"--address=127.0.0.1:{cluster['port']}",
+            "--num-cpus=2",
+            f"--resources={json.dumps({name: 1})}",
+            f"--temp-dir={temp_dir}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+        ],
+        env=cluster["env"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def _teardown(port: int, dirs: list[str]) -> None:

@@ -126,7 +126,8 @@ def test_the_bundled_web_recipe_end_to_end(ray_session, tmp_path, capsys):
     rows = pq.read_table(data / "docs.parquet").to_pylist()
     assert sorted((r["shard"], r["index"]) for r in rows) == sorted(at)
     assert all(r["url"].startswith("https://") and r["date"] == "2024-05-01T12:00:00Z" and r["id"].startswith("<urn:uuid:") for r in rows)
-    assert all(r["src"].startswith(str(ROOT / "data" / "sample" / "web.warc.gz") + ":") for r in rows)
+    # the file as the recipe names it (relative to the working directory): the same rows wherever the job runs
+    assert all(r["src"].startswith("data/sample/web.warc.gz:") for r in rows)
     assert all(r["language"] == "en" and r["language_score"] >= 0.2 for r in rows)
     assert not [r for r in rows if "/saison" in r["url"]]  # the six pages in other languages
     from pipelines.web_sample import SITE
