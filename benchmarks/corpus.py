@@ -87,3 +87,21 @@ def scaled(target_bytes: int, seed: int = 0, near_share: float = 0.05, exact_sha
             if total >= target_bytes:
                 return
         rnd += 1
+
+
+def long_docs(target_bytes: int, seed: int = 0, near_share: float = 0.3, parts: tuple[int, int] = (10, 30)) -> Iterator[dict]:
+    """About `target_bytes` of long documents (10-30 consecutive pieces: ~30-120 KB each, like licences,
+    manuals or books) with many near copies (`near_share` of them get a copy with 1% of words edited)."""
+    rng = random.Random(seed)
+    base = pieces()
+    vocab = vocabulary(base)
+    total, k = 0, 0
+    while total < target_bytes:
+        start, n = rng.randrange(len(base)), rng.randint(*parts)
+        text = "\n\n".join(edit_words(d["text"], 0.35, rng, vocab) for d in base[start : start + n])
+        yield {"id": f"long{k}", "text": text}
+        total += len(text)
+        if rng.random() < near_share:
+            yield {"id": f"long{k}~near", "text": edit_words(text, 0.01, rng, vocab)}
+            total += len(text)
+        k += 1

@@ -24,20 +24,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.corpus import scaled  # noqa: E402
+from benchmarks.corpus import long_docs, scaled  # noqa: E402
 
 N_FILES = 8
 
 
-def build_corpus(out: Path, mb: float, seed: int = 0) -> tuple[int, int]:
-    """`mb` MB of text as N_FILES jsonl.gz files; returns (bytes of text, docs)."""
+def build_corpus(out: Path, mb: float, seed: int = 0, long: bool = False) -> tuple[int, int]:
+    """`mb` MB of text as N_FILES jsonl.gz files; returns (bytes of text, docs). `long`: documents of
+    30-120 KB with many near copies (benchmarks/corpus.py: long_docs) instead of scene-sized ones."""
     marker = out / "DONE"
     if marker.exists():
         return tuple(json.loads(marker.read_text()))
     out.mkdir(parents=True, exist_ok=True)
     files = [gzip.open(out / f"part-{i:02d}.jsonl.gz", "wt", encoding="utf-8", compresslevel=1) for i in range(N_FILES)]
     nbytes = ndocs = 0
-    for i, doc in enumerate(scaled(int(mb * 1e6), seed=seed)):
+    for i, doc in enumerate((long_docs if long else scaled)(int(mb * 1e6), seed=seed)):
         files[i % N_FILES].write(json.dumps(doc) + "\n")
         nbytes += len(doc["text"].encode())
         ndocs += 1
@@ -108,7 +109,20 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
     t = time.perf_counter()
     run_data(cfg.data, cfg.paths, say=lambda m: None, summary=False)
     times["+tokenize+write (full)"] = time.perf_counter() - t
+    FULL_STATS[corpus] = json.loads((out / "full" / "data" / "stats.json").read_text())
     return times
+
+
+FULL_STATS: dict[Path, dict] = {}  # the last full run's stats.json, by corpus
+
+
+def print_inside(stats: dict, label: str) -> None:
+    """From a full run's stats.json: the fixed costs, and CPU seconds of cleaning + filtering against tokenizing."""
+    cpu = stats["stages"]["process"]["seconds"]
+    clean = sum(cpu.get(f"cpu.{k}", 0.0) for k in ("normalize", "filter"))
+    fixed, tok = stats.get("fixed_seconds", {}), cpu.get("cpu.tokenize", 0.0)
+    print(f"    {label}: fixed_seconds {fixed}; CPU s: normalize+filter {clean:.1f}, tokenize {tok:.1f}, ", end="")
+    print(f"hash {cpu.get('cpu.hash', 0.0):.1f}, minhash {cpu.get('cpu.minhash', 0.0):.1f}; clean / tokenize {clean / max(tok, 1e-9):.2f}")
 
 
 def best_of(n: int, fn) -> dict[str, float]:
@@ -140,8 +154,8 @@ def _tree_pss(pid: int) -> int:
     return total
 
 
-def peak_memory(corpus: Path, out: Path, name: str) -> tuple[int, float]:
-    """Peak PSS of a full `raylm data` run (its own fresh Ray instance) and its wall time."""
+def peak_memory(corpus: Path, out: Path, name: str) -> tuple[int, int, float]:
+    """Peak PSS of a full `raylm data` run (its own fresh Ray instance), of its driver process alone, and its wall time."""
     code = (
         f"import ray, sys; sys.path.insert(0, {str(ROOT)!r});"
         f"ray.init(num_cpus={os.cpu_count()}, object_store_memory=2*1024**3, include_dashboard=False, log_to_driver=False);"
@@ -151,17 +165,27 @@ def peak_memory(corpus: Path, out: Path, name: str) -> tuple[int, float]:
     return run_peak([sys.executable, "-c", code], name)
 
 
-def run_peak(cmd: list[str], name: str, **popen) -> tuple[int, float]:
-    """Runs `cmd`, sampling its process tree's PSS every 0.25 s: (peak bytes, wall seconds)."""
+def _pss(pid: int) -> int:
+    import psutil
+
+    try:
+        return psutil.Process(pid).memory_full_info().pss
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0
+
+
+def run_peak(cmd: list[str], name: str, **popen) -> tuple[int, int, float]:
+    """Runs `cmd`, sampling every 0.25 s the PSS of its process tree and of the process alone (the driver,
+    apart from Ray's workers and daemons): (peak of the tree, peak of the driver, wall seconds)."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
-    peak = 0
+    peak = driver = 0
     while proc.poll() is None:
-        peak = max(peak, _tree_pss(proc.pid))
+        peak, driver = max(peak, _tree_pss(proc.pid)), max(driver, _pss(proc.pid))
         time.sleep(0.25)
     if proc.returncode != 0:
         raise RuntimeError(f"memory run {name} failed with exit {proc.returncode}")
-    return peak, time.perf_counter() - t
+    return peak, driver, time.perf_counter() - t
 
 
 def throughput(args, out: Path, one: tuple, many: tuple) -> None:
@@ -185,9 +209,15 @@ def throughput(args, out: Path, one: tuple, many: tuple) -> None:
     times = best_of(args.repeat, lambda: stage_variants(c1, out / "runs"))
     print(f"(b) pipeline, stages switched on in turn, 1x corpus ({cores} CPUs for Ray, best of {args.repeat}):")
     print_rows(times, nbytes, ndocs, ceilings["1x"])
+    full1 = times["+tokenize+write (full)"]
+    print_inside(FULL_STATS[c1], "1x")
     times = best_of(args.repeat, lambda: stage_variants(cN, out / "runs", full_only=True))
     print(f"(b) full pipeline, {args.scale}x corpus:")
     print_rows(times, nbN, ndN, ceilings[f"{args.scale}x"])
+    print_inside(FULL_STATS[cN], f"{args.scale}x")
+    fullN = times["+tokenize+write (full)"]
+    # wall = fixed + size x rate: two sizes give the fixed part
+    print(f"fixed cost (the 1x and {args.scale}x full runs' intercept): {(args.scale * full1 - fullN) / (args.scale - 1):.1f}s")
     ray.shutdown()
 
 
@@ -198,28 +228,30 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench-out"))
     ap.add_argument("--repeat", type=int, default=2, help="timings are the best of this many runs")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--long", action="store_true", help="a corpus of long documents (30-120 KB) with many near copies")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
     cores = os.cpu_count()
-    c1 = out / f"corpus-{args.mb:g}mb"
+    kind = "long-" if args.long else ""
+    c1 = out / f"corpus-{kind}{args.mb:g}mb"
     t = time.perf_counter()
-    nbytes, ndocs = build_corpus(c1, args.mb)
+    nbytes, ndocs = build_corpus(c1, args.mb, long=args.long)
     print(f"corpus: {nbytes / 1e6:.1f} MB, {ndocs:,} docs in {N_FILES} jsonl.gz files ({time.perf_counter() - t:.0f}s to build); {cores} cores")
 
-    cN = out / f"corpus-{args.mb * args.scale:g}mb"
-    nbN, ndN = build_corpus(cN, args.mb * args.scale, seed=1)
+    cN = out / f"corpus-{kind}{args.mb * args.scale:g}mb"
+    nbN, ndN = build_corpus(cN, args.mb * args.scale, seed=1, long=args.long)
     print(f"corpus {args.scale}x: {nbN / 1e6:.1f} MB, {ndN:,} docs")
 
     if not args.skip_throughput:
         throughput(args, out, (c1, nbytes, ndocs), (cN, nbN, ndN))
     if not args.skip_memory:
-        p1, w1 = peak_memory(c1, out / "runs", "mem1")
-        pN, wN = peak_memory(cN, out / "runs", f"mem{args.scale}")
-        print("peak memory (PSS of the process tree, full run incl. Ray start):")
-        print(f"    1x  {nbytes / 1e6:7.1f} MB corpus: {p1 / 2**30:.2f} GiB  ({w1:.0f}s)")
-        print(f"    {args.scale}x  {nbN / 1e6:7.1f} MB corpus: {pN / 2**30:.2f} GiB  ({wN:.0f}s)")
-        print(f"    ratio {args.scale}x / 1x: {pN / p1:.2f}")
+        p1, d1, w1 = peak_memory(c1, out / "runs", "mem1")
+        pN, dN, wN = peak_memory(cN, out / "runs", f"mem{args.scale}")
+        print("peak memory (PSS, full run incl. Ray start): the whole process tree, and the driver process alone")
+        print(f"    1x  {nbytes / 1e6:7.1f} MB corpus: tree {p1 / 2**30:.2f} GiB, driver {d1 / 2**20:.0f} MiB  ({w1:.0f}s)")
+        print(f"    {args.scale}x  {nbN / 1e6:7.1f} MB corpus: tree {pN / 2**30:.2f} GiB, driver {dN / 2**20:.0f} MiB  ({wN:.0f}s)")
+        print(f"    ratio {args.scale}x / 1x: tree {pN / p1:.2f}, driver {dN / d1:.2f}")
 
 
 if __name__ == "__main__":

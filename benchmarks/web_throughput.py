@@ -164,8 +164,8 @@ def run_datatrove(warcs: Path, out: Path, files: int, workers: int) -> tuple[flo
     return time.perf_counter() - t, sum(int(p.read_text()) for p in kept.iterdir())
 
 
-def peak_memory(warcs: Path, out: Path, name: str) -> tuple[int, float]:
-    """Peak PSS of a whole `raylm data` run on web.yaml (its own Ray instance) and its wall time."""
+def peak_memory(warcs: Path, out: Path, name: str) -> tuple[int, int, float]:
+    """Peak PSS of a whole `raylm data` run on web.yaml (its own Ray instance), of its driver alone, and its wall time."""
     sets = [f"storage_path={out}", f"name={name}", f"data.inputs=[{{path: '{warcs}/*.warc.gz'}}]", "data.tokenizer={name: cl100k_base}"]
     recipe = str(ROOT / "cluster" / "recipes" / "web.yaml")
     cmd = [sys.executable, "-m", "cluster", "data", recipe, "--force", *[a for s in sets for a in ("--set", s)]]
@@ -207,10 +207,11 @@ def main() -> None:
     if not args.skip_memory:
         wN = out / f"warc-{args.mb * args.scale:g}mb"
         build_warcs(wN, args.mb * args.scale, cores)
-        p1, s1 = peak_memory(w1, out / "runs", "web-mem-1x")
-        pN, sN = peak_memory(wN, out / "runs", f"web-mem-{args.scale}x")
+        p1, d1, s1 = peak_memory(w1, out / "runs", "web-mem-1x")
+        pN, dN, sN = peak_memory(wN, out / "runs", f"web-mem-{args.scale}x")
         print(f"peak PSS of `raylm data` (whole process tree): 1x {p1 / 2**20:,.0f} MiB ({s1:.0f}s), ", end="")
         print(f"{args.scale}x {pN / 2**20:,.0f} MiB ({sN:.0f}s): ratio {pN / p1:.2f}")
+        print(f"peak PSS of its driver process alone: 1x {d1 / 2**20:,.0f} MiB, {args.scale}x {dN / 2**20:,.0f} MiB: ratio {dN / d1:.2f}")
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ class PiiConfig(Strict):
 class ExecutionConfig(Strict):
     batch_docs: int = Field(default=4096, gt=0)  # a read block ends after this many documents
     batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes (also Ray Data's block size)
-    workers: int | None = Field(default=None, ge=1)  # document-processing actors (null: one per CPU)
+    workers: int | None = Field(default=None, ge=1)  # document-processing tasks at a time (null: one per CPU)
 
 
 class DataConfig(Strict):

@@ -1,5 +1,5 @@
 """The process stage: every input record through the per-document steps (STEPS, in order) in a Ray Data
-actor pool (steps and encoder built once per actor), written as one staging parquet per block
+the Ray Data tasks (steps and encoder built once per worker process: process_block), written as one staging parquet per block
 (pipelines/staging.py).
 
   url filter, extract (web pages) -> normalize -> language -> PII -> filter -> hash (+ split) -> minhash -> tokenize
@@ -31,7 +31,7 @@ from pipelines.stats import Stats
 from pipelines.tokenize import Encode, TokenizerSpec
 from pipelines.url_filter import UrlFilter
 
-# the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over actors)
+# the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over workers)
 STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, ExactHash, MinHashSign, Encode)
 _CHUNK = 256  # documents that go through the steps together: word and token lists live for one chunk
 
@@ -54,7 +54,7 @@ def _block(batch: pa.Table, cfg: DataConfig) -> Block:
 
 
 class DocProcessor:
-    """The actor of the process stage: one block of input rows in, one staging file and its summary row out."""
+    """The process stage's work on one block: its rows in, one staging file and its summary row out."""
 
     def __init__(self, cfg: DataConfig, staging_dir: str, tokenizer: TokenizerSpec | None):
         self.cfg, self.staging_dir = cfg, staging_dir
@@ -135,13 +135,27 @@ class DocProcessor:
         return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], "kept": [len(b.kept)], **span, **seconds, **counts})
 
 
+_BUILT: dict[tuple, DocProcessor] = {}
+
+
+def process_block(batch: pa.Table, cfg: DataConfig, staging_dir: str, tokenizer: TokenizerSpec | None) -> pa.Table:
+    """The process stage's Ray Data task: one block through a DocProcessor built once per worker process
+    (steps, encoder, language model), so the workers that read, process, dedup and write are the same warm
+    processes, and nothing is imported or built twice."""
+    key = (cfg.model_dump_json(), staging_dir, repr(tokenizer))
+    if key not in _BUILT:
+        _BUILT.clear()
+        _BUILT[key] = DocProcessor(cfg, staging_dir, tokenizer)
+    return _BUILT[key](batch)
+
+
 def workers(run: DataRun) -> int:
     """Actors of the stage's pools: data.execution.workers, else one per CPU of the cluster."""
     return run.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 class Process(Stage):
-    """Every input record through STEPS, in an actor pool fed by the read stage's stream."""
+    """Every input record through STEPS, in Ray Data tasks fed by the read stage's stream."""
 
     name = "process"
     reads = ("the read stage's records",)
@@ -153,15 +167,14 @@ class Process(Stage):
         ex, n = run.data.execution, workers(run)
         ctx = rd.DataContext.get_current()
         # bounded read-ahead: without a cap Ray Data queues blocks up to half the object store, so
-        # memory would grow with the corpus; a few blocks per actor keep every worker busy
+        # memory would grow with the corpus; a few blocks per worker keep every one busy
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(object_store_memory=max(256 << 20, 8 * ex.batch_bytes * n))
         ds = run.records.map_batches(
-            DocProcessor,
-            fn_constructor_args=(run.data, run.docs_dir, run.tokenizer),
+            process_block,
+            fn_args=(run.data, run.docs_dir, run.tokenizer),
             batch_size=None,  # one block, one staging file
             batch_format="pyarrow",
-            compute=rd.ActorPoolStrategy(size=n),
-            num_cpus=0.99,
+            concurrency=n,
         )
         rows = sorted(ds.take_all(), key=lambda r: r["first_uid"])
         for r in rows:

@@ -130,7 +130,7 @@ def _manifest(run: DataRun) -> dict:
 
 def _fixed_costs(run: DataRun, started: float) -> dict[str, float]:
     """What the stage costs besides processing blocks: from its start (Ray already up) to the first block's
-    processing (Ray Data planning, the actors' start and imports), and from the last block processed to now
+    processing (Ray Data planning, the workers' start and imports), and from the last block processed to now
     (dedup, the tokenizer stage when it trains one, writing)."""
     if run.processing is None:
         return {}

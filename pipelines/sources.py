@@ -474,9 +474,9 @@ class Read(Stage):
         ctx = rd.DataContext.get_current()
         ctx.enable_progress_bars = True
         # a block is one read task's rows, so one contiguous uid range of one file: the staging files
-        # then concatenate in input order whatever the batching (see DocProcessor)
+        # then concatenate in input order whatever the batching (see pipelines/process.py)
         ctx.target_max_block_size = ex.batch_bytes
         # reading is mostly I/O and decompression: the read tasks get a token CPU share instead of
-        # starving the processing actors (measured: 2x faster than 0.25/0.75)
+        # starving the processing tasks (measured: 2x faster than 0.25/0.75)
         run.records = rd.read_datasource(TextFiles(run.files, ex, run.data.reject), override_num_blocks=len(run.files), num_cpus=0.01)
         stats.counts["files"] = len(run.files)

@@ -3,7 +3,7 @@
 A `Stage` is one step of a run (read, process, dedup, tokenizer, write; the list is `pipelines.run.STAGES`):
 it reads what `reads` names in the run's data/ directory, writes what `writes` names, hands the next stage
 what it made through the `DataRun`, and records its own counts and seconds in a `Stats` (stats.json:
-`stages.<name>`). A `Step` is one per-document step inside the processing actors (the list is
+`stages.<name>`). A `Step` is one per-document step inside the processing tasks (the list is
 `pipelines.process.STEPS`): it sees a `Chunk` of documents, may rewrite their text or drop some with a
 reason, and is timed under its name. A new stage or step is one module and one entry in its list.
 """
@@ -72,7 +72,7 @@ class Stage:
 
 @dataclass
 class Block:
-    """One block of input rows as the processing actor sees it: the columns steps read, and what they fill in."""
+    """One block of input rows as the processing task sees it: the columns steps read, and what they fill in."""
 
     ids: list[str]
     prompt_chars: list[int | None]  # task records: the prompt's length in characters; else None
@@ -119,7 +119,7 @@ class Chunk:
 
 
 class Step:
-    """A per-document step (built once per actor; `enabled` leaves it out of a recipe that does not use it)."""
+    """A per-document step (built once per worker process; `enabled` leaves it out of a recipe that does not use it)."""
 
     name: ClassVar[str]
 

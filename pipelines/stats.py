@@ -1,5 +1,5 @@
 """The one way a stage records what it did: counts and seconds by name (datatrove's PipelineStep keeps
-its stats the same way), summed across blocks and actors, and written to stats.json."""
+its stats the same way), summed across blocks and workers, and written to stats.json."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Stats:
             self.seconds[name] += time.perf_counter() - t
 
     def add(self, seconds: dict[str, float] | None = None, counts: dict[str, int] | None = None) -> None:
-        """Adds another worker's seconds and counts (an actor's, returned with its block)."""
+        """Adds another worker's seconds and counts (a task's, returned with its block)."""
         self.seconds.update(seconds or {})
         self.counts.update(counts or {})
 

@@ -112,7 +112,7 @@ def run_tokenizer(entry: dict, directory: str) -> TokenizerSpec:
 
 def encode_documents(enc: tiktoken.Encoding, texts: list[str]) -> list[np.ndarray]:
     """Each text as the shard format stores a document: the end-of-text token (serving as BOS),
-    then its tokens, uint32. One thread: parallelism comes from the Ray actors."""
+    then its tokens, uint32. One thread: parallelism comes from the Ray tasks."""
     eot = np.array([enc.eot_token], dtype=np.uint32)
     return [np.concatenate([eot, np.asarray(t, dtype=np.uint32)]) for t in enc.encode_ordinary_batch(texts, num_threads=1)]
 

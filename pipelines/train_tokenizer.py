@@ -1,6 +1,6 @@
 """The tokenizer stage, when the recipe sets `data.tokenizer.train`: a byte-level BPE (rustbpe, in a Ray
 task) trained on the documents that survive dedup, which then tokenizes them (one `<staging>.tokens`
-file per staging file, in an actor pool). With a named or file tokenizer the process stage tokenized
+file per staging file, in Ray Data tasks). With a named or file tokenizer the process stage tokenized
 already and this stage is left out."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _train_task(staging: list[dict], dups_dir: str | None, vocab_size: int, limi
 
 
 class TokenizeFile:
-    """Actor: tokenizes the final kept documents of one staging file into `<file>.tokens`."""
+    """Tokenizes the final kept documents of one staging file into `<file>.tokens`."""
 
     def __init__(self, spec: TokenizerSpec, dups_dir: str | None):
         self.enc = spec.load()
@@ -53,6 +53,18 @@ class TokenizeFile:
             fs, _ = fsspec.core.url_to_fs(path)
             fs.mv(path + ".tokens.tmp", path + ".tokens")
         return {"path": batch["path"]}
+
+
+_BUILT: dict[tuple, TokenizeFile] = {}
+
+
+def tokenize_files(batch: dict, spec: TokenizerSpec, dups_dir: str | None) -> dict:
+    """The encode step's Ray Data task: a TokenizeFile built once per worker process (see process_block)."""
+    key = (repr(spec), dups_dir)
+    if key not in _BUILT:
+        _BUILT.clear()
+        _BUILT[key] = TokenizeFile(spec, dups_dir)
+    return _BUILT[key](batch)
 
 
 class TrainTokenizer(Stage):
@@ -73,9 +85,9 @@ class TrainTokenizer(Stage):
             run.tokenizer = ray.get(_train_task.remote(run.staging, dups_dir, train.vocab_size, train.max_docs, f"{run.root}/{TOKENIZER}"))
         with stats.timer("encode"):
             rd.from_items([{k: s[k] for k in ("path", "first_uid", "last_uid")} for s in run.staging]).map_batches(
-                TokenizeFile,
-                fn_constructor_args=(run.tokenizer, dups_dir),
+                tokenize_files,
+                fn_args=(run.tokenizer, dups_dir),
                 batch_size=1,
-                compute=rd.ActorPoolStrategy(size=workers(run)),
+                concurrency=workers(run),
             ).materialize()
         stats.counts["staging_files"] = len(run.staging)

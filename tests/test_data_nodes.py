@@ -89,7 +89,7 @@ def test_data_stage_survives_lost_nodes_byte_identical(cluster, ray_session, mon
     assert main(["submit", RECIPE, *sets, "--address", cluster["address"], "--no-deps", "--no-wait", "--", "data"]) == 0
     staging = storage / name / "data" / "_work" / "docs"
     _wait_for("a staging file", lambda: staging.exists() and any(staging.glob("*.parquet")))
-    actors = _wait_for("processing actors", lambda: _cluster_workers(cluster, "MapBatches(DocProcessor)"))
+    actors = _wait_for("processing tasks", lambda: _cluster_workers(cluster, "MapBatches(process_block)"))
     lost = [_kill_node_of(actors[0])]
     assert not (storage / name / "data" / "_work" / "dups").exists(), "the process stage ended before the kill"
     cluster["dirs"].append(tempfile.mkdtemp(prefix="rlc", dir="/tmp"))
