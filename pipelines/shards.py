@@ -3,8 +3,10 @@
 Task sets (prompt/completion) add a loss mask per shard, `shard-NNNNNN.mask.npy`: 1-D uint8, one
 entry per token, 1 where the token is a target the loss counts (completions), 0 elsewhere (prompts).
 
-A shard is cut when it reaches `shard_tokens`; documents never straddle shards. The writer keeps
-at most one shard in memory. The manifest is written last, atomically (tmp + rename).
+Documents never straddle shards: a shard holds the documents that start in its window of `shard_tokens`
+tokens (pipelines/layout.py, the one definition; the write stage's tasks follow it from counts, and
+`ShardWriter`, the sequential writer for shards made from Python, one document after another). The
+manifest is written last, atomically (tmp + rename).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.io import exists, is_local
+from pipelines.layout import windows
 from pipelines.paths import MANIFEST
 
 
@@ -88,7 +91,8 @@ def save_index(fs, path: str, lengths: np.ndarray) -> str:
 
 
 class ShardWriter:
-    """Appends documents (token arrays starting with EOT) to `{root}/{split}/shard-NNNNNN.npy`.
+    """Appends documents (token arrays starting with EOT) to `{root}/{split}/shard-NNNNNN.npy`, one after
+    another, cut where pipelines/layout.py cuts (the write stage's layout, sequentially).
 
     Tokens stream to a raw temp file as they come; closing a shard writes the .npy header and copies
     the data behind it (hashing as it goes), so memory stays at one input batch, not one shard."""
@@ -103,6 +107,7 @@ class ShardWriter:
         self.lengths: list[int] = []
         self.n = 0
         self.shards: list[dict] = []
+        self.pos, self.window = 0, None  # the split's next token, and the window of the open shard (pipelines/layout.py)
         self.tokens = 0
         self.docs = 0
 
@@ -133,23 +138,16 @@ class ShardWriter:
         if self.masks and (mask is None or len(mask) != len(tokens)):
             raise ValueError(f"{self.split}: a loss mask of {len(tokens)} entries is required")
         ends = np.cumsum(lengths)
-        start_doc, start_tok = 0, 0
-        while start_doc < len(lengths):
-            room = self.limit - self.n
-            # how many whole docs fit; a single doc larger than a shard gets a shard of its own
-            k = int(np.searchsorted(ends[start_doc:] - start_tok, room, side="right"))
-            if k == 0 and self.n == 0:
-                k = 1
-            if k == 0:
+        win = windows(lengths, self.pos, self.limit)
+        runs = np.flatnonzero(np.r_[True, win[1:] != win[:-1]])  # documents starting in one window go together
+        for a, b in zip(runs, np.r_[runs[1:], len(win)]):
+            if self.window is not None and win[a] != self.window:
                 self.flush()
-                continue
-            stop_tok = int(ends[start_doc + k - 1])
-            n, first = self._append(tokens[start_tok:stop_tok], lengths[start_doc : start_doc + k], mask[start_tok:stop_tok] if self.masks else None)
-            shard[start_doc : start_doc + k], index[start_doc : start_doc + k] = n, np.arange(first, first + k)
-            start_doc += k
-            start_tok = stop_tok
-            if self.n >= self.limit:
-                self.flush()
+            self.window = int(win[a])
+            lo, hi = int(ends[a] - lengths[a]), int(ends[b - 1])
+            n, first = self._append(tokens[lo:hi], lengths[a:b], mask[lo:hi] if self.masks else None)
+            shard[a:b], index[a:b] = n, np.arange(first, first + b - a)
+        self.pos += int(ends[-1])
         return shard, index
 
     def shard_path(self, n: int) -> str:

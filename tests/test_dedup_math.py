@@ -137,7 +137,7 @@ def test_split_by_is_a_partition():
     assert sorted(np.concatenate([p["uid"].to_numpy() for p in parts])) == list(range(1000))
 
 
-def test_shard_writer_cuts_at_token_budget(tmp_path):
+def test_shard_writer_cuts_at_windows(tmp_path):
     from pipelines.shards import ShardWriter
 
     w = ShardWriter(str(tmp_path), "train", np.dtype(np.uint16), shard_tokens=10)
@@ -145,7 +145,8 @@ def test_shard_writer_cuts_at_token_budget(tmp_path):
     w.add(np.concatenate(docs[:3]), np.array([3, 4, 5]))
     w.add(np.concatenate(docs[3:]), np.array([12, 2]))
     out = w.close()
-    assert [s["docs"] for s in out["shards"]] == [2, 1, 1, 1]  # 3+4 | 5 (12 would overflow) | 12 alone | 2
+    # documents start at tokens 0, 3, 7, 12, 24: windows of 10 hold 3+4+5 | 12 | 2 (the one layout: pipelines/layout.py)
+    assert [s["docs"] for s in out["shards"]] == [3, 1, 1]
     got = []
     for s in out["shards"]:
         arr = np.load(tmp_path / s["path"])

@@ -74,3 +74,20 @@ def test_table_parts_cover_the_rows_once(start, n, per):
     rows = [i for _, sl in got for i in range(sl.start, sl.stop)]
     assert rows == list(range(n))
     assert all((start + i) // per == j for j, sl in got for i in range(sl.start, sl.stop))
+
+
+def test_the_sequential_shard_writer_cuts_where_the_layout_does(tmp_path):
+    from pipelines.shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 60, 300)
+    w = ShardWriter(str(tmp_path), "train", np.dtype(np.uint16), shard_tokens=100)
+    got, at = [], 0
+    for n in rng.integers(1, 20, 40):  # handed over in batches of any size
+        batch = lengths[at : at + n]
+        shard, index = w.add(np.ones(int(batch.sum()), np.uint32), batch)
+        got += list(zip(shard.tolist(), index.tolist()))
+        at += len(batch)
+    out = w.close()
+    assert got == _sequential(lengths[:at].tolist(), [0] * at, 100)
+    assert [s["docs"] for s in out["shards"]] == [sum(1 for s, _ in got if s == k) for k in range(len(out["shards"]))]
