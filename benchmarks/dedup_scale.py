@@ -1,7 +1,7 @@
 """The distributed dedup at scale, simulated: synthetic MinHash signatures for N documents (10M by default)
 with a planted duplicate structure, through run_dedup's Ray steps S1..S6 (pipelines/dedup.py) on this machine.
 
-    python benchmarks/dedup_scale.py [--docs 10000000] [--partitions 8] [--out bench-out]
+    python benchmarks/dedup_scale.py [--docs 10000000] [--partitions 16] [--out bench-out]
 
 The planted structure. Every value is a counter-based hash of (kind, structure, member, position), so any row's
 signature is computed on its own and the generator writes one staging file at a time (2 processes), never
@@ -19,10 +19,12 @@ holding all signatures:
 Rows are shuffled over the corpus; ids are a scrambled permutation of uids, so the kept document (smallest
 id) is rarely the first of its component.
 
-Prints the wall time of run_dedup (total, and per phase from its progress callback), peak memory (RSS, PSS
-and USS, sampled every ~0.2 s) of the Ray workers while they run each step and of the driver, the object
-store's peak use and spill, and checks every document's kept document against a union-find over the planted
-links. The driver's peak is taken before the check (which holds arrays of N int64 in this process).
+Prints the wall time of run_dedup (total, and per phase from its progress callback); for each step, the CPU
+seconds of the workers running it and their peak RSS and private memory (RssAnon: what the worker allocated,
+without the object store's shared pages it maps), sampled every ~0.2 s; the driver's peak RSS; the object
+store's peak use and spill; and checks every document's kept document, id and reason against a union-find
+over the planted links. The driver's peak is taken before the check (which holds arrays of N int64 here).
+Results also go to OUT/dedup_scale-<docs>-p<partitions>.json. Figures and their scaling: docs/dedup.md.
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ def variant_of(kind: np.ndarray, member: np.ndarray) -> np.ndarray:
 
 
 def text_hashes(uid: np.ndarray, kind: np.ndarray, struct: np.ndarray, member: np.ndarray, seed: int) -> np.ndarray:
+    """Text hash of each row: its own for unique documents, shared by a structure's copies of one variant."""
     own = chash(seed, UNIQUE, uid)
     shared = chash(seed, kind, struct, np.where(kind == EXACT, 0, variant_of(kind, member)), 3)
     return np.where(kind == UNIQUE, own, shared)
@@ -266,7 +269,7 @@ def write_truth(data: str, n: int, fractions: dict, max_cluster: int, max_chain:
     return {"structures": layout["counts"], "planted_links": links, "expected_removed": removed, "expected_exact": int(exact.sum())}
 
 
-def generate(data: Path, args) -> dict:
+def generate(data: Path, args: argparse.Namespace) -> dict:
     """Writes the layout, the truth and the staging files in 2 spawned processes (the driver under test
     never holds the generator's arrays); reuses a finished data dir with the same parameters."""
     params = {"docs": args.docs, "rows_per_file": args.rows_per_file, "seed": args.seed, "fractions": args.fractions}
@@ -473,7 +476,8 @@ def print_report(gen: dict, r: dict, chk: dict, n: int, partitions: int) -> None
         print(f"    {name:28s} {sec:8.1f}s")
     print(f"    candidate pairs {r['candidate_pairs']:,}, confirmed edges {r['confirmed_edges']:,}, connected-components rounds {r['cc_rounds']}")
     print(
-        f"    CPU: {r['cpu_s']:.0f}s in the driver and Ray's processes; the machine's CPUs were busy {r['machine_busy_s']:.0f}s "
+        f"    CPU: {r['cpu_s']:.0f}s in the driver and Ray's processes (the sampler thread {r['sampler_cpu_s']:.0f}s of it); "
+        f"the machine's CPUs were busy {r['machine_busy_s']:.0f}s "
         f"of {r['wall_s'] * os.cpu_count():.0f}s (load average at the end: {r['loadavg'][0]:.1f})"
     )
     print("each step: when it ran (s from start), CPU seconds, and the peak RSS and private memory (RssAnon) of a worker running it:")
@@ -503,7 +507,8 @@ def print_report(gen: dict, r: dict, chk: dict, n: int, partitions: int) -> None
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=10_000_000)
-    ap.add_argument("--partitions", type=int, default=8, help="DedupConfig.partitions")
+    # 16 for 10M on 24 GiB: fewer partitions cost less CPU, but S3/S4 hold the candidate pairs of a partition
+    ap.add_argument("--partitions", type=int, default=16, help="DedupConfig.partitions")
     ap.add_argument("--rows-per-file", type=int, default=100_000, help="rows of each staging file")
     ap.add_argument("--near", type=float, default=0.08, help="fraction of documents in near-duplicate clusters")
     ap.add_argument("--exact", type=float, default=0.05, help="fraction of documents in exact-copy groups")
@@ -529,15 +534,9 @@ def main() -> None:
 
     import ray
 
-    spill = Path(args.data) / f"spill-{os.getpid()}"
-    spilling = {"type": "filesystem", "params": {"directory_path": str(spill)}}
-    ray.init(
-        num_cpus=args.cpus,
-        object_store_memory=int(args.object_store_gb * GIB),
-        include_dashboard=False,
-        log_to_driver=False,
-        _system_config={"object_spilling_config": json.dumps(spilling)},
-    )
+    spill = Path(args.data) / f"spill-{os.getpid()}"  # on disk, next to the staging files (not /dev/shm)
+    store = int(args.object_store_gb * GIB)
+    ray.init(num_cpus=args.cpus, object_store_memory=store, include_dashboard=False, log_to_driver=False, object_spilling_directory=str(spill))
     run, removed = run_once(files, args.partitions)
     chk = check(removed, data, args.docs)
     del removed
