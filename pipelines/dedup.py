@@ -9,7 +9,8 @@ and the connected-components rounds work on partitions of the edge list, never t
 
   S1 per staging file: band rows (key, uid, hash) by key; node rows (uid, id, hash, sig) by uid
   S2 per key part:     buckets -> candidate pairs (exact copies collapse to a star)
-  S3/S4:               attach the signature of each side, keep pairs with est. Jaccard >= threshold
+  S3/S4:               one row per distinct pair (several bands find the same pair), attach the
+                       signature of each side, keep pairs with est. Jaccard >= threshold
   S5 rounds:           large-star / small-star (Kiveris et al. 2014) until the edge set is stable:
                        every component becomes a star around its smallest uid
   S6:                  join members with their ids, keep the smallest id, label the rest exact|near
@@ -268,47 +269,64 @@ def _s1_map(paths: list[str], plan: Plan):
 
 
 # S2 ------------------------------------------------------------------------
+def _shared_key_rows(key: np.ndarray) -> np.ndarray:
+    """Indices of the rows whose key occurs more than once: most keys are unique, so one plain sort
+    on the key finds them and the three-key sort only has to order the few shared ones."""
+    if len(key) < 2:
+        return np.zeros(0, np.int64)
+    order = np.argsort(key)
+    dup = key[order[1:]] == key[order[:-1]]
+    return order[np.r_[dup, False] | np.r_[False, dup]]
+
+
+def _rep_pairs(key: np.ndarray, uid: np.ndarray, max_bucket_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs among one representative per text of each bucket (rows sorted by key, then uid): all
+    pairs (i < j) in buckets of at most max_bucket_pairs, else a star on the first plus a chain."""
+    start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    size = np.diff(np.r_[start, len(key)])
+    k = np.repeat(size, size)  # bucket size of each row
+    pos = np.arange(len(key)) - np.repeat(start, size)  # position in its bucket
+    cnt = np.where((k > 1) & (k <= max_bucket_pairs), k - 1 - pos, 0)  # row i pairs with the rows after it
+    src = np.repeat(np.arange(len(key)), cnt)
+    step = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt) + 1
+    large = k > max_bucket_pairs
+    star = np.flatnonzero(large & (pos > 0))
+    chain = np.flatnonzero(large & (pos > 1))
+    a = np.concatenate([uid[src], uid[star - pos[star]], uid[chain - 1]])
+    b = np.concatenate([uid[src + step], uid[star], uid[chain]])
+    return a, b
+
+
 def bucket_pairs(bands: pa.Table, max_bucket_pairs: int) -> pa.Table:
     """Candidate pairs (a < b) from rows sharing a key. Copies with the same text hash form a
     star around their smallest uid (flagged exact); distinct texts pair all-to-all, or as a
-    star plus chain in buckets larger than max_bucket_pairs."""
-    if bands.num_rows == 0:
-        return PAIR.empty_table()
+    star plus chain in buckets larger than max_bucket_pairs. Each pair appears once (exact wins)."""
     key, uid, h = (bands[c].to_numpy() for c in ("key", "uid", "hash"))
+    sub = _shared_key_rows(key)
+    if len(sub) == 0:
+        return PAIR.empty_table()
+    key, uid, h = key[sub], uid[sub], h[sub]
     order = np.lexsort((uid, h, key))
     key, uid, h = key[order], uid[order], h[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    sizes = np.diff(np.r_[starts, len(key)])
-    a_out, b_out, ex_out = [], [], []
-    for s, n in zip(starts[sizes > 1], sizes[sizes > 1]):
-        u, hh = uid[s : s + n], h[s : s + n]
-        first = np.r_[True, hh[1:] != hh[:-1]]  # one representative (smallest uid) per text hash
-        rep_idx = np.flatnonzero(first)
-        grp = np.cumsum(first) - 1
-        reps = u[rep_idx]
-        copies = np.flatnonzero(~first)
-        if len(copies):
-            a_out.append(reps[grp[copies]])
-            b_out.append(u[copies])
-            ex_out.append(np.ones(len(copies), bool))
-        k = len(reps)
-        if k > 1:
-            reps = np.sort(reps)
-            if k <= max_bucket_pairs:
-                i, j = np.triu_indices(k, 1)
-            else:
-                i = np.r_[np.zeros(k - 1, int), np.arange(1, k - 1)]
-                j = np.r_[np.arange(1, k), np.arange(2, k)]
-            a_out.append(reps[i])
-            b_out.append(reps[j])
-            ex_out.append(np.zeros(len(i), bool))
-    if not a_out:
+    first = np.r_[True, (key[1:] != key[:-1]) | (h[1:] != h[:-1])]  # smallest uid of each (key, text)
+    run_start = np.maximum.accumulate(np.where(first, np.arange(len(key)), 0))
+    copies = np.flatnonzero(~first)
+    rep = np.flatnonzero(first)
+    o = np.lexsort((uid[rep], key[rep]))
+    a_near, b_near = _rep_pairs(key[rep][o], uid[rep][o], max_bucket_pairs)
+    a = np.concatenate([uid[run_start[copies]], a_near])
+    b = np.concatenate([uid[copies], b_near])
+    if len(a) == 0:
         return PAIR.empty_table()
-    a, b, ex = np.concatenate(a_out), np.concatenate(b_out), np.concatenate(ex_out)
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    t = pa.table({"a": lo, "b": hi, "exact": ex}, schema=PAIR)
-    # the same pair from several bands: keep one row (exact wins)
-    return t.group_by(["a", "b"]).aggregate([("exact", "max")]).rename_columns(["a", "b", "exact"]).cast(PAIR)
+    ex = np.r_[np.ones(len(copies), bool), np.zeros(len(a_near), bool)]
+    return distinct_pairs(pa.table({"a": np.minimum(a, b), "b": np.maximum(a, b), "exact": ex}, schema=PAIR))
+
+
+def distinct_pairs(pairs: pa.Table) -> pa.Table:
+    """One row per (a, b); exact if any of its copies is."""
+    if pairs.num_rows == 0:
+        return PAIR.empty_table()
+    return pairs.group_by(["a", "b"]).aggregate([("exact", "max")]).rename_columns(["a", "b", "exact"]).cast(PAIR)
 
 
 def _s2_reduce(plan: Plan, *pieces: pa.Table):
@@ -330,10 +348,14 @@ def _nodes(refs: list) -> pa.Table:
 
 
 def _s3_attach_a(plan: Plan, node_refs: list, *pieces: pa.Table):
-    pairs = _concat(pieces, PAIR)
+    """Pieces are partitioned by `a`, so every copy of a pair (found by several bands in different S2
+    partitions) lands here: collapse them before attaching a 512 B signature to each. Returns the P
+    tables by `b` and the number of distinct pairs."""
+    pairs = distinct_pairs(_concat(pieces, PAIR))
+    n = pairs.num_rows
     if plan.near:
         pairs = _attach(pairs, _nodes(node_refs), "a", "sig_a")
-    return _out(split_by(pairs, "b", plan.parts))
+    return tuple(split_by(pairs, "b", plan.parts)) + (n,)
 
 
 def _s4_confirm(plan: Plan, node_refs: list, *pieces: pa.Table):
@@ -359,13 +381,24 @@ def _directed(edges: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
-def star_step(u: np.ndarray, v: np.ndarray, large: bool) -> tuple[np.ndarray, np.ndarray]:
+def unique_edges(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows (u, v), sorted by u then v (a lexsort of two int64 columns is ~4x faster
+    than np.unique(axis=0), which sorts rows as a structured dtype)."""
+    o = np.lexsort((v, u))
+    u, v = u[o], v[o]
+    keep = np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])] if len(u) else np.zeros(0, bool)
+    return u[keep], v[keep]
+
+
+def star_step(u: np.ndarray, v: np.ndarray, large: bool, presorted: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One large-star or small-star step over the directed rows (u -> v) of the nodes u owned by
-    this partition (every neighbour of such a u is present). Returns undirected edges (x, m)."""
+    this partition (every neighbour of such a u is present). Returns undirected edges (x, m).
+    presorted: the rows are already sorted by u (as unique_edges returns them)."""
     if len(u) == 0:
         return u, v
-    order = np.lexsort((v, u))
-    u, v = u[order], v[order]
+    if not presorted:
+        order = np.lexsort((v, u))
+        u, v = u[order], v[order]
     if not large:  # small-star: only neighbours smaller than u, and u itself joins the star
         keep = v < u
         u, v = u[keep], v[keep]
@@ -387,12 +420,9 @@ def star_step(u: np.ndarray, v: np.ndarray, large: bool) -> tuple[np.ndarray, np
 
 def _s5_step(plan: Plan, large: bool, *pieces: pa.Table):
     rows = _concat(pieces, EDGE)
-    u, v = _directed(rows)
-    if len(u):
-        uv = np.unique(np.stack([u, v], axis=1), axis=0)
-        u, v = uv[:, 0], uv[:, 1]
+    u, v = unique_edges(*_directed(rows))
     checksum = int(np.bitwise_xor.reduce(mix64(mix64(u.view(np.uint64)) ^ v.view(np.uint64)))) if len(u) else 0
-    x, y = star_step(u, v, large)
+    x, y = star_step(u, v, large, presorted=True)
     both = pa.table({"u": np.concatenate([x, y]), "v": np.concatenate([y, x])}, schema=EDGE)
     return tuple(split_by(both, "u", plan.parts)) + ((len(u), checksum),)
 
@@ -473,6 +503,9 @@ class DedupResult:
 
 
 def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> DedupResult:
+    """The steps S1..S6 as Ray tasks. The driver drops its refs to each step's outputs once their
+    consumers are submitted, so Ray frees them when those finish instead of spilling them until the
+    end; lineage (kept while refs to downstream objects live) still rebuilds them after a node loss."""
     plan = Plan.from_config(cfg)
     P = plan.parts
     tick = progress or (lambda msg: None)
@@ -482,26 +515,36 @@ def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> Dedu
     n_groups = max(1, min(len(staging_files), 4 * P))
     groups = [staging_files[i::n_groups] for i in range(n_groups)]
     s1 = [_as_list(_remote(_s1_map, 2 * P).remote(g, plan), 2 * P) for g in groups if g]
-    band_parts = [[m[p] for m in s1] for p in range(P)]
-    # node rows stay as per-partition lists of refs, fetched inside the tasks that need them
+    # node rows stay as per-partition lists of refs, fetched inside the tasks that need them (S3, S4, S6)
     nodes = [[m[P + p] for m in s1] for p in range(P)]
     tick("lsh buckets")
-    s2 = [_as_list(_remote(_s2_reduce, P).remote(plan, *band_parts[p]), P) for p in range(P)]
-    cand = ray.get([_count_rows.remote(*[s2[q][p] for q in range(P)]) for p in range(P)])
-    s3 = [_as_list(_remote(_s3_attach_a, P).remote(plan, nodes[p], *[s2[q][p] for q in range(P)]), P) for p in range(P)]
+    s2 = [_as_list(_remote(_s2_reduce, P).remote(plan, *[m[p] for m in s1]), P) for p in range(P)]
+    del s1
+    ray.wait([r for row in s2 for r in row], num_returns=P * P, fetch_local=False)  # S2 done: progress phases as before
+    s3 = [_as_list(_remote(_s3_attach_a, P + 1).remote(plan, nodes[p], *[s2[q][p] for q in range(P)]), P + 1) for p in range(P)]
+    del s2
     tick("confirm pairs")
     s4 = [_as_list(_remote(_s4_confirm, P).remote(plan, nodes[p], *[s3[q][p] for q in range(P)]), P) for p in range(P)]
+    cand = ray.get([row[P] for row in s3])
+    del s3
     confirmed_edges = [[s4[q][p] for q in range(P)] for p in range(P)]
+    del s4
     n_edges = sum(ray.get([_count_rows.remote(*confirmed_edges[p]) for p in range(P)]))
 
-    # undirected input to the first round: each edge from both ends
-    sym = [_as_list(_remote(_s4_symmetric, P).remote(plan, *confirmed_edges[p]), P) for p in range(P)]
-    current = [[sym[q][p] for q in range(P)] for p in range(P)]
     tick("connected components")
-    current, rounds = connected_components(current, plan, lambda fn, *a: _as_list(_remote(fn, P + 1).remote(*a), P + 1), ray.get)
+    submit = lambda fn, *a: _as_list(_remote(fn, P + 1).remote(*a), P + 1)  # noqa: E731
+    current, rounds = connected_components(_symmetric(confirmed_edges, plan), plan, submit, ray.get)
     joined = [_as_list(_remote(_s6_join, P).remote(plan, nodes[p], *current[p]), P) for p in range(P)]
     removed = [_remote(_s6_choose, 1).remote(plan, *[joined[q][p] for q in range(P)]) for p in range(P)]
     return DedupResult(removed, int(sum(cand)), int(n_edges), rounds, edges=[r for row in confirmed_edges for r in row])
+
+
+def _symmetric(confirmed_edges: list[list], plan: Plan) -> list[list]:
+    """Undirected input to the first round: each edge from both ends. A function of its own so that
+    run_dedup holds no ref to these tables while the rounds that consume them run."""
+    P = plan.parts
+    sym = [_as_list(_remote(_s4_symmetric, P).remote(plan, *confirmed_edges[p]), P) for p in range(P)]
+    return [[sym[q][p] for q in range(P)] for p in range(P)]
 
 
 # the stage ----------------------------------------------------------------------

@@ -155,3 +155,136 @@ def test_shard_writer_cuts_at_windows(tmp_path):
         got += np.split(arr, idx[1:].astype(int))
     assert [list(g) for g in got] == [list(d) for d in docs]
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------- vectorized steps vs straightforward references
+def _bucket_pairs_reference(bands: pa.Table, max_bucket_pairs: int) -> set[tuple[int, int, bool]]:
+    """Bucket by bucket in Python (the loop bucket_pairs replaced): (a, b, exact) rows."""
+    buckets: dict[int, list[tuple[int, int]]] = {}
+    for k, u, h in zip(*(bands[c].to_pylist() for c in ("key", "uid", "hash"))):
+        buckets.setdefault(k, []).append((u, h))
+    pairs: dict[tuple[int, int], bool] = {}
+
+    def add(x, y, ex):
+        p = (min(x, y), max(x, y))
+        pairs[p] = pairs.get(p, False) or ex
+
+    for rows in buckets.values():
+        rep: dict[int, int] = {}
+        for u, h in sorted(rows):
+            rep.setdefault(h, u)  # smallest uid of each text
+        for u, h in rows:
+            if rep[h] != u:
+                add(rep[h], u, True)
+        reps = sorted(rep.values())
+        if len(reps) <= max_bucket_pairs:
+            for i in range(len(reps)):
+                for j in range(i + 1, len(reps)):
+                    add(reps[i], reps[j], False)
+        else:
+            for j in range(1, len(reps)):
+                add(reps[0], reps[j], False)
+                if j > 1:
+                    add(reps[j - 1], reps[j], False)
+    return {(a, b, ex) for (a, b), ex in pairs.items()}
+
+
+def _random_bands(rng: np.random.Generator, docs: int, bands: int, keys: int, texts: int) -> pa.Table:
+    """Each doc has one row per band; few keys and texts, so buckets of all sizes with exact copies."""
+    uid = np.repeat(rng.permutation(10 * docs)[:docs], bands)
+    band = np.tile(np.arange(bands), docs)
+    key = (band * keys + rng.integers(0, keys, len(uid))).astype(np.uint64)  # a uid is in a key at most once
+    h = rng.integers(0, texts, docs).astype(np.uint64)[np.repeat(np.arange(docs), bands)]
+    o = rng.permutation(len(uid))
+    return pa.table({"key": key[o], "uid": uid[o], "hash": h[o]}, schema=D.BAND)
+
+
+def _rows(t: pa.Table) -> list[tuple[int, int, bool]]:
+    return sorted(zip(t["a"].to_pylist(), t["b"].to_pylist(), t["exact"].to_pylist()))
+
+
+def test_bucket_pairs_matches_reference_on_random_buckets():
+    rng = np.random.default_rng(5)
+    for docs, keys, texts, cap in [(300, 40, 30, 64), (300, 15, 200, 8), (500, 200, 500, 64), (200, 3, 5, 4), (50, 1000, 50, 64)]:
+        bands = _random_bands(rng, docs, 4, keys, texts)
+        got = _rows(D.bucket_pairs(bands, cap))
+        assert len(set(got)) == len(got)  # each pair once
+        assert set(got) == _bucket_pairs_reference(bands, cap)
+    assert D.bucket_pairs(D.BAND.empty_table(), 64).num_rows == 0
+    one = pa.table({"key": np.array([1, 2], np.uint64), "uid": np.array([1, 2], np.int64), "hash": np.array([3, 3], np.uint64)}, schema=D.BAND)
+    assert D.bucket_pairs(one, 64).num_rows == 0  # no shared key
+
+
+def test_bucket_pairs_large_bucket_with_copies():
+    # one bucket: 12 texts (above the cap of 4) with 3 copies each: copies star on their smallest uid,
+    # the 12 representatives form a star plus a chain (2*12 - 3 pairs)
+    uid = np.arange(36, dtype=np.int64)
+    bands = pa.table({"key": np.zeros(36, np.uint64), "uid": uid, "hash": (uid % 12).astype(np.uint64)}, schema=D.BAND)
+    got = _rows(D.bucket_pairs(bands, 4))
+    assert set(got) == _bucket_pairs_reference(bands, 4)
+    assert sum(ex for *_, ex in got) == 24 and sum(not ex for *_, ex in got) == 21
+
+
+def test_s3_collapses_pairs_repeated_across_s2_partitions():
+    plan = D.Plan(3, True, False, 0, 0, 0.8, 64)  # exact only: no signatures to attach, so no Ray
+    p1 = pa.table({"a": [1, 1, 2], "b": [5, 6, 7], "exact": [False, True, False]}, schema=D.PAIR)
+    p2 = pa.table({"a": [1, 2, 1], "b": [5, 7, 6], "exact": [True, False, False]}, schema=D.PAIR)
+    *tables, n = D._s3_attach_a(plan, [], p1, p2, D.PAIR.empty_table())
+    assert n == 3 and len(tables) == 3
+    rows = _rows(pa.concat_tables(tables).select(["a", "b", "exact"]))
+    assert rows == [(1, 5, True), (1, 6, True), (2, 7, False)]
+
+
+def _star_step_reference(u: np.ndarray, v: np.ndarray, large: bool) -> set[tuple[int, int]]:
+    """Large-star: each u links every larger neighbour to m = min(u, neighbours); small-star: each u
+    links itself and every smaller neighbour to m = min(u, smaller neighbours). Self-loops dropped."""
+    nbrs: dict[int, set[int]] = {}
+    for a, b in zip(u.tolist(), v.tolist()):
+        nbrs.setdefault(a, set()).add(b)
+    out = set()
+    for a, ns in nbrs.items():
+        m = min(ns | {a})
+        if large:
+            out |= {(x, m) for x in ns if x > a}
+        else:
+            small = {x for x in ns if x < a}
+            if small:
+                m = min(small | {a})
+                out |= {(x, m) for x in small | {a}}
+    return {(x, y) for x, y in out if x != y}
+
+
+def test_star_steps_match_reference_on_random_edges():
+    rng = np.random.default_rng(7)
+    for n_nodes, n_edges in [(20, 60), (200, 500), (1000, 300)]:
+        u = rng.integers(0, n_nodes, n_edges).astype(np.int64)
+        v = rng.integers(0, n_nodes, n_edges).astype(np.int64)
+        u, v = np.r_[u, v, u[:50]], np.r_[v, u, v[:50]]  # both directions, with repeated rows
+        du, dv = D.unique_edges(u, v)
+        ref = np.unique(np.stack([u, v], axis=1), axis=0)  # what _s5_step used before
+        assert np.array_equal(du, ref[:, 0]) and np.array_equal(dv, ref[:, 1])
+        for large in (True, False):
+            x, y = D.star_step(du, dv, large, presorted=True)
+            got = list(zip(x.tolist(), y.tolist()))
+            assert set(got) == _star_step_reference(u, v, large)
+            x2, y2 = D.star_step(u, v, large)  # unsorted rows with repeats: same set
+            assert set(zip(x2.tolist(), y2.tolist())) == set(got)
+    e = np.zeros(0, np.int64)
+    assert all(len(a) == 0 for a in D.unique_edges(e, e) + D.star_step(e, e, True) + D.star_step(e, e, False))
+
+
+def test_s5_step_dedups_and_checksums_like_np_unique():
+    plan = D.Plan(3, True, True, 9, 13, 0.8, 64)
+    rng = np.random.default_rng(3)
+    u, v = rng.integers(0, 50, 400), rng.integers(0, 50, 400)
+    edges = pa.table({"u": u, "v": v}, schema=D.EDGE)
+    ref = np.unique(np.stack([u, v], axis=1), axis=0)
+    check = int(np.bitwise_xor.reduce(D.mix64(D.mix64(ref[:, 0].view(np.uint64)) ^ ref[:, 1].view(np.uint64))))
+    for large in (True, False):
+        *parts, stats = D._s5_step(plan, large, edges.slice(0, 150), edges.slice(150))
+        assert stats == (len(ref), check)
+        x, y = D.star_step(ref[:, 0], ref[:, 1], large)
+        both = sorted(zip(np.r_[x, y].tolist(), np.r_[y, x].tolist()))
+        assert sorted(r for p in parts for r in zip(p["u"].to_pylist(), p["v"].to_pylist())) == both
+    *parts, stats = D._s5_step(plan, True, D.EDGE.empty_table())
+    assert stats == (0, 0) and all(p.num_rows == 0 for p in parts)
