@@ -174,7 +174,7 @@ class Process(Stage):
             fn_args=(run.data, run.docs_dir, run.tokenizer),
             batch_size=None,  # one block, one staging file
             batch_format="pyarrow",
-            concurrency=n,
+            compute=rd.TaskPoolStrategy(size=n),
         )
         rows = sorted(ds.take_all(), key=lambda r: r["first_uid"])
         for r in rows:

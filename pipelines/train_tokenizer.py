@@ -88,6 +88,6 @@ class TrainTokenizer(Stage):
                 tokenize_files,
                 fn_args=(run.tokenizer, dups_dir),
                 batch_size=1,
-                concurrency=workers(run),
+                compute=rd.TaskPoolStrategy(size=workers(run)),
             ).materialize()
         stats.counts["staging_files"] = len(run.staging)
