@@ -1,5 +1,5 @@
-"""The process stage: every input record through the per-document steps (STEPS, in order) in a Ray Data
-the Ray Data tasks (steps and encoder built once per worker process: process_block), written as one staging parquet per block
+"""The process stage: every input record through the per-document steps (STEPS, in order) in Ray Data
+tasks (steps and encoder built once per worker process: process_block), written as one staging parquet per block
 (pipelines/staging.py).
 
   url filter, extract (web pages) -> normalize -> language -> PII -> filter -> hash (+ split) -> minhash -> tokenize
@@ -25,7 +25,7 @@ from pipelines.extract import Extract
 from pipelines.language import Language
 from pipelines.pii import RedactPii
 from pipelines.shards import binary_column
-from pipelines.stage import Block, Chunk, DataRun, Stage
+from pipelines.stage import Block, Chunk, DataRun, Stage, built_once
 from pipelines.staging import SKIP, staging_schema
 from pipelines.stats import Stats
 from pipelines.tokenize import Encode, TokenizerSpec
@@ -135,22 +135,14 @@ class DocProcessor:
         return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], "kept": [len(b.kept)], **span, **seconds, **counts})
 
 
-_BUILT: dict[tuple, DocProcessor] = {}
-
-
 def process_block(batch: pa.Table, cfg: DataConfig, staging_dir: str, tokenizer: TokenizerSpec | None) -> pa.Table:
     """The process stage's Ray Data task: one block through a DocProcessor built once per worker process
-    (steps, encoder, language model), so the workers that read, process, dedup and write are the same warm
-    processes, and nothing is imported or built twice."""
-    key = (cfg.model_dump_json(), staging_dir, repr(tokenizer))
-    if key not in _BUILT:
-        _BUILT.clear()
-        _BUILT[key] = DocProcessor(cfg, staging_dir, tokenizer)
-    return _BUILT[key](batch)
+    (steps, encoder, language model), so nothing is imported or built twice."""
+    return built_once(DocProcessor, cfg, staging_dir, tokenizer)(batch)
 
 
 def workers(run: DataRun) -> int:
-    """Actors of the stage's pools: data.execution.workers, else one per CPU of the cluster."""
+    """Tasks at a time in the stage's Ray Data steps: data.execution.workers, else one per CPU of the cluster."""
     return run.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 

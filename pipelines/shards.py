@@ -58,6 +58,11 @@ def _save_npy(fs, path: str, arr: np.ndarray) -> str:
     return h.sha.hexdigest()
 
 
+def shard_path(split: str, n: int) -> str:
+    """Shard number n of a split, relative to data/ (as the manifest and docs.parquet name it)."""
+    return f"{split}/shard-{n:06d}.npy"
+
+
 class _HashingWriter:
     def __init__(self, f):
         self.f, self.sha = f, hashlib.sha256()
@@ -152,7 +157,7 @@ class ShardWriter:
 
     def shard_path(self, n: int) -> str:
         """Shard number n's file, relative to data/ (as the manifest names it)."""
-        return f"{self.split}/shard-{n:06d}.npy"
+        return shard_path(self.split, n)
 
     def flush(self) -> None:
         if not self.lengths:
@@ -240,6 +245,7 @@ __all__ = [
     "has_manifest",
     "iter_documents",
     "read_manifest",
+    "shard_path",
     "require_shards",
     "token_dtype",
     "write_manifest",

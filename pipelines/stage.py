@@ -118,6 +118,21 @@ class Chunk:
             self.words = [self.words[k] for k in keep]
 
 
+_BUILT: dict[tuple, Any] = {}
+
+
+def built_once(cls: type, *args: Any) -> Any:
+    """`cls(*args)`, built once per worker process and kept while the same arguments come back: a Ray Data
+    task reuses what an earlier task on its worker built (steps, encoders, models), as an actor would,
+    while read, process, dedup and write share the same warm workers. One object at a time: a new
+    stage's arguments replace the last one."""
+    key = (cls.__qualname__, *(a.model_dump_json() if hasattr(a, "model_dump_json") else repr(a) for a in args))
+    if key not in _BUILT:
+        _BUILT.clear()
+        _BUILT[key] = cls(*args)
+    return _BUILT[key]
+
+
 class Step:
     """A per-document step (built once per worker process; `enabled` leaves it out of a recipe that does not use it)."""
 

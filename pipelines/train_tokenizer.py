@@ -18,7 +18,7 @@ import ray
 from pipelines.paths import TOKENIZER
 from pipelines.process import workers
 from pipelines.shards import binary_column
-from pipelines.stage import DataRun, Stage
+from pipelines.stage import DataRun, Stage, built_once
 from pipelines.staging import final_texts
 from pipelines.stats import Stats
 from pipelines.tokenize import TokenizerSpec, encode_documents, train_bpe
@@ -55,16 +55,9 @@ class TokenizeFile:
         return {"path": batch["path"]}
 
 
-_BUILT: dict[tuple, TokenizeFile] = {}
-
-
 def tokenize_files(batch: dict, spec: TokenizerSpec, dups_dir: str | None) -> dict:
-    """The encode step's Ray Data task: a TokenizeFile built once per worker process (see process_block)."""
-    key = (repr(spec), dups_dir)
-    if key not in _BUILT:
-        _BUILT.clear()
-        _BUILT[key] = TokenizeFile(spec, dups_dir)
-    return _BUILT[key](batch)
+    """The encode step's Ray Data task: a TokenizeFile built once per worker process (pipelines.stage.built_once)."""
+    return built_once(TokenizeFile, spec, dups_dir)(batch)
 
 
 class TrainTokenizer(Stage):

@@ -32,7 +32,7 @@ from pipelines import layout
 from pipelines.layout import SPLITS, Counts, ShardMap, Start
 from pipelines.paths import DOCS, REMOVED, TOKENIZER, WORK
 from pipelines.process import workers
-from pipelines.shards import npy_from_raw, save_index, token_arrays, token_dtype
+from pipelines.shards import npy_from_raw, save_index, shard_path, token_arrays, token_dtype
 from pipelines.stage import DataRun, Stage
 from pipelines.staging import SKIP, SPLIT_TRAIN, SPLIT_VAL, final_mask
 from pipelines.stats import Stats
@@ -245,7 +245,7 @@ def _place(pieces: _ShardPieces, maps: dict[int, ShardMap], split: np.ndarray, t
     for sp, m in maps.items():
         docs = np.flatnonzero(split == sp)
         n, index[docs] = m.place(layout.windows(lengths[docs], at[sp][0], pieces.shard_tokens), at[sp][1] + np.arange(len(docs)))
-        shard_of[docs] = [f"{SPLIT_NAMES[sp]}/shard-{k:06d}.npy" for k in n]
+        shard_of[docs] = [shard_path(SPLIT_NAMES[sp], int(k)) for k in n]
         for k in np.unique(n):  # each shard's documents of this split, in order
             sel = np.zeros(len(split), bool)
             sel[docs[n == k]] = True
@@ -375,7 +375,7 @@ class Write(Stage):
             fs.makedirs(f"{root}/{name}", exist_ok=True)
         shard_refs = {}
         for (sp, n), bases in sorted(by_shard.items()):
-            shard_refs[(sp, n)] = _assemble_shard.remote(root, f"{SPLIT_NAMES[sp]}/shard-{n:06d}.npy", bases, job["dtype"], job["masks"])
+            shard_refs[(sp, n)] = _assemble_shard.remote(root, shard_path(SPLIT_NAMES[sp], n), bases, job["dtype"], job["masks"])
         part_refs = []
         for table, schema in TABLES.items():
             fs.makedirs(f"{root}/{table}", exist_ok=True)
