@@ -16,7 +16,6 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from pipelines.clean import Filter, Normalize
 from pipelines.config import DataConfig
@@ -141,11 +140,6 @@ def process_block(batch: pa.Table, cfg: DataConfig, staging_dir: str, tokenizer:
     return built_once(DocProcessor, cfg, staging_dir, tokenizer)(batch)
 
 
-def workers(run: DataRun) -> int:
-    """Tasks at a time in the stage's Ray Data steps: data.execution.workers, else one per CPU of the cluster."""
-    return run.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
 class Process(Stage):
     """Every input record through STEPS, in Ray Data tasks fed by the read stage's stream."""
 
@@ -156,7 +150,7 @@ class Process(Stage):
     def run(self, run: DataRun, stats: Stats) -> None:
         import ray.data as rd
 
-        ex, n = run.data.execution, workers(run)
+        ex, n = run.data.execution, run.workers
         ctx = rd.DataContext.get_current()
         # bounded read-ahead: without a cap Ray Data queues blocks up to half the object store, so
         # memory would grow with the corpus; a few blocks per worker keep every one busy

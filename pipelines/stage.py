@@ -55,6 +55,13 @@ class DataRun:
     def trains_tokenizer(self) -> bool:
         return self.data.tokenizer.train is not None
 
+    @property
+    def workers(self) -> int:
+        """Tasks at a time in the stage's Ray Data steps: data.execution.workers, else one per CPU of the cluster."""
+        import ray
+
+        return self.data.execution.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
 
 class Stage:
     """One step of a run over the whole corpus."""

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import ray
 
 from pipelines.paths import TOKENIZER
-from pipelines.process import workers
 from pipelines.shards import binary_column
 from pipelines.stage import DataRun, Stage, built_once
 from pipelines.staging import final_texts
@@ -81,6 +80,6 @@ class TrainTokenizer(Stage):
                 tokenize_files,
                 fn_args=(run.tokenizer, dups_dir),
                 batch_size=1,
-                compute=rd.TaskPoolStrategy(size=workers(run)),
+                compute=rd.TaskPoolStrategy(size=run.workers),
             ).materialize()
         stats.counts["staging_files"] = len(run.staging)

@@ -31,7 +31,6 @@ from tqdm import tqdm
 from pipelines import layout
 from pipelines.layout import SPLITS, Counts, ShardMap, Start
 from pipelines.paths import DOCS, REMOVED, TOKENIZER, WORK
-from pipelines.process import workers
 from pipelines.shards import npy_from_raw, save_index, shard_path, token_arrays, token_dtype
 from pipelines.stage import DataRun, Stage
 from pipelines.staging import SKIP, SPLIT_TRAIN, SPLIT_VAL, final_mask
@@ -336,7 +335,7 @@ class Write(Stage):
         if tok.path is not None and not run.trains_tokenizer:  # the run stays self-contained: the tokenizer travels with the shards
             copy_tokenizer(tok.path, f"{root}/{TOKENIZER}")
         enc = load_encoding(tok)
-        dtype, groups = token_dtype(enc.n_vocab), groups_of(run.staging, 4 * workers(run))
+        dtype, groups = token_dtype(enc.n_vocab), groups_of(run.staging, 4 * run.workers)
         job = dict(root=root, trained=run.trains_tokenizer, masks=data.has_tasks, dtype=dtype, rows_per_part=ROWS_PER_PART)
         job.update(dups_dir=run.dups_dir if run.dups is not None else None, shard_tokens=data.output.shard_tokens)
         with stats.timer("count"):
