@@ -28,6 +28,7 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
     from contextlib import nullcontext
 
     from pipelines.shards import read_manifest
+    from training.config import accumulation_steps
     from training.data import ShardWindows, TrainLoader, val_windows
     from training.evaluate import lm_metrics, window_batches
     from training.loop import train_step
@@ -41,7 +42,7 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
     opt = build_optimizer(model, t.optim.model_copy(update={"lr": lr}), "cpu")
     sched = build_scheduler(opt, t.schedule, steps)
     loader = TrainLoader(ShardWindows(data_dir, "train", model_cfg.seq_len), t.batch.micro_batch_size, 0, 1, t.seed)
-    accum = max(1, t.batch.global_batch_tokens // (t.batch.micro_batch_size * model_cfg.seq_len))
+    accum = accumulation_steps(t, 1)
     for _ in range(steps):
         loss, _ = train_step(model, opt, sched, loader, accum, t.optim.grad_clip, nullcontext(), torch.device("cpu"), 1)
         if not torch.isfinite(loss):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from cluster.recipe import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
 from cluster.runtime import init_ray
 from pipelines.paths import LOSS_PLOT
-from training.config import EvalOptions, SampleOptions
+from training.config import EvalOptions, SampleOptions, describe_batch
 
 # the commands that take a recipe, which `raylm submit RECIPE -- COMMAND` can run on a cluster
 RECIPE_COMMANDS = ("validate", "data", "train", "tune", "run", "eval")
@@ -174,6 +174,7 @@ def _train_job(cfg: RunConfig) -> int:
     if job.train.init_from:
         check_init_from(job)
     init_ray(cfg.ray)
+    print(f"raylm train: {describe_batch(job.train)}, {job.train.max_steps:,} steps", flush=True)
     result = run_train(job)
     if result.error is not None:
         print(f"raylm: training failed: {result.error}", file=sys.stderr)

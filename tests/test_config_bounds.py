@@ -20,7 +20,10 @@ COMPANIONS = {
     "data.dedup.minhash.rows": {"bands": 1},
     "train.model.d_model": {"n_head": 1},
     "train.model.n_head": {"d_model": 64},
+    "train.batch.global_batch_tokens": {"micro_batch_size": 1},
 }
+# ... and in other sections
+OTHERS = {"train.batch.global_batch_tokens": {"train": {"model": {"seq_len": 1}, "scaling": {"num_workers": 1}}}}
 
 
 def _model_of(ann) -> type[BaseModel] | None:
@@ -69,6 +72,9 @@ def _raw(key: str, value, kind: str) -> dict:
     raw: dict = section
     for p in reversed(parts[:-1]):
         raw = {p: raw}
+    for top, sub in OTHERS.get(key, {}).items():
+        for name, values in sub.items():
+            raw[top][name] = values
     return raw
 
 

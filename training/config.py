@@ -79,6 +79,43 @@ class FailureConfig(Strict):
     max_failures: int = Field(default=3, ge=-1)  # -1: retry forever (Ray's FailureConfig)
 
 
+def batch_layout_error(global_tokens: int, micro: int, seq_len: int, workers: int) -> str | None:
+    """Why a global batch cannot be trained exactly (None if it can): it must be a whole number of micro-steps
+    of micro x seq_len tokens on every worker. Names the nearest global batches and micro-batches that fit."""
+    per = micro * seq_len * workers
+    if global_tokens % per == 0:
+        return None
+    near = sorted({max(per, global_tokens // per * per), -(-global_tokens // per) * per})
+    fixes = [f"global_batch_tokens {' or '.join(f'{g:,}' for g in near)}"]
+    if global_tokens % (seq_len * workers) == 0:
+        seqs = global_tokens // (seq_len * workers)  # sequences per worker per step: micro must divide it
+        divisors = [d for d in range(1, seqs + 1) if seqs % d == 0]
+        best = min(divisors, key=lambda d: (abs(d - micro), -d))
+        fixes.append(f"micro_batch_size {best} ({seqs // best} micro-step{'s' if seqs > best else ''} per step)")
+    return (
+        f"train.batch.global_batch_tokens: {global_tokens:,} is not a whole number of micro-steps of micro_batch_size x "
+        f"model.seq_len x scaling.num_workers = {micro} x {seq_len} x {workers} = {per:,} tokens; nearest that fit: " + "; ".join(fixes)
+    )
+
+
+def accumulation_steps(t: TrainConfig, world: int) -> int:
+    """Micro-steps per optimizer step so that one step sees exactly `global_batch_tokens` on `world` workers."""
+    b = t.batch
+    why = batch_layout_error(b.global_batch_tokens, b.micro_batch_size, t.model.seq_len, world)
+    if why:  # the recipe validated with scaling.num_workers; another world is a bug, never a rounding
+        raise ValueError(why)
+    return b.global_batch_tokens // (b.micro_batch_size * t.model.seq_len * world)
+
+
+def describe_batch(t: TrainConfig) -> str:
+    """The step's layout in words, printed as training starts."""
+    w, b = t.scaling.num_workers, t.batch
+    return (
+        f"{w} worker{'s' if w > 1 else ''} x {b.micro_batch_size} sequences x {t.model.seq_len} tokens x "
+        f"{accumulation_steps(t, w)} micro-step(s) = {b.global_batch_tokens:,} tokens per step"
+    )
+
+
 class TrainConfig(Strict):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -99,6 +136,14 @@ class TrainConfig(Strict):
     data_path: str | None = None  # shards to train on (null: this run's data/, written by `raylm data`)
     scaling: ScalingConfig = ScalingConfig()
     failure: FailureConfig = FailureConfig()
+
+    @model_validator(mode="after")
+    def _exact_batch(self) -> TrainConfig:
+        # the step trains on exactly the tokens asked for: a recipe ported from nanoGPT keeps its batch
+        why = batch_layout_error(self.batch.global_batch_tokens, self.batch.micro_batch_size, self.model.seq_len, self.scaling.num_workers)
+        if why:
+            raise ValueError(why)
+        return self
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 
 from pipelines.shards import read_manifest
 from training import checkpoint
-from training.config import TrainConfig, TrainJob
+from training.config import TrainJob, accumulation_steps
 from training.data import ShardWindows, TrainLoader, val_windows
 from training.evaluate import lm_metrics, window_batches
 from training.metrics import MetricsLog
@@ -27,13 +27,6 @@ from training.parallel import autocast, grad_sync, parallelize
 
 # bf16 dense peak of the accelerators MFU is reported against (per GPU); null where unknown or CPU
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def accumulation_steps(t: TrainConfig, world: int) -> int:
-    """Micro-steps per optimizer step so that one step sees `global_batch_tokens` (at least one)."""
-    b = t.batch
-    per_micro = b.micro_batch_size * t.model.seq_len * world
-    return max(1, round(b.global_batch_tokens / per_micro))
 
 
 def _quiet_ray_train_reports() -> None:
