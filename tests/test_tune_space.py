@@ -70,7 +70,7 @@ def test_trial_recipe_and_concurrency():
     assert r["train"]["data_path"] == "/data/x" and cfg.train.optim.lr == 1.0e-3  # the base is untouched
     assert apply_trial({"a": {"b": 1}}, {"a.c": 2}) == {"a": {"b": 1, "c": 2}}
     assert max_concurrent(cfg, {"CPU": 2.0}) == 2  # 1 worker x 1 CPU per trial
-    assert max_concurrent(load_config(RECIPE, ["train.scaling.num_workers=2"]), {"CPU": 5.0}) == 2
+    assert max_concurrent(load_config(RECIPE, ["train.scaling.num_workers=2", "train.batch.micro_batch_size=8"]), {"CPU": 5.0}) == 2
     with pytest.raises(ConfigError, match="one trial needs"):
         max_concurrent(load_config(RECIPE, ["train.scaling.use_gpu=true"]), {"CPU": 8.0})
 
