@@ -180,7 +180,8 @@ def _train_job(cfg: RunConfig) -> int:
         print(f"raylm: training failed: {result.error}", file=sys.stderr)
         return 1
     s = summarize(cfg.paths)
-    val = f", val loss {s['val_loss']:.4f} (ppl {s['val_ppl']:.1f}) at step {s['val_step']}" if "val_loss" in s else ""
+    bpb = f", {s['val_bpb']:.4f} bits/byte" if s.get("val_bpb") is not None else ""
+    val = f", val loss {s['val_loss']:.4f} (ppl {s['val_ppl']:.1f}{bpb}) at step {s['val_step']}" if "val_loss" in s else ""
     mfu = f", MFU {s['mfu']:.1%}" if s.get("mfu") is not None else ""
     print(
         f"raylm train: {cfg.paths.train}: step {s['step']}, {s['tokens']:,} tokens, train loss {s['loss']:.4f}{val}; "
@@ -195,8 +196,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The main job: the data stage (skipped when complete), training, a sample and the bar to clear."""
+    from pipelines.shards import read_manifest
     from training.checkpoint import load_model
     from training.data import unigram_entropy
+    from training.metrics import split_bpb
     from training.sample import sample
     from training.trainer import summarize
 
@@ -219,6 +222,9 @@ def _run(args: argparse.Namespace) -> int:
             f"raylm run: val loss {s['val_loss']:.3f} nats/token vs unigram entropy {h:.3f} of the train tokens "
             f"({h - s['val_loss']:+.3f}: what the model learned beyond token frequencies)"
         )
+        h_bpb = split_bpb(h, read_manifest(cfg.paths.shards), "train")
+        if s.get("val_bpb") is not None and h_bpb is not None:
+            print(f"raylm run: val {s['val_bpb']:.4f} bits/byte vs unigram {h_bpb:.4f} bits/byte (comparable across tokenizers)")
     return 0
 
 

@@ -72,6 +72,7 @@ class DocProcessor:
             with stats.timer(step.name):
                 step(c)
         b.kept += c.rows
+        b.text_bytes += [len(t) if t.isascii() else len(t.encode()) for t in c.texts]
         b.out += c.tokens if c.tokens is not None else c.texts
         b.masks += c.masks or []
 
@@ -94,6 +95,9 @@ class DocProcessor:
         if b.sig is not None:
             cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(b.sig.shape[1] * 4), n, [None, pa.py_buffer(b.sig.tobytes())])
         where = np.asarray(b.kept, dtype=np.int64)
+        text_bytes = np.zeros(n, dtype=np.int64)
+        text_bytes[where] = b.text_bytes
+        cols["text_bytes"] = pa.array(text_bytes)
         if self.enc is not None:
             ntokens = np.zeros(n, dtype=np.int32)
             ntokens[where] = [len(t) for t in b.out]

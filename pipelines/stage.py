@@ -95,6 +95,7 @@ class Block:
     kept: list[int] = field(default_factory=list)  # rows that passed every step, in order
     out: list = field(default_factory=list)  # per kept row: its tokens, or its cleaned text when the tokenizer is trained later
     masks: list = field(default_factory=list)  # per kept row: its loss mask (task recipes)
+    text_bytes: list[int] = field(default_factory=list)  # per kept row: UTF-8 bytes of the text it was tokenized from
 
 
 @dataclass

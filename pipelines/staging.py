@@ -34,6 +34,9 @@ def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
     ]
     if cfg.dedup.minhash.enabled:
         fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))
+    # UTF-8 bytes of a kept document as tokenized (0 for the others): the splits' bytes in the manifest, which
+    # turn a loss per token into bits per byte
+    fields.append(("text_bytes", pa.int64()))
     if tokenized:  # the token count apart: the write stage lays shards out from counts without reading the tokens
         fields += [("ntokens", pa.int32()), ("tokens", pa.large_binary())]
     else:

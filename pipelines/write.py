@@ -129,19 +129,22 @@ def _view(s: dict, dups: dict, trained: bool, cols: tuple[str, ...] = ()) -> tup
 
 @ray.remote
 def _count(group: list[dict], dups_dir: str | None, trained: bool) -> tuple[Counts, dict]:
-    dups, docs, tokens, removed, skipped, records, nbytes = _Dups(dups_dir, group), [0, 0], [0, 0], Counter(), Counter(), 0, 0
+    dups, docs, tokens, text_bytes = _Dups(dups_dir, group), [0, 0], [0, 0], [0, 0]
+    removed, skipped, records, nbytes = Counter(), Counter(), 0, 0
     for s in group:
         d = dups.of(s)
-        t, mask, split, lengths = _view(s, d, trained, ("id", "src", "nbytes"))
+        t, mask, split, lengths = _view(s, d, trained, ("id", "src", "nbytes", "text_bytes"))
         _, r, k = removed_rows(t, mask, d)
         removed.update(r)
         skipped.update(k)
+        kept_bytes = t["text_bytes"].to_numpy()[mask]
         for sp in SPLITS:
             docs[sp] += int((split == sp).sum())
             tokens[sp] += int(lengths[split == sp].sum())
+            text_bytes[sp] += int(kept_bytes[split == sp].sum())
         records, nbytes = records + t.num_rows, nbytes + int(pc.sum(t["nbytes"]).as_py() or 0)
     counts = Counts(tuple(docs), tuple(tokens), sum(removed.values()))
-    return counts, {"records_in": records, "bytes_in": nbytes, "removed": removed, "skipped": skipped}
+    return counts, {"records_in": records, "bytes_in": nbytes, "removed": removed, "skipped": skipped, "text_bytes": text_bytes}
 
 
 @ray.remote
@@ -353,6 +356,8 @@ class Write(Stage):
             removed.update(c["removed"])
             skipped.update(c["skipped"])
             stats.counts.update(records_in=c["records_in"], bytes_in=c["bytes_in"])
+        for sp, name in SPLIT_NAMES.items():  # the bytes the split's tokens decode to (EOT tokens: none)
+            splits[name] = {"tokens": splits[name]["tokens"], "bytes": sum(c["text_bytes"][sp] for _, c in counted), **splits[name]}
         docs_in = stats.counts["records_in"] - sum(skipped.values())
         kept, shards = sum(sp["docs"] for sp in splits.values()), sum(len(sp["shards"]) for sp in splits.values())
         stats.counts.update(docs_in=docs_in, docs_kept=kept, shards=shards, groups=len(groups))

@@ -72,3 +72,15 @@ def test_val_windows_fixed(data_root):
     w = ShardWindows(data_root, "train", seq_len=64)
     v = val_windows(w, 10)
     assert len(v) == 10 and np.array_equal(v, val_windows(w, 10)) and v[0] == 0 and v[-1] == w.n - 1
+
+
+def test_bits_per_byte_from_a_manifest():
+    import math
+
+    from training.metrics import bits_per_byte, split_bpb
+
+    man = {"splits": {"val": {"tokens": 300, "bytes": 1200}, "train": {"tokens": 10, "docs": 1}}}
+    assert bits_per_byte(math.log(2), 100, 50) == pytest.approx(2.0)  # 1 bit a token, 2 tokens a byte
+    assert split_bpb(2.0, man, "val") == pytest.approx(2.0 * 300 / (1200 * math.log(2)))
+    assert split_bpb(None, man, "val") is None and split_bpb(2.0, man, "train") is None  # no loss; a manifest without bytes
+    assert split_bpb(2.0, {**man, "loss_mask": True}, "val") is None  # a masked loss counts only completions

@@ -60,6 +60,8 @@ def test_sample_round_trip_split_and_conservation(ray_session, tmp_path):
     assert _decode_split(root, "train", enc) == by_split[0]
     assert _decode_split(root, "val", enc) == by_split[1]
     assert len(by_split[1]) > 0
+    # each split's bytes: the UTF-8 text its tokens decode to (what val_bpb divides by), counted by hand
+    assert [man["splits"][s]["bytes"] for s in ("train", "val")] == [sum(len(t.encode()) for t in by_split[k]) for k in (0, 1)]
     for doc in iter_documents(root, "train"):
         assert doc[0] == enc.eot_token
     # shard sha256 in the manifest is that of the file

@@ -28,6 +28,7 @@ from pipelines.tokenize import encode_documents, encode_with_masks
 from training.checkpoint import load_model
 from training.config import EvalOptions, TrainJob
 from training.data import ShardWindows, val_windows
+from training.metrics import bits_per_byte, split_bpb
 from training.model import GPT
 
 
@@ -226,6 +227,9 @@ def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
         what = Path(opts.file).stem
         mask = np.concatenate(masks) if masks is not None else None
         res["lm"] = lm_metrics(model, _token_batches(np.concatenate(docs), seq_len, mask), opts.device)
+        if masks is None:  # the file's text: every token scored, end-of-text tokens decode to no bytes
+            nbytes = sum(len(enc.decode_bytes(d[d != enc.eot_token].tolist())) for d in docs)
+            res["lm"]["bpb"] = bits_per_byte(res["lm"]["loss"], sum(len(d) for d in docs), nbytes)
         examples = task_examples(zip(docs, masks)) if masks is not None else []
         train_labels: list[str] = []
     else:
@@ -238,6 +242,7 @@ def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
                 f"{data_root} was made with {man['tokenizer']['name']} (different ranks)"
             )
         res["lm"] = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows, job.train.batch.micro_batch_size), opts.device)
+        res["lm"]["bpb"] = split_bpb(res["lm"]["loss"], man, opts.split)
         examples = split_examples(data_root, opts.split) if man.get("loss_mask") else []
         train_labels = [enc.decode(c) for _, c in split_examples(data_root, "train")] if examples else []
     if examples:
@@ -263,6 +268,8 @@ def print_results(res: dict) -> None:
     if lm["loss"] is not None:
         t.add_row("loss (nats/token)", f"{lm['loss']:.4f}")
         t.add_row("perplexity", f"{lm['ppl']:.2f}")
+        if lm.get("bpb") is not None:
+            t.add_row("bits per byte", f"{lm['bpb']:.4f}")
         t.add_row("next-token accuracy", f"{lm['token_accuracy']:.2%}")
         t.add_row("tokens scored", f"{lm['tokens']:,}")
     task = res.get("task")

@@ -20,7 +20,7 @@ from training import checkpoint
 from training.config import TrainJob, accumulation_steps
 from training.data import ShardWindows, TrainLoader, val_windows
 from training.evaluate import lm_metrics, window_batches
-from training.metrics import MetricsLog
+from training.metrics import MetricsLog, split_bpb
 from training.model import GPT, GPTConfig
 from training.optim import build_optimizer, build_scheduler, hyperparams, reapply_hyperparams
 from training.parallel import autocast, grad_sync, parallelize
@@ -218,7 +218,7 @@ class Trainer:
             row = self.train_step()
             if self.val is not None and (self.step % t.eval.every == 0 or self.step == t.max_steps):
                 val = self.evaluate()
-                row.update(val_loss=val["loss"], val_ppl=val["ppl"])
+                row.update(val_loss=val["loss"], val_ppl=val["ppl"], val_bpb=split_bpb(val["loss"], self.manifest, "val"))
             if log is not None:
                 log.log(row)
             if self.checkpoint_and_report(row, log) and acks is not None and self.step < t.max_steps:

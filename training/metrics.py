@@ -6,6 +6,7 @@ loss-curve PNG drawn from metrics.jsonl at the end of a run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
@@ -14,7 +15,25 @@ import fsspec
 from pipelines.io import is_local
 from pipelines.paths import METRICS, TENSORBOARD
 
-SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_ppl")
+SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_ppl", "val_bpb")
+
+
+def bits_per_byte(loss: float | None, tokens: int, nbytes: int | None) -> float | None:
+    """A loss in nats per token as bits per byte of UTF-8 text, over text of `tokens` tokens (end-of-text
+    tokens included: their loss counts, they decode to no text) and `nbytes` bytes: what compares across
+    tokenizers. None without a loss or a byte count (a manifest written before splits had `bytes`)."""
+    if loss is None or not nbytes:
+        return None
+    return loss * tokens / (nbytes * math.log(2))
+
+
+def split_bpb(loss: float | None, manifest: dict, split: str) -> float | None:
+    """bits_per_byte of a loss over one split of a manifest. None under a loss mask: that loss counts only
+    completion tokens, which the split's token and byte counts do not separate."""
+    if manifest.get("loss_mask"):
+        return None
+    s = manifest["splits"][split]
+    return bits_per_byte(loss, s["tokens"], s.get("bytes"))
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -99,7 +99,7 @@ def summarize(paths: RunPaths) -> dict:
         "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed),
     }
     if ev:
-        out.update(val_loss=ev[-1]["val_loss"], val_ppl=ev[-1]["val_ppl"], val_step=ev[-1]["step"])
+        out.update(val_loss=ev[-1]["val_loss"], val_ppl=ev[-1]["val_ppl"], val_bpb=ev[-1].get("val_bpb"), val_step=ev[-1]["step"])
     mfu = [r["mfu"] for r in timed if r.get("mfu") is not None]
     out["mfu"] = sum(mfu) / len(mfu) if mfu else None
     return out

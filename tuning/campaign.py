@@ -234,8 +234,8 @@ def build_search(t: TuneConfig, space: dict, concurrency: int):
 def check(cfg: Recipe) -> dict:
     """Everything about the campaign that can be wrong before Ray starts (ConfigError, exit 2)."""
     space = validate_space(cfg)
-    if cfg.tune.metric not in ("val_loss", "val_ppl", "loss"):
-        raise ConfigError(f"tune.metric: {cfg.tune.metric!r} is not reported by the loop (val_loss, val_ppl, loss)")
+    if cfg.tune.metric not in ("val_loss", "val_ppl", "val_bpb", "loss"):
+        raise ConfigError(f"tune.metric: {cfg.tune.metric!r} is not reported by the loop (val_loss, val_ppl, val_bpb, loss)")
     build_search(cfg.tune, space, 1)
     if cfg.tune.scheduler.type == "pbt":
         _check_pbt(cfg, space)
