@@ -1,7 +1,7 @@
 """Training throughput of `raylm train` (Ray Train) against a plain PyTorch loop, side by side.
 
     python benchmarks/train_throughput.py [--recipe cluster/recipes/local.yaml] [--steps 30]
-                                          [--layouts 1x2,2x1] [--repeat 2] [--set KEY=VALUE ...]
+                                          [--layouts auto,1x2,2x1] [--repeat 2] [--set KEY=VALUE ...]
 
 Both run the same model, batch, optimizer, loader and step function (training.loop.train_step)
 over the recipe's shards, on the same cores; the plain loop is torch alone (one process, or one per
@@ -98,7 +98,7 @@ def _print_results(results: list[tuple], fpt: float, repeat: int) -> None:
     print(f"\nmedians of {repeat} alternated runs each")
     print(f"{'layout':>8} {'plain tok/s':>12} {'ray tok/s':>12} {'ray/plain':>10} {'MFU (ray)':>10}  same losses")
     for layout, rp, rr, same in results:
-        w = int(layout.split("x")[0])
+        w = int(layout.split("=")[-1].split("x")[0])
         mfu = f"{rr * fpt / (peak * w):.1%}" if peak else "n/a"
         print(f"{layout:>8} {rp:>12,.0f} {rr:>12,.0f} {rr / rp:>10.3f} {mfu:>10}  {same}")
     if len(results) > 1:
@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=2, help="alternated plain/Ray runs per layout (medians reported)")
     ap.add_argument("--skip", type=int, default=5, help="steps left out at the start (warm-up, compile)")
-    ap.add_argument("--layouts", default="1x2,2x1", help="comma-separated WORKERSxCPUS (GPU runs: WORKERSx0)")
+    ap.add_argument("--layouts", default="auto,1x2,2x1", help="comma-separated WORKERSxCPUS (GPU runs: WORKERSx0), or auto (train.scaling's default)")
     ap.add_argument("--out", default=str(ROOT / "bench-out" / "train"))
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -126,6 +126,7 @@ def main() -> None:
     from pipelines.run import run_data
     from pipelines.shards import read_manifest
     from training.model import GPT, GPTConfig
+    from training.scaling import resolve_job
 
     base = load_config(args.recipe, [*args.overrides, f"storage_path={out}"])
     init_ray(base.ray)
@@ -139,17 +140,17 @@ def main() -> None:
     )
     results = []
     for layout in args.layouts.split(","):
-        w, c = (int(x) for x in layout.lower().split("x"))
-        res = {"CPU": c} if c else {"GPU": 1}
-        over = [
-            f"train.scaling.num_workers={w}",
-            f"train.scaling.resources_per_worker={json.dumps(res)}",
-            f"train.scaling.use_gpu={str(c == 0).lower()}",
-            f"train.max_steps={args.steps}",
-            "train.eval.every=1000000000",
-            "train.checkpoint.every=1000000000",
-        ]
+        over = [f"train.max_steps={args.steps}", "train.eval.every=1000000000", "train.checkpoint.every=1000000000"]
+        if layout != "auto":
+            w, c = (int(x) for x in layout.lower().split("x"))
+            res = {"CPU": c} if c else {"GPU": 1}
+            over += [f"train.scaling.num_workers={w}", f"train.scaling.resources_per_worker={json.dumps(res)}"]
+            over += [f"train.scaling.use_gpu={str(c == 0).lower()}"]
         cfg = load_config(args.recipe, [*args.overrides, f"storage_path={out}", *over])
+        cfg = cfg.model_copy(update={"train": resolve_job(cfg.train_job()).train})  # auto: as raylm train resolves it
+        if layout == "auto":
+            s = cfg.train.scaling
+            layout = f"auto={s.num_workers}x{int(s.resources_per_worker.get('CPU', 0)) if not s.use_gpu else 0}"
         plain_rates, ray_rates, same = [], [], True
         for rep in range(args.repeat):  # alternated, so a drift of the machine's speed hits both alike
             plain = run_plain(cfg, args.steps, out / f"plain-{layout}.jsonl")

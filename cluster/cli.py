@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,19 +168,22 @@ def _data(args: argparse.Namespace) -> int:
 
 def _train_job(cfg: RunConfig) -> int:
     from pipelines.shards import require_shards
+    from training.scaling import resolve_job
     from training.trainer import check_init_from, run_train, summarize
 
+    started = time.time()
     job = cfg.train_job()
     require_shards(cfg.paths.shards)  # what can be wrong fails before Ray starts
     if job.train.init_from:
         check_init_from(job)
     init_ray(cfg.ray)
+    job = resolve_job(job)
     print(f"raylm train: {describe_batch(job.train)}, {job.train.max_steps:,} steps", flush=True)
     result = run_train(job)
     if result.error is not None:
         print(f"raylm: training failed: {result.error}", file=sys.stderr)
         return 1
-    s = summarize(cfg.paths)
+    s = summarize(cfg.paths, started)
     bpb = f", {s['val_bpb']:.4f} bits/byte" if s.get("val_bpb") is not None else ""
     val = f", val loss {s['val_loss']:.4f} (ppl {s['val_ppl']:.1f}{bpb}) at step {s['val_step']}" if "val_loss" in s else ""
     mfu = f", MFU {s['mfu']:.1%}" if s.get("mfu") is not None else ""
@@ -187,6 +191,8 @@ def _train_job(cfg: RunConfig) -> int:
         f"raylm train: {cfg.paths.train}: step {s['step']}, {s['tokens']:,} tokens, train loss {s['loss']:.4f}{val}; "
         f"{s['tokens_per_s']:,.0f} tokens/s{mfu}; loss curve train/{LOSS_PLOT}"
     )
+    if "first_step_s" in s:  # what a user waits before training moves, and how long it then ran
+        print(f"raylm train: first step done {s['first_step_s']:.1f}s after start (Ray, workers, model, shards); last at {s['train_s']:.1f}s")
     return 0
 
 

@@ -5,6 +5,7 @@ task set (data with loss masks, init_from, `raylm eval` before and after, `raylm
 
 import json
 import math
+import re
 from collections import Counter
 
 import pytest
@@ -36,11 +37,13 @@ def test_run_sample_then_resume(pretrained, capsys):
     assert [r["step"] for r in rows] == list(range(1, 13))
     assert rows[0]["tokens"] == 1024 and rows[-1]["loss"] < rows[0]["loss"]
     assert "val_loss" in rows[5] and "val_ppl" in rows[-1] and rows[0]["mfu"] is None
-    assert "2 workers x 4 sequences x 64 tokens x 2 micro-step(s) = 1,024 tokens per step" in out
+    assert "2 workers (1 CPU each) x 4 sequences x 64 tokens x 2 micro-step(s) = 1,024 tokens per step" in out
     # bits per byte: the val loss over the val split's tokens per byte of its text, by hand from the manifest
     val = json.loads((run / "data" / "manifest.json").read_text())["splits"]["val"]
     assert rows[5]["val_bpb"] == pytest.approx(rows[5]["val_loss"] * val["tokens"] / val["bytes"] / math.log(2), rel=1e-12)
     assert f"{rows[-1]['val_bpb']:.4f} bits/byte" in out and "bits/byte vs unigram" in out
+    first, last = (float(x) for x in re.search(r"first step done ([\d.]+)s after start .*; last at ([\d.]+)s", out).groups())
+    assert 0 < first < last
     assert (run / "train" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert list((run / "train" / "tensorboard").glob("events.out.tfevents.*"))
     ckpts = sorted(p for p in (run / "train").glob("checkpoint_*") if p.is_dir())

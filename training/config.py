@@ -69,10 +69,20 @@ class CheckpointConfig(Strict):
     keep: int = Field(default=2, ge=1)
 
 
+AUTO = "auto"
+
+
 class ScalingConfig(Strict):
-    num_workers: int = Field(default=2, ge=1)
-    use_gpu: bool = False
-    resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] = {"CPU": 1}
+    """Ray Train's ScalingConfig. `auto` (each key's default) is resolved against the cluster when training
+    starts (training/scaling.py): one worker per GPU, else one per CPU node with all its CPUs; explicit values win."""
+
+    num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = AUTO
+    use_gpu: bool | Literal["auto"] = AUTO
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] | Literal["auto"] = AUTO
+
+    @property
+    def resolved(self) -> bool:
+        return AUTO not in (self.num_workers, self.use_gpu, self.resources_per_worker)
 
 
 class FailureConfig(Strict):
@@ -108,11 +118,12 @@ def accumulation_steps(t: TrainConfig, world: int) -> int:
 
 
 def describe_batch(t: TrainConfig) -> str:
-    """The step's layout in words, printed as training starts."""
-    w, b = t.scaling.num_workers, t.batch
+    """The step's layout in words (of a resolved train.scaling), printed as training starts."""
+    s, b = t.scaling, t.batch
+    where = f"{s.resources_per_worker.get('CPU', 0):g} CPU" + (" + GPU" if s.use_gpu else "")
     return (
-        f"{w} worker{'s' if w > 1 else ''} x {b.micro_batch_size} sequences x {t.model.seq_len} tokens x "
-        f"{accumulation_steps(t, w)} micro-step(s) = {b.global_batch_tokens:,} tokens per step"
+        f"{s.num_workers} worker{'s' if s.num_workers > 1 else ''} ({where} each) x {b.micro_batch_size} sequences x "
+        f"{t.model.seq_len} tokens x {accumulation_steps(t, s.num_workers)} micro-step(s) = {b.global_batch_tokens:,} tokens per step"
     )
 
 
@@ -139,10 +150,12 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _exact_batch(self) -> TrainConfig:
-        # the step trains on exactly the tokens asked for: a recipe ported from nanoGPT keeps its batch
-        why = batch_layout_error(self.batch.global_batch_tokens, self.batch.micro_batch_size, self.model.seq_len, self.scaling.num_workers)
-        if why:
-            raise ValueError(why)
+        # the step trains on exactly the tokens asked for: a recipe ported from nanoGPT keeps its batch. With
+        # num_workers auto, checked once the cluster is known (training/scaling.py: resolve_job)
+        if self.scaling.num_workers != AUTO:
+            why = batch_layout_error(self.batch.global_batch_tokens, self.batch.micro_batch_size, self.model.seq_len, self.scaling.num_workers)
+            if why:
+                raise ValueError(why)
         return self
 
 

@@ -22,8 +22,9 @@ def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str 
     from ray.train.torch import TorchTrainer
 
     from training.loop import train_loop_per_worker
+    from training.scaling import resolve_job
 
-    job = job.absolute()
+    job = resolve_job(job.absolute())  # the workers and checkpoints carry the layout actually used
     t = job.train
     return TorchTrainer(
         train_loop_per_worker,
@@ -83,13 +84,16 @@ def check_init_from(job: TrainJob) -> str:
     return ckpt
 
 
-def summarize(paths: RunPaths) -> dict:
-    """The last step's figures, the last validation loss and the mean throughput, from metrics.jsonl."""
+def summarize(paths: RunPaths, started: float | None = None) -> dict:
+    """The last step's figures, the last validation loss and the mean throughput, from metrics.jsonl; with
+    `started` (time.time() when the command began), the seconds to this invocation's first step finished
+    (`first_step_s`: Ray, worker group, model build, shard mapping) and to its last (`train_s`)."""
     from training.metrics import read_metrics
 
     rows = read_metrics(paths.metrics)
     if not rows:
         return {}
+    mine = [r["time"] for r in rows if started is not None and r.get("time", 0) >= started]
     ev = [r for r in rows if r.get("val_loss") is not None]
     timed = rows[1:] or rows  # the first step carries one-off costs
     out = {
@@ -102,4 +106,6 @@ def summarize(paths: RunPaths) -> dict:
         out.update(val_loss=ev[-1]["val_loss"], val_ppl=ev[-1]["val_ppl"], val_bpb=ev[-1].get("val_bpb"), val_step=ev[-1]["step"])
     mfu = [r["mfu"] for r in timed if r.get("mfu") is not None]
     out["mfu"] = sum(mfu) / len(mfu) if mfu else None
+    if mine:
+        out.update(first_step_s=min(mine) - started, train_s=max(mine) - started)
     return out

@@ -24,6 +24,7 @@ from pipelines.schema import ConfigError
 from pipelines.shards import require_shards
 from training import checkpoint
 from training.config import TrainConfig, TrainJob
+from training.scaling import resolve_job
 from tuning.config import Recipe, TuneConfig
 from tuning.space import apply_trial, to_tune, validate_space
 
@@ -270,6 +271,9 @@ def run_tune(cfg: Recipe, resume: bool = False):
     import ray
     from ray import tune
 
+    # train.scaling auto: resolved once for the cluster, so every trial has the same layout and the space's
+    # values are checked against it (a micro-batch that does not divide the global batch fails here)
+    cfg = cfg.model_copy(update={"train": resolve_job(cfg.train_job()).train})
     space = check(cfg)
     require_shards(cfg.paths.shards, " (trials only read shards)")
     storage, data_dir = absolute(cfg.storage_path), absolute(cfg.paths.shards)
