@@ -137,3 +137,10 @@ def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, cap
     # and the fine-tuned run exports
     assert main(["export", str(tmp_path / "ft"), str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "model.safetensors").exists()
+
+    # the same fine-tune with document masking (finetune.yaml's own setting): the same weights (lr 0) on the same
+    # val windows score the packed examples each on its own, so only the mask moves the loss
+    masked = [*sets, "--set", "name=ftm", "--set", f"train.data_path={data}", "--set", f"train.model={MODEL[:-1]}, document_mask: true}}"]
+    assert main(["train", FINETUNE, *masked]) == 0
+    plain, doc = _rows(tmp_path / "ft")[-1]["val_loss"], _rows(tmp_path / "ftm")[-1]["val_loss"]
+    assert plain is not None and doc is not None and abs(plain - doc) > 1e-4

@@ -187,7 +187,7 @@ def load_model(path: str, device: str = "cpu") -> LoadedModel:
     ckpt = resolve(path)
     state, _ = load(ckpt, 0, device)
     train = TrainConfig.model_validate(state["config"]["train"])
-    model = GPT(GPTConfig.from_config(train.model, state["tokenizer"]["n_vocab"]))
+    model = GPT(GPTConfig.from_config(train.model, state["tokenizer"]["n_vocab"], state["tokenizer"].get("eot")))
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return LoadedModel(model, load_encoding(run_tokenizer(state["tokenizer"], ckpt)), state, ckpt)

@@ -31,6 +31,9 @@ class ModelConfig(Strict):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     bias: bool = False
     mup: MupConfig | None = None  # null: standard parametrization
+    # attention stops at the end-of-text token between packed documents, positions restart at each: a window
+    # trains as if each document were alone (fine-tuning on short examples). A training choice, not a shape
+    document_mask: bool = False
 
     @model_validator(mode="after")
     def _heads(self) -> ModelConfig:

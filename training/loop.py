@@ -121,7 +121,8 @@ class Trainer:
         self.data_root = self.job.paths.shards
         self.manifest = read_manifest(self.data_root)
         torch.manual_seed(t.seed)  # the same initial weights on every rank
-        gpt = GPT(GPTConfig.from_config(t.model, self.manifest["tokenizer"]["n_vocab"]))
+        tok = self.manifest["tokenizer"]
+        gpt = GPT(GPTConfig.from_config(t.model, tok["n_vocab"], tok.get("eot")))
         torch.manual_seed(t.seed + rank)  # then per-rank streams (dropout)
         self.flops_per_token = gpt.flops_per_token()
         self.model = parallelize(gpt, t, device)

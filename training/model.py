@@ -35,12 +35,16 @@ class GPTConfig:
     dropout: float
     bias: bool
     mup_base_width: int | None = None  # muP on, with hyperparameters tuned at this d_model
+    document_mask: bool = False  # attention within documents only (they begin at the eot token)
+    eot: int | None = None  # the end-of-text token, which begins every document in the shards
 
     @classmethod
-    def from_config(cls, model: ModelConfig, n_vocab: int) -> GPTConfig:
+    def from_config(cls, model: ModelConfig, n_vocab: int, eot: int | None = None) -> GPTConfig:
         d = model.model_dump()
         mup = d.pop("mup")
-        return cls(vocab_size=padded_vocab(n_vocab), mup_base_width=mup["base_width"] if mup else None, **d)
+        if d["document_mask"] and eot is None:
+            raise ValueError("document_mask needs the tokenizer's end-of-text token (eot)")
+        return cls(vocab_size=padded_vocab(n_vocab), mup_base_width=mup["base_width"] if mup else None, eot=eot, **d)
 
     @property
     def width_mult(self) -> float:
@@ -65,11 +69,13 @@ class CausalSelfAttention(nn.Module):
         self.proj.residual = True  # scaled at init
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape  # batch, time, d_model
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=self.scale)
+        drop = self.dropout if self.training else 0.0
+        # mask: (B, 1, T, T), True where attention is allowed (causal and within a document); else plain causal
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None, scale=self.scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C): heads side by side
         return self.resid_drop(self.proj(y))
 
@@ -92,8 +98,8 @@ class Block(nn.Module):
         self.ln1, self.attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias), CausalSelfAttention(cfg)
         self.ln2, self.mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias), MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -136,10 +142,10 @@ class GPT(nn.Module):
         """Logits (B, T, vocab) and, with targets, the mean cross-entropy (over mask==1 positions)."""
         B, T = idx.shape
         assert T <= self.cfg.seq_len, f"sequence of {T} tokens, model seq_len is {self.cfg.seq_len}"
-        pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C)
+        pos, mask = self.positions(idx)  # (T,) or (B, T); None or (B, 1, T, T)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C) or (B, T, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         logits = self.head(self.ln_f(x))  # (B, T, vocab)
         if self.cfg.mup_base_width:  # muP: output logits / width_mult keep their scale as width grows
             logits = logits / self.cfg.width_mult
@@ -150,6 +156,21 @@ class GPT(nn.Module):
             return logits, loss.mean()
         m = loss_mask.reshape(-1).to(loss.dtype)
         return logits, (loss * m).sum() / m.sum().clamp_min(1)
+
+    def positions(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Position ids and attention mask of a batch (B, T). Plain: 0..T-1, causal attention. With
+        document_mask: each eot token begins a document; positions restart there and a token attends to the
+        earlier tokens of its own document only, so a packed window computes what each document alone would."""
+        B, T = idx.shape
+        t = torch.arange(T, device=idx.device)  # (T,)
+        if not self.cfg.document_mask:
+            return t, None
+        begins = idx == self.cfg.eot  # (B, T)
+        doc = torch.cumsum(begins, dim=1)  # (B, T): which document of the window each token is in
+        start = torch.cummax(torch.where(begins, t, 0), dim=1).values  # (B, T): where that document began
+        causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
+        mask = causal & (doc[:, :, None] == doc[:, None, :])  # (B, T, T)
+        return t - start, mask[:, None]
 
     @torch.no_grad()
     def generate(

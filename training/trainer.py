@@ -67,8 +67,8 @@ def check_init_from(job: TrainJob) -> str:
     meta = checkpoint.read_meta(f"{ckpt}/{checkpoint.META}")
     want = job.train.model.model_dump(mode="json")
     have = meta.get("model")
-    # dropout is a training choice, not a shape: a fine-tune may change it
-    diff = {k: (have[k], want[k]) for k in want if k != "dropout" and have is not None and have.get(k) != want[k]}
+    # dropout and document masking are training choices, not shapes: a fine-tune may change them
+    diff = {k: (have[k], want[k]) for k in want if k not in ("dropout", "document_mask") and have is not None and have.get(k) != want[k]}
     if diff:
         raise ConfigError(
             f"train.init_from: {ckpt} has a different model: "
