@@ -62,17 +62,18 @@ def test_cli_exit_codes(tmp_path):
     assert run("validate", str(tmp_path / "nope.yaml")).returncode == 2
 
 
-TWO = "train.scaling={num_workers: 2, use_gpu: false, resources_per_worker: {CPU: 1}}"  # local.yaml's is auto
+TWO = "train.scaling={num_workers: 2, use_gpu: false, resources_per_worker: {CPU: 1}}"
+M16 = "train.batch.micro_batch_size=16"
 
 
 def test_a_global_batch_that_does_not_divide_fails_with_the_nearest_fits():
     # 4,096 tokens on 2 workers x 16 x 256 used to train 8,192 a step, silently (round(0.5) -> 1 micro-step)
     with pytest.raises(ConfigError) as e:
-        load_config(RECIPE, [TWO, "train.batch.global_batch_tokens=4096"])
+        load_config(RECIPE, [TWO, M16, "train.batch.global_batch_tokens=4096"])
     assert "train.batch.global_batch_tokens: 4,096" in str(e.value) and "16 x 256 x 2 = 8,192" in str(e.value)
     assert "global_batch_tokens 8,192;" in str(e.value) and "micro_batch_size 8 (1 micro-step per step)" in str(e.value)
     with pytest.raises(ConfigError, match="global_batch_tokens 8,192 or 16,384"):  # no micro-batch fits 10,000 / 512
-        load_config(RECIPE, [TWO, "train.batch.global_batch_tokens=10000"])
+        load_config(RECIPE, [TWO, M16, "train.batch.global_batch_tokens=10000"])
     with pytest.raises(ConfigError, match=r"micro_batch_size 12 \(2 micro-steps per step\)"):  # 24,576 = 2 x 12 x 256 x 4
         load_config(RECIPE, ["train.batch.global_batch_tokens=24576", "train.batch.micro_batch_size=16", "train.scaling.num_workers=4"])
 

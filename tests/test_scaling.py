@@ -36,7 +36,7 @@ def test_explicit_values_win():
 
 def test_the_resolved_layout_must_divide_the_global_batch():
     auto = "train.scaling={num_workers: auto, use_gpu: auto, resources_per_worker: auto}"
-    job = load_config(RECIPE, [auto, "train.batch.global_batch_tokens=4096"]).train_job()  # 16 x 256 = 4,096 on one worker
+    job = load_config(RECIPE, [auto, "train.batch={micro_batch_size: 16, global_batch_tokens: 4096}"]).train_job()  # 16 x 256 = 4,096 on one worker
     one = resolve_job(job, [{"CPU": 2.0}])
     assert one.train.scaling.num_workers == 1 and one.recipe["train"]["scaling"]["resources_per_worker"] == {"CPU": 2}
     assert describe_batch(one.train) == "1 worker (2 CPU each) x 16 sequences x 256 tokens x 1 micro-step(s) = 4,096 tokens per step"
