@@ -141,7 +141,9 @@ def main() -> None:
     results = []
     for layout in args.layouts.split(","):
         over = [f"train.max_steps={args.steps}", "train.eval.every=1000000000", "train.checkpoint.every=1000000000"]
-        if layout != "auto":
+        if layout == "auto":  # the schema default, whatever the recipe sets
+            over.append("train.scaling={num_workers: auto, use_gpu: auto, resources_per_worker: auto}")
+        else:
             w, c = (int(x) for x in layout.lower().split("x"))
             res = {"CPU": c} if c else {"GPU": 1}
             over += [f"train.scaling.num_workers={w}", f"train.scaling.resources_per_worker={json.dumps(res)}"]
