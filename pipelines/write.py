@@ -350,21 +350,21 @@ class Write(Stage):
         with stats.timer("pieces"):
             made = _gather([_pieces.remote(i, g, job, b, maps) for i, (g, b) in enumerate(zip(groups, begins))], "pieces")
         with stats.timer("assemble"):
-            splits = self._assemble(root, made, job)
+            # the bytes the splits' tokens decode to (end-of-text tokens: none), from the count tasks
+            text_bytes = {sp: sum(c["text_bytes"][sp] for _, c in counted) for sp in SPLITS}
+            splits = self._assemble(root, made, job, text_bytes)
         removed, skipped = Counter(), Counter()
         for _, c in counted:
             removed.update(c["removed"])
             skipped.update(c["skipped"])
             stats.counts.update(records_in=c["records_in"], bytes_in=c["bytes_in"])
-        for sp, name in SPLIT_NAMES.items():  # the bytes the split's tokens decode to (EOT tokens: none)
-            splits[name] = {"tokens": splits[name]["tokens"], "bytes": sum(c["text_bytes"][sp] for _, c in counted), **splits[name]}
         docs_in = stats.counts["records_in"] - sum(skipped.values())
         kept, shards = sum(sp["docs"] for sp in splits.values()), sum(len(sp["shards"]) for sp in splits.values())
         stats.counts.update(docs_in=docs_in, docs_kept=kept, shards=shards, groups=len(groups))
         run.outputs = dict(splits=splits, removed=removed, skipped=skipped, docs_in=docs_in, bytes_in=stats.counts["bytes_in"], enc=enc, dtype=dtype)
 
     @staticmethod
-    def _assemble(root: str, made: list[dict], job: dict) -> dict:
+    def _assemble(root: str, made: list[dict], job: dict, text_bytes: dict[int, int]) -> dict:
         """Every shard and table part from the groups' pieces; the splits' manifest entries."""
         by_shard: dict[tuple[int, int], list[str]] = {}
         by_part: dict[tuple[str, int], list[str]] = {}
@@ -390,5 +390,6 @@ class Write(Stage):
         splits = {}
         for sp, name in SPLIT_NAMES.items():
             shards = [entries[key] for key in sorted(entries) if key[0] == sp]
-            splits[name] = {"tokens": sum(s["tokens"] for s in shards), "docs": sum(s["docs"] for s in shards), "shards": shards}
+            tokens, docs = sum(s["tokens"] for s in shards), sum(s["docs"] for s in shards)
+            splits[name] = {"tokens": tokens, "bytes": text_bytes[sp], "docs": docs, "shards": shards}
         return splits

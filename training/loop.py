@@ -134,7 +134,7 @@ class Trainer:
         self.val_ids = val_windows(self.val, t.eval.batches * t.batch.micro_batch_size) if has_val else None
         self.amp = autocast(t, device)
         self.accum = accumulation_steps(t, self.world)
-        self.tokens_per_step = self.accum * t.batch.micro_batch_size * t.model.seq_len * self.world
+        self.tokens_per_step = t.batch.global_batch_tokens  # exactly: accumulation_steps refuses a remainder
         self.peak = peak_flops(device)
 
     def state_dict(self) -> dict:
