@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cluster.recipe import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
-from cluster.runtime import init_ray
+from cluster.runtime import LOG_ENV, init_ray, verbose
 from pipelines.paths import LOSS_PLOT
 from training.config import EvalOptions, SampleOptions, describe_batch
 
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         if cmd.recipe:
             _recipe_args(p)
         cmd.options(p)
+        p.add_argument("-v", "--verbose", action="store_true", help=f"show Ray's own log lines and the workers' output ({LOG_ENV}=debug does too)")
     return ap
 
 
@@ -179,7 +180,7 @@ def _train_job(cfg: RunConfig) -> int:
     init_ray(cfg.ray)
     job = resolve_job(job)
     print(f"raylm train: {describe_batch(job.train)}, {job.train.max_steps:,} steps", flush=True)
-    result = run_train(job)
+    result = run_train(job, started)
     if result.error is not None:
         print(f"raylm: training failed: {result.error}", file=sys.stderr)
         return 1
@@ -342,7 +343,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _crash(e: BaseException) -> int:
-    """An unexpected error: one line here, the traceback in a file (RAYLM_LOG=debug prints it too)."""
+    """An unexpected error: one line here, the traceback in a file (--verbose prints it too)."""
     import tempfile
     import traceback
 
@@ -350,7 +351,7 @@ def _crash(e: BaseException) -> int:
     fd, path = tempfile.mkstemp(prefix="raylm-error-", suffix=".txt")
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    if os.environ.get("RAYLM_LOG", "").lower() == "debug":
+    if verbose():
         print(text, file=sys.stderr)
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     print(f"raylm: error: {type(e).__name__}{': ' + first[:500] if first else ''} (traceback in {path})", file=sys.stderr)
@@ -377,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         argv, job_command = argv[:i], argv[i + 1 :]
     args = ap.parse_args(argv)
     args.job_command = job_command
+    if args.verbose:
+        os.environ[LOG_ENV] = "debug"
     warnings.showwarning = _show_warning
     try:
         return COMMANDS[args.command].run(args)

@@ -14,9 +14,31 @@ from collections.abc import Callable
 
 from cluster.recipe import RayConfig
 
+LOG_ENV = "RAYLM_LOG"  # `debug` (or --verbose): Ray's own log lines and the workers' output come back
+
 
 def _say(msg: str) -> None:
     print(f"[raylm] {msg}", flush=True)
+
+
+def verbose() -> bool:
+    return os.environ.get(LOG_ENV, "").lower() == "debug"
+
+
+def quiet_ray_logs() -> None:
+    """Keep Ray's internal INFO and WARNING lines (Ray Data's execution plans and progress log, Ray's token
+    setup notice, ...) off the console, leaving its ERROR lines and every log file as they are; a no-op
+    under --verbose. Ray Data configures its loggers when it is imported, so that comes first."""
+    if verbose():
+        return
+    import ray.data  # noqa: F401 - configures the "ray.data" loggers, which this then quiets
+
+    loggers = [logging.getLogger(n) for n in ("ray", *logging.root.manager.loggerDict) if n == "ray" or n.startswith("ray.")]
+    for lg in loggers:
+        for h in lg.handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # raylm prints its own progress
 
 
 def ray_target(cfg: RayConfig) -> str | None:
@@ -32,7 +54,10 @@ def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say, dashboard: bool 
 
     if ray.is_initialized():
         return
-    kwargs = dict(runtime_env=cfg.runtime_env or None, log_to_driver=True, logging_level=logging.WARNING)
+    quiet_ray_logs()
+    # the workers' output (Ray's C++ log lines from its own actors among it) stays in the session's log
+    # files unless --verbose; a worker's error still reaches the driver as the exception it raised
+    kwargs = dict(runtime_env=cfg.runtime_env or None, log_to_driver=verbose(), logging_level=logging.WARNING)
     address = ray_target(cfg)
     if address:
         where = "ray.address in the recipe" if cfg.address else "RAY_ADDRESS"

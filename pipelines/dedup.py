@@ -572,4 +572,8 @@ class Dedup(Stage):
         makedirs(run.dups_dir)
         dups = ray.get([_write_table.remote(r, f"{run.dups_dir}/part-{p:05d}.parquet") for p, r in enumerate(res.removed)])
         stats.counts.update(candidate_pairs=res.candidate_pairs, confirmed_edges=res.confirmed_edges, cc_rounds=res.cc_rounds, duplicates=sum(dups))
+        run.say(
+            f"dedup: {sum(dups):,} duplicates ({res.candidate_pairs:,} candidate pairs, {res.confirmed_edges:,} confirmed near-duplicate "
+            f"edges, {res.cc_rounds} component rounds)"
+        )
         run.dups = pads.dataset(run.dups_dir, format="parquet")

@@ -10,11 +10,14 @@ status, so the write stage can account for it.
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 from pipelines.clean import Filter, Normalize
@@ -135,13 +138,39 @@ class DocProcessor:
             s.counts = dict.fromkeys(s.counts, 0)
         # wall clock (not perf_counter): the driver compares it with its own, to time the stage's fixed costs
         span = {"began": [began], "ended": [time.time()]}
-        return pa.table({"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], "kept": [len(b.kept)], **span, **seconds, **counts})
+        # for the driver's live progress: input bytes, and why rows went (one JSON column: reasons vary by block)
+        live = {"bytes": [pa.compute.sum(batch["nbytes"]).as_py() or 0], "why": [json.dumps(Counter(x for x in b.status if x != "kept"))]}
+        row = {"path": [path], "first_uid": [first], "last_uid": [last], "rows": [n], "kept": [len(b.kept)], **live, **span}
+        return pa.table({**row, **seconds, **counts})
 
 
 def process_block(batch: pa.Table, cfg: DataConfig, staging_dir: str, tokenizer: TokenizerSpec | None) -> pa.Table:
     """The process stage's Ray Data task: one block through a DocProcessor built once per worker process
     (steps, encoder, language model), so nothing is imported or built twice."""
     return built_once(DocProcessor, cfg, staging_dir, tokenizer)(batch)
+
+
+def _watch(rows, say) -> list[dict]:
+    """The process step's summary rows as its tasks finish, shown live: input read, rates, removals by reason."""
+    from pipelines.progress import Live
+
+    live, out, why, nbytes, docs, t0 = Live("[raylm data] process:"), [], Counter(), 0, 0, time.monotonic()
+    try:
+        for r in rows:
+            out.append(r)
+            nbytes, docs = nbytes + r["bytes"], docs + r["rows"]
+            why.update(json.loads(r["why"]))
+            live.status(_rates(nbytes, docs, time.monotonic() - t0, why))
+    finally:
+        live.close()
+    say(f"process: {_rates(nbytes, docs, time.monotonic() - t0, why)}")
+    return out
+
+
+def _rates(nbytes: int, docs: int, seconds: float, why: Counter) -> str:
+    s = max(seconds, 1e-9)
+    gone = ", ".join(f"{k} {v:,}" for k, v in why.most_common(6)) or "none"
+    return f"{nbytes / 1e6:,.1f} MB, {docs:,} records read ({nbytes / 1e6 / s:,.2f} MB/s, {docs / s:,.0f} docs/s); removed or skipped: {gone}"
 
 
 class Process(Stage):
@@ -166,7 +195,7 @@ class Process(Stage):
             batch_format="pyarrow",
             compute=rd.TaskPoolStrategy(size=n),
         )
-        rows = sorted(ds.take_all(), key=lambda r: r["first_uid"])
+        rows = sorted(_watch(ds.iter_rows(), run.say), key=lambda r: r["first_uid"])
         for r in rows:
             counts = {k[2:]: v for k, v in r.items() if k.startswith("c_")}
             stats.add({f"cpu.{k[2:]}": v for k, v in r.items() if k.startswith("s_")}, {"docs": r["rows"], "kept": r["kept"], **counts})

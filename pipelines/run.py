@@ -182,7 +182,7 @@ def print_summary(manifest: dict, stats: dict, root: str) -> None:
     from rich.table import Table
 
     st = manifest["stats"]
-    t = Table(title=f"raylm data: {root}", show_header=True)
+    t = Table(show_header=True)
     t.add_column("what")
     t.add_column("documents", justify="right")
     t.add_column("share", justify="right")
@@ -195,11 +195,14 @@ def print_summary(manifest: dict, stats: dict, root: str) -> None:
     t.add_row("kept", f"{st['docs_kept']:,}", f"{100 * st['docs_kept'] / n:.1f}%")
     for reason, c in st["removed"].items():
         t.add_row(f"removed: {reason}", f"{c:,}", f"{100 * c / n:.1f}%")
-    Console().print(t)
+    con = Console()
+    con.print(f"raylm data: {root}", soft_wrap=True)  # a path is copied, not read: never wrapped
+    con.print(t)
     sp = manifest["splits"]
-    Console().print(
+    con.print(
         f"tokens: train {sp['train']['tokens']:,} in {len(sp['train']['shards'])} shard(s), val {sp['val']['tokens']:,}; "
         f"tokenizer {manifest['tokenizer']['name']} (n_vocab {manifest['tokenizer']['n_vocab']:,}, {manifest['dtype']}); "
         f"{st['bytes_in'] / 1e6:.1f} MB in {stats['seconds']['total']:.1f}s = {stats['mb_per_s']:.2f} MB/s, "
-        f"{stats['docs_per_s']:,.0f} docs/s"
+        f"{stats['docs_per_s']:,.0f} docs/s",
+        soft_wrap=True,
     )

@@ -480,7 +480,6 @@ class Read(Stage):
         run.files = list_files(run.data.inputs)
         run.say(f"{len(run.files)} input file(s)")
         ctx = rd.DataContext.get_current()
-        ctx.enable_progress_bars = True
         # a block is one read task's rows, so one contiguous uid range of one file: the staging files
         # then concatenate in input order whatever the batching (see pipelines/process.py)
         ctx.target_max_block_size = ex.batch_bytes

@@ -361,6 +361,7 @@ class Write(Stage):
         docs_in = stats.counts["records_in"] - sum(skipped.values())
         kept, shards = sum(sp["docs"] for sp in splits.values()), sum(len(sp["shards"]) for sp in splits.values())
         stats.counts.update(docs_in=docs_in, docs_kept=kept, shards=shards, groups=len(groups))
+        run.say(f"write: {shards} shard(s) from {len(groups)} group(s) of staging files; {kept:,} of {docs_in:,} documents kept")
         run.outputs = dict(splits=splits, removed=removed, skipped=skipped, docs_in=docs_in, bytes_in=stats.counts["bytes_in"], enc=enc, dtype=dtype)
 
     @staticmethod

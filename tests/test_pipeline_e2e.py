@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -240,6 +241,10 @@ def test_cli_data_end_to_end_with_fsspec_url(ray_session, tmp_path):
     out = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "kept" in out.stdout and "MB/s" in out.stdout
+    assert re.search(r"\[raylm data\] process: [\d.]+ MB, 4 records read \([\d.]+ MB/s, [\d,]+ docs/s\); removed or skipped: none", out.stdout)
+    assert "[raylm data] dedup: 0 duplicates" in out.stdout and "[raylm data] write: 1 shard(s)" in out.stdout
+    for internal in ("core_worker", "streaming_executor", "logging_progress", "dataset.py", "WARNING", "INFO"):  # Ray's own lines stay in its logs
+        assert internal not in out.stdout + out.stderr, out.stdout + out.stderr
     man = read_manifest(f"{tmp_path}/cli/data")
     assert man["stats"]["docs_in"] == 4 and man["stats"]["docs_kept"] == 4
     again = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

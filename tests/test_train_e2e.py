@@ -5,7 +5,10 @@ task set (data with loss masks, init_from, `raylm eval` before and after, `raylm
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -57,10 +60,26 @@ def test_run_sample_then_resume(pretrained, capsys):
     assert capsys.readouterr().out == first and first.startswith("KING")
     assert main(["sample", str(tmp_path / "nothing-here")]) == 2
 
-    # the same command with more steps resumes from step 12 instead of starting over
-    assert main(["train", RECIPE, *sets, "--set", "train.max_steps=18"]) == 0
+    # progress: a line per step here (log_every auto: 12 steps / 20), each with step, loss, speed and ETA
+    lines = [ln for ln in out.splitlines() if ln.startswith("[raylm train] step ")]
+    assert [int(re.search(r"step (\d+)/12 ", ln).group(1)) for ln in lines] == list(range(1, 13))
+    assert all(" | loss " in ln and " tok/s | " in ln and " | ETA " in ln for ln in lines)
+    assert "val " in lines[5] and "bits/byte" in lines[5]
+
+    # the same command with more steps resumes from step 12 instead of starting over; run as a user runs it
+    # (a process of its own, joining the session's Ray): none of Ray's own log lines in what it prints
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
+    env.pop("RAYLM_LOG", None)
+    cmd = [sys.executable, "-m", "cluster", "train", RECIPE, *sets, "--set", "train.max_steps=18", "--set", "train.log_every=2"]
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
     assert [r["step"] for r in _rows(run)] == list(range(1, 19))
-    assert "step 18" in capsys.readouterr().out
+    printed = res.stdout + res.stderr
+    assert re.findall(r"\[raylm train\] step (\d+)/18 ", printed) == ["14", "16", "18"]  # this invocation's steps only
+    for internal in ("core_worker", "streaming_executor", "logging_progress", "dataset.py", "WARNING", "INFO", "(RayTrainWorker"):
+        assert internal not in printed, printed
 
 
 def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, capsys):

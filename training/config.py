@@ -142,6 +142,8 @@ class TrainConfig(Strict):
     # Not every step: Ray Train consumes one report per worker per health-check poll (2 s), and a
     # worker blocks on its next report until then (metrics.jsonl and TensorBoard get every step).
     report_every: int | None = Field(default=None, ge=1)
+    # a progress line on the driver every this many steps (auto: about 20 lines a run), read from metrics.jsonl
+    log_every: Annotated[int, Field(ge=1)] | Literal["auto"] = AUTO
     checkpoint: CheckpointConfig = CheckpointConfig()
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: Literal["auto", True, False] = "auto"  # auto: on GPU
@@ -160,6 +162,11 @@ class TrainConfig(Strict):
             if why:
                 raise ValueError(why)
         return self
+
+
+def log_interval(t: TrainConfig) -> int:
+    """Steps between progress lines: train.log_every, or about 20 lines over the run."""
+    return t.log_every if t.log_every != AUTO else max(1, round(t.max_steps / 20))
 
 
 @dataclass(frozen=True)

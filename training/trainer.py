@@ -44,15 +44,20 @@ def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str 
     )
 
 
-def run_train(job: TrainJob):
-    """Fit (or resume) the run's training, then draw its loss curve to train/loss.png. Runs on the Ray
-    instance this process is connected to (cluster.runtime.init_ray), else a new local one."""
+def run_train(job: TrainJob, started: float | None = None):
+    """Fit (or resume) the run's training with progress lines on this (the driver's) output, then draw its
+    loss curve to train/loss.png. Runs on the Ray instance this process is connected to
+    (cluster.runtime.init_ray), else a new local one. `started`: time.time() when the command began."""
+    from training.config import log_interval
     from training.metrics import plot_losses, read_metrics
+    from training.progress import TrainProgress
 
     require_shards(job.paths.shards)
     if job.train.init_from:
         check_init_from(job)
-    result = build_trainer(job).fit()
+    trainer = build_trainer(job)
+    with TrainProgress(job.paths.metrics, job.train.max_steps, log_interval(job.train), started):
+        result = trainer.fit()
     plot_losses(read_metrics(job.paths.metrics), job.paths.loss_plot, title=job.paths.name)
     return result
 

@@ -1,0 +1,65 @@
+"""Progress on the driver (pipelines/progress.py, training/progress.py): pure logic on real files, no Ray."""
+
+import json
+import time
+
+from pipelines.progress import Live, clock
+from training.config import TrainConfig, log_interval
+from training.progress import MetricsTail, TrainProgress, progress_line
+
+
+def _row(step: int, t: float, **kw) -> dict:
+    return {"step": step, "tokens": step * 100, "loss": 5.0 - step / 100, "lr": 1e-3, "tokens_per_s": 1000.0, "mfu": None, "time": t, **kw}
+
+
+def test_clock():
+    assert [clock(s) for s in (0, 59.9, 61, 3600, 3725)] == ["0:00", "0:59", "1:01", "1:00:00", "1:02:05"]
+
+
+def test_log_interval_about_twenty_lines_unless_set():
+    assert log_interval(TrainConfig(max_steps=280)) == 14
+    assert log_interval(TrainConfig(max_steps=5)) == 1
+    assert log_interval(TrainConfig(max_steps=280, log_every=7)) == 7
+
+
+def test_tail_reads_whole_rows_once_and_rereads_a_rewritten_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(str(path))
+    assert tail.poll() == []  # not there yet
+    with path.open("w") as f:
+        f.write(json.dumps(_row(1, 1.0)) + "\n" + json.dumps(_row(2, 2.0))[:10])  # the second row half written
+    assert [r["step"] for r in tail.poll()] == [1]
+    with path.open("a") as f:
+        f.write(json.dumps(_row(2, 2.0))[10:] + "\n")
+    assert [r["step"] for r in tail.poll()] == [2] and tail.poll() == []
+    path.write_text(json.dumps(_row(1, 3.0)) + "\n")  # a resume rewrote it shorter
+    assert [r["time"] for r in tail.poll()] == [3.0]
+
+
+def test_progress_line_fields():
+    line = progress_line(_row(56, 0.0, val_loss=4.3, val_bpb=2.5, mfu=0.412), 280, 42.0, 168.0)
+    assert line == "step 56/280 | loss 4.4400 | val 4.3000 (2.500 bits/byte) | lr 1.00e-03 | 1,000 tok/s | MFU 41.2% | 0:42 elapsed | ETA 2:48"
+    assert progress_line(_row(1, 0.0), 10, 1.0, None).endswith("ETA ?")
+
+
+def test_train_progress_prints_every_n_steps_eval_steps_and_the_last(tmp_path, capsys):
+    path, now = tmp_path / "metrics.jsonl", time.time()
+    path.write_text(json.dumps(_row(1, now - 100)) + "\n")  # an earlier invocation's step: not shown
+    with TrainProgress(str(path), max_steps=9, every=4, started=now, poll_s=0.01, tty=False) as p:
+        with path.open("a") as f:
+            for s in range(2, 10):
+                f.write(json.dumps(_row(s, now + s, **({"val_loss": 4.0} if s == 3 else {}))) + "\n")
+                f.flush()
+                time.sleep(0.02)
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split(" | ")[0].removeprefix("[raylm train] ") for ln in out] == ["step 3/9", "step 4/9", "step 8/9", "step 9/9"]
+    assert p.lines == 4 and out[1].endswith("0:04 elapsed | ETA 0:05")  # 1 s a step since step 2 was seen
+
+
+def test_live_plain_mode_throttles_status_but_not_lines(capsys):
+    live = Live("[x]", every_s=3600, tty=False)
+    live.status("first")  # the first status shows at once
+    live.status("second")  # then at most one an hour
+    live.line("kept")
+    live.close()
+    assert capsys.readouterr().out.splitlines() == ["[x] first", "[x] kept"]
