@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cluster.recipe import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
-from cluster.runtime import LOG_ENV, init_ray, verbose
+from cluster.runtime import init_ray
 from pipelines.paths import LOSS_PLOT
+from pipelines.progress import LOG_ENV, verbose
 from training.config import EvalOptions, SampleOptions, describe_batch
 
 # the commands that take a recipe, which `raylm submit RECIPE -- COMMAND` can run on a cluster

@@ -13,16 +13,11 @@ import os
 from collections.abc import Callable
 
 from cluster.recipe import RayConfig
-
-LOG_ENV = "RAYLM_LOG"  # `debug` (or --verbose): Ray's own log lines and the workers' output come back
+from pipelines.progress import verbose
 
 
 def _say(msg: str) -> None:
     print(f"[raylm] {msg}", flush=True)
-
-
-def verbose() -> bool:
-    return os.environ.get(LOG_ENV, "").lower() == "debug"
 
 
 def quiet_ray_logs() -> None:
@@ -39,6 +34,28 @@ def quiet_ray_logs() -> None:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 h.setLevel(logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False  # raylm prints its own progress
+    _drop_worker_pool_notice()
+
+
+def _drop_worker_pool_notice() -> None:
+    """The raylet's notice that it started more Python workers than 4x the node's CPUs reaches the driver's
+    console from its error channel, which log_to_driver does not govern. On a small machine every Tune trial
+    (its trainable, Ray Train's controller, the workers: zero-CPU actors, as Ray designs them) counts, so a
+    2-trial campaign on 2 cores trips it. It stays in the raylet's log; every other message on that channel
+    (a worker killed, out of memory, ...) still prints."""
+    import ray._private.worker as rw
+
+    show = getattr(rw, "print_to_stdstream", None)
+    if show is None or getattr(show, "raylm_filtered", False):
+        return
+
+    def filtered(data: dict, ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet" and all("worker processes have been started" in ln for ln in data.get("lines") or [""]):
+            return
+        show(data, ignore_prefix)
+
+    filtered.raylm_filtered = True
+    rw.print_to_stdstream = filtered
 
 
 def ray_target(cfg: RayConfig) -> str | None:
@@ -65,7 +82,10 @@ def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say, dashboard: bool 
         say(f"ray: joined the cluster at {ray.get_runtime_context().gcs_address} ({where}={address}): {_cpus()} CPUs")
         return
     # "local" starts a new instance even when another runs on this machine (None or "auto" would join it). The
-    # dashboard (on 127.0.0.1 only) serves the State API that Ray Train's controller queries.
+    # dashboard (on 127.0.0.1 only) serves the State API that Ray Train's controller queries. Ray Train's
+    # preemption watcher (an actor per run, polling for nodes being drained) has nothing to watch on one
+    # machine: a process fewer per run and per trial, set before the instance starts so its workers inherit it.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
     say(
         f"ray: started a local instance for this run at {ray.get_runtime_context().gcs_address}: {_cpus()} CPUs "

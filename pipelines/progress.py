@@ -5,8 +5,16 @@ plain lines, a status at most every `every_s` seconds (None: lines only), so a l
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+
+LOG_ENV = "RAYLM_LOG"  # `debug` (or --verbose): Ray's own log lines and console output come back
+
+
+def verbose() -> bool:
+    """Whether the user asked for Ray's own output (--verbose or RAYLM_LOG=debug)."""
+    return os.environ.get(LOG_ENV, "").lower() == "debug"
 
 
 def clock(seconds: float) -> str:

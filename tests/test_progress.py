@@ -63,3 +63,24 @@ def test_live_plain_mode_throttles_status_but_not_lines(capsys):
     live.line("kept")
     live.close()
     assert capsys.readouterr().out.splitlines() == ["[x] first", "[x] kept"]
+
+
+def test_trial_table_rows_best_and_plain_lines(capsys):
+    from types import SimpleNamespace
+
+    from tuning.config import TuneConfig
+    from tuning.progress import TrialTable
+
+    cfg = SimpleNamespace(train=TrainConfig(max_steps=20), tune=TuneConfig())  # a recipe as tuning sees one (tuning.config.Recipe)
+    table = TrialTable(cfg, ["train.optim.lr"], every_s=3600, tty=False)
+    a = SimpleNamespace(trial_id="t0", status="RUNNING", config={"train.optim.lr": 1e-3})
+    b = SimpleNamespace(trial_id="t1", status="RUNNING", config={"train.optim.lr": 3e-3})
+    table.on_trial_result(0, [a, b], a, {"step": 5, "val_loss": 6.0})  # the first shows at once
+    table.on_trial_result(0, [a, b], b, {"step": 5, "val_loss": 5.5})
+    table.on_trial_result(0, [a, b], b, {"step": 10, "val_loss": 5.8})
+    table.on_trial_complete(0, [a, b], b)  # stopped by ASHA at 10 of 20 steps
+    assert table.rows["t1"] == {"step": 10, "last": 5.8, "best": 5.5}
+    out = capsys.readouterr().out
+    assert out.count("raylm tune: 2 trial(s)") == 1 and "[raylm tune] trial t1 stopped by the scheduler at step 10: val_loss 5.8" in out
+    rendered = str(table.table([a, b]).columns[0]._cells)
+    assert "t1 *" in rendered and "t0 *" not in rendered  # the best so far is starred

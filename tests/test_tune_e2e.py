@@ -55,6 +55,11 @@ def test_asha_campaign_results_and_best_yaml(ray_session, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("[raylm tune] no shards at")  # says first that the data stage runs first
     assert "raylm train" in out and "best.yaml" in out
+    # one table of trials as they run, a line as each ends, and none of Tune's own console output
+    assert "raylm tune: 2 trial(s)" in out and "train.optim.lr" in out
+    ended = [ln for ln in out.splitlines() if ln.startswith("[raylm tune] trial ")]
+    assert len(ended) == 2 and all("val_loss" in ln for ln in ended)
+    assert "Configuration for experiment" not in out and "Trial status" not in out and "View detailed results" not in out
     best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
     done = [r for r in rows if r["status"] == "done"]
     top = min(done, key=lambda r: float(r["final_val_loss"]))

@@ -16,10 +16,12 @@ position, data order) and its own perturbed values.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from pipelines.io import absolute
 from pipelines.paths import RunPaths
+from pipelines.progress import verbose
 from pipelines.schema import ConfigError
 from pipelines.shards import require_shards
 from training import checkpoint
@@ -271,6 +273,11 @@ def run_tune(cfg: Recipe, resume: bool = False):
     import ray
     from ray import tune
 
+    from tuning.progress import TrialTable
+
+    if not verbose():  # Tune's own console output (config boxes, a result dump per trial) gives way to TrialTable
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # whose verbose=0 prints nothing, unlike the new engine's
+
     # train.scaling auto: resolved once for the cluster, so every trial has the same layout and the space's
     # values are checked against it (a micro-batch that does not divide the global batch fails here)
     cfg = cfg.model_copy(update={"train": resolve_job(cfg.train_job()).train})
@@ -302,6 +309,6 @@ def run_tune(cfg: Recipe, resume: bool = False):
             max_concurrent_trials=concurrency,
             time_budget_s=t.time_budget_s,
         ),
-        run_config=tune.RunConfig(name=cfg.paths.tune_name, storage_path=storage, verbose=1),
+        run_config=tune.RunConfig(name=cfg.paths.tune_name, storage_path=storage, verbose=int(verbose()), callbacks=[TrialTable(cfg, list(space))]),
     )
     return tuner.fit()
