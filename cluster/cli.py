@@ -7,9 +7,11 @@ import os
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster.provenance import recorded, set_command
 from cluster.recipe import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
 from cluster.runtime import init_ray
 from pipelines.paths import LOSS_PLOT
@@ -123,6 +125,11 @@ def _recipe(args: argparse.Namespace) -> RunConfig:
     return load_config(args.recipe, args.overrides)
 
 
+def _dump(cfg: RunConfig) -> dict:
+    """The resolved recipe as run.json records it."""
+    return cfg.model_dump(mode="json")
+
+
 def _validate(args: argparse.Namespace) -> int:
     print(dump_config(_recipe(args)), end="")
     return 0
@@ -144,9 +151,13 @@ def _data_stage(cfg: RunConfig, force: bool) -> None:
     from pipelines.run import run_data
     from pipelines.shards import has_manifest
 
-    if force or not has_manifest(cfg.paths.data):
-        init_ray(cfg.ray, dashboard=False)  # a no-op under `run` and `tune`, which connected first (with it)
-    run_data(cfg.data, cfg.paths, force=force)
+    if not force and has_manifest(cfg.paths.data):
+        run_data(cfg.data, cfg.paths)  # nothing to do (or a ConfigError): the run.json of the run that made it stays
+        return
+    init_ray(cfg.ray, dashboard=False)  # a no-op under `run` and `tune`, which connected first (with it)
+    # recorded when it ends: the stage starts by wiping an unfinished data/
+    with recorded(cfg.paths.data, "data", _dump(cfg), at_start=False, code_of=exit_code):
+        run_data(cfg.data, cfg.paths, force=force)
 
 
 def _own_shards(cfg: RunConfig) -> bool:
@@ -180,12 +191,15 @@ def _train_job(cfg: RunConfig) -> int:
         check_init_from(job)
     init_ray(cfg.ray)
     job = resolve_job(job)
-    print(f"raylm train: {describe_batch(job.train)}, {job.train.max_steps:,} steps", flush=True)
-    result = run_train(job, started)
-    if result.error is not None:
-        print(f"raylm: training failed: {result.error}", file=sys.stderr)
-        return 1
-    s = summarize(cfg.paths, started)
+    with recorded(cfg.paths.train, "train", _dump(cfg), code_of=exit_code) as rec:
+        rec["layout"] = describe_batch(job.train)
+        print(f"raylm train: {rec['layout']}, {job.train.max_steps:,} steps", flush=True)
+        result = run_train(job, started)
+        if result.error is not None:
+            rec.update(exit_code=1, error=str(result.error)[:2000])
+            print(f"raylm: training failed: {result.error}", file=sys.stderr)
+            return 1
+        s = rec["result"] = summarize(cfg.paths, started)
     bpb = f", {s['val_bpb']:.4f} bits/byte" if s.get("val_bpb") is not None else ""
     val = f", val loss {s['val_loss']:.4f} (ppl {s['val_ppl']:.1f}{bpb}) at step {s['val_step']}" if "val_loss" in s else ""
     mfu = f", MFU {s['mfu']:.1%}" if s.get("mfu") is not None else ""
@@ -239,7 +253,7 @@ def _run(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from pipelines.shards import has_manifest
     from tuning.campaign import check, run_tune
-    from tuning.results import collect, print_summary, write_results
+    from tuning.results import best_row, collect, print_summary, write_results
 
     cfg = _recipe(args)
     check(cfg)  # a bad search space fails before Ray starts
@@ -249,10 +263,15 @@ def _tune(args: argparse.Namespace) -> int:
     init_ray(cfg.ray)
     if own:
         _data_stage(cfg, args.force)
-    grid = run_tune(cfg, resume=args.resume)
-    rows = collect(cfg, grid)
-    print_summary(cfg, rows, write_results(cfg, rows))
-    return 0 if any(r["status"] != "error" for r in rows) else 1
+    with recorded(cfg.paths.tune, "tune", _dump(cfg), code_of=exit_code) as rec:
+        grid = run_tune(cfg, resume=args.resume)
+        rows = collect(cfg, grid)
+        print_summary(cfg, rows, write_results(cfg, rows))
+        best = best_row(cfg, rows)
+        rec["result"] = {"trials": len(rows), "status": dict(Counter(r["status"] for r in rows))}
+        rec["result"]["best"] = {k: v for k, v in best.items() if k != "history"} if best else None
+        rec["exit_code"] = 0 if any(r["status"] != "error" for r in rows) else 1
+    return rec["exit_code"]
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -262,7 +281,9 @@ def _eval(args: argparse.Namespace) -> int:
     opts = EvalOptions(
         checkpoint=args.checkpoint, split=args.split, file=args.file, max_windows=args.max_windows, max_examples=args.max_examples, device=args.device
     )
-    print_results(run_eval(cfg.train_job(), opts))
+    with recorded(cfg.paths.eval, "eval", _dump(cfg), code_of=exit_code) as rec:
+        rec["result"] = run_eval(cfg.train_job(), opts)
+        print_results(rec["result"])
     return 0
 
 
@@ -280,6 +301,19 @@ def _jobs(args: argparse.Namespace) -> int:
     from cluster.submit import jobs
 
     return jobs(args.action, args.job_id, args.address, args.follow)
+
+
+def _runs_options(p: argparse.ArgumentParser) -> None:
+    what = "a storage path (list its runs) or a run's name or directory (show it)"
+    p.add_argument("target", nargs="?", default=None, metavar="STORAGE_PATH_OR_NAME", help=what)
+    default = RunConfig.model_fields["storage_path"].default
+    p.add_argument("--storage", default=default, help=f"where a run NAME is looked up, and what is listed without one (default {default})")
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from cluster.runs import show
+
+    return show(args.target, args.storage)
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -326,6 +360,7 @@ COMMANDS: dict[str, Command] = {
         "loss, perplexity, next-token accuracy; task metrics (exact match, accuracy, macro-F1, BLEU) on a split or a file", _eval, _eval_options
     ),
     "export": Command("a run's latest checkpoint as a Hugging Face transformers GPT-2 directory", _export, _export_options, recipe=False),
+    "runs": Command("the runs under a storage path (stages, steps, best val loss, when), or one run's record", _runs, _runs_options, recipe=False),
     "sample": Command("generate text from a run's latest checkpoint (or a checkpoint directory)", _sample, _sample_options, recipe=False),
 }
 
@@ -341,6 +376,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from training.export import ExportError
 
     return ConfigError, UsageError, TokenizerError, CheckpointError, ExportError, FileNotFoundError, NotADirectoryError
+
+
+def exit_code(e: BaseException) -> int:
+    """The exit code an exception ends a command with: 2 for what the user fixes, else 1."""
+    return 2 if isinstance(e, (ConfigError, *_user_errors())) else 1
 
 
 def _crash(e: BaseException) -> int:
@@ -373,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad recipe, arguments or input paths, 1 the run failed. Never a traceback."""
     ap = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    set_command(argv)
     job_command = []
     if argv[:1] == ["submit"] and "--" in argv:  # submit's own options, then the job's command line
         i = argv.index("--")

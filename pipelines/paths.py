@@ -7,7 +7,7 @@
     {name}/eval/        <what>@<run>-step<N>.json from `raylm eval`
     {name}/tune/        Ray Tune's experiment; trials/<trial_id>/ is each trial's own run directory
 
-docs/run-directory.md describes each file.
+Each stage directory also holds run.json (cluster/provenance.py). docs/run-directory.md describes each file.
 """
 
 from __future__ import annotations

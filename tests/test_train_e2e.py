@@ -60,6 +60,15 @@ def test_run_sample_then_resume(pretrained, capsys):
     assert capsys.readouterr().out == first and first.startswith("KING")
     assert main(["sample", str(tmp_path / "nothing-here")]) == 2
 
+    # provenance: each stage's run.json, and `raylm runs` finds the run
+    for stage in ("data", "train"):
+        rec = json.loads((run / stage / "run.json").read_text())
+        assert rec["stage"] == stage and rec["status"] == "succeeded" and rec["exit_code"] == 0 and rec["command"][:2] == ["raylm", "run"]
+        assert rec["recipe"]["name"] == "tr" and rec["versions"]["torch"] and rec["cluster"]["cpus"] == 2 and rec["ended"] >= rec["started"]
+    assert rec["result"]["step"] == 12 and "x 2 micro-step(s)" in rec["layout"]
+    assert main(["runs", str(tmp_path)]) == 0
+    assert re.search(r"tr\s+.*succeeded.*succeeded.*12/12", capsys.readouterr().out)
+
     # progress: a line per step here (log_every auto: 12 steps / 20), each with step, loss, speed and ETA
     lines = [ln for ln in out.splitlines() if ln.startswith("[raylm train] step ")]
     assert [int(re.search(r"step (\d+)/12 ", ln).group(1)) for ln in lines] == list(range(1, 13))
@@ -114,8 +123,7 @@ def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, cap
     assert main(["data", FINETUNE, *sets]) == 0
     data = tmp_path / "ft" / "data"
     man = read_manifest(str(data))
-    assert man["loss_mask"] is True and man["stats"]["docs_in"] == len(lines)
-    assert man["stats"]["docs_in"] == man["stats"]["docs_kept"] + sum(man["stats"]["removed"].values())
+    assert man["loss_mask"] is True and len(lines) == man["stats"]["docs_in"] == man["stats"]["docs_kept"] + sum(man["stats"]["removed"].values())
     assert man["tokenizer"]["sha256"] == read_manifest(str(pre / "data"))["tokenizer"]["sha256"]
     assert (data / "train" / "shard-000000.mask.npy").exists() and (data / "val" / "shard-000000.mask.npy").exists()
 
@@ -135,11 +143,12 @@ def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, cap
     # raylm eval before (the pretrained checkpoint) and after: JSON in the run directory, a table printed
     assert main(["eval", FINETUNE, *sets, "--checkpoint", str(pre)]) == 0
     assert main(["eval", FINETUNE, *sets]) == 0
-    out = capsys.readouterr().out
-    assert "macro-F1" in out and "majority baseline" in out
+    assert "macro-F1" in (out := capsys.readouterr().out) and "majority baseline" in out
     before = json.loads(next((tmp_path / "ft" / "eval").glob("val@tr-step*.json")).read_text())
     after = json.loads((tmp_path / "ft" / "eval" / "val@ft-step2.json").read_text())
     assert abs(before["lm"]["loss"] - after["lm"]["loss"]) < 1e-6  # same weights (lr 0), same val targets
+    rec = json.loads((tmp_path / "ft" / "eval" / "run.json").read_text())  # the last eval's record, with its results
+    assert (rec["stage"], rec["status"], rec["result"]["lm"]["loss"]) == ("eval", "succeeded", after["lm"]["loss"])
     task = after["task"]
     val = split_examples(str(data), "val")
     assert task["examples"] == len(val) > 0 and task["labels"] == 6

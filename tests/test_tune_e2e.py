@@ -59,6 +59,9 @@ def test_asha_campaign_results_and_best_yaml(ray_session, tmp_path, capsys):
     assert "raylm tune: 2 trial(s)" in out and "train.optim.lr" in out
     ended = [ln for ln in out.splitlines() if ln.startswith("[raylm tune] trial ")]
     assert len(ended) == 2 and all("val_loss" in ln for ln in ended)
+    rec = json.loads((run / "tune" / "run.json").read_text())
+    assert rec["stage"] == "tune" and rec["status"] == "succeeded" and rec["result"]["trials"] == 2
+    assert rec["result"]["best"]["trial_id"] and rec["recipe"]["tune"]["num_samples"] == 2
     assert "Configuration for experiment" not in out and "Trial status" not in out and "View detailed results" not in out
     best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
     done = [r for r in rows if r["status"] == "done"]
