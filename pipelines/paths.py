@@ -1,6 +1,6 @@
 """The run directory, defined once: every path under `{storage_path}/{name}/` (a local path or a URL).
 
-    {name}/data/        manifest.json, shard-*.npy (+ .idx.npy, .mask.npy), removed.parquet, stats.json,
+    {name}/data/        manifest.json, shard-*.npy (+ .idx.npy, .mask.npy), removed.parquet, stats.json, removed.png,
                         tokenizer.tiktoken (a trained or file tokenizer); _work/ while the stage runs
     {name}/train/       Ray Train's run: checkpoint_*/ (state.pt, rng-*.pt, meta.json), metrics.jsonl,
                         tensorboard/, loss.png
@@ -19,6 +19,7 @@ MANIFEST = "manifest.json"
 REMOVED = "removed.parquet"
 DOCS = "docs.parquet"  # every kept document: where it is in the shards, where it came from
 STATS = "stats.json"
+REMOVED_PLOT = "removed.png"  # documents removed by reason, and bytes kept, drawn from the manifest
 TOKENIZER = "tokenizer.tiktoken"
 WORK = "_work"
 # file names inside train/

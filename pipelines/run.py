@@ -21,7 +21,7 @@ import fsspec
 from pipelines.config import DataConfig
 from pipelines.dedup import Dedup
 from pipelines.io import exists, makedirs, rm_tree
-from pipelines.paths import REMOVED, STATS, TOKENIZER, WORK, RunPaths
+from pipelines.paths import REMOVED, REMOVED_PLOT, STATS, TOKENIZER, WORK, RunPaths
 from pipelines.process import Process
 from pipelines.schema import ConfigError
 from pipelines.shards import has_manifest, read_manifest, write_manifest
@@ -172,9 +172,18 @@ def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callab
         reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(removed.items(), key=lambda x: -x[1])) or "no input records"
         raise DataStageError(f"no document kept of {docs_in:,} read ({reasons}); each one is listed with its file and line in {root}/{REMOVED}")
     write_manifest(root, manifest)
+    _plot_removed(manifest, root)
     if summary:
         print_summary(manifest, stats, root)
     return manifest
+
+
+def _plot_removed(manifest: dict, root: str) -> None:
+    from pipelines.plots import plot_removed
+
+    st, sp = manifest["stats"], manifest["splits"]
+    kept = sp["train"].get("bytes", 0) + sp["val"].get("bytes", 0) if "bytes" in sp["train"] else None
+    plot_removed(st, {"in": st["bytes_in"], "kept": kept}, f"{root}/{REMOVED_PLOT}", f"{root.rstrip('/').rsplit('/', 2)[-2]}: documents by outcome")
 
 
 def print_summary(manifest: dict, stats: dict, root: str) -> None:

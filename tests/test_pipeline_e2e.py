@@ -247,5 +247,7 @@ def test_cli_data_end_to_end_with_fsspec_url(ray_session, tmp_path):
         assert internal not in out.stdout + out.stderr, out.stdout + out.stderr
     man = read_manifest(f"{tmp_path}/cli/data")
     assert man["stats"]["docs_in"] == 4 and man["stats"]["docs_kept"] == 4
+    assert (tmp_path / "cli" / "data" / "removed.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "cli" / "data" / "run.json").read_text())["status"] == "succeeded"
     again = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "nothing to do" in again.stdout

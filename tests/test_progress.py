@@ -84,3 +84,15 @@ def test_trial_table_rows_best_and_plain_lines(capsys):
     assert out.count("raylm tune: 2 trial(s)") == 1 and "[raylm tune] trial t1 stopped by the scheduler at step 10: val_loss 5.8" in out
     rendered = str(table.table([a, b]).columns[0]._cells)
     assert "t1 *" in rendered and "t0 *" not in rendered  # the best so far is starred
+
+
+def test_removed_plot_and_loss_plot_are_pngs(tmp_path):
+    from pipelines.plots import plot_removed
+    from training.metrics import plot_losses
+
+    stats = {"docs_in": 10, "docs_kept": 6, "removed": {"filter:short": 3, "exact": 1}, "skipped": {"skip:revisit": 2}}
+    out = plot_removed(stats, {"in": 5000, "kept": 3000}, str(tmp_path / "removed.png"), "run")
+    assert (tmp_path / "removed.png").read_bytes()[:4] == b"\x89PNG" and out.endswith("removed.png")
+    rows = [{"step": s, "tokens": 100 * s, "loss": 5 - s / 10, "lr": 1e-3, **({"val_loss": 4.0} if s == 2 else {})} for s in (1, 2, 3)]
+    assert plot_losses(rows, str(tmp_path / "loss.png")) and (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert plot_losses([], str(tmp_path / "none.png")) is None

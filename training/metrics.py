@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 
 import fsspec
 
 from pipelines.io import is_local
 from pipelines.paths import METRICS, TENSORBOARD
+from pipelines.plots import save_figure
 
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_ppl", "val_bpb")
 
@@ -85,7 +85,8 @@ class MetricsLog:
 
 
 def plot_losses(rows: list[dict], out_path: str, title: str | None = None) -> str | None:
-    """Train loss per step and val loss at eval steps, as a PNG at `out_path` (any fsspec URL)."""
+    """Train loss per step and val loss at eval steps against tokens seen (what compares runs of different
+    batch sizes), the learning rate on a second axis, as a PNG at `out_path` (any fsspec URL)."""
     if not rows:
         return None
     import matplotlib
@@ -93,28 +94,20 @@ def plot_losses(rows: list[dict], out_path: str, title: str | None = None) -> st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1, label="train loss")
+    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=110)
+    ax.plot([r["tokens"] for r in rows], [r["loss"] for r in rows], lw=1, label="train loss")
     ev = [r for r in rows if r.get("val_loss") is not None]
     if ev:
-        ax.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="val loss")
-    ax.set_xlabel("optimizer step")
+        ax.plot([r["tokens"] for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="val loss")
+    ax.set_xlabel(f"tokens seen ({rows[-1]['step']:,} optimizer steps)")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    lr = ax.twinx()
+    lr.plot([r["tokens"] for r in rows], [r["lr"] for r in rows], color="tab:gray", lw=1, ls="--", label="learning rate")
+    lr.set_ylabel("learning rate")
+    lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    lines = ax.get_legend_handles_labels(), lr.get_legend_handles_labels()
+    ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], loc="upper right")
     fig.tight_layout()
     return save_figure(fig, out_path)
-
-
-def save_figure(fig, path: str) -> str:
-    """Write a matplotlib figure as PNG to `path` (any fsspec URL) and close it."""
-    import matplotlib.pyplot as plt
-
-    with tempfile.TemporaryDirectory() as d:
-        local = os.path.join(d, "fig.png")
-        fig.savefig(local)
-        plt.close(fig)
-        fs, _ = fsspec.core.url_to_fs(path)
-        fs.put_file(local, path)
-    return path

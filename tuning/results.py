@@ -16,7 +16,8 @@ import fsspec
 import yaml
 
 from pipelines.io import absolute
-from training.metrics import read_metrics, save_figure
+from pipelines.plots import save_figure
+from training.metrics import read_metrics
 from tuning.config import Recipe
 
 
