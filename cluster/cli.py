@@ -394,7 +394,10 @@ def _crash(e: BaseException) -> int:
         f.write(text)
     if verbose():
         print(text, file=sys.stderr)
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith(":") and len(lines) > 1:  # a header over a worker's traceback: its last line is the error
+        first = f"{first} {lines[-1].strip()}"
     print(f"raylm: error: {type(e).__name__}{': ' + first[:500] if first else ''} (traceback in {path})", file=sys.stderr)
     return 1
 

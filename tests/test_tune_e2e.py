@@ -44,7 +44,7 @@ def _results(run):
 
 
 def test_asha_campaign_results_and_best_yaml(ray_session, tmp_path, capsys):
-    assert main(["tune", RECIPE, *_sets(tmp_path, "tn")]) == 0
+    assert main(["tune", RECIPE, *_sets(tmp_path, "tn", "train.loggers=[tensorboard, mlflow]")]) == 0
     run = tmp_path / "tn"
     rows = _results(run)
     assert len(rows) == 2 and {r["status"] for r in rows} <= {"done", "stopped"}
@@ -62,6 +62,15 @@ def test_asha_campaign_results_and_best_yaml(ray_session, tmp_path, capsys):
     rec = json.loads((run / "tune" / "run.json").read_text())
     assert rec["stage"] == "tune" and rec["status"] == "succeeded" and rec["result"]["trials"] == 2
     assert rec["result"]["best"]["trial_id"] and rec["recipe"]["tune"]["num_samples"] == 2
+    # MLflow (the run's own SQLite store): one parent run for the campaign, a child run per trial
+    from mlflow import MlflowClient
+
+    runs = MlflowClient(f"sqlite:///{run}/mlflow.db").search_runs(
+        [MlflowClient(f"sqlite:///{run}/mlflow.db").get_experiment_by_name("tn").experiment_id]
+    )
+    (parent,) = [r for r in runs if r.info.run_name == "tn-tune"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(r["trial_id"] for r in rows) and parent.info.status == "FINISHED"
     assert "Configuration for experiment" not in out and "Trial status" not in out and "View detailed results" not in out
     best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
     done = [r for r in rows if r["status"] == "done"]

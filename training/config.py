@@ -144,6 +144,8 @@ class TrainConfig(Strict):
     report_every: int | None = Field(default=None, ge=1)
     # a progress line on the driver every this many steps (auto: about 20 lines a run), read from metrics.jsonl
     log_every: Annotated[int, Field(ge=1)] | Literal["auto"] = AUTO
+    # where per-step metrics go besides metrics.jsonl (training/tracking.py)
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = ["tensorboard"]
     checkpoint: CheckpointConfig = CheckpointConfig()
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: Literal["auto", True, False] = "auto"  # auto: on GPU
@@ -152,6 +154,12 @@ class TrainConfig(Strict):
     data_path: str | None = None  # shards to train on (null: this run's data/, written by `raylm data`)
     scaling: ScalingConfig = ScalingConfig()
     failure: FailureConfig = FailureConfig()
+
+    @model_validator(mode="after")
+    def _unique_loggers(self) -> TrainConfig:
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ValueError(f"train.loggers: {self.loggers} names a logger twice")
+        return self
 
     @model_validator(mode="after")
     def _exact_batch(self) -> TrainConfig:

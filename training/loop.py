@@ -211,10 +211,22 @@ class Trainer:
             return True
         return False
 
-    def fit(self, acks=None) -> None:
+    def metrics_log(self, tracking: dict | None) -> MetricsLog | None:
+        """Rank 0's sink: metrics.jsonl, TensorBoard and the MLflow / W&B runs train.loggers names (`tracking`:
+        what training.tracking.tracking_info resolved on the driver)."""
+        if self.rank != 0:
+            return None
+        trackers = None
+        if tracking and {"mlflow", "wandb"} & set(self.t.loggers):
+            from training.tracking import Trackers
+
+            trackers = Trackers(self.job, tracking, self.step)
+        return MetricsLog(self.job.paths.train, self.step, tensorboard="tensorboard" in self.t.loggers, trackers=trackers)
+
+    def fit(self, acks=None, tracking: dict | None = None) -> None:
         """Train to max_steps; `acks`: a Tune trial's queue, waited on after each report."""
         t = self.t
-        log = MetricsLog(self.job.paths.train, self.step) if self.rank == 0 else None
+        log = self.metrics_log(tracking)
         while self.step < t.max_steps:
             row = self.train_step()
             if self.val is not None and (self.step % t.eval.every == 0 or self.step == t.max_steps):
@@ -237,4 +249,4 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     trainer = Trainer(TrainJob.from_recipe(config["recipe"]), ctx.get_world_rank(), ctx.get_world_size(), rtt.get_device())
     trainer.restore(ray.train.get_checkpoint(), config.get("start_from"))
-    trainer.fit(config.get("acks"))
+    trainer.fit(config.get("acks"), config.get("tracking"))

@@ -47,7 +47,8 @@ class MetricsLog:
     """Rank 0's metrics sink. Opening it after a resume from step `step` drops the rows (and
     TensorBoard points) of the steps past it, which are about to be redone."""
 
-    def __init__(self, train_dir: str, step: int):
+    def __init__(self, train_dir: str, step: int, tensorboard: bool = True, trackers=None):
+        self.trackers = trackers  # training.tracking.Trackers (MLflow, W&B), or None
         self.path = f"{train_dir}/{METRICS}"
         fs, _ = fsspec.core.url_to_fs(train_dir)
         fs.makedirs(train_dir, exist_ok=True)
@@ -55,6 +56,11 @@ class MetricsLog:
         with fsspec.open(self.path, "w") as f:
             f.write("".join(json.dumps(r) + "\n" for r in keep))
         self._f = fsspec.open(self.path, "a").open()
+        self.tb = None
+        if tensorboard:
+            self._open_tensorboard(train_dir, fs, step)
+
+    def _open_tensorboard(self, train_dir: str, fs, step: int) -> None:
         # TensorBoard writes local files; on remote storage they are uploaded at every flush()
         self.tb_remote = None if is_local(fs) else f"{train_dir}/{TENSORBOARD}"
         tb_dir = f"{train_dir}/{TENSORBOARD}" if self.tb_remote is None else tempfile.mkdtemp(prefix="raylm-tb-")
@@ -68,11 +74,16 @@ class MetricsLog:
     def log(self, row: dict) -> None:
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
-        for k in SCALARS:
-            if row.get(k) is not None:
-                self.tb.add_scalar(f"train/{k}" if not k.startswith("val") else f"eval/{k}", row[k], row["step"])
+        if self.tb is not None:
+            for k in SCALARS:
+                if row.get(k) is not None:
+                    self.tb.add_scalar(f"train/{k}" if not k.startswith("val") else f"eval/{k}", row[k], row["step"])
+        if self.trackers is not None:
+            self.trackers.log(row)
 
     def flush(self) -> None:
+        if self.tb is None:
+            return
         self.tb.flush()
         if self.tb_remote is not None:
             fs, _ = fsspec.core.url_to_fs(self.tb_remote)
@@ -80,7 +91,10 @@ class MetricsLog:
 
     def close(self) -> None:
         self.flush()
-        self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
         self._f.close()
 
 

@@ -12,11 +12,12 @@ from pipelines.shards import read_manifest, require_shards
 from training.config import TrainJob
 
 
-def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str | None = None, acks=None):
+def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str | None = None, acks=None, tracking: dict | None = None):
     """A TorchTrainer for the recipe (`callbacks`: Ray Train UserCallbacks, e.g. Tune's report callback;
     `start_from`: a checkpoint directory whose full state a new run continues from, as a PBT trial does
     from another's; the run's own checkpoints, after a failure, take precedence; `acks`: a queue that
-    acknowledges each report, which the workers wait for before training on, as Tune trials do)."""
+    acknowledges each report, which the workers wait for before training on, as Tune trials do; `tracking`:
+    where rank 0's MLflow / W&B runs go, training.tracking.tracking_info, resolved here when not given)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
@@ -26,9 +27,13 @@ def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str 
 
     job = resolve_job(job.absolute())  # the workers and checkpoints carry the layout actually used
     t = job.train
+    if tracking is None and {"mlflow", "wandb"} & set(t.loggers):
+        from training.tracking import tracking_info
+
+        tracking = tracking_info(job)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"recipe": job.recipe, "start_from": start_from, "acks": acks},
+        train_loop_config={"recipe": job.recipe, "start_from": start_from, "acks": acks, "tracking": tracking},
         scaling_config=ScalingConfig(
             num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu, resources_per_worker=t.scaling.resources_per_worker
         ),
@@ -59,6 +64,10 @@ def run_train(job: TrainJob, started: float | None = None):
     with TrainProgress(job.paths.metrics, job.train.max_steps, log_interval(job.train), started):
         result = trainer.fit()
     plot_losses(read_metrics(job.paths.metrics), job.paths.loss_plot, title=job.paths.name)
+    if "mlflow" in job.train.loggers:
+        from training.tracking import log_final
+
+        log_final(job.paths, result.checkpoint.path if result.checkpoint is not None else None)
     return result
 
 

@@ -27,6 +27,7 @@ from pipelines.shards import require_shards
 from training import checkpoint
 from training.config import TrainConfig, TrainJob
 from training.scaling import resolve_job
+from training.tracking import campaign_tracking, end_campaign
 from tuning.config import Recipe, TuneConfig
 from tuning.space import apply_trial, to_tune, validate_space
 
@@ -57,7 +58,7 @@ def trial_recipe(recipe: dict, values: dict[str, Any], trial_id: str, data_dir: 
     return r
 
 
-def run_trial(config: dict, recipe: dict, data_dir: str) -> None:
+def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None = None) -> None:
     """One trial: a Ray Train run reporting to Tune through TuneReportCallback (PBT: with its checkpoints).
     Its workers wait at each report until Tune lets the trial go on (AckReports), so a trial the
     scheduler stops at a rung has trained exactly to the rung."""
@@ -70,16 +71,21 @@ def run_trial(config: dict, recipe: dict, data_dir: str) -> None:
 
     trial_id = ray.tune.get_context().get_trial_id()
     if recipe["tune"]["scheduler"]["type"] == "pbt":
-        return _run_pbt_trial(config, recipe, data_dir, trial_id)
+        return _run_pbt_trial(config, recipe, data_dir, trial_id, tracking)
     job = TrainJob.from_recipe(trial_recipe(recipe, config, trial_id, data_dir))
     callbacks: list = [TuneReportCallback()]
     acks = None
     if recipe["tune"]["scheduler"]["type"] in ("asha", "hyperband"):  # they stop trials early; FIFO never does
         acks = Queue(actor_options={"num_cpus": 0})
         callbacks.append(AckReports(acks))
-    result = build_trainer(job, callbacks=callbacks, acks=acks).fit()
+    result = build_trainer(job, callbacks=callbacks, acks=acks, tracking=_trial_tracking(tracking, trial_id)).fit()
     if result.error is not None:
         raise result.error
+
+
+def _trial_tracking(tracking: dict | None, trial_id: str) -> dict | None:
+    """The campaign's tracking, with the trial's own run name (an MLflow child run, a W&B run in the group)."""
+    return {**tracking, "run_name": trial_id} if tracking else None
 
 
 def _checkpoint_meta(ckpt) -> dict:
@@ -105,7 +111,7 @@ def _url(ckpt) -> str:
     return f"{ckpt.filesystem.type_name}://{ckpt.path}".replace("gcs://", "gs://")
 
 
-def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str) -> None:
+def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tracking: dict | None = None) -> None:
     """Fit the trial's TorchTrainer in a thread while this one hands each report, with its checkpoint,
     to Tune: TuneReportCallback forwards metrics only, and PBT exploits through checkpoints."""
     import threading
@@ -124,7 +130,8 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str) -> 
         return _adopt_finished(start, meta, config, recipe, data_dir, trial_id)
     job = TrainJob.from_recipe(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step) if step else None))
     reports = Queue(actor_options={"num_cpus": 0})
-    trainer = build_trainer(job, callbacks=[ForwardReports(reports)], start_from=_url(start) if start is not None else None)
+    start_from = _url(start) if start is not None else None
+    trainer = build_trainer(job, callbacks=[ForwardReports(reports)], start_from=start_from, tracking=_trial_tracking(tracking, trial_id))
     out: dict[str, Any] = {}
 
     def fit() -> None:
@@ -270,12 +277,9 @@ def _check_pbt(cfg: Recipe, space: dict) -> None:
 
 def run_tune(cfg: Recipe, resume: bool = False):
     """Run (or, with resume, continue) the campaign; returns Tune's ResultGrid."""
-    import ray
     from ray import tune
 
-    from tuning.progress import TrialTable
-
-    if not verbose():  # Tune's own console output (config boxes, a result dump per trial) gives way to TrialTable
+    if not verbose():  # Tune's own console output (config boxes, a result dump per trial) gives way to progress.TrialTable
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # whose verbose=0 prints nothing, unlike the new engine's
 
     # train.scaling auto: resolved once for the cluster, so every trial has the same layout and the space's
@@ -285,19 +289,33 @@ def run_tune(cfg: Recipe, resume: bool = False):
     require_shards(cfg.paths.shards, " (trials only read shards)")
     storage, data_dir = absolute(cfg.storage_path), absolute(cfg.paths.shards)
     recipe = {**cfg.model_dump(mode="json"), "storage_path": storage}
+    tracking = campaign_tracking(cfg.train_job(), cfg.name, recipe)  # MLflow: the parent run of the trials'
     # The trial function only drives a TorchTrainer: its Ray Train workers reserve what the trial uses.
     # Tune rejects an empty request, and any CPU share would make N trials need N x workers + a bit,
     # so it reserves a token byte of memory.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir), {"memory": 1})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir, tracking=tracking), {"memory": 1})
     path = RunPaths(storage, cfg.name).tune
     if resume:
         if not tune.Tuner.can_restore(path):
             raise FileNotFoundError(f"{path}: no campaign to resume (run `raylm tune` without --resume)")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = _new_tuner(cfg, trainable, space, storage)
+    try:
         return tuner.fit()
+    finally:
+        end_campaign(tracking)
+
+
+def _new_tuner(cfg: Recipe, trainable, space: dict, storage: str):
+    import ray
+    from ray import tune
+
+    from tuning.progress import TrialTable
+
     concurrency = max_concurrent(cfg, ray.cluster_resources())
     t = cfg.tune
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         param_space=to_tune(space),
         tune_config=tune.TuneConfig(
@@ -311,4 +329,3 @@ def run_tune(cfg: Recipe, resume: bool = False):
         ),
         run_config=tune.RunConfig(name=cfg.paths.tune_name, storage_path=storage, verbose=int(verbose()), callbacks=[TrialTable(cfg, list(space))]),
     )
-    return tuner.fit()
