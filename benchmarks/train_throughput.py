@@ -8,7 +8,8 @@ over the recipe's shards, on the same cores; the plain loop is torch alone (one 
 rank with torch.distributed + DDP on gloo/nccl), no Ray. A layout WxC is W workers (processes) of
 C CPU threads each. Throughput is tokens over wall time between the end of step `--skip` and the
 end of the last step (per-step timestamps), so start-up, compile and the final checkpoint are left
-out of both. Prints tokens/s, MFU where there is a GPU, and the ratio Ray Train / plain.
+out of both. Prints tokens/s, MFU where there is a GPU, and the ratio Ray Train / plain. The Ray side runs as
+`raylm train` does, its progress lines printed by the driver (--no-progress: without them).
 """
 
 from __future__ import annotations
@@ -72,11 +73,19 @@ def run_plain(cfg: RunConfig, steps: int, out: Path) -> list[dict]:
     return [json.loads(x) for x in out.read_text().splitlines()]
 
 
-def run_ray(cfg: RunConfig) -> list[dict]:
+def run_ray(cfg: RunConfig, progress: bool = True) -> list[dict]:
+    """`raylm train`'s fit, with its driver-side progress lines on (as `raylm train` runs it) unless told not."""
+    from contextlib import nullcontext
+
+    from training.config import log_interval
     from training.metrics import read_metrics
+    from training.progress import TrainProgress
     from training.trainer import build_trainer
 
-    result = build_trainer(cfg.train_job()).fit()
+    job = cfg.train_job()
+    watch = TrainProgress(job.paths.metrics, job.train.max_steps, log_interval(job.train)) if progress else nullcontext()
+    with watch:
+        result = build_trainer(job).fit()
     if result.error is not None:
         raise RuntimeError(result.error)
     return read_metrics(cfg.paths.metrics)
@@ -116,6 +125,7 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=5, help="steps left out at the start (warm-up, compile)")
     ap.add_argument("--layouts", default="auto,1x2,2x1", help="comma-separated WORKERSxCPUS (GPU runs: WORKERSx0), or auto (train.scaling's default)")
     ap.add_argument("--out", default=str(ROOT / "bench-out" / "train"))
+    ap.add_argument("--no-progress", action="store_true", help="leave out the driver's progress lines (on by default, as in raylm train)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +166,7 @@ def main() -> None:
         plain_rates, ray_rates, same = [], [], True
         for rep in range(args.repeat):  # alternated, so a drift of the machine's speed hits both alike
             plain = run_plain(cfg, args.steps, out / f"plain-{layout}.jsonl")
-            rows = run_ray(_fresh_run(cfg, base, f"ray-{layout}-{rep}"))
+            rows = run_ray(_fresh_run(cfg, base, f"ray-{layout}-{rep}"), progress=not args.no_progress)
             plain_rates.append(rate(plain, args.skip))
             ray_rates.append(rate(rows, args.skip))
             same = same and [a["loss"] for a in plain] == [b["loss"] for b in rows]

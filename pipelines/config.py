@@ -205,6 +205,14 @@ class PiiConfig(Strict):
         return "replace" in (self.email, self.ip, self.phone)
 
 
+class DecontaminateConfig(Strict):
+    """Training documents sharing an n-gram of `ngram` words with any example of `files` (evaluation and task
+    sets: .jsonl records, or lines of any other file) are removed as filter:contamination."""
+
+    files: list[str] = []
+    ngram: int = Field(default=13, ge=3, le=64)
+
+
 class ExecutionConfig(Strict):
     batch_docs: int = Field(default=4096, gt=0)  # a read block ends after this many documents
     batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes (also Ray Data's block size)
@@ -220,6 +228,7 @@ class DataConfig(Strict):
     clean: CleanConfig = CleanConfig()
     reject: RejectConfig = RejectConfig()
     dedup: DedupConfig = DedupConfig()
+    decontaminate: DecontaminateConfig = DecontaminateConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     output: OutputConfig = OutputConfig()
     execution: ExecutionConfig = ExecutionConfig()

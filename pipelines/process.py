@@ -2,7 +2,8 @@
 tasks (steps and encoder built once per worker process: process_block), written as one staging parquet per block
 (pipelines/staging.py).
 
-  url filter, extract (web pages) -> normalize -> language -> PII -> filter -> hash (+ split) -> minhash -> tokenize
+  url filter, extract (web pages) -> normalize -> language -> PII -> filter -> decontaminate -> hash (+ split)
+  -> minhash -> tokenize
 
 A step that drops a document records why (reject:..., filter:...); the row stays in staging with that
 status, so the write stage can account for it.
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pipelines.clean import Filter, Normalize
 from pipelines.config import DataConfig
+from pipelines.decontaminate import Decontaminate
 from pipelines.dedup import ExactHash, MinHashSign
 from pipelines.extract import Extract
 from pipelines.language import Language
@@ -34,7 +36,7 @@ from pipelines.tokenize import Encode, TokenizerSpec
 from pipelines.url_filter import UrlFilter
 
 # the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over workers)
-STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, ExactHash, MinHashSign, Encode)
+STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, Decontaminate, ExactHash, MinHashSign, Encode)
 _CHUNK = 256  # documents that go through the steps together: word and token lists live for one chunk
 
 
@@ -52,6 +54,7 @@ def _block(batch: pa.Table, cfg: DataConfig) -> Block:
         language_scores=[None] * n,
         payloads=batch["payload"].to_pylist() if cfg.has_web else [None] * n,
         charsets=batch["charset"].to_pylist() if cfg.has_web else [None] * n,
+        matches=[None] * n,
     )
 
 
@@ -97,6 +100,8 @@ class DocProcessor:
         }
         if b.sig is not None:
             cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(b.sig.shape[1] * 4), n, [None, pa.py_buffer(b.sig.tobytes())])
+        if self.cfg.decontaminate.files:
+            cols["match"] = pa.array(b.matches, pa.string())
         where = np.asarray(b.kept, dtype=np.int64)
         text_bytes = np.zeros(n, dtype=np.int64)
         text_bytes[where] = b.text_bytes

@@ -45,7 +45,7 @@ class DataStageError(RuntimeError):
 
 
 # the data section keys that decide the output; `execution` (workers, block sizes) changes only how it is computed
-_OUTPUT_KEYS = ("inputs", "extract", "url_filter", "language", "pii", "clean", "reject", "dedup", "tokenizer", "output")
+_OUTPUT_KEYS = ("inputs", "extract", "url_filter", "language", "pii", "clean", "reject", "dedup", "decontaminate", "tokenizer", "output")
 
 
 def _flat(d, prefix: str = "") -> dict:
@@ -179,11 +179,12 @@ def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callab
 
 
 def _plot_removed(manifest: dict, root: str) -> None:
+    """removed.png, from the manifest alone (no run name, no time): the same bytes on every rerun, like the shards."""
     from pipelines.plots import plot_removed
 
     st, sp = manifest["stats"], manifest["splits"]
     kept = sp["train"].get("bytes", 0) + sp["val"].get("bytes", 0) if "bytes" in sp["train"] else None
-    plot_removed(st, {"in": st["bytes_in"], "kept": kept}, f"{root}/{REMOVED_PLOT}", f"{root.rstrip('/').rsplit('/', 2)[-2]}: documents by outcome")
+    plot_removed(st, {"in": st["bytes_in"], "kept": kept}, f"{root}/{REMOVED_PLOT}", "documents by outcome")
 
 
 def print_summary(manifest: dict, stats: dict, root: str) -> None:

@@ -96,6 +96,7 @@ class Block:
     out: list = field(default_factory=list)  # per kept row: its tokens, or its cleaned text when the tokenizer is trained later
     masks: list = field(default_factory=list)  # per kept row: its loss mask (task recipes)
     text_bytes: list[int] = field(default_factory=list)  # per kept row: UTF-8 bytes of the text it was tokenized from
+    matches: list = field(default_factory=list)  # decontamination: the evaluation example (file:line) a row matched; else None
 
 
 @dataclass

@@ -32,6 +32,8 @@ def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
         ("language", pa.string()),  # the language step's verdict (null when it did not run)
         ("language_score", pa.float32()),
     ]
+    if cfg.decontaminate.files:
+        fields.append(("match", pa.string()))  # the evaluation example a filter:contamination row shares an n-gram with
     if cfg.dedup.minhash.enabled:
         fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))
     # UTF-8 bytes of a kept document as tokenized (0 for the others): the splits' bytes in the manifest, which

@@ -1,5 +1,6 @@
 """The write stage: the staging files in uid order, duplicates dropped, cut into .npy shards (train and val),
-every removed document listed in removed.parquet/ with its reason, the document it duplicates and its
+every removed document listed in removed.parquet/ with its reason, the document it duplicates (or for
+filter:contamination the evaluation example it matched) and its
 source, and every kept one in docs.parquet/ with where it went. Ray tasks over groups of consecutive staging
 files, in four steps, so that nothing scales with the corpus in one process:
 
@@ -87,13 +88,15 @@ def removed_rows(t: pa.Table, mask: np.ndarray, dups: dict) -> tuple[pa.Table, C
     """The removed rows of one staging table (filters and rejects from processing, duplicates from dedup),
     and their counts by reason. Skipped records (no documents: skip:...) are counted apart, never listed."""
     status, ids, srcs, uids = t["status"].to_pylist(), t["id"].to_pylist(), t["src"].to_pylist(), t["uid"].to_pylist()
+    # decontamination: the evaluation example (file:line) a filter:contamination row matched, in kept_id
+    matches = t["match"].to_pylist() if "match" in t.column_names else [None] * len(status)
     rows: dict[str, list] = {"id": [], "reason": [], "kept_id": [], "src": []}
     counts, skipped = Counter(), Counter()
     for i in np.flatnonzero(~mask):
         if status[i].startswith(SKIP):
             skipped[status[i]] += 1
             continue
-        reason, kept_id = dups.get(uids[i], (status[i], None))
+        reason, kept_id = dups.get(uids[i], (status[i], matches[i]))
         rows["id"].append(ids[i])
         rows["reason"].append(reason)
         rows["kept_id"].append(kept_id)
@@ -266,6 +269,7 @@ def _pieces(g: int, group: list[dict], job: dict, start: Start, maps: dict) -> d
     removed = _TablePieces(root, REMOVED, g, start.removed, job["rows_per_part"])
     docs = _TablePieces(root, DOCS, g, start.kept, job["rows_per_part"])
     cols = ("id", "src", "url", "date", "language", "language_score") + (() if trained else ("tokens",)) + (("mask",) if masks else ())
+    cols += ("match",) if job["match"] else ()
     for s in group:
         d = dups.of(s)
         t, mask, split, _ = _view(s, d, trained, cols)
@@ -340,7 +344,9 @@ class Write(Stage):
         enc = load_encoding(tok)
         dtype, groups = token_dtype(enc.n_vocab), groups_of(run.staging, 4 * run.workers)
         job = dict(root=root, trained=run.trains_tokenizer, masks=data.has_tasks, dtype=dtype, rows_per_part=ROWS_PER_PART)
-        job.update(dups_dir=run.dups_dir if run.dups is not None else None, shard_tokens=data.output.shard_tokens)
+        job.update(
+            dups_dir=run.dups_dir if run.dups is not None else None, shard_tokens=data.output.shard_tokens, match=bool(data.decontaminate.files)
+        )
         with stats.timer("count"):
             counted = _gather([_count.remote(g, job["dups_dir"], job["trained"]) for g in groups], "count")
         begins = layout.starts([c for c, _ in counted])

@@ -32,8 +32,8 @@ SETS = [
 
 
 def _digest(root: Path) -> dict[str, str]:
-    """sha256 of every output file (stats.json holds timings, so it is left out)."""
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name != "stats.json"]
+    """sha256 of every output file (stats.json holds timings and run.json how and when it ran: left out)."""
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ("stats.json", "run.json")]
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 

@@ -40,7 +40,7 @@ def _tree_digest(root: Path) -> dict:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != "stats.json"
+        if p.is_file() and p.name not in ("stats.json", "run.json")  # timings; how and when it ran
     }
 
 
