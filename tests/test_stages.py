@@ -43,7 +43,18 @@ def _chunk(texts: list[str], prompt_chars: list | None = None, num_perm: int = 0
 
 
 def test_steps_in_order_with_unique_names():
-    assert [s.name for s in STEPS] == ["url_filter", "extract", "normalize", "language", "pii", "filter", "hash", "minhash", "tokenize"]
+    assert [s.name for s in STEPS] == [
+        "url_filter",
+        "extract",
+        "normalize",
+        "language",
+        "pii",
+        "filter",
+        "decontaminate",
+        "hash",
+        "minhash",
+        "tokenize",
+    ]
     assert [s.name for s in STAGES] == ["read", "process", "dedup", "tokenizer", "write"]
 
 
