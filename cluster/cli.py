@@ -182,11 +182,12 @@ def _data(args: argparse.Namespace) -> int:
 def _train_job(cfg: RunConfig) -> int:
     from pipelines.shards import require_shards
     from training.scaling import resolve_job
-    from training.trainer import check_init_from, run_train, summarize
+    from training.trainer import check_init_from, check_resume, run_train, summarize
 
     started = time.time()
     job = cfg.train_job()
     require_shards(cfg.paths.shards)  # what can be wrong fails before Ray starts
+    check_resume(job)
     if job.train.init_from:
         check_init_from(job)
     init_ray(cfg.ray)

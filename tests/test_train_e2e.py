@@ -90,6 +90,11 @@ def test_run_sample_then_resume(pretrained, capsys):
     for internal in ("core_worker", "streaming_executor", "logging_progress", "dataset.py", "WARNING", "INFO", "(RayTrainWorker"):
         assert internal not in printed, printed
 
+    # another recipe under the same name does not resume this run's state: refused before Ray starts
+    assert main(["train", RECIPE, *sets, "--set", "train.max_steps=20", "--set", "train.optim.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "has checkpoints (step 18) of another recipe: train.optim.lr is 0.003 there, 0.5 here" in err and "--set name=" in err
+
 
 def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, capsys):
     from pipelines.shards import read_manifest

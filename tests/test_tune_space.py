@@ -141,3 +141,12 @@ def test_pbt_scheduler_is_tunes_own_with_the_recipes_settings(synch):
     s = build_scheduler(cfg.tune, cfg, check(cfg))
     assert type(s).__name__ == "PopulationBasedTraining"
     assert (s._synch, s._perturbation_interval, s._quantile_fraction) == (synch, 20, 0.5)
+
+
+def test_num_samples_unset_runs_a_grid_once():
+    from tuning.config import TuneConfig
+
+    grid = {"train.optim.lr": {"grid": [1e-3, 3e-3]}}
+    assert TuneConfig(param_space=grid).num_samples == 1  # not the random-search default of 8 repeats of the grid
+    assert TuneConfig(param_space=grid, num_samples=3).num_samples == 3  # set: Tune's meaning, 3 repeats
+    assert TuneConfig(param_space={"train.optim.lr": {"choice": [1e-3, 3e-3]}}).num_samples == 8

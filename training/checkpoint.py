@@ -98,6 +98,7 @@ def save(directory: str, rank: int, state: dict | None, tokenizer_dir: str | Non
                 "tokenizer": state["tokenizer"]["name"],
                 "tokenizer_sha256": state["tokenizer"]["sha256"],
                 "model": c["train"]["model"],
+                "train": c["train"],  # what a resume with another recipe is checked against (trainer.check_resume)
                 "run_dir": RunPaths(c["storage_path"], c["name"]).root,
             },
             f,

@@ -98,6 +98,35 @@ def check_init_from(job: TrainJob) -> str:
     return ckpt
 
 
+# train keys a resumed run may change: how long it trains, how often it evaluates, saves and logs, where metrics
+# go, its layout, retries and kernels; any other change would continue one recipe's state under another
+RESUMABLE = ("max_steps", "eval", "checkpoint", "report_every", "log_every", "loggers", "scaling", "failure", "precision", "compile", "init_from")
+
+
+def check_resume(job: TrainJob) -> None:
+    """A run with checkpoints resumes: refuse (ConfigError) when the recipe's train section differs from the one
+    its latest checkpoint was trained with in a key outside RESUMABLE (checkpoints from before meta.json held the
+    train section: the model only)."""
+    from training import checkpoint
+    from training.tracking import flat
+
+    try:
+        ckpt = checkpoint.latest(job.paths.root)
+    except FileNotFoundError:
+        return
+    meta = checkpoint.read_meta(f"{ckpt}/{checkpoint.META}")
+    want = job.train.model_dump(mode="json")
+    have = meta.get("train") or {"model": meta.get("model")}
+    have, want = flat({k: v for k, v in have.items() if k not in RESUMABLE}), flat({k: want[k] for k in have if k not in RESUMABLE})
+    diff = [f"train.{k} is {have.get(k)!r} there, {want.get(k)!r} here" for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
+    if diff:
+        shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+        raise ConfigError(
+            f"{job.paths.train} has checkpoints (step {meta['step']}) of another recipe: {shown}. `raylm train` resumes a run "
+            f"with its own recipe (raise train.max_steps to train longer); give this one a new name (--set name=...) or remove the run"
+        )
+
+
 def summarize(paths: RunPaths, started: float | None = None) -> dict:
     """The last step's figures, the last validation loss and the mean throughput, from metrics.jsonl; with
     `started` (time.time() when the command began), the seconds to this invocation's first step finished

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipelines.paths import RunPaths
 from pipelines.schema import Strict
@@ -37,12 +37,20 @@ class TuneSearchConfig(Strict):
 class TuneConfig(Strict):
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    num_samples: int = Field(default=8, ge=1)  # trials (with grid entries: repeats of the whole grid)
+    # trials; with grid entries, repeats of the whole grid (Tune's meaning), so unset it is then 1: each grid point once
+    num_samples: int = Field(default=8, ge=1)
     max_concurrent_trials: int | None = Field(default=None, ge=1)  # null: cluster CPUs (GPUs) / one trial's
     time_budget_s: float | None = Field(default=None, gt=0)  # stop starting and running trials after this
     scheduler: TuneSchedulerConfig = TuneSchedulerConfig()
     search: TuneSearchConfig = TuneSearchConfig()
     param_space: dict[str, Any] = {}  # checked by tuning.space: dotted recipe key -> {loguniform|uniform|randint|choice|grid: ...}
+
+    @model_validator(mode="after")
+    def _grid_once(self) -> TuneConfig:
+        # the default of 8 is for random draws; a grid repeated 8 times is never what an unset key meant
+        if "num_samples" not in self.model_fields_set and any(isinstance(v, dict) and "grid" in v for v in self.param_space.values()):
+            self.num_samples = 1
+        return self
 
 
 class Recipe(Protocol):
