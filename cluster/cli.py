@@ -126,8 +126,10 @@ def _recipe(args: argparse.Namespace) -> RunConfig:
 
 
 def _dump(cfg: RunConfig) -> dict:
-    """The resolved recipe as run.json records it."""
-    return cfg.model_dump(mode="json")
+    """The resolved recipe as run.json records it (runtime_env's env_vars values left out: credentials go there)."""
+    from training.tracking import redacted
+
+    return redacted(cfg.model_dump(mode="json"))
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -34,3 +34,13 @@ def test_wandb_offline_without_a_key(monkeypatch):
     assert wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == "disabled"
+
+
+def test_env_vars_values_are_redacted_from_what_is_recorded():
+    from training.tracking import redacted
+
+    r = {"name": "x", "ray": {"address": None, "runtime_env": {"env_vars": {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}, "pip": ["a"]}}}
+    out = redacted(r)
+    assert out["ray"]["runtime_env"] == {"env_vars": {"AWS_SECRET_ACCESS_KEY": "<redacted>"}, "pip": ["a"]}
+    assert r["ray"]["runtime_env"]["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"  # the recipe itself untouched
+    assert redacted({"name": "x"}) == {"name": "x"}

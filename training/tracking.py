@@ -36,6 +36,16 @@ def flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: json.dumps(d) if isinstance(d, list) else d}
 
 
+def redacted(recipe: dict) -> dict:
+    """The recipe without the values of `ray.runtime_env.env_vars` (where credentials go), for what is recorded
+    outside the run's own process: run.json, MLflow params, W&B config."""
+    env = ((recipe.get("ray") or {}).get("runtime_env") or {}).get("env_vars")
+    if not env:
+        return recipe
+    ray_cfg = recipe["ray"]
+    return {**recipe, "ray": {**ray_cfg, "runtime_env": {**ray_cfg["runtime_env"], "env_vars": dict.fromkeys(env, "<redacted>")}}}
+
+
 def mlflow_uri(paths: RunPaths) -> str:
     """MLFLOW_TRACKING_URI, else a SQLite store in the run's top-level directory (a campaign's trials share it)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -82,7 +92,7 @@ def campaign_tracking(job: TrainJob, campaign: str, recipe: dict) -> dict | None
         client = mlflow.MlflowClient(info["mlflow_uri"])
         exp = client.get_experiment_by_name(info["experiment"])
         run = client.create_run(exp.experiment_id, run_name=info["run_name"], tags={"raylm.run": job.paths.root, "raylm.stage": "tune"})
-        params = flat(recipe)
+        params = flat(redacted(recipe))
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
             client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in list(params.items())[i : i + 100]])
         info["parent"] = run.info.run_id
@@ -124,10 +134,10 @@ def _open_wandb(job: TrainJob, info: dict):
         os.makedirs(wdir, exist_ok=True)
     kw = dict(project=info["wandb_project"], name=info["run_name"], group=info.get("group"), dir=wdir, mode=info["wandb_mode"], tags=["raylm"])
     if info["wandb_mode"] == "offline":
-        return wandb.init(config=job.recipe, **kw)
+        return wandb.init(config=redacted(job.recipe), **kw)
     from ray.air.integrations.wandb import setup_wandb
 
-    return setup_wandb(job.recipe, **kw)
+    return setup_wandb(redacted(job.recipe), **kw)
 
 
 class Trackers:
@@ -136,7 +146,7 @@ class Trackers:
 
     def __init__(self, job: TrainJob, info: dict, step: int):
         self.job, self.info, self.mlflow, self.wandb = job, info, None, None
-        loggers, recipe = job.train.loggers, job.recipe
+        loggers, recipe = job.train.loggers, redacted(job.recipe)
         tags = {"raylm.run": job.paths.root, "raylm.start_step": str(step)}
         if "mlflow" in loggers:
             import mlflow
