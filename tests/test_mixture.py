@@ -1,7 +1,9 @@
 """Sampling by weight across sources (training/mixture.py): proportions, determinism, resume, schedules,
-epochs per source. Pure functions: no Ray, no torch."""
+epochs per source as pure functions; then the loader and the Trainer (no Ray) on real shards of two sources."""
 
 import numpy as np
+import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -61,3 +63,131 @@ def test_every_prefix_of_slots_tracks_the_weights(w, first, n):
     share = np.array(w) / sum(w)
     counts = np.bincount(src, minlength=len(w))
     assert counts.sum() == n and (np.abs(counts - n * share) <= 2 + 2 * np.log2(n + 1)).all()
+
+
+def _two_sources(tmp_path):
+    """A manifest with two sources' shards (the shape the data stage will write for data.sources)."""
+    from pipelines.shards import ShardWriter, write_manifest
+
+    rng, srcs = np.random.default_rng(0), {}
+    for name, docs, base in (("web", 60, 0), ("books", 15, 30000)):
+        w = ShardWriter(str(tmp_path), f"train/{name}", np.dtype(np.uint16), shard_tokens=4000)
+        for _ in range(docs):
+            lengths = rng.integers(50, 300, size=4)
+            w.add((base + rng.integers(0, 20000, size=int(lengths.sum()))).astype(np.uint32), lengths)  # books: ids >= 30000
+        srcs[name] = w.close()
+    train = {"tokens": sum(s["tokens"] for s in srcs.values()), "docs": sum(s["docs"] for s in srcs.values()), "sources": srcs}
+    train["shards"] = [sh for s in srcs.values() for sh in s["shards"]]
+    splits = {"train": train, "val": {"tokens": 0, "docs": 0, "shards": []}}
+    write_manifest(str(tmp_path), {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits})
+    return str(tmp_path)
+
+
+@pytest.mark.slow  # real shards and steps: ~5-15 s
+def test_loader_draws_by_weight_disjoint_ranks_and_resumes_exactly(tmp_path):
+    from training.data import ShardWindows
+    from training.mixture import MixtureLoader
+
+    root = _two_sources(tmp_path)
+    sources = {n: ShardWindows(root, "train", 32, source=n) for n in ("web", "books")}
+    schedule = [(None, {"web": 0.8, "books": 0.2})]
+
+    def loaders():
+        return [MixtureLoader(sources, schedule, micro_batch=4, rank=r, world=2, accum=2, seed=1) for r in range(2)]
+
+    def steps(ls, n):
+        out, counts = [], []
+        for _ in range(n):
+            batch = [torch.cat([ld.next()[0] for _ in range(2)]) for ld in ls]  # each rank's two micro-batches
+            out.append(batch)
+            counts.append(ls[0].counts.copy())
+        return out, counts
+
+    a, counts = steps(loaders(), 1000)
+    total = np.sum(counts, axis=0)
+    assert abs(total[0] / total.sum() - 0.8) < 0.01 and abs(total[1] / total.sum() - 0.2) < 0.01
+    books = sum(int((b[r] >= 30000).all(dim=1).sum()) for b in a for r in range(2))  # windows read from books' shards
+    assert books == total[1]
+    assert all(not torch.equal(b[0], b[1]) for b in a[:50])  # the ranks read different windows
+    first, _ = steps(ls := loaders(), 400)
+    saved = [ld.state_dict() for ld in ls]
+    resumed = loaders()
+    for ld, state in zip(resumed, saved):
+        ld.load_state_dict(state)
+    rest, _ = steps(resumed, 600)
+    assert all(torch.equal(x[r], y[r]) for x, y in zip(a, first + rest) for r in range(2))
+    assert saved[0] == saved[1] and saved[0]["step"] == 400 and sum(saved[0]["drawn"].values()) == 400 * 16
+
+
+def _mixture_run(tmp_path, weights=None):
+    """Shards of two sources (train and val each; vocab 512: web tokens < 256, books >= 256) and a tiny job on them."""
+    from cluster.recipe import load_config
+    from pipelines.shards import ShardWriter, write_manifest
+    from tests.conftest import ROOT
+
+    rng, splits = np.random.default_rng(1), {}
+    for split, docs in (("train", 40), ("val", 6)):
+        srcs = {}
+        for name, lo in (("web", 0), ("books", 256)):
+            w = ShardWriter(str(tmp_path / "data"), f"{split}/{name}", np.dtype(np.uint16), shard_tokens=3000)
+            for _ in range(docs):
+                lengths = rng.integers(40, 200, size=3)
+                w.add((lo + rng.integers(0, 256, size=int(lengths.sum()))).astype(np.uint32), lengths)
+            srcs[name] = {**w.close(), "bytes": 1}
+        shards = [sh for s in srcs.values() for sh in s["shards"]]
+        splits[split] = {"tokens": sum(s["tokens"] for s in srcs.values()), "docs": 1, "bytes": 2, "shards": shards, "sources": srcs}
+    tok = {"name": "synthetic", "n_vocab": 512, "eot": 0, "sha256": "x"}
+    man = {"format": "raylm-shards", "version": 1, "dtype": "uint16", "tokenizer": tok, "splits": splits}
+    write_manifest(str(tmp_path / "data"), {**man, "sources": {"web": {"weight": 0.8}, "books": {"weight": 0.2}}})
+    over = [f"storage_path={tmp_path}", "name=mix", f"train.data_path={tmp_path / 'data'}", "train.max_steps=40"]
+    over += ["train.model={n_layer: 1, n_head: 2, d_model: 32, seq_len: 32}", "train.batch={micro_batch_size: 2, global_batch_tokens: 128}"]
+    over += ["train.scaling={num_workers: 1, use_gpu: false, resources_per_worker: {CPU: 1}}", "train.eval.every=1000"]
+    over += [f"train.mixture={weights}"] if weights else []
+    return load_config(str(ROOT / "cluster" / "recipes" / "local.yaml"), over).train_job()
+
+
+@pytest.mark.slow  # real shards and steps: ~5-15 s
+def test_trainer_steps_count_tokens_per_source_and_resume_bitwise(tmp_path):
+    from training.loop import Trainer
+
+    job = _mixture_run(tmp_path)
+    a = Trainer(job, 0, 1, torch.device("cpu"))
+    rows = [a.train_step() for _ in range(40)]
+    tokens = np.sum([[r["source_tokens"]["web"], r["source_tokens"]["books"]] for r in rows], axis=0)
+    assert tokens.sum() == 40 * 128 and abs(tokens[0] / tokens.sum() - 0.8) < 0.03  # 160 windows: discrepancy, not noise
+    b = Trainer(job, 0, 1, torch.device("cpu"))
+    first = [b.train_step() for _ in range(25)]
+    state = b.state_dict()
+    c = Trainer(job, 0, 1, torch.device("cpu"))
+    c.load_state_dict(state)
+    rest = [c.train_step() for _ in range(15)]
+    assert [r["loss"] for r in first + rest] == [r["loss"] for r in rows]
+    assert [r["source_tokens"] for r in first + rest] == [r["source_tokens"] for r in rows]
+
+
+@pytest.mark.slow  # real shards and steps: ~5-15 s
+def test_a_schedule_and_an_unknown_source(tmp_path):
+    from training.loop import Trainer
+
+    job = _mixture_run(tmp_path, "[{until_step: 10, weights: {web: 1.0, books: 0.0}}, {weights: {web: 0.0, books: 1.0}}]")
+    t = Trainer(job, 0, 1, torch.device("cpu"))
+    rows = [t.train_step() for _ in range(14)]
+    assert all(r["source_tokens"] == {"web": 128, "books": 0} for r in rows[:10])
+    assert all(r["source_tokens"] == {"web": 0, "books": 128} for r in rows[10:])
+    with pytest.raises(ValueError, match="names \\['code'\\]"):
+        Trainer(_mixture_run(tmp_path / "b", "[{weights: {code: 1.0}}]"), 0, 1, torch.device("cpu"))
+
+
+@pytest.mark.slow  # real shards and steps: ~5-15 s
+def test_validation_per_source_beside_the_whole_split(tmp_path):
+    from training.loop import Trainer
+
+    t = Trainer(_mixture_run(tmp_path), 0, 1, torch.device("cpu"))
+    for _ in range(5):
+        t.train_step()
+    v = t.validation()
+    assert set(v["val_sources"]) == {"web", "books"} and v["val_loss"] > 0
+    web, books = v["val_sources"]["web"], v["val_sources"]["books"]
+    assert web["loss"] == t.evaluate(*t.val_sources["web"])["loss"] and web["loss"] != books["loss"]
+    tokens = t.manifest["splits"]["val"]["sources"]["books"]["tokens"]
+    assert books["bpb"] == books["loss"] * tokens / (1 * np.log(2))  # the synthetic manifest says 1 byte

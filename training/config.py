@@ -92,6 +92,13 @@ class FailureConfig(Strict):
     max_failures: int = Field(default=3, ge=-1)  # -1: retry forever (Ray's FailureConfig)
 
 
+class MixtureStage(Strict):
+    """Source weights in force until `until_step` (exclusive; null: to the end), for shards made from data.sources."""
+
+    until_step: int | None = Field(default=None, ge=1)
+    weights: dict[str, Annotated[float, Field(ge=0)]]
+
+
 def batch_layout_error(global_tokens: int, micro: int, seq_len: int, workers: int) -> str | None:
     """Why a global batch cannot be trained exactly (None if it can): it must be a whole number of micro-steps
     of micro x seq_len tokens on every worker. Names the nearest global batches and micro-batches that fit."""
@@ -146,6 +153,9 @@ class TrainConfig(Strict):
     log_every: Annotated[int, Field(ge=1)] | Literal["auto"] = AUTO
     # where per-step metrics go besides metrics.jsonl (training/tracking.py)
     loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = ["tensorboard"]
+    # sampling weights of the shards' sources, as a schedule (null: the weights the data stage recorded); a
+    # source of weight 0 is evaluation-only (training/mixture.py)
+    mixture: list[MixtureStage] | None = None
     checkpoint: CheckpointConfig = CheckpointConfig()
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: Literal["auto", True, False] = "auto"  # auto: on GPU
@@ -154,6 +164,16 @@ class TrainConfig(Strict):
     data_path: str | None = None  # shards to train on (null: this run's data/, written by `raylm data`)
     scaling: ScalingConfig = ScalingConfig()
     failure: FailureConfig = FailureConfig()
+
+    @model_validator(mode="after")
+    def _mixture_order(self) -> TrainConfig:
+        m = self.mixture or []
+        ends = [x.until_step for x in m]
+        if None in ends[:-1] or any(a >= b for a, b in zip(ends, ends[1:]) if b is not None):
+            raise ValueError("train.mixture: until_step must rise from stage to stage; only the last may be null (to the end)")
+        if any(sum(x.weights.values()) <= 0 for x in m):
+            raise ValueError("train.mixture: every stage needs a weight above 0")
+        return self
 
     @model_validator(mode="after")
     def _unique_loggers(self) -> TrainConfig:

@@ -78,7 +78,8 @@ class LoaderState:
 class ShardWindows:
     """All windows of one split: `window(ids)` gathers them as an int64 array (len(ids), seq_len+1)."""
 
-    def __init__(self, data_root: str, split: str, seq_len: int, cache_dir: str | None = None):
+    def __init__(self, data_root: str, split: str, seq_len: int, cache_dir: str | None = None, source: str | None = None):
+        """`source`: only that source's shards (a manifest with `splits.<split>.sources`, issue #18's mixtures)."""
         man = read_manifest(data_root)
         fs, _ = fsspec.core.url_to_fs(data_root)
         local = is_local(fs)
@@ -87,7 +88,8 @@ class ShardWindows:
         self.arrays: list[np.ndarray] = []
         self.masks: list[np.ndarray] | None = [] if man.get("loss_mask") else None
         counts = []
-        for sh in man["splits"][split]["shards"]:
+        entry = man["splits"][split] if source is None else man["splits"][split]["sources"][source]
+        for sh in entry["shards"]:
             url = f"{data_root}/{sh['path']}"
             arr = _open_array(url, sh["sha256"], local, cache_dir)
             self.arrays.append(arr)
@@ -97,7 +99,7 @@ class ShardWindows:
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.n = int(self.starts[-1])
         if self.n == 0:
-            raise ValueError(f"{data_root}: split {split!r} has no window of {seq_len + 1} tokens")
+            raise ValueError(f"{data_root}: split {split!r}{f' of source {source!r}' if source else ''} has no window of {seq_len + 1} tokens")
 
     def window(self, ids: np.ndarray, arrays: list[np.ndarray] | None = None) -> np.ndarray:
         """Tokens (or, given `arrays=self.masks`, loss masks) of windows `ids`: (len(ids), seq_len + 1)."""

@@ -20,7 +20,8 @@ from training import checkpoint
 from training.config import TrainJob, accumulation_steps
 from training.data import ShardWindows, TrainLoader, val_windows
 from training.evaluate import lm_metrics, window_batches
-from training.metrics import MetricsLog, split_bpb
+from training.metrics import MetricsLog, bits_per_byte, split_bpb
+from training.mixture import MixtureLoader, schedule_of
 from training.model import GPT, GPTConfig
 from training.optim import build_optimizer, build_scheduler, hyperparams, reapply_hyperparams
 from training.parallel import autocast, grad_sync, parallelize
@@ -128,14 +129,23 @@ class Trainer:
         self.model = parallelize(gpt, t, device)
         self.opt = build_optimizer(self.model, t.optim, device.type)
         self.sched = build_scheduler(self.opt, t.schedule, t.max_steps)
-        self.loader = TrainLoader(ShardWindows(self.data_root, "train", t.model.seq_len), t.batch.micro_batch_size, rank, self.world, t.seed)
+        self.accum = accumulation_steps(t, self.world)
+        self.loader = self.build_loader()
         has_val = self.manifest["splits"]["val"]["tokens"] > t.model.seq_len
         self.val = ShardWindows(self.data_root, "val", t.model.seq_len) if has_val else None
         self.val_ids = val_windows(self.val, t.eval.batches * t.batch.micro_batch_size) if has_val else None
+        self.val_sources = self.source_validation() if has_val else {}
         self.amp = autocast(t, device)
-        self.accum = accumulation_steps(t, self.world)
         self.tokens_per_step = t.batch.global_batch_tokens  # exactly: accumulation_steps refuses a remainder
         self.peak = peak_flops(device)
+
+    def build_loader(self) -> TrainLoader | MixtureLoader:
+        """Uniform over the train split, or by weight across its sources when the shards have several."""
+        t, sources = self.t, self.manifest["splits"]["train"].get("sources") or {}
+        if len(sources) < 2:
+            return TrainLoader(ShardWindows(self.data_root, "train", t.model.seq_len), t.batch.micro_batch_size, self.rank, self.world, t.seed)
+        windows = {n: ShardWindows(self.data_root, "train", t.model.seq_len, source=n) for n in sources}
+        return MixtureLoader(windows, schedule_of(t, self.manifest), t.batch.micro_batch_size, self.rank, self.world, self.accum, t.seed)
 
     def state_dict(self) -> dict:
         """Everything a checkpoint holds but the RNG states (per rank). A collective: call on every rank."""
@@ -182,15 +192,40 @@ class Trainer:
         row = {"step": self.step, "tokens": self.step * self.tokens_per_step, "loss": loss_t.item(), "lr": lr, "grad_norm": grad_norm.item()}
         tps = self.tokens_per_step / (time.perf_counter() - t0)  # after .item(): the step's work is done
         row["time"] = time.time()
+        if isinstance(self.loader, MixtureLoader):  # the step's tokens from each source (all ranks)
+            row["source_tokens"] = dict(zip(self.loader.names, (self.loader.counts * self.t.model.seq_len).tolist()))
         row.update(tokens_per_s=tps, mfu=(tps * self.flops_per_token / (self.peak * self.world)) if self.peak else None)
         return row
 
-    def evaluate(self) -> dict:
-        """lm_metrics over the fixed validation windows, each rank taking an equal slice (the same number of
-        forward passes everywhere, as FSDP's collectives need)."""
-        per_rank = len(self.val_ids) // self.world
-        mine = self.val_ids[self.rank * per_rank : (self.rank + 1) * per_rank]
-        return lm_metrics(self.model, window_batches(self.val, mine, self.t.batch.micro_batch_size), self.device, self.amp, self.world)
+    def source_validation(self) -> dict[str, tuple[ShardWindows, np.ndarray]]:
+        """Per source of the val split (when it has several): its windows and the fixed ones evaluated."""
+        t, sources = self.t, self.manifest["splits"]["val"].get("sources") or {}
+        if len(sources) < 2:
+            return {}
+        out = {}
+        for n, entry in sources.items():
+            if entry["tokens"] > t.model.seq_len:
+                w = ShardWindows(self.data_root, "val", t.model.seq_len, source=n)
+                out[n] = (w, val_windows(w, t.eval.batches * t.batch.micro_batch_size))
+        return out
+
+    def evaluate(self, val: ShardWindows | None = None, ids: np.ndarray | None = None) -> dict:
+        """lm_metrics over fixed validation windows (the split's, or `val`'s `ids`), each rank taking an equal slice
+        (the same number of forward passes everywhere, as FSDP's collectives need)."""
+        val, ids = (self.val, self.val_ids) if val is None else (val, ids)
+        per_rank = len(ids) // self.world
+        mine = ids[self.rank * per_rank : (self.rank + 1) * per_rank]
+        return lm_metrics(self.model, window_batches(val, mine, self.t.batch.micro_batch_size), self.device, self.amp, self.world)
+
+    def validation(self) -> dict:
+        """An eval step's metrics: val loss, perplexity and bits per byte over the split, and per source."""
+        val = self.evaluate()
+        out = dict(val_loss=val["loss"], val_ppl=val["ppl"], val_bpb=split_bpb(val["loss"], self.manifest, "val"))
+        if self.val_sources:
+            entries = self.manifest["splits"]["val"]["sources"]
+            per = {n: self.evaluate(w, ids)["loss"] for n, (w, ids) in self.val_sources.items()}
+            out["val_sources"] = {n: {"loss": v, "bpb": bits_per_byte(v, entries[n]["tokens"], entries[n].get("bytes"))} for n, v in per.items()}
+        return out
 
     def checkpoint_and_report(self, row: dict, log: MetricsLog | None) -> bool:
         """Report the row to Ray Train at checkpoint, eval and `report_every` steps (with a checkpoint at
@@ -230,8 +265,7 @@ class Trainer:
         while self.step < t.max_steps:
             row = self.train_step()
             if self.val is not None and (self.step % t.eval.every == 0 or self.step == t.max_steps):
-                val = self.evaluate()
-                row.update(val_loss=val["loss"], val_ppl=val["ppl"], val_bpb=split_bpb(val["loss"], self.manifest, "val"))
+                row.update(self.validation())
             if log is not None:
                 log.log(row)
             if self.checkpoint_and_report(row, log) and acks is not None and self.step < t.max_steps:

@@ -78,6 +78,8 @@ class MetricsLog:
             for k in SCALARS:
                 if row.get(k) is not None:
                     self.tb.add_scalar(f"train/{k}" if not k.startswith("val") else f"eval/{k}", row[k], row["step"])
+            for name, v in (row.get("val_sources") or {}).items():  # per source of a mixture
+                self.tb.add_scalar(f"eval/val_loss/{name}", v["loss"], row["step"])
         if self.trackers is not None:
             self.trackers.log(row)
 

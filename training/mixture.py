@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
-from training.data import permute
+from training.data import ShardWindows, permute
 
 _PHI = (math.sqrt(5) - 1) / 2
 
@@ -61,3 +62,51 @@ class MixturePlan:
                 ids[at[sel]] = permute(pos[sel], self.sizes[k], key=(self.seed * 1_000_003 + int(e)) * 1_009 + int(k))
             drawn[k] += len(at)
         return src, ids, drawn
+
+
+class MixtureLoader:
+    """A rank's micro-batches drawn from several sources by weight (TrainLoader's interface: next(),
+    state_dict(), load_state_dict()). `accum` micro-batches make a step; the plan is made at a step's first."""
+
+    def __init__(self, sources: dict[str, ShardWindows], schedule: list, micro_batch: int, rank: int, world: int, accum: int, seed: int):
+        self.names, self.windows = list(sources), list(sources.values())
+        self.B, self.rank, self.world, self.accum = micro_batch, rank, world, accum
+        self.plan = MixturePlan([w.n for w in self.windows], self.names, schedule, seed, world * accum * micro_batch)
+        self.step, self.micro, self.drawn = 0, 0, np.zeros(len(self.names), dtype=np.int64)
+        self.src = self.ids = None
+        self.counts = np.zeros(len(self.names), dtype=np.int64)  # windows of the last step, per source (all ranks)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if self.micro == 0:
+            self.src, self.ids, self.after = self.plan.step(self.step, self.drawn)
+            self.counts = np.bincount(self.src, minlength=len(self.names))
+        lo = (self.micro * self.world + self.rank) * self.B
+        src, ids = self.src[lo : lo + self.B], self.ids[lo : lo + self.B]
+        parts = [self.windows[k].batch(ids[src == k]) for k in range(len(self.names)) if (src == k).any()]
+        order = np.argsort(np.concatenate([np.flatnonzero(src == k) for k in range(len(self.names)) if (src == k).any()]), kind="stable")
+        x, y = (torch.cat([p[i] for p in parts])[order] for i in (0, 1))
+        m = torch.cat([p[2] for p in parts])[order] if parts[0][2] is not None else None
+        self.micro += 1
+        if self.micro == self.accum:  # the step's windows are taken: the position moves on
+            self.micro, self.step, self.drawn = 0, self.step + 1, self.after
+        return x, y, m
+
+    def state_dict(self) -> dict:
+        """At a step's end (where checkpoints are taken): the step and the windows drawn from every source."""
+        return {"step": self.step, "drawn": dict(zip(self.names, self.drawn.tolist()))}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.step, self.micro = int(d["step"]), 0
+        self.drawn = np.array([int(d["drawn"].get(n, 0)) for n in self.names], dtype=np.int64)
+
+
+def schedule_of(train, manifest: dict) -> list[tuple[int | None, dict[str, float]]]:
+    """train.mixture as (until_step, weights) pairs, else the weights the data stage recorded for its sources;
+    a ValueError naming a source the shards do not have."""
+    names = list(manifest["splits"]["train"]["sources"])
+    if train.mixture is None:
+        return [(None, {n: float(manifest.get("sources", {}).get(n, {}).get("weight", 1.0)) for n in names})]
+    unknown = sorted({k for st in train.mixture for k in st.weights} - set(names))
+    if unknown:
+        raise ValueError(f"train.mixture names {unknown}, which the shards do not have (their sources: {names})")
+    return [(st.until_step, dict(st.weights)) for st in train.mixture]
