@@ -101,8 +101,10 @@ def test_mlflow_server_and_wandb_offline(sample_shards, mlflow_server, tmp_path,
     assert run.data.params["train.max_steps"] == "4" and run.data.params["train.model.d_model"] == "64"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [2, 4]
-    assert "loss.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert {"loss.png", "checkpoint.txt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert os.path.isdir(run.data.tags["raylm.checkpoint"]) and "checkpoint_" in run.data.tags["raylm.checkpoint"]
+    got = client.download_artifacts(run.info.run_id, "checkpoint.txt", str(tmp_path))
+    assert open(got).read().strip() == run.data.tags["raylm.checkpoint"]
 
     # W&B: offline, its records on disk: the recipe as config, a history row per step
     assert ids["wandb"]["mode"] == "offline"

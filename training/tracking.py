@@ -4,10 +4,11 @@ integrations (`setup_mlflow`, `setup_wandb`: rank 0 logs, inside the Ray Train w
 MLflow: the server at MLFLOW_TRACKING_URI, else a SQLite store in the run directory (`{run}/mlflow.db`, artifacts
 in `{run}/mlflow-artifacts/`; MLflow 3 no longer takes a plain file store); experiment = the run's top-level name;
 params = the resolved recipe (dotted keys); metrics every step; the loss plot and the final checkpoint's path
-(tag `raylm.checkpoint`) logged by the driver when training ends. A tune campaign makes one parent run, each
-trial a child (tag mlflow.parentRunId). W&B: offline (files under train/wandb/, nothing sent) unless an API key is
-configured (WANDB_API_KEY) or WANDB_MODE says otherwise; project WANDB_PROJECT or "raylm"; config = the
-recipe; metrics every step; a campaign's trials share a group.
+(artifacts loss.png and checkpoint.txt, and tag `raylm.checkpoint`) logged by the driver when training ends.
+A tune campaign makes one parent run, each trial a child (tag mlflow.parentRunId).
+W&B: offline (files under train/wandb/, nothing sent) unless an API key is configured (WANDB_API_KEY) or
+WANDB_MODE says otherwise; project WANDB_PROJECT or "raylm"; config = the recipe; metrics every step; a
+campaign's trials share a group.
 """
 
 from __future__ import annotations
@@ -194,8 +195,9 @@ def log_final(paths: RunPaths, checkpoint_path: str | None) -> None:
 
     _quiet()
     client = MlflowClient(ids["tracking_uri"])
-    if checkpoint_path:
+    if checkpoint_path:  # a tag to search by, and an artifact beside the loss plot
         client.set_tag(ids["run_id"], "raylm.checkpoint", checkpoint_path)
+        client.log_text(ids["run_id"], checkpoint_path + "\n", "checkpoint.txt")
     fs, _ = fsspec.core.url_to_fs(paths.loss_plot)
     if is_local(fs) and fs.exists(paths.loss_plot):
         client.log_artifact(ids["run_id"], paths.loss_plot)
