@@ -142,7 +142,7 @@ def _check_inputs(cfg: RunConfig) -> None:
     from pipelines.sources import list_files
 
     try:
-        list_files(cfg.data.inputs)
+        list_files(cfg.data.all_inputs)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
 

@@ -88,9 +88,16 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it: --set '{key}=\"...\"'") from None
 
 
+# a recipe holds one of each pair: a --set of one replaces the other the recipe file has
+_REPLACES = {("data", "sources"): ("data", "inputs"), ("data", "inputs"): ("data", "sources")}
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for item in overrides:
         keys, value = parse_override(item)
+        other = _REPLACES.get(tuple(keys[:2]))
+        if other is not None and isinstance(raw.get(other[0]), dict):
+            raw[other[0]].pop(other[1], None)
         node = raw
         for k in keys[:-1]:
             if not isinstance(node.get(k, {}), dict):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from pipelines.schema import Strict
 
@@ -219,8 +219,22 @@ class ExecutionConfig(Strict):
     workers: int | None = Field(default=None, ge=1)  # document-processing tasks at a time (null: one per CPU)
 
 
+class SourceSpec(Strict):
+    """One named source of a mixture (data.sources): its inputs, and the weight training draws it at by default
+    (train.mixture overrides it; 0: evaluation only)."""
+
+    inputs: list[InputSpec] = Field(min_length=1)
+    weight: float = Field(default=1.0, ge=0, le=1e6)
+
+
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a directory name of the shards (train/<name>/)
+
+
 class DataConfig(Strict):
     inputs: list[InputSpec] = [InputSpec(path="data/sample/*.jsonl.gz", format="jsonl")]
+    # named sources, each processed by the same steps into shards of its own (train/<name>/, val/<name>/), dedup
+    # across all of them (a document in two is kept in the one listed first); in place of `inputs`
+    sources: dict[str, SourceSpec] = {}
     extract: ExtractConfig = ExtractConfig()
     url_filter: UrlFilterConfig = UrlFilterConfig()
     language: LanguageConfig = LanguageConfig()
@@ -234,14 +248,50 @@ class DataConfig(Strict):
     execution: ExecutionConfig = ExecutionConfig()
 
     @property
+    def all_inputs(self) -> list[tuple[int, InputSpec]]:
+        """Every input with the rank of its source (0 for plain `inputs`), in the order sources are listed."""
+        if not self.sources:
+            return [(0, i) for i in self.inputs]
+        return [(k, i) for k, src in enumerate(self.sources.values()) for i in src.inputs]
+
+    @property
+    def source_names(self) -> list[str]:
+        """The mixture's source names in order; empty for plain `inputs` (one pool of shards, as before sources)."""
+        return list(self.sources)
+
+    @property
     def has_tasks(self) -> bool:
         """Whether any input is a prompt/completion task set (the shards then carry loss masks)."""
-        return any(i.is_task for i in self.inputs)
+        return any(i.is_task for _, i in self.all_inputs)
 
     @property
     def has_web(self) -> bool:
         """Whether any input is a web crawl (its pages go through the extract step)."""
-        return any(i.is_web for i in self.inputs)
+        return any(i.is_web for _, i in self.all_inputs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inputs_or_sources(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("sources") and "inputs" in v:
+            raise ValueError("give data.inputs (one source) or data.sources (named sources with weights), not both")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict:
+        # with sources, `inputs` is unused: left out so that a dumped recipe validates again
+        out = handler(self)
+        if self.sources:
+            out.pop("inputs", None)
+        return out
+
+    @model_validator(mode="after")
+    def _sources(self) -> DataConfig:
+        bad = [n for n in self.sources if not _SOURCE_NAME.fullmatch(n)]
+        if bad:
+            raise ValueError(f"sources: names {bad} must be letters, digits, '_', '-' or '.' (they name shard directories)")
+        if self.sources and not any(s.weight > 0 for s in self.sources.values()):
+            raise ValueError("sources: at least one source needs a weight above 0 (0 makes a source evaluation-only)")
+        return self
 
     @model_validator(mode="after")
     def _task_tokenizer(self) -> DataConfig:

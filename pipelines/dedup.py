@@ -240,11 +240,12 @@ class Plan:
     rows: int
     threshold: float
     max_bucket_pairs: int
+    source_starts: tuple[int, ...] = (0,)  # the first file index of each source (files are numbered source by source)
 
     @classmethod
-    def from_config(cls, cfg: DedupConfig) -> Plan:
+    def from_config(cls, cfg: DedupConfig, source_starts: tuple[int, ...] = (0,)) -> Plan:
         b, r = bands_rows(cfg.minhash) if cfg.minhash.enabled else (0, 0)
-        return cls(cfg.partitions, cfg.exact.enabled, cfg.minhash.enabled, b, r, cfg.minhash.threshold, cfg.minhash.max_bucket_pairs)
+        return cls(cfg.partitions, cfg.exact.enabled, cfg.minhash.enabled, b, r, cfg.minhash.threshold, cfg.minhash.max_bucket_pairs, source_starts)
 
 
 # S1 ------------------------------------------------------------------------
@@ -442,12 +443,19 @@ def _s6_join(plan: Plan, node_refs: list, *pieces: pa.Table):
     return _out(split_by(lab.select(["root", "uid", "id", "hash"]).cast(LABEL), "root", plan.parts))
 
 
-def choose_kept(labels: pa.Table, exact_enabled: bool) -> pa.Table:
-    """Per component the smallest id (then uid) is kept; the others are removed as exact
-    duplicates of it (same text hash) or near duplicates."""
+def source_rank(uid: np.ndarray, source_starts: tuple[int, ...]) -> np.ndarray:
+    """The rank of each uid's source (data.sources in listed order) from its file index, uid >> 32."""
+    return np.searchsorted(np.asarray(source_starts, dtype=np.int64), np.asarray(uid, dtype=np.int64) >> 32, side="right") - 1
+
+
+def choose_kept(labels: pa.Table, exact_enabled: bool, source_starts: tuple[int, ...] = (0,)) -> pa.Table:
+    """Per component the document of the first listed source, then the smallest id (then uid), is kept; the
+    others are removed as exact duplicates of it (same text hash) or near duplicates."""
     if labels.num_rows == 0:
         return REMOVED.empty_table()
-    df = labels.to_pandas().sort_values(["root", "id", "uid"], kind="stable")
+    df = labels.to_pandas()
+    df["source"] = source_rank(df["uid"].to_numpy(), source_starts)
+    df = df.sort_values(["root", "source", "id", "uid"], kind="stable")
     first = df.groupby("root", sort=False).head(1).set_index("root")
     df = df[~df["uid"].isin(first["uid"])]
     kept_id = first.loc[df["root"], "id"].to_numpy()
@@ -457,7 +465,7 @@ def choose_kept(labels: pa.Table, exact_enabled: bool) -> pa.Table:
 
 
 def _s6_choose(plan: Plan, *pieces: pa.Table) -> pa.Table:
-    return choose_kept(_concat(pieces, LABEL), plan.exact)
+    return choose_kept(_concat(pieces, LABEL), plan.exact, plan.source_starts)
 
 
 def _s4_symmetric(plan: Plan, *pieces: pa.Table):
@@ -502,11 +510,11 @@ class DedupResult:
     edges: list | None = None  # refs of confirmed edge tables (kept for inspection/tests)
 
 
-def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None) -> DedupResult:
+def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None, source_starts: tuple[int, ...] = (0,)) -> DedupResult:
     """The steps S1..S6 as Ray tasks. The driver drops its refs to each step's outputs once their
     consumers are submitted, so Ray frees them when those finish instead of spilling them until the
     end; lineage (kept while refs to downstream objects live) still rebuilds them after a node loss."""
-    plan = Plan.from_config(cfg)
+    plan = Plan.from_config(cfg, source_starts)
     P = plan.parts
     tick = progress or (lambda msg: None)
 
@@ -568,7 +576,7 @@ class Dedup(Stage):
         return run.data.dedup.exact.enabled or run.data.dedup.minhash.enabled
 
     def run(self, run: DataRun, stats: Stats) -> None:
-        res = run_dedup([s["path"] for s in run.staging], run.data.dedup, progress=lambda m: run.say(f"dedup: {m}"))
+        res = run_dedup([s["path"] for s in run.staging], run.data.dedup, lambda m: run.say(f"dedup: {m}"), run.source_starts)
         makedirs(run.dups_dir)
         dups = ray.get([_write_table.remote(r, f"{run.dups_dir}/part-{p:05d}.parquet") for p, r in enumerate(res.removed)])
         stats.counts.update(candidate_pairs=res.candidate_pairs, confirmed_edges=res.confirmed_edges, cc_rounds=res.cc_rounds, duplicates=sum(dups))

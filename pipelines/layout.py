@@ -8,6 +8,9 @@ Shards: the kept documents of a split, in input order, laid end to end; a docume
 its window (it ends within one document of `shard_tokens`, and a document longer than a window has a
 shard of its own). The windows that hold a document, in order, are shards 0, 1, 2, ...
 
+Streams: the shards are laid out per stream, each on its own: one stream per split, or, for a mixture
+(data.sources), one per split and source (stream = split + 2 x source rank; shards under <split>/<source>/).
+
 Tables (removed.parquet/, docs.parquet/): rows in input order; part j holds rows j*R .. (j+1)*R - 1.
 """
 
@@ -20,14 +23,28 @@ import numpy as np
 from pipelines.staging import SPLIT_TRAIN, SPLIT_VAL
 
 SPLITS = (SPLIT_TRAIN, SPLIT_VAL)
+SPLIT_NAMES = {SPLIT_TRAIN: "train", SPLIT_VAL: "val"}
+
+
+def streams(sources: list[str]) -> list[str]:
+    """The directory (under data/) of each stream's shards: train, val; or train/<source>, val/<source>, ...
+    for each source in order."""
+    if not sources:
+        return [SPLIT_NAMES[sp] for sp in SPLITS]
+    return [f"{SPLIT_NAMES[sp]}/{name}" for name in sources for sp in SPLITS]
+
+
+def stream_of(split: np.ndarray, source: int) -> np.ndarray:
+    """The stream of documents of one source by their split."""
+    return split.astype(np.int64) + len(SPLITS) * source
 
 
 @dataclass(frozen=True)
 class Counts:
     """What one group of staging files holds after dedup."""
 
-    docs: tuple[int, int]  # kept documents, per split (SPLIT_TRAIN, SPLIT_VAL)
-    tokens: tuple[int, int]  # their tokens, per split
+    docs: tuple[int, ...]  # kept documents, per stream
+    tokens: tuple[int, ...]  # their tokens, per stream
     removed: int  # rows of removed.parquet (documents not kept; skipped records are only counted)
 
 
@@ -35,19 +52,20 @@ class Counts:
 class Start:
     """Where a group's rows begin in the whole run's order: the sums of every group before it."""
 
-    ordinal: tuple[int, int]  # kept documents of each split before the group
-    token: tuple[int, int]  # ... and their tokens
-    kept: int  # kept documents of both splits before it: its first docs.parquet row
+    ordinal: tuple[int, ...]  # kept documents of each stream before the group
+    token: tuple[int, ...]  # ... and their tokens
+    kept: int  # kept documents of every stream before it: its first docs.parquet row
     removed: int  # its first removed.parquet row
 
 
 def starts(counts: list[Counts]) -> list[Start]:
     """Each group's Start, from the counts of the groups in order (exclusive prefix sums)."""
-    out, o, t, k, r = [], [0, 0], [0, 0], 0, 0
+    n = len(counts[0].docs) if counts else 0
+    out, o, t, k, r = [], [0] * n, [0] * n, 0, 0
     for c in counts:
         out.append(Start(tuple(o), tuple(t), k, r))
-        o = [o[s] + c.docs[s] for s in SPLITS]
-        t = [t[s] + c.tokens[s] for s in SPLITS]
+        o = [o[s] + c.docs[s] for s in range(n)]
+        t = [t[s] + c.tokens[s] for s in range(n)]
         k, r = k + sum(c.docs), r + c.removed
     return out
 
@@ -66,7 +84,7 @@ def firsts(win: np.ndarray, ordinal_start: int) -> tuple[np.ndarray, np.ndarray]
 
 @dataclass(frozen=True)
 class ShardMap:
-    """The shards of one split: shard n is window `windows[n]`, and its first document is `firsts[n]`."""
+    """The shards of one stream: shard n is window `windows[n]`, and its first document is `firsts[n]`."""
 
     windows: np.ndarray
     firsts: np.ndarray

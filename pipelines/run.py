@@ -13,6 +13,7 @@ is a pure function of the input and recipe, the result is byte-identical to an u
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 
@@ -45,7 +46,7 @@ class DataStageError(RuntimeError):
 
 
 # the data section keys that decide the output; `execution` (workers, block sizes) changes only how it is computed
-_OUTPUT_KEYS = ("inputs", "extract", "url_filter", "language", "pii", "clean", "reject", "dedup", "decontaminate", "tokenizer", "output")
+_OUTPUT_KEYS = ("inputs", "sources", "extract", "url_filter", "language", "pii", "clean", "reject", "dedup", "decontaminate", "tokenizer", "output")
 
 
 def _flat(d, prefix: str = "") -> dict:
@@ -61,9 +62,12 @@ def changed_keys(finished: dict, wanted: dict) -> list[str]:
     # a key a finished run's config lacks (made before the key existed) had its default's effect then
     defaults = _flat({k: DataConfig().model_dump(mode="json")[k] for k in _OUTPUT_KEYS}, "data")
     a = _flat({k: finished.get(k) for k in _OUTPUT_KEYS if k in finished}, "data")
-    a = {**{k: v for k, v in defaults.items() if not k.startswith("data.inputs")}, **a}
-    b = _flat({k: wanted.get(k) for k in _OUTPUT_KEYS}, "data")
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    present = set(a) | {k.split("[", 1)[0] for k in a}  # a list's items are keys of their own: data.x[0]
+    a = {**{k: v for k, v in defaults.items() if k not in present and not k.startswith("data.inputs")}, **a}
+    b = _flat({k: wanted.get(k) for k in _OUTPUT_KEYS if k in wanted}, "data")
+    # a source's weight is read by training (as train.mixture is): a new weight needs no new shards
+    weight = re.compile(r"data\.sources\.[^.]+\.weight$")
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not weight.match(k))
 
 
 def _reuse_finished(data: DataConfig, root: str, say: Callable[[str], None]) -> dict:
@@ -115,6 +119,8 @@ def _manifest(run: DataRun) -> dict:
         "dtype": o["dtype"].name,
         **({"loss_mask": True} if data.has_tasks else {}),  # shard-*.mask.npy beside every shard
         "splits": splits,
+        # data.sources: each source's weight (training's default) and its own counts; its shards: splits.<split>.sources
+        **({"sources": o["sources"]} if "sources" in o else {}),
         "stats": {
             "records_in": docs_in + sum(skipped.values()),  # every input record: documents_in + skipped
             "skipped": dict(sorted(skipped.items())),  # records that are no documents (web input: requests, redirects, images)
@@ -216,3 +222,10 @@ def print_summary(manifest: dict, stats: dict, root: str) -> None:
         f"{stats['docs_per_s']:,.0f} docs/s",
         soft_wrap=True,
     )
+    for name, src in (manifest.get("sources") or {}).items():
+        val = sp["val"]["sources"][name]["tokens"]
+        con.print(
+            f"source {name} (weight {src['weight']:g}): {src['docs_kept']:,} of {src['docs_in']:,} documents kept, "
+            f"train {src['tokens'] - val:,} / val {val:,} tokens",
+            soft_wrap=True,
+        )

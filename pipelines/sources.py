@@ -55,6 +55,7 @@ class SourceFile:
     format: str
     spec: InputSpec
     name: str = ""  # as rows name it (src, default ids): relative to the working directory when the recipe's path is
+    source: int = 0  # rank of its source in data.sources (0 for plain data.inputs)
 
     @property
     def shown(self) -> str:
@@ -76,10 +77,12 @@ def _format_of(path: str, declared: str) -> str:
     raise ValueError(f"{path}: cannot tell the format from the extension; set format: txt|jsonl|parquet|warc|wet")
 
 
-def list_files(inputs: list[InputSpec]) -> list[SourceFile]:
-    """Expand globs in order; a pattern matching nothing is an error, not an empty run."""
+def list_files(inputs: list[InputSpec] | list[tuple[int, InputSpec]]) -> list[SourceFile]:
+    """Expand globs in order; a pattern matching nothing is an error, not an empty run. Inputs may come with
+    their source's rank (DataConfig.all_inputs): files are numbered source after source, so uid order is too."""
     files: list[SourceFile] = []
-    for spec in inputs:
+    for item in inputs:
+        source, spec = item if isinstance(item, tuple) else (0, item)
         fs, _ = url_to_fs(spec.path)
         try:
             matches = sorted(m for m in fs.expand_path(spec.path) if not fs.isdir(m))
@@ -97,7 +100,7 @@ def list_files(inputs: list[InputSpec]) -> list[SourceFile]:
             # a relative path in the recipe stays relative in src and ids: the same rows wherever the job runs
             # (a submitted job works in a directory of its own)
             name = os.path.relpath(m) if local and not os.path.isabs(spec.path) else url
-            files.append(SourceFile(len(files), url, _format_of(m, spec.format), spec, name))
+            files.append(SourceFile(len(files), url, _format_of(m, spec.format), spec, name, source))
     return files
 
 
@@ -477,7 +480,7 @@ class Read(Stage):
         import ray.data as rd
 
         ex = run.data.execution
-        run.files = list_files(run.data.inputs)
+        run.files = list_files(run.data.all_inputs)
         run.say(f"{len(run.files)} input file(s)")
         ctx = rd.DataContext.get_current()
         # a block is one read task's rows, so one contiguous uid range of one file: the staging files

@@ -52,6 +52,14 @@ class DataRun:
         return f"{self.root}/{WORK}/dups"
 
     @property
+    def source_starts(self) -> tuple[int, ...]:
+        """The first file index of each source (read numbers files source after source): uid >> 32 -> source."""
+        firsts: dict[int, int] = {}
+        for f in self.files:
+            firsts.setdefault(f.source, f.index)
+        return tuple(firsts[k] for k in sorted(firsts)) or (0,)
+
+    @property
     def trains_tokenizer(self) -> bool:
         return self.data.tokenizer.train is not None
 

@@ -30,11 +30,12 @@ import ray
 from tqdm import tqdm
 
 from pipelines import layout
-from pipelines.layout import SPLITS, Counts, ShardMap, Start
+from pipelines.dedup import source_rank
+from pipelines.layout import SPLIT_NAMES, SPLITS, Counts, ShardMap, Start
 from pipelines.paths import DOCS, REMOVED, TOKENIZER, WORK
 from pipelines.shards import npy_from_raw, save_index, shard_path, token_arrays, token_dtype
 from pipelines.stage import DataRun, Stage
-from pipelines.staging import SKIP, SPLIT_TRAIN, SPLIT_VAL, final_mask
+from pipelines.staging import SKIP, final_mask
 from pipelines.stats import Stats
 from pipelines.tokenize import copy_tokenizer, load_encoding
 
@@ -53,7 +54,6 @@ DOCS_SCHEMA = pa.schema(
     ]
 )
 TABLES = {REMOVED: REMOVED_SCHEMA, DOCS: DOCS_SCHEMA}
-SPLIT_NAMES = {SPLIT_TRAIN: "train", SPLIT_VAL: "val"}
 ROWS_PER_PART = 1 << 20  # rows of each removed.parquet/ and docs.parquet/ part file (16 row groups)
 PIECES = f"{WORK}/pieces"
 
@@ -121,65 +121,80 @@ class _Dups:
         return {int(u): (self.reason[i], self.kept_id[i]) for i, u in zip(range(lo, hi), self.uid[lo:hi])}
 
 
-def _view(s: dict, dups: dict, trained: bool, cols: tuple[str, ...] = ()) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
-    """A staging file's columns, which rows are kept, and the kept documents' splits and token counts."""
+def source_of(s: dict, source_starts: tuple[int, ...]) -> int:
+    """The source rank of a staging file (one input block: one file, so one source)."""
+    first, last = source_rank(np.array([s["first_uid"], s["last_uid"]]), source_starts)
+    if first != last:  # a block never spans files (pipelines/sources.py): a bug, not an input problem
+        raise AssertionError(f"{s['path']} holds documents of two sources")
+    return int(first)
+
+
+def _view(s: dict, dups: dict, job: dict, cols: tuple[str, ...] = ()) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+    """A staging file's columns, which rows are kept, and the kept documents' streams and token counts."""
+    trained = job["trained"]
     names = list(dict.fromkeys(("uid", "status", "split", *cols, *(() if trained else ("ntokens",)))))
     t = pq.read_table(s["path"], columns=names)
     mask = final_mask(t, dups)
     lengths = pq.read_table(s["path"] + ".tokens", columns=["ntokens"])["ntokens"] if trained else t["ntokens"].filter(pa.array(mask))
-    return t, mask, t["split"].to_numpy()[mask], lengths.to_numpy().astype(np.int64)
+    stream = layout.stream_of(t["split"].to_numpy()[mask], source_of(s, job["source_starts"]))
+    return t, mask, stream, lengths.to_numpy().astype(np.int64)
 
 
 @ray.remote
-def _count(group: list[dict], dups_dir: str | None, trained: bool) -> tuple[Counts, dict]:
-    dups, docs, tokens, text_bytes = _Dups(dups_dir, group), [0, 0], [0, 0], [0, 0]
-    removed, skipped, records, nbytes = Counter(), Counter(), 0, 0
+def _count(group: list[dict], job: dict) -> tuple[Counts, dict]:
+    """Per stream: kept documents, tokens and text bytes; per source: records, bytes, removals and skips."""
+    n = len(job["streams"])
+    dups, docs, tokens, text_bytes = _Dups(job["dups_dir"], group), [0] * n, [0] * n, [0] * n
+    per: dict[int, dict] = {}
     for s in group:
         d = dups.of(s)
-        t, mask, split, lengths = _view(s, d, trained, ("id", "src", "nbytes", "text_bytes"))
+        t, mask, stream, lengths = _view(s, d, job, ("id", "src", "nbytes", "text_bytes"))
         _, r, k = removed_rows(t, mask, d)
-        removed.update(r)
-        skipped.update(k)
+        src = per.setdefault(source_of(s, job["source_starts"]), {"records_in": 0, "bytes_in": 0, "removed": Counter(), "skipped": Counter()})
+        src["removed"].update(r)
+        src["skipped"].update(k)
         kept_bytes = t["text_bytes"].to_numpy()[mask]
-        for sp in SPLITS:
-            docs[sp] += int((split == sp).sum())
-            tokens[sp] += int(lengths[split == sp].sum())
-            text_bytes[sp] += int(kept_bytes[split == sp].sum())
-        records, nbytes = records + t.num_rows, nbytes + int(pc.sum(t["nbytes"]).as_py() or 0)
-    counts = Counts(tuple(docs), tuple(tokens), sum(removed.values()))
-    return counts, {"records_in": records, "bytes_in": nbytes, "removed": removed, "skipped": skipped, "text_bytes": text_bytes}
+        for sp in np.unique(stream):
+            docs[sp] += int((stream == sp).sum())
+            tokens[sp] += int(lengths[stream == sp].sum())
+            text_bytes[sp] += int(kept_bytes[stream == sp].sum())
+        src["records_in"] += t.num_rows
+        src["bytes_in"] += int(pc.sum(t["nbytes"]).as_py() or 0)
+    counts = Counts(tuple(docs), tuple(tokens), sum(sum(c["removed"].values()) for c in per.values()))
+    return counts, {"sources": per, "text_bytes": text_bytes}
 
 
 @ray.remote
-def _windows(group: list[dict], dups_dir: str | None, trained: bool, start: Start, shard_tokens: int) -> dict:
-    """For each split: the windows the group's documents start in, and the ordinal of the first one in each."""
-    dups, token, ordinal = _Dups(dups_dir, group), list(start.token), list(start.ordinal)
-    found: dict[int, list] = {sp: [] for sp in SPLITS}
+def _windows(group: list[dict], job: dict, start: Start) -> dict:
+    """For each stream: the windows the group's documents start in, and the ordinal of the first one in each."""
+    dups, token, ordinal = _Dups(job["dups_dir"], group), list(start.token), list(start.ordinal)
+    found: dict[int, list] = {sp: [] for sp in range(len(job["streams"]))}
     for s in group:
-        _, _, split, lengths = _view(s, dups.of(s), trained)
-        for sp in SPLITS:
-            n = lengths[split == sp]
-            found[sp].append(layout.firsts(layout.windows(n, token[sp], shard_tokens), ordinal[sp]))
+        _, _, stream, lengths = _view(s, dups.of(s), job)
+        for sp in np.unique(stream):
+            n = lengths[stream == sp]
+            found[sp].append(layout.firsts(layout.windows(n, token[sp], job["shard_tokens"]), ordinal[sp]))
             token[sp], ordinal[sp] = token[sp] + int(n.sum()), ordinal[sp] + len(n)
-    return {sp: (np.concatenate([w for w, _ in f]), np.concatenate([o for _, o in f])) for sp, f in found.items()}
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return {sp: (np.concatenate([w for w, _ in f]), np.concatenate([o for _, o in f])) if f else empty for sp, f in found.items()}
 
 
 class _ShardPieces:
-    """One group's share of each shard it touches (_work/pieces/<split>/<shard>/<group>): raw tokens
-    (and loss mask) appended as they come, and the documents' lengths. A group meets a split's shards
-    in increasing order, so one piece per split is open at a time."""
+    """One group's share of each shard it touches (_work/pieces/<stream>/<shard>/<group>): raw tokens
+    (and loss mask) appended as they come, and the documents' lengths. A group meets a stream's shards
+    in increasing order, so one piece per stream is open at a time."""
 
     def __init__(self, root: str, g: int, masks: bool, shard_tokens: int, dtype: np.dtype):
         self.fs, _ = fsspec.core.url_to_fs(root)
         self.root, self.g, self.masks, self.shard_tokens, self.dtype = root, g, masks, shard_tokens, dtype
-        self.open: dict[int, tuple] = {}  # split -> (shard, token file, mask file, lengths)
-        self.made: dict[tuple[int, int], str] = {}  # (split, shard) -> piece path (without suffix)
+        self.open: dict[int, tuple] = {}  # stream -> (shard, token file, mask file, lengths)
+        self.made: dict[tuple[int, int], str] = {}  # (stream, shard) -> piece path (without suffix)
 
     def add(self, sp: int, shard: int, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None) -> None:
         if sp in self.open and self.open[sp][0] != shard:
             self._close(sp)
         if sp not in self.open:
-            base = f"{self.root}/{PIECES}/{SPLIT_NAMES[sp]}/{shard:06d}/{self.g:06d}"
+            base = f"{self.root}/{PIECES}/s{sp:04d}/{shard:06d}/{self.g:06d}"
             self.fs.makedirs(base.rsplit("/", 1)[0], exist_ok=True)
             self.made[(sp, shard)] = base
             self.open[sp] = (shard, self.fs.open(base + ".tok", "wb"), self.fs.open(base + ".mask", "wb") if self.masks else None, [])
@@ -242,17 +257,19 @@ def _docs_rows(t: pa.Table, mask: np.ndarray, shard: np.ndarray, index: np.ndarr
     return pa.table({**cols, **{k: kept[k] for k in ("src", "url", "date", "language", "language_score")}}, schema=DOCS_SCHEMA)
 
 
-def _place(pieces: _ShardPieces, maps: dict[int, ShardMap], split: np.ndarray, tokens: pa.Array, flat_mask: np.ndarray | None, at: dict) -> tuple:
+def _place(
+    pieces: _ShardPieces, maps: dict[int, ShardMap], stream: np.ndarray, tokens: pa.Array, flat_mask: np.ndarray | None, at: dict, names: list[str]
+) -> tuple:
     """Cuts one staging file's kept documents at shard boundaries into the group's pieces; returns each
-    document's shard path and index there. `at` holds each split's next global token and ordinal."""
+    document's shard path and index there. `at` holds each stream's next global token and ordinal."""
     flat, lengths = token_arrays(tokens)
-    shard_of, index = np.empty(len(split), dtype=object), np.zeros(len(split), dtype=np.int64)
-    for sp, m in maps.items():
-        docs = np.flatnonzero(split == sp)
+    shard_of, index = np.empty(len(stream), dtype=object), np.zeros(len(stream), dtype=np.int64)
+    for sp in np.unique(stream):
+        docs, m = np.flatnonzero(stream == sp), maps[sp]
         n, index[docs] = m.place(layout.windows(lengths[docs], at[sp][0], pieces.shard_tokens), at[sp][1] + np.arange(len(docs)))
-        shard_of[docs] = [shard_path(SPLIT_NAMES[sp], int(k)) for k in n]
-        for k in np.unique(n):  # each shard's documents of this split, in order
-            sel = np.zeros(len(split), bool)
+        shard_of[docs] = [shard_path(names[sp], int(k)) for k in n]
+        for k in np.unique(n):  # each shard's documents of this stream, in order
+            sel = np.zeros(len(stream), bool)
             sel[docs[n == k]] = True
             spans = np.repeat(sel, lengths)
             pieces.add(sp, int(k), flat[spans], lengths[sel], None if flat_mask is None else flat_mask[spans])
@@ -264,7 +281,7 @@ def _place(pieces: _ShardPieces, maps: dict[int, ShardMap], split: np.ndarray, t
 def _pieces(g: int, group: list[dict], job: dict, start: Start, maps: dict) -> dict:
     """One group's share of every output: shard pieces and table pieces (see the module's docstring)."""
     root, trained, masks = job["root"], job["trained"], job["masks"]
-    dups, at = _Dups(job["dups_dir"], group), {sp: (start.token[sp], start.ordinal[sp]) for sp in SPLITS}
+    dups, at = _Dups(job["dups_dir"], group), {sp: (start.token[sp], start.ordinal[sp]) for sp in range(len(job["streams"]))}
     shards = _ShardPieces(root, g, masks, job["shard_tokens"], job["dtype"])
     removed = _TablePieces(root, REMOVED, g, start.removed, job["rows_per_part"])
     docs = _TablePieces(root, DOCS, g, start.kept, job["rows_per_part"])
@@ -272,11 +289,11 @@ def _pieces(g: int, group: list[dict], job: dict, start: Start, maps: dict) -> d
     cols += ("match",) if job["match"] else ()
     for s in group:
         d = dups.of(s)
-        t, mask, split, _ = _view(s, d, trained, cols)
+        t, mask, stream, _ = _view(s, d, job, cols)
         removed.write(removed_rows(t, mask, d)[0])
         tokens = pq.read_table(s["path"] + ".tokens")["tokens"] if trained else t["tokens"].filter(pa.array(mask))
         flat_mask = token_arrays(t["mask"].filter(pa.array(mask)), np.uint8)[0] if masks else None
-        shard_of, index = _place(shards, maps, split, tokens, flat_mask, at)
+        shard_of, index = _place(shards, maps, stream, tokens, flat_mask, at, job["streams"])
         docs.write(_docs_rows(t, mask, shard_of, index))
     return {"shards": shards.close(), REMOVED: removed.close(), DOCS: docs.close()}
 
@@ -347,32 +364,34 @@ class Write(Stage):
         job.update(
             dups_dir=run.dups_dir if run.dups is not None else None, shard_tokens=data.output.shard_tokens, match=bool(data.decontaminate.files)
         )
+        job.update(streams=layout.streams(data.source_names), source_starts=run.source_starts)
         with stats.timer("count"):
-            counted = _gather([_count.remote(g, job["dups_dir"], job["trained"]) for g in groups], "count")
+            counted = _gather([_count.remote(g, job) for g in groups], "count")
         begins = layout.starts([c for c, _ in counted])
         with stats.timer("windows"):
-            found = _gather([_windows.remote(g, job["dups_dir"], job["trained"], b, job["shard_tokens"]) for g, b in zip(groups, begins)], "windows")
-        maps = ray.put({sp: ShardMap.merge([f[sp] for f in found]) for sp in SPLITS})
+            found = _gather([_windows.remote(g, job, b) for g, b in zip(groups, begins)], "windows")
+        maps = ray.put({sp: ShardMap.merge([f[sp] for f in found]) for sp in range(len(job["streams"]))})
         with stats.timer("pieces"):
             made = _gather([_pieces.remote(i, g, job, b, maps) for i, (g, b) in enumerate(zip(groups, begins))], "pieces")
         with stats.timer("assemble"):
-            # the bytes the splits' tokens decode to (end-of-text tokens: none), from the count tasks
-            text_bytes = {sp: sum(c["text_bytes"][sp] for _, c in counted) for sp in SPLITS}
-            splits = self._assemble(root, made, job, text_bytes)
-        removed, skipped = Counter(), Counter()
-        for _, c in counted:
-            removed.update(c["removed"])
-            skipped.update(c["skipped"])
-            stats.counts.update(records_in=c["records_in"], bytes_in=c["bytes_in"])
+            # the bytes the streams' tokens decode to (end-of-text tokens: none), from the count tasks
+            text_bytes = [sum(c["text_bytes"][sp] for _, c in counted) for sp in range(len(job["streams"]))]
+            streams = self._assemble(root, made, job, text_bytes)
+        per_source = _source_counts([c["sources"] for _, c in counted], streams, data)
+        removed, skipped = sum((c["removed"] for c in per_source), Counter()), sum((c["skipped"] for c in per_source), Counter())
+        stats.counts.update(records_in=sum(c["records_in"] for c in per_source), bytes_in=sum(c["bytes_in"] for c in per_source))
         docs_in = stats.counts["records_in"] - sum(skipped.values())
+        splits = layout_splits(streams, data.source_names)
         kept, shards = sum(sp["docs"] for sp in splits.values()), sum(len(sp["shards"]) for sp in splits.values())
         stats.counts.update(docs_in=docs_in, docs_kept=kept, shards=shards, groups=len(groups))
         run.say(f"write: {shards} shard(s) from {len(groups)} group(s) of staging files; {kept:,} of {docs_in:,} documents kept")
         run.outputs = dict(splits=splits, removed=removed, skipped=skipped, docs_in=docs_in, bytes_in=stats.counts["bytes_in"], enc=enc, dtype=dtype)
+        if data.sources:
+            run.outputs["sources"] = {name: {"weight": spec.weight, **_source_entry(c)} for (name, spec), c in zip(data.sources.items(), per_source)}
 
     @staticmethod
-    def _assemble(root: str, made: list[dict], job: dict, text_bytes: dict[int, int]) -> dict:
-        """Every shard and table part from the groups' pieces; the splits' manifest entries."""
+    def _assemble(root: str, made: list[dict], job: dict, text_bytes: list[int]) -> list[dict]:
+        """Every shard and table part from the groups' pieces; each stream's manifest entry."""
         by_shard: dict[tuple[int, int], list[str]] = {}
         by_part: dict[tuple[str, int], list[str]] = {}
         for g, m in enumerate(made):  # groups in order: a shard's pieces concatenate in input order
@@ -382,11 +401,11 @@ class Write(Stage):
                 for j in m[table]:
                     by_part.setdefault((table, j), []).append(f"{root}/{PIECES}/{table}/{j:06d}/{g:06d}.parquet")
         fs, _ = fsspec.core.url_to_fs(root)
-        for name in SPLIT_NAMES.values():
+        for name in job["streams"]:
             fs.makedirs(f"{root}/{name}", exist_ok=True)
         shard_refs = {}
         for (sp, n), bases in sorted(by_shard.items()):
-            shard_refs[(sp, n)] = _assemble_shard.remote(root, shard_path(SPLIT_NAMES[sp], n), bases, job["dtype"], job["masks"])
+            shard_refs[(sp, n)] = _assemble_shard.remote(root, shard_path(job["streams"][sp], n), bases, job["dtype"], job["masks"])
         part_refs = []
         for table, schema in TABLES.items():
             fs.makedirs(f"{root}/{table}", exist_ok=True)
@@ -394,9 +413,53 @@ class Write(Stage):
                 part_refs.append(_assemble_part.remote(f"{root}/{table}/part-{j:06d}.parquet", by_part.get((table, j), []), schema))
         done = _gather(list(shard_refs.values()) + part_refs, "assemble")
         entries = dict(zip(shard_refs, done[: len(shard_refs)]))
-        splits = {}
-        for sp, name in SPLIT_NAMES.items():
+        out = []
+        for sp in range(len(job["streams"])):
             shards = [entries[key] for key in sorted(entries) if key[0] == sp]
             tokens, docs = sum(s["tokens"] for s in shards), sum(s["docs"] for s in shards)
-            splits[name] = {"tokens": tokens, "bytes": text_bytes[sp], "docs": docs, "shards": shards}
-        return splits
+            out.append({"tokens": tokens, "bytes": text_bytes[sp], "docs": docs, "shards": shards})
+        return out
+
+
+def layout_splits(streams: list[dict], sources: list[str]) -> dict:
+    """The manifest's splits from the streams' entries: as they are without sources; with sources, each
+    split sums its sources' and lists all their shards, source after source, with `sources.<name>` apart."""
+    if not sources:
+        return {SPLIT_NAMES[sp]: streams[sp] for sp in SPLITS}
+    out = {}
+    for sp in SPLITS:
+        per = {name: streams[sp + len(SPLITS) * k] for k, name in enumerate(sources)}
+        total = {key: sum(e[key] for e in per.values()) for key in ("tokens", "bytes", "docs")}
+        out[SPLIT_NAMES[sp]] = {**total, "shards": [s for e in per.values() for s in e["shards"]], "sources": per}
+    return out
+
+
+def _source_counts(found: list[dict], streams: list[dict], data) -> list[dict]:
+    """Per source (in listed order): records, bytes, removals and skips summed over the count tasks, and its
+    kept documents and tokens from its streams."""
+    n = max(1, len(data.sources))
+    out = [{"records_in": 0, "bytes_in": 0, "removed": Counter(), "skipped": Counter()} for _ in range(n)]
+    for per in found:
+        for k, c in per.items():
+            for key in ("records_in", "bytes_in"):
+                out[k][key] += c[key]
+            out[k]["removed"].update(c["removed"])
+            out[k]["skipped"].update(c["skipped"])
+    for k, c in enumerate(out):
+        mine = streams[len(SPLITS) * k : len(SPLITS) * (k + 1)]
+        c["docs_kept"], c["tokens"] = sum(e["docs"] for e in mine), sum(e["tokens"] for e in mine)
+    return out
+
+
+def _source_entry(c: dict) -> dict:
+    """A source's counts as the manifest's `sources.<name>` holds them (besides its weight)."""
+    docs_in = c["records_in"] - sum(c["skipped"].values())
+    return {
+        "records_in": c["records_in"],
+        "docs_in": docs_in,
+        "docs_kept": c["docs_kept"],
+        "removed": dict(sorted(c["removed"].items())),
+        "skipped": dict(sorted(c["skipped"].items())),
+        "bytes_in": c["bytes_in"],
+        "tokens": c["tokens"],
+    }

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -104,3 +105,40 @@ def test_run_name_cannot_leave_storage_path(name):
 
 def test_nested_run_names_are_fine():
     assert load_config(RECIPE, ["name=team/exp-1"]).paths.root == "./runs/team/exp-1"
+
+
+def test_data_sources_replace_inputs_and_are_checked():
+    mix = ROOT / "cluster" / "recipes" / "mixture.yaml"
+    cfg = load_config(mix)
+    assert cfg.data.source_names == ["plays", "web"] and [k for k, _ in cfg.data.all_inputs] == [0, 1]
+    assert "inputs" not in cfg.data.model_dump()  # a dumped recipe validates again
+    assert load_config(None, [f"data={json.dumps(cfg.data.model_dump(mode='json'))}"]).data == cfg.data
+    # a --set of sources replaces the recipe's inputs, and the other way round
+    over = load_config(ROOT / "cluster" / "recipes" / "local.yaml", ["data.sources={a: {inputs: [{path: x.jsonl}]}}"])
+    assert over.data.source_names == ["a"]
+    assert load_config(mix, ["data.inputs=[{path: x.jsonl}]"]).data.source_names == []
+    bad = [
+        ({"inputs": [{"path": "x"}], "sources": {"a": {"inputs": [{"path": "y"}]}}}, "not both"),
+        ({"sources": {"a/b": {"inputs": [{"path": "y"}]}}}, "shard directories"),
+        ({"sources": {"a": {"inputs": [{"path": "y"}], "weight": 0}}}, "weight above 0"),
+        ({"sources": {"a": {"inputs": []}}}, "at least 1"),
+        ({"sources": {"a": {"inputs": [{"path": "y"}], "weight": -1}}}, "greater than or equal"),
+    ]
+    for data, why in bad:
+        with pytest.raises(ConfigError, match=why):
+            load_config(None, [f"data={json.dumps(data)}"])
+
+
+def test_a_new_source_weight_needs_no_new_data_stage():
+    from pipelines.config import DataConfig
+    from pipelines.run import changed_keys
+
+    mix = load_config(ROOT / "cluster" / "recipes" / "mixture.yaml").data.model_dump(mode="json")
+    heavier = json.loads(json.dumps(mix))
+    heavier["sources"]["web"]["weight"] = 0.5
+    assert changed_keys(mix, heavier) == []
+    heavier["sources"]["web"]["inputs"][0]["text_field"] = "body"
+    assert changed_keys(mix, heavier) == ["data.sources.web.inputs[0].text_field"]
+    # a list key whose default is empty ([] for url_filter.block_domains) compares by its items
+    assert changed_keys(mix, mix) == [] and mix["url_filter"]["block_domains"]
+    assert changed_keys(DataConfig().model_dump(mode="json"), mix)  # one source against two: a different section

@@ -21,6 +21,7 @@ COMPANIONS = {
     "train.model.d_model": {"n_head": 1},
     "train.model.n_head": {"d_model": 64},
     "train.batch.global_batch_tokens": {"micro_batch_size": 1},
+    "data.sources.x.weight": {"inputs": [{"path": "x.jsonl"}]},
 }
 # ... and in other sections
 OTHERS = {"train.batch.global_batch_tokens": {"train": {"model": {"seq_len": 1}, "scaling": {"num_workers": 1}}}}
@@ -48,7 +49,9 @@ def _numbers(model: type[BaseModel] = RunConfig, prefix: str = ""):
     for name, f in model.model_fields.items():
         key = f"{prefix}{name}"
         sub = _model_of(f.annotation)
-        if sub is not None and typing.get_origin(f.annotation) is not list:
+        if sub is not None and typing.get_origin(f.annotation) is dict:  # named sections (data.sources): one named x
+            yield from _numbers(sub, key + ".x.")
+        elif sub is not None and typing.get_origin(f.annotation) is not list:
             yield from _numbers(sub, key + ".")
         elif _is_number(f.annotation):
             yield key, "scalar", _bounds(f.metadata), int if int in typing.get_args(f.annotation) + (f.annotation,) else float
@@ -72,6 +75,8 @@ def _raw(key: str, value, kind: str) -> dict:
     raw: dict = section
     for p in reversed(parts[:-1]):
         raw = {p: raw}
+    if parts[:2] == ["data", "sources"]:  # a second source with a weight: x's may then be 0
+        raw["data"]["sources"]["y"] = {"inputs": [{"path": "y.jsonl"}]}
     for top, sub in OTHERS.get(key, {}).items():
         for name, values in sub.items():
             raw[top][name] = values

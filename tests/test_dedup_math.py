@@ -288,3 +288,17 @@ def test_s5_step_dedups_and_checksums_like_np_unique():
         assert sorted(r for p in parts for r in zip(p["u"].to_pylist(), p["v"].to_pylist())) == both
     *parts, stats = D._s5_step(plan, True, D.EDGE.empty_table())
     assert stats == (0, 0) and all(p.num_rows == 0 for p in parts)
+
+
+def test_choose_kept_prefers_the_first_listed_source():
+    # files 0-1 are source 0, files 2.. source 1 (source_starts): a component's copy in source 0 is kept even
+    # though a copy in source 1 has a smaller id; within a source the smallest id still wins
+    uid = [(3 << 32) | 5, (1 << 32) | 7, (0 << 32) | 2, (2 << 32) | 1]
+    labels = pa.table({"root": [1, 1, 1, 1], "uid": uid, "id": ["a", "m", "z", "b"], "hash": np.array([5, 5, 5, 6], np.uint64)}, schema=D.LABEL)
+    assert D.source_rank(np.array(uid), (0, 2)).tolist() == [1, 0, 0, 1]
+    r = D.choose_kept(labels, exact_enabled=True, source_starts=(0, 2))
+    got = sorted(zip(r["id"].to_pylist(), r["reason"].to_pylist(), r["kept_id"].to_pylist()))
+    assert got == [("a", "exact", "m"), ("b", "near", "m"), ("z", "exact", "m")]
+    # one source: the smallest id, as before sources existed
+    r = D.choose_kept(labels, exact_enabled=True)
+    assert set(r["kept_id"].to_pylist()) == {"a"}

@@ -91,3 +91,19 @@ def test_the_sequential_shard_writer_cuts_where_the_layout_does(tmp_path):
     out = w.close()
     assert got == _sequential(lengths[:at].tolist(), [0] * at, 100)
     assert [s["docs"] for s in out["shards"]] == [sum(1 for s, _ in got if s == k) for k in range(len(out["shards"]))]
+
+
+def test_streams_and_splits_of_a_mixture():
+    from pipelines.write import layout_splits
+
+    assert layout.streams([]) == ["train", "val"]
+    names = layout.streams(["web", "books"])
+    assert names == ["train/web", "val/web", "train/books", "val/books"]
+    assert [names[k] for k in layout.stream_of(np.array([0, 1, 1, 0]), 1)] == ["train/books", "val/books", "val/books", "train/books"]
+    entry = lambda n, path: {"tokens": n, "bytes": 2 * n, "docs": 1, "shards": [{"path": path, "tokens": n}]}  # noqa: E731
+    streams = [entry(10, "train/web/a"), entry(1, "val/web/a"), entry(20, "train/books/a"), entry(2, "val/books/a")]
+    splits = layout_splits(streams, ["web", "books"])
+    assert splits["train"]["tokens"] == 30 and splits["val"]["bytes"] == 6 and splits["train"]["docs"] == 2
+    assert [s["path"] for s in splits["train"]["shards"]] == ["train/web/a", "train/books/a"]
+    assert splits["val"]["sources"]["books"] == streams[3]
+    assert layout_splits(streams[:2], []) == {"train": streams[0], "val": streams[1]}

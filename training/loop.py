@@ -145,7 +145,9 @@ class Trainer:
         if len(sources) < 2:
             return TrainLoader(ShardWindows(self.data_root, "train", t.model.seq_len), t.batch.micro_batch_size, self.rank, self.world, t.seed)
         windows = {n: ShardWindows(self.data_root, "train", t.model.seq_len, source=n) for n in sources}
-        return MixtureLoader(windows, schedule_of(t, self.manifest), t.batch.micro_batch_size, self.rank, self.world, self.accum, t.seed)
+        recipe_weights = {n: src.get("weight", 1.0) for n, src in ((self.job.recipe.get("data") or {}).get("sources") or {}).items()}
+        schedule = schedule_of(t, self.manifest, recipe_weights)
+        return MixtureLoader(windows, schedule, t.batch.micro_batch_size, self.rank, self.world, self.accum, t.seed)
 
     def state_dict(self) -> dict:
         """Everything a checkpoint holds but the RNG states (per rank). A collective: call on every rank."""

@@ -100,11 +100,14 @@ class MixtureLoader:
         self.drawn = np.array([int(d["drawn"].get(n, 0)) for n in self.names], dtype=np.int64)
 
 
-def schedule_of(train, manifest: dict) -> list[tuple[int | None, dict[str, float]]]:
-    """train.mixture as (until_step, weights) pairs, else the weights the data stage recorded for its sources;
-    a ValueError naming a source the shards do not have."""
+def schedule_of(train, manifest: dict, recipe_weights: dict[str, float] | None = None) -> list[tuple[int | None, dict[str, float]]]:
+    """train.mixture as (until_step, weights) pairs, else the recipe's data.sources weights (`recipe_weights`,
+    when it names every source of the shards: a weight changed since the data stage ran), else the weights the
+    data stage recorded; a ValueError naming a source the shards do not have."""
     names = list(manifest["splits"]["train"]["sources"])
     if train.mixture is None:
+        if recipe_weights and set(names) <= set(recipe_weights):
+            return [(None, {n: float(recipe_weights[n]) for n in names})]
         return [(None, {n: float(manifest.get("sources", {}).get(n, {}).get("weight", 1.0)) for n in names})]
     unknown = sorted({k for st in train.mixture for k in st.weights} - set(names))
     if unknown:
