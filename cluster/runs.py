@@ -4,6 +4,7 @@ it ran (from each stage's run.json, metrics.jsonl and manifest); `raylm runs NAM
 from __future__ import annotations
 
 import json
+import sys
 
 import fsspec
 
@@ -95,7 +96,7 @@ def print_runs(storage: str) -> int:
         when = s["when"][:19].replace("T", " ") if s["when"] else "-"
         name = s["root"][len(storage.rstrip("/")) + 1 :]
         t.add_row(name, *(s["states"][st] or "-" for st in STAGES), steps, _fmt(s["best_val_loss"], ".4f"), _fmt(s["best_val_bpb"], ".4f"), when)
-    Console(width=None if _tty() else 200).print(t)
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
     return 0
 
 
@@ -144,9 +145,3 @@ def show(target: str | None, storage: str) -> int:
     if fsspec.core.url_to_fs(target)[0].isdir(target):
         return print_runs(target)
     raise FileNotFoundError(f"{target} is neither a run under {storage} (--storage) nor a directory of runs")
-
-
-def _tty() -> bool:
-    import sys
-
-    return sys.stdout.isatty()

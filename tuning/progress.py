@@ -12,14 +12,7 @@ import time
 from ray import tune
 
 from tuning.config import Recipe
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+from tuning.results import fmt_value
 
 
 class TrialTable(tune.Callback):
@@ -64,7 +57,7 @@ class TrialTable(tune.Callback):
     def _ended(self, trials, trial, how: str) -> None:
         r = self._row(trial)
         if not self._is_tty():
-            print(f"[raylm tune] trial {trial.trial_id} {how} at step {r['step']}: {self.metric} {_fmt(r['last'])}", flush=True)
+            print(f"[raylm tune] trial {trial.trial_id} {how} at step {r['step']}: {self.metric} {fmt_value(r['last'])}", flush=True)
         self._show(trials)
 
     def table(self, trials):
@@ -77,7 +70,7 @@ class TrialTable(tune.Callback):
         for tr in trials:
             r = self.rows.get(tr.trial_id, {})
             star = " *" if best is not None and r.get("best") == best else ""
-            values = [_fmt(tr.config.get(k)) for k in self.keys] + [_fmt(r.get(k)) for k in ("step", "last", "best")]
+            values = [fmt_value(tr.config.get(k)) for k in self.keys] + [fmt_value(r.get(k)) for k in ("step", "last", "best")]
             t.add_row(tr.trial_id + star, tr.status, *values)
         return t
 

@@ -168,9 +168,8 @@ def print_summary(cfg: Recipe, rows: list[dict], paths: dict[str, str]) -> None:
     sign = 1 if cfg.tune.mode == "min" else -1
     for r in sorted(rows, key=lambda r: (r[key] is None, sign * (r[key] or 0.0))):  # trials without a metric last
         mark = " *" if best is not None and r["trial_id"] == best["trial_id"] else ""
-        table.add_row(
-            r["trial_id"] + mark, *(_fmt(r[k]) for k in cfg.tune.param_space), _fmt(r[key]), _fmt(r[f"best_{metric}"]), str(r["steps"]), r["status"]
-        )
+        values = [fmt_value(r[k]) for k in cfg.tune.param_space] + [fmt_value(r[key]), fmt_value(r[f"best_{metric}"])]
+        table.add_row(r["trial_id"] + mark, *values, str(r["steps"]), r["status"])
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # not cut to 80 columns in logs
     for name, p in paths.items():
         print(f"{name}: {p}")
@@ -178,7 +177,7 @@ def print_summary(cfg: Recipe, rows: list[dict], paths: dict[str, str]) -> None:
         print(f"run the best configuration: raylm train {paths['best']}")
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "-" if v is None else str(v)
