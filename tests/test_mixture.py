@@ -191,3 +191,18 @@ def test_validation_per_source_beside_the_whole_split(tmp_path):
     assert web["loss"] == t.evaluate(*t.val_sources["web"])["loss"] and web["loss"] != books["loss"]
     tokens = t.manifest["splits"]["val"]["sources"]["books"]["tokens"]
     assert books["bpb"] == books["loss"] * tokens / (1 * np.log(2))  # the synthetic manifest says 1 byte
+    # beside the whole split's: the sources' losses weighted as training draws them (the manifest's 0.8 / 0.2)
+    mix = v["val_mixture"]
+    assert mix["weights"] == pytest.approx({"web": 0.8, "books": 0.2})
+    assert mix["loss"] == pytest.approx(0.8 * web["loss"] + 0.2 * books["loss"])
+    assert mix["bpb"] == pytest.approx(0.8 * web["bpb"] + 0.2 * books["bpb"])
+
+
+def test_weighted_total_leaves_out_evaluation_only_sources():
+    from training.mixture import weighted_total
+
+    per = {"a": {"loss": 2.0, "bpb": 1.0}, "b": {"loss": 4.0, "bpb": None}, "c": {"loss": 9.0, "bpb": 3.0}}
+    got = weighted_total(per, {"a": 3.0, "b": 1.0, "c": 0.0})
+    assert got == {"loss": 2.5, "weights": {"a": 0.75, "b": 0.25}}  # b has no bytes: no weighted bpb
+    assert weighted_total(per, {"a": 1.0, "c": 1.0})["bpb"] == 2.0
+    assert weighted_total(per, {"c": 0.0}) is None

@@ -126,6 +126,7 @@ def test_thousand_steps_by_weight_same_across_runs_and_a_killed_worker(mixture):
     assert total == STEPS * 256
     assert abs(drawn["plays"] / total - 0.8) < 0.01 and abs(drawn["other"] / total - 0.2) < 0.01, drawn
     assert "other" in a[-1]["val_sources"] and "plays" in a[-1]["val_sources"]
+    assert a[-1]["val_mixture"]["weights"] == pytest.approx({"plays": 0.8, "other": 0.2})
 
     cfg = _cfg(tmp, "b", shards)
     result = {}

@@ -21,7 +21,7 @@ from training.config import TrainJob, accumulation_steps
 from training.data import ShardWindows, TrainLoader, val_windows
 from training.evaluate import lm_metrics, window_batches
 from training.metrics import MetricsLog, bits_per_byte, split_bpb
-from training.mixture import MixtureLoader, schedule_of
+from training.mixture import MixtureLoader, schedule_of, weighted_total, weights_at
 from training.model import GPT, GPTConfig
 from training.optim import build_optimizer, build_scheduler, hyperparams, reapply_hyperparams
 from training.parallel import autocast, grad_sync, parallelize
@@ -227,6 +227,11 @@ class Trainer:
             entries = self.manifest["splits"]["val"]["sources"]
             per = {n: self.evaluate(w, ids)["loss"] for n, (w, ids) in self.val_sources.items()}
             out["val_sources"] = {n: {"loss": v, "bpb": bits_per_byte(v, entries[n]["tokens"], entries[n].get("bytes"))} for n, v in per.items()}
+            if isinstance(self.loader, MixtureLoader):  # weighted as training draws at this step
+                plan = self.loader.plan
+                mix = weighted_total(out["val_sources"], dict(zip(plan.names, weights_at(plan.schedule, plan.names, self.step - 1))))
+                if mix is not None:
+                    out["val_mixture"] = mix
         return out
 
     def checkpoint_and_report(self, row: dict, log: MetricsLog | None) -> bool:

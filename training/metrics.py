@@ -80,6 +80,8 @@ class MetricsLog:
                     self.tb.add_scalar(f"train/{k}" if not k.startswith("val") else f"eval/{k}", row[k], row["step"])
             for name, v in (row.get("val_sources") or {}).items():  # per source of a mixture
                 self.tb.add_scalar(f"eval/val_loss/{name}", v["loss"], row["step"])
+            if row.get("val_mixture"):  # the sources' val losses weighted as training draws them
+                self.tb.add_scalar("eval/val_loss_mixture", row["val_mixture"]["loss"], row["step"])
         if self.trackers is not None:
             self.trackers.log(row)
 

@@ -100,6 +100,19 @@ class MixtureLoader:
         self.drawn = np.array([int(d["drawn"].get(n, 0)) for n in self.names], dtype=np.int64)
 
 
+def weighted_total(per: dict[str, dict], weights: dict[str, float]) -> dict | None:
+    """The sources' val metrics (name -> {loss, bpb}) averaged with the mixture's weights at that step, over the
+    sources with a weight and a val split: the loss of the distribution training draws from. None if none has."""
+    w = {n: float(weights.get(n, 0.0)) for n in per if weights.get(n, 0.0) > 0}
+    total = sum(w.values())
+    if total <= 0:
+        return None
+    out = {"loss": sum(per[n]["loss"] * v for n, v in w.items()) / total}
+    if all(per[n].get("bpb") is not None for n in w):
+        out["bpb"] = sum(per[n]["bpb"] * v for n, v in w.items()) / total
+    return {**out, "weights": {n: v / total for n, v in w.items()}}
+
+
 def schedule_of(train, manifest: dict, recipe_weights: dict[str, float] | None = None) -> list[tuple[int | None, dict[str, float]]]:
     """train.mixture as (until_step, weights) pairs, else the recipe's data.sources weights (`recipe_weights`,
     when it names every source of the shards: a weight changed since the data stage ran), else the weights the

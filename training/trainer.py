@@ -147,8 +147,9 @@ def summarize(paths: RunPaths, started: float | None = None) -> dict:
     }
     if ev:
         out.update(val_loss=ev[-1]["val_loss"], val_ppl=ev[-1]["val_ppl"], val_bpb=ev[-1].get("val_bpb"), val_step=ev[-1]["step"])
-        if ev[-1].get("val_sources"):
-            out["val_sources"] = ev[-1]["val_sources"]
+        for key in ("val_sources", "val_mixture"):
+            if ev[-1].get(key):
+                out[key] = ev[-1][key]
     mfu = [r["mfu"] for r in timed if r.get("mfu") is not None]
     out["mfu"] = sum(mfu) / len(mfu) if mfu else None
     if mine:
