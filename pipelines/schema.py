@@ -8,6 +8,7 @@ key: the valid field names at a dotted path (for "did you mean") and one line pe
 from __future__ import annotations
 
 import difflib
+import typing
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -23,12 +24,18 @@ class ConfigError(ValueError):
 
 
 def fields_at(path: tuple, model: type[BaseModel]) -> list[str]:
-    """Field names valid at a dotted path below `model`, for did-you-mean suggestions."""
+    """Field names valid at a dotted path below `model`, for did-you-mean suggestions. A dict of sections
+    (data.sources) takes any name as the part after it."""
+    named = False
     for part in path:
+        if named:
+            named = False
+            continue
         field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             return []
         ann = field.annotation
+        named = typing.get_origin(ann) is dict
         # unwrap Optional[...] and list[...] to the model inside
         for arg in getattr(ann, "__args__", None) or (ann,):
             if isinstance(arg, type) and issubclass(arg, BaseModel):

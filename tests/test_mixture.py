@@ -206,3 +206,16 @@ def test_weighted_total_leaves_out_evaluation_only_sources():
     assert got == {"loss": 2.5, "weights": {"a": 0.75, "b": 0.25}}  # b has no bytes: no weighted bpb
     assert weighted_total(per, {"a": 1.0, "c": 1.0})["bpb"] == 2.0
     assert weighted_total(per, {"c": 0.0}) is None
+
+
+def test_weights_come_from_the_recipe_then_the_manifest():
+    from training.config import TrainConfig
+    from training.mixture import schedule_of
+
+    man = {"splits": {"train": {"sources": {"web": {}, "books": {}}}}, "sources": {"web": {"weight": 0.8}, "books": {"weight": 0.2}}}
+    t = TrainConfig()
+    assert schedule_of(t, man) == [(None, {"web": 0.8, "books": 0.2})]
+    assert schedule_of(t, man, {"web": 0.5, "books": 0.5}) == [(None, {"web": 0.5, "books": 0.5})]  # a weight changed since
+    assert schedule_of(t, man, {"web": 0.5}) == [(None, {"web": 0.8, "books": 0.2})]  # another recipe's sources: the manifest's
+    staged = TrainConfig(mixture=[{"until_step": 5, "weights": {"web": 1.0}}, {"weights": {"books": 1.0}}])
+    assert schedule_of(staged, man, {"web": 0.5, "books": 0.5}) == [(5, {"web": 1.0}), (None, {"books": 1.0})]

@@ -150,3 +150,16 @@ def test_num_samples_unset_runs_a_grid_once():
     assert TuneConfig(param_space=grid).num_samples == 1  # not the random-search default of 8 repeats of the grid
     assert TuneConfig(param_space=grid, num_samples=3).num_samples == 3  # set: Tune's meaning, 3 repeats
     assert TuneConfig(param_space={"train.optim.lr": {"choice": [1e-3, 3e-3]}}).num_samples == 8
+
+
+def test_a_campaign_can_search_a_sources_weight():
+    # a source's weight is read at training time: each trial trains on the campaign's shards with its own weight
+    mix = ROOT / "cluster" / "recipes" / "mixture.yaml"
+    cfg = load_config(mix, ["tune.param_space={data.sources.web.weight: {uniform: [0.1, 0.5]}}"])
+    assert validate_space(cfg) == {"data.sources.web.weight": ("uniform", [0.1, 0.5])}
+    r = trial_recipe(cfg.model_dump(mode="json"), {"data.sources.web.weight": 0.3}, "abc_00001", "/data/x")
+    assert r["data"]["sources"]["web"]["weight"] == 0.3 and r["data"]["sources"]["plays"]["weight"] == 0.8
+    with pytest.raises(ConfigError, match="did you mean 'data.sources.web.weight'"):
+        check(load_config(mix, ["tune.param_space={data.sources.web.wieght: {uniform: [0.1, 0.5]}}"]))
+    with pytest.raises(ConfigError, match="is not valid there"):  # a source the recipe does not have
+        check(load_config(mix, ["tune.param_space={data.sources.books.weight: {uniform: [0.1, 0.5]}}"]))
