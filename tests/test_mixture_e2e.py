@@ -18,6 +18,8 @@ import pytest
 from cluster.recipe import load_config
 from pipelines.run import run_data
 from tests.conftest import ROOT, sample_docs, write_jsonl
+from training.config import EvalOptions
+from training.evaluate import run_eval
 from training.trainer import run_train
 
 pytestmark = pytest.mark.slow
@@ -127,6 +129,9 @@ def test_thousand_steps_by_weight_same_across_runs_and_a_killed_worker(mixture):
     assert abs(drawn["plays"] / total - 0.8) < 0.01 and abs(drawn["other"] / total - 0.2) < 0.01, drawn
     assert "other" in a[-1]["val_sources"] and "plays" in a[-1]["val_sources"]
     assert a[-1]["val_mixture"]["weights"] == pytest.approx({"plays": 0.8, "other": 0.2})
+    # raylm eval: each source's LM metrics beside the whole split's
+    res = run_eval(_cfg(tmp, "a", shards).train_job(), EvalOptions(max_windows=8))
+    assert set(res["lm_sources"]) == {"plays", "other"} and all(s["bpb"] > 0 for s in res["lm_sources"].values())
 
     cfg = _cfg(tmp, "b", shards)
     result = {}

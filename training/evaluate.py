@@ -178,8 +178,8 @@ def _token_batches(tokens: np.ndarray, seq_len: int, mask: np.ndarray | None = N
         yield w[:, :-1], w[:, 1:], (torch.from_numpy(msk[s + 1 :])[None] if msk is not None else None)
 
 
-def _split_batches(data_root: str, split: str, seq_len: int, max_windows: int | None, micro_batch: int):
-    w = ShardWindows(data_root, split, seq_len)
+def _split_batches(data_root: str, split: str, seq_len: int, max_windows: int | None, micro_batch: int, source: str | None = None):
+    w = ShardWindows(data_root, split, seq_len, source=source)
     return window_batches(w, np.arange(w.n) if max_windows is None else val_windows(w, max_windows), micro_batch)
 
 
@@ -214,6 +214,16 @@ def task_metrics(model: GPT, enc, examples: list[tuple[list[int], list[int]]], t
     return out
 
 
+def _source_metrics(model: GPT, data_root: str, opts: EvalOptions, sources: dict, seq_len: int, micro_batch: int) -> dict:
+    """LM metrics (and bits per byte) of each source of a split that has a window to score."""
+    out = {}
+    for name, entry in sources.items():
+        if entry["tokens"] > seq_len:
+            lm = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows, micro_batch, source=name), opts.device)
+            out[name] = {**lm, "bpb": bits_per_byte(lm["loss"], entry["tokens"], entry.get("bytes"))}
+    return out
+
+
 def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
     """Evaluate, write `{run_dir}/eval/<what>@<run>-step<N>.json`, return the results."""
     import fsspec
@@ -243,6 +253,9 @@ def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
             )
         res["lm"] = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows, job.train.batch.micro_batch_size), opts.device)
         res["lm"]["bpb"] = split_bpb(res["lm"]["loss"], man, opts.split)
+        sources = man["splits"][opts.split].get("sources") or {}
+        if len(sources) > 1:  # a mixture: each source's LM metrics beside the whole split's
+            res["lm_sources"] = _source_metrics(model, data_root, opts, sources, seq_len, job.train.batch.micro_batch_size)
         examples = split_examples(data_root, opts.split) if man.get("loss_mask") else []
         train_labels = [enc.decode(c) for _, c in split_examples(data_root, "train")] if examples else []
     if examples:
@@ -272,6 +285,9 @@ def print_results(res: dict) -> None:
             t.add_row("bits per byte", f"{lm['bpb']:.4f}")
         t.add_row("next-token accuracy", f"{lm['token_accuracy']:.2%}")
         t.add_row("tokens scored", f"{lm['tokens']:,}")
+    for name, s in (res.get("lm_sources") or {}).items():  # a mixture's sources
+        bpb = f" ({s['bpb']:.4f} bits/byte)" if s.get("bpb") is not None else ""
+        t.add_row(f"loss of source {name}", f"{s['loss']:.4f}{bpb}")
     task = res.get("task")
     if task:
         t.add_row("examples", f"{task['examples']:,}")
