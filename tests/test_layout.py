@@ -6,13 +6,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipelines import layout
-from pipelines.layout import SPLITS, Counts, ShardMap
+from pipelines.layout import Counts, ShardMap
+
+K = 4  # streams: train and val of two sources (one source: streams 0 and 1, the splits)
 
 
-def _sequential(lengths: list[int], splits: list[int], shard_tokens: int) -> list[tuple[int, int]]:
-    """The definition, one document at a time: (shard, index in shard) of each document."""
-    out, start, shard, index, window = [], [0, 0], [-1, -1], [0, 0], [None, None]
-    for n, sp in zip(lengths, splits):
+def _sequential(lengths: list[int], streams: list[int], shard_tokens: int) -> list[tuple[int, int]]:
+    """The definition, one document at a time: (shard, index in shard) of each document in its stream."""
+    out, start, shard, index, window = [], [0] * K, [-1] * K, [0] * K, [None] * K
+    for n, sp in zip(lengths, streams):
         w = start[sp] // shard_tokens
         if w != window[sp]:  # the first document starting in a new window opens the next shard
             shard[sp], index[sp], window[sp] = shard[sp] + 1, 0, w
@@ -23,22 +25,22 @@ def _sequential(lengths: list[int], splits: list[int], shard_tokens: int) -> lis
     return out
 
 
-def _grouped(lengths: list[int], splits: list[int], cuts: list[int], shard_tokens: int) -> list[tuple[int, int]]:
+def _grouped(lengths: list[int], streams: list[int], cuts: list[int], shard_tokens: int) -> list[tuple[int, int]]:
     """The same through the write stage's steps: counts per group, starts, windows per group, merged maps, placing."""
-    lengths_a, splits_a = np.array(lengths, np.int64), np.array(splits)
+    lengths_a, streams_a = np.array(lengths, np.int64), np.array(streams)
     bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(lengths))), len(lengths)]
-    groups = [(lengths_a[a:b], splits_a[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    counts = [Counts(tuple(int((s == sp).sum()) for sp in SPLITS), tuple(int(n[s == sp].sum()) for sp in SPLITS), 0) for n, s in groups]
+    groups = [(lengths_a[a:b], streams_a[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    counts = [Counts(tuple(int((s == sp).sum()) for sp in range(K)), tuple(int(n[s == sp].sum()) for sp in range(K)), 0) for n, s in groups]
     begins = layout.starts(counts)
-    found = {sp: [] for sp in SPLITS}
+    found = {sp: [] for sp in range(K)}
     for (n, s), b in zip(groups, begins):
-        for sp in SPLITS:
+        for sp in range(K):
             found[sp].append(layout.firsts(layout.windows(n[s == sp], b.token[sp], shard_tokens), b.ordinal[sp]))
-    maps = {sp: ShardMap.merge(found[sp]) for sp in SPLITS}
+    maps = {sp: ShardMap.merge(found[sp]) for sp in range(K)}
     out = []
     for (n, s), b in zip(groups, begins):
         placed = np.zeros((len(n), 2), np.int64)
-        for sp in SPLITS:
+        for sp in range(K):
             docs = np.flatnonzero(s == sp)
             win = layout.windows(n[docs], b.token[sp], shard_tokens)
             shard, index = maps[sp].place(win, b.ordinal[sp] + np.arange(len(docs)))
@@ -51,10 +53,13 @@ def _grouped(lengths: list[int], splits: list[int], cuts: list[int], shard_token
     docs=st.lists(st.tuples(st.integers(1, 40), st.integers(0, 1)), max_size=60),
     cuts=st.lists(st.integers(0, 60), max_size=8),
     shard_tokens=st.integers(1, 100),
+    sources=st.booleans(),
 )
-def test_grouped_layout_is_the_sequential_one_for_any_grouping(docs, cuts, shard_tokens):
-    lengths, splits = [n for n, _ in docs], [s for _, s in docs]
-    assert _grouped(lengths, splits, cuts, shard_tokens) == _sequential(lengths, splits, shard_tokens)
+def test_grouped_layout_is_the_sequential_one_for_any_grouping(docs, cuts, shard_tokens, sources):
+    # with two sources, files (hence documents) come source after source: the first half's are source 0
+    lengths = [n for n, _ in docs]
+    streams = [layout.stream_of(np.array([s]), int(sources and i >= len(docs) // 2))[0] for i, (_, s) in enumerate(docs)]
+    assert _grouped(lengths, streams, cuts, shard_tokens) == _sequential(lengths, streams, shard_tokens)
 
 
 def test_a_shard_holds_the_documents_starting_in_its_window():
