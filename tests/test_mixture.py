@@ -219,3 +219,23 @@ def test_weights_come_from_the_recipe_then_the_manifest():
     assert schedule_of(t, man, {"web": 0.5}) == [(None, {"web": 0.8, "books": 0.2})]  # another recipe's sources: the manifest's
     staged = TrainConfig(mixture=[{"until_step": 5, "weights": {"web": 1.0}}, {"weights": {"books": 1.0}}])
     assert schedule_of(staged, man, {"web": 0.5, "books": 0.5}) == [(5, {"web": 1.0}), (None, {"books": 1.0})]
+
+
+def test_a_resume_with_other_source_weights_is_refused(tmp_path):
+    from pipelines.schema import ConfigError
+    from training import checkpoint
+    from training.config import TrainJob
+    from training.trainer import check_resume
+
+    def recipe(web: float) -> dict:
+        sources = {"web": {"inputs": [{"path": "w.jsonl"}], "weight": web}, "books": {"inputs": [{"path": "b.jsonl"}], "weight": 0.2}}
+        return {"storage_path": str(tmp_path), "name": "r", "data": {"sources": sources}, "train": {}}
+
+    job = TrainJob.from_recipe(recipe(0.8))
+    ckpt = tmp_path / "r" / "train" / "checkpoint_000000"
+    ckpt.mkdir(parents=True)
+    state = {"step": 5, "tokenizer": {"name": "t", "sha256": "x"}, "config": {**job.recipe, "train": job.train.model_dump(mode="json")}}
+    checkpoint.save(str(ckpt), 0, state)
+    check_resume(job)  # the same weights: resumes
+    with pytest.raises(ConfigError, match="data.sources weights are {'web': 0.8, 'books': 0.2} there, {'web': 0.5, 'books': 0.2} here"):
+        check_resume(TrainJob.from_recipe(recipe(0.5)))

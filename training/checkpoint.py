@@ -25,6 +25,7 @@ from pipelines.io import is_local
 from pipelines.paths import TOKENIZER, RunPaths
 from pipelines.tokenize import copy_tokenizer, load_encoding, run_tokenizer
 from training.config import TrainConfig
+from training.mixture import recipe_weights
 from training.model import GPT, GPTConfig
 
 STATE, META = "state.pt", "meta.json"
@@ -99,6 +100,7 @@ def save(directory: str, rank: int, state: dict | None, tokenizer_dir: str | Non
                 "tokenizer_sha256": state["tokenizer"]["sha256"],
                 "model": c["train"]["model"],
                 "train": c["train"],  # what a resume with another recipe is checked against (trainer.check_resume)
+                "weights": recipe_weights(c),  # ... and a mixture's source weights, which the data section holds
                 "run_dir": RunPaths(c["storage_path"], c["name"]).root,
             },
             f,

@@ -21,7 +21,7 @@ from training.config import TrainJob, accumulation_steps
 from training.data import ShardWindows, TrainLoader, val_windows
 from training.evaluate import lm_metrics, window_batches
 from training.metrics import MetricsLog, bits_per_byte, split_bpb
-from training.mixture import MixtureLoader, schedule_of, weighted_total, weights_at
+from training.mixture import MixtureLoader, recipe_weights, schedule_of, weighted_total, weights_at
 from training.model import GPT, GPTConfig
 from training.optim import build_optimizer, build_scheduler, hyperparams, reapply_hyperparams
 from training.parallel import autocast, grad_sync, parallelize
@@ -145,8 +145,7 @@ class Trainer:
         if len(sources) < 2:
             return TrainLoader(ShardWindows(self.data_root, "train", t.model.seq_len), t.batch.micro_batch_size, self.rank, self.world, t.seed)
         windows = {n: ShardWindows(self.data_root, "train", t.model.seq_len, source=n) for n in sources}
-        recipe_weights = {n: src.get("weight", 1.0) for n, src in ((self.job.recipe.get("data") or {}).get("sources") or {}).items()}
-        schedule = schedule_of(t, self.manifest, recipe_weights)
+        schedule = schedule_of(t, self.manifest, recipe_weights(self.job.recipe))
         return MixtureLoader(windows, schedule, t.batch.micro_batch_size, self.rank, self.world, self.accum, t.seed)
 
     def state_dict(self) -> dict:

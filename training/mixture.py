@@ -113,6 +113,12 @@ def weighted_total(per: dict[str, dict], weights: dict[str, float]) -> dict | No
     return {**out, "weights": {n: v / total for n, v in w.items()}}
 
 
+def recipe_weights(recipe: dict) -> dict[str, float]:
+    """The recipe's data.sources weights (name -> weight; empty without sources): what training draws by when
+    train.mixture is unset."""
+    return {n: float(src.get("weight", 1.0)) for n, src in ((recipe.get("data") or {}).get("sources") or {}).items()}
+
+
 def schedule_of(train, manifest: dict, recipe_weights: dict[str, float] | None = None) -> list[tuple[int | None, dict[str, float]]]:
     """train.mixture as (until_step, weights) pairs, else the recipe's data.sources weights (`recipe_weights`,
     when it names every source of the shards: a weight changed since the data stage ran), else the weights the

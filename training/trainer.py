@@ -108,6 +108,7 @@ def check_resume(job: TrainJob) -> None:
     its latest checkpoint was trained with in a key outside RESUMABLE (checkpoints from before meta.json held the
     train section: the model only)."""
     from training import checkpoint
+    from training.mixture import recipe_weights
     from training.tracking import flat
 
     try:
@@ -119,6 +120,8 @@ def check_resume(job: TrainJob) -> None:
     have = meta.get("train") or {"model": meta.get("model")}
     have, want = flat({k: v for k, v in have.items() if k not in RESUMABLE}), flat({k: want[k] for k in have if k not in RESUMABLE})
     diff = [f"train.{k} is {have.get(k)!r} there, {want.get(k)!r} here" for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
+    if meta.get("weights") and meta["weights"] != recipe_weights(job.recipe):  # a mixture drawn by other weights
+        diff.append(f"data.sources weights are {meta['weights']} there, {recipe_weights(job.recipe)} here")
     if diff:
         shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
         raise ConfigError(
