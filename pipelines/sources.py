@@ -77,12 +77,11 @@ def _format_of(path: str, declared: str) -> str:
     raise ValueError(f"{path}: cannot tell the format from the extension; set format: txt|jsonl|parquet|warc|wet")
 
 
-def list_files(inputs: list[InputSpec] | list[tuple[int, InputSpec]]) -> list[SourceFile]:
-    """Expand globs in order; a pattern matching nothing is an error, not an empty run. Inputs may come with
-    their source's rank (DataConfig.all_inputs): files are numbered source after source, so uid order is too."""
+def list_files(inputs: list[tuple[int, InputSpec]]) -> list[SourceFile]:
+    """Expand globs in order; a pattern matching nothing is an error, not an empty run. Each input comes with its
+    source's rank (DataConfig.all_inputs): files are numbered source after source, so uid order is too."""
     files: list[SourceFile] = []
-    for item in inputs:
-        source, spec = item if isinstance(item, tuple) else (0, item)
+    for source, spec in inputs:
         fs, _ = url_to_fs(spec.path)
         try:
             matches = sorted(m for m in fs.expand_path(spec.path) if not fs.isdir(m))

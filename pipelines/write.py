@@ -140,6 +140,11 @@ def _view(s: dict, dups: dict, job: dict, cols: tuple[str, ...] = ()) -> tuple[p
     return t, mask, stream, lengths.to_numpy().astype(np.int64)
 
 
+def _no_counts() -> dict:
+    """A source's counts before any staging file: records and bytes read, removals and skips by reason."""
+    return {"records_in": 0, "bytes_in": 0, "removed": Counter(), "skipped": Counter()}
+
+
 @ray.remote
 def _count(group: list[dict], job: dict) -> tuple[Counts, dict]:
     """Per stream: kept documents, tokens and text bytes; per source: records, bytes, removals and skips."""
@@ -150,7 +155,7 @@ def _count(group: list[dict], job: dict) -> tuple[Counts, dict]:
         d = dups.of(s)
         t, mask, stream, lengths = _view(s, d, job, ("id", "src", "nbytes", "text_bytes"))
         _, r, k = removed_rows(t, mask, d)
-        src = per.setdefault(source_of(s, job["source_starts"]), {"records_in": 0, "bytes_in": 0, "removed": Counter(), "skipped": Counter()})
+        src = per.setdefault(source_of(s, job["source_starts"]), _no_counts())
         src["removed"].update(r)
         src["skipped"].update(k)
         kept_bytes = t["text_bytes"].to_numpy()[mask]
@@ -438,7 +443,7 @@ def _source_counts(found: list[dict], streams: list[dict], data) -> list[dict]:
     """Per source (in listed order): records, bytes, removals and skips summed over the count tasks, and its
     kept documents and tokens from its streams."""
     n = max(1, len(data.sources))
-    out = [{"records_in": 0, "bytes_in": 0, "removed": Counter(), "skipped": Counter()} for _ in range(n)]
+    out = [_no_counts() for _ in range(n)]
     for per in found:
         for k, c in per.items():
             for key in ("records_in", "bytes_in"):

@@ -102,9 +102,9 @@ def test_parquet_missing_column_counts_every_row(tmp_path):  # defect 8 (parquet
 
 def test_missing_input_path_is_an_error(tmp_path):  # defect 4 (the path half)
     with pytest.raises(FileNotFoundError, match="does/not/exist.jsonl"):
-        list_files([InputSpec(path=str(tmp_path / "does/not/exist.jsonl"))])
+        list_files([(0, InputSpec(path=str(tmp_path / "does/not/exist.jsonl")))])
     with pytest.raises(FileNotFoundError, match="no files match"):
-        list_files([InputSpec(path=str(tmp_path / "*.jsonl"))])
+        list_files([(0, InputSpec(path=str(tmp_path / "*.jsonl")))])
 
 
 def test_huge_line_is_rejected_without_losing_its_neighbours(tmp_path):
@@ -142,8 +142,8 @@ def test_every_compression_suffix_is_read_and_archives_are_refused(tmp_path):
     for suffix, compress in codecs.items():
         p = tmp_path / f"a.jsonl{suffix}"
         p.write_bytes(compress(_lines(DOCS)))
-        (sf,) = list_files([InputSpec(path=str(p))])
+        (sf,) = list_files([(0, InputSpec(path=str(p)))])
         assert sf.format == "jsonl" and _kept(_read(p)) == ["d0", "d1", "d2"], suffix
     (tmp_path / "b.jsonl.zip").write_bytes(b"PK\x03\x04")
     with pytest.raises(ValueError, match="zip files are not read"):
-        list_files([InputSpec(path=str(tmp_path / "b.jsonl.zip"), format="jsonl")])
+        list_files([(0, InputSpec(path=str(tmp_path / "b.jsonl.zip"), format="jsonl"))])

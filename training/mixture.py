@@ -119,14 +119,14 @@ def recipe_weights(recipe: dict) -> dict[str, float]:
     return {n: float(src.get("weight", 1.0)) for n, src in ((recipe.get("data") or {}).get("sources") or {}).items()}
 
 
-def schedule_of(train, manifest: dict, recipe_weights: dict[str, float] | None = None) -> list[tuple[int | None, dict[str, float]]]:
-    """train.mixture as (until_step, weights) pairs, else the recipe's data.sources weights (`recipe_weights`,
+def schedule_of(train, manifest: dict, weights: dict[str, float] | None = None) -> list[tuple[int | None, dict[str, float]]]:
+    """train.mixture as (until_step, weights) pairs, else the recipe's data.sources weights (`weights`,
     when it names every source of the shards: a weight changed since the data stage ran), else the weights the
     data stage recorded; a ValueError naming a source the shards do not have."""
     names = list(manifest["splits"]["train"]["sources"])
     if train.mixture is None:
-        if recipe_weights and set(names) <= set(recipe_weights):
-            return [(None, {n: float(recipe_weights[n]) for n in names})]
+        if weights and set(names) <= set(weights):
+            return [(None, {n: float(weights[n]) for n in names})]
         return [(None, {n: float(manifest.get("sources", {}).get(n, {}).get("weight", 1.0)) for n in names})]
     unknown = sorted({k for st in train.mixture for k in st.weights} - set(names))
     if unknown:

@@ -120,8 +120,9 @@ def check_resume(job: TrainJob) -> None:
     have = meta.get("train") or {"model": meta.get("model")}
     have, want = flat({k: v for k, v in have.items() if k not in RESUMABLE}), flat({k: want[k] for k in have if k not in RESUMABLE})
     diff = [f"train.{k} is {have.get(k)!r} there, {want.get(k)!r} here" for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
-    if meta.get("weights") and meta["weights"] != recipe_weights(job.recipe):  # a mixture drawn by other weights
-        diff.append(f"data.sources weights are {meta['weights']} there, {recipe_weights(job.recipe)} here")
+    weights = recipe_weights(job.recipe)
+    if meta.get("weights") and meta["weights"] != weights:  # a mixture drawn by other weights
+        diff.append(f"data.sources weights are {meta['weights']} there, {weights} here")
     if diff:
         shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
         raise ConfigError(
