@@ -2,12 +2,15 @@
 the session Ray, leaving what it declares in `writes` and nothing the next stage needs left unset."""
 
 import fnmatch
+import functools
 import os
 import random
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cluster.recipe import load_config
 from pipelines.clean import Filter, Normalize
@@ -17,7 +20,7 @@ from pipelines.process import STEPS, Process
 from pipelines.run import STAGES, run_stages
 from pipelines.sources import Read
 from pipelines.stage import Block, Chunk, DataRun
-from pipelines.tokenize import Encode, spec_from_config
+from pipelines.tokenize import Encode, encode_documents, spec_from_config
 from pipelines.train_tokenizer import TrainTokenizer
 from pipelines.write import Write
 from tests.conftest import write_jsonl
@@ -90,6 +93,24 @@ def test_hash_minhash_tokenize_fill_their_columns(tmp_path):
     assert [t[0] for t in c.tokens] == [enc.eot_token] * 2 and enc.decode(c.tokens[0][1:].tolist()) == GOOD
     assert not Encode.enabled(cfg, None)
     assert not MinHashSign.enabled(_cfg(tmp_path, "data.dedup.minhash.enabled=false").data, enc)
+
+
+_PIECES = st.sampled_from(["<|endoftext|>", "<|fim_prefix|>", " ", "\n", "a", "é", "🎉", "The"]) | st.characters()
+
+
+@settings(max_examples=60)
+@given(st.lists(st.lists(_PIECES, max_size=12).map("".join), max_size=4))
+def test_encode_documents_is_eot_then_encode_ordinary(texts):
+    """Special-token text in a document is plain text (never the special token, never an error)."""
+    enc = _cl100k()
+    got = encode_documents(enc, texts)
+    assert [d.dtype for d in got] == [np.uint32] * len(texts)
+    assert [d.tolist() for d in got] == [[enc.eot_token] + enc.encode_ordinary(t) for t in texts]
+
+
+@functools.cache
+def _cl100k():
+    return spec_from_config(load_config(None, []).data.tokenizer).load()
 
 
 def _present(root: str, pattern: str) -> bool:
