@@ -1,3 +1,8 @@
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from pipelines.clean import normalize, quality_filter
 from pipelines.config import CleanConfig, NormalizeConfig
 
@@ -7,6 +12,15 @@ GOOD = " ".join(f"word{i % 37} alpha beta gamma delta." for i in range(60))
 def test_normalize_unicode_control_whitespace():
     raw = "Cafe\u0301\r\nline  \t\r\n\n\n\n\x07next\u200b line\ufeff  "
     assert normalize(raw, NormalizeConfig()) == "Café\nline\n\nnext line"
+
+
+@given(st.lists(st.sampled_from([" ", "\t", "\n", "\r", "\r\n", "a", "b ", "\u3000", "\x07", "\u200b"]) | st.characters(), max_size=30).map("".join))
+def test_whitespace_rules_as_regexes(text):
+    """The whitespace rules, whatever str methods implement them: CRLF/CR -> LF, blanks before a newline
+    dropped, 3+ newlines -> 2, ends stripped."""
+    cfg = NormalizeConfig(unicode=None, strip_control=False)
+    want = re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+\n", "\n", re.sub(r"\r\n?", "\n", text))).strip()
+    assert normalize(text, cfg) == want
 
 
 def test_normalize_switchable():
