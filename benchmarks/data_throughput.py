@@ -4,8 +4,9 @@
 
 Prints, measured side by side in one run on this machine's cores:
   (a) raw tiktoken (cl100k) `encode_ordinary_batch` over the same text, all cores: the ceiling
-  (b) the pipeline with stages switched on in turn: read+clean, +exact, +near, +tokenize+write,
-      each in MB/s and docs/s and as a ratio to (a)
+  (b) the pipeline with stages switched on in turn: read+clean, +exact, +near, each in MB/s and docs/s
+      and as a ratio to (a); then the full `raylm data` (+tokenize, shards) at 1x and `--scale`x, each
+      run between two measures of (a) (this VM's speed drifts), with the median ratio and the fixed cost
   peak memory (PSS, so shared object-store pages count once) of the whole process tree of a full
   `raylm data` run at 1x and `--scale`x the corpus size, and their ratio.
 """
@@ -16,6 +17,7 @@ import argparse
 import gzip
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -74,8 +76,9 @@ def _cfg(corpus: Path, out: Path, name: str, *extra: str):
     )
 
 
-def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str, float]:
-    """Seconds of each pipeline variant (Ray already running; start-up is not throughput)."""
+def stage_variants(corpus: Path, out: Path, full: bool = False) -> dict[str, float]:
+    """Seconds of each pipeline variant without tokenizing, or (`full`) of the whole data stage (Ray already
+    running; start-up is not throughput)."""
     import ray
 
     from pipelines.dedup import run_dedup
@@ -91,7 +94,7 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
         ("+exact", ["data.dedup.minhash.enabled=false"], True),
         ("+near", [], True),
     ]
-    for label, extra, dedup in [] if full_only else variants:
+    for label, extra, dedup in [] if full else variants:
         cfg = _cfg(corpus, out, "v", *extra)
         work = out / "v-work"
         rm_tree(str(work))
@@ -104,11 +107,13 @@ def stage_variants(corpus: Path, out: Path, full_only: bool = False) -> dict[str
             ray.get(res.removed)
         times[label] = time.perf_counter() - t
         rm_tree(str(work))
+    if not full:
+        return times
     cfg = _cfg(corpus, out, "full")
     rm_tree(f"{out}/full")
     t = time.perf_counter()
     run_data(cfg.data, cfg.paths, say=lambda m: None, summary=False)
-    times["+tokenize+write (full)"] = time.perf_counter() - t
+    times["full"] = time.perf_counter() - t
     FULL_STATS[corpus] = json.loads((out / "full" / "data" / "stats.json").read_text())
     return times
 
@@ -121,14 +126,8 @@ def print_inside(stats: dict, label: str) -> None:
     cpu = stats["stages"]["process"]["seconds"]
     clean = sum(cpu.get(f"cpu.{k}", 0.0) for k in ("normalize", "filter"))
     fixed, tok = stats.get("fixed_seconds", {}), cpu.get("cpu.tokenize", 0.0)
-    print(f"    {label}: fixed_seconds {fixed}; CPU s: normalize+filter {clean:.1f}, tokenize {tok:.1f}, ", end="")
+    print(f"    {label}: fixed_seconds {fixed}; seconds inside the tasks: normalize+filter {clean:.1f}, tokenize {tok:.1f}, ", end="")
     print(f"hash {cpu.get('cpu.hash', 0.0):.1f}, minhash {cpu.get('cpu.minhash', 0.0):.1f}; clean / tokenize {clean / max(tok, 1e-9):.2f}")
-
-
-def best_of(n: int, fn) -> dict[str, float]:
-    """Minimum over n repeats of each timing (this VM's CPU time varies by 20% run to run)."""
-    runs = [fn() for _ in range(n)]
-    return {k: min(r[k] for r in runs) for k in runs[0]}
 
 
 def print_rows(times: dict[str, float], nbytes: int, ndocs: int, ceil: float) -> None:
@@ -188,36 +187,61 @@ def run_peak(cmd: list[str], name: str, **popen) -> tuple[int, int, float]:
     return peak, driver, time.perf_counter() - t
 
 
+def bracketed(texts: list[str], cores: int, run) -> tuple[float, float, float]:
+    """(seconds of run(), raw tiktoken seconds just before it, just after it): the ceiling is measured beside
+    each run, since this VM's speed drifts by 20-40% within minutes and a ceiling taken minutes earlier
+    would credit or blame the pipeline for the drift."""
+    before = tiktoken_ceiling(texts, cores)
+    seconds = run()
+    return seconds, before, tiktoken_ceiling(texts, cores)
+
+
+def print_full(label: str, runs: list[tuple[float, float, float]], nbytes: int) -> float:
+    """Each full run beside its two ceilings, and the median ratio (pipeline MB/s over the mean of its ceilings')."""
+    print(f"(b) full `raylm data` (+ tokenize, shards), {label} corpus, each run between two raw tiktoken runs:")
+    print(f"    {'run':>4s} {'pipeline s':>10s} {'MB/s':>7s} {'tiktoken s before/after':>24s} {'MB/s':>7s} {'ratio':>6s}")
+    ratios = []
+    for i, (s, a, b) in enumerate(runs):
+        ratios.append((a + b) / 2 / s)
+        print(f"    {i + 1:4d} {s:10.2f} {nbytes / 1e6 / s:7.2f} {a:11.2f} / {b:<10.2f} {nbytes / 1e6 / ((a + b) / 2):7.2f} {ratios[-1]:6.2f}")
+    ratio = statistics.median(ratios)
+    print(f"    median ratio to raw tiktoken, {label}: {ratio:.2f}")
+    return ratio
+
+
 def throughput(args, out: Path, one: tuple, many: tuple) -> None:
     cores = os.cpu_count()
-    (c1, nbytes, ndocs), (cN, nbN, ndN) = one, many
-    ceilings = {}
-    for label, corpus, nb, nd in (("1x", c1, nbytes, ndocs), (f"{args.scale}x", cN, nbN, ndN)):
-        texts = load_texts(corpus)
-        ceil_s = min(tiktoken_ceiling(texts, cores) for _ in range(args.repeat))
-        del texts
-        ceilings[label] = nb / 1e6 / ceil_s
-        print(f"(a) raw tiktoken cl100k, {cores} threads, {label}: {ceil_s:.2f}s  {ceilings[label]:.2f} MB/s  {nd / ceil_s:,.0f} docs/s")
-
+    (c1, nbytes, ndocs), (cN, nbN) = one, many[:2]
     import ray
 
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    stage_variants(c1, out / "runs", full_only=True)  # warm-up: worker processes, imports, page cache
-    times = best_of(args.repeat, lambda: stage_variants(c1, out / "runs"))
-    print(f"(b) pipeline, stages switched on in turn, 1x corpus ({cores} CPUs for Ray, best of {args.repeat}):")
-    print_rows(times, nbytes, ndocs, ceilings["1x"])
-    full1 = times["+tokenize+write (full)"]
-    print_inside(FULL_STATS[c1], "1x")
-    times = best_of(args.repeat, lambda: stage_variants(cN, out / "runs", full_only=True))
-    print(f"(b) full pipeline, {args.scale}x corpus:")
-    print_rows(times, nbN, ndN, ceilings[f"{args.scale}x"])
-    print_inside(FULL_STATS[cN], f"{args.scale}x")
-    fullN = times["+tokenize+write (full)"]
+    stage_variants(c1, out / "runs", full=True)  # warm-up: worker processes, imports, page cache
+    texts = load_texts(c1)
+    variants, ceilings = [], []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        variants.append(stage_variants(c1, out / "runs"))
+        ceilings.append(tiktoken_ceiling(texts, cores))
+        print(f"    (stage variants: {time.perf_counter() - t:.0f}s)", flush=True)
+    times = {k: min(v[k] for v in variants) for k in variants[0]}
+    ceil = nbytes / 1e6 / statistics.median(ceilings)
+    print(f"(a) raw tiktoken cl100k, {cores} threads, 1x: {ceil:.2f} MB/s (median of {len(ceilings)}, each after the variants)")
+    print(f"(b) pipeline without tokenizing, stages switched on in turn, 1x corpus ({cores} CPUs for Ray, best of {args.repeat}):")
+    print_rows(times, nbytes, ndocs, ceil)
+    full = {}
+    for label, corpus, nb in (("1x", c1, nbytes), (f"{args.scale}x", cN, nbN)):
+        texts = texts if corpus == c1 else load_texts(corpus)
+        runs = [bracketed(texts, cores, lambda c=corpus: stage_variants(c, out / "runs", full=True)["full"]) for _ in range(args.repeat)]
+        ratio = print_full(label, runs, nb)
+        print_inside(FULL_STATS[corpus], label)
+        full[label] = (statistics.median(r[0] for r in runs), ratio)
+    del texts
     # wall = fixed + size x rate: two sizes give the fixed part
-    print(f"fixed cost (the 1x and {args.scale}x full runs' intercept): {(args.scale * full1 - fullN) / (args.scale - 1):.1f}s")
+    fixed = (args.scale * full["1x"][0] - full[f"{args.scale}x"][0]) / (args.scale - 1)
+    print(f"fixed cost (the 1x and {args.scale}x full runs' intercept, medians): {fixed:.1f}s")
     ray.shutdown()
 
 
