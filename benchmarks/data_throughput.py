@@ -76,15 +76,14 @@ def _cfg(corpus: Path, out: Path, name: str, *extra: str):
     )
 
 
-def stage_variants(corpus: Path, out: Path, full: bool = False) -> dict[str, float]:
-    """Seconds of each pipeline variant without tokenizing, or (`full`) of the whole data stage (Ray already
-    running; start-up is not throughput)."""
+def stage_variants(corpus: Path, out: Path) -> dict[str, float]:
+    """Seconds of each pipeline variant without tokenizing (Ray already running; start-up is not throughput)."""
     import ray
 
     from pipelines.dedup import run_dedup
     from pipelines.io import makedirs, rm_tree
     from pipelines.process import Process
-    from pipelines.run import run_data, run_stages
+    from pipelines.run import run_stages
     from pipelines.sources import Read
     from pipelines.stage import DataRun
 
@@ -94,7 +93,7 @@ def stage_variants(corpus: Path, out: Path, full: bool = False) -> dict[str, flo
         ("+exact", ["data.dedup.minhash.enabled=false"], True),
         ("+near", [], True),
     ]
-    for label, extra, dedup in [] if full else variants:
+    for label, extra, dedup in variants:
         cfg = _cfg(corpus, out, "v", *extra)
         work = out / "v-work"
         rm_tree(str(work))
@@ -107,15 +106,21 @@ def stage_variants(corpus: Path, out: Path, full: bool = False) -> dict[str, flo
             ray.get(res.removed)
         times[label] = time.perf_counter() - t
         rm_tree(str(work))
-    if not full:
-        return times
+    return times
+
+
+def full_run(corpus: Path, out: Path) -> float:
+    """Seconds of the whole data stage (Ray already running); its stats.json goes to FULL_STATS."""
+    from pipelines.io import rm_tree
+    from pipelines.run import run_data
+
     cfg = _cfg(corpus, out, "full")
     rm_tree(f"{out}/full")
     t = time.perf_counter()
     run_data(cfg.data, cfg.paths, say=lambda m: None, summary=False)
-    times["full"] = time.perf_counter() - t
+    seconds = time.perf_counter() - t
     FULL_STATS[corpus] = json.loads((out / "full" / "data" / "stats.json").read_text())
-    return times
+    return seconds
 
 
 FULL_STATS: dict[Path, dict] = {}  # the last full run's stats.json, by corpus
@@ -196,7 +201,7 @@ def bracketed(texts: list[str], cores: int, run) -> tuple[float, float, float]:
     return seconds, before, tiktoken_ceiling(texts, cores)
 
 
-def print_full(label: str, runs: list[tuple[float, float, float]], nbytes: int) -> float:
+def print_full(label: str, runs: list[tuple[float, float, float]], nbytes: int) -> None:
     """Each full run beside its two ceilings, and the median ratio (pipeline MB/s over the mean of its ceilings')."""
     print(f"(b) full `raylm data` (+ tokenize, shards), {label} corpus, each run between two raw tiktoken runs:")
     print(f"    {'run':>4s} {'pipeline s':>10s} {'MB/s':>7s} {'tiktoken s before/after':>24s} {'MB/s':>7s} {'ratio':>6s}")
@@ -204,21 +209,19 @@ def print_full(label: str, runs: list[tuple[float, float, float]], nbytes: int) 
     for i, (s, a, b) in enumerate(runs):
         ratios.append((a + b) / 2 / s)
         print(f"    {i + 1:4d} {s:10.2f} {nbytes / 1e6 / s:7.2f} {a:11.2f} / {b:<10.2f} {nbytes / 1e6 / ((a + b) / 2):7.2f} {ratios[-1]:6.2f}")
-    ratio = statistics.median(ratios)
-    print(f"    median ratio to raw tiktoken, {label}: {ratio:.2f}")
-    return ratio
+    print(f"    median ratio to raw tiktoken, {label}: {statistics.median(ratios):.2f}")
 
 
 def throughput(args, out: Path, one: tuple, many: tuple) -> None:
     cores = os.cpu_count()
-    (c1, nbytes, ndocs), (cN, nbN) = one, many[:2]
+    (c1, nbytes, ndocs), (cN, nbN) = one, many
     import ray
 
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    stage_variants(c1, out / "runs", full=True)  # warm-up: worker processes, imports, page cache
+    full_run(c1, out / "runs")  # warm-up: worker processes, imports, page cache
     texts = load_texts(c1)
     variants, ceilings = [], []
     for _ in range(args.repeat):
@@ -231,16 +234,16 @@ def throughput(args, out: Path, one: tuple, many: tuple) -> None:
     print(f"(a) raw tiktoken cl100k, {cores} threads, 1x: {ceil:.2f} MB/s (median of {len(ceilings)}, each after the variants)")
     print(f"(b) pipeline without tokenizing, stages switched on in turn, 1x corpus ({cores} CPUs for Ray, best of {args.repeat}):")
     print_rows(times, nbytes, ndocs, ceil)
-    full = {}
+    seconds = {}
     for label, corpus, nb in (("1x", c1, nbytes), (f"{args.scale}x", cN, nbN)):
         texts = texts if corpus == c1 else load_texts(corpus)
-        runs = [bracketed(texts, cores, lambda c=corpus: stage_variants(c, out / "runs", full=True)["full"]) for _ in range(args.repeat)]
-        ratio = print_full(label, runs, nb)
+        runs = [bracketed(texts, cores, lambda c=corpus: full_run(c, out / "runs")) for _ in range(args.repeat)]
+        print_full(label, runs, nb)
         print_inside(FULL_STATS[corpus], label)
-        full[label] = (statistics.median(r[0] for r in runs), ratio)
+        seconds[label] = statistics.median(r[0] for r in runs)
     del texts
     # wall = fixed + size x rate: two sizes give the fixed part
-    fixed = (args.scale * full["1x"][0] - full[f"{args.scale}x"][0]) / (args.scale - 1)
+    fixed = (args.scale * seconds["1x"] - seconds[f"{args.scale}x"]) / (args.scale - 1)
     print(f"fixed cost (the 1x and {args.scale}x full runs' intercept, medians): {fixed:.1f}s")
     ray.shutdown()
 
@@ -268,7 +271,7 @@ def main() -> None:
     print(f"corpus {args.scale}x: {nbN / 1e6:.1f} MB, {ndN:,} docs")
 
     if not args.skip_throughput:
-        throughput(args, out, (c1, nbytes, ndocs), (cN, nbN, ndN))
+        throughput(args, out, (c1, nbytes, ndocs), (cN, nbN))
     if not args.skip_memory:
         p1, d1, w1 = peak_memory(c1, out / "runs", "mem1")
         pN, dN, wN = peak_memory(cN, out / "runs", f"mem{args.scale}")
