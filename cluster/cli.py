@@ -183,6 +183,7 @@ def _data(args: argparse.Namespace) -> int:
 
 def _train_job(cfg: RunConfig) -> int:
     from pipelines.shards import require_shards
+    from training.metrics import loss_text
     from training.scaling import resolve_job
     from training.trainer import check_init_from, check_resume, run_train, summarize
 
@@ -211,9 +212,9 @@ def _train_job(cfg: RunConfig) -> int:
         f"{s['tokens_per_s']:,.0f} tokens/s{mfu}; loss curve train/{LOSS_PLOT}"
     )
     if s.get("val_sources"):  # a mixture: each source's val loss beside the whole split's
-        per = ", ".join(f"{n} {v['loss']:.4f}" + (f" ({v['bpb']:.4f} bits/byte)" if v.get("bpb") else "") for n, v in s["val_sources"].items())
+        per = ", ".join(f"{n} {loss_text(v['loss'], v.get('bpb'))}" for n, v in s["val_sources"].items())
         mix = s.get("val_mixture")
-        weighted = f"; weighted by the mixture {mix['loss']:.4f}" + (f" ({mix['bpb']:.4f} bits/byte)" if mix.get("bpb") else "") if mix else ""
+        weighted = f"; weighted by the mixture {loss_text(mix['loss'], mix.get('bpb'))}" if mix else ""
         print(f"raylm train: val loss by source: {per}{weighted}")
     if "first_step_s" in s:  # what a user waits before training moves, and how long it then ran
         print(f"raylm train: first step done {s['first_step_s']:.1f}s after start (Ray, workers, model, shards); last at {s['train_s']:.1f}s")

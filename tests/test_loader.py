@@ -84,3 +84,10 @@ def test_bits_per_byte_from_a_manifest():
     assert split_bpb(2.0, man, "val") == pytest.approx(2.0 * 300 / (1200 * math.log(2)))
     assert split_bpb(None, man, "val") is None and split_bpb(2.0, man, "train") is None  # no loss; a manifest without bytes
     assert split_bpb(2.0, {**man, "loss_mask": True}, "val") is None  # a masked loss counts only completions
+
+
+def test_loss_text_shows_bits_per_byte_when_known():
+    from training.metrics import loss_text
+
+    assert loss_text(6.43512, 2.85241) == "6.4351 (2.8524 bits/byte)"
+    assert loss_text(6.43512, None) == "6.4351"

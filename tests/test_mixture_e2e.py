@@ -19,7 +19,7 @@ from cluster.recipe import load_config
 from pipelines.run import run_data
 from tests.conftest import ROOT, sample_docs, write_jsonl
 from training.config import EvalOptions
-from training.evaluate import run_eval
+from training.evaluate import print_results, run_eval
 from training.trainer import run_train
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def _kill_worker_after(metrics, step: int, th: threading.Thread) -> int | None:
     return None
 
 
-def test_thousand_steps_by_weight_same_across_runs_and_a_killed_worker(mixture):
+def test_thousand_steps_by_weight_same_across_runs_and_a_killed_worker(mixture, capsys):
     tmp, _, man, _ = mixture
     shards = str(tmp / "mix" / "data")
     run_train(_cfg(tmp, "a", shards).train_job())
@@ -132,6 +132,9 @@ def test_thousand_steps_by_weight_same_across_runs_and_a_killed_worker(mixture):
     # raylm eval: each source's LM metrics beside the whole split's
     res = run_eval(_cfg(tmp, "a", shards).train_job(), EvalOptions(max_windows=8))
     assert set(res["lm_sources"]) == {"plays", "other"} and all(s["bpb"] > 0 for s in res["lm_sources"].values())
+    print_results(res)
+    shown = capsys.readouterr().out
+    assert all(f"loss of source {n}" in shown for n in ("plays", "other")) and "bits/byte" in shown
 
     cfg = _cfg(tmp, "b", shards)
     result = {}

@@ -28,7 +28,7 @@ from pipelines.tokenize import encode_documents, encode_with_masks
 from training.checkpoint import load_model
 from training.config import EvalOptions, TrainJob
 from training.data import ShardWindows, val_windows
-from training.metrics import bits_per_byte, split_bpb
+from training.metrics import bits_per_byte, loss_text, split_bpb
 from training.model import GPT
 
 
@@ -286,8 +286,7 @@ def print_results(res: dict) -> None:
         t.add_row("next-token accuracy", f"{lm['token_accuracy']:.2%}")
         t.add_row("tokens scored", f"{lm['tokens']:,}")
     for name, s in (res.get("lm_sources") or {}).items():  # a mixture's sources
-        bpb = f" ({s['bpb']:.4f} bits/byte)" if s.get("bpb") is not None else ""
-        t.add_row(f"loss of source {name}", f"{s['loss']:.4f}{bpb}")
+        t.add_row(f"loss of source {name}", loss_text(s["loss"], s.get("bpb")))
     task = res.get("task")
     if task:
         t.add_row("examples", f"{task['examples']:,}")

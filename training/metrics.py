@@ -36,6 +36,11 @@ def split_bpb(loss: float | None, manifest: dict, split: str) -> float | None:
     return bits_per_byte(loss, s["tokens"], s.get("bytes"))
 
 
+def loss_text(loss: float, bpb: float | None) -> str:
+    """A loss with its bits per byte beside it when known, as summaries print it: `6.4351 (2.8524 bits/byte)`."""
+    return f"{loss:.4f}" + (f" ({bpb:.4f} bits/byte)" if bpb is not None else "")
+
+
 def read_metrics(path: str) -> list[dict]:
     fs, _ = fsspec.core.url_to_fs(path)
     if not fs.exists(path):
