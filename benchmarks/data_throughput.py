@@ -127,10 +127,11 @@ FULL_STATS: dict[Path, dict] = {}  # the last full run's stats.json, by corpus
 
 
 def print_inside(stats: dict, label: str) -> None:
-    """From a full run's stats.json: the fixed costs, and CPU seconds of cleaning + filtering against tokenizing."""
+    """From a full run's stats.json: the fixed costs, and seconds inside the tasks of cleaning + filtering (the
+    process stage) against tokenizing (the tokenize stage, which encodes only what dedup kept)."""
     cpu = stats["stages"]["process"]["seconds"]
     clean = sum(cpu.get(f"cpu.{k}", 0.0) for k in ("normalize", "filter"))
-    fixed, tok = stats.get("fixed_seconds", {}), cpu.get("cpu.tokenize", 0.0)
+    fixed, tok = stats.get("fixed_seconds", {}), stats["stages"]["tokenize"]["seconds"].get("cpu.encode", 0.0)
     print(f"    {label}: fixed_seconds {fixed}; seconds inside the tasks: normalize+filter {clean:.1f}, tokenize {tok:.1f}, ", end="")
     print(f"hash {cpu.get('cpu.hash', 0.0):.1f}, minhash {cpu.get('cpu.minhash', 0.0):.1f}; clean / tokenize {clean / max(tok, 1e-9):.2f}")
 

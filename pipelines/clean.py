@@ -104,7 +104,7 @@ class Normalize(Step):
     name = "normalize"
 
     @classmethod
-    def enabled(cls, cfg, enc) -> bool:
+    def enabled(cls, cfg) -> bool:
         return cfg.clean.enabled
 
     def __call__(self, c: Chunk) -> None:

@@ -86,11 +86,11 @@ class Decontaminate(Step):
     name = "decontaminate"
 
     @classmethod
-    def enabled(cls, cfg, enc) -> bool:
+    def enabled(cls, cfg) -> bool:
         return bool(cfg.decontaminate.files)
 
-    def __init__(self, cfg, enc):
-        super().__init__(cfg, enc)
+    def __init__(self, cfg):
+        super().__init__(cfg)
         self.ngrams = EvalNgrams.from_files(cfg.decontaminate.files, cfg.decontaminate.ngram)
         self.counts = {"contaminated": 0}
 

@@ -158,7 +158,7 @@ class MinHashSign(Step):
     name = "minhash"
 
     @classmethod
-    def enabled(cls, cfg, enc) -> bool:
+    def enabled(cls, cfg) -> bool:
         return cfg.dedup.minhash.enabled
 
     def __call__(self, c: Chunk) -> None:

@@ -133,11 +133,11 @@ class Extract(Step):
     name = "extract"
 
     @classmethod
-    def enabled(cls, cfg, enc) -> bool:
+    def enabled(cls, cfg) -> bool:
         return cfg.has_web
 
-    def __init__(self, cfg, enc):
-        super().__init__(cfg, enc)
+    def __init__(self, cfg):
+        super().__init__(cfg)
         if cfg.extract.engine == "trafilatura":
             try:
                 import trafilatura  # noqa: F401

@@ -20,7 +20,7 @@ class Language(Step):
     name = "language"
 
     @classmethod
-    def enabled(cls, cfg, enc) -> bool:
+    def enabled(cls, cfg) -> bool:
         return bool(cfg.language.keep) or cfg.has_web
 
     def __call__(self, chunk: Chunk) -> None:

@@ -85,11 +85,11 @@ class RedactPii(Step):
     name = "pii"
 
     @classmethod
-    def enabled(cls, cfg, enc) -> bool:
+    def enabled(cls, cfg) -> bool:
         return cfg.pii.enabled
 
-    def __init__(self, cfg, enc):
-        super().__init__(cfg, enc)
+    def __init__(self, cfg):
+        super().__init__(cfg)
         p = cfg.pii
         every = {"email": redact_emails, "ip": redact_ips, "phone": partial(redact_phones, region=p.region)}
         self.redact = {k: f for k, f in every.items() if getattr(p, k) == "replace"}

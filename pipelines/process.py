@@ -1,9 +1,10 @@
 """The process stage: every input record through the per-document steps (STEPS, in order) in Ray Data
-tasks (steps and encoder built once per worker process: process_block), written as one staging parquet per block
-(pipelines/staging.py).
+tasks (steps built once per worker process: process_block), written as one staging parquet per block
+(pipelines/staging.py), kept documents with their cleaned text. Tokenizing waits for dedup (the tokenize
+stage): a duplicate is never tokenized.
 
   url filter, extract (web pages) -> normalize -> language -> PII -> filter -> decontaminate -> hash (+ split)
-  -> minhash -> tokenize
+  -> minhash
 
 A step that drops a document records why (reject:..., filter:...); the row stays in staging with that
 status, so the write stage can account for it.
@@ -28,16 +29,14 @@ from pipelines.dedup import ExactHash, MinHashSign
 from pipelines.extract import Extract
 from pipelines.language import Language
 from pipelines.pii import RedactPii
-from pipelines.shards import binary_column
 from pipelines.stage import Block, Chunk, DataRun, Stage, built_once
 from pipelines.staging import SKIP, staging_schema
 from pipelines.stats import Stats
-from pipelines.tokenize import Encode, TokenizerSpec
 from pipelines.url_filter import UrlFilter
 
 # the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over workers)
-STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, Decontaminate, ExactHash, MinHashSign, Encode)
-_CHUNK = 256  # documents that go through the steps together: word and token lists live for one chunk
+STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, Decontaminate, ExactHash, MinHashSign)
+_CHUNK = 256  # documents that go through the steps together: word lists live for one chunk
 
 
 def _block(batch: pa.Table, cfg: DataConfig) -> Block:
@@ -61,12 +60,11 @@ def _block(batch: pa.Table, cfg: DataConfig) -> Block:
 class DocProcessor:
     """The process stage's work on one block: its rows in, one staging file and its summary row out."""
 
-    def __init__(self, cfg: DataConfig, staging_dir: str, tokenizer: TokenizerSpec | None):
+    def __init__(self, cfg: DataConfig, staging_dir: str):
         self.cfg, self.staging_dir = cfg, staging_dir
         self.fs, _ = fsspec.core.url_to_fs(staging_dir)
-        self.enc = tokenizer.load() if tokenizer is not None else None
-        self.steps = [S(cfg, self.enc) for S in STEPS if S.enabled(cfg, self.enc)]
-        self.schema = staging_schema(cfg, tokenized=self.enc is not None)
+        self.steps = [S(cfg) for S in STEPS if S.enabled(cfg)]
+        self.schema = staging_schema(cfg)
 
     def _chunk(self, b: Block, raw: list, rejects: list, lo: int, hi: int, stats: Stats) -> None:
         rows = [i for i in range(lo, hi) if rejects[i] is None]
@@ -79,8 +77,7 @@ class DocProcessor:
                 step(c)
         b.kept += c.rows
         b.text_bytes += [len(t) if t.isascii() else len(t.encode()) for t in c.texts]
-        b.out += c.tokens if c.tokens is not None else c.texts
-        b.masks += c.masks or []
+        b.texts += c.texts
 
     def _columns(self, batch: pa.Table, b: Block) -> dict[str, pa.Array]:
         """The staging file's columns (staging_schema)."""
@@ -106,23 +103,18 @@ class DocProcessor:
         text_bytes = np.zeros(n, dtype=np.int64)
         text_bytes[where] = b.text_bytes
         cols["text_bytes"] = pa.array(text_bytes)
-        if self.enc is not None:
-            ntokens = np.zeros(n, dtype=np.int32)
-            ntokens[where] = [len(t) for t in b.out]
-            cols["ntokens"], cols["tokens"] = pa.array(ntokens), binary_column(b.out, n, where, 4)
-            if self.cfg.has_tasks:
-                cols["mask"] = binary_column(b.masks, n, where, 1)
-        else:
-            texts = [None] * n
-            for k, i in enumerate(b.kept):
-                texts[i] = b.out[k]
-            cols["text"] = pa.array(texts, pa.large_string())
+        texts = [None] * n
+        for k, i in enumerate(b.kept):
+            texts[i] = b.texts[k]
+        cols["text"] = pa.array(texts, pa.large_string())
+        if self.cfg.has_tasks:
+            cols["prompt_chars"] = batch["prompt_chars"].cast(pa.int32())
         return cols
 
     def _write(self, batch: pa.Table, b: Block, path: str) -> None:
         table = pa.table(self._columns(batch, b), schema=self.schema)
         with self.fs.open(path + ".tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
-            pq.write_table(table, f, compression="zstd" if self.enc is None else "none")
+            pq.write_table(table, f, compression="zstd")
         self.fs.mv(path + ".tmp", path)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -149,10 +141,10 @@ class DocProcessor:
         return pa.table({**row, **seconds, **counts})
 
 
-def process_block(batch: pa.Table, cfg: DataConfig, staging_dir: str, tokenizer: TokenizerSpec | None) -> pa.Table:
+def process_block(batch: pa.Table, cfg: DataConfig, staging_dir: str) -> pa.Table:
     """The process stage's Ray Data task: one block through a DocProcessor built once per worker process
-    (steps, encoder, language model), so nothing is imported or built twice."""
-    return built_once(DocProcessor, cfg, staging_dir, tokenizer)(batch)
+    (steps, language model), so nothing is imported or built twice."""
+    return built_once(DocProcessor, cfg, staging_dir)(batch)
 
 
 def _watch(rows, say) -> list[dict]:
@@ -195,7 +187,7 @@ class Process(Stage):
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(object_store_memory=max(256 << 20, 8 * ex.batch_bytes * n))
         ds = run.records.map_batches(
             process_block,
-            fn_args=(run.data, run.docs_dir, run.tokenizer),
+            fn_args=(run.data, run.docs_dir),
             batch_size=None,  # one block, one staging file
             batch_format="pyarrow",
             compute=rd.TaskPoolStrategy(size=n),

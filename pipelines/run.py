@@ -3,7 +3,7 @@
   read      the recipe's inputs as a stream of records (lazy: it flows into process)
   process   every record through the per-document steps (pipelines/process.py: STEPS) -> staging files
   dedup     which documents are exact or near duplicates of which -> _work/dups
-  tokenizer when `tokenizer.train` is set: a BPE trained on the kept documents, which tokenizes them
+  tokenize  the documents that survive dedup -> tokens (after training a BPE on them, when `tokenizer.train` is set)
   write     shards (.npy) and removed.parquet; then the manifest, last and atomically, and stats.json
 
 A run directory without a manifest is unfinished: it is wiped and redone, and because every stage
@@ -21,6 +21,7 @@ import fsspec
 
 from pipelines.config import DataConfig
 from pipelines.dedup import Dedup
+from pipelines.encode import Tokenize
 from pipelines.io import exists, makedirs, rm_tree
 from pipelines.paths import REMOVED, REMOVED_PLOT, STATS, TOKENIZER, WORK, RunPaths
 from pipelines.process import Process
@@ -31,10 +32,9 @@ from pipelines.stage import DataRun, Stage
 from pipelines.staging import SKIP
 from pipelines.stats import Stats
 from pipelines.tokenize import describe, spec_from_config
-from pipelines.train_tokenizer import TrainTokenizer
 from pipelines.write import Write
 
-STAGES: tuple[Stage, ...] = (Read(), Process(), Dedup(), TrainTokenizer(), Write())
+STAGES: tuple[Stage, ...] = (Read(), Process(), Dedup(), Tokenize(), Write())
 
 
 def _say(msg: str) -> None:
@@ -135,13 +135,18 @@ def _manifest(run: DataRun) -> dict:
 
 
 def _fixed_costs(run: DataRun, started: float) -> dict[str, float]:
-    """What the stage costs besides processing blocks: from its start (Ray already up) to the first block's
-    processing (Ray Data planning, the workers' start and imports), and from the last block processed to now
-    (dedup, the tokenizer stage when it trains one, writing)."""
-    if run.processing is None:
+    """What the stage costs besides its per-document work (processing blocks, tokenizing files): from its start
+    (Ray already up) to the first block's processing (Ray Data planning, the workers' start and imports), from
+    the last block processed to the first file tokenized (dedup; training a tokenizer when the recipe does), and
+    from the last file tokenized to now (writing shards and tables)."""
+    if run.processing is None or run.tokenizing is None:
         return {}
-    first, last = run.processing
-    return {"to_first_block": round(first - started, 3), "after_last_block": round(time.time() - last, 3)}
+    (first, last), (tok_first, tok_last) = run.processing, run.tokenizing
+    return {
+        "to_first_block": round(first - started, 3),
+        "process_to_tokenize": round(tok_first - last, 3),
+        "after_last_block": round(time.time() - tok_last, 3),
+    }
 
 
 def _write_stats(root: str, stages: dict[str, Stats], total: float, docs_in: int, bytes_in: int, fixed: dict[str, float]) -> dict:

@@ -1,6 +1,6 @@
 """The two contracts of the data stage (datatrove's PipelineStep is the model for both).
 
-A `Stage` is one step of a run (read, process, dedup, tokenizer, write; the list is `pipelines.run.STAGES`):
+A `Stage` is one step of a run (read, process, dedup, tokenize, write; the list is `pipelines.run.STAGES`):
 it reads what `reads` names in the run's data/ directory, writes what `writes` names, hands the next stage
 what it made through the `DataRun`, and records its own counts and seconds in a `Stats` (stats.json:
 `stages.<name>`). A `Step` is one per-document step inside the processing tasks (the list is
@@ -22,7 +22,6 @@ from pipelines.stats import Stats
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pads
-    import tiktoken
 
     from pipelines.tokenize import TokenizerSpec
 
@@ -35,11 +34,12 @@ class DataRun:
     data: DataConfig
     root: str  # {storage_path}/{name}/data
     say: Callable[[str], None] = print
-    tokenizer: TokenizerSpec | None = None  # the recipe's; the tokenizer stage sets it when it trains one
+    tokenizer: TokenizerSpec | None = None  # the recipe's; the tokenize stage sets it when it trains one
     files: list = field(default_factory=list)  # read: the input files (pipelines.sources.SourceFile)
     records: Any = None  # read: the input records, a lazy Ray Dataset (streamed into process, never materialized)
     staging: list[dict] = field(default_factory=list)  # process: one row per staging file (path, first_uid, last_uid, rows), in uid order
     processing: tuple[float, float] | None = None  # process: when the first block began and the last ended (time.time())
+    tokenizing: tuple[float, float] | None = None  # tokenize: when the first file's task began and the last ended (time.time())
     dups: pads.Dataset | None = None  # dedup: uid -> reason, kept_id of every duplicate
     outputs: dict = field(default_factory=dict)  # write: splits, removed counts, docs_in, bytes_in
 
@@ -101,9 +101,8 @@ class Block:
     payloads: list = field(default_factory=list)  # web pages: the HTTP payload (bytes) the extract step reads; else None
     charsets: list = field(default_factory=list)  # ... and the charset of its Content-Type header
     kept: list[int] = field(default_factory=list)  # rows that passed every step, in order
-    out: list = field(default_factory=list)  # per kept row: its tokens, or its cleaned text when the tokenizer is trained later
-    masks: list = field(default_factory=list)  # per kept row: its loss mask (task recipes)
-    text_bytes: list[int] = field(default_factory=list)  # per kept row: UTF-8 bytes of the text it was tokenized from
+    texts: list[str] = field(default_factory=list)  # per kept row: its cleaned text (the tokenize stage encodes it)
+    text_bytes: list[int] = field(default_factory=list)  # per kept row: UTF-8 bytes of its cleaned text
     matches: list = field(default_factory=list)  # decontamination: the evaluation example (file:line) a row matched; else None
 
 
@@ -115,8 +114,6 @@ class Chunk:
     rows: list[int]
     texts: list[str]
     words: list[list[str]] | None = None  # whitespace words, once a step has split them (shared by the filters and MinHash)
-    tokens: list[np.ndarray] | None = None  # set by the tokenize step
-    masks: list[np.ndarray] | None = None
 
     def is_task(self, k: int) -> bool:
         return self.block.prompt_chars[self.rows[k]] is not None
@@ -155,12 +152,12 @@ class Step:
 
     name: ClassVar[str]
 
-    def __init__(self, cfg: DataConfig, enc: tiktoken.Encoding | None):
-        self.cfg, self.enc = cfg, enc
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
         self.counts: dict[str, int] = {}  # what it counted in the current block (stats.json: stages.process.counts)
 
     @classmethod
-    def enabled(cls, cfg: DataConfig, enc: tiktoken.Encoding | None) -> bool:
+    def enabled(cls, cfg: DataConfig) -> bool:
         return True
 
     def __call__(self, chunk: Chunk) -> None:

@@ -1,6 +1,8 @@
-"""The staging files between the process stage and the write stage (data/_work/docs/<first uid>.parquet):
-one per input block, every input row in it (kept, or with the reason it was removed), named by its
-first uid so that the files in name order are the input order, whatever the batching was."""
+"""The staging files between the process stage and the tokenize and write stages (data/_work/docs/<first
+uid>.parquet): one per input block, every input row in it (kept with its cleaned text, or with the reason it
+was removed), named by its first uid so that the files in name order are the input order, whatever the
+batching was. Beside each, the tokenize stage leaves `<file>.tokens`: the tokens of its documents that
+survived dedup."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ SPLIT_TRAIN, SPLIT_VAL = 0, 1
 SKIP = "skip:"
 
 
-def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
+def staging_schema(cfg: DataConfig) -> pa.Schema:
     fields = [
         ("uid", pa.int64()),
         ("id", pa.string()),
@@ -36,14 +38,20 @@ def staging_schema(cfg: DataConfig, tokenized: bool) -> pa.Schema:
         fields.append(("match", pa.string()))  # the evaluation example a filter:contamination row shares an n-gram with
     if cfg.dedup.minhash.enabled:
         fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))
-    # UTF-8 bytes of a kept document as tokenized (0 for the others): the splits' bytes in the manifest, which
+    # UTF-8 bytes of a kept document's cleaned text (0 for the others): the splits' bytes in the manifest, which
     # turn a loss per token into bits per byte
     fields.append(("text_bytes", pa.int64()))
-    if tokenized:  # the token count apart: the write stage lays shards out from counts without reading the tokens
-        fields += [("ntokens", pa.int32()), ("tokens", pa.large_binary())]
-    else:
-        fields.append(("text", pa.large_string()))
-    if tokenized and cfg.has_tasks:
+    fields.append(("text", pa.large_string()))  # a kept document's cleaned text (else null), which the tokenize stage encodes
+    if cfg.has_tasks:
+        fields.append(("prompt_chars", pa.int32()))  # a task record's prompt length in characters (see encode_with_masks)
+    return pa.schema(fields)
+
+
+def tokens_schema(masks: bool) -> pa.Schema:
+    """`<staging file>.tokens`: the tokenize stage's output, one row per document that survived dedup, in order.
+    The token count apart: the write stage lays shards out from counts without reading the tokens."""
+    fields = [("ntokens", pa.int32()), ("tokens", pa.large_binary())]  # tokens: uint32, the shard format's document
+    if masks:
         fields.append(("mask", pa.large_binary()))  # uint8 loss mask per token (see encode_with_masks)
     return pa.schema(fields)
 
@@ -70,7 +78,10 @@ def final_mask(t: pa.Table, dups: dict) -> np.ndarray:
     return kept
 
 
-def final_texts(path: str, first: int, last: int, dups: pads.Dataset | None) -> list[str]:
-    """Cleaned texts of the documents of one staging file that survive dedup, in order."""
-    t = pq.read_table(path, columns=["uid", "status", "text"])
-    return t["text"].filter(pa.array(final_mask(t, dups_in(dups, first, last)))).to_pylist()
+def final_texts(path: str, first: int, last: int, dups: pads.Dataset | None, prompts: bool = False) -> tuple[list[str], list[int | None]]:
+    """Cleaned texts of the documents of one staging file that survive dedup, in order, and (`prompts`: a task
+    recipe's staging) their prompts' lengths (else all None)."""
+    t = pq.read_table(path, columns=["uid", "status", "text", *(["prompt_chars"] if prompts else [])])
+    keep = pa.array(final_mask(t, dups_in(dups, first, last)))
+    texts = t["text"].filter(keep).to_pylist()
+    return texts, t["prompt_chars"].filter(keep).to_pylist() if prompts else [None] * len(texts)

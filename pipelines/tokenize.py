@@ -17,7 +17,6 @@ import numpy as np
 import tiktoken
 
 from pipelines.config import TokenizerConfig
-from pipelines.stage import Chunk, Step
 
 EOT = "<|endoftext|>"
 # GPT-4 (cl100k) split pattern, as rustbpe and nanochat use it
@@ -185,20 +184,3 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str) -> Tokenizer
     with fsspec.open(_meta_path(out_path), "w") as f:
         json.dump(meta, f, indent=1)
     return TokenizerSpec(name="rustbpe", path=out_path)
-
-
-class Encode(Step):
-    """Tokenizes the documents (with loss masks for task recipes); left out when the tokenizer is trained
-    on the kept documents later (the tokenizer stage)."""
-
-    name = "tokenize"
-
-    @classmethod
-    def enabled(cls, cfg, enc) -> bool:
-        return enc is not None
-
-    def __call__(self, c: Chunk) -> None:
-        if self.cfg.has_tasks:
-            c.tokens, c.masks = encode_with_masks(self.enc, c.texts, [c.block.prompt_chars[r] for r in c.rows])
-        else:
-            c.tokens = encode_documents(self.enc, c.texts)

@@ -56,11 +56,11 @@ class UrlFilter(Step):
     name = "url_filter"
 
     @classmethod
-    def enabled(cls, cfg, enc) -> bool:
+    def enabled(cls, cfg) -> bool:
         return cfg.url_filter.enabled
 
-    def __init__(self, cfg, enc):
-        super().__init__(cfg, enc)
+    def __init__(self, cfg):
+        super().__init__(cfg)
         u = cfg.url_filter
         self.list = Blocklist([d for p in u.block_domains for d in read_list(p)], [x for p in u.block_urls for x in read_list(p)])
 

@@ -130,12 +130,11 @@ def source_of(s: dict, source_starts: tuple[int, ...]) -> int:
 
 
 def _view(s: dict, dups: dict, job: dict, cols: tuple[str, ...] = ()) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
-    """A staging file's columns, which rows are kept, and the kept documents' streams and token counts."""
-    trained = job["trained"]
-    names = list(dict.fromkeys(("uid", "status", "split", *cols, *(() if trained else ("ntokens",)))))
-    t = pq.read_table(s["path"], columns=names)
+    """A staging file's columns, which rows are kept, and the kept documents' streams and token counts
+    (from its `.tokens`, which holds the kept documents only)."""
+    t = pq.read_table(s["path"], columns=list(dict.fromkeys(("uid", "status", "split", *cols))))
     mask = final_mask(t, dups)
-    lengths = pq.read_table(s["path"] + ".tokens", columns=["ntokens"])["ntokens"] if trained else t["ntokens"].filter(pa.array(mask))
+    lengths = pq.read_table(s["path"] + ".tokens", columns=["ntokens"])["ntokens"]
     stream = layout.stream_of(t["split"].to_numpy()[mask], source_of(s, job["source_starts"]))
     return t, mask, stream, lengths.to_numpy().astype(np.int64)
 
@@ -285,19 +284,18 @@ def _place(
 @ray.remote
 def _pieces(g: int, group: list[dict], job: dict, start: Start, maps: dict) -> dict:
     """One group's share of every output: shard pieces and table pieces (see the module's docstring)."""
-    root, trained, masks = job["root"], job["trained"], job["masks"]
+    root, masks = job["root"], job["masks"]
     dups, at = _Dups(job["dups_dir"], group), {sp: (start.token[sp], start.ordinal[sp]) for sp in range(len(job["streams"]))}
     shards = _ShardPieces(root, g, masks, job["shard_tokens"], job["dtype"])
     removed = _TablePieces(root, REMOVED, g, start.removed, job["rows_per_part"])
     docs = _TablePieces(root, DOCS, g, start.kept, job["rows_per_part"])
-    cols = ("id", "src", "url", "date", "language", "language_score") + (() if trained else ("tokens",)) + (("mask",) if masks else ())
-    cols += ("match",) if job["match"] else ()
+    cols = ("id", "src", "url", "date", "language", "language_score") + (("match",) if job["match"] else ())
     for s in group:
         d = dups.of(s)
         t, mask, stream, _ = _view(s, d, job, cols)
         removed.write(removed_rows(t, mask, d)[0])
-        tokens = pq.read_table(s["path"] + ".tokens")["tokens"] if trained else t["tokens"].filter(pa.array(mask))
-        flat_mask = token_arrays(t["mask"].filter(pa.array(mask)), np.uint8)[0] if masks else None
+        tok = pq.read_table(s["path"] + ".tokens", columns=["tokens", *(["mask"] if masks else [])])
+        tokens, flat_mask = tok["tokens"], token_arrays(tok["mask"], np.uint8)[0] if masks else None
         shard_of, index = _place(shards, maps, stream, tokens, flat_mask, at, job["streams"])
         docs.write(_docs_rows(t, mask, shard_of, index))
     return {"shards": shards.close(), REMOVED: removed.close(), DOCS: docs.close()}
@@ -365,7 +363,7 @@ class Write(Stage):
             copy_tokenizer(tok.path, f"{root}/{TOKENIZER}")
         enc = load_encoding(tok)
         dtype, groups = token_dtype(enc.n_vocab), groups_of(run.staging, 4 * run.workers)
-        job = dict(root=root, trained=run.trains_tokenizer, masks=data.has_tasks, dtype=dtype, rows_per_part=ROWS_PER_PART)
+        job = dict(root=root, masks=data.has_tasks, dtype=dtype, rows_per_part=ROWS_PER_PART)
         job.update(
             dups_dir=run.dups_dir if run.dups is not None else None, shard_tokens=data.output.shard_tokens, match=bool(data.decontaminate.files)
         )

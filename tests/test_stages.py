@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from cluster.recipe import load_config
 from pipelines.clean import Filter, Normalize
 from pipelines.dedup import Dedup, ExactHash, MinHashSign, words_of
+from pipelines.encode import Tokenize
 from pipelines.io import makedirs
 from pipelines.process import STEPS, Process
 from pipelines.run import STAGES, run_stages
 from pipelines.sources import Read
 from pipelines.stage import Block, Chunk, DataRun
-from pipelines.tokenize import Encode, encode_documents, spec_from_config
-from pipelines.train_tokenizer import TrainTokenizer
+from pipelines.tokenize import encode_documents, spec_from_config
 from pipelines.write import Write
 from tests.conftest import write_jsonl
 
@@ -56,15 +56,14 @@ def test_steps_in_order_with_unique_names():
         "decontaminate",
         "hash",
         "minhash",
-        "tokenize",
     ]
-    assert [s.name for s in STAGES] == ["read", "process", "dedup", "tokenizer", "write"]
+    assert [s.name for s in STAGES] == ["read", "process", "dedup", "tokenize", "write"]
 
 
 def test_normalize_rejects_empty_and_leaves_task_records(tmp_path):
     cfg = _cfg(tmp_path).data
     c = _chunk([" \u200b\n\n", "  a  text \r\n", " \n"], prompt_chars=[None, None, 1])
-    Normalize(cfg, None)(c)
+    Normalize(cfg)(c)
     assert c.rows == [1, 2] and c.texts == ["a  text", " \n"]  # the task record is untouched
     assert c.block.status == ["reject:empty", "kept", "kept"]
 
@@ -72,27 +71,24 @@ def test_normalize_rejects_empty_and_leaves_task_records(tmp_path):
 def test_filter_names_the_reason_and_splits_words(tmp_path):
     cfg = _cfg(tmp_path).data
     c = _chunk(["short", GOOD, "tiny"], prompt_chars=[None, None, 2])
-    Filter(cfg, None)(c)
+    Filter(cfg)(c)
     assert c.block.status[0].startswith("filter:") and c.rows == [1, 2]
     assert c.words == [words_of(GOOD), ["tiny"]]
     off = _cfg(tmp_path, "data.clean.enabled=false").data
     c = _chunk(["short"])
-    Filter(off, None)(c)
+    Filter(off)(c)
     assert c.rows == [0]
 
 
-def test_hash_minhash_tokenize_fill_their_columns(tmp_path):
-    cfg = _cfg(tmp_path, "data.tokenizer={name: cl100k_base}").data
-    enc = spec_from_config(cfg.tokenizer).load()
+def test_hash_minhash_fill_their_columns(tmp_path):
+    cfg = _cfg(tmp_path).data
     c = _chunk([GOOD, GOOD + " more"], num_perm=cfg.dedup.minhash.num_perm)
-    for step in (Filter, ExactHash, MinHashSign, Encode):
-        assert step.enabled(cfg, enc)
-        step(cfg, enc)(c)
+    for step in (Filter, ExactHash, MinHashSign):
+        assert step.enabled(cfg)
+        step(cfg)(c)
     assert c.block.hashes[0] != c.block.hashes[1] and c.block.hashes.all()
     assert (c.block.sig[0] != 0).any() and 0.5 < (c.block.sig[0] == c.block.sig[1]).mean() < 1
-    assert [t[0] for t in c.tokens] == [enc.eot_token] * 2 and enc.decode(c.tokens[0][1:].tolist()) == GOOD
-    assert not Encode.enabled(cfg, None)
-    assert not MinHashSign.enabled(_cfg(tmp_path, "data.dedup.minhash.enabled=false").data, enc)
+    assert not MinHashSign.enabled(_cfg(tmp_path, "data.dedup.minhash.enabled=false").data)
 
 
 _PIECES = st.sampled_from(["<|endoftext|>", "<|fim_prefix|>", " ", "\n", "a", "é", "🎉", "The"]) | st.characters()
@@ -128,7 +124,7 @@ def test_each_stage_alone_writes_what_it_declares(ray_session, tmp_path):
     cfg = _cfg(tmp_path, "data.tokenizer.train={vocab_size: 320}", "data.output.val_fraction=0.2")
     run = DataRun(cfg.data, str(tmp_path / "s" / "data"), say=lambda m: None)
     makedirs(run.docs_dir)
-    for stage in (Read(), Process(), Dedup(), TrainTokenizer(), Write()):
+    for stage in (Read(), Process(), Dedup(), Tokenize(), Write()):
         assert stage.enabled(run)
         stats = run_stages(run, (stage,))[stage.name]
         assert stats.seconds["total"] > 0
