@@ -1,5 +1,5 @@
 """The tokenize stage: the documents that survive dedup, tokenized (one `<staging file>.tokens` per staging
-file, in Ray Data tasks), after a byte-level BPE (rustbpe, in a Ray task) is trained on them when the recipe
+file, in Ray tasks), after a byte-level BPE (rustbpe, in a Ray task) is trained on them when the recipe
 sets `data.tokenizer.train`. Tokenizing after dedup, as datatrove and NeMo Curator do, spends nothing on the
 duplicates (a quarter of a corpus with many near copies)."""
 
@@ -43,33 +43,29 @@ class TokenizeFile:
         self.enc, self.masks = spec.load(), masks
         self.dups = pads.dataset(dups_dir, format="parquet") if dups_dir else None
 
-    def __call__(self, batch: dict) -> dict:
-        seconds, tokens, began = [], [], time.time()
-        for path, first, last in zip(batch["path"], batch["first_uid"], batch["last_uid"]):
-            texts, prompts = final_texts(path, int(first), int(last), self.dups, self.masks)
-            t = time.perf_counter()
-            docs, masks = encode_with_masks(self.enc, texts, prompts) if self.masks else (encode_documents(self.enc, texts), None)
-            seconds.append(time.perf_counter() - t)
-            tokens.append(sum(map(len, docs)))
-            where = np.arange(len(docs))
-            cols = {"ntokens": pa.array([len(d) for d in docs], pa.int32()), "tokens": binary_column(docs, len(docs), where, 4)}
-            if self.masks:
-                cols["mask"] = binary_column(masks, len(docs), where, 1)
-            fs, _ = fsspec.core.url_to_fs(path)
-            with fs.open(path + ".tokens.tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
-                pq.write_table(pa.table(cols, schema=tokens_schema(self.masks)), f, compression="none")
-            fs.mv(path + ".tokens.tmp", path + ".tokens")
+    def __call__(self, s: dict) -> dict:
+        began, path = time.time(), s["path"]
+        texts, prompts = final_texts(path, s["first_uid"], s["last_uid"], self.dups, self.masks)
+        t = time.perf_counter()
+        docs, masks = encode_with_masks(self.enc, texts, prompts) if self.masks else (encode_documents(self.enc, texts), None)
+        seconds, where = time.perf_counter() - t, np.arange(len(docs))
+        cols = {"ntokens": pa.array([len(d) for d in docs], pa.int32()), "tokens": binary_column(docs, len(docs), where, 4)}
+        if self.masks:
+            cols["mask"] = binary_column(masks, len(docs), where, 1)
+        fs, _ = fsspec.core.url_to_fs(path)
+        with fs.open(path + ".tokens.tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
+            pq.write_table(pa.table(cols, schema=tokens_schema(self.masks)), f, compression="none")
+        fs.mv(path + ".tokens.tmp", path + ".tokens")
         # wall clock (not perf_counter): the driver compares it with its own, to time the stage's fixed costs
-        return {"path": batch["path"], "seconds": seconds, "tokens": tokens, "began": [began] * len(seconds), "ended": [time.time()] * len(seconds)}
+        return {"seconds": seconds, "tokens": sum(map(len, docs)), "began": began, "ended": time.time()}
 
 
 @ray.remote
 def _tokenize_file(s: dict, spec: TokenizerSpec, dups_dir: str | None, masks: bool) -> dict:
-    """One staging file's task: a TokenizeFile built once per worker process (pipelines.stage.built_once).
+    """One staging file's task, with a TokenizeFile built once per worker process (pipelines.stage.built_once).
     Plain Ray tasks, one per file, not a Ray Data job: on few cores the streaming executor's own work in the
-    driver took CPU from the tasks."""
-    r = built_once(TokenizeFile, spec, dups_dir, masks)({k: [s[k]] for k in ("path", "first_uid", "last_uid")})
-    return {k: v[0] for k, v in r.items()}
+    driver took CPU from the tasks (the stage's wall time 1.38x its encode time, against 1.10x)."""
+    return built_once(TokenizeFile, spec, dups_dir, masks)(s)
 
 
 def _watch(refs: list) -> list[dict]:
@@ -105,7 +101,8 @@ class Tokenize(Stage):
         if not run.staging:
             return
         with stats.timer("encode"):
-            done = _watch([_tokenize_file.remote(s, run.tokenizer, dups_dir, run.data.has_tasks) for s in run.staging])
+            files = [{k: s[k] for k in ("path", "first_uid", "last_uid")} for s in run.staging]
+            done = _watch([_tokenize_file.remote(s, run.tokenizer, dups_dir, run.data.has_tasks) for s in files])
         # seconds inside the tasks' encode calls, summed over workers (as the process stage's cpu.<step>)
         stats.seconds["cpu.encode"] += sum(r["seconds"] for r in done)
         run.tokenizing = (min(r["began"] for r in done), max(r["ended"] for r in done))
