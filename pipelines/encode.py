@@ -48,8 +48,8 @@ class TokenizeFile:
         texts, prompts = final_texts(path, s["first_uid"], s["last_uid"], self.dups, self.masks)
         t = time.perf_counter()
         docs, masks = encode_with_masks(self.enc, texts, prompts) if self.masks else (encode_documents(self.enc, texts), None)
-        seconds, where = time.perf_counter() - t, np.arange(len(docs))
-        cols = {"ntokens": pa.array([len(d) for d in docs], pa.int32()), "tokens": binary_column(docs, len(docs), where, 4)}
+        seconds, where, lengths = time.perf_counter() - t, np.arange(len(docs)), [len(d) for d in docs]
+        cols = {"ntokens": pa.array(lengths, pa.int32()), "tokens": binary_column(docs, len(docs), where, 4)}
         if self.masks:
             cols["mask"] = binary_column(masks, len(docs), where, 1)
         fs, _ = fsspec.core.url_to_fs(path)
@@ -57,7 +57,7 @@ class TokenizeFile:
             pq.write_table(pa.table(cols, schema=tokens_schema(self.masks)), f, compression="none")
         fs.mv(path + ".tokens.tmp", path + ".tokens")
         # wall clock (not perf_counter): the driver compares it with its own, to time the stage's fixed costs
-        return {"seconds": seconds, "tokens": sum(map(len, docs)), "began": began, "ended": time.time()}
+        return {"seconds": seconds, "tokens": sum(lengths), "began": began, "ended": time.time()}
 
 
 @ray.remote
@@ -101,8 +101,7 @@ class Tokenize(Stage):
         if not run.staging:
             return
         with stats.timer("encode"):
-            files = [{k: s[k] for k in ("path", "first_uid", "last_uid")} for s in run.staging]
-            done = _watch([_tokenize_file.remote(s, run.tokenizer, dups_dir, run.data.has_tasks) for s in files])
+            done = _watch([_tokenize_file.remote(s, run.tokenizer, dups_dir, run.data.has_tasks) for s in run.staging])
         # seconds inside the tasks' encode calls, summed over workers (as the process stage's cpu.<step>)
         stats.seconds["cpu.encode"] += sum(r["seconds"] for r in done)
         run.tokenizing = (min(r["began"] for r in done), max(r["ended"] for r in done))

@@ -7,6 +7,7 @@ import os
 import random
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from cluster.recipe import load_config
 from pipelines.clean import Filter, Normalize
 from pipelines.dedup import Dedup, ExactHash, MinHashSign, words_of
-from pipelines.encode import Tokenize
+from pipelines.encode import Tokenize, TokenizeFile
 from pipelines.io import makedirs
 from pipelines.process import STEPS, Process
 from pipelines.run import STAGES, run_stages
@@ -89,6 +90,29 @@ def test_hash_minhash_fill_their_columns(tmp_path):
     assert c.block.hashes[0] != c.block.hashes[1] and c.block.hashes.all()
     assert (c.block.sig[0] != 0).any() and 0.5 < (c.block.sig[0] == c.block.sig[1]).mean() < 1
     assert not MinHashSign.enabled(_cfg(tmp_path, "data.dedup.minhash.enabled=false").data)
+
+
+def test_tokenize_file_encodes_what_survived_with_masks_for_tasks(tmp_path):
+    """The tokenize stage's work on one staging file, without Ray: only kept rows that are no duplicate, each
+    EOT + its text's tokens; a task row's mask covers its completion and closing EOT."""
+    cfg = _cfg(tmp_path, "data.tokenizer={name: cl100k_base}").data
+    prompt = "Passage:\nTo be\nPlay:"
+    rows = {"uid": [0, 1, 2, 3], "status": ["kept", "filter:words", "kept", "kept"]}
+    rows |= {"text": [GOOD, None, GOOD, prompt + " Hamlet"], "prompt_chars": [None, None, None, len(prompt)]}
+    path = str(tmp_path / "00000000000000000000.parquet")
+    pq.write_table(pa.table(rows), path)
+    dups = tmp_path / "dups"
+    dups.mkdir()
+    pq.write_table(pa.table({"uid": [2], "reason": ["exact"], "kept_id": ["d0"]}), dups / "part-0.parquet")
+    out = TokenizeFile(spec_from_config(cfg.tokenizer), str(dups), True)({"path": path, "first_uid": 0, "last_uid": 3})
+    enc = _cl100k()
+    got = pq.read_table(path + ".tokens").to_pylist()
+    docs = [np.frombuffer(r["tokens"], np.uint32) for r in got]
+    assert [r["ntokens"] for r in got] == [len(d) for d in docs] and out["tokens"] == sum(map(len, docs))
+    assert [d[0] for d in docs] == [enc.eot_token] * 2 and enc.decode(docs[0][1:].tolist()) == GOOD
+    assert enc.decode(docs[1][1:-1].tolist()) == prompt + " Hamlet" and docs[1][-1] == enc.eot_token
+    masks = [np.frombuffer(r["mask"], np.uint8) for r in got]
+    assert masks[0].all() and masks[1].tolist() == [0] * (1 + len(enc.encode(prompt))) + [1] * (len(enc.encode(" Hamlet")) + 1)
 
 
 _PIECES = st.sampled_from(["<|endoftext|>", "<|fim_prefix|>", " ", "\n", "a", "é", "🎉", "The"]) | st.characters()
