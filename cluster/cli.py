@@ -174,10 +174,20 @@ def _own_shards(cfg: RunConfig) -> bool:
     return False
 
 
+def _owned(cfg: RunConfig, *stages: str):
+    """The run's directory claimed for it (no nesting with another run) and its locks for `stages` held:
+    checked before Ray starts, so a conflict costs nothing."""
+    from pipelines.rundir import claim, locked
+
+    claim(cfg.storage_path, cfg.name)
+    return locked(cfg.paths.root, stages, lambda m: print(f"raylm: {m}", file=sys.stderr, flush=True))
+
+
 def _data(args: argparse.Namespace) -> int:
     cfg = _recipe(args)
     _check_inputs(cfg)
-    _data_stage(cfg, args.force)
+    with _owned(cfg, "data"):
+        _data_stage(cfg, args.force)
     return 0
 
 
@@ -222,7 +232,9 @@ def _train_job(cfg: RunConfig) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    return _train_job(_recipe(args))
+    cfg = _recipe(args)
+    with _owned(cfg, "train"):
+        return _train_job(cfg)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -236,10 +248,11 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = _recipe(args)
     own = _own_shards(cfg)
-    init_ray(cfg.ray)  # whether or not the data is done: say first which Ray
-    if own:
-        _data_stage(cfg, args.force)
-    rc = _train_job(cfg)
+    with _owned(cfg, *(("data", "train") if own else ("train",))):
+        init_ray(cfg.ray)  # whether or not the data is done: say first which Ray
+        if own:
+            _data_stage(cfg, args.force)
+        rc = _train_job(cfg)
     if rc:
         return rc
     model, enc, _, _ = load_model(cfg.paths.root)
@@ -261,14 +274,21 @@ def _run(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from pipelines.shards import has_manifest
-    from tuning.campaign import check, run_tune
-    from tuning.results import best_row, collect, print_summary, write_results
+    from tuning.campaign import check
 
     cfg = _recipe(args)
     check(cfg)  # a bad search space fails before Ray starts
     own = _own_shards(cfg)
     if own and not has_manifest(cfg.paths.data):
         print(f"[raylm tune] no shards at {cfg.paths.data} yet: running the data stage first, then the campaign", flush=True)
+    with _owned(cfg, *(("data", "tune") if own else ("tune",))):
+        return _campaign(cfg, args, own)
+
+
+def _campaign(cfg: RunConfig, args: argparse.Namespace, own: bool) -> int:
+    from tuning.campaign import run_tune
+    from tuning.results import best_row, collect, print_summary, write_results
+
     init_ray(cfg.ray)
     if own:
         _data_stage(cfg, args.force)
@@ -290,7 +310,7 @@ def _eval(args: argparse.Namespace) -> int:
     opts = EvalOptions(
         checkpoint=args.checkpoint, split=args.split, file=args.file, max_windows=args.max_windows, max_examples=args.max_examples, device=args.device
     )
-    with recorded(cfg.paths.eval, "eval", _dump(cfg), code_of=exit_code) as rec:
+    with _owned(cfg, "eval"), recorded(cfg.paths.eval, "eval", _dump(cfg), code_of=exit_code) as rec:
         rec["result"] = run_eval(cfg.train_job(), opts)
         print_results(rec["result"])
     return 0
@@ -380,11 +400,12 @@ class UsageError(ValueError):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What a user fixes (exit 2): the recipe, the arguments, a path that is not what it should be."""
+    from pipelines.rundir import RunConflict
     from pipelines.tokenize import TokenizerError
     from training.checkpoint import CheckpointError
     from training.export import ExportError
 
-    return ConfigError, UsageError, TokenizerError, CheckpointError, ExportError, FileNotFoundError, NotADirectoryError
+    return ConfigError, UsageError, RunConflict, TokenizerError, CheckpointError, ExportError, FileNotFoundError, NotADirectoryError
 
 
 def exit_code(e: BaseException) -> int:

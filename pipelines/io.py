@@ -31,3 +31,9 @@ def rm_tree(path: str) -> None:
     fs, _ = fsspec.core.url_to_fs(path)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def touch(path: str) -> None:
+    """An empty file (a marker)."""
+    fs, _ = fsspec.core.url_to_fs(path)
+    fs.pipe_file(path, b"")

@@ -22,6 +22,7 @@ STATS = "stats.json"
 REMOVED_PLOT = "removed.png"  # documents removed by reason, and bytes kept, drawn from the manifest
 TOKENIZER = "tokenizer.tiktoken"
 WORK = "_work"
+STAGE_MARKER = ".raylm-data"  # in a data directory the data stage made: the only kind it ever removes
 # file names inside train/
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"

@@ -22,9 +22,10 @@ import fsspec
 from pipelines.config import DataConfig
 from pipelines.dedup import Dedup
 from pipelines.encode import Tokenize
-from pipelines.io import exists, makedirs, rm_tree
-from pipelines.paths import REMOVED, REMOVED_PLOT, STATS, TOKENIZER, WORK, RunPaths
+from pipelines.io import exists, makedirs, rm_tree, touch
+from pipelines.paths import MANIFEST, REMOVED, REMOVED_PLOT, STAGE_MARKER, STATS, TOKENIZER, WORK, RunPaths
 from pipelines.process import Process
+from pipelines.rundir import RunConflict, holds_other_run
 from pipelines.schema import ConfigError
 from pipelines.shards import has_manifest, read_manifest, write_manifest
 from pipelines.sources import Read
@@ -85,11 +86,29 @@ def _reuse_finished(data: DataConfig, root: str, say: Callable[[str], None]) -> 
 
 
 def _start(root: str, say: Callable[[str], None]) -> None:
-    """A clean work directory; an unfinished run's leftovers are wiped (every stage is redone from the inputs)."""
+    """A clean work directory; an unfinished run's leftovers are wiped (every stage is redone from the inputs),
+    but only a directory this stage made, holding no other run."""
     if exists(root):
+        check_removable(root)
         say(f"{root} has no manifest: an unfinished run; starting it again from scratch")
         rm_tree(root)
     makedirs(f"{root}/{WORK}/docs")
+    touch(f"{root}/{STAGE_MARKER}")
+
+
+def check_removable(root: str) -> None:
+    """RunConflict unless `root` is a data directory raylm's data stage made (its marker, or the work directory
+    of a run from before the marker) that holds no other run."""
+    other = holds_other_run(root)
+    if other is not None:
+        raise RunConflict(f"{root} holds the run {other!r}: raylm will not remove it; give this recipe another name")
+    fs, path = fsspec.core.url_to_fs(root)
+    made = any(fs.exists(f"{path}/{f}") for f in (STAGE_MARKER, WORK, MANIFEST))  # the marker, or a run from before it
+    if fs.isdir(path) and fs.ls(path) and not made:
+        raise RunConflict(
+            f"{root} has no manifest and was not made by raylm's data stage (no {STAGE_MARKER} or {WORK}/ in it): raylm removes "
+            "only what it made; move it away or give this recipe another name"
+        )
 
 
 def run_stages(run: DataRun, stages: tuple[Stage, ...] = STAGES) -> dict[str, Stats]:
