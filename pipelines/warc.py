@@ -228,12 +228,16 @@ def parse(f: Framed, fmt: str) -> WebRecord:
         out.reason = "skip:request_or_metadata"
     else:
         out.reason = _response(r, out)
+        if out.reason == "http_bad_payload" and _labelled_chunked(f.raw):
+            # a body labelled chunked but stored de-chunked, as many archiving crawlers do: its raw body (as
+            # warcio reads it), with its content encoding still decoded
+            out.reason = _response(WarcRecord.from_bytes(f.raw), out, "content")
     return out
 
 
-def _response(r, out: WebRecord) -> str | None:
+def _response(r, out: WebRecord, decode: str = "all") -> str | None:
     try:
-        r.parse_http(auto_decode="all")
+        r.parse_http(auto_decode=decode)
         if r.http_headers is None:
             return "skip:not_html"
         if r.http_headers.status_code != 200:
@@ -244,3 +248,16 @@ def _response(r, out: WebRecord) -> str | None:
     except OSError:  # HTTP headers or a content/transfer encoding that cannot be decoded
         return "http_bad_payload"
     return None
+
+
+def _labelled_chunked(raw: bytes) -> bool:
+    """Whether the record's HTTP headers say `Transfer-Encoding: chunked`."""
+    from fastwarc.warc import WarcRecord
+
+    r = WarcRecord.from_bytes(raw)
+    try:
+        r.parse_http(auto_decode="none")
+    except OSError:
+        return False
+    te = r.http_headers.get("Transfer-Encoding") if r.http_headers is not None else None
+    return "chunked" in (te or "").lower()

@@ -1,6 +1,6 @@
 """WARC/WET reading: framing under damage (property tests: any cut, a lying Content-Length of any size, below, at
-or past max_bytes or the file's end, junk between records, any chunking), record classification, and HTML
-to text."""
+or past max_bytes or the file's end, junk between records, any chunking), record classification (bodies labelled
+chunked, stored either way), and HTML to text."""
 
 import gzip
 import io
@@ -304,6 +304,46 @@ def test_wet_conversion_records_are_the_documents():
     ]
     got = [parse(f, "wet") for f in _framed(b"".join(recs))]
     assert [g.reason for g in got] == ["skip:request_or_metadata", None] and got[1].payload == b"Plain text of the page.\n"
+
+
+def _chunked(body: bytes, sizes: list[int]) -> bytes:
+    """`body` in HTTP chunked transfer encoding, cut into chunks of the given sizes (cycled)."""
+    out, at, k = b"", 0, 0
+    while at < len(body):
+        piece = body[at : at + sizes[k % len(sizes)]]
+        out += b"%x\r\n" % len(piece) + piece + b"\r\n"
+        at, k = at + len(piece), k + 1
+    return out + b"0\r\n\r\n"
+
+
+CHUNKED = "text/html; charset=utf-8\nTransfer-Encoding: chunked"
+ARTICLE = "<html><body><article><p>The players rehearse the second act of the play with great care and patience.</p></article></body></html>"
+
+
+def test_a_page_labelled_chunked_but_stored_de_chunked_is_kept_with_its_raw_body():
+    got = parse(_framed(page("http://example.com/", ARTICLE, ctype=CHUNKED))[0], "warc")
+    assert (got.reason, got.payload) == (None, ARTICLE.encode())
+    text, why = extract_text(got.payload, got.charset, ExtractConfig())
+    assert why is None and "rehearse the second act" in text
+
+
+def test_a_page_in_chunked_encoding_is_still_de_chunked():
+    got = parse(_framed(page("http://example.com/", _chunked(ARTICLE.encode(), [17, 5]), ctype=CHUNKED))[0], "warc")
+    assert (got.reason, got.payload) == (None, ARTICLE.encode())
+
+
+@given(
+    text=st.text(st.characters(codec="utf-8"), max_size=200),
+    stored_chunked=st.booleans(),
+    gz=st.booleans(),
+    sizes=st.lists(st.integers(1, 64), min_size=1, max_size=5),
+)
+def test_a_payload_labelled_chunked_reads_the_same_stored_either_way(text, stored_chunked, gz, sizes):
+    html = f"<html><body><p>{text}</p></body></html>".encode()
+    body = gzip.compress(html, mtime=0) if gz else html
+    ctype = CHUNKED + ("\nContent-Encoding: gzip" if gz else "")
+    got = parse(_framed(page("http://example.com/", _chunked(body, sizes) if stored_chunked else body, ctype=ctype))[0], "warc")
+    assert (got.reason, got.payload) == (None, html)
 
 
 def test_html_text_decodes_charsets_and_counts_failures():
