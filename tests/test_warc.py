@@ -1,6 +1,6 @@
 """WARC/WET reading: framing under damage (property tests: any cut, a lying Content-Length of any size, below, at
 or past max_bytes or the file's end, junk between records, any chunking), record classification (bodies labelled
-chunked, stored either way), and HTML to text."""
+chunked, stored either way), and HTML to text (charset labels that name no encoding or do not fit)."""
 
 import gzip
 import io
@@ -344,6 +344,27 @@ def test_a_payload_labelled_chunked_reads_the_same_stored_either_way(text, store
     ctype = CHUNKED + ("\nContent-Encoding: gzip" if gz else "")
     got = parse(_framed(page("http://example.com/", _chunked(body, sizes) if stored_chunked else body, ctype=ctype))[0], "warc")
     assert (got.reason, got.payload) == (None, html)
+
+
+def test_a_page_whose_charset_names_no_encoding_is_decoded_by_detection():
+    body = "<html><body><article><p>Привет, мир. Это основной текст страницы, достаточно длинный для извлечения.</p></article></body></html>"
+    got = parse(_framed(page("http://example.com/", body, ctype="text/html; charset=foobar-9"))[0], "warc")
+    text, why = extract_text(got.payload, got.charset, ExtractConfig())
+    assert got.charset == "foobar-9" and why is None and "Привет, мир" in text
+
+
+def test_a_page_its_charset_does_not_fit_is_decoded_by_detection_not_as_mojibake():
+    sj = "<html><body><article><p>日本語のテキストです。これは本文です。劇団は三か月前から大ホールで稽古を重ねています。</p></article></body></html>"
+    text, why = extract_text(sj.encode("shift_jis"), "utf-8", ExtractConfig())
+    assert why is None and "日本語のテキストです。これは本文です。" in text
+
+
+def test_a_charset_that_fits_is_still_the_one_used():
+    ru = "<html><body><article><p>Привет, мир. Это основной текст страницы, достаточно длинный.</p></article></body></html>"
+    assert "Привет, мир" in extract_text(ru.encode("koi8-r"), "koi8-r", ExtractConfig())[0]
+    # a label is read as browsers read it: latin1 is windows-1252, whose curly quotes Python's latin1 reads as controls
+    quoted = "<html><body><p>The \u201cplayers\u201d rehearse the second act, a long enough sentence.</p></body></html>"
+    assert "\u201cplayers\u201d" in extract_text(quoted.encode("windows-1252"), "latin1", ExtractConfig())[0]
 
 
 def test_html_text_decodes_charsets_and_counts_failures():
