@@ -1,6 +1,6 @@
-"""HTML to text, the first step for web documents (WARC responses): the payload decoded (the HTTP header's
-charset, else the page's <meta charset>, else detection) and its text extracted by Resiliparse (the default)
-or trafilatura (`data.extract.engine`), within `data.extract.timeout_s` a page.
+"""HTML to text, the first step for web documents (WARC responses): the payload decoded (in the first of the HTTP
+header's charset, the page's <meta charset> and detection that decodes it cleanly) and its text extracted by
+Resiliparse (the default) or trafilatura (`data.extract.engine`), within `data.extract.timeout_s` a page.
 
 Outcomes besides a text: `reject:binary` (a payload that is no text, whatever its label),
 `reject:extract_failed` (the extractor raised), `reject:extract_timeout` (it ran past the limit),
@@ -16,7 +16,7 @@ import select
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pipelines.config import ExtractConfig
 from pipelines.stage import Chunk, Step
@@ -24,12 +24,31 @@ from pipelines.stage import Chunk, Step
 _SNIFF = 4096  # a NUL byte this early: a binary payload, whatever its Content-Type said
 
 
-def decode_html(payload: bytes, charset: str | None) -> str:
-    """The page as text: the server's charset, else <meta charset>, else uchardet (Resiliparse)."""
-    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+def _encodings(payload: bytes, charset: str | None) -> Iterator[str | None]:
+    """The encodings a page may be in, most trusted first, each found only when asked for: the server's charset
+    (None if it names no encoding; read as browsers read labels, WHATWG: latin1 is windows-1252), the page's
+    <meta charset>, uchardet's guess (Resiliparse)."""
+    from resiliparse.parse.encoding import detect_encoding, map_encoding_to_html5
 
-    enc = charset or detect_encoding(payload, from_html_meta=True)
-    return bytes_to_str(payload, enc)
+    if charset:
+        yield map_encoding_to_html5(charset, fallback_utf8=False)
+    yield detect_encoding(payload, from_html_meta=True)
+    yield detect_encoding(payload)
+
+
+def decode_html(payload: bytes, charset: str | None) -> str:
+    """The page as text, in the first encoding that decodes it cleanly, else in the guess, dropping what does not
+    decode: a label is not believed when it names no encoding (`charset=foobar-9`) or the bytes do not fit it (a
+    Shift-JIS page labelled utf-8)."""
+    from resiliparse.parse.encoding import bytes_to_str
+
+    enc = None
+    for enc in filter(None, _encodings(payload, charset)):
+        try:
+            return bytes_to_str(payload, enc, errors="strict", fallback_encodings=())
+        except UnicodeError:
+            pass
+    return bytes_to_str(payload, enc or "utf-8")
 
 
 def _resiliparse(html: str, cfg: ExtractConfig) -> str:

@@ -132,7 +132,7 @@ def _one(b: _Buffer, max_bytes: int) -> Iterator[Framed]:
         return
     end = he + 4 + int(m.group(1))  # the block ends here; two CRLFs close the record
     if end > max_bytes:
-        yield from _skip_large(b, offset, end)
+        yield from _skip_large(b, offset, he, end)
         return
     if not b.fill(end + 4):  # cut short, or a length that runs past the end of the file (a header inside says which)
         size, _ = _drop_to_header(b, he + 4)
@@ -153,14 +153,33 @@ def _bad(b: _Buffer, offset: int, why: str, scan_from: int) -> Iterator[Framed]:
     yield Framed(offset, size, damage=why)
 
 
-def _skip_large(b: _Buffer, offset: int, end: int) -> Iterator[Framed]:
-    """A record over max_bytes: read through without holding it (its closing CRLFs are not checked)."""
-    left = end + 4
-    while left > 0 and b.fill(1):
-        n = min(left, len(b.buf))
+def _skip_large(b: _Buffer, offset: int, he: int, end: int) -> Iterator[Framed]:
+    """A record over max_bytes: read through without holding it, and checked as one that fits is (_one). Its
+    length lies if its block holds a record's end then a header (it swallowed the records after it, which are
+    read again, however far it claims to reach) or is not closed by two CRLFs; else it is `too_large`.
+    Positions count from the record's start (`he` its header's end, `end` its block's); `done` of its bytes
+    have been dropped."""
+    pat, done = _END + MAGIC, 0
+    while True:
+        i = b.buf.find(pat, max(0, he - done), end - done)
+        if i >= 0:
+            b.drop(i + 4)
+            yield Framed(offset, done + i + 4, damage="warc_bad_length")
+            return
+        if len(b.buf) >= end - done + 4 or b.eof:
+            break
+        n = max(0, len(b.buf) - len(pat) + 1)  # keep a tail: a record's end and the next header may straddle two chunks
         b.drop(n)
-        left -= n
-    yield Framed(offset, end + 4 - left, damage="too_large" if left == 0 else "warc_truncated")
+        done += n
+        b.fill(len(b.buf) + 1)
+    whole = len(b.buf) >= end - done + 4  # the block and the bytes that should close it were read
+    if whole and b.buf[end - done : end - done + 4] == _END:
+        b.drop(end - done + 4)
+        yield Framed(offset, end + 4, damage="too_large")
+        return
+    # not closed where its length says, or cut short: as for a record that fits (_one), reading goes on at the next header
+    size, _ = _drop_to_header(b, max(0, he + 4 - done))
+    yield Framed(offset, done + size, damage="warc_bad_length" if whole or b.buf else "warc_truncated")
 
 
 @dataclass
@@ -209,12 +228,16 @@ def parse(f: Framed, fmt: str) -> WebRecord:
         out.reason = "skip:request_or_metadata"
     else:
         out.reason = _response(r, out)
+        if out.reason == "http_bad_payload" and _labelled_chunked(f.raw):
+            # a body labelled chunked but stored de-chunked, as many archiving crawlers do: its raw body (as
+            # warcio reads it), with its content encoding still decoded
+            out.reason = _response(WarcRecord.from_bytes(f.raw), out, "content")
     return out
 
 
-def _response(r, out: WebRecord) -> str | None:
+def _response(r, out: WebRecord, decode: str = "all") -> str | None:
     try:
-        r.parse_http(auto_decode="all")
+        r.parse_http(auto_decode=decode)
         if r.http_headers is None:
             return "skip:not_html"
         if r.http_headers.status_code != 200:
@@ -225,3 +248,16 @@ def _response(r, out: WebRecord) -> str | None:
     except OSError:  # HTTP headers or a content/transfer encoding that cannot be decoded
         return "http_bad_payload"
     return None
+
+
+def _labelled_chunked(raw: bytes) -> bool:
+    """Whether the record's HTTP headers say `Transfer-Encoding: chunked`."""
+    from fastwarc.warc import WarcRecord
+
+    r = WarcRecord.from_bytes(raw)
+    try:
+        r.parse_http(auto_decode="none")
+    except OSError:
+        return False
+    te = r.http_headers.get("Transfer-Encoding") if r.http_headers is not None else None
+    return "chunked" in (te or "").lower()

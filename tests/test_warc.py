@@ -1,5 +1,6 @@
-"""WARC/WET reading: framing under damage (property tests: any cut, any lying Content-Length, junk between
-records, any chunking), record classification, and HTML to text."""
+"""WARC/WET reading: framing under damage (property tests: any cut, a lying Content-Length of any size, below, at
+or past max_bytes or the file's end, junk between records, any chunking), record classification (bodies labelled
+chunked, stored either way), and HTML to text (charset labels that name no encoding or do not fit)."""
 
 import gzip
 import io
@@ -9,7 +10,7 @@ import zlib
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from pipelines.config import ExtractConfig
+from pipelines.config import ExtractConfig, RejectConfig
 from pipelines.extract import Sandbox, extract_text, html_text
 from pipelines.streams import decompressed
 from pipelines.warc import frames, parse
@@ -78,6 +79,85 @@ def test_a_lying_content_length_costs_that_record_only(n, which, delta, size):
     assert [f.damage for f in fs if f.damage] in (["warc_bad_length"], ["warc_truncated"])
 
 
+def _claiming(rec: bytes, length: int) -> bytes:
+    """The record with its Content-Length set to `length`, its bytes otherwise unchanged."""
+    head, sep, rest = rec.partition(b"Content-Length: ")
+    return head + sep + str(length).encode() + rest[len(rest.split(b"\r\n", 1)[0]) :]
+
+
+def _true_length(rec: bytes) -> int:
+    return len(rec) - rec.index(b"\r\n\r\n") - 8  # the block: after the header's end, before the closing CRLFs
+
+
+def _claim_at_limit(rec: bytes, max_bytes: int, d: int) -> int:
+    """A length that makes the record's end (header, block) fall `d` bytes from max_bytes (the header grows with its digits)."""
+    claim = max_bytes
+    for _ in range(3):
+        claim = max_bytes - _claiming(rec, claim).index(b"\r\n\r\n") - 4 + d
+    return claim
+
+
+_LIES = st.tuples(st.sampled_from(["near", "limit", "file", "huge"]), st.integers(-60, 400))
+
+
+@st.composite
+def lying_files(draw) -> tuple[list[bytes], int, int]:
+    """(the file's records as written, index of the liar, max_bytes): one record's Content-Length lies, by any amount."""
+    n, max_bytes = draw(st.integers(1, 6)), draw(st.integers(150, 1200))
+    recs = _records(n)
+    i = draw(st.integers(0, n - 1))
+    kind, d = draw(_LIES)
+    total, length = len(b"".join(recs)), _true_length(recs[i])
+    claim = {"near": length + d, "limit": _claim_at_limit(recs[i], max_bytes, d % 7 - 3), "file": total + d, "huge": 10**15 + d}[kind]
+    assume(claim >= 0 and claim != length)
+    lie = _claiming(recs[i], claim)
+    block = lie.index(b"\r\n\r\n") + 4 + claim
+    assume(lie[block : block + 4] != b"\r\n\r\n")  # framed as a shorter record (pipelines.warc.frames says why)
+    return recs[:i] + [lie] + recs[i + 1 :], i, max_bytes
+
+
+def _fits(rec: bytes, max_bytes: int) -> bool:
+    return len(rec) - 4 <= max_bytes  # frames: a record whose header and block end past max_bytes is too_large
+
+
+@given(f=lying_files(), size=st.integers(1, 300))
+def test_a_lying_content_length_of_any_size_costs_no_intact_record(f, size):
+    recs, i, max_bytes = f
+    fs = list(frames(_chunks(b"".join(recs), size), max_bytes))
+    assert [r + b"\r\n\r\n" for r in _intact(fs)] == [r for k, r in enumerate(recs) if k != i and _fits(r, max_bytes)]
+
+
+@given(f=lying_files(), size=st.integers(1, 300))
+def test_a_lying_content_length_of_any_size_is_one_reject_the_others_too_large(f, size):
+    recs, i, max_bytes = f
+    fs = list(frames(_chunks(b"".join(recs), size), max_bytes))
+    assert [(f.offset, f.damage) for f in fs if f.damage and f.damage != "too_large"] in (
+        [(_offsets(recs)[i], "warc_bad_length")],
+        [(_offsets(recs)[i], "warc_truncated")],
+    )
+    assert [f.offset for f in fs if f.damage == "too_large"] == [
+        at for k, (r, at) in enumerate(zip(recs, _offsets(recs))) if k != i and not _fits(r, max_bytes)
+    ]
+
+
+@given(f=lying_files(), size=st.integers(1, 300))
+def test_a_lying_content_length_of_any_size_keeps_every_record_and_byte_counted(f, size):
+    recs, _, max_bytes = f
+    fs = list(frames(_chunks(b"".join(recs), size), max_bytes))
+    assert len(fs) == len(recs)  # one row a record: records_in == docs_in + sum(skipped)
+    assert sum(f.size for f in fs) == len(b"".join(recs)) and all(a.offset + a.size == b.offset for a, b in zip(fs, fs[1:]))
+
+
+def test_a_length_past_max_bytes_that_lies_costs_that_record_only():
+    recs = _records(5)
+    for claim in (5000, 10**12):  # over max_bytes; past the end of the file
+        rows = _read(gzip.compress(b"".join(recs[:2] + [_claiming(recs[2], claim)] + recs[3:])), max_bytes=1000)
+        assert [r["reject"] for r in rows] == [None, None, "warc_bad_length", None, None], claim
+    big = page("http://example.com/big", "<html><body>" + "x" * 3000 + "</body></html>")
+    rows = _read(gzip.compress(b"".join(recs[:2] + [big] + recs[3:])), max_bytes=1000)  # a length that tells the truth
+    assert [r["reject"] for r in rows] == [None, None, "too_large", None, None] and rows[2]["nbytes"] == len(big)
+
+
 @given(n=st.integers(1, 5), at=st.integers(0, 5), junk=st.binary(min_size=1, max_size=300), size=st.integers(1, 300))
 def test_junk_between_records_is_one_reject_and_costs_no_record(n, at, junk, size):
     recs = _records(n)
@@ -100,19 +180,38 @@ def test_gzip_per_record_and_whole_file_read_alike():
         assert [f.raw + b"\r\n\r\n" for f in frames(decompressed(io.BytesIO(data), "gzip"), BIG)] == recs
 
 
-def _read(data: bytes) -> list[dict]:
+def test_a_record_over_max_bytes_is_never_held_whole_whatever_its_length_claims():
+    import tracemalloc
+
+    n, piece, after = 16 << 20, b"x" * (1 << 16), _records(2)[1]
+    for claim, damage in ((n, "too_large"), (10**15, "warc_bad_length")):
+        head = _claiming(_records(1)[0], claim)
+
+        def stream(head=head):
+            yield head[: head.index(b"\r\n\r\n") + 4]
+            yield from (piece for _ in range(n // len(piece)))
+            yield b"\r\n\r\n" + after
+
+        tracemalloc.start()
+        got = [(f.damage, f.raw) for f in frames(stream(), 1 << 20)]
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert got == [(damage, None), (None, after[:-4])] and peak < 1 << 20, (claim, peak)
+
+
+def _read(data: bytes, max_bytes: int = RejectConfig().max_bytes) -> list[dict]:
     """The read stage's rows of `data` as a file `c.warc.gz` (pipelines.sources.read_file, no Ray)."""
     import tempfile
     from pathlib import Path
 
-    from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
+    from pipelines.config import ExecutionConfig, InputSpec
     from pipelines.sources import SourceFile, read_file
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "c.warc.gz"
         p.write_bytes(data)
         sf = SourceFile(0, str(p), "warc", InputSpec(path=str(p)))
-        return [r for t in read_file(sf, ExecutionConfig(), RejectConfig()) for r in t.to_pylist()]
+        return [r for t in read_file(sf, ExecutionConfig(), RejectConfig(max_bytes=max_bytes)) for r in t.to_pylist()]
 
 
 def _members(n: int) -> list[bytes]:
@@ -205,6 +304,67 @@ def test_wet_conversion_records_are_the_documents():
     ]
     got = [parse(f, "wet") for f in _framed(b"".join(recs))]
     assert [g.reason for g in got] == ["skip:request_or_metadata", None] and got[1].payload == b"Plain text of the page.\n"
+
+
+def _chunked(body: bytes, sizes: list[int]) -> bytes:
+    """`body` in HTTP chunked transfer encoding, cut into chunks of the given sizes (cycled)."""
+    out, at, k = b"", 0, 0
+    while at < len(body):
+        piece = body[at : at + sizes[k % len(sizes)]]
+        out += b"%x\r\n" % len(piece) + piece + b"\r\n"
+        at, k = at + len(piece), k + 1
+    return out + b"0\r\n\r\n"
+
+
+CHUNKED = "text/html; charset=utf-8\nTransfer-Encoding: chunked"
+ARTICLE = "<html><body><article><p>The players rehearse the second act of the play with great care and patience.</p></article></body></html>"
+
+
+def test_a_page_labelled_chunked_but_stored_de_chunked_is_kept_with_its_raw_body():
+    got = parse(_framed(page("http://example.com/", ARTICLE, ctype=CHUNKED))[0], "warc")
+    assert (got.reason, got.payload) == (None, ARTICLE.encode())
+    text, why = extract_text(got.payload, got.charset, ExtractConfig())
+    assert why is None and "rehearse the second act" in text
+
+
+def test_a_page_in_chunked_encoding_is_still_de_chunked():
+    got = parse(_framed(page("http://example.com/", _chunked(ARTICLE.encode(), [17, 5]), ctype=CHUNKED))[0], "warc")
+    assert (got.reason, got.payload) == (None, ARTICLE.encode())
+
+
+@given(
+    text=st.text(st.characters(codec="utf-8"), max_size=200),
+    stored_chunked=st.booleans(),
+    gz=st.booleans(),
+    sizes=st.lists(st.integers(1, 64), min_size=1, max_size=5),
+)
+def test_a_payload_labelled_chunked_reads_the_same_stored_either_way(text, stored_chunked, gz, sizes):
+    html = f"<html><body><p>{text}</p></body></html>".encode()
+    body = gzip.compress(html, mtime=0) if gz else html
+    ctype = CHUNKED + ("\nContent-Encoding: gzip" if gz else "")
+    got = parse(_framed(page("http://example.com/", _chunked(body, sizes) if stored_chunked else body, ctype=ctype))[0], "warc")
+    assert (got.reason, got.payload) == (None, html)
+
+
+def test_a_page_whose_charset_names_no_encoding_is_decoded_by_detection():
+    body = "<html><body><article><p>Привет, мир. Это основной текст страницы, достаточно длинный для извлечения.</p></article></body></html>"
+    got = parse(_framed(page("http://example.com/", body, ctype="text/html; charset=foobar-9"))[0], "warc")
+    text, why = extract_text(got.payload, got.charset, ExtractConfig())
+    assert got.charset == "foobar-9" and why is None and "Привет, мир" in text
+
+
+def test_a_page_its_charset_does_not_fit_is_decoded_by_detection_not_as_mojibake():
+    sj = "<html><body><article><p>日本語のテキストです。これは本文です。劇団は三か月前から大ホールで稽古を重ねています。</p></article></body></html>"
+    text, why = extract_text(sj.encode("shift_jis"), "utf-8", ExtractConfig())
+    assert why is None and "日本語のテキストです。これは本文です。" in text
+
+
+def test_a_charset_that_fits_is_still_the_one_used():
+    ru = "<html><body><article><p>Привет, мир. Это основной текст страницы, достаточно длинный.</p></article></body></html>"
+    assert "Привет, мир" in extract_text(ru.encode("koi8-r"), "koi8-r", ExtractConfig())[0]
+    # a label is read as browsers read it: latin1 is windows-1252, whose curly quotes Python's latin1 reads as controls
+    quoted = "<html><body><p>The \u201cplayers\u201d rehearse the second act, a long enough sentence.</p></body></html>"
+    assert "\u201cplayers\u201d" in extract_text(quoted.encode("windows-1252"), "latin1", ExtractConfig())[0]
 
 
 def test_html_text_decodes_charsets_and_counts_failures():
