@@ -13,8 +13,8 @@ import fsspec
 import pytest
 
 from pipelines.paths import MANIFEST, STAGE_MARKER
-from pipelines.rundir import LOCK_PREFIX, MARKER, RunConflict, acquire, claim, locked, stale_reason
 from pipelines.run import check_removable
+from pipelines.rundir import LOCK_PREFIX, MARKER, RunConflict, acquire, claim, locked, stale_reason
 from tests.conftest import ROOT
 
 
