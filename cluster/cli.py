@@ -466,12 +466,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as e:  # noqa: BLE001 - the one place that turns every error into a message and an exit code
         from pipelines.run import DataStageError
+        from training.trainer import TrainingDiverged
 
         if isinstance(e, _user_errors()):
             print(f"raylm: {e}", file=sys.stderr)
             return 2
         if isinstance(e, DataStageError):
             print(f"raylm data: {e}", file=sys.stderr)
+            return 1
+        if isinstance(e, TrainingDiverged):
+            print(f"raylm train: {e}", file=sys.stderr)
             return 1
         if isinstance(e, ConnectionError):  # ray.address, RAY_ADDRESS or --address that nothing answers at
             print(f"raylm: cannot reach the Ray cluster: {e}", file=sys.stderr)

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "shakespeare.jsonl.gz"
 MODEL = "{n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}"  # the pretrained run's, which fine-tuning from it must match
 # the pretrained run's training (2 workers, 12 steps); tests/test_train_parallel.py runs it on 1 worker to compare
+TINY_MODEL = {"n_layer": 2, "n_head": 2, "d_model": 32, "seq_len": 16}  # tiny_trainer's
 PRETRAIN = [
     f"train.model={MODEL}",
     "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}",
@@ -77,6 +78,39 @@ def sample_shards(pretrained) -> str:
     """The shards of the pretrained run (the sample through local.yaml's data stage): what the tests that
     train or tune, and do not test the data stage, read as train.data_path."""
     return str(pretrained[0] / "tr" / "data")
+
+
+@pytest.fixture
+def tiny_shards(tmp_path):
+    """Synthetic shards (vocab 100, end-of-text 99) under tmp_path/data, for the Trainer driven without Ray."""
+    import numpy as np
+
+    from pipelines.shards import ShardWriter, write_manifest
+
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, docs in (("train", 60), ("val", 12)):
+        w = ShardWriter(str(tmp_path / "data"), split, np.dtype(np.uint16), shard_tokens=2000)
+        for _ in range(docs):
+            n = int(rng.integers(20, 60))
+            w.add(np.r_[99, rng.integers(0, 99, n - 1)].astype(np.uint32), np.array([n]))
+        splits[split] = w.close()
+    man = {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits, "tokenizer": {"name": "t", "n_vocab": 100, "eot": 99}}
+    write_manifest(str(tmp_path / "data"), man)
+    return tmp_path
+
+
+def tiny_trainer(root, **train):
+    """The Trainer Ray Train drives, on tiny_shards, one CPU worker, no Ray; `train` overrides the train section."""
+    import torch
+
+    from training.config import TrainJob
+    from training.loop import Trainer
+
+    t = {"model": TINY_MODEL, "batch": {"micro_batch_size": 2, "global_batch_tokens": 64}, "max_steps": 4, "data_path": str(root / "data")}
+    t["scaling"] = {"num_workers": 1, "use_gpu": False, "resources_per_worker": {"CPU": 1}}
+    job = TrainJob.from_recipe({"storage_path": str(root), "name": "g", "train": {**t, **train}})
+    return Trainer(job, 0, 1, torch.device("cpu"))
 
 
 def write_jsonl(path: Path, docs: list[dict]) -> Path:

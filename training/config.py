@@ -145,6 +145,9 @@ class TrainConfig(Strict):
     max_steps: int = Field(default=2000, ge=1)
     seed: int = Field(default=0, ge=0, lt=2**32)
     eval: EvalConfig = EvalConfig()
+    # training stops (exit 1) after this many consecutive steps whose loss is not finite (nan, inf); no checkpoint
+    # is written from weights that are not finite, so the latest checkpoint stays the last finite one
+    max_nonfinite_losses: int = Field(default=3, ge=1, le=10_000)
     # ray.train.report at every eval and checkpoint step, and every `report_every` steps if set.
     # Not every step: Ray Train consumes one report per worker per health-check poll (2 s), and a
     # worker blocks on its next report until then (metrics.jsonl and TensorBoard get every step).

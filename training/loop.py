@@ -7,6 +7,7 @@ TensorBoard on rank 0), checkpoints that carry everything an exact resume needs 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import tempfile
 import time
@@ -97,6 +98,13 @@ def train_step(
     return loss_t, grad_norm
 
 
+def finite_weights(model: torch.nn.Module) -> bool:
+    """Whether every parameter is finite (one norm over all of them; FSDP2: over every shard)."""
+    norm = torch.nn.utils.get_total_norm([p.detach() for p in model.parameters()])
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return bool(torch.isfinite(norm))
+
+
 class Trainer:
     """One worker's training, in phases (torchtitan's trainer is the model): `build` (model, parallelism,
     optimizer, schedule, loaders), `restore`, `train_step`, `evaluate`, `checkpoint_and_report`; and
@@ -107,6 +115,7 @@ class Trainer:
         self.job, self.t = job, job.train
         self.rank, self.world, self.device = rank, world, device
         self.step = 0
+        self.nonfinite = 0  # consecutive steps whose loss was not finite
         self.build()
 
     def build(self) -> None:
@@ -233,6 +242,19 @@ class Trainer:
                     out["val_mixture"] = mix
         return out
 
+    def divergence(self, row: dict) -> str | None:
+        """Why training must stop here: train.max_nonfinite_losses consecutive non-finite losses, or weights that
+        are no longer finite at a checkpoint step (never saved: the latest checkpoint stays the last finite one).
+        The loss is all-reduced, and the weight check a collective, so every rank decides alike."""
+        t = self.t
+        self.nonfinite = 0 if math.isfinite(row["loss"]) else self.nonfinite + 1
+        if self.nonfinite >= t.max_nonfinite_losses:
+            first = self.step - self.nonfinite + 1
+            return f"the loss is not finite ({row['loss']}) at step {self.step}" + (f", and at every step since {first}" if first < self.step else "")
+        if (self.step % t.checkpoint.every == 0 or self.step == t.max_steps) and not finite_weights(self.model):
+            return f"the weights are no longer finite at step {self.step} (loss {row['loss']})"
+        return None
+
     def checkpoint_and_report(self, row: dict, log: MetricsLog | None) -> bool:
         """Report the row to Ray Train at checkpoint, eval and `report_every` steps (with a checkpoint at
         checkpoint steps); returns whether it reported."""
@@ -270,6 +292,12 @@ class Trainer:
         log = self.metrics_log(tracking)
         while self.step < t.max_steps:
             row = self.train_step()
+            why = self.divergence(row)
+            if why is not None:  # the last row says why; the driver ends the command with it (exit 1): a retry
+                row["diverged"] = why  # from the checkpoint would diverge again, so the workers end without an error
+                if log is not None:
+                    log.log(row)
+                break
             if self.val is not None and (self.step % t.eval.every == 0 or self.step == t.max_steps):
                 row.update(self.validation())
             if log is not None:

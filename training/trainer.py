@@ -49,6 +49,27 @@ def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str 
     )
 
 
+class TrainingDiverged(RuntimeError):
+    """Training stopped on losses or weights that are not finite (train.max_nonfinite_losses): exit 1."""
+
+
+def check_diverged(paths: RunPaths) -> None:
+    """TrainingDiverged, with the step and the checkpoint left as the latest, if the run's last metrics row
+    says training stopped on non-finite values (training/loop.py: Trainer.divergence)."""
+    from training import checkpoint
+    from training.metrics import read_metrics
+
+    rows = read_metrics(paths.metrics)
+    if not rows or not rows[-1].get("diverged"):
+        return
+    try:
+        step = checkpoint.read_meta(f"{checkpoint.latest(paths.root)}/{checkpoint.META}")["step"]
+        kept = f"the latest checkpoint, step {step}, is the last with finite weights"
+    except FileNotFoundError:
+        kept = "no checkpoint was written"
+    raise TrainingDiverged(f"training stopped: {rows[-1]['diverged']}; {kept}. Lower train.optim.lr (or warm up longer) and train under a new name")
+
+
 def run_train(job: TrainJob, started: float | None = None):
     """Fit (or resume) the run's training with progress lines on this (the driver's) output, then draw its
     loss curve to train/loss.png. Runs on the Ray instance this process is connected to
@@ -68,6 +89,8 @@ def run_train(job: TrainJob, started: float | None = None):
         from training.tracking import log_final
 
         log_final(job.paths, result.checkpoint.path if result.checkpoint is not None else None)
+    if result.error is None:
+        check_diverged(job.paths)
     return result
 
 
@@ -100,7 +123,20 @@ def check_init_from(job: TrainJob) -> str:
 
 # train keys a resumed run may change: how long it trains, how often it evaluates, saves and logs, where metrics
 # go, its layout, retries and kernels; any other change would continue one recipe's state under another
-RESUMABLE = ("max_steps", "eval", "checkpoint", "report_every", "log_every", "loggers", "scaling", "failure", "precision", "compile", "init_from")
+RESUMABLE = (
+    "max_steps",
+    "max_nonfinite_losses",
+    "eval",
+    "checkpoint",
+    "report_every",
+    "log_every",
+    "loggers",
+    "scaling",
+    "failure",
+    "precision",
+    "compile",
+    "init_from",
+)
 
 
 def check_resume(job: TrainJob) -> None:

@@ -28,6 +28,7 @@ from training import checkpoint
 from training.config import TrainConfig, TrainJob
 from training.scaling import resolve_job
 from training.tracking import campaign_tracking, end_campaign
+from training.trainer import check_diverged
 from tuning.config import Recipe, TuneConfig
 from tuning.space import apply_trial, to_tune, validate_space
 
@@ -81,6 +82,7 @@ def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None =
     result = build_trainer(job, callbacks=callbacks, acks=acks, tracking=_trial_tracking(tracking, trial_id)).fit()
     if result.error is not None:
         raise result.error
+    check_diverged(job.paths)  # a trial whose loss stopped being finite ends as an error, with the step
 
 
 def _trial_tracking(tracking: dict | None, trial_id: str) -> dict | None:
@@ -153,6 +155,7 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tra
         raise out["error"]
     if out["result"].error is not None:
         raise out["result"].error
+    check_diverged(job.paths)
 
 
 def _adopt_finished(start, meta: dict, config: dict, recipe: dict, data_dir: str, trial_id: str) -> None:
