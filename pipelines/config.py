@@ -51,8 +51,8 @@ class NormalizeConfig(Strict):
 
 class Range(Strict):
     enabled: bool = True
-    min: float | None = Field(default=None, ge=0)
-    max: float | None = Field(default=None, ge=0)
+    min: float | None = Field(default=None, ge=0, le=1e12)  # characters, words, or word length
+    max: float | None = Field(default=None, ge=0, le=1e12)
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
@@ -63,7 +63,7 @@ class Range(Strict):
 
 class MaxRatio(Strict):
     enabled: bool = True
-    max: float = Field(ge=0)
+    max: float = Field(ge=0, le=1e6)  # a ratio; symbols per word can exceed 1
 
 
 class CleanConfig(Strict):
@@ -99,8 +99,8 @@ class MinHashConfig(Strict):
     # bands x rows minimize (1-w)*false-positive area + w*false-negative area of the LSH S-curve; a missed
     # pair is lost for good while a false candidate is dropped by the Jaccard confirmation, hence w > 0.5
     false_negative_weight: float = Field(default=0.9, gt=0, lt=1)
-    bands: int | None = Field(default=None, ge=1)  # null: chosen from threshold, num_perm and the weight above
-    rows: int | None = Field(default=None, ge=1)
+    bands: int | None = Field(default=None, ge=1, le=1024)  # null: chosen from threshold, num_perm and the weight above
+    rows: int | None = Field(default=None, ge=1, le=1024)  # bands x rows <= num_perm <= 1024
     max_bucket_pairs: int = Field(default=64, ge=2, le=1_000_000)  # larger buckets emit a star+chain instead of all pairs
 
     @model_validator(mode="after")
@@ -120,7 +120,7 @@ class DedupConfig(Strict):
 
 class TrainTokenizer(Strict):
     vocab_size: int = Field(ge=260, le=1_000_000)
-    max_docs: int | None = Field(default=None, ge=1)  # train on at most this many kept docs (null: all)
+    max_docs: int | None = Field(default=None, ge=1, le=10**12)  # train on at most this many kept docs (null: all)
 
 
 class TokenizerConfig(Strict):
@@ -144,7 +144,7 @@ class TokenizerConfig(Strict):
 
 
 class OutputConfig(Strict):
-    shard_tokens: int = Field(default=100_000_000, gt=0)
+    shard_tokens: int = Field(default=100_000_000, gt=0, le=10**11)
     val_fraction: float = Field(default=0.01, ge=0, lt=1)
     seed: int = Field(default=0, ge=0, lt=2**64)  # xxhash seed of the train/val split
 
@@ -214,9 +214,9 @@ class DecontaminateConfig(Strict):
 
 
 class ExecutionConfig(Strict):
-    batch_docs: int = Field(default=4096, gt=0)  # a read block ends after this many documents
-    batch_bytes: int = Field(default=8_000_000, gt=0)  # ... or this many bytes (also Ray Data's block size)
-    workers: int | None = Field(default=None, ge=1)  # document-processing tasks at a time (null: one per CPU)
+    batch_docs: int = Field(default=4096, gt=0, le=10**8)  # a read block ends after this many documents
+    batch_bytes: int = Field(default=8_000_000, gt=0, le=2**36)  # ... or this many bytes (also Ray Data's block size)
+    workers: int | None = Field(default=None, ge=1, le=10**6)  # document-processing tasks at a time (null: one per CPU)
 
 
 class SourceSpec(Strict):

@@ -8,15 +8,41 @@ key: the valid field names at a dotted path (for "did you mean") and one line pe
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+
+def non_finite(value: typing.Any, where: str = "") -> str | None:
+    """The dotted place of the first inf or nan inside plain data (dicts, lists, tuples), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for k, v in items:
+        found = non_finite(v, f"{where}.{k}" if where else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors; assignments are validated too."""
+    """Unknown keys are errors; assignments are validated too. No number in a recipe is inf or nan: a float
+    field refuses them (allow_inf_nan), and so does free-form data (tune.param_space, ray.runtime_env), checked
+    here once for every section. Every int and float field declares an upper bound too
+    (tests/test_config_bounds.py walks the schema)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite(cls, v: typing.Any) -> typing.Any:
+        # typed floats are refused by pydantic already; this reaches the values of Any-typed fields
+        if not isinstance(v, BaseModel):
+            where = non_finite(v)
+            if where is not None:
+                raise ValueError(f"{where + ': ' if where else ''}not a finite number (inf and nan are refused)")
+        return v
 
 
 class ConfigError(ValueError):
@@ -62,6 +88,8 @@ def format_errors(err: ValidationError, model: type[BaseModel]) -> str:
         path = ".".join(str(p) for p in loc) or "(recipe)"
         if e["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key{did_you_mean(loc, model)}")
+        elif e["type"] == "finite_number":
+            lines.append(f"{path}: not a finite number (inf and nan are refused)")
         else:
             lines.append(f"{path}: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)

@@ -53,6 +53,13 @@ CASES = {  # defect 9 and the config half of defect 8: (argv, text the one line 
     # inputs that do not exist: with train.data_path nothing is built from them
     "tune_data_path_empty": (["tune", TUNE, "--set", "train.data_path={d}/ck", "--set", "data.inputs=[{path: nope.jsonl}]"], "it is train.data_path"),
     "run_data_path_empty": (["run", RECIPE, "--set", "train.data_path={d}/ck"], "it is train.data_path"),
+    # issue #31: no inf or nan anywhere, and a bound on every count
+    "lr_inf": (["validate", RECIPE, "--set", "train.optim.lr=.inf"], "train.optim.lr: not a finite number"),
+    "beta_nan": (["validate", RECIPE, "--set", "train.optim.betas=[.nan, 0.95]"], "train.optim.betas.0: not a finite number"),
+    "max_steps_1e23": (["validate", RECIPE, "--set", "train.max_steps=1e23"], "train.max_steps"),
+    "max_steps_float_1e23": (["validate", RECIPE, "--set", "train.max_steps=1.0e+23"], "train.max_steps"),
+    "max_steps_int_1e23": (["validate", RECIPE, "--set", "train.max_steps=100000000000000000000000"], "train.max_steps: Input should be less than"),
+    "param_space_inf": (["validate", TUNE, "--set", "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, .inf]}}"], "loguniform.1: not a finite"),
 }
 
 

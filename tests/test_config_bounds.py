@@ -3,6 +3,7 @@ boundary: the boundary value itself validates (or not, for gt/lt) and the value 
 
 from __future__ import annotations
 
+import math
 import typing
 
 import annotated_types as at
@@ -16,10 +17,10 @@ from pipelines.schema import ConfigError
 
 # values some fields need beside the one under test, for cross-field rules to hold
 COMPANIONS = {
-    "data.dedup.minhash.bands": {"rows": 1},
-    "data.dedup.minhash.rows": {"bands": 1},
+    "data.dedup.minhash.bands": {"rows": 1, "num_perm": 1024},
+    "data.dedup.minhash.rows": {"bands": 1, "num_perm": 1024},
     "train.model.d_model": {"n_head": 1},
-    "train.model.n_head": {"d_model": 64},
+    "train.model.n_head": {"d_model": 2**16},
     "train.batch.global_batch_tokens": {"micro_batch_size": 1},
     "data.sources.x.weight": {"inputs": [{"path": "x.jsonl"}]},
 }
@@ -129,3 +130,61 @@ def test_bounds_hold_at_their_boundary(key, kind, bounds, typ):
 def test_values_that_cannot_work_fail_validation(override):  # defect 8
     with pytest.raises(ConfigError):
         load_config(None, [override])
+
+
+# ---------------------------------------------------------------- issue #31: upper bounds, and no inf or nan
+def _walk(ann, key: str, meta: tuple = ()):
+    """(dotted key, leaf type, constraints) of every int, float and free-form (Any) value inside an annotation,
+    through models, Optional/unions, Annotated, lists, tuples and dicts (a dict's values or a list's items as `*`);
+    and (key, model, None) for every model reached."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Annotated:
+        yield from _walk(args[0], key, meta + tuple(args[1:]))
+    elif ann in (int, float) or ann is typing.Any:
+        yield key, ann, _bounds(meta)
+    elif isinstance(ann, type) and issubclass(ann, BaseModel):
+        yield key, ann, None
+        for name, f in ann.model_fields.items():
+            yield from _walk(f.annotation, f"{key}.{name}" if key else name, tuple(f.metadata))
+    elif origin in (list, tuple, dict):
+        for a in args[1:] if origin is dict else args:  # a dict's keys are names (str)
+            yield from _walk(a, f"{key}.*", ())
+    elif origin is not None and origin is not typing.Literal:  # a union: the field's constraints apply to each arm
+        for a in args:
+            yield from _walk(a, key, meta)
+
+
+LEAVES = list(_walk(RunConfig, ""))
+
+
+def test_every_count_and_float_of_the_recipe_has_an_upper_bound():
+    numbers = [(k, b) for k, t, b in LEAVES if t in (int, float)]
+    assert len(numbers) > 60 and any(k == "train.mixture.*.weights.*" for k, _ in numbers)  # the walk reaches lists and dicts
+    unbounded = [k for k, b in numbers if not any(isinstance(x, (at.Le, at.Lt)) for x in b)]
+    assert not unbounded, f"numbers of the recipe without an upper bound (le/lt): {unbounded}"
+
+
+def test_every_section_refuses_inf_and_nan():
+    models = {t for _, t, b in LEAVES if b is None}
+    assert len(models) > 30
+    assert not [m.__name__ for m in models if m.model_config.get("allow_inf_nan") is not False]
+
+
+FLOATS = [n for n in NUMBERS if n[3] is float]
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("key,kind,bounds,typ", FLOATS, ids=[n[0] for n in FLOATS])
+def test_floats_refuse_non_finite_values(key, kind, bounds, typ, value):
+    assert not _validates(key, value, kind)
+
+
+FREE = sorted({k for k, t, _ in LEAVES if t is typing.Any})
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+@pytest.mark.parametrize("key", FREE)
+def test_free_form_sections_refuse_non_finite_values(key, value):
+    assert FREE == ["ray.runtime_env.*", "tune.param_space.*"]
+    with pytest.raises(ConfigError, match=rf"{key.removesuffix('.*')}: x.y.0: not a finite number"):
+        load_config(None, [f"{key.removesuffix('.*')}={{x: {{y: [{value}]}}}}"])

@@ -15,19 +15,22 @@ from pipelines.paths import RunPaths
 from pipelines.schema import Strict
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
+# upper bounds of counts: far beyond any run, low enough that a typo (1e23) is an error, not a run that never ends
+MAX_STEPS = 10**9
+MAX_BATCH_TOKENS = 2**40
 
 
 class MupConfig(Strict):
     """muP (Yang et al., Tensor Programs V): hyperparameters tuned at d_model = base_width transfer to wider models."""
 
-    base_width: int = Field(gt=0)
+    base_width: int = Field(gt=0, le=2**20)
 
 
 class ModelConfig(Strict):
-    n_layer: int = Field(default=4, ge=1)
-    n_head: int = Field(default=4, ge=1)
-    d_model: int = Field(default=256, ge=1)
-    seq_len: int = Field(default=256, ge=1)
+    n_layer: int = Field(default=4, ge=1, le=10_000)
+    n_head: int = Field(default=4, ge=1, le=2**16)
+    d_model: int = Field(default=256, ge=1, le=2**20)
+    seq_len: int = Field(default=256, ge=1, le=2**24)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     bias: bool = False
     mup: MupConfig | None = None  # null: standard parametrization
@@ -44,32 +47,32 @@ class ModelConfig(Strict):
 
 class OptimConfig(Strict):
     name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(default=1.0e-3, ge=0)  # 0 freezes the weights (a test of what init_from loaded)
-    weight_decay: float = Field(default=0.1, ge=0)
+    lr: float = Field(default=1.0e-3, ge=0, le=1e3)  # 0 freezes the weights (a test of what init_from loaded)
+    weight_decay: float = Field(default=0.1, ge=0, le=1e3)
     betas: tuple[Beta, Beta] = (0.9, 0.95)
-    grad_clip: float = Field(default=1.0, gt=0)  # max global gradient norm
+    grad_clip: float = Field(default=1.0, gt=0, le=1e9)  # max global gradient norm
 
 
 class ScheduleConfig(Strict):
-    warmup_steps: int = Field(default=100, ge=0)
+    warmup_steps: int = Field(default=100, ge=0, le=MAX_STEPS)
     decay: Literal["cosine", "wsd", "constant"] = "cosine"
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     decay_fraction: float = Field(default=0.2, gt=0, le=1)  # wsd: the last fraction of steps decays linearly
 
 
 class BatchConfig(Strict):
-    micro_batch_size: int = Field(default=16, ge=1)  # sequences per worker per forward/backward
-    global_batch_tokens: int = Field(default=65536, ge=1)  # tokens per optimizer step, all workers
+    micro_batch_size: int = Field(default=16, ge=1, le=2**24)  # sequences per worker per forward/backward
+    global_batch_tokens: int = Field(default=65536, ge=1, le=MAX_BATCH_TOKENS)  # tokens per optimizer step, all workers
 
 
 class EvalConfig(Strict):
-    every: int = Field(default=200, ge=1)  # steps between evaluations
-    batches: int = Field(default=20, ge=1)
+    every: int = Field(default=200, ge=1, le=MAX_STEPS)  # steps between evaluations
+    batches: int = Field(default=20, ge=1, le=10**7)
 
 
 class CheckpointConfig(Strict):
-    every: int = Field(default=500, ge=1)  # steps between checkpoints
-    keep: int = Field(default=2, ge=1)
+    every: int = Field(default=500, ge=1, le=MAX_STEPS)  # steps between checkpoints
+    keep: int = Field(default=2, ge=1, le=10**6)
 
 
 AUTO = "auto"
@@ -79,9 +82,10 @@ class ScalingConfig(Strict):
     """Ray Train's ScalingConfig. `auto` (each key's default) is resolved against the cluster when training
     starts (training/scaling.py): one worker per GPU, else one per CPU node with all its CPUs; explicit values win."""
 
-    num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = AUTO
+    num_workers: Annotated[int, Field(ge=1, le=10**6)] | Literal["auto"] = AUTO
     use_gpu: bool | Literal["auto"] = AUTO
-    resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] | Literal["auto"] = AUTO
+    # CPU, GPU, custom resources, and memory in bytes
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0, le=1e18)]] | Literal["auto"] = AUTO
 
     @property
     def resolved(self) -> bool:
@@ -89,14 +93,14 @@ class ScalingConfig(Strict):
 
 
 class FailureConfig(Strict):
-    max_failures: int = Field(default=3, ge=-1)  # -1: retry forever (Ray's FailureConfig)
+    max_failures: int = Field(default=3, ge=-1, le=10**6)  # -1: retry forever (Ray's FailureConfig)
 
 
 class MixtureStage(Strict):
     """Source weights in force until `until_step` (exclusive; null: to the end), for shards made from data.sources."""
 
-    until_step: int | None = Field(default=None, ge=1)
-    weights: dict[str, Annotated[float, Field(ge=0)]]
+    until_step: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    weights: dict[str, Annotated[float, Field(ge=0, le=1e6)]]
 
 
 def batch_layout_error(global_tokens: int, micro: int, seq_len: int, workers: int) -> str | None:
@@ -142,7 +146,7 @@ class TrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     batch: BatchConfig = BatchConfig()
-    max_steps: int = Field(default=2000, ge=1)
+    max_steps: int = Field(default=2000, ge=1, le=MAX_STEPS)
     seed: int = Field(default=0, ge=0, lt=2**32)
     eval: EvalConfig = EvalConfig()
     # training stops (exit 1) after this many consecutive steps whose loss is not finite (nan, inf); no checkpoint
@@ -151,9 +155,9 @@ class TrainConfig(Strict):
     # ray.train.report at every eval and checkpoint step, and every `report_every` steps if set.
     # Not every step: Ray Train consumes one report per worker per health-check poll (2 s), and a
     # worker blocks on its next report until then (metrics.jsonl and TensorBoard get every step).
-    report_every: int | None = Field(default=None, ge=1)
+    report_every: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     # a progress line on the driver every this many steps (auto: about 20 lines a run), read from metrics.jsonl
-    log_every: Annotated[int, Field(ge=1)] | Literal["auto"] = AUTO
+    log_every: Annotated[int, Field(ge=1, le=MAX_STEPS)] | Literal["auto"] = AUTO
     # where per-step metrics go besides metrics.jsonl (training/tracking.py)
     loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = ["tensorboard"]
     # sampling weights of the shards' sources, as a schedule (null: the weights the data stage recorded); a
