@@ -71,6 +71,43 @@ class RunConfig(Strict):
         return TrainJob.from_recipe(self.model_dump(mode="json"))
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML as raylm reads a recipe: a key given twice in one mapping is an error (PyYAML keeps the last one
+    silently). Keys beside a merge (`<<: *base`) still override the merged ones, as YAML means them to."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.get(key)
+                except TypeError:  # an unhashable key: PyYAML's own error names it
+                    continue
+                if seen is not None:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first on line {seen})", key_node.start_mark)
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (line, column), the problem, and what was being parsed where."""
+    mark, context_mark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    if context and context_mark is not None:
+        problem += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return f"invalid YAML{where}: {problem}"
+
+
+def load_yaml(text: str):
+    """The document of a recipe or of a --set value (RecipeLoader: no duplicate keys)."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 class RecipeWarning(UserWarning):
     """A recipe that works but is probably not what was meant; the CLI prints it as one line."""
 
@@ -82,10 +119,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set {item!r}: bad key")
     try:
-        return key.split("."), yaml.safe_load(value) if value != "" else ""
+        return key.split("."), load_yaml(value) if value != "" else ""
     except yaml.YAMLError as e:
         problem = (getattr(e, "problem", None) or str(e).splitlines()[0]).replace("'\\x00'", "the end")
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it: --set '{key}=\"...\"'") from None
+        # a duplicate key is no quoting matter
+        hint = "" if isinstance(e, yaml.constructor.ConstructorError) else f"; quote it: --set '{key}=\"...\"'"
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}){hint}") from None
 
 
 # a recipe holds one of each pair: a --set of one replaces the other the recipe file has
@@ -116,9 +155,9 @@ def read_recipe(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): a recipe is a YAML file") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: {yaml_problem(e)}") from None
     if raw is None:
         warnings.warn(f"{path} is empty: every key takes its default (raylm validate {path} prints them)", RecipeWarning, stacklevel=2)
         return {}

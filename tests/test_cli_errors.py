@@ -30,6 +30,8 @@ def _cli(capsys, *argv) -> tuple[int, str, str]:
 def bad_files(tmp_path):
     (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
     (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "dup.yaml").write_text("name: a\ntrain:\n  max_steps: 5\n  max_steps: 6\n")
+    (tmp_path / "broken.yaml").write_text("name: x\ntrain:\n  seed: [1\n")
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "state.pt").write_bytes(b"\x80\x04not a torch file")
     meta = tmp_path / "run" / "train" / "checkpoint_000010"
@@ -59,6 +61,8 @@ CASES = {  # defect 9 and the config half of defect 8: (argv, text the one line 
     "max_steps_1e23": (["validate", RECIPE, "--set", "train.max_steps=1e23"], "train.max_steps"),
     "max_steps_float_1e23": (["validate", RECIPE, "--set", "train.max_steps=1.0e+23"], "train.max_steps"),
     "max_steps_int_1e23": (["validate", RECIPE, "--set", "train.max_steps=100000000000000000000000"], "train.max_steps: Input should be less than"),
+    "recipe_duplicate_key": (["validate", "{d}/dup.yaml"], "dup.yaml: invalid YAML at line 4, column 3: duplicate key 'max_steps' (first on line 3)"),
+    "recipe_invalid_yaml": (["validate", "{d}/broken.yaml"], "broken.yaml: invalid YAML at line 4, column 1: expected ',' or ']'"),
     "param_space_inf": (["validate", TUNE, "--set", "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, .inf]}}"], "loguniform.1: not a finite"),
 }
 

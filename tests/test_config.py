@@ -3,8 +3,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cluster.recipe import load_config
+from cluster.recipe import load_config, load_yaml
 from pipelines.schema import ConfigError
 from tests.conftest import ROOT
 
@@ -142,3 +145,74 @@ def test_a_new_source_weight_needs_no_new_data_stage():
     # a list key whose default is empty ([] for url_filter.block_domains) compares by its items
     assert changed_keys(mix, mix) == [] and mix["url_filter"]["block_domains"]
     assert changed_keys(DataConfig().model_dump(mode="json"), mix)  # one source against two: a different section
+
+
+# ---------------------------------------------------------------- issue #31: duplicate keys, one-line YAML errors
+@pytest.mark.parametrize(
+    "text,line,key",
+    [
+        ("name: a\ntrain:\n  max_steps: 5\n  max_steps: 6\n", 4, "max_steps"),
+        ("name: a\nname: b\n", 2, "name"),
+        ("train: {seed: 1, seed: 2}\n", 1, "seed"),
+        ("data:\n  sources:\n    web: {inputs: [{path: a.jsonl}]}\n    web: {inputs: [{path: b.jsonl}]}\n", 4, "web"),
+    ],
+    ids=["nested", "top", "flow", "source"],
+)
+def test_a_duplicate_key_is_an_error_naming_it_and_its_line(tmp_path, text, line, key):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}: invalid YAML at line {line}, column ")
+    assert f"duplicate key '{key}' (first on line " in str(e.value) and "\n" not in str(e.value)
+
+
+def test_keys_beside_a_merge_still_override_it(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("train:\n  model:\n    <<: {n_layer: 2, n_head: 2, d_model: 64}\n    n_layer: 3\n")
+    assert load_config(p).train.model.n_layer == 3
+
+
+def test_a_duplicate_key_in_a_set_value_is_an_error():
+    with pytest.raises(ConfigError, match=r"duplicate key 'seed' \(first on line 1\)"):
+        load_config(RECIPE, ["train={seed: 1, seed: 2}"])
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("train:\n  seed: [1\n", "line 3, column 1: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at line 2, column 9)"),
+        ("name: x\n  foo: 1\n", "line 2, column 6: mapping values are not allowed here"),
+        ('name: "x\n', "line 2, column 1: found unexpected end of stream (while scanning a quoted scalar at line 1, column 7)"),
+    ],
+)
+def test_invalid_yaml_is_one_line_with_file_line_and_column(tmp_path, text, where):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}: invalid YAML at {where}"
+
+
+_KEYS = st.lists(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), min_size=1, max_size=8, unique=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=_KEYS, values=st.lists(st.integers() | st.floats(allow_nan=False) | st.text(max_size=5), min_size=8, max_size=8))
+def test_a_mapping_of_distinct_keys_loads_as_yaml_does(keys, values):
+    doc = {"top": dict(zip(keys, values)), "other": {k: [v] for k, v in zip(keys, values)}}  # the same keys in two mappings
+    text = yaml.safe_dump(doc)
+    assert load_yaml(text) == yaml.safe_load(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=_KEYS, data=st.data())
+def test_any_repeated_key_is_refused_at_its_second_line(keys, data):
+    dup = data.draw(st.sampled_from(keys))
+    at = data.draw(st.integers(keys.index(dup) + 1, len(keys)))  # the repeat comes after the first
+    lines = [f"  {k}: {i}" for i, k in enumerate(keys)]
+    lines.insert(at, f"  {dup}: again")
+    with pytest.raises(yaml.YAMLError) as e:
+        load_yaml("section:\n" + "\n".join(lines) + "\n")
+    assert e.value.problem == f"duplicate key '{dup}' (first on line {keys.index(dup) + 2})"
+    assert e.value.problem_mark.line + 1 == at + 2
