@@ -400,12 +400,15 @@ class UsageError(ValueError):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What a user fixes (exit 2): the recipe, the arguments, a path that is not what it should be."""
+    from cluster.submit import JobError
     from pipelines.rundir import RunConflict
     from pipelines.tokenize import TokenizerError
     from training.checkpoint import CheckpointError
+    from training.evaluate import EvalFileError
     from training.export import ExportError
 
-    return ConfigError, UsageError, RunConflict, TokenizerError, CheckpointError, ExportError, FileNotFoundError, NotADirectoryError
+    user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, CheckpointError, ExportError, EvalFileError
+    return (*user, FileNotFoundError, NotADirectoryError)
 
 
 def exit_code(e: BaseException) -> int:

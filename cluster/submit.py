@@ -30,6 +30,12 @@ RECIPE_FILE = "submitted.yaml"
 # gitignore syntax, last match wins: the sample corpus ships, other data does not
 EXCLUDES = [".git", ".venv", "venv", "env", "runs", "bench-out", "build", "**/__pycache__", "*.egg-info", ".pytest_cache", "data/*", "!data/sample"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+SCHEMES = ("http", "https", "ray")
+
+
+class JobError(ValueError):
+    """A cluster address or job id the user gave that names nothing usable: the CLI prints it and exits 2."""
 
 
 def auth_token() -> str | None:
@@ -40,12 +46,38 @@ def auth_token() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def _target(address: str | None) -> tuple[str, str]:
+    """The address Ray's job client will use, and where it came from: Ray's environment variables win over
+    the address passed to it (ray.dashboard.utils.get_address_for_submission_client)."""
+    for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        if os.environ.get(var):
+            return os.environ[var], var
+    return (address, "--address") if address else (DEFAULT_ADDRESS, "the default address")
+
+
 def client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
     token = auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    return JobSubmissionClient(address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265", headers=headers)
+    target, source = _target(address)
+    bad = f"{source} {target!r} is not a Ray cluster address (the dashboard's, http://HEAD:8265)"
+    if "://" in target and target.split("://", 1)[0] not in SCHEMES:
+        raise JobError(f"{bad}: the scheme must be one of {', '.join(s + '://' for s in SCHEMES)}")
+    try:
+        return JobSubmissionClient(target, headers=headers)
+    except ValueError as e:  # Ray cannot parse it (an invalid format, a URL that is none: requests' InvalidURL)
+        raise JobError(f"{bad}: {e}") from None
+
+
+def _require_job(c, job_id: str):
+    """The job's info; an id the cluster does not know is the user's mistake (exit 2), not a failure."""
+    try:
+        return c.get_job_info(job_id)
+    except RuntimeError as e:  # Ray's job client reports every HTTP error so: "Request failed with status code 404: ..."
+        if "status code 404" in str(e):
+            raise JobError(f"no job {job_id!r} at {c.get_address()} (`raylm submit` prints a job's id)") from None
+        raise
 
 
 def dependencies() -> list[str]:
@@ -130,8 +162,8 @@ def _status(c, job_id: str) -> str:
 
 def jobs(action: str, job_id: str, address: str | None, follow_logs: bool = False) -> int:
     c = client(address)
+    info = _require_job(c, job_id)
     if action == "status":
-        info = c.get_job_info(job_id)
         print(f"{job_id}: {getattr(info.status, 'value', info.status)}" + (f" ({info.message})" if info.message else ""))
         return 0
     if action == "logs":

@@ -32,6 +32,11 @@ def bad_files(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     (tmp_path / "dup.yaml").write_text("name: a\ntrain:\n  max_steps: 5\n  max_steps: 6\n")
     (tmp_path / "broken.yaml").write_text("name: x\ntrain:\n  seed: [1\n")
+    (tmp_path / "latin1.txt").write_bytes(b"line one\nline two: caf\xe9\n")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n')
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "a", "completion": \n')
+    (tmp_path / "array.jsonl").write_text('["a", "b"]\n')
+    (tmp_path / "none.jsonl").write_text("\n\n")
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "state.pt").write_bytes(b"\x80\x04not a torch file")
     meta = tmp_path / "run" / "train" / "checkpoint_000010"
@@ -40,6 +45,7 @@ def bad_files(tmp_path):
     return tmp_path
 
 
+EVAL_FILE = ["eval", RECIPE, "--set", "storage_path={d}/runs", "--file"]
 CASES = {  # defect 9 and the config half of defect 8: (argv, text the one line must hold)
     "set_unparsable": (["validate", RECIPE, "--set", "train.max_steps=[1"], "train.max_steps=[1"),
     "set_alias": (["validate", RECIPE, "--set", "name=*"], "name=*"),
@@ -63,6 +69,13 @@ CASES = {  # defect 9 and the config half of defect 8: (argv, text the one line 
     "max_steps_int_1e23": (["validate", RECIPE, "--set", "train.max_steps=100000000000000000000000"], "train.max_steps: Input should be less than"),
     "recipe_duplicate_key": (["validate", "{d}/dup.yaml"], "dup.yaml: invalid YAML at line 4, column 3: duplicate key 'max_steps' (first on line 3)"),
     "recipe_invalid_yaml": (["validate", "{d}/broken.yaml"], "broken.yaml: invalid YAML at line 4, column 1: expected ',' or ']'"),
+    # issue #31: raylm eval --file, read before any checkpoint loads
+    "eval_file_not_utf8": ([*EVAL_FILE, "{d}/latin1.txt"], "latin1.txt:2: not UTF-8 text (byte 22)"),
+    "eval_jsonl_not_utf8": ([*EVAL_FILE, "{d}/latin1.jsonl"], "latin1.jsonl:2: not UTF-8"),
+    "eval_jsonl_malformed": ([*EVAL_FILE, "{d}/broken.jsonl"], "broken.jsonl:3: not a JSON record"),
+    "eval_jsonl_not_object": ([*EVAL_FILE, "{d}/array.jsonl"], "array.jsonl:1: expected a JSON object"),
+    "eval_jsonl_empty": ([*EVAL_FILE, "{d}/none.jsonl"], "none.jsonl: no prompt/completion records"),
+    "eval_file_directory": ([*EVAL_FILE, "{d}/ck"], "cannot read --file"),
     "param_space_inf": (["validate", TUNE, "--set", "tune.param_space={train.optim.lr: {loguniform: [1.0e-4, .inf]}}"], "loguniform.1: not a finite"),
 }
 
@@ -174,3 +187,25 @@ def test_validate_imports_neither_torch_nor_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-1500:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("action", ["status", "logs", "stop"])
+def test_an_unknown_job_id_exits_2_naming_it(ray_session, capsys, monkeypatch, action):  # issue #31
+    """Against the Jobs API of the suite's own Ray instance (its dashboard serves it)."""
+    from ray._private.worker import get_dashboard_url
+
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    rc, _, err = _cli(capsys, "jobs", action, "raysubmit_nosuchjob", "--address", f"http://{get_dashboard_url()}")
+    assert rc == 2 and "no job 'raysubmit_nosuchjob' at http://" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("address", ["notaurl", "htp://head:8265", "http://no host:8265"])
+def test_an_address_that_is_none_exits_2_naming_it(capsys, monkeypatch, address):  # issue #31
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    submit = ["submit", RECIPE, "--set", "storage_path=/tmp/raylm-x", "--address", address, "--no-wait"]
+    for argv in (submit, ["jobs", "status", "x", "--address", address]):
+        rc, _, err = _cli(capsys, *argv)
+        assert rc == 2 and f"--address {address!r} is not a Ray cluster address" in err and len(err.strip().splitlines()) == 1, err

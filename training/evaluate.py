@@ -143,21 +143,45 @@ def split_examples(data_root: str, split: str) -> list[tuple[list[int], list[int
     return task_examples(iter_documents(data_root, split, with_masks=True))
 
 
-def file_documents(path: str, enc) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """A prompt/completion .jsonl -> its records as the data stage encodes them, with their loss masks;
-    a text file -> one document (EOT first) and no masks."""
+class EvalFileError(ValueError):
+    """A --file that raylm eval cannot read as text or as prompt/completion records: exit 2, naming the file (and line)."""
+
+
+def read_eval_file(path: str) -> tuple[list[str], list[int] | None]:
+    """A text file -> its text; a prompt/completion .jsonl -> each record's prompt + completion, and the
+    prompt's length in characters. Read before the checkpoint loads: the user's file fails first."""
+    try:
+        data = Path(path).read_bytes()
+        text = data.decode("utf-8")
+    except OSError as e:
+        raise EvalFileError(f"cannot read --file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise EvalFileError(f"{path}:{line}: not UTF-8 text (byte {e.start})") from None
     if not path.endswith((".jsonl", ".json")):
-        return encode_documents(enc, [Path(path).read_text(encoding="utf-8")]), None
+        return [text], None
     texts, prompt_chars = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    for n, line in enumerate(text.split("\n"), 1):  # JSON Lines end at \n only (a string may hold U+2028)
+        if not line.strip():
+            continue
+        try:
             rec = json.loads(line)
-            if not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("completion"), str):
-                raise ConfigError(f"{path}:{n}: expected string fields 'prompt' and 'completion'")
-            texts.append(rec["prompt"] + rec["completion"])
-            prompt_chars.append(len(rec["prompt"]))
+        except json.JSONDecodeError as e:
+            raise EvalFileError(f"{path}:{n}: not a JSON record ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("completion"), str):
+            raise EvalFileError(f"{path}:{n}: expected a JSON object with string fields 'prompt' and 'completion'")
+        texts.append(rec["prompt"] + rec["completion"])
+        prompt_chars.append(len(rec["prompt"]))
+    if not texts:
+        raise EvalFileError(f"{path}: no prompt/completion records")
+    return texts, prompt_chars
+
+
+def file_documents(texts: list[str], prompt_chars: list[int] | None, enc) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """read_eval_file's texts as the data stage encodes them: task records with their loss masks; a text file
+    as one document (EOT first) and no masks."""
+    if prompt_chars is None:
+        return encode_documents(enc, texts), None
     return encode_with_masks(enc, texts, prompt_chars)
 
 
@@ -228,12 +252,13 @@ def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
     """Evaluate, write `{run_dir}/eval/<what>@<run>-step<N>.json`, return the results."""
     import fsspec
 
+    texts = read_eval_file(opts.file) if opts.file is not None else None
     model, enc, state, ckpt = load_model(opts.checkpoint or job.paths.root, opts.device)
     t0 = time.perf_counter()
     res: dict = {"checkpoint": ckpt, "run": state["config"]["name"], "step": state["step"]}
     seq_len = model.cfg.seq_len
-    if opts.file is not None:
-        docs, masks = file_documents(opts.file, enc)
+    if texts is not None:
+        docs, masks = file_documents(*texts, enc)
         what = Path(opts.file).stem
         mask = np.concatenate(masks) if masks is not None else None
         res["lm"] = lm_metrics(model, _token_batches(np.concatenate(docs), seq_len, mask), opts.device)
