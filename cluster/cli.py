@@ -94,6 +94,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json, model.safetensors, tokenizer.json")
     p.add_argument("out", metavar="OUT_DIR")
+    p.add_argument("--force", action="store_true", help="replace an earlier raylm export in OUT_DIR (never any other directory)")
 
 
 def _sample_options(p: argparse.ArgumentParser) -> None:
@@ -369,7 +370,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from training.export import export_hf
 
-    info = export_hf(args.path, args.out)
+    info = export_hf(args.path, args.out, force=args.force)
     print(
         f"raylm export: step {info['step']} of {info['run']} ({info['params']:,} parameters, vocab {info['n_vocab']:,}) "
         f"-> {args.out} (transformers GPT-2: GPT2LMHeadModel.from_pretrained / AutoTokenizer.from_pretrained)"

@@ -7,9 +7,11 @@ import transformers  # raylm[hf], in the test extras: the export test must run i
 
 from cluster.cli import main
 from cluster.recipe import RunConfig
+from pipelines.rundir import claim
 from pipelines.tokenize import describe, load_encoding, train_bpe
 from tests.conftest import sample_docs
 from training import checkpoint
+from training.export import EXPORT_MARKER
 from training.model import GPT, GPTConfig
 
 
@@ -84,3 +86,86 @@ def test_exported_tokenizer_gives_tiktoken_ids(tmp_path, bpe):
 
 def test_export_without_checkpoint_exits_2(tmp_path):
     assert main(["export", str(tmp_path), str(tmp_path / "out")]) == 2
+
+
+# ---------------------------------------------------------------- issue #31: where an export may write
+SMALL = {"n_layer": 1, "n_head": 2, "d_model": 32, "seq_len": 16}
+
+
+def _export(capsys, *argv) -> tuple[int, str]:
+    rc = main(["export", *map(str, argv)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err
+
+
+def _tree(d) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_a_non_empty_directory_is_refused_and_left_as_it_was(tmp_path, bpe, capsys):
+    write_checkpoint(tmp_path / "ckpt", SMALL, bpe)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"mine": true}')
+    for force in ([], ["--force"]):  # --force replaces only an earlier export
+        rc, err = _export(capsys, tmp_path / "ckpt", mine, *force)
+        assert rc == 2 and f"{mine}: is not empty and is no earlier raylm export" in err and len(err.strip().splitlines()) == 1, err
+        assert _tree(mine) == {"config.json": b'{"mine": true}'}
+
+
+def test_a_file_as_target_is_refused(tmp_path, bpe, capsys):
+    write_checkpoint(tmp_path / "ckpt", SMALL, bpe)
+    (tmp_path / "out").write_text("a file")
+    rc, err = _export(capsys, tmp_path / "ckpt", tmp_path / "out")
+    assert rc == 2 and f"{tmp_path / 'out'}: is a file, not a directory" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "out").read_text() == "a file"
+
+
+@pytest.mark.parametrize("inside", ["train", "train/checkpoint_000007", ".", "hf"])
+def test_nothing_is_written_into_a_run(tmp_path, bpe, capsys, inside):
+    """The run's own train/, its checkpoint, the run itself, or a new directory in it: refused even with --force."""
+    claim(str(tmp_path / "runs"), "r")  # a run as raylm marks it (.raylm-run)
+    run = tmp_path / "runs" / "r"
+    write_checkpoint(run / "train" / "checkpoint_000007", SMALL, bpe)
+    before = _tree(run)
+    rc, err = _export(capsys, run, run / inside, "--force")
+    assert rc == 2 and f"lies inside the run {run}" in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(run) == before
+
+
+def test_nothing_is_written_into_the_checkpoint_exported(tmp_path, bpe, capsys):
+    write_checkpoint(tmp_path / "ckpt", SMALL, bpe)
+    before = _tree(tmp_path / "ckpt")
+    rc, err = _export(capsys, tmp_path / "ckpt", tmp_path / "ckpt" / "hf")
+    assert rc == 2 and "lies inside what it exports" in err, err
+    assert _tree(tmp_path / "ckpt") == before
+
+
+def test_an_earlier_export_is_replaced_only_with_force(tmp_path, bpe, capsys):
+    write_checkpoint(tmp_path / "a", SMALL, bpe, seed=0)
+    write_checkpoint(tmp_path / "b", SMALL, bpe, seed=1)
+    out = tmp_path / "hf"
+    out.mkdir()  # an empty directory is fine
+    assert _export(capsys, tmp_path / "a", out)[0] == 0
+    first = _tree(out)
+    assert EXPORT_MARKER in first
+    rc, err = _export(capsys, tmp_path / "b", out)
+    assert rc == 2 and f"{out}: holds an earlier raylm export: --force replaces it" in err, err
+    assert _tree(out) == first
+    assert _export(capsys, tmp_path / "b", out, "--force")[0] == 0
+    again = _tree(out)
+    assert again.keys() == first.keys() and again["model.safetensors"] != first["model.safetensors"]
+    assert str(tmp_path / "b") in again[EXPORT_MARKER].decode()
+
+
+def test_an_export_stopped_half_way_can_be_replaced(tmp_path, bpe, capsys):
+    """The marker is written before anything else: a directory an export left unfinished is its own."""
+    write_checkpoint(tmp_path / "ckpt", SMALL, bpe)
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / EXPORT_MARKER).write_text('{"complete": false}')
+    (out / "config.json").write_text("{")  # cut short
+    assert _export(capsys, tmp_path / "ckpt", out)[0] == 2
+    assert _export(capsys, tmp_path / "ckpt", out, "--force")[0] == 0
+    assert transformers.GPT2LMHeadModel.from_pretrained(out) is not None

@@ -8,6 +8,9 @@ rows, logits / width_mult into the final LayerNorm (which feeds only the head). 
 beside it twice: `tokenizer.json` (a `tokenizers` BPE converted from the tiktoken ranks, so
 `AutoTokenizer.from_pretrained(OUT)` works) and `tiktoken/tokenizer.tiktoken` (+ `.json`: pattern
 and special tokens), which raylm's `data.tokenizer.path` reads.
+
+The target is a new or empty directory, or one an earlier `raylm export` wrote (its `raylm_export.json`,
+written first) with `--force`; never a file, a run's directory or anything inside one (check_target).
 """
 
 from __future__ import annotations
@@ -19,13 +22,40 @@ from pathlib import Path
 
 import torch
 
+from pipelines.rundir import MARKER as RUN_MARKER
 from pipelines.tokenize import ranks_file, run_tokenizer, save_tiktoken
 from training.checkpoint import load_model
 from training.model import GPT
 
 
 class ExportError(ValueError):
-    pass
+    """An export that cannot or must not be written (the target, the tokenizer): exit 2."""
+
+
+EXPORT_MARKER = "raylm_export.json"  # what marks a directory raylm export wrote (and, once done, what it exported)
+
+
+def _run_around(out: Path) -> Path | None:
+    """The run directory (its .raylm-run marker) that `out` is or lies inside, or None."""
+    return next((d for d in (out, *out.parents) if (d / RUN_MARKER).is_file()), None)
+
+
+def check_target(out: Path, source: str, force: bool) -> None:
+    """Refuse a target that is a file, a run's directory or inside one (the checkpoint's own run included),
+    or a non-empty directory that no earlier raylm export wrote; an earlier export only with `force`."""
+    at = out.resolve()
+    if at.exists() and not at.is_dir():
+        raise ExportError(f"{out}: is a file, not a directory: give a new or empty directory to export to")
+    run, src = _run_around(at), Path(source).resolve()
+    if run is not None:
+        raise ExportError(f"{out}: lies inside the run {run}: raylm export never writes into a run; give a directory outside it")
+    if at == src or src in at.parents:
+        raise ExportError(f"{out}: lies inside what it exports ({source}): give a directory outside it")
+    if at.is_dir() and any(at.iterdir()):
+        if not (at / EXPORT_MARKER).is_file():
+            raise ExportError(f"{out}: is not empty and is no earlier raylm export ({EXPORT_MARKER}): give a new or empty directory")
+        if not force:
+            raise ExportError(f"{out}: holds an earlier raylm export: --force replaces it")
 
 
 # what the converted tokenizer must split exactly as tiktoken does: contractions, numbers, accents,
@@ -137,9 +167,11 @@ def hf_tokenizer(ranks_path: str, enc):
     return fast
 
 
-def export_hf(path: str, out_dir: str) -> dict:
+def export_hf(path: str, out_dir: str, force: bool = False) -> dict:
     """Write `out_dir` (config.json, model.safetensors, tokenizer.json + config, tokenizer.tiktoken)
     from the latest checkpoint of the run (or the checkpoint) at `path`. Returns a summary."""
+    out = Path(out_dir)
+    check_target(out, path, force)
     transformers = _require_transformers()
     model, enc, state, ckpt = load_model(path)
     spec = run_tokenizer(state["tokenizer"], ckpt)
@@ -152,8 +184,9 @@ def export_hf(path: str, out_dir: str) -> dict:
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise ExportError(f"weight names do not match GPT-2's: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # first: an export stopped half-way leaves a directory that --force may replace
+    (out / EXPORT_MARKER).write_text(json.dumps({"source": ckpt, "complete": False}) + "\n")
     hf.save_pretrained(out, safe_serialization=True)
     hf_tokenizer(ranks, enc).save_pretrained(out)
     # and as raylm reads it (data.tokenizer.path); in a folder, as its .json sidecar would be tokenizer.json
@@ -166,5 +199,5 @@ def export_hf(path: str, out_dir: str) -> dict:
         "eot": enc.eot_token,
         "params": sum(p.numel() for p in hf.parameters()),
     }
-    (out / "raylm_export.json").write_text(json.dumps(info, indent=1) + "\n")
+    (out / EXPORT_MARKER).write_text(json.dumps(info, indent=1) + "\n")
     return info
