@@ -147,3 +147,27 @@ def test_every_compression_suffix_is_read_and_archives_are_refused(tmp_path):
     (tmp_path / "b.jsonl.zip").write_bytes(b"PK\x03\x04")
     with pytest.raises(ValueError, match="zip files are not read"):
         list_files([(0, InputSpec(path=str(tmp_path / "b.jsonl.zip"), format="jsonl"))])
+
+
+def test_multi_stream_xz_with_stream_padding_is_read_whole(tmp_path):  # issue #31: later streams were lost
+    import lzma
+
+    p = tmp_path / "p.jsonl.xz"
+    p.write_bytes(lzma.compress(_lines(DOCS[:1])) + b"\x00" * 8 + lzma.compress(_lines(DOCS[1:])) + b"\x00" * 4)
+    rows = _read(p)
+    assert _kept(rows) == ["d0", "d1", "d2"] and len(rows) == 3
+
+
+def test_xz_padding_not_a_multiple_of_4_is_corrupt_after_the_streams_before_it(tmp_path):  # as `xz -dc` reports it
+    import lzma
+
+    p = tmp_path / "p.jsonl.xz"
+    p.write_bytes(lzma.compress(_lines(DOCS[:2])) + b"\x00" * 3 + lzma.compress(_lines(DOCS[2:])))
+    rows = _read(p)
+    assert _kept(rows) == ["d0", "d1"] and [r["reject"] for r in rows[2:]] == ["corrupt"]
+
+
+def test_gzip_zero_padding_longer_than_a_read_slice(tmp_path):
+    p = tmp_path / "z.jsonl.gz"
+    p.write_bytes(gzip.compress(_lines(DOCS[:1])) + b"\x00" * 70_000 + gzip.compress(_lines(DOCS[1:])))
+    assert _kept(_read(p)) == ["d0", "d1", "d2"]

@@ -1,4 +1,4 @@
-"""Property test of the input readers (no Ray): generated txt, jsonl, jsonl.gz, jsonl.zst and parquet files mixing
+"""Property test of the input readers (no Ray): generated txt, jsonl, jsonl.gz, jsonl.zst, jsonl.xz and parquet files mixing
 valid records with damage of every kind. Every valid record that the bytes still hold is kept exactly once with
 its text intact, every other record is one row with a known reason and its line, and nothing else appears.
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 import zlib
 from dataclasses import dataclass
 
@@ -178,6 +179,54 @@ def test_compressed_jsonl_truncated_anywhere(tmp_path, f, kind, members, cut_at)
     recovered = _recoverable(kind, data) if truncated else None
     rows = _rows(tmp_path, f"a.jsonl.{kind}", data, "jsonl")
     _check(rows, _expected_lines(recs, recovered, crlf, bom), "truncated" if truncated and data else None)
+
+
+_CHECKS = st.sampled_from([lzma.CHECK_NONE, lzma.CHECK_CRC32, lzma.CHECK_CRC64, lzma.CHECK_SHA256])
+
+
+def _xz_layout(data: bytes, streams: int, pads: list[int], check: int) -> list[tuple[bytes, bytes, int]]:
+    """`data` split into `streams` .xz streams, each followed by its stream padding (4 * pads[i] zero bytes, as
+    `xz` allows between and after streams): (plain part, compressed stream, padding bytes) in file order."""
+    cuts = [len(data) * i // streams for i in range(streams + 1)]
+    return [(data[a:b], lzma.compress(data[a:b], check=check), 4 * pad) for (a, b), pad in zip(zip(cuts, cuts[1:]), pads)]
+
+
+def _xz_cut(layout: list[tuple[bytes, bytes, int]], cut: int) -> tuple[bytes, str | None]:
+    """What `xz -dc` gets from the first `cut` bytes of the file, and the damage it reports: the streams before
+    the cut whole, the one it falls in as far as liblzma decodes it ("truncated"); a cut inside padding leaves
+    padding that is not a multiple of 4 ("corrupt") or none (the file looks whole)."""
+    out, pos = b"", 0
+    for plain, packed, pad in layout:
+        if cut <= pos:
+            return out, None
+        if cut < pos + len(packed):
+            return out + lzma.LZMADecompressor().decompress(packed[: cut - pos]), "truncated"
+        out, pos = out + plain, pos + len(packed)
+        if cut < pos + pad:
+            return out, "corrupt" if (cut - pos) % 4 else None
+        pos += pad
+    return out, None
+
+
+@_slow_ok
+@given(jsonl_files, st.integers(1, 4), st.lists(st.integers(0, 3), min_size=4, max_size=4), _CHECKS)
+def test_xz_streams_with_padding_read_every_line(tmp_path, f, streams, pads, check):
+    recs, crlf, bom, final_newline = f
+    layout = _xz_layout(_jsonl_bytes(recs, crlf, bom, final_newline), streams, pads, check)
+    data = b"".join(packed + b"\x00" * pad for _, packed, pad in layout)
+    _check(_rows(tmp_path, "a.jsonl.xz", data, "jsonl"), _expected_lines(recs, None, crlf, bom), None)
+
+
+@_slow_ok
+@given(jsonl_files, st.integers(1, 4), st.lists(st.integers(0, 3), min_size=4, max_size=4), _CHECKS, st.floats(0, 1, exclude_max=True))
+def test_xz_streams_truncated_anywhere_keep_every_line_before_the_cut(tmp_path, f, streams, pads, check, cut_at):
+    recs, crlf, bom, final_newline = f
+    layout = _xz_layout(_jsonl_bytes(recs, crlf, bom, final_newline), streams, pads, check)
+    whole = b"".join(packed + b"\x00" * pad for _, packed, pad in layout)
+    cut = int(len(whole) * cut_at)
+    recovered, tail = _xz_cut(layout, cut)
+    assume(tail is not None)  # a cut between streams looks like a shorter, whole file
+    _check(_rows(tmp_path, "a.jsonl.xz", whole[:cut], "jsonl"), _expected_lines(recs, recovered, crlf, bom), tail)
 
 
 @_slow_ok
