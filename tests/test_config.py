@@ -142,3 +142,20 @@ def test_a_new_source_weight_needs_no_new_data_stage():
     # a list key whose default is empty ([] for url_filter.block_domains) compares by its items
     assert changed_keys(mix, mix) == [] and mix["url_filter"]["block_domains"]
     assert changed_keys(DataConfig().model_dump(mode="json"), mix)  # one source against two: a different section
+
+
+def test_empty_inputs_or_sources_are_recipe_errors():  # issue #31: [] started Ray, {} meant the default inputs
+    with pytest.raises(ConfigError, match=r"^data\.inputs: empty"):
+        load_config(RECIPE, ["data.inputs=[]"])
+    with pytest.raises(ConfigError, match=r"^data\.inputs: empty"):  # replacing a mixture's sources with nothing
+        load_config(ROOT / "cluster" / "recipes" / "mixture.yaml", ["data.inputs=[]"])
+    with pytest.raises(ConfigError, match=r"^data\.sources: empty"):
+        load_config(RECIPE, ["data.sources={}"])
+    with pytest.raises(ConfigError, match=r"^data\.sources: empty"):
+        load_config(None, ['data={"inputs": [{"path": "x.jsonl"}], "sources": {}}'])
+
+
+def test_a_dumped_recipe_without_sources_validates_again():
+    cfg = load_config(RECIPE)
+    dumped = cfg.data.model_dump(mode="json")
+    assert "sources" not in dumped and load_config(None, [f"data={json.dumps(dumped)}"]).data == cfg.data
