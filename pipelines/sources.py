@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -77,24 +78,54 @@ def _format_of(path: str, declared: str) -> str:
     raise ValueError(f"{path}: cannot tell the format from the extension; set format: txt|jsonl|parquet|warc|wet")
 
 
+def _info(fs, path: str) -> dict | None:
+    try:
+        return fs.info(path)
+    except FileNotFoundError:
+        return None
+
+
+def _not_regular(info: dict) -> str:
+    """What a path that is neither a file nor a directory is (local file systems say "other")."""
+    mode = info.get("mode") or 0
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def _matches(fs, pattern: str) -> list[str]:
+    """The files a recipe's path or glob names, sorted; errors before Ray starts for a path that is a directory,
+    a pattern that matches nothing, or a match that is no regular file (a FIFO would hang its read task: opening
+    one waits for a writer)."""
+    glob = _is_glob(pattern)
+    try:
+        found = {m: _info(fs, m) for m in fs.expand_path(pattern)}
+    except FileNotFoundError:
+        found = {}
+    if not glob:  # expand_path returns a plain path as it is, whether it exists or not
+        found = {m: i for m, i in found.items() if i is not None}
+        if any(i["type"] == "directory" for i in found.values()):
+            raise ValueError(f"data.inputs: {pattern!r} is a directory; give a glob of its files, such as {pattern.rstrip('/') + '/*.jsonl'!r}")
+    matches = sorted(m for m, i in found.items() if i is None or i["type"] != "directory")  # a broken link is counted when read
+    if not matches:
+        what = "no files match" if glob else "no such file or directory"
+        raise FileNotFoundError(f"data.inputs: {what}: {pattern!r}")
+    odd = [(m, found[m]) for m in matches if found[m] is not None and found[m]["type"] != "file"]
+    if odd:
+        m, info = odd[0]
+        via = f" (matched by {pattern!r}: narrow the glob)" if glob else ""
+        raise ValueError(f"data.inputs: {m!r}{via} is {_not_regular(info)}, not a regular file: raylm reads regular files only")
+    return matches
+
+
 def list_files(inputs: list[tuple[int, InputSpec]]) -> list[SourceFile]:
     """Expand globs in order; a pattern matching nothing is an error, not an empty run. Each input comes with its
     source's rank (DataConfig.all_inputs): files are numbered source after source, so uid order is too."""
     files: list[SourceFile] = []
     for source, spec in inputs:
         fs, _ = url_to_fs(spec.path)
-        try:
-            matches = sorted(m for m in fs.expand_path(spec.path) if not fs.isdir(m))
-        except FileNotFoundError:
-            matches = []
-        if matches and not _is_glob(spec.path) and not fs.exists(matches[0]):
-            matches = []  # expand_path returns a plain path as it is, whether it exists or not
-        if not matches:
-            what = "no files match" if _is_glob(spec.path) else "no such file or directory (or one with no files)"
-            raise FileNotFoundError(f"data.inputs: {what}: {spec.path!r}")
         proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         local = proto in ("file", "local")
-        for m in matches:
+        for m in _matches(fs, spec.path):
             url = m if local else f"{proto}://{m}"
             # a relative path in the recipe stays relative in src and ids: the same rows wherever the job runs
             # (a submitted job works in a directory of its own)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,6 +14,7 @@ import pytest
 
 from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
 from pipelines.sources import SourceFile, list_files, read_file
+from tests.conftest import ROOT
 
 DOCS = [{"id": f"d{i}", "text": f"document {i} " + "lorem ipsum dolor sit amet " * 60} for i in range(3)]
 
@@ -107,6 +111,45 @@ def test_missing_input_path_is_an_error(tmp_path):  # defect 4 (the path half)
         list_files([(0, InputSpec(path=str(tmp_path / "*.jsonl")))])
 
 
+def test_a_directory_given_as_a_path_is_named_as_one(tmp_path):  # issue #31: it was "no such file or directory"
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.jsonl").write_bytes(_lines(DOCS))
+    for path in (tmp_path / "dir", f"{tmp_path / 'dir'}/"):
+        with pytest.raises(ValueError, match=r"data.inputs: '.*dir/?' is a directory; give a glob of its files, such as '.*dir/\*.jsonl'"):
+            list_files([(0, InputSpec(path=str(path)))])
+    assert [f.format for f in list_files([(0, InputSpec(path=str(tmp_path / "dir" / "*.jsonl")))])] == ["jsonl"]
+
+
+def test_a_fifo_matched_by_a_glob_is_refused_when_listed(tmp_path):  # issue #31: reading it hung the run
+    (tmp_path / "a.jsonl").write_bytes(_lines(DOCS))
+    os.mkfifo(tmp_path / "b.jsonl")
+    with pytest.raises(ValueError, match=r"'.*b\.jsonl' \(matched by '.*\*\.jsonl': narrow the glob\) is a FIFO, not a regular file"):
+        list_files([(0, InputSpec(path=str(tmp_path / "*.jsonl")))])
+    with pytest.raises(ValueError, match=r"b\.jsonl' is a FIFO"):
+        list_files([(0, InputSpec(path=str(tmp_path / "b.jsonl")))])
+
+
+def _data_cli(tmp_path, *sets: str) -> subprocess.CompletedProcess:
+    """`raylm data` on the sample recipe with `sets`, its run under tmp_path; a hang fails the test."""
+    argv = [sys.executable, "-m", "cluster", "data", str(ROOT / "cluster" / "recipes" / "local.yaml"), "--set", f"storage_path={tmp_path}/runs"]
+    return subprocess.run(argv + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_unusable_inputs_exit_2_with_one_line_before_ray_starts(tmp_path):  # issue #31
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "dir" / "f.jsonl")
+    cases = {
+        f"data.inputs=[{{path: '{tmp_path}/dir'}}]": "is a directory",
+        f"data.inputs=[{{path: '{tmp_path}/dir/*.jsonl'}}]": "f.jsonl' (matched by",
+        "data.inputs=[]": "data.inputs: empty",
+        "data.sources={}": "data.sources: empty",
+    }
+    for setting, needle in cases.items():
+        r = _data_cli(tmp_path, setting)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (setting, r.stderr)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_huge_line_is_rejected_without_losing_its_neighbours(tmp_path):
     p = tmp_path / "h.jsonl"
     p.write_bytes(_lines(DOCS[:1]) + json.dumps({"text": "x" * 5000}).encode() + b"\n" + _lines(DOCS[1:]))
@@ -116,8 +159,6 @@ def test_huge_line_is_rejected_without_losing_its_neighbours(tmp_path):
 
 
 def test_undecodable_file_name_keeps_its_documents(tmp_path):
-    import os
-
     name = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.jsonl")  # a Latin-1 name on a UTF-8 file system
     with open(name, "wb") as f:
         f.write(_lines(DOCS))
