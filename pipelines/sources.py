@@ -22,6 +22,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipelines.config import WEB_FORMATS, ExecutionConfig, InputSpec, RejectConfig
+from pipelines.jsonarray import ArrayItems, starts_array
 from pipelines.stage import DataRun, Stage
 from pipelines.stats import Stats
 from pipelines.streams import Damaged, compression_of, decompressed, strip_compression
@@ -333,6 +334,33 @@ def _read_jsonl(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iter
         yield from out.blocks()
 
 
+def _read_json_array(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterator[pa.Table]:
+    """A `.json` file holding one JSON array: each element is a record (src file:element, from 1), parsed on its
+    own as a JSON Lines line is; bytes after the array are one malformed_json row (pipelines/jsonarray.py)."""
+    items = ArrayItems(out.reject.max_bytes)
+
+    def add(found: Iterator) -> Iterator[pa.Table]:
+        for raw, size, why in found:
+            if why is None and raw is None:
+                why = "too_large"
+            text, doc_id, why, prompt_chars = (None, None, why, None) if why else _json_record(raw, sf.spec)
+            out.add(text, doc_id, size, why, prompt_chars)
+            out.record += 1
+            yield from out.blocks()
+
+    for chunk in stream:
+        yield from add(items.feed(chunk))
+    yield from add(items.end())
+
+
+def _is_json_array(sf: SourceFile, stream: Iterable[bytes]) -> tuple[bool, Iterable[bytes]]:
+    """Whether a jsonl-format file is a `.json` file holding a JSON array (its first byte `[`); the stream whole again.
+    A `.jsonl` name is JSON Lines whatever it holds."""
+    if sf.format != "jsonl" or not strip_compression(sf.path).lower().endswith(".json"):
+        return False, stream
+    return starts_array(stream)
+
+
 def _read_txt(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterator[pa.Table]:
     """A text file is one document: it is kept or rejected whole."""
     parts, size = [], 0
@@ -402,7 +430,8 @@ def _read_stream(sf: SourceFile, out: _FileRows) -> Iterator[pa.Table]:
     reader = _read_txt if sf.format == "txt" else _read_jsonl
     with fsspec.open(sf.path, "rb") as f:
         try:
-            yield from reader(sf, out, decompressed(f, compression_of(sf.path)))
+            array, stream = _is_json_array(sf, decompressed(f, compression_of(sf.path)))
+            yield from (_read_json_array if array else reader)(sf, out, stream)
         except Damaged as e:
             # every complete record before the damage is kept; the damaged tail is one reject row
             out.add(None, None, 0, e.kind)

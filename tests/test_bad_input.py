@@ -212,3 +212,29 @@ def test_gzip_zero_padding_longer_than_a_read_slice(tmp_path):
     p = tmp_path / "z.jsonl.gz"
     p.write_bytes(gzip.compress(_lines(DOCS[:1])) + b"\x00" * 70_000 + gzip.compress(_lines(DOCS[1:])))
     assert _kept(_read(p)) == ["d0", "d1", "d2"]
+
+
+def test_a_json_array_file_is_one_record_per_element(tmp_path):  # issue #31: it was read as JSON Lines
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps(DOCS, indent=2))
+    rows = _read(p)
+    assert _kept(rows) == ["d0", "d1", "d2"] and len(rows) == 3  # not one row per line of the pretty-printed file
+    assert [r["src"].rsplit(":", 1)[1] for r in rows] == ["1", "2", "3"]
+
+
+def test_a_damaged_json_array_element_costs_itself_only(tmp_path):
+    bad = [b'{"id": "x", "text": "a" "b"}', b"42", b'{"text": "caf\xe9"}', b'{"text": "a\x00b"}', b'{"text": "' + b"y" * 5000 + b'"}']
+    good = [json.dumps(d, indent=1).encode() for d in DOCS]
+    p = tmp_path / "a.json"
+    p.write_bytes(b"[\n" + b",\n".join([good[0], *bad, good[1], good[2]]) + b"\n]\n")
+    sf = SourceFile(0, str(p), "jsonl", InputSpec(path=str(p)))
+    rows = [r for b in read_file(sf, ExecutionConfig(), RejectConfig(max_bytes=3000)) for r in b.to_pylist()]
+    assert _kept(rows) == ["d0", "d1", "d2"]
+    assert [r["reject"] for r in rows[1:6]] == ["malformed_json", "malformed_json", "invalid_utf8", "binary", "too_large"]
+
+
+def test_json_lines_in_a_json_file_and_a_json_array_in_a_jsonl_file(tmp_path):
+    (tmp_path / "l.json").write_bytes(_lines(DOCS))  # one object per line: still JSON Lines
+    assert _kept(_read(tmp_path / "l.json")) == ["d0", "d1", "d2"]
+    (tmp_path / "a.jsonl").write_text(json.dumps(DOCS))  # a .jsonl name is JSON Lines whatever it holds: one bad line
+    assert [r["reject"] for r in _read(tmp_path / "a.jsonl")] == ["malformed_json"]
