@@ -276,12 +276,27 @@ class DataConfig(Strict):
             raise ValueError("give data.inputs (one source) or data.sources (named sources with weights), not both")
         return v
 
+    @field_validator("inputs")
+    @classmethod
+    def _some_inputs(cls, v: list[InputSpec]) -> list[InputSpec]:
+        # runs only when inputs is given: a run reading nothing is a recipe error, not an empty data stage
+        if not v:
+            raise ValueError("empty: give at least one path, glob or URL (or named data.sources in its place)")
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _some_sources(cls, v: dict[str, SourceSpec]) -> dict[str, SourceSpec]:
+        # runs only when sources is given: `sources: {}` must not silently mean the default inputs
+        if not v:
+            raise ValueError("empty: name at least one source, or leave data.sources out and give data.inputs")
+        return v
+
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict:
-        # with sources, `inputs` is unused: left out so that a dumped recipe validates again
+        # the one of inputs and sources that is unused is left out, so that a dumped recipe validates again
         out = handler(self)
-        if self.sources:
-            out.pop("inputs", None)
+        out.pop("inputs" if self.sources else "sources", None)
         return out
 
     @model_validator(mode="after")

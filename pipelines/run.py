@@ -61,7 +61,8 @@ def _flat(d, prefix: str = "") -> dict:
 def changed_keys(finished: dict, wanted: dict) -> list[str]:
     """Dotted data.* keys whose value differs between a finished run's config and the recipe's."""
     # a key a finished run's config lacks (made before the key existed) had its default's effect then
-    defaults = _flat({k: DataConfig().model_dump(mode="json")[k] for k in _OUTPUT_KEYS}, "data")
+    default = DataConfig().model_dump(mode="json")  # without `sources`: a dump holds one of inputs and sources
+    defaults = _flat({k: default[k] for k in _OUTPUT_KEYS if k in default}, "data")
     a = _flat({k: finished.get(k) for k in _OUTPUT_KEYS if k in finished}, "data")
     present = set(a) | {k.split("[", 1)[0] for k in a}  # a list's items are keys of their own: data.x[0]
     a = {**{k: v for k, v in defaults.items() if k not in present and not k.startswith("data.inputs")}, **a}

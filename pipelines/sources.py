@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipelines.config import WEB_FORMATS, ExecutionConfig, InputSpec, RejectConfig
+from pipelines.jsonarray import ArrayItems, starts_array
 from pipelines.stage import DataRun, Stage
 from pipelines.stats import Stats
 from pipelines.streams import Damaged, compression_of, decompressed, strip_compression
@@ -77,24 +79,54 @@ def _format_of(path: str, declared: str) -> str:
     raise ValueError(f"{path}: cannot tell the format from the extension; set format: txt|jsonl|parquet|warc|wet")
 
 
+def _info(fs, path: str) -> dict | None:
+    try:
+        return fs.info(path)
+    except FileNotFoundError:
+        return None
+
+
+def _not_regular(info: dict) -> str:
+    """What a path that is neither a file nor a directory is (local file systems say "other")."""
+    mode = info.get("mode") or 0
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def _matches(fs, pattern: str) -> list[str]:
+    """The files a recipe's path or glob names, sorted; errors before Ray starts for a path that is a directory,
+    a pattern that matches nothing, or a match that is no regular file (a FIFO would hang its read task: opening
+    one waits for a writer)."""
+    glob = _is_glob(pattern)
+    try:
+        found = {m: _info(fs, m) for m in fs.expand_path(pattern)}
+    except FileNotFoundError:
+        found = {}
+    if not glob:  # expand_path returns a plain path as it is, whether it exists or not
+        found = {m: i for m, i in found.items() if i is not None}
+        if any(i["type"] == "directory" for i in found.values()):
+            raise ValueError(f"data.inputs: {pattern!r} is a directory; give a glob of its files, such as {pattern.rstrip('/') + '/*.jsonl'!r}")
+    matches = sorted(m for m, i in found.items() if i is None or i["type"] != "directory")  # a broken link is counted when read
+    if not matches:
+        what = "no files match" if glob else "no such file or directory"
+        raise FileNotFoundError(f"data.inputs: {what}: {pattern!r}")
+    odd = [(m, found[m]) for m in matches if found[m] is not None and found[m]["type"] != "file"]
+    if odd:
+        m, info = odd[0]
+        via = f" (matched by {pattern!r}: narrow the glob)" if glob else ""
+        raise ValueError(f"data.inputs: {m!r}{via} is {_not_regular(info)}, not a regular file: raylm reads regular files only")
+    return matches
+
+
 def list_files(inputs: list[tuple[int, InputSpec]]) -> list[SourceFile]:
     """Expand globs in order; a pattern matching nothing is an error, not an empty run. Each input comes with its
     source's rank (DataConfig.all_inputs): files are numbered source after source, so uid order is too."""
     files: list[SourceFile] = []
     for source, spec in inputs:
         fs, _ = url_to_fs(spec.path)
-        try:
-            matches = sorted(m for m in fs.expand_path(spec.path) if not fs.isdir(m))
-        except FileNotFoundError:
-            matches = []
-        if matches and not _is_glob(spec.path) and not fs.exists(matches[0]):
-            matches = []  # expand_path returns a plain path as it is, whether it exists or not
-        if not matches:
-            what = "no files match" if _is_glob(spec.path) else "no such file or directory (or one with no files)"
-            raise FileNotFoundError(f"data.inputs: {what}: {spec.path!r}")
         proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         local = proto in ("file", "local")
-        for m in matches:
+        for m in _matches(fs, spec.path):
             url = m if local else f"{proto}://{m}"
             # a relative path in the recipe stays relative in src and ids: the same rows wherever the job runs
             # (a submitted job works in a directory of its own)
@@ -302,6 +334,33 @@ def _read_jsonl(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iter
         yield from out.blocks()
 
 
+def _read_json_array(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterator[pa.Table]:
+    """A `.json` file holding one JSON array: each element is a record (src file:element, from 1), parsed on its
+    own as a JSON Lines line is; bytes after the array are one malformed_json row (pipelines/jsonarray.py)."""
+    items = ArrayItems(out.reject.max_bytes)
+
+    def add(found: Iterator) -> Iterator[pa.Table]:
+        for raw, size, why in found:
+            if why is None and raw is None:
+                why = "too_large"
+            text, doc_id, why, prompt_chars = (None, None, why, None) if why else _json_record(raw, sf.spec)
+            out.add(text, doc_id, size, why, prompt_chars)
+            out.record += 1
+            yield from out.blocks()
+
+    for chunk in stream:
+        yield from add(items.feed(chunk))
+    yield from add(items.end())
+
+
+def _is_json_array(sf: SourceFile, stream: Iterable[bytes]) -> tuple[bool, Iterable[bytes]]:
+    """Whether a jsonl-format file is a `.json` file holding a JSON array (its first byte `[`); the stream whole again.
+    A `.jsonl` name is JSON Lines whatever it holds."""
+    if sf.format != "jsonl" or not strip_compression(sf.path).lower().endswith(".json"):
+        return False, stream
+    return starts_array(stream)
+
+
 def _read_txt(sf: SourceFile, out: _FileRows, stream: Iterable[bytes]) -> Iterator[pa.Table]:
     """A text file is one document: it is kept or rejected whole."""
     parts, size = [], 0
@@ -371,7 +430,8 @@ def _read_stream(sf: SourceFile, out: _FileRows) -> Iterator[pa.Table]:
     reader = _read_txt if sf.format == "txt" else _read_jsonl
     with fsspec.open(sf.path, "rb") as f:
         try:
-            yield from reader(sf, out, decompressed(f, compression_of(sf.path)))
+            array, stream = _is_json_array(sf, decompressed(f, compression_of(sf.path)))
+            yield from (_read_json_array if array else reader)(sf, out, stream)
         except Damaged as e:
             # every complete record before the damage is kept; the damaged tail is one reject row
             out.add(None, None, 0, e.kind)

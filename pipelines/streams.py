@@ -3,8 +3,8 @@
 Python's GzipFile (and fsspec's wrappers) raise on a truncated member and drop what the failing read had
 already decompressed, so the complete lines before the cut were lost with it. Here each codec's own
 incremental decompressor is fed chunk by chunk: everything it produced is yielded first, then the damage
-is raised as `Damaged`, which the reader turns into one reject row. Concatenated members/frames (`cat
-a.gz b.gz`, pigz, multi-frame zstd) are read through.
+is raised as `Damaged`, which the reader turns into one reject row. Concatenated members/streams/frames (`cat
+a.gz b.gz`, pigz, multi-stream xz with its stream padding, multi-frame zstd) are read through.
 """
 
 from __future__ import annotations
@@ -97,12 +97,36 @@ def decompressed(f: BinaryIO, compression: str | None, resync: bool = False) -> 
     if resync and compression == "gzip":
         yield from members(f)
         return
+    yield from _concatenated(f, compression)
+
+
+# zero bytes allowed after a member/stream, in units: some gzip writers pad files with zeros after the last member;
+# xz's Stream Padding (between and after streams, as `xz -dc` reads it) is a multiple of 4 bytes
+_PADDING = {"gzip": 1, "xz": 4}
+
+
+def _check_padding(compression: str, size: int) -> None:
+    unit = _PADDING[compression]
+    if size % unit:
+        raise Damaged("corrupt", f"{size} bytes of stream padding, not a multiple of {unit}")
+
+
+def _concatenated(f: BinaryIO, compression: str) -> Iterator[bytes]:
+    """The output of every member/stream/frame of `f` in turn, a new decompressor for each, the padding between
+    them skipped (it may span reads); raises Damaged after the last good byte."""
     make = _decompressor(compression)
-    d, fed = make(), False
+    d, fed, pad = make(), False, None  # pad: padding bytes since the last member ended (None: inside one, or at the start)
     for chunk in iter(lambda: f.read(CHUNK), b""):
         for i in range(0, len(chunk), SLICE):
             raw = chunk[i : i + SLICE]
             while raw:
+                if pad is not None and compression in _PADDING:
+                    rest = raw.lstrip(b"\x00")
+                    pad, raw = pad + len(raw) - len(rest), rest
+                    if not raw:
+                        break
+                    _check_padding(compression, pad)
+                pad = None
                 try:
                     out = _decompress(d, raw)
                 except Damaged as e:
@@ -114,12 +138,12 @@ def decompressed(f: BinaryIO, compression: str | None, resync: bool = False) -> 
                     yield out
                 if not d.eof:
                     break
-                raw = d.unused_data  # the next member/frame, if any
-                d, fed = make(), False
-                if compression == "gzip":
-                    raw = raw.lstrip(b"\x00")  # some writers pad gzip files with zeros after the last member
+                raw = d.unused_data  # the next member/stream/frame, if any
+                d, fed, pad = make(), False, 0
     if fed and not d.eof:
         raise Damaged("truncated", "the compressed stream ends inside a member")
+    if pad:
+        _check_padding(compression, pad)
 
 
 _GZIP_MAGIC = b"\x1f\x8b\x08"  # a gzip member header: ID1, ID2, CM=deflate

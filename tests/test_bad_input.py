@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,6 +14,7 @@ import pytest
 
 from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
 from pipelines.sources import SourceFile, list_files, read_file
+from tests.conftest import ROOT
 
 DOCS = [{"id": f"d{i}", "text": f"document {i} " + "lorem ipsum dolor sit amet " * 60} for i in range(3)]
 
@@ -107,6 +111,45 @@ def test_missing_input_path_is_an_error(tmp_path):  # defect 4 (the path half)
         list_files([(0, InputSpec(path=str(tmp_path / "*.jsonl")))])
 
 
+def test_a_directory_given_as_a_path_is_named_as_one(tmp_path):  # issue #31: it was "no such file or directory"
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.jsonl").write_bytes(_lines(DOCS))
+    for path in (tmp_path / "dir", f"{tmp_path / 'dir'}/"):
+        with pytest.raises(ValueError, match=r"data.inputs: '.*dir/?' is a directory; give a glob of its files, such as '.*dir/\*.jsonl'"):
+            list_files([(0, InputSpec(path=str(path)))])
+    assert [f.format for f in list_files([(0, InputSpec(path=str(tmp_path / "dir" / "*.jsonl")))])] == ["jsonl"]
+
+
+def test_a_fifo_matched_by_a_glob_is_refused_when_listed(tmp_path):  # issue #31: reading it hung the run
+    (tmp_path / "a.jsonl").write_bytes(_lines(DOCS))
+    os.mkfifo(tmp_path / "b.jsonl")
+    with pytest.raises(ValueError, match=r"'.*b\.jsonl' \(matched by '.*\*\.jsonl': narrow the glob\) is a FIFO, not a regular file"):
+        list_files([(0, InputSpec(path=str(tmp_path / "*.jsonl")))])
+    with pytest.raises(ValueError, match=r"b\.jsonl' is a FIFO"):
+        list_files([(0, InputSpec(path=str(tmp_path / "b.jsonl")))])
+
+
+def _data_cli(tmp_path, *sets: str) -> subprocess.CompletedProcess:
+    """`raylm data` on the sample recipe with `sets`, its run under tmp_path; a hang fails the test."""
+    argv = [sys.executable, "-m", "cluster", "data", str(ROOT / "cluster" / "recipes" / "local.yaml"), "--set", f"storage_path={tmp_path}/runs"]
+    return subprocess.run(argv + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_unusable_inputs_exit_2_with_one_line_before_ray_starts(tmp_path):  # issue #31
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "dir" / "f.jsonl")
+    cases = {
+        f"data.inputs=[{{path: '{tmp_path}/dir'}}]": "is a directory",
+        f"data.inputs=[{{path: '{tmp_path}/dir/*.jsonl'}}]": "f.jsonl' (matched by",
+        "data.inputs=[]": "data.inputs: empty",
+        "data.sources={}": "data.sources: empty",
+    }
+    for setting, needle in cases.items():
+        r = _data_cli(tmp_path, setting)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (setting, r.stderr)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_huge_line_is_rejected_without_losing_its_neighbours(tmp_path):
     p = tmp_path / "h.jsonl"
     p.write_bytes(_lines(DOCS[:1]) + json.dumps({"text": "x" * 5000}).encode() + b"\n" + _lines(DOCS[1:]))
@@ -116,8 +159,6 @@ def test_huge_line_is_rejected_without_losing_its_neighbours(tmp_path):
 
 
 def test_undecodable_file_name_keeps_its_documents(tmp_path):
-    import os
-
     name = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.jsonl")  # a Latin-1 name on a UTF-8 file system
     with open(name, "wb") as f:
         f.write(_lines(DOCS))
@@ -147,3 +188,53 @@ def test_every_compression_suffix_is_read_and_archives_are_refused(tmp_path):
     (tmp_path / "b.jsonl.zip").write_bytes(b"PK\x03\x04")
     with pytest.raises(ValueError, match="zip files are not read"):
         list_files([(0, InputSpec(path=str(tmp_path / "b.jsonl.zip"), format="jsonl"))])
+
+
+def test_multi_stream_xz_with_stream_padding_is_read_whole(tmp_path):  # issue #31: later streams were lost
+    import lzma
+
+    p = tmp_path / "p.jsonl.xz"
+    p.write_bytes(lzma.compress(_lines(DOCS[:1])) + b"\x00" * 8 + lzma.compress(_lines(DOCS[1:])) + b"\x00" * 4)
+    rows = _read(p)
+    assert _kept(rows) == ["d0", "d1", "d2"] and len(rows) == 3
+
+
+def test_xz_padding_not_a_multiple_of_4_is_corrupt_after_the_streams_before_it(tmp_path):  # as `xz -dc` reports it
+    import lzma
+
+    p = tmp_path / "p.jsonl.xz"
+    p.write_bytes(lzma.compress(_lines(DOCS[:2])) + b"\x00" * 3 + lzma.compress(_lines(DOCS[2:])))
+    rows = _read(p)
+    assert _kept(rows) == ["d0", "d1"] and [r["reject"] for r in rows[2:]] == ["corrupt"]
+
+
+def test_gzip_zero_padding_longer_than_a_read_slice(tmp_path):
+    p = tmp_path / "z.jsonl.gz"
+    p.write_bytes(gzip.compress(_lines(DOCS[:1])) + b"\x00" * 70_000 + gzip.compress(_lines(DOCS[1:])))
+    assert _kept(_read(p)) == ["d0", "d1", "d2"]
+
+
+def test_a_json_array_file_is_one_record_per_element(tmp_path):  # issue #31: it was read as JSON Lines
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps(DOCS, indent=2))
+    rows = _read(p)
+    assert _kept(rows) == ["d0", "d1", "d2"] and len(rows) == 3  # not one row per line of the pretty-printed file
+    assert [r["src"].rsplit(":", 1)[1] for r in rows] == ["1", "2", "3"]
+
+
+def test_a_damaged_json_array_element_costs_itself_only(tmp_path):
+    bad = [b'{"id": "x", "text": "a" "b"}', b"42", b'{"text": "caf\xe9"}', b'{"text": "a\x00b"}', b'{"text": "' + b"y" * 5000 + b'"}']
+    good = [json.dumps(d, indent=1).encode() for d in DOCS]
+    p = tmp_path / "a.json"
+    p.write_bytes(b"[\n" + b",\n".join([good[0], *bad, good[1], good[2]]) + b"\n]\n")
+    sf = SourceFile(0, str(p), "jsonl", InputSpec(path=str(p)))
+    rows = [r for b in read_file(sf, ExecutionConfig(), RejectConfig(max_bytes=3000)) for r in b.to_pylist()]
+    assert _kept(rows) == ["d0", "d1", "d2"]
+    assert [r["reject"] for r in rows[1:6]] == ["malformed_json", "malformed_json", "invalid_utf8", "binary", "too_large"]
+
+
+def test_json_lines_in_a_json_file_and_a_json_array_in_a_jsonl_file(tmp_path):
+    (tmp_path / "l.json").write_bytes(_lines(DOCS))  # one object per line: still JSON Lines
+    assert _kept(_read(tmp_path / "l.json")) == ["d0", "d1", "d2"]
+    (tmp_path / "a.jsonl").write_text(json.dumps(DOCS))  # a .jsonl name is JSON Lines whatever it holds: one bad line
+    assert [r["reject"] for r in _read(tmp_path / "a.jsonl")] == ["malformed_json"]

@@ -216,3 +216,20 @@ def test_any_repeated_key_is_refused_at_its_second_line(keys, data):
         load_yaml("section:\n" + "\n".join(lines) + "\n")
     assert e.value.problem == f"duplicate key '{dup}' (first on line {keys.index(dup) + 2})"
     assert e.value.problem_mark.line + 1 == at + 2
+
+
+def test_empty_inputs_or_sources_are_recipe_errors():  # issue #31: [] started Ray, {} meant the default inputs
+    with pytest.raises(ConfigError, match=r"^data\.inputs: empty"):
+        load_config(RECIPE, ["data.inputs=[]"])
+    with pytest.raises(ConfigError, match=r"^data\.inputs: empty"):  # replacing a mixture's sources with nothing
+        load_config(ROOT / "cluster" / "recipes" / "mixture.yaml", ["data.inputs=[]"])
+    with pytest.raises(ConfigError, match=r"^data\.sources: empty"):
+        load_config(RECIPE, ["data.sources={}"])
+    with pytest.raises(ConfigError, match=r"^data\.sources: empty"):
+        load_config(None, ['data={"inputs": [{"path": "x.jsonl"}], "sources": {}}'])
+
+
+def test_a_dumped_recipe_without_sources_validates_again():
+    cfg = load_config(RECIPE)
+    dumped = cfg.data.model_dump(mode="json")
+    assert "sources" not in dumped and load_config(None, [f"data={json.dumps(dumped)}"]).data == cfg.data

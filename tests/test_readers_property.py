@@ -1,4 +1,4 @@
-"""Property test of the input readers (no Ray): generated txt, jsonl, jsonl.gz, jsonl.zst and parquet files mixing
+"""Property test of the input readers (no Ray): generated txt, jsonl, jsonl.gz, jsonl.zst, jsonl.xz, .json arrays and parquet files mixing
 valid records with damage of every kind. Every valid record that the bytes still hold is kept exactly once with
 its text intact, every other record is one row with a known reason and its line, and nothing else appears.
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 import zlib
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
+from pipelines.jsonarray import ArrayItems, starts_array
 from pipelines.sources import SourceFile, read_file
 
 MAX_BYTES = 2048  # small, so that "huge" records are cheap to generate
@@ -178,6 +180,119 @@ def test_compressed_jsonl_truncated_anywhere(tmp_path, f, kind, members, cut_at)
     recovered = _recoverable(kind, data) if truncated else None
     rows = _rows(tmp_path, f"a.jsonl.{kind}", data, "jsonl")
     _check(rows, _expected_lines(recs, recovered, crlf, bom), "truncated" if truncated and data else None)
+
+
+_CHECKS = st.sampled_from([lzma.CHECK_NONE, lzma.CHECK_CRC32, lzma.CHECK_CRC64, lzma.CHECK_SHA256])
+
+
+def _xz_layout(data: bytes, streams: int, pads: list[int], check: int) -> list[tuple[bytes, bytes, int]]:
+    """`data` split into `streams` .xz streams, each followed by its stream padding (4 * pads[i] zero bytes, as
+    `xz` allows between and after streams): (plain part, compressed stream, padding bytes) in file order."""
+    cuts = [len(data) * i // streams for i in range(streams + 1)]
+    return [(data[a:b], lzma.compress(data[a:b], check=check), 4 * pad) for (a, b), pad in zip(zip(cuts, cuts[1:]), pads)]
+
+
+def _xz_cut(layout: list[tuple[bytes, bytes, int]], cut: int) -> tuple[bytes, str | None]:
+    """What `xz -dc` gets from the first `cut` bytes of the file, and the damage it reports: the streams before
+    the cut whole, the one it falls in as far as liblzma decodes it ("truncated"); a cut inside padding leaves
+    padding that is not a multiple of 4 ("corrupt") or none (the file looks whole)."""
+    out, pos = b"", 0
+    for plain, packed, pad in layout:
+        if cut <= pos:
+            return out, None
+        if cut < pos + len(packed):
+            return out + lzma.LZMADecompressor().decompress(packed[: cut - pos]), "truncated"
+        out, pos = out + plain, pos + len(packed)
+        if cut < pos + pad:
+            return out, "corrupt" if (cut - pos) % 4 else None
+        pos += pad
+    return out, None
+
+
+@_slow_ok
+@given(jsonl_files, st.integers(1, 4), st.lists(st.integers(0, 3), min_size=4, max_size=4), _CHECKS)
+def test_xz_streams_with_padding_read_every_line(tmp_path, f, streams, pads, check):
+    recs, crlf, bom, final_newline = f
+    layout = _xz_layout(_jsonl_bytes(recs, crlf, bom, final_newline), streams, pads, check)
+    data = b"".join(packed + b"\x00" * pad for _, packed, pad in layout)
+    _check(_rows(tmp_path, "a.jsonl.xz", data, "jsonl"), _expected_lines(recs, None, crlf, bom), None)
+
+
+@_slow_ok
+@given(jsonl_files, st.integers(1, 4), st.lists(st.integers(0, 3), min_size=4, max_size=4), _CHECKS, st.floats(0, 1, exclude_max=True))
+def test_xz_streams_truncated_anywhere_keep_every_line_before_the_cut(tmp_path, f, streams, pads, check, cut_at):
+    recs, crlf, bom, final_newline = f
+    layout = _xz_layout(_jsonl_bytes(recs, crlf, bom, final_newline), streams, pads, check)
+    whole = b"".join(packed + b"\x00" * pad for _, packed, pad in layout)
+    cut = int(len(whole) * cut_at)
+    recovered, tail = _xz_cut(layout, cut)
+    assume(tail is not None)  # a cut between streams looks like a shorter, whole file
+    _check(_rows(tmp_path, "a.jsonl.xz", whole[:cut], "jsonl"), _expected_lines(recs, recovered, crlf, bom), tail)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3),
+    max_leaves=8,
+)  # brackets, quotes, commas and backslashes inside strings and nested values: what cutting an array must see through
+array_records = st.lists(st.fixed_dictionaries({"id": st.integers(0, 10**6), "text": texts}, optional={"meta": json_values}), max_size=20)
+
+
+def _array_rows(tmp_path, name: str, data: bytes) -> list[dict]:
+    path = tmp_path / name
+    path.write_bytes(data)
+    sf = SourceFile(0, str(path), "jsonl", InputSpec(path=str(path)))
+    return [r for block in read_file(sf, EXECUTION, RejectConfig(max_bytes=1 << 20)) for r in block.to_pylist()]
+
+
+def _kept_as_written(rows: list[dict], records: list[dict]) -> None:
+    """Each record one row, numbered by its element (from 1): kept with its id and text, or rejected as empty."""
+    assert [r["src"].rsplit(":", 1)[1] for r in rows] == [str(i + 1) for i in range(len(records))]
+    for row, rec in zip(rows, records):
+        want = (None, str(rec["id"]), rec["text"]) if rec["text"].strip() else ("empty", None, None)
+        assert (row["reject"], row["text"]) == (want[0], want[2]) and (want[1] is None or row["id"] == want[1]), (rec, row)
+
+
+@_slow_ok
+@given(array_records, st.sampled_from([None, 0, 1, 2, 4, "\t"]), st.booleans(), st.booleans(), st.sampled_from(["", ".gz"]))
+def test_json_array_reads_back_every_record(tmp_path, records, indent, ascii_, bom, codec):
+    data = (b"\xef\xbb\xbf" if bom else b"") + json.dumps(records, indent=indent, ensure_ascii=ascii_).encode() + b"\n"
+    rows = _array_rows(tmp_path, f"a.json{codec}", gzip.compress(data) if codec else data)
+    _kept_as_written(rows, records)
+    assert len(rows) == sum(r["reject"] is None for r in rows) + sum(r["reject"] is not None for r in rows) == len(records)
+
+
+@_slow_ok
+@given(array_records, st.sampled_from([None, 1, "\t"]), st.booleans(), st.lists(st.integers(1, 40), min_size=1, max_size=8))
+def test_json_array_cut_into_any_chunks_gives_the_same_elements(records, indent, bom, sizes):
+    """The reader's chunks fall anywhere: inside a string, an escape, the byte-order mark."""
+    data = (b"\xef\xbb\xbf" if bom else b"") + json.dumps(records, indent=indent).encode()
+    chunks, pos, k = [], 0, 0
+    while pos < len(data):
+        chunks.append(data[pos : pos + sizes[k % len(sizes)]])
+        pos, k = pos + len(chunks[-1]), k + 1
+    array, stream = starts_array(chunks)
+    items = ArrayItems(1 << 20)
+    got = [x for c in stream for x in items.feed(c)] + list(items.end())
+    assert array and [why for _, _, why in got] == [None] * len(records)
+    assert [json.loads(raw) for raw, _, _ in got] == records
+
+
+@_slow_ok
+@given(array_records.filter(bool), st.lists(st.sampled_from([" ", "\n", "\t", "\r\n  "]), min_size=3, max_size=3), st.floats(0, 1, exclude_max=True))
+def test_json_array_cut_anywhere_keeps_every_element_before_the_cut(tmp_path, records, ws, cut_at):
+    """A `.json` array cut short (a partial download): every element whose bytes lie before the cut is kept, and
+    the element the cut falls in is one malformed_json row."""
+    elements = [json.dumps(r, indent=1).encode() for r in records]
+    head, sep = b"[" + ws[0].encode(), b"," + ws[1].encode()
+    data = head + sep.join(elements) + ws[2].encode() + b"]"
+    starts = [len(head) + sum(len(e) + len(sep) for e in elements[:i]) for i in range(len(elements))]
+    cut = int(len(data) * cut_at)
+    whole = sum(s + len(e) <= cut for s, e in zip(starts, elements))
+    partial = whole < len(elements) and cut > starts[whole]
+    rows = _array_rows(tmp_path, "a.json", data[:cut])
+    _kept_as_written(rows[:whole], records[:whole])
+    assert [r["reject"] for r in rows[whole:]] == (["malformed_json"] if partial else [])
 
 
 @_slow_ok
