@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from cluster.provenance import recorded, set_command
 from cluster.recipe import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
-from cluster.runtime import init_ray
+from cluster.runtime import init_ray, sigterm_as_interrupt
 from pipelines.paths import LOSS_PLOT
 from pipelines.progress import LOG_ENV, verbose
 from training.config import EvalOptions, SampleOptions, describe_batch
@@ -288,7 +288,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 def _campaign(cfg: RunConfig, args: argparse.Namespace, own: bool) -> int:
     from tuning.campaign import run_tune
-    from tuning.results import best_row, collect, print_summary, write_results
+    from tuning.results import OUTCOME, best_row, collect, interrupted_summary, print_summary, write_results
 
     init_ray(cfg.ray)
     if own:
@@ -301,6 +301,9 @@ def _campaign(cfg: RunConfig, args: argparse.Namespace, own: bool) -> int:
         rec["result"] = {"trials": len(rows), "status": dict(Counter(r["status"] for r in rows))}
         rec["result"]["best"] = {k: v for k, v in best.items() if k != "history"} if best else None
         rec["exit_code"] = 0 if any(r["status"] != "error" for r in rows) else 1
+        if OUTCOME.interrupted:  # Tune caught the interrupt, saved its state and returned: the campaign did not finish
+            print(f"raylm tune: {interrupted_summary(cfg, rows)}", file=sys.stderr)
+            raise KeyboardInterrupt
     return rec["exit_code"]
 
 
@@ -460,13 +463,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         os.environ[LOG_ENV] = "debug"
     warnings.showwarning = _show_warning
+    sigterm_as_interrupt()
     try:
         return COMMANDS[args.command].run(args)
     except ConfigError as e:
         print(f"raylm: bad recipe:\n{e}" if "\n" in str(e) else f"raylm: bad recipe: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("raylm: interrupted; run the same command again to go on (finished stages are kept, training resumes)", file=sys.stderr)
+        again = "the same command with --resume" if args.command == "tune" else "the same command again"
+        print(f"raylm: interrupted; run {again} to go on (finished stages are kept, training resumes)", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the one place that turns every error into a message and an exit code
         from pipelines.run import DataStageError

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable
 
 from cluster.recipe import RayConfig
@@ -58,6 +60,19 @@ def _drop_worker_pool_notice() -> None:
     rw.print_to_stdstream = filtered
 
 
+def _interrupt(signum, frame) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (what Kubernetes, Slurm and `timeout` send) handled as Ctrl-C, by whatever handles SIGINT at that
+    moment: Python's KeyboardInterrupt (run.json "interrupted", exit 1), Ray Train's graceful abort of the run,
+    Ray Tune's end of the campaign with its state saved. Installed again once Ray is up: its core worker puts its
+    own SIGTERM handler in place, which prints C++ stack lines and ends the process as failed."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def ray_target(cfg: RayConfig) -> str | None:
     """The address to join, or None for a local instance of this process's own."""
     return cfg.address or os.environ.get("RAY_ADDRESS") or None
@@ -79,6 +94,7 @@ def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say, dashboard: bool 
     if address:
         where = "ray.address in the recipe" if cfg.address else "RAY_ADDRESS"
         ray.init(address=address, **kwargs)
+        sigterm_as_interrupt()
         say(f"ray: joined the cluster at {ray.get_runtime_context().gcs_address} ({where}={address}): {_cpus()} CPUs")
         return
     # "local" starts a new instance even when another runs on this machine (None or "auto" would join it). The
@@ -87,6 +103,7 @@ def init_ray(cfg: RayConfig, say: Callable[[str], None] = _say, dashboard: bool 
     # machine: a process fewer per run and per trial, set before the instance starts so its workers inherit it.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+    sigterm_as_interrupt()
     say(
         f"ray: started a local instance for this run at {ray.get_runtime_context().gcs_address}: {_cpus()} CPUs "
         "(to join a cluster instead: ray.address in the recipe, `auto` for a local `ray start`, or RAY_ADDRESS)"

@@ -1,13 +1,16 @@
 """A Ray Tune campaign end to end on the sample: 2 ASHA trials that are Ray Train runs, results.csv,
-plots, best.yaml that `raylm train` reproduces; and `raylm tune --resume` after the campaign's driver
-was killed, which finishes the campaign without rerunning finished trials."""
+plots, best.yaml that `raylm train` reproduces; `raylm tune --resume` after the campaign's driver
+was killed, which finishes the campaign without rerunning finished trials; campaigns of several rounds on
+2 CPUs (tune-local.yaml's 8 ASHA trials as the README gives it, 4 HyperBand trials), which end on their own."""
 
 import csv
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -169,3 +172,45 @@ def test_pbt_exploits_through_ray_train_checkpoints(ray_session, sample_shards, 
             exploits += 1
             assert all(r["lr"] != hist[0]["lr"] for r in donors)  # its own perturbed lr, not the donor's
     assert exploits, "no trial continued from another's checkpoint"
+
+
+@pytest.fixture(scope="module")
+def bare_cluster():
+    """A `ray start` head of 2 CPUs without the dashboard, so without the State API: Ray Train's own cleaner then
+    never sees a stopped trial's controller die, and only raylm's release frees the trial's reservation."""
+    from tests.test_cluster_e2e import RAY, _free_port, _teardown
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    temp, port = tempfile.mkdtemp(prefix="rlt", dir="/tmp"), _free_port()
+    start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
+    try:
+        subprocess.run([*start, f"--dashboard-agent-listen-port={_free_port()}"], env=env, check=True, capture_output=True, timeout=120)
+        yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    finally:
+        _teardown(port, [temp])
+
+
+def test_tune_local_as_the_readme_gives_it(bare_cluster, tmp_path):
+    """`raylm tune cluster/recipes/tune-local.yaml`: its 8 ASHA trials (4 rounds on 2 CPUs), shortened in steps only.
+    Every trial reaches its first rung and the campaign ends on its own: before, on this cluster the second round
+    waited forever for the first round's reservations."""
+    steps = ["train.max_steps=20", "train.schedule.warmup_steps=2", "train.eval.every=5", "train.checkpoint.every=20"]
+    sets = [a for o in [f"storage_path={tmp_path}", *steps, "tune.scheduler.grace_period=5"] for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "cluster", "tune", RECIPE, *sets]
+    r = subprocess.run(cmd, env=bare_cluster, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _results(tmp_path / "shakespeare-tune")
+    assert len(rows) == 8
+    assert all(int(row["steps"]) >= 5 for row in rows), rows
+    assert {row["status"] for row in rows} == {"done", "stopped"}
+
+
+def test_hyperband_campaign_of_two_rounds_ends(ray_session, sample_shards, tmp_path):
+    """4 HyperBand trials, 2 at a time on 2 CPUs: each reaches its first evaluation and the campaign ends."""
+    sets = _sets(tmp_path, "hb", f"train.data_path={sample_shards}", "tune.num_samples=4", "tune.scheduler={type: hyperband}")
+    assert main(["tune", RECIPE, *sets]) == 0
+    rows = _results(tmp_path / "hb")
+    assert len(rows) == 4
+    assert all(int(row["steps"]) >= 5 for row in rows), rows
+    assert {row["status"] for row in rows} <= {"done", "stopped"}

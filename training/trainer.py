@@ -49,6 +49,30 @@ def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str 
     )
 
 
+def fit_interruptibly(trainer):
+    """trainer.fit() in a thread of its own, so that Ctrl-C (and SIGTERM, cluster.runtime) reach this command as a
+    KeyboardInterrupt, as everywhere else in raylm (run.json "interrupted", exit 1, the run resumable). On the main
+    thread Ray Train installs its own SIGINT handler, which aborts the run and then ends the process from inside
+    ray.get with SystemExit(1): recorded as a failure. The workers and the controller end with this process."""
+    import threading
+
+    out: dict = {}
+
+    def fit() -> None:
+        try:
+            out["result"] = trainer.fit()
+        except BaseException as e:  # re-raised below, on the caller's thread
+            out["error"] = e
+
+    worker = threading.Thread(target=fit, name="raylm-train-fit", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=0.5)  # a short wait: a signal's handler runs between two
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
 class TrainingDiverged(RuntimeError):
     """Training stopped on losses or weights that are not finite (train.max_nonfinite_losses): exit 1."""
 
@@ -83,7 +107,7 @@ def run_train(job: TrainJob, started: float | None = None):
         check_init_from(job)
     trainer = build_trainer(job)
     with TrainProgress(job.paths.metrics, job.train.max_steps, log_interval(job.train), started):
-        result = trainer.fit()
+        result = fit_interruptibly(trainer)
     plot_losses(read_metrics(job.paths.metrics), job.paths.loss_plot, title=job.paths.name)
     if "mlflow" in job.train.loggers:
         from training.tracking import log_final

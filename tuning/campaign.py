@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pipelines.io import absolute
@@ -30,6 +34,7 @@ from training.scaling import resolve_job
 from training.tracking import campaign_tracking, end_campaign
 from training.trainer import check_diverged
 from tuning.config import Recipe, TuneConfig
+from tuning.results import OUTCOME
 from tuning.space import apply_trial, to_tune, validate_space
 
 # What PBT may change under a running model: optimizer hyperparameters and dropout, not its shape or data.
@@ -59,7 +64,7 @@ def trial_recipe(recipe: dict, values: dict[str, Any], trial_id: str, data_dir: 
     return r
 
 
-def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None = None) -> None:
+def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None = None, registry=None) -> None:
     """One trial: a Ray Train run reporting to Tune through TuneReportCallback (PBT: with its checkpoints).
     Its workers wait at each report until Tune lets the trial go on (AckReports), so a trial the
     scheduler stops at a rung has trained exactly to the rung."""
@@ -72,9 +77,9 @@ def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None =
 
     trial_id = ray.tune.get_context().get_trial_id()
     if recipe["tune"]["scheduler"]["type"] == "pbt":
-        return _run_pbt_trial(config, recipe, data_dir, trial_id, tracking)
+        return _run_pbt_trial(config, recipe, data_dir, trial_id, tracking, registry)
     job = TrainJob.from_recipe(trial_recipe(recipe, config, trial_id, data_dir))
-    callbacks: list = [TuneReportCallback()]
+    callbacks: list = [TuneReportCallback(), *_recording(registry, trial_id)]
     acks = None
     if recipe["tune"]["scheduler"]["type"] in ("asha", "hyperband"):  # they stop trials early; FIFO never does
         acks = Queue(actor_options={"num_cpus": 0})
@@ -83,6 +88,13 @@ def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None =
     if result.error is not None:
         raise result.error
     check_diverged(job.paths)  # a trial whose loss stopped being finite ends as an error, with the step
+
+
+def _recording(registry, trial_id: str) -> list:
+    """The Ray Train callback that hands the trial's placement groups to the driver (tuning/reservations.py)."""
+    from tuning.reservations import RecordPlacementGroup
+
+    return [RecordPlacementGroup(registry, trial_id)] if registry is not None else []
 
 
 def _trial_tracking(tracking: dict | None, trial_id: str) -> dict | None:
@@ -113,7 +125,7 @@ def _url(ckpt) -> str:
     return f"{ckpt.filesystem.type_name}://{ckpt.path}".replace("gcs://", "gs://")
 
 
-def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tracking: dict | None = None) -> None:
+def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tracking: dict | None = None, registry=None) -> None:
     """Fit the trial's TorchTrainer in a thread while this one hands each report, with its checkpoint,
     to Tune: TuneReportCallback forwards metrics only, and PBT exploits through checkpoints."""
     import threading
@@ -133,7 +145,8 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tra
     job = TrainJob.from_recipe(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step) if step else None))
     reports = Queue(actor_options={"num_cpus": 0})
     start_from = _url(start) if start is not None else None
-    trainer = build_trainer(job, callbacks=[ForwardReports(reports)], start_from=start_from, tracking=_trial_tracking(tracking, trial_id))
+    callbacks = [ForwardReports(reports), *_recording(registry, trial_id)]
+    trainer = build_trainer(job, callbacks=callbacks, start_from=start_from, tracking=_trial_tracking(tracking, trial_id))
     out: dict[str, Any] = {}
 
     def fit() -> None:
@@ -282,6 +295,8 @@ def run_tune(cfg: Recipe, resume: bool = False):
     """Run (or, with resume, continue) the campaign; returns Tune's ResultGrid."""
     from ray import tune
 
+    from tuning.reservations import open_registry
+
     if not verbose():  # Tune's own console output (config boxes, a result dump per trial) gives way to progress.TrialTable
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # whose verbose=0 prints nothing, unlike the new engine's
 
@@ -296,7 +311,9 @@ def run_tune(cfg: Recipe, resume: bool = False):
     # The trial function only drives a TorchTrainer: its Ray Train workers reserve what the trial uses.
     # Tune rejects an empty request, and any CPU share would make N trials need N x workers + a bit,
     # so it reserves a token byte of memory.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir, tracking=tracking), {"memory": 1})
+    registry = open_registry()  # each trial's placement groups, which the driver releases as the trial ends
+    trainable = tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir, tracking=tracking, registry=registry)
+    trainable = tune.with_resources(trainable, {"memory": 1})
     path = RunPaths(storage, cfg.name).tune
     if resume:
         if not tune.Tuner.can_restore(path):
@@ -305,9 +322,34 @@ def run_tune(cfg: Recipe, resume: bool = False):
     else:
         tuner = _new_tuner(cfg, trainable, space, storage)
     try:
-        return tuner.fit()
+        with _interrupts_recorded():
+            return tuner.fit()
     finally:
         end_campaign(tracking)
+
+
+@contextmanager
+def _interrupts_recorded() -> Iterator[None]:
+    """Ctrl-C (and SIGTERM, which raylm turns into it) end the campaign through Tune's SIGUSR1 handler, which saves
+    the experiment's state and returns its results; this SIGINT handler (in place of Tune's own) records that it
+    happened (results.OUTCOME), which those results do not say. A second Ctrl-C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        if OUTCOME.interrupted:
+            raise KeyboardInterrupt
+        OUTCOME.interrupted = True
+        signal.raise_signal(signal.SIGUSR1)
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    OUTCOME.interrupted, previous = False, signal.signal(signal.SIGINT, handler)
+    OUTCOME.ended.clear()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _new_tuner(cfg: Recipe, trainable, space: dict, storage: str):
@@ -315,6 +357,7 @@ def _new_tuner(cfg: Recipe, trainable, space: dict, storage: str):
     from ray import tune
 
     from tuning.progress import TrialTable
+    from tuning.reservations import ReleaseReservations
 
     concurrency = max_concurrent(cfg, ray.cluster_resources())
     t = cfg.tune
@@ -330,5 +373,10 @@ def _new_tuner(cfg: Recipe, trainable, space: dict, storage: str):
             max_concurrent_trials=concurrency,
             time_budget_s=t.time_budget_s,
         ),
-        run_config=tune.RunConfig(name=cfg.paths.tune_name, storage_path=storage, verbose=int(verbose()), callbacks=[TrialTable(cfg, list(space))]),
+        run_config=tune.RunConfig(
+            name=cfg.paths.tune_name,
+            storage_path=storage,
+            verbose=int(verbose()),
+            callbacks=[TrialTable(cfg, list(space)), ReleaseReservations(_workers_resources(cfg))],
+        ),
     )

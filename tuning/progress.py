@@ -12,7 +12,7 @@ import time
 from ray import tune
 
 from tuning.config import Recipe
-from tuning.results import fmt_value
+from tuning.results import OUTCOME, fmt_value
 
 
 class TrialTable(tune.Callback):
@@ -56,6 +56,8 @@ class TrialTable(tune.Callback):
 
     def _ended(self, trials, trial, how: str) -> None:
         r = self._row(trial)
+        if not OUTCOME.interrupted:  # Tune ends the trials it stops on an interrupt too: those were cut short
+            OUTCOME.ended.add(trial.trial_id)
         if not self._is_tty():
             print(f"[raylm tune] trial {trial.trial_id} {how} at step {r['step']}: {self.metric} {fmt_value(r['last'])}", flush=True)
         self._show(trials)

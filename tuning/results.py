@@ -10,6 +10,7 @@ import math
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -33,8 +34,45 @@ def _trial_metrics(cfg: Recipe, trial_id: str) -> list[dict]:
     return hist
 
 
+@dataclass
+class Outcome:
+    """What this driver saw of its campaign that Tune's ResultGrid does not say: whether it was interrupted, and
+    which trials had ended before (a module global: Tune restores its own copies of the callbacks that add to it)."""
+
+    interrupted: bool = False
+    ended: set[str] = field(default_factory=set)
+
+
+OUTCOME = Outcome()
+
+
+def _status(res, trial_id: str, steps: int, max_steps: int) -> str:
+    if res.error is not None:
+        return "error"
+    if steps >= max_steps:
+        return "done"
+    if not OUTCOME.interrupted or trial_id in OUTCOME.ended:
+        return "stopped"  # by the scheduler (or the time budget)
+    return "interrupted" if steps else "not started"
+
+
+def trials_asked(cfg: Recipe) -> int:
+    """The trials the campaign is to run: num_samples, times each combination of the grid entries."""
+    sizes = [len(v["grid"]) for v in cfg.tune.param_space.values() if isinstance(v, dict) and "grid" in v]
+    return cfg.tune.num_samples * math.prod(sizes)
+
+
+def interrupted_summary(cfg: Recipe, rows: list[dict]) -> str:
+    """What an interrupted campaign leaves: its trials by status, and those not yet drawn by the search."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    parts = [f"{n} {s}" for s, n in counts.items()]
+    missing = trials_asked(cfg) - len(rows)
+    return f"interrupted: trials {', '.join(parts)}" + (f", {missing} not yet drawn" if missing > 0 else "")
+
+
 def collect(cfg: Recipe, grid) -> list[dict]:
-    """One dict per trial: id, the searched values, final and best metric, steps, status."""
+    """One dict per trial: id, the searched values, final and best metric, steps, status (done, stopped, error;
+    not started or interrupted when the campaign was)."""
     metric, sign = cfg.tune.metric, (1 if cfg.tune.mode == "min" else -1)
     rows = []
     for res in grid:
@@ -42,12 +80,7 @@ def collect(cfg: Recipe, grid) -> list[dict]:
         hist = _trial_metrics(cfg, trial_id)
         evals = [r[metric] for r in hist if r.get(metric) is not None]
         steps = hist[-1]["step"] if hist else 0
-        if res.error is not None:
-            status = "error"
-        elif steps >= cfg.train.max_steps:
-            status = "done"
-        else:
-            status = "stopped"  # by the scheduler (or the time budget)
+        status = _status(res, trial_id, steps, cfg.train.max_steps)
         rows.append(
             {
                 "trial_id": trial_id,
@@ -173,7 +206,7 @@ def print_summary(cfg: Recipe, rows: list[dict], paths: dict[str, str]) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # not cut to 80 columns in logs
     for name, p in paths.items():
         print(f"{name}: {p}")
-    if best is not None:
+    if best is not None and not OUTCOME.interrupted:  # an interrupted campaign has no best configuration yet
         print(f"run the best configuration: raylm train {paths['best']}")
 
 
