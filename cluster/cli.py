@@ -139,13 +139,16 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check_inputs(cfg: RunConfig) -> None:
-    """A recipe pointing at nothing is a config error, before Ray starts."""
+    """A recipe pointing at nothing, or at a file that cannot be used (tokenizer, decontamination sets,
+    blocklists), is a user error, before Ray starts."""
     from pipelines.sources import list_files
+    from pipelines.userfiles import check_data_files
 
     try:
         list_files(cfg.data.all_inputs)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    check_data_files(cfg.data)
 
 
 def _data_stage(cfg: RunConfig, force: bool) -> None:
@@ -404,11 +407,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cluster.submit import JobError
     from pipelines.rundir import RunConflict
     from pipelines.tokenize import TokenizerError
+    from pipelines.userfiles import UserFileError
     from training.checkpoint import CheckpointError
     from training.evaluate import EvalFileError
     from training.export import ExportError
 
-    user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, CheckpointError, ExportError, EvalFileError
+    user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, UserFileError, CheckpointError, ExportError, EvalFileError
     return (*user, FileNotFoundError, NotADirectoryError)
 
 

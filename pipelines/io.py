@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import fsspec
+
+
+class RecordError(ValueError):
+    """A user's file, or one of its records (a line), that its reader cannot take: why, and the line number."""
+
+    def __init__(self, why: str, line: int | None = None):
+        super().__init__(f"line {line}: {why}" if line is not None else why)
+        self.why, self.line = why, line
+
+
+def text_lines(f) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a binary file object, decoded as UTF-8 (a byte-order mark at the start
+    dropped); a line that is not UTF-8 is a RecordError naming it."""
+    for n, raw in enumerate(f, 1):
+        try:
+            yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise RecordError("not UTF-8 text", n) from None
 
 
 def is_local(fs) -> bool:

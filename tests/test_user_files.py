@@ -1,0 +1,121 @@
+"""Files a recipe names (tokenizer, decontamination sets, URL blocklists) checked before Ray starts (issue #31,
+defect 8): exit 2, one line naming the key, the file and a bad record's line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipelines.config import DataConfig
+from pipelines.decontaminate import eval_examples
+from pipelines.io import RecordError
+from pipelines.tokenize import TokenizerError
+from pipelines.userfiles import UserFileError, check_data_files
+from tests.conftest import ROOT
+
+RECIPE = str(ROOT / "cluster" / "recipes" / "local.yaml")
+OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}  # no download can succeed
+
+
+def _raylm(*argv: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    e = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    e.update(PYTHONPATH=str(ROOT), RAY_DATA_DISABLE_PROGRESS_BARS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "cluster", *argv], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def _data(tmp_path, **over) -> DataConfig:
+    return DataConfig.model_validate({"tokenizer": {"name": "cl100k_base"}, **over})
+
+
+@pytest.fixture()
+def files(tmp_path):
+    (tmp_path / "eval.jsonl").write_text('{"text": "one two three"}\n\n[1, 2]\n')
+    (tmp_path / "latin1.txt").write_bytes(b"fine\ncaf\xe9\n")
+    (tmp_path / "bad.tiktoken").write_text("IQ== 0\nnot-base64! 1\n")
+    (tmp_path / "ok.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+    os.mkfifo(tmp_path / "fifo.txt")
+    return tmp_path
+
+
+# ---------------------------------------------------------------- the checks, without Ray
+@pytest.mark.parametrize(
+    ("over", "needle"),
+    [
+        ({"decontaminate": {"files": ["{d}/nope.jsonl"]}}, "data.decontaminate.files[0]: {d}/nope.jsonl: no such file"),
+        ({"decontaminate": {"files": ["{d}/eval.jsonl"]}}, "data.decontaminate.files[0]: {d}/eval.jsonl:3: not a JSON object"),
+        ({"decontaminate": {"files": ["{d}/ok.jsonl", "{d}/latin1.txt"]}}, "data.decontaminate.files[1]: {d}/latin1.txt:2: not UTF-8"),
+        ({"decontaminate": {"files": ["{d}"]}}, "{d}: a directory, not a file"),
+        ({"decontaminate": {"files": ["{d}/fifo.txt"]}}, "{d}/fifo.txt: not a regular file"),  # opening it would hang
+        ({"url_filter": {"block_urls": ["{d}/latin1.txt"]}}, "data.url_filter.block_urls[0]: {d}/latin1.txt:2: not UTF-8"),
+        ({"tokenizer": {"path": "{d}/nope.tiktoken"}}, "data.tokenizer.path: {d}/nope.tiktoken: no such file"),
+    ],
+)
+def test_a_bad_data_file_names_its_key_file_and_line(files, over, needle):
+    over = json.loads(json.dumps(over).replace("{d}", str(files)))
+    with pytest.raises(UserFileError) as e:
+        check_data_files(_data(files, **over))
+    assert needle.replace("{d}", str(files)) in str(e.value)
+
+
+def test_a_bad_tokenizer_file_is_a_tokenizer_error_naming_the_line(files):
+    with pytest.raises(TokenizerError, match=r"data.tokenizer.path: cannot read .*bad.tiktoken: line 2 "):
+        check_data_files(_data(files, tokenizer={"path": str(files / "bad.tiktoken")}))
+
+
+def test_good_files_pass(files):
+    check_data_files(_data(files, decontaminate={"files": [str(files / "ok.jsonl")]}, url_filter={"block_domains": [str(files / "ok.jsonl")]}))
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["text", "prompt", "completion", "id"]), st.text(max_size=20)), max_size=8), st.data())
+def test_readers_name_the_first_bad_line_and_yield_every_record_before_it(records, data):
+    """Property: a JSON Lines file with one record that is not an object at any place: the decontamination
+    reader yields every record before it, then fails naming its line."""
+    import tempfile
+
+    at = data.draw(st.integers(0, len(records)))
+    bad = data.draw(st.sampled_from(["[1]", "5", '"text"', "{oops", "null"]))
+    lines = [json.dumps(r) for r in records[:at]] + [bad] + [json.dumps(r) for r in records[at:]]
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "x.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        got = []
+        with pytest.raises(RecordError) as e:
+            for example in eval_examples(path):
+                got.append(example)
+        assert e.value.line == at + 1
+        assert [n for n, _ in got] == list(range(1, at + 1))
+
+
+# ---------------------------------------------------------------- the CLI: exit 2, one line, before Ray
+def _one_line_before_ray(out: subprocess.CompletedProcess, *needles: str) -> None:
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
+    assert all(n in out.stderr for n in needles), out.stderr
+    assert "ray: started" not in out.stdout and "Traceback" not in out.stderr, out.stdout + out.stderr
+
+
+def test_cli_missing_decontamination_file(tmp_path):
+    out = _raylm("data", RECIPE, "--set", f"storage_path={tmp_path}", "--set", f"data.decontaminate.files=[{tmp_path}/evals.jsonl]")
+    _one_line_before_ray(out, "data.decontaminate.files[0]", f"{tmp_path}/evals.jsonl", "no such file")
+
+
+def test_cli_malformed_decontamination_record(files):
+    out = _raylm("run", RECIPE, "--set", f"storage_path={files}", "--set", f"data.decontaminate.files=[{files}/eval.jsonl]")
+    _one_line_before_ray(out, "data.decontaminate.files[0]", f"{files}/eval.jsonl:3", "not a JSON object")
+
+
+def test_cli_bad_tokenizer_path(files):
+    out = _raylm("data", RECIPE, "--set", f"storage_path={files}", "--set", f"data.tokenizer={{path: {files}/bad.tiktoken}}")
+    _one_line_before_ray(out, "data.tokenizer.path", f"{files}/bad.tiktoken", "line 2")
+
+
+def test_cli_tokenizer_name_not_available_offline(tmp_path):
+    out = _raylm("data", RECIPE, "--set", f"storage_path={tmp_path}", "--set", "data.tokenizer={name: r50k_base}", env=OFFLINE)
+    _one_line_before_ray(out, "data.tokenizer.name", "'r50k_base' is not available offline")
