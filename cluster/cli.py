@@ -196,6 +196,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train_job(cfg: RunConfig) -> int:
+    from pipelines.io import no_space
     from pipelines.shards import require_shards
     from training.metrics import loss_text
     from training.scaling import resolve_job
@@ -213,6 +214,8 @@ def _train_job(cfg: RunConfig) -> int:
         rec["layout"] = describe_batch(job.train)
         print(f"raylm train: {rec['layout']}, {job.train.max_steps:,} steps", flush=True)
         result = run_train(job, started)
+        if result.error is not None and no_space(result.error) is not None:
+            raise result.error  # a full disk: the one line main() prints
         if result.error is not None:
             rec.update(exit_code=1, error=str(result.error)[:2000])
             print(f"raylm: training failed: {result.error}", file=sys.stderr)
@@ -473,9 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         print("raylm: interrupted; run the same command again to go on (finished stages are kept, training resumes)", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the one place that turns every error into a message and an exit code
+        from pipelines.io import no_space
         from pipelines.run import DataStageError
         from training.trainer import TrainingDiverged
 
+        if (where := no_space(e)) is not None:  # wherever it happened, in this process or a Ray worker
+            print(f"raylm: no space left on device{f' writing {where}' if where else ''}", file=sys.stderr)
+            return 1
         if isinstance(e, _user_errors()):
             print(f"raylm: {e}", file=sys.stderr)
             return 2

@@ -1,8 +1,10 @@
 """Files a recipe names (tokenizer, decontamination sets, URL blocklists) checked before Ray starts (issue #31,
-defect 8): exit 2, one line naming the key, the file and a bad record's line."""
+defect 8): exit 2, one line naming the key, the file and a bad record's line; and a full disk, anywhere in a
+command, as one line naming the file, with no empty run.json left behind."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -12,9 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cluster.provenance import RUN_JSON, read_run_json, recorded, write_run_json
 from pipelines.config import DataConfig
 from pipelines.decontaminate import eval_examples
-from pipelines.io import RecordError
+from pipelines.io import NoSpace, RecordError, no_space, write_atomic
 from pipelines.tokenize import TokenizerError
 from pipelines.userfiles import UserFileError, check_data_files
 from tests.conftest import ROOT
@@ -119,3 +122,89 @@ def test_cli_bad_tokenizer_path(files):
 def test_cli_tokenizer_name_not_available_offline(tmp_path):
     out = _raylm("data", RECIPE, "--set", f"storage_path={tmp_path}", "--set", "data.tokenizer={name: r50k_base}", env=OFFLINE)
     _one_line_before_ray(out, "data.tokenizer.name", "'r50k_base' is not available offline")
+
+
+# ---------------------------------------------------------------- a full disk
+def test_no_space_is_found_behind_causes_and_in_a_worker_errors_text():
+    try:
+        try:
+            with open("/dev/full", "w") as f:
+                f.write("x")
+        except OSError as e:
+            raise RuntimeError("the task failed") from e
+    except RuntimeError as e:
+        assert no_space(e) == ""  # a write to an open file names no file
+    text = RuntimeError("ray::task()\nOSError: [Errno 28] No space left on device: '/runs/r/data/x.tmp'\n")
+    assert no_space(text) == "/runs/r/data/x.tmp"
+    assert no_space(OSError(errno.ENOENT, "No such file or directory", "/x")) is None
+
+
+def test_recorded_names_the_stage_directory_when_the_full_disk_names_no_file(tmp_path):
+    d = str(tmp_path / "r" / "data")
+    with pytest.raises(NoSpace) as e, recorded(d, "data", {}, at_start=False):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert no_space(e.value) == d and read_run_json(d)["status"] == "failed"
+
+
+@pytest.fixture()
+def small_disk(tmp_path, request):
+    """A tmpfs of `request.param` (e.g. "1m") at tmp_path/disk: a real full disk (root only; skipped otherwise)."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={getattr(request, 'param', '1m')}", "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def _fill(d) -> None:
+    with open(d / "filler", "wb", buffering=0) as f, pytest.raises(OSError) as e:
+        while True:
+            f.write(b"\0" * 4096)
+    assert e.value.errno == errno.ENOSPC
+
+
+def test_a_failed_run_json_write_keeps_the_previous_one(small_disk):
+    stage = str(small_disk / "r" / "train")
+    write_run_json(stage, {"status": "running"})
+    _fill(small_disk)
+    with pytest.raises(OSError) as e:
+        write_run_json(stage, {"status": "succeeded", "pad": "x" * 100_000})
+    assert no_space(e.value) == f"{stage}/{RUN_JSON}"
+    assert read_run_json(stage) == {"status": "running"}
+    assert sorted(os.listdir(stage)) == [RUN_JSON]  # no temporary file left
+
+
+def test_write_atomic_leaves_no_empty_file(small_disk):
+    _fill(small_disk)
+    with pytest.raises(OSError):
+        write_atomic(str(small_disk / "stats.json"), "x" * 100_000)
+    assert sorted(os.listdir(small_disk)) == ["filler"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("small_disk", ["8m"], indirect=True)
+def test_disk_full_during_tokenize_is_one_line(small_disk):
+    """The sample's staging files fit in 8 MB and its 2.7M cl100k tokens (10.8 MB) do not: the disk fills in
+    the tokenize stage, in every task at once."""
+    out = _raylm(
+        "data",
+        RECIPE,
+        "--set",
+        f"storage_path={small_disk}",
+        "--set",
+        "name=full",
+        "--set",
+        "data.tokenizer={name: cl100k_base}",
+        "--set",
+        "data.dedup.minhash.enabled=false",
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "tokenize:" in out.stdout, out.stdout  # it got there: the stages before fit
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr[-3000:]  # no "Unhandled error", no traceback
+    assert out.stderr.startswith(f"raylm: no space left on device writing {small_disk}/full/data/"), out.stderr
+    run_json = small_disk / "full" / "data" / RUN_JSON
+    assert not run_json.exists() or json.loads(run_json.read_text())["status"] == "failed"
