@@ -168,9 +168,12 @@ def _data_stage(cfg: RunConfig, force: bool) -> None:
 
 def _own_shards(cfg: RunConfig) -> bool:
     """Whether `run` and `tune` build their shards (the run's data/, from the inputs) or read another run's
-    (train.data_path: they must exist, and nothing is built). Checked before Ray starts."""
+    (train.data_path: they must exist, and nothing is built). Checked before Ray starts, with train.init_from."""
     from pipelines.shards import require_shards
+    from training.trainer import init_checkpoint
 
+    if cfg.train.init_from:
+        init_checkpoint(cfg.train.init_from)
     if cfg.train.data_path is None:
         _check_inputs(cfg)
         return True

@@ -124,6 +124,15 @@ def test_cli_tokenizer_name_not_available_offline(tmp_path):
     _one_line_before_ray(out, "data.tokenizer.name", "'r50k_base' is not available offline")
 
 
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_cli_missing_init_from_before_the_data_stage(files, command):
+    """`run` and `tune` check train.init_from before Ray starts, not after building the data."""
+    recipe = RECIPE if command == "run" else str(ROOT / "cluster" / "recipes" / "tune-local.yaml")
+    sets = [f"storage_path={files}/runs", f"data.inputs=[{{path: {files}/ok.jsonl}}]", f"train.init_from={files}/pretrained"]
+    out = _raylm(command, recipe, *[x for s in sets for x in ("--set", s)])
+    _one_line_before_ray(out, "train.init_from", f"{files}/pretrained", "no checkpoint")
+
+
 # ---------------------------------------------------------------- a full disk
 def test_no_space_is_found_behind_causes_and_in_a_worker_errors_text():
     try:
