@@ -139,13 +139,16 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check_inputs(cfg: RunConfig) -> None:
-    """A recipe pointing at nothing is a config error, before Ray starts."""
+    """A recipe pointing at nothing, or at a file that cannot be used (tokenizer, decontamination sets,
+    blocklists), is a user error, before Ray starts."""
     from pipelines.sources import list_files
+    from pipelines.userfiles import check_data_files
 
     try:
         list_files(cfg.data.all_inputs)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    check_data_files(cfg.data)
 
 
 def _data_stage(cfg: RunConfig, force: bool) -> None:
@@ -165,9 +168,12 @@ def _data_stage(cfg: RunConfig, force: bool) -> None:
 
 def _own_shards(cfg: RunConfig) -> bool:
     """Whether `run` and `tune` build their shards (the run's data/, from the inputs) or read another run's
-    (train.data_path: they must exist, and nothing is built). Checked before Ray starts."""
+    (train.data_path: they must exist, and nothing is built). Checked before Ray starts, with train.init_from."""
     from pipelines.shards import require_shards
+    from training.trainer import init_checkpoint
 
+    if cfg.train.init_from:
+        init_checkpoint(cfg.train.init_from)
     if cfg.train.data_path is None:
         _check_inputs(cfg)
         return True
@@ -193,6 +199,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train_job(cfg: RunConfig) -> int:
+    from pipelines.io import no_space
     from pipelines.shards import require_shards
     from training.metrics import loss_text
     from training.scaling import resolve_job
@@ -210,6 +217,8 @@ def _train_job(cfg: RunConfig) -> int:
         rec["layout"] = describe_batch(job.train)
         print(f"raylm train: {rec['layout']}, {job.train.max_steps:,} steps", flush=True)
         result = run_train(job, started)
+        if result.error is not None and no_space(result.error) is not None:
+            raise result.error  # a full disk: the one line main() prints
         if result.error is not None:
             rec.update(exit_code=1, error=str(result.error)[:2000])
             print(f"raylm: training failed: {result.error}", file=sys.stderr)
@@ -407,11 +416,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cluster.submit import JobError
     from pipelines.rundir import RunConflict
     from pipelines.tokenize import TokenizerError
+    from pipelines.userfiles import UserFileError
     from training.checkpoint import CheckpointError
     from training.evaluate import EvalFileError
     from training.export import ExportError
 
-    user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, CheckpointError, ExportError, EvalFileError
+    user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, UserFileError, CheckpointError, ExportError, EvalFileError
     return (*user, FileNotFoundError, NotADirectoryError)
 
 
@@ -474,9 +484,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raylm: interrupted; run {again} to go on (finished stages are kept, training resumes)", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the one place that turns every error into a message and an exit code
+        from pipelines.io import no_space
         from pipelines.run import DataStageError
         from training.trainer import TrainingDiverged
 
+        if (where := no_space(e)) is not None:  # wherever it happened, in this process or a Ray worker
+            print(f"raylm: no space left on device{f' writing {where}' if where else ''}", file=sys.stderr)
+            return 1
         if isinstance(e, _user_errors()):
             print(f"raylm: {e}", file=sys.stderr)
             return 2

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import fsspec
 
+from pipelines.io import NoSpace, no_space, write_atomic
+
 RUN_JSON = "run.json"
 PACKAGES = ("raylm", "ray", "torch", "tiktoken", "numpy", "pyarrow")
 _SOURCE = Path(__file__).resolve().parents[1]  # the raylm source tree (a git checkout, or an unpacked job dir)
@@ -75,10 +77,10 @@ def cluster_resources() -> dict | None:
 
 
 def write_run_json(stage_dir: str, record: dict) -> None:
+    """Atomic: a failed write (a full disk) leaves the previous run.json, never an empty or cut one."""
     fs, _ = fsspec.core.url_to_fs(stage_dir)
     fs.makedirs(stage_dir, exist_ok=True)
-    with fs.open(f"{stage_dir}/{RUN_JSON}", "w") as f:
-        json.dump(record, f, indent=1, default=str)
+    write_atomic(f"{stage_dir}/{RUN_JSON}", json.dumps(record, indent=1, default=str))
 
 
 def read_run_json(stage_dir: str) -> dict | None:
@@ -96,7 +98,9 @@ def recorded(
 ) -> Iterator[dict]:
     """Records the stage run inside the `with`: its run.json says "running" (when `at_start`), then
     "succeeded", "failed" (an exception: exit code `code_of(e)`, or a non-zero `record["exit_code"]` the
-    body set) or "interrupted". The body may add fields to the record it gets (the resolved layout, results)."""
+    body set) or "interrupted". The body may add fields to the record it gets (the resolved layout, results).
+    A full disk that names no file is raised as NoSpace naming the stage directory; a run.json that cannot be
+    written at the end never hides the body's own error."""
     rec = {"stage": stage, "command": list(_COMMAND) or ["raylm", *sys.argv[1:]], "recipe": recipe, "git": git_state(), "versions": versions()}
     rec.update(cluster=cluster_resources(), started=now(), ended=None, status="running", exit_code=None)
     t0 = time.monotonic()
@@ -108,10 +112,23 @@ def recorded(
         rec["status"] = "succeeded" if rec["exit_code"] == 0 else "failed"
     except KeyboardInterrupt:
         rec.update(status="interrupted", exit_code=1)
+        _record_end(stage_dir, rec, t0, failed=True)
         raise
     except BaseException as e:
         rec.update(status="failed", exit_code=code_of(e), error=f"{type(e).__name__}: {e}"[:2000])
+        _record_end(stage_dir, rec, t0, failed=True)
+        if no_space(e) == "":
+            raise NoSpace(stage_dir) from e
         raise
-    finally:
-        rec.update(ended=now(), seconds=round(time.monotonic() - t0, 1), cluster=rec["cluster"] or cluster_resources())
+    _record_end(stage_dir, rec, t0, failed=False)
+
+
+def _record_end(stage_dir: str, rec: dict, t0: float, failed: bool) -> None:
+    """The record of how the stage ended. When the stage failed, its error is what the command reports: a
+    run.json that cannot be written then (the same full disk) stays as it was."""
+    rec.update(ended=now(), seconds=round(time.monotonic() - t0, 1), cluster=rec["cluster"] or cluster_resources())
+    try:
         write_run_json(stage_dir, rec)
+    except OSError:
+        if not failed:
+            raise

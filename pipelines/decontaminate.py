@@ -16,6 +16,7 @@ import fsspec
 import numpy as np
 import xxhash
 
+from pipelines.io import RecordError, text_lines
 from pipelines.stage import Chunk, Step
 
 _WORD = re.compile(r"\w+")
@@ -38,16 +39,29 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
 
 def eval_examples(path: str) -> Iterator[tuple[int, str]]:
     """(line number, text) of each example of an evaluation file: a .jsonl record's `text`, or its prompt and
-    completion (any string fields); a line of any other file."""
-    with fsspec.open(path, "rt", encoding="utf-8", compression="infer") as f:
-        for i, line in enumerate(f, 1):
+    completion (any string fields); a line of any other file. A line that is not UTF-8, or in a .jsonl not a
+    JSON object, is a RecordError naming it (checked before Ray starts: pipelines/userfiles.py)."""
+    with fsspec.open(path, "rb", compression="infer") as f:
+        for i, line in text_lines(f):
             if not line.strip():
                 continue
             if ".jsonl" in path or ".json" in path:
-                rec = json.loads(line)
-                yield i, rec["text"] if "text" in rec else " ".join(str(v) for v in rec.values() if isinstance(v, str))
+                yield i, _record_text(line, i)
             else:
                 yield i, line
+
+
+def _record_text(line: str, i: int) -> str:
+    try:
+        rec = json.loads(line)
+    except ValueError as e:
+        raise RecordError(f"not valid JSON ({getattr(e, 'msg', e)})", i) from None
+    if not isinstance(rec, dict):
+        raise RecordError(f"not a JSON object (a {type(rec).__name__})", i)
+    text = rec.get("text")
+    if text is not None and not isinstance(text, str):
+        raise RecordError(f"'text' is a {type(text).__name__}, not a string", i)
+    return text if text is not None else " ".join(v for v in rec.values() if isinstance(v, str))
 
 
 class EvalNgrams:

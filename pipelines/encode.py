@@ -16,9 +16,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
+from pipelines.io import naming
 from pipelines.paths import TOKENIZER
 from pipelines.shards import binary_column
-from pipelines.stage import DataRun, Stage, built_once
+from pipelines.stage import DataRun, Stage, built_once, settle
 from pipelines.staging import final_texts, tokens_schema
 from pipelines.stats import Stats
 from pipelines.tokenize import TokenizerSpec, encode_documents, encode_with_masks, train_bpe
@@ -53,7 +54,7 @@ class TokenizeFile:
         if self.masks:
             cols["mask"] = binary_column(masks, len(docs), where, 1)
         fs, _ = fsspec.core.url_to_fs(path)
-        with fs.open(path + ".tokens.tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
+        with naming(path + ".tokens.tmp"), fs.open(path + ".tokens.tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
             pq.write_table(pa.table(cols, schema=tokens_schema(self.masks)), f, compression="none")
         fs.mv(path + ".tokens.tmp", path + ".tokens")
         # wall clock (not perf_counter): the driver compares it with its own, to time the stage's fixed costs
@@ -81,6 +82,9 @@ def _watch(refs: list) -> list[dict]:
             live.status(
                 f"{len(refs) - len(pending)} of {len(refs)} staging files, {tokens:,} tokens ({rate:,.0f} tokens/s)", len(refs) - len(pending)
             )
+    except Exception:
+        settle(pending)
+        raise
     finally:
         live.close()
     return ray.get(refs)

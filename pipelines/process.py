@@ -27,6 +27,7 @@ from pipelines.config import DataConfig
 from pipelines.decontaminate import Decontaminate
 from pipelines.dedup import ExactHash, MinHashSign
 from pipelines.extract import Extract
+from pipelines.io import naming
 from pipelines.language import Language
 from pipelines.pii import RedactPii
 from pipelines.stage import Block, Chunk, DataRun, Stage, built_once
@@ -113,7 +114,7 @@ class DocProcessor:
 
     def _write(self, batch: pa.Table, b: Block, path: str) -> None:
         table = pa.table(self._columns(batch, b), schema=self.schema)
-        with self.fs.open(path + ".tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
+        with naming(path + ".tmp"), self.fs.open(path + ".tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
             pq.write_table(table, f, compression="zstd")
         self.fs.mv(path + ".tmp", path)
 

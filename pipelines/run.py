@@ -22,7 +22,7 @@ import fsspec
 from pipelines.config import DataConfig
 from pipelines.dedup import Dedup
 from pipelines.encode import Tokenize
-from pipelines.io import exists, makedirs, rm_tree, touch
+from pipelines.io import exists, makedirs, rm_tree, touch, write_atomic
 from pipelines.paths import MANIFEST, REMOVED, REMOVED_PLOT, STAGE_MARKER, STATS, TOKENIZER, WORK, RunPaths
 from pipelines.process import Process
 from pipelines.rundir import RunConflict, holds_other_run
@@ -178,9 +178,7 @@ def _write_stats(root: str, stages: dict[str, Stats], total: float, docs_in: int
         "mb_per_s": round(bytes_in / 1e6 / max(total, 1e-9), 3),
         "docs_per_s": round(docs_in / max(total, 1e-9), 1),
     }
-    fs, _ = fsspec.core.url_to_fs(root)
-    with fs.open(f"{root}/{STATS}", "w") as f:
-        json.dump(stats, f, indent=1)
+    write_atomic(f"{root}/{STATS}", json.dumps(stats, indent=1))
     return stats
 
 

@@ -147,6 +147,21 @@ def built_once(cls: type, *args: Any) -> Any:
     return _BUILT[key]
 
 
+def settle(refs: list) -> None:
+    """After one of a stage's tasks failed: cancel the others and collect their outcomes. Each error left
+    uncollected would print as Ray's "Unhandled error" with its traceback when dropped (a full disk fails
+    every task): the stage's one failure is reported once, by the error its caller raises."""
+    import ray
+
+    for r in refs:
+        ray.cancel(r)  # a finished task: nothing to cancel
+    for r in refs:
+        try:
+            ray.get(r)
+        except Exception:  # noqa: BLE001, S110 - the outcome is collected to be dropped: the first error is the one raised
+            pass
+
+
 class Step:
     """A per-document step (built once per worker process; `enabled` leaves it out of a recipe that does not use it)."""
 

@@ -57,6 +57,23 @@ def _registered(name: str) -> str:
     raise TokenizerError(f"data.tokenizer.name: unknown encoding {name!r} (known: {', '.join(sorted(names))})")
 
 
+def _ranks(data: bytes) -> dict[bytes, int]:
+    """The mergeable ranks of a `.tiktoken` file: a line `<base64 token> <rank>` per token."""
+    ranks = {}
+    for n, ln in enumerate(data.splitlines(), 1):
+        parts = ln.split()
+        if not parts:
+            continue
+        try:
+            tok, rank = parts
+            ranks[base64.b64decode(tok, validate=True)] = int(rank)
+        except ValueError:  # binascii.Error is a ValueError too
+            raise ValueError(f"line {n} is not `<base64 token> <rank>`") from None
+    if not ranks:
+        raise ValueError("no ranks: a .tiktoken file has a line `<base64 token> <rank>` per token")
+    return ranks
+
+
 def load_encoding(spec: TokenizerSpec) -> tiktoken.Encoding:
     if spec.path is None:
         try:
@@ -65,20 +82,26 @@ def load_encoding(spec: TokenizerSpec) -> tiktoken.Encoding:
             raise
         except Exception as e:  # noqa: BLE001 - most often: the ranks would have to be downloaded
             raise TokenizerError(
-                f"encoding {spec.name!r} is not available offline ({type(e).__name__}: {e}); use cl100k_base (bundled) or data.tokenizer.path"
+                f"data.tokenizer.name: encoding {spec.name!r} is not available offline (tiktoken would download its ranks: "
+                f"{type(e).__name__}); use cl100k_base (bundled) or data.tokenizer.path"
             ) from None
     meta_path = _meta_path(spec.path)
-    fs, _ = fsspec.core.url_to_fs(meta_path)
-    meta = json.loads(fs.cat(meta_path)) if fs.exists(meta_path) else {}
+    try:
+        fs, _ = fsspec.core.url_to_fs(meta_path)
+        meta = json.loads(fs.cat(meta_path)) if fs.exists(meta_path) else {}
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"data.tokenizer.path: cannot read {meta_path} (the pattern and special tokens beside {spec.path}): {e}") from None
     try:
         with fsspec.open(spec.path, "rb") as f:
-            ranks = {base64.b64decode(tok): int(rank) for tok, rank in (ln.split() for ln in f.read().splitlines() if ln)}
-    except (OSError, ValueError) as e:
+            ranks = _ranks(f.read())
+        specials = meta.get("special_tokens") or {EOT: len(ranks)}
+        return tiktoken.Encoding(
+            name=meta.get("name", Path(spec.path).stem), pat_str=meta.get("pattern", CL100K_PATTERN), mergeable_ranks=ranks, special_tokens=specials
+        )
+    except (OSError, ValueError, TypeError) as e:  # a line that is not `token rank`, a bad pattern or special tokens
         raise TokenizerError(f"data.tokenizer.path: cannot read {spec.path}: {e}") from None
-    specials = meta.get("special_tokens") or {EOT: len(ranks)}
-    return tiktoken.Encoding(
-        name=meta.get("name", Path(spec.path).stem), pat_str=meta.get("pattern", CL100K_PATTERN), mergeable_ranks=ranks, special_tokens=specials
-    )
 
 
 def copy_tokenizer(src: str, dst: str) -> None:

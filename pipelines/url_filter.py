@@ -10,13 +10,15 @@ from urllib.parse import urlsplit
 
 import fsspec
 
+from pipelines.io import text_lines
 from pipelines.stage import Chunk, Step
 
 
 def read_list(path: str) -> list[str]:
-    """The entries of a list file: one a line, `#` starts a comment, blank lines ignored."""
-    with fsspec.open(path, "rt", encoding="utf-8") as f:
-        return [e for line in f if (e := line.split("#", 1)[0].strip())]
+    """The entries of a list file: one a line, `#` starts a comment, blank lines ignored; UTF-8 (a line that is not
+    is a RecordError naming it)."""
+    with fsspec.open(path, "rb") as f:
+        return [e for _, line in text_lines(f) if (e := line.split("#", 1)[0].strip())]
 
 
 class Blocklist:

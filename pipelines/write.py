@@ -34,7 +34,7 @@ from pipelines.dedup import source_rank
 from pipelines.layout import SPLIT_NAMES, SPLITS, Counts, ShardMap, Start
 from pipelines.paths import DOCS, REMOVED, TOKENIZER, WORK
 from pipelines.shards import npy_from_raw, save_index, shard_path, token_arrays, token_dtype
-from pipelines.stage import DataRun, Stage
+from pipelines.stage import DataRun, Stage, settle
 from pipelines.staging import SKIP, final_mask
 from pipelines.stats import Stats
 from pipelines.tokenize import copy_tokenizer, load_encoding
@@ -342,7 +342,11 @@ def _gather(refs: list, desc: str) -> list:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             bar.update(len(done))
-    return ray.get(refs)
+    try:
+        return ray.get(refs)
+    except Exception:
+        settle(refs)
+        raise
 
 
 def groups_of(staging: list[dict], n: int) -> list[list[dict]]:

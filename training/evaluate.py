@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.io import write_atomic
 from pipelines.schema import ConfigError
 from pipelines.shards import iter_documents, read_manifest, require_shards
 from pipelines.tokenize import encode_documents, encode_with_masks
@@ -289,8 +290,7 @@ def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
     out = f"{job.paths.eval}/{what}@{state['config']['name'].replace('/', '_')}-step{state['step']}.json"
     fs, _ = fsspec.core.url_to_fs(out)
     fs.makedirs(out.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(out, "w") as f:
-        json.dump(res, f, indent=1)
+    write_atomic(out, json.dumps(res, indent=1))
     res["path"] = out
     return res
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import fsspec
 
-from pipelines.io import is_local
+from pipelines.io import is_local, write_atomic
 from pipelines.paths import RunPaths
 from pipelines.schema import ConfigError
 from training.config import TrainJob
@@ -178,8 +178,7 @@ class Trackers:
             ids["wandb"] = {"id": self.wandb.id, "mode": self.info["wandb_mode"], "dir": self.wandb.dir, "project": self.info["wandb_project"]}
             self.wandb.finish()
         if ids:
-            with fsspec.open(f"{self.job.paths.train}/{TRACKING}", "w") as f:
-                json.dump(ids, f, indent=1)
+            write_atomic(f"{self.job.paths.train}/{TRACKING}", json.dumps(ids, indent=1))
 
 
 def log_final(paths: RunPaths, checkpoint_path: str | None) -> None:

@@ -118,14 +118,23 @@ def run_train(job: TrainJob, started: float | None = None):
     return result
 
 
+def init_checkpoint(init_from: str) -> tuple[str, dict]:
+    """The checkpoint `train.init_from` names, and its meta.json; a FileNotFoundError naming the key when there
+    is none. `run` and `tune` check it before Ray starts, ahead of the data stage."""
+    from training import checkpoint
+
+    try:
+        ckpt = checkpoint.latest(init_from)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"train.init_from: {e}") from None
+    return ckpt, checkpoint.read_meta(f"{ckpt}/{checkpoint.META}")
+
+
 def check_init_from(job: TrainJob) -> str:
     """The checkpoint `train.init_from` names, after checking (from its meta.json, without loading
     weights) that its model has the recipe's shape and its tokenizer made the shards. Raises
     FileNotFoundError or ConfigError with what differs."""
-    from training import checkpoint
-
-    ckpt = checkpoint.latest(job.train.init_from)
-    meta = checkpoint.read_meta(f"{ckpt}/{checkpoint.META}")
+    ckpt, meta = init_checkpoint(job.train.init_from)
     want = job.train.model.model_dump(mode="json")
     have = meta.get("model")
     # dropout and document masking are training choices, not shapes: a fine-tune may change them

@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 import yaml
 
-from pipelines.io import absolute
+from pipelines.io import absolute, write_atomic
 from pipelines.plots import save_figure
 from training.metrics import read_metrics
 from tuning.config import Recipe
@@ -130,17 +130,13 @@ def write_results(cfg: Recipe, rows: list[dict]) -> dict[str, str]:
     w.writeheader()
     w.writerows(rows)
     paths = {"results": f"{out}/results.csv"}
-    with fsspec.open(paths["results"], "w") as f:
-        f.write(buf.getvalue())
+    write_atomic(paths["results"], buf.getvalue())
     best = best_row(cfg, rows)
     if best is not None:
         paths["best"] = f"{out}/best.yaml"
-        with fsspec.open(paths["best"], "w") as f:
-            f.write(
-                f"# best of {len(rows)} trials of {cfg.name}: trial {best['trial_id']}, "
-                f"final {cfg.tune.metric} {best[f'final_{cfg.tune.metric}']:.4f}\n"
-            )
-            f.write(yaml.safe_dump(best_recipe(cfg, best), sort_keys=False))
+        final = best[f"final_{cfg.tune.metric}"]
+        head = f"# best of {len(rows)} trials of {cfg.name}: trial {best['trial_id']}, final {cfg.tune.metric} {final:.4f}\n"
+        write_atomic(paths["best"], head + yaml.safe_dump(best_recipe(cfg, best), sort_keys=False))
     paths.update(plot(cfg, rows, out))
     return paths
 
