@@ -78,10 +78,11 @@ def write_atomic(path: str, data: str | bytes) -> None:
     into a temporary name beside it, then renamed over it (a failed write, a full disk, leaves no empty or cut
     file); on object storage an object is written whole anyway. An OSError names the file."""
     raw = data.encode() if isinstance(data, str) else data
-    fs, _ = fsspec.core.url_to_fs(path)
+    fs, local = fsspec.core.url_to_fs(path)
     if not is_local(fs):
         fs.pipe_file(path, raw)
         return
+    path = local  # a file:// URL too
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:

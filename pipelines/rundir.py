@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 
 import fsspec
 
-from pipelines.io import is_local
+from pipelines.io import is_local, write_atomic
 
 MARKER = ".raylm-run"
 LOCK_PREFIX = ".raylm-lock-"
@@ -77,8 +77,7 @@ def claim(storage_path: str, name: str) -> None:
             held = (_read_json(fs, inner) or {}).get("name") or inner[len(root) + 1 : -len(MARKER) - 1]
             raise RunConflict(f"{storage_path.rstrip('/')}/{name} holds the run {held!r}: a run named {name!r} would contain it; choose another name")
     fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root}/{MARKER}", "w") as f:
-        json.dump({"name": name, "created": _now(), "command": _command()}, f)
+    write_atomic(f"{storage_path.rstrip('/')}/{name}/{MARKER}", json.dumps({"name": name, "created": _now(), "command": _command()}))
 
 
 def holds_other_run(stage_dir: str) -> str | None:
