@@ -338,7 +338,7 @@ def _interrupts_recorded() -> Iterator[None]:
         return
 
     def handler(signum, frame) -> None:
-        if OUTCOME.interrupted:
+        if OUTCOME.interrupted or not callable(signal.getsignal(signal.SIGUSR1)):  # not yet in Tune's loop: plain Ctrl-C
             raise KeyboardInterrupt
         OUTCOME.interrupted = True
         signal.raise_signal(signal.SIGUSR1)
