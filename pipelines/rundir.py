@@ -3,7 +3,8 @@
 Ownership: the first command that writes into a run leaves `.raylm-run` at `{storage_path}/{name}/` (its name,
 when, and the command). Runs never nest: a name below another run's directory (`nb/data` beside a run `nb`),
 or one whose directory holds another run, is refused before anything is written, and a stage directory is
-removed only when its own run made it (`owns`), never when it holds another run.
+removed only when its own run made it, never when it holds another run (`holds_other_run`; the data stage's
+check is pipelines/run.py `check_removable`).
 
 Locks: a command holds one lock per stage directory it writes (`.raylm-lock-data`, `-train`, `-tune`, `-eval`
 at the run's root) for as long as it runs. A lock is a lease: a small JSON file (holder, host, pid, expiry)
@@ -71,24 +72,24 @@ def claim(storage_path: str, name: str) -> None:
     root = f"{storage}/{name}"
     if fs.exists(f"{root}/{MARKER}"):
         return
-    if fs.isdir(root):
-        inner = next((p for p in fs.find(root) if p.rsplit("/", 1)[-1] == MARKER), None)
-        if inner is not None:
-            held = (_read_json(fs, inner) or {}).get("name") or inner[len(root) + 1 : -len(MARKER) - 1]
-            raise RunConflict(f"{storage_path.rstrip('/')}/{name} holds the run {held!r}: a run named {name!r} would contain it; choose another name")
+    shown = f"{storage_path.rstrip('/')}/{name}"
+    held = holds_other_run(shown)
+    if held is not None:
+        raise RunConflict(f"{shown} holds the run {held!r}: a run named {name!r} would contain it; choose another name")
     fs.makedirs(root, exist_ok=True)
-    write_atomic(f"{storage_path.rstrip('/')}/{name}/{MARKER}", json.dumps({"name": name, "created": _now(), "command": _command()}))
+    write_atomic(f"{shown}/{MARKER}", json.dumps({"name": name, "created": _now(), "command": _command()}))
 
 
-def holds_other_run(stage_dir: str) -> str | None:
-    """The name of a run whose directory lies inside `stage_dir` (which raylm must then not remove), or None."""
-    fs, path = fsspec.core.url_to_fs(stage_dir)
+def holds_other_run(directory: str) -> str | None:
+    """The name of a run whose directory lies inside `directory` (which raylm must then not remove, nor make a
+    run of), or None; a marker that cannot be read is named by its directory, relative to `directory`."""
+    fs, path = fsspec.core.url_to_fs(directory)
     if not fs.isdir(path):
         return None
     inner = next((p for p in fs.find(path) if p.rsplit("/", 1)[-1] == MARKER), None)
     if inner is None:
         return None
-    return (_read_json(fs, inner) or {}).get("name") or inner
+    return (_read_json(fs, inner) or {}).get("name") or inner[len(path.rstrip("/")) + 1 : -len(MARKER) - 1]
 
 
 # ---------------------------------------------------------------- locks
@@ -130,6 +131,7 @@ class Lease:
 
     def __init__(self, fs, path: str, shown: str, stage: str, lease_s: float):
         self.fs, self.path, self.shown, self.lease_s = fs, path, shown, lease_s
+        self.url = fs.unstrip_protocol(path)
         self.record = {
             "token": uuid.uuid4().hex,
             "stage": stage,
@@ -155,7 +157,7 @@ class Lease:
                 if (_read_json(self.fs, self.path) or {}).get("token") != self.record["token"]:
                     print(f"raylm: warning: the lock {self.shown} was taken over by another command", file=sys.stderr, flush=True)
                     return
-                self.fs.pipe_file(self.path, self.body())
+                write_atomic(self.url, self.body())  # a reader mid-renewal sees the old lease or the new, never a part
             except OSError:
                 pass  # storage briefly unreachable: try again at the next renewal, within the lease
 

@@ -251,9 +251,13 @@ class Trainer:
         if self.nonfinite >= t.max_nonfinite_losses:
             first = self.step - self.nonfinite + 1
             return f"the loss is not finite ({row['loss']}) at step {self.step}" + (f", and at every step since {first}" if first < self.step else "")
-        if (self.step % t.checkpoint.every == 0 or self.step == t.max_steps) and not finite_weights(self.model):
+        if self.checkpoint_step() and not finite_weights(self.model):
             return f"the weights are no longer finite at step {self.step} (loss {row['loss']})"
         return None
+
+    def checkpoint_step(self) -> bool:
+        """Whether this step saves a checkpoint: every checkpoint.every steps, and the last."""
+        return self.step % self.t.checkpoint.every == 0 or self.step == self.t.max_steps
 
     def checkpoint_and_report(self, row: dict, log: MetricsLog | None) -> bool:
         """Report the row to Ray Train at checkpoint, eval and `report_every` steps (with a checkpoint at
@@ -261,7 +265,7 @@ class Trainer:
         import ray.train
 
         t = self.t
-        if self.step % t.checkpoint.every == 0 or self.step == t.max_steps:
+        if self.checkpoint_step():
             state = self.state_dict()  # a collective: every rank
             if log is not None:
                 log.flush()

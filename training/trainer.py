@@ -6,6 +6,9 @@ found at storage_path/name); a failed worker is restarted from it up to failure.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 from pipelines.paths import TOKENIZER, RunPaths
 from pipelines.schema import ConfigError
 from pipelines.shards import read_manifest, require_shards
@@ -49,13 +52,9 @@ def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str 
     )
 
 
-def fit_interruptibly(trainer):
-    """trainer.fit() in a thread of its own, so that Ctrl-C (and SIGTERM, cluster.runtime) reach this command as a
-    KeyboardInterrupt, as everywhere else in raylm (run.json "interrupted", exit 1, the run resumable). On the main
-    thread Ray Train installs its own SIGINT handler, which aborts the run and then ends the process from inside
-    ray.get with SystemExit(1): recorded as a failure. The workers and the controller end with this process."""
-    import threading
-
+def fit_in_thread(trainer, wait: Callable[[threading.Thread], bool]):
+    """trainer.fit() in a daemon thread while this one calls `wait(thread)` until it returns False (it should
+    return within about a second, so that signals are handled here); then fit's result, or its error raised."""
     out: dict = {}
 
     def fit() -> None:
@@ -66,24 +65,39 @@ def fit_interruptibly(trainer):
 
     worker = threading.Thread(target=fit, name="raylm-train-fit", daemon=True)
     worker.start()
-    while worker.is_alive():
-        worker.join(timeout=0.5)  # a short wait: a signal's handler runs between two
+    while wait(worker):
+        pass
+    worker.join()
     if "error" in out:
         raise out["error"]
     return out["result"]
+
+
+def fit_interruptibly(trainer):
+    """trainer.fit() off the main thread, so that Ctrl-C (and SIGTERM, cluster.runtime) reach this command as a
+    KeyboardInterrupt, as everywhere else in raylm (run.json "interrupted", exit 1, the run resumable). On the main
+    thread Ray Train installs its own SIGINT handler, which aborts the run and then ends the process from inside
+    ray.get with SystemExit(1): recorded as a failure. The workers and the controller end with this process."""
+
+    def wait(worker: threading.Thread) -> bool:
+        worker.join(timeout=0.5)  # a short wait: a signal's handler runs between two
+        return worker.is_alive()
+
+    return fit_in_thread(trainer, wait)
 
 
 class TrainingDiverged(RuntimeError):
     """Training stopped on losses or weights that are not finite (train.max_nonfinite_losses): exit 1."""
 
 
-def check_diverged(paths: RunPaths) -> None:
+def check_diverged(paths: RunPaths, rows: list[dict] | None = None) -> None:
     """TrainingDiverged, with the step and the checkpoint left as the latest, if the run's last metrics row
-    says training stopped on non-finite values (training/loop.py: Trainer.divergence)."""
+    says training stopped on non-finite values (training/loop.py: Trainer.divergence). `rows`: metrics.jsonl
+    when the caller has read it already."""
     from training import checkpoint
     from training.metrics import read_metrics
 
-    rows = read_metrics(paths.metrics)
+    rows = read_metrics(paths.metrics) if rows is None else rows
     if not rows or not rows[-1].get("diverged"):
         return
     try:
@@ -108,13 +122,14 @@ def run_train(job: TrainJob, started: float | None = None):
     trainer = build_trainer(job)
     with TrainProgress(job.paths.metrics, job.train.max_steps, log_interval(job.train), started):
         result = fit_interruptibly(trainer)
-    plot_losses(read_metrics(job.paths.metrics), job.paths.loss_plot, title=job.paths.name)
+    rows = read_metrics(job.paths.metrics)
+    plot_losses(rows, job.paths.loss_plot, title=job.paths.name)
     if "mlflow" in job.train.loggers:
         from training.tracking import log_final
 
         log_final(job.paths, result.checkpoint.path if result.checkpoint is not None else None)
     if result.error is None:
-        check_diverged(job.paths)
+        check_diverged(job.paths, rows)
     return result
 
 

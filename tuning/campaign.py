@@ -32,7 +32,7 @@ from training import checkpoint
 from training.config import TrainConfig, TrainJob
 from training.scaling import resolve_job
 from training.tracking import campaign_tracking, end_campaign
-from training.trainer import check_diverged
+from training.trainer import check_diverged, fit_in_thread
 from tuning.config import Recipe, TuneConfig
 from tuning.results import OUTCOME
 from tuning.space import apply_trial, to_tune, validate_space
@@ -128,7 +128,6 @@ def _url(ckpt) -> str:
 def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tracking: dict | None = None, registry=None) -> None:
     """Fit the trial's TorchTrainer in a thread while this one hands each report, with its checkpoint,
     to Tune: TuneReportCallback forwards metrics only, and PBT exploits through checkpoints."""
-    import threading
 
     import ray.train
     import ray.tune
@@ -147,27 +146,20 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tra
     start_from = _url(start) if start is not None else None
     callbacks = [ForwardReports(reports), *_recording(registry, trial_id)]
     trainer = build_trainer(job, callbacks=callbacks, start_from=start_from, tracking=_trial_tracking(tracking, trial_id))
-    out: dict[str, Any] = {}
 
-    def fit() -> None:
-        try:
-            out["result"] = trainer.fit()
-        except BaseException as e:  # re-raised below, in the trial's own thread
-            out["error"] = e
-
-    worker = threading.Thread(target=fit, daemon=True)
-    worker.start()
-    while worker.is_alive() or not reports.empty():
+    def forward(worker) -> bool:  # every report, the ones left once fit has returned too
+        if not worker.is_alive() and reports.empty():
+            return False
         try:
             metrics, ckpt = reports.get(timeout=0.5)
         except Empty:
-            continue
+            return True
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint(ckpt.path, ckpt.filesystem) if ckpt else None)
-    worker.join()
-    if "error" in out:
-        raise out["error"]
-    if out["result"].error is not None:
-        raise out["result"].error
+        return True
+
+    result = fit_in_thread(trainer, forward)
+    if result.error is not None:
+        raise result.error
     check_diverged(job.paths)
 
 
