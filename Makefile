@@ -26,7 +26,7 @@ run: install
 # the fine-tuning worked example (README): from the model `make run` pretrained, name the play of a passage
 finetune: install
 	@ls runs/shakespeare-local/train/checkpoint_*/state.pt >/dev/null 2>&1 || $(MAKE) run
-	$(PY) -m pipelines.tasks play --out data/tasks/play.jsonl
+	$(PY) -m raylm.pipelines.tasks play --out data/tasks/play.jsonl
 	$(VENV)/bin/raylm data cluster/recipes/finetune.yaml
 	$(VENV)/bin/raylm eval cluster/recipes/finetune.yaml --checkpoint runs/shakespeare-local
 	$(VENV)/bin/raylm train cluster/recipes/finetune.yaml

@@ -69,7 +69,7 @@ def tiktoken_ceiling(texts: list[str], threads: int) -> float:
 
 
 def _cfg(corpus: Path, out: Path, name: str, *extra: str):
-    from cluster.recipe import load_config
+    from raylm.cluster.recipe import load_config
 
     return load_config(
         None, [f"storage_path={out}", f"name={name}", f"data.inputs=[{{path: '{corpus}/*.jsonl.gz'}}]", "data.dedup.partitions=4", *extra]
@@ -80,12 +80,12 @@ def stage_variants(corpus: Path, out: Path) -> dict[str, float]:
     """Seconds of each pipeline variant without tokenizing (Ray already running; start-up is not throughput)."""
     import ray
 
-    from pipelines.dedup import run_dedup
-    from pipelines.io import makedirs, rm_tree
-    from pipelines.process import Process
-    from pipelines.run import run_stages
-    from pipelines.sources import Read
-    from pipelines.stage import DataRun
+    from raylm.pipelines.dedup import run_dedup
+    from raylm.pipelines.io import makedirs, rm_tree
+    from raylm.pipelines.process import Process
+    from raylm.pipelines.run import run_stages
+    from raylm.pipelines.sources import Read
+    from raylm.pipelines.stage import DataRun
 
     times = {}
     variants = [
@@ -111,8 +111,8 @@ def stage_variants(corpus: Path, out: Path) -> dict[str, float]:
 
 def full_run(corpus: Path, out: Path) -> float:
     """Seconds of the whole data stage (Ray already running); its stats.json goes to FULL_STATS."""
-    from pipelines.io import rm_tree
-    from pipelines.run import run_data
+    from raylm.pipelines.io import rm_tree
+    from raylm.pipelines.run import run_data
 
     cfg = _cfg(corpus, out, "full")
     rm_tree(f"{out}/full")
@@ -164,7 +164,7 @@ def peak_memory(corpus: Path, out: Path, name: str) -> tuple[int, int, float]:
     code = (
         f"import ray, sys; sys.path.insert(0, {str(ROOT)!r});"
         f"ray.init(num_cpus={os.cpu_count()}, object_store_memory=2*1024**3, include_dashboard=False, log_to_driver=False);"
-        "from benchmarks.data_throughput import _cfg; from pipelines.run import run_data; from pathlib import Path;"
+        "from benchmarks.data_throughput import _cfg; from raylm.pipelines.run import run_data; from pathlib import Path;"
         f"c = _cfg(Path({str(corpus)!r}), Path({str(out)!r}), {name!r}); run_data(c.data, c.paths, force=True)"
     )
     return run_peak([sys.executable, "-c", code], name)

@@ -196,8 +196,8 @@ def planted_truth(layout: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarr
 def sweep_order() -> np.ndarray:
     """Each position's turn in a chain's sweep: row 0 of every band, then row 1, ..., so consecutive edits
     land in different bands (bands x rows as DedupConfig's default chooses); unused positions come last."""
-    from pipelines.config import MinHashConfig
-    from pipelines.dedup import bands_rows
+    from raylm.pipelines.config import MinHashConfig
+    from raylm.pipelines.dedup import bands_rows
 
     bands, rows = bands_rows(MinHashConfig(num_perm=NUM_PERM))
     p = np.arange(NUM_PERM)
@@ -406,8 +406,8 @@ def run_once(files: list[str], partitions: int) -> tuple[dict, list]:
     """run_dedup until every REMOVED table is computed (not fetched: the Dedup stage writes them from tasks)."""
     import ray
 
-    from pipelines.config import DedupConfig
-    from pipelines.dedup import run_dedup
+    from raylm.pipelines.config import DedupConfig
+    from raylm.pipelines.dedup import run_dedup
 
     gcs = ray.get_runtime_context().gcs_address
     sampler = Sampler(gcs)

@@ -35,7 +35,7 @@ N_VOCAB, EOT = 50257, 50256  # GPT-2's; padded to 50,304 by the model
 
 def synthetic_shards(root: Path, tokens: int, seed: int = 0) -> str:
     """Random-token shards (train and a small val) with a manifest, as `raylm data` writes them."""
-    from pipelines.shards import ShardWriter, read_manifest, write_manifest
+    from raylm.pipelines.shards import ShardWriter, read_manifest, write_manifest
 
     data = root / "data"
     if (data / "manifest.json").exists():
@@ -59,9 +59,9 @@ def plain_loop(model_cfg: dict, data: str, micro: int, accum: int, steps: int, d
     """nanoGPT's training loop on the same model; the wall time at the end of each step."""
     import torch
 
-    from pipelines.shards import read_manifest
-    from training.config import ModelConfig
-    from training.model import GPT, GPTConfig
+    from raylm.pipelines.shards import read_manifest
+    from raylm.training.config import ModelConfig
+    from raylm.training.model import GPT, GPTConfig
 
     torch.manual_seed(0)
     man = read_manifest(data)
@@ -91,9 +91,9 @@ def plain_loop(model_cfg: dict, data: str, micro: int, accum: int, steps: int, d
 
 def raylm_loop(args, model_cfg: dict, data: str, out: Path) -> list[float]:
     """`raylm train` of the same model and batch on one worker; the wall time at the end of each step."""
-    from cluster.recipe import load_config
-    from training.metrics import read_metrics
-    from training.trainer import build_trainer
+    from raylm.cluster.recipe import load_config
+    from raylm.training.metrics import read_metrics
+    from raylm.training.trainer import build_trainer
 
     gpu = not args.tiny
     res = {"GPU": 1, "CPU": 4} if gpu else {"CPU": 1}
@@ -137,11 +137,11 @@ def main() -> None:
 
     import torch
 
-    from cluster.recipe import load_config
-    from cluster.runtime import init_ray
-    from training.config import ModelConfig
-    from training.loop import peak_flops
-    from training.model import GPT, GPTConfig
+    from raylm.cluster.recipe import load_config
+    from raylm.cluster.runtime import init_ray
+    from raylm.training.config import ModelConfig
+    from raylm.training.loop import peak_flops
+    from raylm.training.model import GPT, GPTConfig
 
     model_cfg = TINY if args.tiny else GPT2
     device = "cpu" if args.tiny else "cuda"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.web_sample import OTHER_LANGUAGES, OUT
+from raylm.pipelines.web_sample import OTHER_LANGUAGES, OUT
 
 SET = Path(__file__).resolve().parent / "data" / "langid.jsonl"
 
@@ -28,10 +28,10 @@ def test_set() -> list[tuple[str, str]]:
 
 def scene_pages() -> list[tuple[str, str]]:
     """The web sample's Shakespeare pages as the extract step gives them: early modern English verse."""
-    from pipelines.config import ExtractConfig
-    from pipelines.extract import html_text
-    from pipelines.streams import decompressed
-    from pipelines.warc import frames, parse
+    from raylm.pipelines.config import ExtractConfig
+    from raylm.pipelines.extract import html_text
+    from raylm.pipelines.streams import decompressed
+    from raylm.pipelines.warc import frames, parse
 
     out = []
     with open(OUT, "rb") as f:

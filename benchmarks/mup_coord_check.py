@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from training.config import ModelConfig, OptimConfig  # noqa: E402
-from training.model import GPT, GPTConfig  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
+from raylm.training.config import ModelConfig, OptimConfig  # noqa: E402
+from raylm.training.model import GPT, GPTConfig  # noqa: E402
+from raylm.training.optim import build_optimizer  # noqa: E402
 
 
 def batches(n: int, batch: int, seq: int, seed: int = 0) -> list[torch.Tensor]:

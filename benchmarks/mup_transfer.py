@@ -21,19 +21,19 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cluster.recipe import load_config  # noqa: E402
+from raylm.cluster.recipe import load_config  # noqa: E402
 
 
 def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: int) -> float:
     from contextlib import nullcontext
 
-    from pipelines.shards import read_manifest
-    from training.config import accumulation_steps
-    from training.data import ShardWindows, TrainLoader, val_windows
-    from training.evaluate import lm_metrics, window_batches
-    from training.loop import train_step
-    from training.model import GPT, GPTConfig
-    from training.optim import build_optimizer, build_scheduler
+    from raylm.pipelines.shards import read_manifest
+    from raylm.training.config import accumulation_steps
+    from raylm.training.data import ShardWindows, TrainLoader, val_windows
+    from raylm.training.evaluate import lm_metrics, window_batches
+    from raylm.training.loop import train_step
+    from raylm.training.model import GPT, GPTConfig
+    from raylm.training.optim import build_optimizer, build_scheduler
 
     t = cfg.train
     model_cfg = type(t.model).model_validate({**t.model.model_dump(), "d_model": width, "mup": {"base_width": base} if base else None})
@@ -63,8 +63,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.recipe)
-    from pipelines.run import run_data
-    from pipelines.shards import has_manifest
+    from raylm.pipelines.run import run_data
+    from raylm.pipelines.shards import has_manifest
 
     if not has_manifest(cfg.paths.shards):
         run_data(cfg.data, cfg.paths, summary=False)

@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.recipe import RunConfig, load_config  # noqa: E402
-from pipelines.io import absolute  # noqa: E402
+from raylm.cluster.recipe import RunConfig, load_config  # noqa: E402
+from raylm.pipelines.io import absolute  # noqa: E402
 
 
 def _free_port() -> int:
@@ -41,8 +41,8 @@ def _plain_worker(rank: int, world: int, recipe: dict, steps: int, port: int, ou
     import torch
     import torch.distributed as dist
 
-    from training.config import TrainJob
-    from training.loop import Trainer
+    from raylm.training.config import TrainJob
+    from raylm.training.loop import Trainer
 
     job = TrainJob.from_recipe(recipe)
     device = torch.device(f"cuda:{rank}" if job.train.scaling.use_gpu else "cpu")
@@ -77,10 +77,10 @@ def run_ray(cfg: RunConfig, progress: bool = True) -> list[dict]:
     """`raylm train`'s fit, with its driver-side progress lines on (as `raylm train` runs it) unless told not."""
     from contextlib import nullcontext
 
-    from training.config import log_interval
-    from training.metrics import read_metrics
-    from training.progress import TrainProgress
-    from training.trainer import build_trainer
+    from raylm.training.config import log_interval
+    from raylm.training.metrics import read_metrics
+    from raylm.training.progress import TrainProgress
+    from raylm.training.trainer import build_trainer
 
     job = cfg.train_job()
     watch = TrainProgress(job.paths.metrics, job.train.max_steps, log_interval(job.train)) if progress else nullcontext()
@@ -101,7 +101,7 @@ def _fresh_run(cfg: RunConfig, base: RunConfig, tag: str) -> RunConfig:
 def _print_results(results: list[tuple], fpt: float, repeat: int) -> None:
     import torch
 
-    from training.loop import peak_flops
+    from raylm.training.loop import peak_flops
 
     peak = peak_flops(torch.device("cuda")) if torch.cuda.is_available() else None
     print(f"\nmedians of {repeat} alternated runs each")
@@ -132,11 +132,11 @@ def main() -> None:
 
     import ray
 
-    from cluster.runtime import init_ray
-    from pipelines.run import run_data
-    from pipelines.shards import read_manifest
-    from training.model import GPT, GPTConfig
-    from training.scaling import resolve_job
+    from raylm.cluster.runtime import init_ray
+    from raylm.pipelines.run import run_data
+    from raylm.pipelines.shards import read_manifest
+    from raylm.training.model import GPT, GPTConfig
+    from raylm.training.scaling import resolve_job
 
     base = load_config(args.recipe, [*args.overrides, f"storage_path={out}"])
     init_ray(base.ray)

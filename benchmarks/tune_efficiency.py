@@ -18,12 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.recipe import load_config  # noqa: E402
+from raylm.cluster.recipe import load_config  # noqa: E402
 
 
 def campaign(recipe: str, overrides: list[str], scheduler: str, data_dir: str) -> tuple[list[dict], float]:
-    from tuning.campaign import run_tune
-    from tuning.results import collect
+    from raylm.tuning.campaign import run_tune
+    from raylm.tuning.results import collect
 
     base = load_config(recipe, overrides)
     cfg = load_config(
@@ -40,8 +40,8 @@ def main() -> None:
     ap.add_argument("--recipe", default=str(ROOT / "cluster" / "recipes" / "tune-local.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    from pipelines.io import absolute
-    from pipelines.run import run_data
+    from raylm.pipelines.io import absolute
+    from raylm.pipelines.run import run_data
 
     base = load_config(args.recipe, args.overrides)
     run_data(base.data, base.paths, summary=False)

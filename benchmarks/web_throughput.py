@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.corpus import edit_words, pieces, vocabulary  # noqa: E402
 from benchmarks.data_throughput import run_peak  # noqa: E402
-from pipelines.web_sample import SITE, html_page, page, per_record_gzip, request  # noqa: E402
+from raylm.pipelines.web_sample import SITE, html_page, page, per_record_gzip, request  # noqa: E402
 
 
 def build_warcs(out: Path, mb: float, files: int, seed: int = 0) -> tuple[int, int]:
@@ -70,8 +70,8 @@ def readers(warcs: Path) -> dict[str, tuple[float, int]]:
     from fastwarc.warc import ArchiveIterator as FastIterator
     from fastwarc.warc import WarcRecordType
 
-    from pipelines.streams import decompressed
-    from pipelines.warc import frames, parse
+    from raylm.pipelines.streams import decompressed
+    from raylm.pipelines.warc import frames, parse
 
     def raylm(path: Path) -> int:
         with open(path, "rb") as f:
@@ -97,7 +97,7 @@ def readers(warcs: Path) -> dict[str, tuple[float, int]]:
 
 
 def _web_config(warcs: Path, out: Path, name: str):
-    from cluster.recipe import load_config
+    from raylm.cluster.recipe import load_config
 
     return load_config(
         ROOT / "cluster" / "recipes" / "web.yaml",
@@ -115,7 +115,7 @@ def _web_config(warcs: Path, out: Path, name: str):
 
 def run_raylm_data(warcs: Path, out: Path, name: str) -> float:
     """Seconds of the whole data stage (run_data, as `raylm data` runs it)."""
-    from pipelines.run import run_data
+    from raylm.pipelines.run import run_data
 
     cfg = _web_config(warcs, out, name)
     t = time.perf_counter()
@@ -126,9 +126,9 @@ def run_raylm_data(warcs: Path, out: Path, name: str) -> float:
 def run_raylm_process(warcs: Path, out: Path, name: str) -> tuple[float, int]:
     """Seconds of the read and process stages alone (tokenizing comes after dedup: the kept text goes to the
     staging files), and the documents they kept: what datatrove's WarcReader + Trafilatura is asked to do."""
-    from pipelines.io import makedirs, rm_tree
-    from pipelines.run import STAGES, run_stages
-    from pipelines.stage import DataRun
+    from raylm.pipelines.io import makedirs, rm_tree
+    from raylm.pipelines.run import STAGES, run_stages
+    from raylm.pipelines.stage import DataRun
 
     cfg = _web_config(warcs, out, name)
     rm_tree(cfg.paths.data)
@@ -168,7 +168,7 @@ def peak_memory(warcs: Path, out: Path, name: str) -> tuple[int, int, float]:
     """Peak PSS of a whole `raylm data` run on web.yaml (its own Ray instance), of its driver alone, and its wall time."""
     sets = [f"storage_path={out}", f"name={name}", f"data.inputs=[{{path: '{warcs}/*.warc.gz'}}]", "data.tokenizer={name: cl100k_base}"]
     recipe = str(ROOT / "cluster" / "recipes" / "web.yaml")
-    cmd = [sys.executable, "-m", "cluster", "data", recipe, "--force", *[a for s in sets for a in ("--set", s)]]
+    cmd = [sys.executable, "-m", "raylm", "data", recipe, "--force", *[a for s in sets for a in ("--set", s)]]
     return run_peak(cmd, name, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 

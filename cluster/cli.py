@@ -11,12 +11,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.provenance import recorded, set_command
-from cluster.recipe import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
-from cluster.runtime import init_ray, sigterm_as_interrupt
-from pipelines.paths import LOSS_PLOT
-from pipelines.progress import LOG_ENV, verbose
-from training.config import EvalOptions, SampleOptions, describe_batch
+from raylm.cluster.provenance import recorded, set_command
+from raylm.cluster.recipe import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
+from raylm.cluster.runtime import init_ray, sigterm_as_interrupt
+from raylm.pipelines.paths import LOSS_PLOT
+from raylm.pipelines.progress import LOG_ENV, verbose
+from raylm.training.config import EvalOptions, SampleOptions, describe_batch
 
 # the commands that take a recipe, which `raylm submit RECIPE -- COMMAND` can run on a cluster
 RECIPE_COMMANDS = ("validate", "data", "train", "tune", "run", "eval")
@@ -128,7 +128,7 @@ def _recipe(args: argparse.Namespace) -> RunConfig:
 
 def _dump(cfg: RunConfig) -> dict:
     """The resolved recipe as run.json records it (runtime_env's env_vars values left out: credentials go there)."""
-    from training.tracking import redacted
+    from raylm.training.tracking import redacted
 
     return redacted(cfg.model_dump(mode="json"))
 
@@ -141,8 +141,8 @@ def _validate(args: argparse.Namespace) -> int:
 def _check_inputs(cfg: RunConfig) -> None:
     """A recipe pointing at nothing, or at a file that cannot be used (tokenizer, decontamination sets,
     blocklists), is a user error, before Ray starts."""
-    from pipelines.sources import list_files
-    from pipelines.userfiles import check_data_files
+    from raylm.pipelines.sources import list_files
+    from raylm.pipelines.userfiles import check_data_files
 
     try:
         list_files(cfg.data.all_inputs)
@@ -154,8 +154,8 @@ def _check_inputs(cfg: RunConfig) -> None:
 def _data_stage(cfg: RunConfig, force: bool) -> None:
     """The data stage, on the recipe's Ray (started only when there is work, unless already connected);
     the caller has checked the inputs."""
-    from pipelines.run import run_data
-    from pipelines.shards import has_manifest
+    from raylm.pipelines.run import run_data
+    from raylm.pipelines.shards import has_manifest
 
     if not force and has_manifest(cfg.paths.data):
         run_data(cfg.data, cfg.paths)  # nothing to do (or a ConfigError): the run.json of the run that made it stays
@@ -169,8 +169,8 @@ def _data_stage(cfg: RunConfig, force: bool) -> None:
 def _own_shards(cfg: RunConfig) -> bool:
     """Whether `run` and `tune` build their shards (the run's data/, from the inputs) or read another run's
     (train.data_path: they must exist, and nothing is built). Checked before Ray starts, with train.init_from."""
-    from pipelines.shards import require_shards
-    from training.trainer import init_checkpoint
+    from raylm.pipelines.shards import require_shards
+    from raylm.training.trainer import init_checkpoint
 
     if cfg.train.init_from:
         init_checkpoint(cfg.train.init_from)
@@ -184,7 +184,7 @@ def _own_shards(cfg: RunConfig) -> bool:
 def _owned(cfg: RunConfig, *stages: str):
     """The run's directory claimed for it (no nesting with another run) and its locks for `stages` held:
     checked before Ray starts, so a conflict costs nothing."""
-    from pipelines.rundir import claim, locked
+    from raylm.pipelines.rundir import claim, locked
 
     claim(cfg.storage_path, cfg.name)
     return locked(cfg.paths.root, stages, lambda m: print(f"raylm: {m}", file=sys.stderr, flush=True))
@@ -199,11 +199,11 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train_job(cfg: RunConfig) -> int:
-    from pipelines.io import no_space
-    from pipelines.shards import require_shards
-    from training.metrics import loss_text
-    from training.scaling import resolve_job
-    from training.trainer import check_init_from, check_resume, run_train, summarize
+    from raylm.pipelines.io import no_space
+    from raylm.pipelines.shards import require_shards
+    from raylm.training.metrics import loss_text
+    from raylm.training.scaling import resolve_job
+    from raylm.training.trainer import check_init_from, check_resume, run_train, summarize
 
     started = time.time()
     job = cfg.train_job()
@@ -249,12 +249,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The main job: the data stage (skipped when complete), training, a sample and the bar to clear."""
-    from pipelines.shards import read_manifest
-    from training.checkpoint import load_model
-    from training.data import unigram_entropy
-    from training.metrics import split_bpb
-    from training.sample import sample
-    from training.trainer import summarize
+    from raylm.pipelines.shards import read_manifest
+    from raylm.training.checkpoint import load_model
+    from raylm.training.data import unigram_entropy
+    from raylm.training.metrics import split_bpb
+    from raylm.training.sample import sample
+    from raylm.training.trainer import summarize
 
     cfg = _recipe(args)
     own = _own_shards(cfg)
@@ -283,8 +283,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from pipelines.shards import has_manifest
-    from tuning.campaign import check
+    from raylm.pipelines.shards import has_manifest
+    from raylm.tuning.campaign import check
 
     cfg = _recipe(args)
     check(cfg)  # a bad search space fails before Ray starts
@@ -296,8 +296,8 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _campaign(cfg: RunConfig, args: argparse.Namespace, own: bool) -> int:
-    from tuning.campaign import run_tune
-    from tuning.results import OUTCOME, best_row, collect, interrupted_summary, print_summary, write_results
+    from raylm.tuning.campaign import run_tune
+    from raylm.tuning.results import OUTCOME, best_row, collect, interrupted_summary, print_summary, write_results
 
     init_ray(cfg.ray)
     if own:
@@ -317,7 +317,7 @@ def _campaign(cfg: RunConfig, args: argparse.Namespace, own: bool) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from training.evaluate import print_results, run_eval
+    from raylm.training.evaluate import print_results, run_eval
 
     cfg = _recipe(args)
     opts = EvalOptions(
@@ -330,7 +330,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from cluster.submit import submit
+    from raylm.cluster.submit import submit
 
     cfg = _recipe(args)
     command = args.job_command
@@ -340,7 +340,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from cluster.submit import jobs
+    from raylm.cluster.submit import jobs
 
     return jobs(args.action, args.job_id, args.address, args.follow)
 
@@ -353,14 +353,14 @@ def _runs_options(p: argparse.ArgumentParser) -> None:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from cluster.runs import show
+    from raylm.cluster.runs import show
 
     return show(args.target, args.storage)
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from training.checkpoint import load_model
-    from training.sample import sample
+    from raylm.training.checkpoint import load_model
+    from raylm.training.sample import sample
 
     model, enc, state, _ = load_model(args.path, args.device)
     opts = SampleOptions(
@@ -380,7 +380,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import export_hf
+    from raylm.training.export import export_hf
 
     info = export_hf(args.path, args.out, force=args.force)
     print(
@@ -413,13 +413,13 @@ class UsageError(ValueError):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What a user fixes (exit 2): the recipe, the arguments, a path that is not what it should be."""
-    from cluster.submit import JobError
-    from pipelines.rundir import RunConflict
-    from pipelines.tokenize import TokenizerError
-    from pipelines.userfiles import UserFileError
-    from training.checkpoint import CheckpointError
-    from training.evaluate import EvalFileError
-    from training.export import ExportError
+    from raylm.cluster.submit import JobError
+    from raylm.pipelines.rundir import RunConflict
+    from raylm.pipelines.tokenize import TokenizerError
+    from raylm.pipelines.userfiles import UserFileError
+    from raylm.training.checkpoint import CheckpointError
+    from raylm.training.evaluate import EvalFileError
+    from raylm.training.export import ExportError
 
     user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, UserFileError, CheckpointError, ExportError, EvalFileError
     return (*user, FileNotFoundError, NotADirectoryError)
@@ -484,9 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raylm: interrupted; run {again} to go on (finished stages are kept, training resumes)", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the one place that turns every error into a message and an exit code
-        from pipelines.io import no_space
-        from pipelines.run import DataStageError
-        from training.trainer import TrainingDiverged
+        from raylm.pipelines.io import no_space
+        from raylm.pipelines.run import DataStageError
+        from raylm.training.trainer import TrainingDiverged
 
         if (where := no_space(e)) is not None:  # wherever it happened, in this process or a Ray worker
             print(f"raylm: no space left on device{f' writing {where}' if where else ''}", file=sys.stderr)

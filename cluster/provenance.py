@@ -19,7 +19,7 @@ from pathlib import Path
 
 import fsspec
 
-from pipelines.io import NoSpace, no_space, write_atomic
+from raylm.pipelines.io import NoSpace, no_space, write_atomic
 
 RUN_JSON = "run.json"
 PACKAGES = ("raylm", "ray", "torch", "tiktoken", "numpy", "pyarrow")

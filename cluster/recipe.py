@@ -15,11 +15,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError, field_validator
 
-from pipelines.config import DataConfig
-from pipelines.paths import RunPaths
-from pipelines.schema import ConfigError, Strict, format_errors
-from training.config import TrainConfig, TrainJob
-from tuning.config import TuneConfig
+from raylm.pipelines.config import DataConfig
+from raylm.pipelines.paths import RunPaths
+from raylm.pipelines.schema import ConfigError, Strict, format_errors
+from raylm.training.config import TrainConfig, TrainJob
+from raylm.tuning.config import TuneConfig
 
 __all__ = ["ConfigError", "RayConfig", "RecipeWarning", "RunConfig", "dump_config", "load_config", "read_recipe"]
 

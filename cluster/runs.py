@@ -8,9 +8,9 @@ import sys
 
 import fsspec
 
-from cluster.provenance import RUN_JSON, read_run_json
-from pipelines.paths import MANIFEST, METRICS, RunPaths
-from training.metrics import read_metrics
+from raylm.cluster.provenance import RUN_JSON, read_run_json
+from raylm.pipelines.paths import MANIFEST, METRICS, RunPaths
+from raylm.training.metrics import read_metrics
 
 STAGES = ("data", "train", "tune", "eval")
 # files whose presence makes a directory a stage directory, run.json or not (runs made before it existed)

@@ -14,8 +14,8 @@ import signal
 import threading
 from collections.abc import Callable
 
-from cluster.recipe import RayConfig
-from pipelines.progress import verbose
+from raylm.cluster.recipe import RayConfig
+from raylm.pipelines.progress import verbose
 
 
 def _say(msg: str) -> None:

@@ -1,6 +1,6 @@
 """`raylm submit` and `raylm jobs`: the same recipe on a Ray cluster, through the Ray Jobs API.
 
-The job runs `python -m cluster COMMAND submitted.yaml ...` in a copy of this project (the runtime_env
+The job runs `python -m raylm COMMAND submitted.yaml ...` in a copy of this project (the runtime_env
 `working_dir`, without runs, virtualenvs, caches and data other than the bundled sample), with raylm's
 dependencies from its package metadata as the runtime_env `pip` list (`--no-deps` when the cluster's image
 already has them, as the cluster/ray and cluster/k8s configs do). The recipe travels resolved (`--set`
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from cluster.recipe import ConfigError, RunConfig
+from raylm.cluster.recipe import ConfigError, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_ENV = "RAYLM_RECIPE"
@@ -111,7 +111,7 @@ def job_spec(cfg: RunConfig, command: list[str], deps: bool = True) -> dict:
     if deps:
         runtime_env["pip"] = sorted(set(dependencies()) | set(env.get("pip", [])))
     args = " ".join(shlex.quote(a) for a in cmd[1:])
-    entrypoint = f"printenv {RECIPE_ENV} > {RECIPE_FILE} && python -m cluster {shlex.quote(cmd[0])} {RECIPE_FILE}" + (f" {args}" if args else "")
+    entrypoint = f"printenv {RECIPE_ENV} > {RECIPE_FILE} && python -m raylm {shlex.quote(cmd[0])} {RECIPE_FILE}" + (f" {args}" if args else "")
     return {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": {"raylm_run": cfg.name}}
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from pipelines.config import CleanConfig, NormalizeConfig
-from pipelines.dedup import words_of
-from pipelines.stage import Chunk, Step
+from raylm.pipelines.config import CleanConfig, NormalizeConfig
+from raylm.pipelines.dedup import words_of
+from raylm.pipelines.stage import Chunk, Step
 
 # C0/C1 controls other than \t and \n, plus zero-width and BOM characters
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")

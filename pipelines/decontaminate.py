@@ -16,8 +16,8 @@ import fsspec
 import numpy as np
 import xxhash
 
-from pipelines.io import RecordError, text_lines
-from pipelines.stage import Chunk, Step
+from raylm.pipelines.io import RecordError, text_lines
+from raylm.pipelines.stage import Chunk, Step
 
 _WORD = re.compile(r"\w+")
 _BASE = np.uint64(0x100000001B3)  # FNV-64's prime: an odd multiplier, so each word's place changes the hash

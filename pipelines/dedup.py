@@ -35,11 +35,11 @@ import ray
 import rensa
 import xxhash
 
-from pipelines.config import DedupConfig, MinHashConfig
-from pipelines.io import makedirs
-from pipelines.stage import Chunk, DataRun, Stage, Step
-from pipelines.staging import split_of
-from pipelines.stats import Stats
+from raylm.pipelines.config import DedupConfig, MinHashConfig
+from raylm.pipelines.io import makedirs
+from raylm.pipelines.stage import Chunk, DataRun, Stage, Step
+from raylm.pipelines.staging import split_of
+from raylm.pipelines.stats import Stats
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)

@@ -16,13 +16,13 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from pipelines.io import naming
-from pipelines.paths import TOKENIZER
-from pipelines.shards import binary_column
-from pipelines.stage import DataRun, Stage, built_once, settle
-from pipelines.staging import final_texts, tokens_schema
-from pipelines.stats import Stats
-from pipelines.tokenize import TokenizerSpec, encode_documents, encode_with_masks, train_bpe
+from raylm.pipelines.io import naming
+from raylm.pipelines.paths import TOKENIZER
+from raylm.pipelines.shards import binary_column
+from raylm.pipelines.stage import DataRun, Stage, built_once, settle
+from raylm.pipelines.staging import final_texts, tokens_schema
+from raylm.pipelines.stats import Stats
+from raylm.pipelines.tokenize import TokenizerSpec, encode_documents, encode_with_masks, train_bpe
 
 
 def kept_texts(staging: list[dict], dups: pads.Dataset | None, limit: int | None) -> Iterator[str]:
@@ -71,7 +71,7 @@ def _tokenize_file(s: dict, spec: TokenizerSpec, dups_dir: str | None, masks: bo
 
 def _watch(refs: list) -> list[dict]:
     """The tasks' results in file order, with a live line of files and tokens done as they finish."""
-    from pipelines.progress import Live
+    from raylm.pipelines.progress import Live
 
     live, pending, tokens, t0 = Live("[raylm data] tokenize:", total=len(refs)), list(refs), 0, time.monotonic()
     try:

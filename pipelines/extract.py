@@ -18,8 +18,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
-from pipelines.config import ExtractConfig
-from pipelines.stage import Chunk, Step
+from raylm.pipelines.config import ExtractConfig
+from raylm.pipelines.stage import Chunk, Step
 
 _SNIFF = 4096  # a NUL byte this early: a binary payload, whatever its Content-Type said
 
@@ -86,7 +86,7 @@ class Sandbox:
         self.cfg, self.proc = cfg, None
 
     def _start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.extract"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen([sys.executable, "-m", "raylm.pipelines.extract"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         _send(self.proc.stdin, self.cfg.model_dump())
         if _recv(self.proc.stdout) != "ready":  # imports done: they do not count against a page's time
             raise RuntimeError("the extraction process did not start")

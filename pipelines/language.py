@@ -5,7 +5,7 @@ Every document gets a language and a score (a probability, as CCNet and datatrov
 
 from __future__ import annotations
 
-from pipelines.stage import Chunk, Step
+from raylm.pipelines.stage import Chunk, Step
 
 
 def identify(text: str, max_chars: int) -> tuple[str, float]:

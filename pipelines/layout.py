@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.staging import SPLIT_TRAIN, SPLIT_VAL
+from raylm.pipelines.staging import SPLIT_TRAIN, SPLIT_VAL
 
 SPLITS = (SPLIT_TRAIN, SPLIT_VAL)
 SPLIT_NAMES = {SPLIT_TRAIN: "train", SPLIT_VAL: "val"}

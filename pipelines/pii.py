@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from functools import partial
 
-from pipelines.stage import Chunk, Step
+from raylm.pipelines.stage import Chunk, Step
 
 EMAIL, IP, PHONE = "<email>", "<ip>", "<phone>"
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24}(?![\w-])")

@@ -22,18 +22,18 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
-from pipelines.clean import Filter, Normalize
-from pipelines.config import DataConfig
-from pipelines.decontaminate import Decontaminate
-from pipelines.dedup import ExactHash, MinHashSign
-from pipelines.extract import Extract
-from pipelines.io import naming
-from pipelines.language import Language
-from pipelines.pii import RedactPii
-from pipelines.stage import Block, Chunk, DataRun, Stage, built_once
-from pipelines.staging import SKIP, staging_schema
-from pipelines.stats import Stats
-from pipelines.url_filter import UrlFilter
+from raylm.pipelines.clean import Filter, Normalize
+from raylm.pipelines.config import DataConfig
+from raylm.pipelines.decontaminate import Decontaminate
+from raylm.pipelines.dedup import ExactHash, MinHashSign
+from raylm.pipelines.extract import Extract
+from raylm.pipelines.io import naming
+from raylm.pipelines.language import Language
+from raylm.pipelines.pii import RedactPii
+from raylm.pipelines.stage import Block, Chunk, DataRun, Stage, built_once
+from raylm.pipelines.staging import SKIP, staging_schema
+from raylm.pipelines.stats import Stats
+from raylm.pipelines.url_filter import UrlFilter
 
 # the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over workers)
 STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, Decontaminate, ExactHash, MinHashSign)
@@ -150,7 +150,7 @@ def process_block(batch: pa.Table, cfg: DataConfig, staging_dir: str) -> pa.Tabl
 
 def _watch(rows, say) -> list[dict]:
     """The process step's summary rows as its tasks finish, shown live: input read, rates, removals by reason."""
-    from pipelines.progress import Live
+    from raylm.pipelines.progress import Live
 
     live, out, why, nbytes, docs, t0 = Live("[raylm data] process:"), [], Counter(), 0, 0, time.monotonic()
     try:

@@ -19,21 +19,21 @@ from collections.abc import Callable
 
 import fsspec
 
-from pipelines.config import DataConfig
-from pipelines.dedup import Dedup
-from pipelines.encode import Tokenize
-from pipelines.io import exists, makedirs, rm_tree, touch, write_atomic
-from pipelines.paths import MANIFEST, REMOVED, REMOVED_PLOT, STAGE_MARKER, STATS, TOKENIZER, WORK, RunPaths
-from pipelines.process import Process
-from pipelines.rundir import RunConflict, holds_other_run
-from pipelines.schema import ConfigError
-from pipelines.shards import has_manifest, read_manifest, write_manifest
-from pipelines.sources import Read
-from pipelines.stage import DataRun, Stage
-from pipelines.staging import SKIP
-from pipelines.stats import Stats
-from pipelines.tokenize import describe, spec_from_config
-from pipelines.write import Write
+from raylm.pipelines.config import DataConfig
+from raylm.pipelines.dedup import Dedup
+from raylm.pipelines.encode import Tokenize
+from raylm.pipelines.io import exists, makedirs, rm_tree, touch, write_atomic
+from raylm.pipelines.paths import MANIFEST, REMOVED, REMOVED_PLOT, STAGE_MARKER, STATS, TOKENIZER, WORK, RunPaths
+from raylm.pipelines.process import Process
+from raylm.pipelines.rundir import RunConflict, holds_other_run
+from raylm.pipelines.schema import ConfigError
+from raylm.pipelines.shards import has_manifest, read_manifest, write_manifest
+from raylm.pipelines.sources import Read
+from raylm.pipelines.stage import DataRun, Stage
+from raylm.pipelines.staging import SKIP
+from raylm.pipelines.stats import Stats
+from raylm.pipelines.tokenize import describe, spec_from_config
+from raylm.pipelines.write import Write
 
 STAGES: tuple[Stage, ...] = (Read(), Process(), Dedup(), Tokenize(), Write())
 
@@ -209,7 +209,7 @@ def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callab
 
 def _plot_removed(manifest: dict, root: str) -> None:
     """removed.png, from the manifest alone (no run name, no time): the same bytes on every rerun, like the shards."""
-    from pipelines.plots import plot_removed
+    from raylm.pipelines.plots import plot_removed
 
     st, sp = manifest["stats"], manifest["splits"]
     kept = sp["train"].get("bytes", 0) + sp["val"].get("bytes", 0) if "bytes" in sp["train"] else None

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 
 import fsspec
 
-from pipelines.io import is_local, write_atomic
+from raylm.pipelines.io import is_local, write_atomic
 
 MARKER = ".raylm-run"
 LOCK_PREFIX = ".raylm-lock-"

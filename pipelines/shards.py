@@ -19,9 +19,9 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from pipelines.io import exists, is_local
-from pipelines.layout import windows
-from pipelines.paths import MANIFEST
+from raylm.pipelines.io import exists, is_local
+from raylm.pipelines.layout import windows
+from raylm.pipelines.paths import MANIFEST
 
 
 # staging files carry each document's tokens (or loss mask) as one large_binary value: the codec and its inverse

@@ -21,12 +21,12 @@ from fsspec.core import url_to_fs
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipelines.config import WEB_FORMATS, ExecutionConfig, InputSpec, RejectConfig
-from pipelines.jsonarray import ArrayItems, starts_array
-from pipelines.stage import DataRun, Stage
-from pipelines.stats import Stats
-from pipelines.streams import Damaged, compression_of, decompressed, strip_compression
-from pipelines.warc import WebRecord, frames, parse
+from raylm.pipelines.config import WEB_FORMATS, ExecutionConfig, InputSpec, RejectConfig
+from raylm.pipelines.jsonarray import ArrayItems, starts_array
+from raylm.pipelines.stage import DataRun, Stage
+from raylm.pipelines.stats import Stats
+from raylm.pipelines.streams import Damaged, compression_of, decompressed, strip_compression
+from raylm.pipelines.warc import WebRecord, frames, parse
 
 SCHEMA = pa.schema(
     [

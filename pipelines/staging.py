@@ -12,7 +12,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import xxhash
 
-from pipelines.config import DataConfig
+from raylm.pipelines.config import DataConfig
 
 SPLIT_TRAIN, SPLIT_VAL = 0, 1
 # a record that is no document by its kind (a WARC request, a redirect, an image): counted as skipped, never

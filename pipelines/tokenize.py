@@ -16,7 +16,7 @@ import fsspec
 import numpy as np
 import tiktoken
 
-from pipelines.config import TokenizerConfig
+from raylm.pipelines.config import TokenizerConfig
 
 EOT = "<|endoftext|>"
 # GPT-4 (cl100k) split pattern, as rustbpe and nanochat use it

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from pipelines.io import text_lines
-from pipelines.stage import Chunk, Step
+from raylm.pipelines.io import text_lines
+from raylm.pipelines.stage import Chunk, Step
 
 
 def read_list(path: str) -> list[str]:

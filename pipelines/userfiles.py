@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 import fsspec
 
-from pipelines.config import DataConfig
-from pipelines.decontaminate import eval_examples
-from pipelines.io import RecordError, is_local
-from pipelines.tokenize import spec_from_config
-from pipelines.url_filter import read_list
+from raylm.pipelines.config import DataConfig
+from raylm.pipelines.decontaminate import eval_examples
+from raylm.pipelines.io import RecordError, is_local
+from raylm.pipelines.tokenize import spec_from_config
+from raylm.pipelines.url_filter import read_list
 
 
 class UserFileError(ValueError):

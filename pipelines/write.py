@@ -29,15 +29,15 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from pipelines import layout
-from pipelines.dedup import source_rank
-from pipelines.layout import SPLIT_NAMES, SPLITS, Counts, ShardMap, Start
-from pipelines.paths import DOCS, REMOVED, TOKENIZER, WORK
-from pipelines.shards import npy_from_raw, save_index, shard_path, token_arrays, token_dtype
-from pipelines.stage import DataRun, Stage, settle
-from pipelines.staging import SKIP, final_mask
-from pipelines.stats import Stats
-from pipelines.tokenize import copy_tokenizer, load_encoding
+from raylm.pipelines import layout
+from raylm.pipelines.dedup import source_rank
+from raylm.pipelines.layout import SPLIT_NAMES, SPLITS, Counts, ShardMap, Start
+from raylm.pipelines.paths import DOCS, REMOVED, TOKENIZER, WORK
+from raylm.pipelines.shards import npy_from_raw, save_index, shard_path, token_arrays, token_dtype
+from raylm.pipelines.stage import DataRun, Stage, settle
+from raylm.pipelines.staging import SKIP, final_mask
+from raylm.pipelines.stats import Stats
+from raylm.pipelines.tokenize import copy_tokenizer, load_encoding
 
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string())])
 # docs.parquet: every kept document, in input order: the shard it is in (which names its split) and its index there

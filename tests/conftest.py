@@ -62,7 +62,7 @@ def ray_session():
 def pretrained(ray_session, tmp_path_factory):
     """`raylm run` of a small model on the sample, once for the session: (storage path, the --set arguments,
     captured stdout). Its run is `tr`; tests/test_train_e2e.py checks it and trains it further."""
-    from cluster.cli import main
+    from raylm.cluster.cli import main
 
     tmp = tmp_path_factory.mktemp("pre")
     over = [f"storage_path={tmp}", "name=tr", *PRETRAIN]
@@ -85,7 +85,7 @@ def tiny_shards(tmp_path):
     """Synthetic shards (vocab 100, end-of-text 99) under tmp_path/data, for the Trainer driven without Ray."""
     import numpy as np
 
-    from pipelines.shards import ShardWriter, write_manifest
+    from raylm.pipelines.shards import ShardWriter, write_manifest
 
     rng = np.random.default_rng(0)
     splits = {}
@@ -104,8 +104,8 @@ def tiny_trainer(root, **train):
     """The Trainer Ray Train drives, on tiny_shards, one CPU worker, no Ray; `train` overrides the train section."""
     import torch
 
-    from training.config import TrainJob
-    from training.loop import Trainer
+    from raylm.training.config import TrainJob
+    from raylm.training.loop import Trainer
 
     t = {"model": TINY_MODEL, "batch": {"micro_batch_size": 2, "global_batch_tokens": 64}, "max_steps": 4, "data_path": str(root / "data")}
     t["scaling"] = {"num_workers": 1, "use_gpu": False, "resources_per_worker": {"CPU": 1}}

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
-from pipelines.sources import SourceFile, list_files, read_file
+from raylm.pipelines.config import ExecutionConfig, InputSpec, RejectConfig
+from raylm.pipelines.sources import SourceFile, list_files, read_file
 from tests.conftest import ROOT
 
 DOCS = [{"id": f"d{i}", "text": f"document {i} " + "lorem ipsum dolor sit amet " * 60} for i in range(3)]
@@ -131,7 +131,7 @@ def test_a_fifo_matched_by_a_glob_is_refused_when_listed(tmp_path):  # issue #31
 
 def _data_cli(tmp_path, *sets: str) -> subprocess.CompletedProcess:
     """`raylm data` on the sample recipe with `sets`, its run under tmp_path; a hang fails the test."""
-    argv = [sys.executable, "-m", "cluster", "data", str(ROOT / "cluster" / "recipes" / "local.yaml"), "--set", f"storage_path={tmp_path}/runs"]
+    argv = [sys.executable, "-m", "raylm", "data", str(ROOT / "cluster" / "recipes" / "local.yaml"), "--set", f"storage_path={tmp_path}/runs"]
     return subprocess.run(argv + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 

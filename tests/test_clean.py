@@ -3,8 +3,8 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.clean import normalize, quality_filter
-from pipelines.config import CleanConfig, NormalizeConfig
+from raylm.pipelines.clean import normalize, quality_filter
+from raylm.pipelines.config import CleanConfig, NormalizeConfig
 
 GOOD = " ".join(f"word{i % 37} alpha beta gamma delta." for i in range(60))
 

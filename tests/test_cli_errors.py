@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-import pipelines.run  # noqa: F401 - Ray (Data) set up their log handlers on import: here, not inside a capsys test
-from cluster.cli import main
+import raylm.pipelines.run  # noqa: F401 - Ray (Data) set up their log handlers on import: here, not inside a capsys test
+from raylm.cluster.cli import main
 from tests.conftest import ROOT, sample_docs, write_jsonl
 
 RECIPE = str(ROOT / "cluster" / "recipes" / "local.yaml")
@@ -94,7 +94,7 @@ def test_empty_recipe_warns(capsys, bad_files):
 
 
 def test_unexpected_error_is_a_message_and_a_saved_traceback(capsys, monkeypatch):
-    import cluster.cli as cli
+    import raylm.cluster.cli as cli
 
     def boom(args):
         raise RuntimeError("something inside broke")
@@ -162,7 +162,7 @@ def test_two_runs_at_once_each_start_their_own_ray(ray_session, tmp_path):  # de
         args = [
             sys.executable,
             "-m",
-            "cluster",
+            "raylm",
             "data",
             RECIPE,
             *_sets(tmp_path, f"[{{path: '{src}'}}]", f"name={name}", f"data.output.val_fraction={val}"),

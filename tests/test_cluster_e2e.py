@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from cluster.cli import main
+from raylm.cluster.cli import main
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -168,7 +168,7 @@ def _submit(cluster, name, *command, wait=False):
 
 
 def _job_status(cluster, name):
-    from cluster.submit import client
+    from raylm.cluster.submit import client
 
     jobs = [j for j in client(cluster["address"]).list_jobs() if (j.metadata or {}).get("raylm_run") == name]
     return [str(j.status.value if hasattr(j.status, "value") else j.status) for j in jobs]
@@ -222,7 +222,7 @@ def test_job_runs_across_nodes_and_survives_a_killed_worker_node(cluster, monkey
     _assert_resumed(rows, killed_at)
     assert (cluster["storage"] / "nodes" / "data" / "manifest.json").exists()
     # the cluster token is in no job log and nowhere in the run directory
-    from cluster.submit import client
+    from raylm.cluster.submit import client
 
     c = client(cluster["address"])
     job = [j for j in c.list_jobs() if (j.metadata or {}).get("raylm_run") == "nodes"][0]
@@ -239,7 +239,7 @@ def test_killed_driver_then_the_same_submission_resumes(cluster, monkeypatch):
     metrics = cluster["storage"] / "driver" / "train" / "metrics.jsonl"
     _wait_for_step(metrics, 13)
     _wait_for_checkpoint(cluster["storage"] / "driver")
-    drivers = _procs(lambda c: "-m cluster run submitted.yaml" in c and "printenv" not in c)
+    drivers = _procs(lambda c: "-m raylm run submitted.yaml" in c and "printenv" not in c)
     assert len(drivers) == 1
     killed_at = time.time()
     drivers[0].send_signal(signal.SIGKILL)

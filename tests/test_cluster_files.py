@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.recipe import load_config
-from cluster.submit import EXCLUDES, RECIPE_ENV, check_storage, job_spec
-from pipelines.schema import ConfigError
+from raylm.cluster.recipe import load_config
+from raylm.cluster.submit import EXCLUDES, RECIPE_ENV, check_storage, job_spec
+from raylm.pipelines.schema import ConfigError
 from tests.conftest import ROOT
 
 RAY_UP = sorted((ROOT / "cluster" / "ray").glob("*.yaml"))
@@ -64,7 +64,7 @@ def test_kuberay_manifests_have_required_fields_and_token_auth(path: Path):
     assert doc["apiVersion"] == "ray.io/v1" and doc["metadata"]["name"]
     spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
     if doc["kind"] == "RayJob":
-        assert doc["spec"]["entrypoint"].startswith("python -m cluster ")
+        assert doc["spec"]["entrypoint"].startswith("python -m raylm ")
         assert doc["spec"]["shutdownAfterJobFinishes"] is True
     else:
         assert doc["kind"] == "RayCluster"
@@ -92,14 +92,14 @@ def test_job_spec_ships_the_resolved_recipe_and_the_project():
     cfg = _cfg("train.max_steps=7", "ray.runtime_env={env_vars: {HF_HOME: /tmp/hf}}")
     spec = job_spec(cfg, ["tune", "--resume"])
     env = spec["runtime_env"]
-    assert spec["entrypoint"].endswith("python -m cluster tune submitted.yaml --resume")
+    assert spec["entrypoint"].endswith("python -m raylm tune submitted.yaml --resume")
     assert env["working_dir"] == str(ROOT) and env["excludes"] == EXCLUDES
     shipped = yaml.safe_load(env["env_vars"][RECIPE_ENV])
     assert shipped["train"]["max_steps"] == 7 and shipped["storage_path"] == "/shared/raylm"
     assert shipped["ray"]["runtime_env"] == {} and env["env_vars"]["HF_HOME"] == "/tmp/hf"
     assert any(d.startswith("torch") for d in env["pip"]) and any(d.startswith("ray[") for d in env["pip"])
     assert "pip" not in job_spec(cfg, [], deps=False)["runtime_env"]
-    assert job_spec(cfg, [])["entrypoint"].endswith("python -m cluster run submitted.yaml")
+    assert job_spec(cfg, [])["entrypoint"].endswith("python -m raylm run submitted.yaml")
 
 
 def test_excludes_ship_the_sample_but_not_runs_or_other_data():

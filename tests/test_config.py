@@ -7,8 +7,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.recipe import load_config, load_yaml
-from pipelines.schema import ConfigError
+from raylm.cluster.recipe import load_config, load_yaml
+from raylm.pipelines.schema import ConfigError
 from tests.conftest import ROOT
 
 RECIPE = ROOT / "cluster" / "recipes" / "local.yaml"
@@ -56,7 +56,7 @@ def test_bands_rows_checked():
 
 
 def test_cli_exit_codes(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "cluster", *a], capture_output=True, text=True, cwd=ROOT)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "raylm", *a], capture_output=True, text=True, cwd=ROOT)  # noqa: E731
     ok = run("validate", str(RECIPE))
     assert ok.returncode == 0 and "threshold: 0.8" in ok.stdout
     bad = run("validate", str(RECIPE), "--set", "data.dedup.minhash.treshold=0.7")
@@ -83,7 +83,7 @@ def test_a_global_batch_that_does_not_divide_fails_with_the_nearest_fits():
 
 
 def test_the_step_trains_exactly_the_global_batch():
-    from training.config import accumulation_steps, describe_batch
+    from raylm.training.config import accumulation_steps, describe_batch
 
     cfg = load_config(RECIPE, [TWO, "train.batch.global_batch_tokens=32768", "train.batch.micro_batch_size=4"])
     t = cfg.train
@@ -95,7 +95,7 @@ def test_the_step_trains_exactly_the_global_batch():
 
 def test_train_before_data_is_a_clear_error(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "cluster", "train", str(RECIPE), "--set", f"storage_path={tmp_path}"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "raylm", "train", str(RECIPE), "--set", f"storage_path={tmp_path}"], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 2 and "run `raylm data` first" in out.stderr
 
@@ -133,8 +133,8 @@ def test_data_sources_replace_inputs_and_are_checked():
 
 
 def test_a_new_source_weight_needs_no_new_data_stage():
-    from pipelines.config import DataConfig
-    from pipelines.run import changed_keys
+    from raylm.pipelines.config import DataConfig
+    from raylm.pipelines.run import changed_keys
 
     mix = load_config(ROOT / "cluster" / "recipes" / "mixture.yaml").data.model_dump(mode="json")
     heavier = json.loads(json.dumps(mix))

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 # values some fields need beside the one under test, for cross-field rules to hold
-from cluster.recipe import RunConfig, load_config
-from pipelines.schema import ConfigError
+from raylm.cluster.recipe import RunConfig, load_config
+from raylm.pipelines.schema import ConfigError
 
 # values some fields need beside the one under test, for cross-field rules to hold
 COMPANIONS = {

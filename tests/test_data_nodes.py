@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli import main
-from pipelines.run import run_data
+from raylm.cluster.cli import main
+from raylm.pipelines.run import run_data
 from tests.test_cluster_e2e import RECIPE, _job_status, _procs, local_cluster, start_node
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def _wait_for(what: str, cond, timeout: float = 300, every: float = 0.05):
 
 
 def test_data_stage_survives_lost_nodes_byte_identical(cluster, ray_session, monkeypatch, tmp_path):
-    from cluster.recipe import load_config
+    from raylm.cluster.recipe import load_config
 
     ref = load_config(RECIPE, [f"storage_path={tmp_path}", "name=one", *SETS])
     run_data(ref.data, ref.paths, say=lambda m: None, summary=False)  # one node: this test's session Ray

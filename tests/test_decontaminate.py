@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.decontaminate import EvalNgrams, ngram_hashes
+from raylm.pipelines.decontaminate import EvalNgrams, ngram_hashes
 
 WORDS = [f"w{i}" for i in range(500)]
 
@@ -44,9 +44,9 @@ def test_eval_files_jsonl_and_text(tmp_path):
 
 @pytest.mark.slow
 def test_data_stage_removes_exactly_the_planted_documents(ray_session, tmp_path):
-    from pipelines.config import DataConfig
-    from pipelines.paths import RunPaths
-    from pipelines.run import run_data
+    from raylm.pipelines.config import DataConfig
+    from raylm.pipelines.paths import RunPaths
+    from raylm.pipelines.run import run_data
     from tests.conftest import sample_docs
 
     rng = random.Random(7)

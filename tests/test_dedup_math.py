@@ -3,8 +3,8 @@ import random
 import numpy as np
 import pyarrow as pa
 
-from pipelines import dedup as D
-from pipelines.config import MinHashConfig
+from raylm.pipelines import dedup as D
+from raylm.pipelines.config import MinHashConfig
 
 
 def test_optimal_bands_matches_known_values():
@@ -138,7 +138,7 @@ def test_split_by_is_a_partition():
 
 
 def test_shard_writer_cuts_at_windows(tmp_path):
-    from pipelines.shards import ShardWriter
+    from raylm.pipelines.shards import ShardWriter
 
     w = ShardWriter(str(tmp_path), "train", np.dtype(np.uint16), shard_tokens=10)
     docs = [np.arange(n, dtype=np.uint32) + 1 for n in (3, 4, 5, 12, 2)]

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from raylm.training.metrics import read_metrics
+from raylm.training.trainer import TrainingDiverged, check_diverged
 from tests.conftest import tiny_trainer
-from training.metrics import read_metrics
-from training.trainer import TrainingDiverged, check_diverged
 
 
 def _poison(trainer) -> None:
@@ -54,7 +54,7 @@ def test_finite_training_is_untouched(tiny_shards):
 
 
 def test_the_driver_names_the_step_and_the_checkpoint_kept(tmp_path):
-    from pipelines.paths import RunPaths
+    from raylm.pipelines.paths import RunPaths
 
     paths = RunPaths(str(tmp_path), "r")
     ckpt = tmp_path / "r" / "train" / "checkpoint_000000"

@@ -5,14 +5,14 @@ import pytest
 import torch
 import transformers  # raylm[hf], in the test extras: the export test must run in CI, never skip
 
-from cluster.cli import main
-from cluster.recipe import RunConfig
-from pipelines.rundir import claim
-from pipelines.tokenize import describe, load_encoding, train_bpe
+from raylm.cluster.cli import main
+from raylm.cluster.recipe import RunConfig
+from raylm.pipelines.rundir import claim
+from raylm.pipelines.tokenize import describe, load_encoding, train_bpe
+from raylm.training import checkpoint
+from raylm.training.export import EXPORT_MARKER
+from raylm.training.model import GPT, GPTConfig
 from tests.conftest import sample_docs
-from training import checkpoint
-from training.export import EXPORT_MARKER
-from training.model import GPT, GPTConfig
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_exported_tokenizer_gives_tiktoken_ids(tmp_path, bpe):
     assert tok(text)["input_ids"] == enc.encode_ordinary(text)
     assert tok.eos_token_id == enc.eot_token and tok.decode(enc.encode_ordinary(text)) == text
     # the tiktoken copy rebuilds the same encoding in raylm (data.tokenizer.path)
-    from pipelines.tokenize import TokenizerSpec
+    from raylm.pipelines.tokenize import TokenizerSpec
 
     again = load_encoding(TokenizerSpec(name="x", path=str(out / "tiktoken" / "tokenizer.tiktoken")))
     assert again.encode_ordinary(text) == enc.encode_ordinary(text) and again.eot_token == enc.eot_token

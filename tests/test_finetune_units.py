@@ -8,17 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cluster.recipe import RunConfig
-from pipelines.config import DataConfig, InputSpec, TokenizerConfig
-from pipelines.schema import ConfigError
-from pipelines.shards import ShardWriter, iter_documents, write_manifest
-from pipelines.sources import _record_text
-from pipelines.tasks import build_play_task, speeches
-from pipelines.tokenize import encode_with_masks, load_encoding, spec_from_config
-from training.config import ModelConfig
-from training.data import ShardWindows
-from training.evaluate import bleu, classification_metrics, label_logprobs, lm_metrics, split_examples
-from training.model import GPT, GPTConfig
+from raylm.cluster.recipe import RunConfig
+from raylm.pipelines.config import DataConfig, InputSpec, TokenizerConfig
+from raylm.pipelines.schema import ConfigError
+from raylm.pipelines.shards import ShardWriter, iter_documents, write_manifest
+from raylm.pipelines.sources import _record_text
+from raylm.pipelines.tasks import build_play_task, speeches
+from raylm.pipelines.tokenize import encode_with_masks, load_encoding, spec_from_config
+from raylm.training.config import ModelConfig
+from raylm.training.data import ShardWindows
+from raylm.training.evaluate import bleu, classification_metrics, label_logprobs, lm_metrics, split_examples
+from raylm.training.model import GPT, GPTConfig
 
 
 @pytest.fixture(scope="module")
@@ -170,10 +170,10 @@ def test_play_task_builder(tmp_path):
 
 
 def test_init_from_must_match_model_and_tokenizer(tmp_path):
-    from pipelines.tokenize import describe, train_bpe
+    from raylm.pipelines.tokenize import describe, train_bpe
+    from raylm.training.trainer import check_init_from
     from tests.conftest import sample_docs
     from tests.test_export import write_checkpoint
-    from training.trainer import check_init_from
 
     spec = train_bpe((d["text"] for d in sample_docs()[:3]), 400, str(tmp_path / "tok" / "tokenizer.tiktoken"))
     tok = (spec, load_encoding(spec), str(tmp_path / "tok"))
@@ -199,8 +199,8 @@ def test_init_from_must_match_model_and_tokenizer(tmp_path):
 def test_eval_on_files_text_and_task_records(tmp_path):
     """`raylm eval --file`: a text file gives LM metrics over all its tokens; a prompt/completion .jsonl
     gives masked LM metrics and task metrics, with the labels read from the file itself."""
-    from cluster.cli import main
-    from pipelines.tokenize import train_bpe
+    from raylm.cluster.cli import main
+    from raylm.pipelines.tokenize import train_bpe
     from tests.conftest import sample_docs
     from tests.test_export import write_checkpoint
 
@@ -232,7 +232,7 @@ def test_masked_accumulation_weighs_tokens_not_micro_batches():
     import copy
     from contextlib import nullcontext
 
-    from training.loop import train_step
+    from raylm.training.loop import train_step
 
     a = _model()
     b = copy.deepcopy(a)

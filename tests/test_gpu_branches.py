@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from raylm.training.config import OptimConfig
+from raylm.training.optim import build_optimizer
 from tests.conftest import tiny_trainer
-from training.config import OptimConfig
-from training.optim import build_optimizer
 
 
 def test_bf16_autocast_on_the_ddp_path(tiny_shards):

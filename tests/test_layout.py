@@ -5,8 +5,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines import layout
-from pipelines.layout import Counts, ShardMap
+from raylm.pipelines import layout
+from raylm.pipelines.layout import Counts, ShardMap
 
 K = 4  # streams: train and val of two sources (one source: streams 0 and 1, the splits)
 
@@ -82,7 +82,7 @@ def test_table_parts_cover_the_rows_once(start, n, per):
 
 
 def test_the_sequential_shard_writer_cuts_where_the_layout_does(tmp_path):
-    from pipelines.shards import ShardWriter
+    from raylm.pipelines.shards import ShardWriter
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 60, 300)
@@ -99,7 +99,7 @@ def test_the_sequential_shard_writer_cuts_where_the_layout_does(tmp_path):
 
 
 def test_streams_and_splits_of_a_mixture():
-    from pipelines.write import layout_splits
+    from raylm.pipelines.write import layout_splits
 
     assert layout.streams([]) == ["train", "val"]
     names = layout.streams(["web", "books"])

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipelines.shards import ShardWriter, write_manifest
-from training.data import ShardWindows, TrainLoader, permute, val_windows
+from raylm.pipelines.shards import ShardWriter, write_manifest
+from raylm.training.data import ShardWindows, TrainLoader, permute, val_windows
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_val_windows_fixed(data_root):
 def test_bits_per_byte_from_a_manifest():
     import math
 
-    from training.metrics import bits_per_byte, split_bpb
+    from raylm.training.metrics import bits_per_byte, split_bpb
 
     man = {"splits": {"val": {"tokens": 300, "bytes": 1200}, "train": {"tokens": 10, "docs": 1}}}
     assert bits_per_byte(math.log(2), 100, 50) == pytest.approx(2.0)  # 1 bit a token, 2 tokens a byte
@@ -87,7 +87,7 @@ def test_bits_per_byte_from_a_manifest():
 
 
 def test_loss_text_shows_bits_per_byte_when_known():
-    from training.metrics import loss_text
+    from raylm.training.metrics import loss_text
 
     assert loss_text(6.43512, 2.85241) == "6.4351 (2.8524 bits/byte)"
     assert loss_text(6.43512, None) == "6.4351"

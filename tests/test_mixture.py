@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from training.mixture import MixturePlan, source_of_slots, weights_at
+from raylm.training.mixture import MixturePlan, source_of_slots, weights_at
 
 
 def _run(plan: MixturePlan, steps: range, drawn: np.ndarray):
@@ -67,7 +67,7 @@ def test_every_prefix_of_slots_tracks_the_weights(w, first, n):
 
 def _two_sources(tmp_path):
     """A manifest with two sources' shards (the shape the data stage will write for data.sources)."""
-    from pipelines.shards import ShardWriter, write_manifest
+    from raylm.pipelines.shards import ShardWriter, write_manifest
 
     rng, srcs = np.random.default_rng(0), {}
     for name, docs, base in (("web", 60, 0), ("books", 15, 30000)):
@@ -85,8 +85,8 @@ def _two_sources(tmp_path):
 
 @pytest.mark.slow  # real shards and steps: ~5-15 s
 def test_loader_draws_by_weight_disjoint_ranks_and_resumes_exactly(tmp_path):
-    from training.data import ShardWindows
-    from training.mixture import MixtureLoader
+    from raylm.training.data import ShardWindows
+    from raylm.training.mixture import MixtureLoader
 
     root = _two_sources(tmp_path)
     sources = {n: ShardWindows(root, "train", 32, source=n) for n in ("web", "books")}
@@ -121,8 +121,8 @@ def test_loader_draws_by_weight_disjoint_ranks_and_resumes_exactly(tmp_path):
 
 def _mixture_run(tmp_path, weights=None):
     """Shards of two sources (train and val each; vocab 512: web tokens < 256, books >= 256) and a tiny job on them."""
-    from cluster.recipe import load_config
-    from pipelines.shards import ShardWriter, write_manifest
+    from raylm.cluster.recipe import load_config
+    from raylm.pipelines.shards import ShardWriter, write_manifest
     from tests.conftest import ROOT
 
     rng, splits = np.random.default_rng(1), {}
@@ -148,7 +148,7 @@ def _mixture_run(tmp_path, weights=None):
 
 @pytest.mark.slow  # real shards and steps: ~5-15 s
 def test_trainer_steps_count_tokens_per_source_and_resume_bitwise(tmp_path):
-    from training.loop import Trainer
+    from raylm.training.loop import Trainer
 
     job = _mixture_run(tmp_path)
     a = Trainer(job, 0, 1, torch.device("cpu"))
@@ -167,7 +167,7 @@ def test_trainer_steps_count_tokens_per_source_and_resume_bitwise(tmp_path):
 
 @pytest.mark.slow  # real shards and steps: ~5-15 s
 def test_a_schedule_and_an_unknown_source(tmp_path):
-    from training.loop import Trainer
+    from raylm.training.loop import Trainer
 
     job = _mixture_run(tmp_path, "[{until_step: 10, weights: {web: 1.0, books: 0.0}}, {weights: {web: 0.0, books: 1.0}}]")
     t = Trainer(job, 0, 1, torch.device("cpu"))
@@ -180,7 +180,7 @@ def test_a_schedule_and_an_unknown_source(tmp_path):
 
 @pytest.mark.slow  # real shards and steps: ~5-15 s
 def test_validation_per_source_beside_the_whole_split(tmp_path):
-    from training.loop import Trainer
+    from raylm.training.loop import Trainer
 
     t = Trainer(_mixture_run(tmp_path), 0, 1, torch.device("cpu"))
     for _ in range(5):
@@ -199,7 +199,7 @@ def test_validation_per_source_beside_the_whole_split(tmp_path):
 
 
 def test_weighted_total_leaves_out_evaluation_only_sources():
-    from training.mixture import weighted_total
+    from raylm.training.mixture import weighted_total
 
     per = {"a": {"loss": 2.0, "bpb": 1.0}, "b": {"loss": 4.0, "bpb": None}, "c": {"loss": 9.0, "bpb": 3.0}}
     got = weighted_total(per, {"a": 3.0, "b": 1.0, "c": 0.0})
@@ -209,8 +209,8 @@ def test_weighted_total_leaves_out_evaluation_only_sources():
 
 
 def test_weights_come_from_the_recipe_then_the_manifest():
-    from training.config import TrainConfig
-    from training.mixture import schedule_of
+    from raylm.training.config import TrainConfig
+    from raylm.training.mixture import schedule_of
 
     man = {"splits": {"train": {"sources": {"web": {}, "books": {}}}}, "sources": {"web": {"weight": 0.8}, "books": {"weight": 0.2}}}
     t = TrainConfig()
@@ -222,10 +222,10 @@ def test_weights_come_from_the_recipe_then_the_manifest():
 
 
 def test_a_resume_with_other_source_weights_is_refused(tmp_path):
-    from pipelines.schema import ConfigError
-    from training import checkpoint
-    from training.config import TrainJob
-    from training.trainer import check_resume
+    from raylm.pipelines.schema import ConfigError
+    from raylm.training import checkpoint
+    from raylm.training.config import TrainJob
+    from raylm.training.trainer import check_resume
 
     def recipe(web: float) -> dict:
         sources = {"web": {"inputs": [{"path": "w.jsonl"}], "weight": web}, "books": {"inputs": [{"path": "b.jsonl"}], "weight": 0.2}}

@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.recipe import load_config
-from pipelines.run import run_data
+from raylm.cluster.recipe import load_config
+from raylm.pipelines.run import run_data
+from raylm.training.config import EvalOptions
+from raylm.training.evaluate import print_results, run_eval
+from raylm.training.trainer import run_train
 from tests.conftest import ROOT, sample_docs, write_jsonl
-from training.config import EvalOptions
-from training.evaluate import print_results, run_eval
-from training.trainer import run_train
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from training.config import ModelConfig
-from training.model import GPT, GPTConfig, padded_vocab
+from raylm.training.config import ModelConfig
+from raylm.training.model import GPT, GPTConfig, padded_vocab
 
 
 def _model() -> GPT:

@@ -5,9 +5,9 @@ measured by benchmarks/mup_coord_check.py.)"""
 import pytest
 import torch
 
-from training.config import ModelConfig, OptimConfig
-from training.model import GPT, GPTConfig
-from training.optim import build_optimizer
+from raylm.training.config import ModelConfig, OptimConfig
+from raylm.training.model import GPT, GPTConfig
+from raylm.training.optim import build_optimizer
 
 
 def _gpt(d_model, mup_base=None, seed=0):

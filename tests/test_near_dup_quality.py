@@ -6,15 +6,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.corpus import injected
-from cluster.recipe import load_config
-from pipelines.clean import normalize
-from pipelines.dedup import run_dedup, words_of
-from pipelines.io import makedirs
-from pipelines.process import Process
-from pipelines.run import run_data, run_stages
-from pipelines.sources import Read
-from pipelines.stage import DataRun
-from pipelines.tokenize import spec_from_config
+from raylm.cluster.recipe import load_config
+from raylm.pipelines.clean import normalize
+from raylm.pipelines.dedup import run_dedup, words_of
+from raylm.pipelines.io import makedirs
+from raylm.pipelines.process import Process
+from raylm.pipelines.run import run_data, run_stages
+from raylm.pipelines.sources import Read
+from raylm.pipelines.stage import DataRun
+from raylm.pipelines.tokenize import spec_from_config
 from tests.conftest import ROOT, write_jsonl
 
 pytestmark = pytest.mark.slow

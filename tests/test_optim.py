@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from training.config import ModelConfig, OptimConfig, ScheduleConfig
-from training.model import GPT, GPTConfig
-from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from raylm.training.config import ModelConfig, OptimConfig, ScheduleConfig
+from raylm.training.model import GPT, GPTConfig
+from raylm.training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 
 def test_decay_groups_cover_every_parameter_once():
@@ -61,7 +61,7 @@ def _trained_optimizer(lr: float, steps: int):
 def test_loaded_state_keeps_the_recipes_hyperparameters(new_lr):
     """Resume: the checkpoint's moments and schedule position with the recipe's lr (the same lr bit for
     bit when the recipe is unchanged; PBT's perturbed lr when it is not)."""
-    from training.optim import hyperparams, reapply_hyperparams
+    from raylm.training.optim import hyperparams, reapply_hyperparams
 
     _, opt, sch = _trained_optimizer(1e-3, 5)
     m2, opt2, sch2 = _trained_optimizer(new_lr, 0)

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from cluster.recipe import load_config
-from pipelines.clean import normalize
-from pipelines.run import run_data
-from pipelines.shards import iter_documents, read_manifest
-from pipelines.staging import split_of
-from pipelines.tokenize import TokenizerSpec, load_encoding
+from raylm.cluster.recipe import load_config
+from raylm.pipelines.clean import normalize
+from raylm.pipelines.run import run_data
+from raylm.pipelines.shards import iter_documents, read_manifest
+from raylm.pipelines.staging import split_of
+from raylm.pipelines.tokenize import TokenizerSpec, load_encoding
 from tests.conftest import ROOT, sample_docs, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ def test_killed_run_restarts_byte_identical(ray_session, tmp_path):
     ref = _cfg(tmp_path, "name=ref", trained)
     run_data(ref.data, ref.paths)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "cluster", "data", str(RECIPE), "--set", f"storage_path={tmp_path}", "--set", "name=k"]
+    args = [sys.executable, "-m", "raylm", "data", str(RECIPE), "--set", f"storage_path={tmp_path}", "--set", "name=k"]
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     docs = tmp_path / "k" / "data" / "_work" / "docs"
     deadline = time.time() + 120
@@ -226,7 +226,7 @@ def test_cli_data_end_to_end_with_fsspec_url(ray_session, tmp_path):
     args = [
         sys.executable,
         "-m",
-        "cluster",
+        "raylm",
         "data",
         str(RECIPE),
         "--set",

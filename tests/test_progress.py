@@ -3,9 +3,9 @@
 import json
 import time
 
-from pipelines.progress import Live, clock
-from training.config import TrainConfig, log_interval
-from training.progress import MetricsTail, TrainProgress, progress_line
+from raylm.pipelines.progress import Live, clock
+from raylm.training.config import TrainConfig, log_interval
+from raylm.training.progress import MetricsTail, TrainProgress, progress_line
 
 
 def _row(step: int, t: float, **kw) -> dict:
@@ -68,8 +68,8 @@ def test_live_plain_mode_throttles_status_but_not_lines(capsys):
 def test_trial_table_rows_best_and_plain_lines(capsys):
     from types import SimpleNamespace
 
-    from tuning.config import TuneConfig
-    from tuning.progress import TrialTable
+    from raylm.tuning.config import TuneConfig
+    from raylm.tuning.progress import TrialTable
 
     cfg = SimpleNamespace(train=TrainConfig(max_steps=20), tune=TuneConfig())  # a recipe as tuning sees one (tuning.config.Recipe)
     table = TrialTable(cfg, ["train.optim.lr"], every_s=3600, tty=False)
@@ -87,8 +87,8 @@ def test_trial_table_rows_best_and_plain_lines(capsys):
 
 
 def test_removed_plot_and_loss_plot_are_pngs(tmp_path):
-    from pipelines.plots import plot_removed
-    from training.metrics import plot_losses
+    from raylm.pipelines.plots import plot_removed
+    from raylm.training.metrics import plot_losses
 
     stats = {"docs_in": 10, "docs_kept": 6, "removed": {"filter:short": 3, "exact": 1}, "skipped": {"skip:revisit": 2}}
     out = plot_removed(stats, {"in": 5000, "kept": 3000}, str(tmp_path / "removed.png"), "run")

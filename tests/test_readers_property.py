@@ -18,9 +18,9 @@ import zstandard
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipelines.config import ExecutionConfig, InputSpec, RejectConfig
-from pipelines.jsonarray import ArrayItems, starts_array
-from pipelines.sources import SourceFile, read_file
+from raylm.pipelines.config import ExecutionConfig, InputSpec, RejectConfig
+from raylm.pipelines.jsonarray import ArrayItems, starts_array
+from raylm.pipelines.sources import SourceFile, read_file
 
 MAX_BYTES = 2048  # small, so that "huge" records are cheap to generate
 REJECT = RejectConfig(max_bytes=MAX_BYTES)

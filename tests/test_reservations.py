@@ -8,7 +8,7 @@ import pytest
 import ray
 from ray.util.placement_group import placement_group, placement_group_table
 
-from tuning.reservations import ReleaseReservations, open_registry
+from raylm.tuning.reservations import ReleaseReservations, open_registry
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_a_group_already_removed_is_no_error(ray_session):
 
 
 def test_a_long_wait_for_resources_is_said_once(ray_session, monkeypatch):
-    import tuning.reservations as r
+    import raylm.tuning.reservations as r
 
     held = _reserved(2)  # every CPU of the suite's instance
     said = []

@@ -12,9 +12,9 @@ import time
 import fsspec
 import pytest
 
-from pipelines.paths import MANIFEST, STAGE_MARKER
-from pipelines.run import check_removable
-from pipelines.rundir import LOCK_PREFIX, MARKER, RunConflict, acquire, claim, locked, stale_reason
+from raylm.pipelines.paths import MANIFEST, STAGE_MARKER
+from raylm.pipelines.run import check_removable
+from raylm.pipelines.rundir import LOCK_PREFIX, MARKER, RunConflict, acquire, claim, locked, stale_reason
 from tests.conftest import ROOT
 
 
@@ -167,7 +167,7 @@ def test_object_storage_lock_refuses_a_second_holder():
 
 # ---------------------------------------------------------------- the commands
 def _raylm(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cluster", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "raylm", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_a_run_never_deletes_another_runs_output(tmp_path):

@@ -97,6 +97,6 @@ def test_run_and_sample_on_s3(s3_server, monkeypatch):
     assert "s3://raylm-test/runs/s3run/data" in fs.cat(f"{run}/tune/best.yaml").decode()
     assert len(fs.glob(f"{run}/tune/trials/*/train/metrics.jsonl")) == 2
 
-    from cluster.cli import main
+    from raylm.cluster.cli import main
 
     assert main(["sample", f"s3://{run}", "--prompt", "ROMEO:", "--max-new-tokens", "8"]) == 0

@@ -2,11 +2,11 @@
 
 import pytest
 
-from cluster.recipe import load_config
-from pipelines.schema import ConfigError
+from raylm.cluster.recipe import load_config
+from raylm.pipelines.schema import ConfigError
+from raylm.training.config import ScalingConfig, describe_batch
+from raylm.training.scaling import resolve_job, resolve_scaling
 from tests.conftest import ROOT
-from training.config import ScalingConfig, describe_batch
-from training.scaling import resolve_job, resolve_scaling
 
 RECIPE = ROOT / "cluster" / "recipes" / "local.yaml"
 AUTO = ScalingConfig()

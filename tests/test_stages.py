@@ -13,17 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.recipe import load_config
-from pipelines.clean import Filter, Normalize
-from pipelines.dedup import Dedup, ExactHash, MinHashSign, words_of
-from pipelines.encode import Tokenize, TokenizeFile
-from pipelines.io import makedirs
-from pipelines.process import STEPS, Process
-from pipelines.run import STAGES, run_stages
-from pipelines.sources import Read
-from pipelines.stage import Block, Chunk, DataRun
-from pipelines.tokenize import encode_documents, spec_from_config
-from pipelines.write import Write
+from raylm.cluster.recipe import load_config
+from raylm.pipelines.clean import Filter, Normalize
+from raylm.pipelines.dedup import Dedup, ExactHash, MinHashSign, words_of
+from raylm.pipelines.encode import Tokenize, TokenizeFile
+from raylm.pipelines.io import makedirs
+from raylm.pipelines.process import STEPS, Process
+from raylm.pipelines.run import STAGES, run_stages
+from raylm.pipelines.sources import Read
+from raylm.pipelines.stage import Block, Chunk, DataRun
+from raylm.pipelines.tokenize import encode_documents, spec_from_config
+from raylm.pipelines.write import Write
 from tests.conftest import write_jsonl
 
 GOOD = "The quick brown fox jumps over the lazy dog, and then it runs far away into the green hills. " * 3

@@ -2,9 +2,9 @@
 
 import pytest
 
-from pipelines.paths import RunPaths
-from pipelines.schema import ConfigError
-from training.tracking import flat, mlflow_uri, wandb_mode
+from raylm.pipelines.paths import RunPaths
+from raylm.pipelines.schema import ConfigError
+from raylm.training.tracking import flat, mlflow_uri, wandb_mode
 
 
 def test_flat_recipe_keys():
@@ -37,7 +37,7 @@ def test_wandb_offline_without_a_key(monkeypatch):
 
 
 def test_env_vars_values_are_redacted_from_what_is_recorded():
-    from training.tracking import redacted
+    from raylm.training.tracking import redacted
 
     r = {"name": "x", "ray": {"address": None, "runtime_env": {"env_vars": {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}, "pip": ["a"]}}}
     out = redacted(r)

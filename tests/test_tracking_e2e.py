@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from cluster.cli import main
+from raylm.cluster.cli import main
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 import torch
 
-from cluster.cli import main
+from raylm.cluster.cli import main
 from tests.conftest import MODEL, ROOT
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,7 @@ def test_run_sample_then_resume(pretrained, capsys):
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
     env.pop("RAYLM_LOG", None)
-    cmd = [sys.executable, "-m", "cluster", "train", RECIPE, *sets, "--set", "train.max_steps=18", "--set", "train.log_every=2"]
+    cmd = [sys.executable, "-m", "raylm", "train", RECIPE, *sets, "--set", "train.max_steps=18", "--set", "train.log_every=2"]
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert [r["step"] for r in _rows(run)] == list(range(1, 19))
@@ -97,10 +97,10 @@ def test_run_sample_then_resume(pretrained, capsys):
 
 
 def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, capsys):
-    from pipelines.shards import read_manifest
-    from pipelines.tasks import build_play_task
-    from training import checkpoint
-    from training.evaluate import split_examples
+    from raylm.pipelines.shards import read_manifest
+    from raylm.pipelines.tasks import build_play_task
+    from raylm.training import checkpoint
+    from raylm.training.evaluate import split_examples
 
     pre_root, _, _ = pretrained
     pre = pre_root / "tr"
@@ -158,7 +158,7 @@ def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, cap
     val = split_examples(str(data), "val")
     assert task["examples"] == len(val) > 0 and task["labels"] == 6
     assert 0 <= task["accuracy"] <= 1 and 0 <= task["macro_f1"] <= 1 and 0 <= task["bleu"] <= 100
-    from pipelines.tokenize import load_encoding, run_tokenizer
+    from raylm.pipelines.tokenize import load_encoding, run_tokenizer
 
     enc = load_encoding(run_tokenizer(man["tokenizer"], str(data)))
     majority = Counter(enc.decode(c) for _, c in split_examples(str(data), "train")).most_common(1)[0][0]

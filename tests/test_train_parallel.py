@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from cluster.recipe import load_config
+from raylm.cluster.recipe import load_config
+from raylm.training.checkpoint import load_model
+from raylm.training.sample import SampleOptions, sample
+from raylm.training.trainer import run_train
 from tests.conftest import PRETRAIN, ROOT
-from training.checkpoint import load_model
-from training.sample import SampleOptions, sample
-from training.trainer import run_train
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from cluster.cli import main
+from raylm.cluster.cli import main
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def test_resume_after_the_driver_is_killed(ray_session, sample_shards, tmp_path)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     # two trials one after the other, on the session's shards: killed once the first has finished and the second begun
     sets = _sets(tmp_path, "tr", "tune.max_concurrent_trials=1", "tune.scheduler.type=fifo", f"train.data_path={sample_shards}")
-    args = [sys.executable, "-m", "cluster", "tune", RECIPE, *sets]
+    args = [sys.executable, "-m", "raylm", "tune", RECIPE, *sets]
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     trials = tmp_path / "tr" / "tune" / "trials"
     deadline, finished = time.time() + 240, []
@@ -197,7 +197,7 @@ def test_tune_local_as_the_readme_gives_it(bare_cluster, tmp_path):
     waited forever for the first round's reservations."""
     steps = ["train.max_steps=20", "train.schedule.warmup_steps=2", "train.eval.every=5", "train.checkpoint.every=20"]
     sets = [a for o in [f"storage_path={tmp_path}", *steps, "tune.scheduler.grace_period=5"] for a in ("--set", o)]
-    cmd = [sys.executable, "-m", "cluster", "tune", RECIPE, *sets]
+    cmd = [sys.executable, "-m", "raylm", "tune", RECIPE, *sets]
     r = subprocess.run(cmd, env=bare_cluster, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = _results(tmp_path / "shakespeare-tune")

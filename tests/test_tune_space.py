@@ -3,12 +3,12 @@ what a trial's recipe looks like. Pure logic: no Ray."""
 
 import pytest
 
-from cluster.cli import main
-from cluster.recipe import load_config
-from pipelines.schema import ConfigError
+from raylm.cluster.cli import main
+from raylm.cluster.recipe import load_config
+from raylm.pipelines.schema import ConfigError
+from raylm.tuning.campaign import build_scheduler, build_search, check, max_concurrent, trial_recipe
+from raylm.tuning.space import apply_trial, to_tune, validate_space
 from tests.conftest import ROOT
-from tuning.campaign import build_scheduler, build_search, check, max_concurrent, trial_recipe
-from tuning.space import apply_trial, to_tune, validate_space
 
 RECIPE = ROOT / "cluster" / "recipes" / "tune-local.yaml"
 
@@ -81,7 +81,7 @@ def test_cli_bad_space_exits_2_before_ray(capsys):
 
 
 def test_summary_ranks_trials_and_puts_failed_ones_last(capsys):
-    from tuning.results import best_row, print_summary
+    from raylm.tuning.results import best_row, print_summary
 
     cfg = load_config(RECIPE)
     rows = [
@@ -144,7 +144,7 @@ def test_pbt_scheduler_is_tunes_own_with_the_recipes_settings(synch):
 
 
 def test_num_samples_unset_runs_a_grid_once():
-    from tuning.config import TuneConfig
+    from raylm.tuning.config import TuneConfig
 
     grid = {"train.optim.lr": {"grid": [1e-3, 3e-3]}}
     assert TuneConfig(param_space=grid).num_samples == 1  # not the random-search default of 8 repeats of the grid

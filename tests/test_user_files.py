@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.provenance import RUN_JSON, read_run_json, recorded, write_run_json
-from pipelines.config import DataConfig
-from pipelines.decontaminate import eval_examples
-from pipelines.io import NoSpace, RecordError, no_space, write_atomic
-from pipelines.tokenize import TokenizerError
-from pipelines.userfiles import UserFileError, check_data_files
+from raylm.cluster.provenance import RUN_JSON, read_run_json, recorded, write_run_json
+from raylm.pipelines.config import DataConfig
+from raylm.pipelines.decontaminate import eval_examples
+from raylm.pipelines.io import NoSpace, RecordError, no_space, write_atomic
+from raylm.pipelines.tokenize import TokenizerError
+from raylm.pipelines.userfiles import UserFileError, check_data_files
 from tests.conftest import ROOT
 
 RECIPE = str(ROOT / "cluster" / "recipes" / "local.yaml")
@@ -29,7 +29,7 @@ OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:
 def _raylm(*argv: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     e = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     e.update(PYTHONPATH=str(ROOT), RAY_DATA_DISABLE_PROGRESS_BARS="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "cluster", *argv], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "raylm", *argv], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
 
 
 def _data(tmp_path, **over) -> DataConfig:

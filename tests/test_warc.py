@@ -10,11 +10,11 @@ import zlib
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from pipelines.config import ExtractConfig, RejectConfig
-from pipelines.extract import Sandbox, extract_text, html_text
-from pipelines.streams import decompressed
-from pipelines.warc import frames, parse
-from pipelines.web_sample import page, per_record_gzip, record, request
+from raylm.pipelines.config import ExtractConfig, RejectConfig
+from raylm.pipelines.extract import Sandbox, extract_text, html_text
+from raylm.pipelines.streams import decompressed
+from raylm.pipelines.warc import frames, parse
+from raylm.pipelines.web_sample import page, per_record_gzip, record, request
 
 BIG = 1 << 20
 
@@ -204,8 +204,8 @@ def _read(data: bytes, max_bytes: int = RejectConfig().max_bytes) -> list[dict]:
     import tempfile
     from pathlib import Path
 
-    from pipelines.config import ExecutionConfig, InputSpec
-    from pipelines.sources import SourceFile, read_file
+    from raylm.pipelines.config import ExecutionConfig, InputSpec
+    from raylm.pipelines.sources import SourceFile, read_file
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "c.warc.gz"
@@ -378,8 +378,8 @@ def test_html_text_decodes_charsets_and_counts_failures():
 
 
 def test_a_run_finished_before_the_extract_section_existed_is_still_this_recipes():
-    from pipelines.config import DataConfig
-    from pipelines.run import changed_keys
+    from raylm.pipelines.config import DataConfig
+    from raylm.pipelines.run import changed_keys
 
     wanted = DataConfig().model_dump(mode="json")
     older = {k: v for k, v in wanted.items() if k != "extract"}
@@ -390,7 +390,7 @@ def test_a_run_finished_before_the_extract_section_existed_is_still_this_recipes
 
 
 def test_web_inputs_are_told_by_extension_or_format():
-    from pipelines.config import DataConfig, InputSpec
+    from raylm.pipelines.config import DataConfig, InputSpec
 
     assert [InputSpec(path=p).is_web for p in ("a.warc.gz", "CC-1.warc.wet.gz", "s3://b/*.warc", "a.jsonl.gz", "warc.txt")] == [
         True,
@@ -403,7 +403,7 @@ def test_web_inputs_are_told_by_extension_or_format():
 
 
 def test_both_engines_keep_the_article_and_drop_the_boilerplate():
-    from pipelines.web_sample import BANNER, FOOTER, NAV, html_page
+    from raylm.pipelines.web_sample import BANNER, FOOTER, NAV, html_page
 
     article = " ".join(f"The players rehearse scene {i} of the second act with great care and much patience." for i in range(30))
     page = html_page("Rehearsals", article).encode()
@@ -421,7 +421,7 @@ def test_both_engines_keep_the_article_and_drop_the_boilerplate():
 def test_a_page_past_the_time_limit_is_rejected_and_the_next_page_gets_a_new_process():
     import time
 
-    from pipelines.web_sample import html_page
+    from raylm.pipelines.web_sample import html_page
 
     huge = html_page("Big", "\n\n".join(f"Paragraph {i} of a very long page about the theatre." for i in range(40000))).encode()
     box = Sandbox(ExtractConfig(engine="trafilatura", timeout_s=0.5))

@@ -9,8 +9,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.run import run_data
-from pipelines.web_sample import page, per_record_gzip, record, request
+from raylm.pipelines.run import run_data
+from raylm.pipelines.web_sample import page, per_record_gzip, record, request
 from tests.conftest import ROOT, sample_docs
 from tests.test_pipeline_e2e import _cfg
 
@@ -98,10 +98,10 @@ def test_a_damaged_crawl_keeps_every_intact_page_and_accounts_for_every_record(r
 
 
 def test_the_bundled_web_recipe_end_to_end(ray_session, tmp_path, capsys):
-    from cluster.cli import main
-    from pipelines.shards import iter_documents
-    from pipelines.tokenize import TokenizerSpec, load_encoding
-    from pipelines.web_sample import OUT, build
+    from raylm.cluster.cli import main
+    from raylm.pipelines.shards import iter_documents
+    from raylm.pipelines.tokenize import TokenizerSpec, load_encoding
+    from raylm.pipelines.web_sample import OUT, build
 
     assert OUT.read_bytes() == build()  # the committed sample is what the builder makes
     assert main(["data", str(ROOT / "cluster" / "recipes" / "web.yaml"), "--set", f"storage_path={tmp_path}"]) == 0
@@ -130,7 +130,7 @@ def test_the_bundled_web_recipe_end_to_end(ray_session, tmp_path, capsys):
     assert all(r["src"].startswith("data/sample/web.warc.gz:") for r in rows)
     assert all(r["language"] == "en" and r["language_score"] >= 0.2 for r in rows)
     assert not [r for r in rows if "/saison" in r["url"]]  # the six pages in other languages
-    from pipelines.web_sample import SITE
+    from raylm.pipelines.web_sample import SITE
 
     page_one = [r for r in rows if r["url"].startswith(f"{SITE}/plays/") and r["url"].endswith("/1")]
     assert page_one and all(", part 1" in at[(r["shard"], r["index"])] for r in page_one)  # the page's own heading

@@ -5,8 +5,8 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipelines.pii import EMAIL, IP, PHONE, redact_emails, redact_ips, redact_phones
-from pipelines.url_filter import Blocklist, read_list
+from raylm.pipelines.pii import EMAIL, IP, PHONE, redact_emails, redact_ips, redact_phones
+from raylm.pipelines.url_filter import Blocklist, read_list
 
 
 def test_list_files_have_comments_and_blank_lines(tmp_path):
@@ -54,7 +54,7 @@ def test_language_id_on_the_benchmark_set_is_at_least_95_percent():
     import json
     from pathlib import Path
 
-    from pipelines.language import identify
+    from raylm.pipelines.language import identify
 
     rows = [json.loads(x) for x in (Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "langid.jsonl").read_text().splitlines()]
     assert len({r["lang"] for r in rows}) >= 8 and all(len(r["text"]) >= 200 for r in rows)
@@ -67,8 +67,8 @@ def test_language_id_on_the_benchmark_set_is_at_least_95_percent():
 def test_language_keep_takes_iso_codes_only():
     import pytest
 
-    from pipelines.config import LanguageConfig
-    from pipelines.schema import ConfigError
+    from raylm.pipelines.config import LanguageConfig
+    from raylm.pipelines.schema import ConfigError
 
     assert LanguageConfig(keep=["en", "fr"]).keep == ["en", "fr"]
     with pytest.raises((ValueError, ConfigError)):

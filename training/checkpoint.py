@@ -21,12 +21,12 @@ import fsspec
 import numpy as np
 import torch
 
-from pipelines.io import is_local
-from pipelines.paths import TOKENIZER, RunPaths
-from pipelines.tokenize import copy_tokenizer, load_encoding, run_tokenizer
-from training.config import TrainConfig
-from training.mixture import recipe_weights
-from training.model import GPT, GPTConfig
+from raylm.pipelines.io import is_local
+from raylm.pipelines.paths import TOKENIZER, RunPaths
+from raylm.pipelines.tokenize import copy_tokenizer, load_encoding, run_tokenizer
+from raylm.training.config import TrainConfig
+from raylm.training.mixture import recipe_weights
+from raylm.training.model import GPT, GPTConfig
 
 STATE, META = "state.pt", "meta.json"
 _STATE_KEYS = ("model", "config", "tokenizer", "step")  # what every raylm state.pt holds

@@ -20,9 +20,9 @@ import fsspec
 import numpy as np
 import torch
 
-from pipelines.dedup import mix64
-from pipelines.io import is_local
-from pipelines.shards import read_manifest
+from raylm.pipelines.dedup import mix64
+from raylm.pipelines.io import is_local
+from raylm.pipelines.shards import read_manifest
 
 _ROUNDS = 4
 

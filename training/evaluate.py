@@ -22,15 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.io import write_atomic
-from pipelines.schema import ConfigError
-from pipelines.shards import iter_documents, read_manifest, require_shards
-from pipelines.tokenize import encode_documents, encode_with_masks
-from training.checkpoint import load_model
-from training.config import EvalOptions, TrainJob
-from training.data import ShardWindows, val_windows
-from training.metrics import bits_per_byte, loss_text, split_bpb
-from training.model import GPT
+from raylm.pipelines.io import write_atomic
+from raylm.pipelines.schema import ConfigError
+from raylm.pipelines.shards import iter_documents, read_manifest, require_shards
+from raylm.pipelines.tokenize import encode_documents, encode_with_masks
+from raylm.training.checkpoint import load_model
+from raylm.training.config import EvalOptions, TrainJob
+from raylm.training.data import ShardWindows, val_windows
+from raylm.training.metrics import bits_per_byte, loss_text, split_bpb
+from raylm.training.model import GPT
 
 
 # ---------------------------------------------------------------- metrics on hand-checkable inputs

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from pipelines.rundir import MARKER as RUN_MARKER
-from pipelines.tokenize import ranks_file, run_tokenizer, save_tiktoken
-from training.checkpoint import load_model
-from training.model import GPT
+from raylm.pipelines.rundir import MARKER as RUN_MARKER
+from raylm.pipelines.tokenize import ranks_file, run_tokenizer, save_tiktoken
+from raylm.training.checkpoint import load_model
+from raylm.training.model import GPT
 
 
 class ExportError(ValueError):

@@ -16,16 +16,16 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from pipelines.shards import read_manifest
-from training import checkpoint
-from training.config import TrainJob, accumulation_steps
-from training.data import ShardWindows, TrainLoader, val_windows
-from training.evaluate import lm_metrics, window_batches
-from training.metrics import MetricsLog, bits_per_byte, split_bpb
-from training.mixture import MixtureLoader, recipe_weights, schedule_of, weighted_total, weights_at
-from training.model import GPT, GPTConfig
-from training.optim import build_optimizer, build_scheduler, hyperparams, reapply_hyperparams
-from training.parallel import autocast, grad_sync, parallelize
+from raylm.pipelines.shards import read_manifest
+from raylm.training import checkpoint
+from raylm.training.config import TrainJob, accumulation_steps
+from raylm.training.data import ShardWindows, TrainLoader, val_windows
+from raylm.training.evaluate import lm_metrics, window_batches
+from raylm.training.metrics import MetricsLog, bits_per_byte, split_bpb
+from raylm.training.mixture import MixtureLoader, recipe_weights, schedule_of, weighted_total, weights_at
+from raylm.training.model import GPT, GPTConfig
+from raylm.training.optim import build_optimizer, build_scheduler, hyperparams, reapply_hyperparams
+from raylm.training.parallel import autocast, grad_sync, parallelize
 
 # bf16 dense peak of the accelerators MFU is reported against (per GPU); null where unknown or CPU
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -285,7 +285,7 @@ class Trainer:
             return None
         trackers = None
         if tracking and {"mlflow", "wandb"} & set(self.t.loggers):
-            from training.tracking import Trackers
+            from raylm.training.tracking import Trackers
 
             trackers = Trackers(self.job, tracking, self.step)
         return MetricsLog(self.job.paths.train, self.step, tensorboard="tensorboard" in self.t.loggers, trackers=trackers)

@@ -11,9 +11,9 @@ import tempfile
 
 import fsspec
 
-from pipelines.io import is_local
-from pipelines.paths import METRICS, TENSORBOARD
-from pipelines.plots import save_figure
+from raylm.pipelines.io import is_local
+from raylm.pipelines.paths import METRICS, TENSORBOARD
+from raylm.pipelines.plots import save_figure
 
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_ppl", "val_bpb")
 

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from training.data import ShardWindows, permute
+from raylm.training.data import ShardWindows, permute
 
 _PHI = (math.sqrt(5) - 1) / 2
 

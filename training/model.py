@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from training.config import ModelConfig
+    from raylm.training.config import ModelConfig
 
 
 @dataclass

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from training.config import OptimConfig, ScheduleConfig
+from raylm.training.config import OptimConfig, ScheduleConfig
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict]:

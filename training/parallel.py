@@ -10,8 +10,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
-from training.config import TrainConfig
-from training.model import GPT
+from raylm.training.config import TrainConfig
+from raylm.training.model import GPT
 
 
 def use_compile(t: TrainConfig, device: torch.device) -> bool:

@@ -11,7 +11,7 @@ import time
 
 import fsspec
 
-from pipelines.progress import Live, clock
+from raylm.pipelines.progress import Live, clock
 
 
 class MetricsTail:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from training.config import SampleOptions
-from training.model import GPT
+from raylm.training.config import SampleOptions
+from raylm.training.model import GPT
 
 
 def sample(model: GPT, enc, opts: SampleOptions, device: str = "cpu") -> list[str]:

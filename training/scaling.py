@@ -5,8 +5,8 @@ A pure function of the nodes' resources (`resolve_scaling`), so it is tested wit
 
 from __future__ import annotations
 
-from pipelines.schema import ConfigError
-from training.config import AUTO, ScalingConfig, TrainJob, batch_layout_error
+from raylm.pipelines.schema import ConfigError
+from raylm.training.config import AUTO, ScalingConfig, TrainJob, batch_layout_error
 
 
 def resolve_scaling(s: ScalingConfig, nodes: list[dict[str, float]]) -> ScalingConfig:

@@ -21,10 +21,10 @@ from typing import Any
 
 import fsspec
 
-from pipelines.io import is_local, write_atomic
-from pipelines.paths import RunPaths
-from pipelines.schema import ConfigError
-from training.config import TrainJob
+from raylm.pipelines.io import is_local, write_atomic
+from raylm.pipelines.paths import RunPaths
+from raylm.pipelines.schema import ConfigError
+from raylm.training.config import TrainJob
 
 TRACKING = "tracking.json"  # in train/: where this run's MLflow and W&B runs are, written by rank 0
 STEP_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_ppl", "val_bpb")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from pipelines.paths import TOKENIZER, RunPaths
-from pipelines.schema import ConfigError
-from pipelines.shards import read_manifest, require_shards
-from training.config import TrainJob
+from raylm.pipelines.paths import TOKENIZER, RunPaths
+from raylm.pipelines.schema import ConfigError
+from raylm.pipelines.shards import read_manifest, require_shards
+from raylm.training.config import TrainJob
 
 
 def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str | None = None, acks=None, tracking: dict | None = None):
@@ -25,13 +25,13 @@ def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str 
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
-    from training.loop import train_loop_per_worker
-    from training.scaling import resolve_job
+    from raylm.training.loop import train_loop_per_worker
+    from raylm.training.scaling import resolve_job
 
     job = resolve_job(job.absolute())  # the workers and checkpoints carry the layout actually used
     t = job.train
     if tracking is None and {"mlflow", "wandb"} & set(t.loggers):
-        from training.tracking import tracking_info
+        from raylm.training.tracking import tracking_info
 
         tracking = tracking_info(job)
     return TorchTrainer(
@@ -94,8 +94,8 @@ def check_diverged(paths: RunPaths, rows: list[dict] | None = None) -> None:
     """TrainingDiverged, with the step and the checkpoint left as the latest, if the run's last metrics row
     says training stopped on non-finite values (training/loop.py: Trainer.divergence). `rows`: metrics.jsonl
     when the caller has read it already."""
-    from training import checkpoint
-    from training.metrics import read_metrics
+    from raylm.training import checkpoint
+    from raylm.training.metrics import read_metrics
 
     rows = read_metrics(paths.metrics) if rows is None else rows
     if not rows or not rows[-1].get("diverged"):
@@ -112,9 +112,9 @@ def run_train(job: TrainJob, started: float | None = None):
     """Fit (or resume) the run's training with progress lines on this (the driver's) output, then draw its
     loss curve to train/loss.png. Runs on the Ray instance this process is connected to
     (cluster.runtime.init_ray), else a new local one. `started`: time.time() when the command began."""
-    from training.config import log_interval
-    from training.metrics import plot_losses, read_metrics
-    from training.progress import TrainProgress
+    from raylm.training.config import log_interval
+    from raylm.training.metrics import plot_losses, read_metrics
+    from raylm.training.progress import TrainProgress
 
     require_shards(job.paths.shards)
     if job.train.init_from:
@@ -125,7 +125,7 @@ def run_train(job: TrainJob, started: float | None = None):
     rows = read_metrics(job.paths.metrics)
     plot_losses(rows, job.paths.loss_plot, title=job.paths.name)
     if "mlflow" in job.train.loggers:
-        from training.tracking import log_final
+        from raylm.training.tracking import log_final
 
         log_final(job.paths, result.checkpoint.path if result.checkpoint is not None else None)
     if result.error is None:
@@ -136,7 +136,7 @@ def run_train(job: TrainJob, started: float | None = None):
 def init_checkpoint(init_from: str) -> tuple[str, dict]:
     """The checkpoint `train.init_from` names, and its meta.json; a FileNotFoundError naming the key when there
     is none. `run` and `tune` check it before Ray starts, ahead of the data stage."""
-    from training import checkpoint
+    from raylm.training import checkpoint
 
     try:
         ckpt = checkpoint.latest(init_from)
@@ -191,9 +191,9 @@ def check_resume(job: TrainJob) -> None:
     """A run with checkpoints resumes: refuse (ConfigError) when the recipe's train section differs from the one
     its latest checkpoint was trained with in a key outside RESUMABLE (checkpoints from before meta.json held the
     train section: the model only)."""
-    from training import checkpoint
-    from training.mixture import recipe_weights
-    from training.tracking import flat
+    from raylm.training import checkpoint
+    from raylm.training.mixture import recipe_weights
+    from raylm.training.tracking import flat
 
     try:
         ckpt = checkpoint.latest(job.paths.root)
@@ -219,7 +219,7 @@ def summarize(paths: RunPaths, started: float | None = None) -> dict:
     """The last step's figures, the last validation loss and the mean throughput, from metrics.jsonl; with
     `started` (time.time() when the command began), the seconds to this invocation's first step finished
     (`first_step_s`: Ray, worker group, model build, shard mapping) and to its last (`train_s`)."""
-    from training.metrics import read_metrics
+    from raylm.training.metrics import read_metrics
 
     rows = read_metrics(paths.metrics)
     if not rows:

@@ -23,19 +23,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pipelines.io import absolute
-from pipelines.paths import RunPaths
-from pipelines.progress import verbose
-from pipelines.schema import ConfigError
-from pipelines.shards import require_shards
-from training import checkpoint
-from training.config import TrainConfig, TrainJob
-from training.scaling import resolve_job
-from training.tracking import campaign_tracking, end_campaign
-from training.trainer import check_diverged, fit_in_thread
-from tuning.config import Recipe, TuneConfig
-from tuning.results import OUTCOME
-from tuning.space import apply_trial, to_tune, validate_space
+from raylm.pipelines.io import absolute
+from raylm.pipelines.paths import RunPaths
+from raylm.pipelines.progress import verbose
+from raylm.pipelines.schema import ConfigError
+from raylm.pipelines.shards import require_shards
+from raylm.training import checkpoint
+from raylm.training.config import TrainConfig, TrainJob
+from raylm.training.scaling import resolve_job
+from raylm.training.tracking import campaign_tracking, end_campaign
+from raylm.training.trainer import check_diverged, fit_in_thread
+from raylm.tuning.config import Recipe, TuneConfig
+from raylm.tuning.results import OUTCOME
+from raylm.tuning.space import apply_trial, to_tune, validate_space
 
 # What PBT may change under a running model: optimizer hyperparameters and dropout, not its shape or data.
 PBT_KEYS = ("train.optim.", "train.model.dropout")
@@ -72,8 +72,8 @@ def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None =
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.util.queue import Queue
 
-    from training.trainer import build_trainer
-    from tuning.forward import AckReports
+    from raylm.training.trainer import build_trainer
+    from raylm.tuning.forward import AckReports
 
     trial_id = ray.tune.get_context().get_trial_id()
     if recipe["tune"]["scheduler"]["type"] == "pbt":
@@ -92,7 +92,7 @@ def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None =
 
 def _recording(registry, trial_id: str) -> list:
     """The Ray Train callback that hands the trial's placement groups to the driver (tuning/reservations.py)."""
-    from tuning.reservations import RecordPlacementGroup
+    from raylm.tuning.reservations import RecordPlacementGroup
 
     return [RecordPlacementGroup(registry, trial_id)] if registry is not None else []
 
@@ -133,8 +133,8 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tra
     import ray.tune
     from ray.util.queue import Empty, Queue
 
-    from training.trainer import build_trainer
-    from tuning.forward import ForwardReports
+    from raylm.training.trainer import build_trainer
+    from raylm.tuning.forward import ForwardReports
 
     start = ray.tune.get_checkpoint()
     meta = _checkpoint_meta(start) if start is not None else {"step": 0}
@@ -170,7 +170,7 @@ def _adopt_finished(start, meta: dict, config: dict, recipe: dict, data_dir: str
     import fsspec
     import ray.tune
 
-    from training.metrics import read_metrics
+    from raylm.training.metrics import read_metrics
 
     own = RunPaths(recipe["storage_path"], recipe["name"]).trial(trial_id).name
     if f"/{own}/" in f"{meta['run_dir']}/":  # its own final checkpoint: already done
@@ -287,7 +287,7 @@ def run_tune(cfg: Recipe, resume: bool = False):
     """Run (or, with resume, continue) the campaign; returns Tune's ResultGrid."""
     from ray import tune
 
-    from tuning.reservations import open_registry
+    from raylm.tuning.reservations import open_registry
 
     if not verbose():  # Tune's own console output (config boxes, a result dump per trial) gives way to progress.TrialTable
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # whose verbose=0 prints nothing, unlike the new engine's
@@ -348,8 +348,8 @@ def _new_tuner(cfg: Recipe, trainable, space: dict, storage: str):
     import ray
     from ray import tune
 
-    from tuning.progress import TrialTable
-    from tuning.reservations import ReleaseReservations
+    from raylm.tuning.progress import TrialTable
+    from raylm.tuning.reservations import ReleaseReservations
 
     concurrency = max_concurrent(cfg, ray.cluster_resources())
     t = cfg.tune

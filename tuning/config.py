@@ -6,9 +6,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
-from pipelines.paths import RunPaths
-from pipelines.schema import Strict
-from training.config import MAX_BATCH_TOKENS, MAX_STEPS, TrainConfig
+from raylm.pipelines.paths import RunPaths
+from raylm.pipelines.schema import Strict
+from raylm.training.config import MAX_BATCH_TOKENS, MAX_STEPS, TrainConfig
 
 # in time_attr units: steps, or tokens
 _MAX_TIME = MAX_STEPS * MAX_BATCH_TOKENS

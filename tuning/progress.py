@@ -11,8 +11,8 @@ import time
 
 from ray import tune
 
-from tuning.config import Recipe
-from tuning.results import OUTCOME, fmt_value
+from raylm.tuning.config import Recipe
+from raylm.tuning.results import OUTCOME, fmt_value
 
 
 class TrialTable(tune.Callback):

@@ -16,10 +16,10 @@ from typing import Any
 import fsspec
 import yaml
 
-from pipelines.io import absolute, write_atomic
-from pipelines.plots import save_figure
-from training.metrics import read_metrics
-from tuning.config import Recipe
+from raylm.pipelines.io import absolute, write_atomic
+from raylm.pipelines.plots import save_figure
+from raylm.training.metrics import read_metrics
+from raylm.tuning.config import Recipe
 
 
 def _trial_metrics(cfg: Recipe, trial_id: str) -> list[dict]:
@@ -111,7 +111,7 @@ def best_row(cfg: Recipe, rows: list[dict]) -> dict | None:
 
 def best_recipe(cfg: Recipe, row: dict) -> dict:
     """The campaign's recipe with the best trial's values: a new run name, the campaign's shards."""
-    from tuning.space import apply_trial
+    from raylm.tuning.space import apply_trial
 
     r = apply_trial(cfg.model_dump(mode="json"), {k: row[k] for k in cfg.tune.param_space})
     r["name"] = f"{cfg.name}-best"

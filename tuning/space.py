@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipelines.schema import ConfigError, did_you_mean, fields_at, format_errors
-from tuning.config import Recipe
+from raylm.pipelines.schema import ConfigError, did_you_mean, fields_at, format_errors
+from raylm.tuning.config import Recipe
 
 KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
 
