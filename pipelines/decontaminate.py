@@ -14,10 +14,11 @@ from collections.abc import Iterable, Iterator
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import xxhash
 
 from raylm.pipelines.io import RecordError, text_lines
-from raylm.pipelines.stage import Chunk, Step
+from raylm.pipelines.stage import Chunk, Column, Step
 
 _WORD = re.compile(r"\w+")
 _BASE = np.uint64(0x100000001B3)  # FNV-64's prime: an odd multiplier, so each word's place changes the hash
@@ -98,6 +99,8 @@ class Decontaminate(Step):
     """Drops documents that share an n-gram with an evaluation example (data.decontaminate)."""
 
     name = "decontaminate"
+    # the evaluation example (file:line) a removed document matched: removed.parquet's kept_id, not a kept document's
+    columns = (Column("match", pa.string(), docs=False),)
 
     @classmethod
     def enabled(cls, cfg) -> bool:
@@ -112,6 +115,6 @@ class Decontaminate(Step):
         found = [self.ngrams.match(t) for t in c.texts]
         for k, m in enumerate(found):
             if m is not None:
-                c.block.matches[c.rows[k]] = m
+                c.set("match", k, m)
         self.counts["contaminated"] += sum(m is not None for m in found)
         c.drop([REASON if m is not None else None for m in found])

@@ -5,7 +5,9 @@ Every document gets a language and a score (a probability, as CCNet and datatrov
 
 from __future__ import annotations
 
-from raylm.pipelines.stage import Chunk, Step
+import pyarrow as pa
+
+from raylm.pipelines.stage import Chunk, Column, Step
 
 
 def identify(text: str, max_chars: int) -> tuple[str, float]:
@@ -18,19 +20,21 @@ def identify(text: str, max_chars: int) -> tuple[str, float]:
 
 class Language(Step):
     name = "language"
+    columns = (Column("language", pa.string()), Column("language_score", pa.float32()))  # null where the step did not run
 
     @classmethod
     def enabled(cls, cfg) -> bool:
         return bool(cfg.language.keep) or cfg.has_web
 
     def __call__(self, chunk: Chunk) -> None:
-        lc, b, verdicts = self.cfg.language, chunk.block, []
+        lc, verdicts = self.cfg.language, []
         keep = set(lc.keep)
-        for k, i in enumerate(chunk.rows):
+        for k in range(len(chunk.rows)):
             if chunk.is_task(k):  # a task set's examples: the user chose them
                 verdicts.append(None)
                 continue
             lang, score = identify(chunk.texts[k], lc.max_chars)
-            b.languages[i], b.language_scores[i] = lang, score
+            chunk.set("language", k, lang)
+            chunk.set("language_score", k, score)
             verdicts.append("filter:language" if keep and (lang not in keep or score < lc.min_score) else None)
         chunk.drop(verdicts)

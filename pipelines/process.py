@@ -7,7 +7,9 @@ stage): a duplicate is never tokenized.
   -> minhash
 
 A step that drops a document records why (reject:..., filter:...); the row stays in staging with that
-status, so the write stage can account for it.
+status, so the write stage can account for it. The columns a step declares (Step.columns) are in every
+staging file and, unless staging-only, in docs.parquet; what it counts is in stats.json: adding a step is
+its module and its place in STEPS.
 """
 
 from __future__ import annotations
@@ -30,17 +32,18 @@ from raylm.pipelines.extract import Extract
 from raylm.pipelines.io import naming
 from raylm.pipelines.language import Language
 from raylm.pipelines.pii import RedactPii
-from raylm.pipelines.stage import Block, Chunk, DataRun, Stage, built_once
+from raylm.pipelines.stage import Block, Chunk, DataRun, Stage, Step, built_once, columns_of
 from raylm.pipelines.staging import SKIP, staging_schema
 from raylm.pipelines.stats import Stats
 from raylm.pipelines.url_filter import UrlFilter
 
 # the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over workers)
 STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, Decontaminate, ExactHash, MinHashSign)
+COLUMNS = columns_of(STEPS)  # the per-document columns the steps add: staging files and docs.parquet (pipelines/write.py)
 _CHUNK = 256  # documents that go through the steps together: word lists live for one chunk
 
 
-def _block(batch: pa.Table, cfg: DataConfig) -> Block:
+def _block(batch: pa.Table, cfg: DataConfig, columns: tuple) -> Block:
     n, mh = batch.num_rows, cfg.dedup.minhash
     return Block(
         ids=batch["id"].to_pylist(),
@@ -50,22 +53,21 @@ def _block(batch: pa.Table, cfg: DataConfig) -> Block:
         split=np.zeros(n, dtype=np.int8),
         sig=np.zeros((n, mh.num_perm), dtype=np.uint32) if mh.enabled else None,
         urls=batch["url"].to_pylist() if cfg.has_web else [None] * n,
-        languages=[None] * n,
-        language_scores=[None] * n,
         payloads=batch["payload"].to_pylist() if cfg.has_web else [None] * n,
         charsets=batch["charset"].to_pylist() if cfg.has_web else [None] * n,
-        matches=[None] * n,
+        meta={c.name: [None] * n for c in columns},
     )
 
 
 class DocProcessor:
     """The process stage's work on one block: its rows in, one staging file and its summary row out."""
 
-    def __init__(self, cfg: DataConfig, staging_dir: str):
+    def __init__(self, cfg: DataConfig, staging_dir: str, steps: tuple[type[Step], ...] = STEPS):
         self.cfg, self.staging_dir = cfg, staging_dir
         self.fs, _ = fsspec.core.url_to_fs(staging_dir)
-        self.steps = [S(cfg) for S in STEPS if S.enabled(cfg)]
-        self.schema = staging_schema(cfg)
+        self.steps = [S(cfg) for S in steps if S.enabled(cfg)]
+        self.columns = columns_of(steps)
+        self.schema = staging_schema(cfg, self.columns)
 
     def _chunk(self, b: Block, raw: list, rejects: list, lo: int, hi: int, stats: Stats) -> None:
         rows = [i for i in range(lo, hi) if rejects[i] is None]
@@ -83,6 +85,8 @@ class DocProcessor:
     def _columns(self, batch: pa.Table, b: Block) -> dict[str, pa.Array]:
         """The staging file's columns (staging_schema)."""
         n = batch.num_rows
+        if undeclared := set(b.meta) - {c.name for c in self.columns}:
+            raise AssertionError(f"steps set columns no step declares (Step.columns): {sorted(undeclared)}")
         cols = {
             "uid": batch["uid"],
             "id": batch["id"],
@@ -93,13 +97,10 @@ class DocProcessor:
             "split": pa.array(b.split),
             "url": batch["url"],
             "date": batch["date"],
-            "language": pa.array(b.languages, pa.string()),
-            "language_score": pa.array(b.language_scores, pa.float32()),
+            **{c.name: pa.array(b.meta[c.name], c.type) for c in self.columns},
         }
         if b.sig is not None:
             cols["sig"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(b.sig.shape[1] * 4), n, [None, pa.py_buffer(b.sig.tobytes())])
-        if self.cfg.decontaminate.files:
-            cols["match"] = pa.array(b.matches, pa.string())
         where = np.asarray(b.kept, dtype=np.int64)
         text_bytes = np.zeros(n, dtype=np.int64)
         text_bytes[where] = b.text_bytes
@@ -124,7 +125,7 @@ class DocProcessor:
         first, last = int(uids[0].as_py()), int(uids[-1].as_py())
         if last - first + 1 < n or first >> 32 != last >> 32:  # a block must be one contiguous run of one file
             raise RuntimeError(f"block is not one contiguous input range: uids {first}..{last} for {n} rows")
-        b, raw, rejects = _block(batch, self.cfg), batch["text"].to_pylist(), batch["reject"].to_pylist()
+        b, raw, rejects = _block(batch, self.cfg, self.columns), batch["text"].to_pylist(), batch["reject"].to_pylist()
         for lo in range(0, n, _CHUNK):
             self._chunk(b, raw, rejects, lo, min(lo + _CHUNK, n), stats)
         path = f"{self.staging_dir}/{first:020d}.parquet"

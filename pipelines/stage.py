@@ -4,8 +4,10 @@ A `Stage` is one step of a run (read, process, dedup, tokenize, write; the list 
 it reads what `reads` names in the run's data/ directory, writes what `writes` names, hands the next stage
 what it made through the `DataRun`, and records its own counts and seconds in a `Stats` (stats.json:
 `stages.<name>`). A `Step` is one per-document step inside the processing tasks (the list is
-`pipelines.process.STEPS`): it sees a `Chunk` of documents, may rewrite their text or drop some with a
-reason, and is timed under its name. A new stage or step is one module and one entry in its list.
+`pipelines.process.STEPS`): it sees a `Chunk` of documents, may rewrite their text, drop some with a
+reason, or fill the per-document columns it declares in `columns` (datatrove's `Document.metadata` is the
+model), and is timed under its name. A new stage or step is one module and one entry in its list: the staging
+files, docs.parquet and stats.json take a step's columns and counts from the step table.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 
 from raylm.pipelines.config import DataConfig
 from raylm.pipelines.paths import WORK
@@ -96,14 +99,12 @@ class Block:
     split: np.ndarray  # int8: SPLIT_TRAIN or SPLIT_VAL
     sig: np.ndarray | None  # (rows, num_perm) uint32 MinHash signatures, when near-dup is on
     urls: list = field(default_factory=list)  # web input: each record's URL; else None
-    languages: list = field(default_factory=list)  # the language step: each document's language and score; else None
-    language_scores: list = field(default_factory=list)
     payloads: list = field(default_factory=list)  # web pages: the HTTP payload (bytes) the extract step reads; else None
     charsets: list = field(default_factory=list)  # ... and the charset of its Content-Type header
     kept: list[int] = field(default_factory=list)  # rows that passed every step, in order
     texts: list[str] = field(default_factory=list)  # per kept row: its cleaned text (the tokenize stage encodes it)
     text_bytes: list[int] = field(default_factory=list)  # per kept row: UTF-8 bytes of its cleaned text
-    matches: list = field(default_factory=list)  # decontamination: the evaluation example (file:line) a row matched; else None
+    meta: dict[str, list] = field(default_factory=dict)  # the steps' declared columns (Step.columns): name -> a value per row, else None
 
 
 @dataclass
@@ -117,6 +118,11 @@ class Chunk:
 
     def is_task(self, k: int) -> bool:
         return self.block.prompt_chars[self.rows[k]] is not None
+
+    def set(self, column: str, k: int, value: Any) -> None:
+        """Sets live document k's value in a column its step declares (Step.columns)."""
+        values = self.block.meta.setdefault(column, [None] * len(self.block.ids))
+        values[self.rows[k]] = value
 
     def drop(self, verdicts: list[str | None]) -> None:
         """Removes the live documents whose verdict is a reason (None keeps one), recording the reason."""
@@ -162,10 +168,41 @@ def settle(refs: list) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class Column:
+    """A per-document column a step adds: in every staging file (null where the step did not run or left a row
+    unset), and, with `docs`, in docs.parquet for every kept document, after the columns every run has."""
+
+    name: str
+    type: pa.DataType
+    docs: bool = True  # False: staging only, for the write stage's own use (decontaminate's match: removed.parquet's kept_id)
+
+
+def columns_of(steps) -> tuple[Column, ...]:
+    """The columns the steps declare, in step order (whether a recipe enables the step or not, so that a
+    table's columns do not depend on the recipe)."""
+    out: dict[str, Column] = {}
+    for s in steps:
+        for c in s.columns:
+            if c.name in out:
+                raise ValueError(f"step {s.name!r} declares column {c.name!r}, which another step declares too")
+            out[c.name] = c
+    return tuple(out.values())
+
+
+def schema_of(fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    """A table's schema, its names unique: a step may not declare a column the table has already."""
+    names = [n for n, _ in fields]
+    if len(set(names)) < len(names):
+        raise ValueError(f"a step declares a column the table has already: {sorted({n for n in names if names.count(n) > 1})}")
+    return pa.schema(fields)
+
+
 class Step:
     """A per-document step (built once per worker process; `enabled` leaves it out of a recipe that does not use it)."""
 
     name: ClassVar[str]
+    columns: ClassVar[tuple[Column, ...]] = ()  # the per-document columns it fills (chunk.set), staging and docs.parquet
 
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg

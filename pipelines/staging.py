@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from raylm.pipelines.config import DataConfig
+from raylm.pipelines.stage import Column, schema_of
 
 SPLIT_TRAIN, SPLIT_VAL = 0, 1
 # a record that is no document by its kind (a WARC request, a redirect, an image): counted as skipped, never
@@ -20,7 +21,8 @@ SPLIT_TRAIN, SPLIT_VAL = 0, 1
 SKIP = "skip:"
 
 
-def staging_schema(cfg: DataConfig) -> pa.Schema:
+def staging_schema(cfg: DataConfig, columns: tuple[Column, ...]) -> pa.Schema:
+    """A staging file's columns: every run's, then the steps' own (`columns`, pipelines.stage.columns_of)."""
     fields = [
         ("uid", pa.int64()),
         ("id", pa.string()),
@@ -31,11 +33,8 @@ def staging_schema(cfg: DataConfig) -> pa.Schema:
         ("split", pa.int8()),
         ("url", pa.string()),  # web input: the page's URL and WARC-Date (else null), for docs.parquet
         ("date", pa.string()),
-        ("language", pa.string()),  # the language step's verdict (null when it did not run)
-        ("language_score", pa.float32()),
     ]
-    if cfg.decontaminate.files:
-        fields.append(("match", pa.string()))  # the evaluation example a filter:contamination row shares an n-gram with
+    fields += [(c.name, c.type) for c in columns]
     if cfg.dedup.minhash.enabled:
         fields.append(("sig", pa.binary(4 * cfg.dedup.minhash.num_perm)))
     # UTF-8 bytes of a kept document's cleaned text (0 for the others): the splits' bytes in the manifest, which
@@ -44,7 +43,7 @@ def staging_schema(cfg: DataConfig) -> pa.Schema:
     fields.append(("text", pa.large_string()))  # a kept document's cleaned text (else null), which the tokenize stage encodes
     if cfg.has_tasks:
         fields.append(("prompt_chars", pa.int32()))  # a task record's prompt length in characters (see encode_with_masks)
-    return pa.schema(fields)
+    return schema_of(fields)
 
 
 def tokens_schema(masks: bool) -> pa.Schema:

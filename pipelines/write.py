@@ -33,26 +33,25 @@ from raylm.pipelines import layout
 from raylm.pipelines.dedup import source_rank
 from raylm.pipelines.layout import SPLIT_NAMES, SPLITS, Counts, ShardMap, Start
 from raylm.pipelines.paths import DOCS, REMOVED, TOKENIZER, WORK
+from raylm.pipelines.process import COLUMNS
 from raylm.pipelines.shards import npy_from_raw, save_index, shard_path, token_arrays, token_dtype
-from raylm.pipelines.stage import DataRun, Stage, settle
+from raylm.pipelines.stage import Column, DataRun, Stage, schema_of, settle
 from raylm.pipelines.staging import SKIP, final_mask
 from raylm.pipelines.stats import Stats
 from raylm.pipelines.tokenize import copy_tokenizer, load_encoding
 
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string())])
-# docs.parquet: every kept document, in input order: the shard it is in (which names its split) and its index there
-DOCS_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("shard", pa.string()),
-        ("index", pa.int64()),
-        ("src", pa.string()),
-        ("url", pa.string()),
-        ("date", pa.string()),
-        ("language", pa.string()),
-        ("language_score", pa.float32()),
-    ]
-)
+# docs.parquet: every kept document, in input order: the shard it is in (which names its split) and its index
+# there, where it came from (file:line, web input's URL and crawl date), then the steps' own columns
+DOCS_BASE = (("id", pa.string()), ("shard", pa.string()), ("index", pa.int64()), ("src", pa.string()), ("url", pa.string()), ("date", pa.string()))
+
+
+def docs_schema(columns: tuple[Column, ...]) -> pa.Schema:
+    """docs.parquet's columns: DOCS_BASE, then those of the steps' `columns` a kept document has (Column.docs)."""
+    return schema_of([*DOCS_BASE, *((c.name, c.type) for c in columns if c.docs)])
+
+
+DOCS_SCHEMA = docs_schema(COLUMNS)
 TABLES = {REMOVED: REMOVED_SCHEMA, DOCS: DOCS_SCHEMA}
 ROWS_PER_PART = 1 << 20  # rows of each removed.parquet/ and docs.parquet/ part file (16 row groups)
 PIECES = f"{WORK}/pieces"
@@ -254,11 +253,12 @@ class _TablePieces:
         return self.made
 
 
-def _docs_rows(t: pa.Table, mask: np.ndarray, shard: np.ndarray, index: np.ndarray) -> pa.Table:
-    """docs.parquet rows of one staging file's kept documents: where each went, where it came from."""
+def docs_rows(t: pa.Table, mask: np.ndarray, shard: np.ndarray, index: np.ndarray, schema: pa.Schema = DOCS_SCHEMA) -> pa.Table:
+    """docs.parquet rows of one staging file's kept documents: where each went, and the staging file's own
+    columns of the schema (where each came from, the steps' columns)."""
     kept = t.filter(pa.array(mask))
     cols = {"id": kept["id"], "shard": pa.array(shard.tolist(), pa.string()), "index": pa.array(index)}
-    return pa.table({**cols, **{k: kept[k] for k in ("src", "url", "date", "language", "language_score")}}, schema=DOCS_SCHEMA)
+    return pa.table({**cols, **{k: kept[k] for k in schema.names if k not in cols}}, schema=schema)
 
 
 def _place(
@@ -289,7 +289,7 @@ def _pieces(g: int, group: list[dict], job: dict, start: Start, maps: dict) -> d
     shards = _ShardPieces(root, g, masks, job["shard_tokens"], job["dtype"])
     removed = _TablePieces(root, REMOVED, g, start.removed, job["rows_per_part"])
     docs = _TablePieces(root, DOCS, g, start.kept, job["rows_per_part"])
-    cols = ("id", "src", "url", "date", "language", "language_score") + (("match",) if job["match"] else ())
+    cols = ("id", "src", "url", "date", *(c.name for c in COLUMNS))
     for s in group:
         d = dups.of(s)
         t, mask, stream, _ = _view(s, d, job, cols)
@@ -297,7 +297,7 @@ def _pieces(g: int, group: list[dict], job: dict, start: Start, maps: dict) -> d
         tok = pq.read_table(s["path"] + ".tokens", columns=["tokens", *(["mask"] if masks else [])])
         tokens, flat_mask = tok["tokens"], token_arrays(tok["mask"], np.uint8)[0] if masks else None
         shard_of, index = _place(shards, maps, stream, tokens, flat_mask, at, job["streams"])
-        docs.write(_docs_rows(t, mask, shard_of, index))
+        docs.write(docs_rows(t, mask, shard_of, index))
     return {"shards": shards.close(), REMOVED: removed.close(), DOCS: docs.close()}
 
 
@@ -368,9 +368,7 @@ class Write(Stage):
         enc = load_encoding(tok)
         dtype, groups = token_dtype(enc.n_vocab), groups_of(run.staging, 4 * run.workers)
         job = dict(root=root, masks=data.has_tasks, dtype=dtype, rows_per_part=ROWS_PER_PART)
-        job.update(
-            dups_dir=run.dups_dir if run.dups is not None else None, shard_tokens=data.output.shard_tokens, match=bool(data.decontaminate.files)
-        )
+        job.update(dups_dir=run.dups_dir if run.dups is not None else None, shard_tokens=data.output.shard_tokens)
         job.update(streams=layout.streams(data.source_names), source_starts=run.source_starts)
         with stats.timer("count"):
             counted = _gather([_count.remote(g, job) for g in groups], "count")
