@@ -256,7 +256,7 @@ class DataConfig(Strict):
 
     @property
     def source_names(self) -> list[str]:
-        """The mixture's source names in order; empty for plain `inputs` (one pool of shards, as before sources)."""
+        """The mixture's source names in order; empty for plain `inputs` (one pool of shards)."""
         return list(self.sources)
 
     @property

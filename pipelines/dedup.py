@@ -528,7 +528,7 @@ def run_dedup(staging_files: list[str], cfg: DedupConfig, progress=None, source_
     tick("lsh buckets")
     s2 = [_as_list(_remote(_s2_reduce, P).remote(plan, *[m[p] for m in s1]), P) for p in range(P)]
     del s1
-    ray.wait([r for row in s2 for r in row], num_returns=P * P, fetch_local=False)  # S2 done: progress phases as before
+    ray.wait([r for row in s2 for r in row], num_returns=P * P, fetch_local=False)  # S2 done before the next tick: phases timed apart
     s3 = [_as_list(_remote(_s3_attach_a, P + 1).remote(plan, nodes[p], *[s2[q][p] for q in range(P)]), P + 1) for p in range(P)]
     del s2
     tick("confirm pairs")

@@ -1,4 +1,4 @@
-"""Regression tests of issue #12's reader defects, each on the exact input that once lost documents (no Ray)."""
+"""The readers on damaged or unusual inputs, each the exact input that would lose documents if a reader were careless (no Ray)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _kept(rows) -> list[str]:
     return [r["id"] for r in rows if r["reject"] is None]
 
 
-def test_small_jsonl_keeps_every_document(tmp_path):  # defect 1: a file smaller than the binary sniff
+def test_small_jsonl_keeps_every_document(tmp_path):  # a file smaller than the binary sniff
     p = tmp_path / "small.jsonl"
     p.write_bytes(_lines(DOCS))
     assert 1000 < p.stat().st_size < 8192
@@ -40,7 +40,7 @@ def test_small_jsonl_keeps_every_document(tmp_path):  # defect 1: a file smaller
     assert _kept(rows) == ["d0", "d1", "d2"] and len(rows) == 3
 
 
-def test_lone_surrogate_costs_one_document(tmp_path):  # defect 2: Arrow cannot encode "\ud800"
+def test_lone_surrogate_costs_one_document(tmp_path):  # Arrow cannot encode "\ud800"
     p = tmp_path / "s.jsonl"
     p.write_bytes(_lines(DOCS[:1]) + b'{"id": "bad", "text": "\\ud800 and more text"}\n' + _lines(DOCS[1:]))
     rows = _read(p)
@@ -57,7 +57,7 @@ def test_surrogate_in_the_id_or_a_task_field(tmp_path):
     assert [r["reject"] for r in rows] == ["missing_prompt", "invalid_unicode", None]
 
 
-def test_truncated_gzip_keeps_its_readable_prefix(tmp_path):  # defect 5
+def test_truncated_gzip_keeps_its_readable_prefix(tmp_path):
     docs = [{"id": f"t{i}", "text": "word " * 200 + str(i)} for i in range(50)]
     payload = gzip.compress(_lines(docs))
     p = tmp_path / "trunc.jsonl.gz"
@@ -79,14 +79,14 @@ def test_corrupt_gzip_member_keeps_what_came_before(tmp_path):
     assert sum(r["reject"] is not None for r in rows) == 1
 
 
-def test_nul_byte_costs_its_line_only(tmp_path):  # defect 6
+def test_nul_byte_costs_its_line_only(tmp_path):
     p = tmp_path / "n.jsonl"
     p.write_bytes(b'{"id": "x", "text": "a\x00b"}\n' + _lines(DOCS))
     rows = _read(p)
     assert _kept(rows) == ["d0", "d1", "d2"] and rows[0]["reject"] == "binary"
 
 
-def test_utf8_bom_is_stripped(tmp_path):  # defect 7
+def test_utf8_bom_is_stripped(tmp_path):
     p = tmp_path / "b.jsonl"
     p.write_bytes(b"\xef\xbb\xbf" + _lines(DOCS).replace(b"\n", b"\r\n"))
     rows = _read(p)
@@ -96,7 +96,7 @@ def test_utf8_bom_is_stripped(tmp_path):  # defect 7
     assert [r["text"] for r in _read(t, "txt")] == ["hello"]
 
 
-def test_parquet_missing_column_counts_every_row(tmp_path):  # defect 8 (parquet)
+def test_parquet_missing_column_counts_every_row(tmp_path):
     p = tmp_path / "m.parquet"
     pq.write_table(pa.table({"body": ["a", "b", "c", "d", "e"]}), p, row_group_size=2)
     rows = _read(p, "parquet")
@@ -104,14 +104,14 @@ def test_parquet_missing_column_counts_every_row(tmp_path):  # defect 8 (parquet
     assert [r["src"].rsplit(":", 1)[1] for r in rows] == ["1", "2", "3", "4", "5"]
 
 
-def test_missing_input_path_is_an_error(tmp_path):  # defect 4 (the path half)
+def test_missing_input_path_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does/not/exist.jsonl"):
         list_files([(0, InputSpec(path=str(tmp_path / "does/not/exist.jsonl")))])
     with pytest.raises(FileNotFoundError, match="no files match"):
         list_files([(0, InputSpec(path=str(tmp_path / "*.jsonl")))])
 
 
-def test_a_directory_given_as_a_path_is_named_as_one(tmp_path):  # issue #31: it was "no such file or directory"
+def test_a_directory_given_as_a_path_is_named_as_one(tmp_path):  # not "no such file or directory"
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "a.jsonl").write_bytes(_lines(DOCS))
     for path in (tmp_path / "dir", f"{tmp_path / 'dir'}/"):
@@ -120,7 +120,7 @@ def test_a_directory_given_as_a_path_is_named_as_one(tmp_path):  # issue #31: it
     assert [f.format for f in list_files([(0, InputSpec(path=str(tmp_path / "dir" / "*.jsonl")))])] == ["jsonl"]
 
 
-def test_a_fifo_matched_by_a_glob_is_refused_when_listed(tmp_path):  # issue #31: reading it hung the run
+def test_a_fifo_matched_by_a_glob_is_refused_when_listed(tmp_path):  # reading it would wait forever
     (tmp_path / "a.jsonl").write_bytes(_lines(DOCS))
     os.mkfifo(tmp_path / "b.jsonl")
     with pytest.raises(ValueError, match=r"'.*b\.jsonl' \(matched by '.*\*\.jsonl': narrow the glob\) is a FIFO, not a regular file"):
@@ -135,7 +135,7 @@ def _data_cli(tmp_path, *sets: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
-def test_unusable_inputs_exit_2_with_one_line_before_ray_starts(tmp_path):  # issue #31
+def test_unusable_inputs_exit_2_with_one_line_before_ray_starts(tmp_path):
     (tmp_path / "dir").mkdir()
     os.mkfifo(tmp_path / "dir" / "f.jsonl")
     cases = {
@@ -190,7 +190,7 @@ def test_every_compression_suffix_is_read_and_archives_are_refused(tmp_path):
         list_files([(0, InputSpec(path=str(tmp_path / "b.jsonl.zip"), format="jsonl"))])
 
 
-def test_multi_stream_xz_with_stream_padding_is_read_whole(tmp_path):  # issue #31: later streams were lost
+def test_multi_stream_xz_with_stream_padding_is_read_whole(tmp_path):  # every stream, not the first only
     import lzma
 
     p = tmp_path / "p.jsonl.xz"
@@ -214,7 +214,7 @@ def test_gzip_zero_padding_longer_than_a_read_slice(tmp_path):
     assert _kept(_read(p)) == ["d0", "d1", "d2"]
 
 
-def test_a_json_array_file_is_one_record_per_element(tmp_path):  # issue #31: it was read as JSON Lines
+def test_a_json_array_file_is_one_record_per_element(tmp_path):  # not JSON Lines
     p = tmp_path / "a.json"
     p.write_text(json.dumps(DOCS, indent=2))
     rows = _read(p)

@@ -46,7 +46,7 @@ def bad_files(tmp_path):
 
 
 EVAL_FILE = ["eval", RECIPE, "--set", "storage_path={d}/runs", "--file"]
-CASES = {  # defect 9 and the config half of defect 8: (argv, text the one line must hold)
+CASES = {  # bad arguments, recipes and values: (argv, text the one line must hold)
     "set_unparsable": (["validate", RECIPE, "--set", "train.max_steps=[1"], "train.max_steps=[1"),
     "set_alias": (["validate", RECIPE, "--set", "name=*"], "name=*"),
     "recipe_not_utf8": (["validate", "{d}/latin1.yaml"], "not UTF-8"),
@@ -61,7 +61,7 @@ CASES = {  # defect 9 and the config half of defect 8: (argv, text the one line 
     # inputs that do not exist: with train.data_path nothing is built from them
     "tune_data_path_empty": (["tune", TUNE, "--set", "train.data_path={d}/ck", "--set", "data.inputs=[{path: nope.jsonl}]"], "it is train.data_path"),
     "run_data_path_empty": (["run", RECIPE, "--set", "train.data_path={d}/ck"], "it is train.data_path"),
-    # issue #31: no inf or nan anywhere, and a bound on every count
+    # no inf or nan anywhere, and a bound on every count
     "lr_inf": (["validate", RECIPE, "--set", "train.optim.lr=.inf"], "train.optim.lr: not a finite number"),
     "beta_nan": (["validate", RECIPE, "--set", "train.optim.betas=[.nan, 0.95]"], "train.optim.betas.0: not a finite number"),
     "max_steps_1e23": (["validate", RECIPE, "--set", "train.max_steps=1e23"], "train.max_steps"),
@@ -69,7 +69,7 @@ CASES = {  # defect 9 and the config half of defect 8: (argv, text the one line 
     "max_steps_int_1e23": (["validate", RECIPE, "--set", "train.max_steps=100000000000000000000000"], "train.max_steps: Input should be less than"),
     "recipe_duplicate_key": (["validate", "{d}/dup.yaml"], "dup.yaml: invalid YAML at line 4, column 3: duplicate key 'max_steps' (first on line 3)"),
     "recipe_invalid_yaml": (["validate", "{d}/broken.yaml"], "broken.yaml: invalid YAML at line 4, column 1: expected ',' or ']'"),
-    # issue #31: raylm eval --file, read before any checkpoint loads
+    # raylm eval --file, read before any checkpoint loads
     "eval_file_not_utf8": ([*EVAL_FILE, "{d}/latin1.txt"], "latin1.txt:2: not UTF-8 text (byte 22)"),
     "eval_jsonl_not_utf8": ([*EVAL_FILE, "{d}/latin1.jsonl"], "latin1.jsonl:2: not UTF-8"),
     "eval_jsonl_malformed": ([*EVAL_FILE, "{d}/broken.jsonl"], "broken.jsonl:3: not a JSON record"),
@@ -125,7 +125,7 @@ def _sets(tmp_path, inputs: str, *more) -> list[str]:
 
 
 @pytest.mark.slow
-def test_rerun_with_another_data_section_is_refused(ray_session, capsys, tmp_path):  # defect 4
+def test_rerun_with_another_data_section_is_refused(ray_session, capsys, tmp_path):
     good = _docs_file(tmp_path)
     assert _cli(capsys, "data", RECIPE, *_sets(tmp_path, f"[{{path: '{good}'}}]"))[0] == 0
     rc, out, _ = _cli(capsys, "data", RECIPE, *_sets(tmp_path, f"[{{path: '{good}'}}]", "data.execution.workers=1"))
@@ -140,7 +140,7 @@ def test_rerun_with_another_data_section_is_refused(ray_session, capsys, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_run_that_keeps_nothing_fails_with_its_reasons(ray_session, capsys, tmp_path):  # defect 8 (0 kept), 2 (e2e)
+def test_a_run_that_keeps_nothing_fails_with_its_reasons(ray_session, capsys, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"text": "\\ud800 lone surrogate"}\n{"text": 5}\n{"oops\n')
     rc, _, err = _cli(capsys, "data", RECIPE, *_sets(tmp_path, f"[{{path: '{bad}'}}]"))
@@ -151,7 +151,7 @@ def test_a_run_that_keeps_nothing_fails_with_its_reasons(ray_session, capsys, tm
 
 
 @pytest.mark.slow
-def test_two_runs_at_once_each_start_their_own_ray(ray_session, tmp_path):  # defect 3
+def test_two_runs_at_once_each_start_their_own_ray(ray_session, tmp_path):
     """Two `raylm data` processes of different recipes started together, beside this session's Ray instance:
     none joins another's; both finish."""
     src = _docs_file(tmp_path)
@@ -191,7 +191,7 @@ def test_validate_imports_neither_torch_nor_ray():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("action", ["status", "logs", "stop"])
-def test_an_unknown_job_id_exits_2_naming_it(ray_session, capsys, monkeypatch, action):  # issue #31
+def test_an_unknown_job_id_exits_2_naming_it(ray_session, capsys, monkeypatch, action):
     """Against the Jobs API of the suite's own Ray instance (its dashboard serves it)."""
     from ray._private.worker import get_dashboard_url
 
@@ -202,7 +202,7 @@ def test_an_unknown_job_id_exits_2_naming_it(ray_session, capsys, monkeypatch, a
 
 
 @pytest.mark.parametrize("address", ["notaurl", "htp://head:8265", "http://no host:8265"])
-def test_an_address_that_is_none_exits_2_naming_it(capsys, monkeypatch, address):  # issue #31
+def test_an_address_that_is_none_exits_2_naming_it(capsys, monkeypatch, address):
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         monkeypatch.delenv(var, raising=False)
     submit = ["submit", RECIPE, "--set", "storage_path=/tmp/raylm-x", "--address", address, "--no-wait"]

@@ -71,7 +71,7 @@ M16 = "train.batch.micro_batch_size=16"
 
 
 def test_a_global_batch_that_does_not_divide_fails_with_the_nearest_fits():
-    # 4,096 tokens on 2 workers x 16 x 256 used to train 8,192 a step, silently (round(0.5) -> 1 micro-step)
+    # 4,096 tokens on 2 workers x 16 x 256: rounding 0.5 micro-steps up to 1 would train 8,192 a step, silently
     with pytest.raises(ConfigError) as e:
         load_config(RECIPE, [TWO, M16, "train.batch.global_batch_tokens=4096"])
     assert "train.batch.global_batch_tokens: 4,096" in str(e.value) and "16 x 256 x 2 = 8,192" in str(e.value)
@@ -147,7 +147,7 @@ def test_a_new_source_weight_needs_no_new_data_stage():
     assert changed_keys(DataConfig().model_dump(mode="json"), mix)  # one source against two: a different section
 
 
-# ---------------------------------------------------------------- issue #31: duplicate keys, one-line YAML errors
+# ---------------------------------------------------------------- duplicate keys, one-line YAML errors
 @pytest.mark.parametrize(
     "text,line,key",
     [
@@ -218,7 +218,7 @@ def test_any_repeated_key_is_refused_at_its_second_line(keys, data):
     assert e.value.problem_mark.line + 1 == at + 2
 
 
-def test_empty_inputs_or_sources_are_recipe_errors():  # issue #31: [] started Ray, {} meant the default inputs
+def test_empty_inputs_or_sources_are_recipe_errors():  # not a run that starts Ray for nothing, nor the default inputs
     with pytest.raises(ConfigError, match=r"^data\.inputs: empty"):
         load_config(RECIPE, ["data.inputs=[]"])
     with pytest.raises(ConfigError, match=r"^data\.inputs: empty"):  # replacing a mixture's sources with nothing

@@ -127,12 +127,12 @@ def test_bounds_hold_at_their_boundary(key, kind, bounds, typ):
         "data.clean.chars={min: 500, max: 100}",
     ],
 )
-def test_values_that_cannot_work_fail_validation(override):  # defect 8
+def test_values_that_cannot_work_fail_validation(override):
     with pytest.raises(ConfigError):
         load_config(None, [override])
 
 
-# ---------------------------------------------------------------- issue #31: upper bounds, and no inf or nan
+# ---------------------------------------------------------------- upper bounds, and no inf or nan
 def _walk(ann, key: str, meta: tuple = ()):
     """(dotted key, leaf type, constraints) of every int, float and free-form (Any) value inside an annotation,
     through models, Optional/unions, Annotated, lists, tuples and dicts (a dict's values or a list's items as `*`);

@@ -299,6 +299,6 @@ def test_choose_kept_prefers_the_first_listed_source():
     r = D.choose_kept(labels, exact_enabled=True, source_starts=(0, 2))
     got = sorted(zip(r["id"].to_pylist(), r["reason"].to_pylist(), r["kept_id"].to_pylist()))
     assert got == [("a", "exact", "m"), ("b", "near", "m"), ("z", "exact", "m")]
-    # one source: the smallest id, as before sources existed
+    # one source: the smallest id
     r = D.choose_kept(labels, exact_enabled=True)
     assert set(r["kept_id"].to_pylist()) == {"a"}

@@ -88,7 +88,7 @@ def test_export_without_checkpoint_exits_2(tmp_path):
     assert main(["export", str(tmp_path), str(tmp_path / "out")]) == 2
 
 
-# ---------------------------------------------------------------- issue #31: where an export may write
+# ---------------------------------------------------------------- where an export may write
 SMALL = {"n_layer": 1, "n_head": 2, "d_model": 32, "seq_len": 16}
 
 

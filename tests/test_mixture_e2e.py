@@ -1,4 +1,4 @@
-"""Issue #18 end to end: `data.sources` through the real data stage on Ray (shards per source, dedup across
+"""Data mixtures end to end: `data.sources` through the real data stage on Ray (shards per source, dedup across
 sources keeping the first-listed source's copy, per-source counts), then 1,000 steps of training drawing from
 the two sources at 0.8/0.2: the per-step source counts are within 1% of the weights, identical across two runs,
 and identical again after a Ray Train worker is SIGKILLed mid-run and the run recovers from its checkpoint.

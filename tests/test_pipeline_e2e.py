@@ -134,7 +134,7 @@ def _bad_inputs(d: Path) -> None:
     (d / "trunc.jsonl.gz").write_bytes(payload[: len(payload) // 2])
     (d / "ok.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(json.dumps({"id": "zst", "text": other[0] + " zst"}).encode() + b"\n"))
     (d / "note.txt").write_text(other[1] + "\nplain text file")
-    # issue #12's families: a lone surrogate, a raw NUL line and a BOM in one small file; a parquet file without
+    # the bad-input families: a lone surrogate, a raw NUL line and a BOM in one small file; a parquet file without
     # its text column (each of its rows is counted)
     small = [json.dumps({"id": f"s{i}", "text": doc["text"][:3000] + f" small {i}"}).encode() for i, doc in enumerate(sample_docs()[20:23])]
     (d / "small.jsonl").write_bytes(

@@ -1,6 +1,6 @@
-"""Files a recipe names (tokenizer, decontamination sets, URL blocklists) checked before Ray starts (issue #31,
-defect 8): exit 2, one line naming the key, the file and a bad record's line; and a full disk, anywhere in a
-command, as one line naming the file, with no empty run.json left behind."""
+"""Files a recipe names (tokenizer, decontamination sets, URL blocklists) checked before Ray starts: exit 2,
+one line naming the key, the file and a bad record's line; and a full disk, anywhere in a command, as one line
+naming the file, with no empty run.json left behind."""
 
 from __future__ import annotations
 

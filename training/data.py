@@ -79,7 +79,7 @@ class ShardWindows:
     """All windows of one split: `window(ids)` gathers them as an int64 array (len(ids), seq_len+1)."""
 
     def __init__(self, data_root: str, split: str, seq_len: int, cache_dir: str | None = None, source: str | None = None):
-        """`source`: only that source's shards (a manifest with `splits.<split>.sources`, issue #18's mixtures)."""
+        """`source`: only that source's shards (a mixture's manifest, with `splits.<split>.sources`)."""
         man = read_manifest(data_root)
         fs, _ = fsspec.core.url_to_fs(data_root)
         local = is_local(fs)

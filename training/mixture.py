@@ -1,4 +1,4 @@
-"""Sampling from several sources by weight (issue #18's `train.mixture`): which source each window of a step
+"""Sampling from several sources by weight (`train.mixture`): which source each window of a step
 comes from, and which of that source's windows it is, as a pure function of (seed, step, rank, world size)
 and the position reached in every source; resumable from that position alone.
 

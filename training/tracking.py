@@ -2,7 +2,7 @@
 integrations (`setup_mlflow`, `setup_wandb`: rank 0 logs, inside the Ray Train worker).
 
 MLflow: the server at MLFLOW_TRACKING_URI, else a SQLite store in the run directory (`{run}/mlflow.db`, artifacts
-in `{run}/mlflow-artifacts/`; MLflow 3 no longer takes a plain file store); experiment = the run's top-level name;
+in `{run}/mlflow-artifacts/`; MLflow 3 refuses a plain file store); experiment = the run's top-level name;
 params = the resolved recipe (dotted keys); metrics every step; the loss plot and the final checkpoint's path
 (artifacts loss.png and checkpoint.txt, and tag `raylm.checkpoint`) logged by the driver when training ends.
 A tune campaign makes one parent run, each trial a child (tag mlflow.parentRunId).
