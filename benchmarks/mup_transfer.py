@@ -27,7 +27,7 @@ from raylm.cluster.recipe import load_config  # noqa: E402
 def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: int) -> float:
     from contextlib import nullcontext
 
-    from raylm.pipelines.shards import read_manifest
+    from raylm.core.manifest import read_manifest
     from raylm.training.config import accumulation_steps
     from raylm.training.data import ShardWindows, TrainLoader, val_windows
     from raylm.training.evaluate import lm_metrics, window_batches
@@ -63,8 +63,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.recipe)
+    from raylm.core.manifest import has_manifest
     from raylm.pipelines.run import run_data
-    from raylm.pipelines.shards import has_manifest
 
     if not has_manifest(cfg.paths.shards):
         run_data(cfg.data, cfg.paths, summary=False)

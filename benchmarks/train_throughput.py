@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from raylm.cluster.recipe import RunConfig, load_config  # noqa: E402
-from raylm.pipelines.io import absolute  # noqa: E402
+from raylm.core.io import absolute  # noqa: E402
 
 
 def _free_port() -> int:
@@ -133,8 +133,8 @@ def main() -> None:
     import ray
 
     from raylm.cluster.runtime import init_ray
+    from raylm.core.manifest import read_manifest
     from raylm.pipelines.run import run_data
-    from raylm.pipelines.shards import read_manifest
     from raylm.training.model import GPT, GPTConfig
     from raylm.training.scaling import resolve_job
 

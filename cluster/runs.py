@@ -9,7 +9,8 @@ import sys
 import fsspec
 
 from raylm.cluster.provenance import RUN_JSON, read_run_json
-from raylm.pipelines.paths import MANIFEST, METRICS, RunPaths
+from raylm.core.manifest import MANIFEST, has_manifest
+from raylm.core.paths import METRICS, RunPaths
 from raylm.training.metrics import read_metrics
 
 STAGES = ("data", "train", "tune", "eval")
@@ -38,7 +39,7 @@ def _stage_state(root: str, stage: str, rec: dict | None) -> str | None:
     if not fs.exists(f"{root}/{stage}"):
         return None
     if stage == "data":
-        return "succeeded" if fs.exists(f"{root}/data/{MANIFEST}") else "unfinished"
+        return "succeeded" if has_manifest(f"{root}/data") else "unfinished"
     return "unknown"  # made before run.json existed
 
 

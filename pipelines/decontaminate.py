@@ -16,7 +16,7 @@ import fsspec
 import numpy as np
 import xxhash
 
-from raylm.pipelines.io import RecordError, text_lines
+from raylm.core.io import RecordError, text_lines
 from raylm.pipelines.stage import Chunk, Step
 
 _WORD = re.compile(r"\w+")

@@ -3,7 +3,7 @@
 import json
 import time
 
-from raylm.pipelines.progress import Live, clock
+from raylm.core.progress import Live, clock
 from raylm.training.config import TrainConfig, log_interval
 from raylm.training.progress import MetricsTail, TrainProgress, progress_line
 
@@ -87,7 +87,7 @@ def test_trial_table_rows_best_and_plain_lines(capsys):
 
 
 def test_removed_plot_and_loss_plot_are_pngs(tmp_path):
-    from raylm.pipelines.plots import plot_removed
+    from raylm.core.plots import plot_removed
     from raylm.training.metrics import plot_losses
 
     stats = {"docs_in": 10, "docs_kept": 6, "removed": {"filter:short": 3, "exact": 1}, "skipped": {"skip:revisit": 2}}

@@ -16,8 +16,8 @@ from typing import Any
 import fsspec
 import yaml
 
-from raylm.pipelines.io import absolute, write_atomic
-from raylm.pipelines.plots import save_figure
+from raylm.core.io import absolute, write_atomic
+from raylm.core.plots import save_figure
 from raylm.training.metrics import read_metrics
 from raylm.tuning.config import Recipe
 
