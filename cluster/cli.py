@@ -414,6 +414,7 @@ class UsageError(ValueError):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What a user fixes (exit 2): the recipe, the arguments, a path that is not what it should be."""
     from raylm.cluster.submit import JobError
+    from raylm.core.manifest import ManifestError
     from raylm.core.tokenizer import TokenizerError
     from raylm.pipelines.rundir import RunConflict
     from raylm.pipelines.userfiles import UserFileError
@@ -421,7 +422,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from raylm.training.evaluate import EvalFileError
     from raylm.training.export import ExportError
 
-    user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, UserFileError, CheckpointError, ExportError, EvalFileError
+    user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, UserFileError, CheckpointError, ExportError, EvalFileError, ManifestError
     return (*user, FileNotFoundError, NotADirectoryError)
 
 

@@ -274,8 +274,7 @@ def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
         man = require_shards(data_root, " (or pass --file)")
         if man.tokenizer.sha256 != state["tokenizer"]["sha256"]:
             raise ConfigError(
-                f"{ckpt} was trained with tokenizer {state['tokenizer']['name']}, "
-                f"{data_root} was made with {man.tokenizer.name} (different ranks)"
+                f"{ckpt} was trained with tokenizer {state['tokenizer']['name']}, {data_root} was made with {man.tokenizer.name} (different ranks)"
             )
         res["lm"] = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows, job.train.batch.micro_batch_size), opts.device)
         res["lm"]["bpb"] = split_bpb(res["lm"]["loss"], man, opts.split)

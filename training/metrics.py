@@ -15,6 +15,7 @@ from raylm.core.io import is_local
 from raylm.core.manifest import Manifest
 from raylm.core.paths import METRICS, TENSORBOARD
 from raylm.core.plots import save_figure
+from raylm.core.progress import cell
 
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_ppl", "val_bpb")
 
@@ -39,7 +40,7 @@ def split_bpb(loss: float | None, manifest: Manifest, split: str) -> float | Non
 
 def loss_text(loss: float, bpb: float | None) -> str:
     """A loss with its bits per byte beside it when known, as summaries print it: `6.4351 (2.8524 bits/byte)`."""
-    return f"{loss:.4f}" + (f" ({bpb:.4f} bits/byte)" if bpb is not None else "")
+    return cell(loss, ".4f") + (f" ({cell(bpb, '.4f')} bits/byte)" if bpb is not None else "")
 
 
 def read_metrics(path: str) -> list[dict]:
