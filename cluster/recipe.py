@@ -63,7 +63,7 @@ class RunConfig(Strict):
 
     @property
     def paths(self) -> RunPaths:
-        """Every path of this run (pipelines/paths.py)."""
+        """Every path of this run (core/paths.py)."""
         return RunPaths.of(self)
 
     def train_job(self) -> TrainJob:

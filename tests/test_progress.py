@@ -1,4 +1,4 @@
-"""Progress on the driver (pipelines/progress.py, training/progress.py): pure logic on real files, no Ray."""
+"""Progress on the driver (core/progress.py, training/progress.py): pure logic on real files, no Ray."""
 
 import json
 import time
