@@ -52,7 +52,7 @@ def synthetic_shards(root: Path, tokens: int, seed: int = 0) -> str:
         splits[split] = w.close()
     tok = {"name": "synthetic", "n_vocab": N_VOCAB, "eot": EOT, "sha256": "synthetic"}
     write_manifest(str(data), {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits, "tokenizer": tok})
-    assert read_manifest(str(data))["splits"]["train"]["tokens"] == tokens
+    assert read_manifest(str(data)).splits["train"].tokens == tokens
     return str(data)
 
 
@@ -66,7 +66,7 @@ def plain_loop(model_cfg: dict, data: str, micro: int, accum: int, steps: int, d
 
     torch.manual_seed(0)
     man = read_manifest(data)
-    arr = np.load(f"{data}/{man['splits']['train']['shards'][0]['path']}", mmap_mode="r")
+    arr = np.load(f"{data}/{man.splits['train'].shards[0].path}", mmap_mode="r")
     model = GPT(GPTConfig.from_config(ModelConfig(**model_cfg), N_VOCAB)).to(device)
     if fast:
         model = torch.compile(model)

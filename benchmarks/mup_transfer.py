@@ -38,7 +38,7 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
     t = cfg.train
     model_cfg = type(t.model).model_validate({**t.model.model_dump(), "d_model": width, "mup": {"base_width": base} if base else None})
     torch.manual_seed(t.seed)
-    model = GPT(GPTConfig.from_config(model_cfg, read_manifest(data_dir)["tokenizer"]["n_vocab"]))
+    model = GPT(GPTConfig.from_config(model_cfg, read_manifest(data_dir).tokenizer.n_vocab))
     opt = build_optimizer(model, t.optim.model_copy(update={"lr": lr}), "cpu")
     sched = build_scheduler(opt, t.schedule, steps)
     loader = TrainLoader(ShardWindows(data_dir, "train", model_cfg.seq_len), t.batch.micro_batch_size, 0, 1, t.seed)

@@ -141,7 +141,7 @@ def main() -> None:
     base = load_config(args.recipe, [*args.overrides, f"storage_path={out}"])
     init_ray(base.ray)
     run_data(base.data, base.paths, summary=False)  # once; kept between runs of the benchmark
-    n_vocab = read_manifest(base.paths.data)["tokenizer"]["n_vocab"]
+    n_vocab = read_manifest(base.paths.data).tokenizer.n_vocab
     fpt = GPT(GPTConfig.from_config(base.train.model, n_vocab)).flops_per_token()
     print(
         f"\nmodel {base.train.model.model_dump()}; {fpt / 6:,.0f} FLOPs/6 per token; global batch "
