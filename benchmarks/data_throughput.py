@@ -80,8 +80,8 @@ def stage_variants(corpus: Path, out: Path) -> dict[str, float]:
     """Seconds of each pipeline variant without tokenizing (Ray already running; start-up is not throughput)."""
     import ray
 
+    from raylm.core.io import makedirs, rm_tree
     from raylm.pipelines.dedup import run_dedup
-    from raylm.pipelines.io import makedirs, rm_tree
     from raylm.pipelines.process import Process
     from raylm.pipelines.run import run_stages
     from raylm.pipelines.sources import Read
@@ -111,7 +111,7 @@ def stage_variants(corpus: Path, out: Path) -> dict[str, float]:
 
 def full_run(corpus: Path, out: Path) -> float:
     """Seconds of the whole data stage (Ray already running); its stats.json goes to FULL_STATS."""
-    from raylm.pipelines.io import rm_tree
+    from raylm.core.io import rm_tree
     from raylm.pipelines.run import run_data
 
     cfg = _cfg(corpus, out, "full")

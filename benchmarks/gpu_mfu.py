@@ -35,10 +35,11 @@ N_VOCAB, EOT = 50257, 50256  # GPT-2's; padded to 50,304 by the model
 
 def synthetic_shards(root: Path, tokens: int, seed: int = 0) -> str:
     """Random-token shards (train and a small val) with a manifest, as `raylm data` writes them."""
-    from raylm.pipelines.shards import ShardWriter, read_manifest, write_manifest
+    from raylm.core.manifest import has_manifest, read_manifest, write_manifest
+    from raylm.pipelines.shards import ShardWriter
 
     data = root / "data"
-    if (data / "manifest.json").exists():
+    if has_manifest(str(data)):
         return str(data)
     rng = np.random.default_rng(seed)
     splits = {}
@@ -51,7 +52,7 @@ def synthetic_shards(root: Path, tokens: int, seed: int = 0) -> str:
         splits[split] = w.close()
     tok = {"name": "synthetic", "n_vocab": N_VOCAB, "eot": EOT, "sha256": "synthetic"}
     write_manifest(str(data), {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits, "tokenizer": tok})
-    assert read_manifest(str(data))["splits"]["train"]["tokens"] == tokens
+    assert read_manifest(str(data)).splits["train"].tokens == tokens
     return str(data)
 
 
@@ -59,13 +60,13 @@ def plain_loop(model_cfg: dict, data: str, micro: int, accum: int, steps: int, d
     """nanoGPT's training loop on the same model; the wall time at the end of each step."""
     import torch
 
-    from raylm.pipelines.shards import read_manifest
+    from raylm.core.manifest import read_manifest
     from raylm.training.config import ModelConfig
     from raylm.training.model import GPT, GPTConfig
 
     torch.manual_seed(0)
     man = read_manifest(data)
-    arr = np.load(f"{data}/{man['splits']['train']['shards'][0]['path']}", mmap_mode="r")
+    arr = np.load(f"{data}/{man.splits['train'].shards[0].path}", mmap_mode="r")
     model = GPT(GPTConfig.from_config(ModelConfig(**model_cfg), N_VOCAB)).to(device)
     if fast:
         model = torch.compile(model)

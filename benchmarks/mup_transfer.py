@@ -27,7 +27,7 @@ from raylm.cluster.recipe import load_config  # noqa: E402
 def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: int) -> float:
     from contextlib import nullcontext
 
-    from raylm.pipelines.shards import read_manifest
+    from raylm.core.manifest import read_manifest
     from raylm.training.config import accumulation_steps
     from raylm.training.data import ShardWindows, TrainLoader, val_windows
     from raylm.training.evaluate import lm_metrics, window_batches
@@ -38,7 +38,7 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
     t = cfg.train
     model_cfg = type(t.model).model_validate({**t.model.model_dump(), "d_model": width, "mup": {"base_width": base} if base else None})
     torch.manual_seed(t.seed)
-    model = GPT(GPTConfig.from_config(model_cfg, read_manifest(data_dir)["tokenizer"]["n_vocab"]))
+    model = GPT(GPTConfig.from_config(model_cfg, read_manifest(data_dir).tokenizer.n_vocab))
     opt = build_optimizer(model, t.optim.model_copy(update={"lr": lr}), "cpu")
     sched = build_scheduler(opt, t.schedule, steps)
     loader = TrainLoader(ShardWindows(data_dir, "train", model_cfg.seq_len), t.batch.micro_batch_size, 0, 1, t.seed)
@@ -63,8 +63,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.recipe)
+    from raylm.core.manifest import has_manifest
     from raylm.pipelines.run import run_data
-    from raylm.pipelines.shards import has_manifest
 
     if not has_manifest(cfg.paths.shards):
         run_data(cfg.data, cfg.paths, summary=False)

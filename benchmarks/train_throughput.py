@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from raylm.cluster.recipe import RunConfig, load_config  # noqa: E402
-from raylm.pipelines.io import absolute  # noqa: E402
+from raylm.core.io import absolute  # noqa: E402
 
 
 def _free_port() -> int:
@@ -133,15 +133,15 @@ def main() -> None:
     import ray
 
     from raylm.cluster.runtime import init_ray
+    from raylm.core.manifest import read_manifest
     from raylm.pipelines.run import run_data
-    from raylm.pipelines.shards import read_manifest
     from raylm.training.model import GPT, GPTConfig
     from raylm.training.scaling import resolve_job
 
     base = load_config(args.recipe, [*args.overrides, f"storage_path={out}"])
     init_ray(base.ray)
     run_data(base.data, base.paths, summary=False)  # once; kept between runs of the benchmark
-    n_vocab = read_manifest(base.paths.data)["tokenizer"]["n_vocab"]
+    n_vocab = read_manifest(base.paths.data).tokenizer.n_vocab
     fpt = GPT(GPTConfig.from_config(base.train.model, n_vocab)).flops_per_token()
     print(
         f"\nmodel {base.train.model.model_dump()}; {fpt / 6:,.0f} FLOPs/6 per token; global batch "

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--recipe", default=str(ROOT / "cluster" / "recipes" / "tune-local.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    from raylm.pipelines.io import absolute
+    from raylm.core.io import absolute
     from raylm.pipelines.run import run_data
 
     base = load_config(args.recipe, args.overrides)

@@ -126,7 +126,7 @@ def run_raylm_data(warcs: Path, out: Path, name: str) -> float:
 def run_raylm_process(warcs: Path, out: Path, name: str) -> tuple[float, int]:
     """Seconds of the read and process stages alone (tokenizing comes after dedup: the kept text goes to the
     staging files), and the documents they kept: what datatrove's WarcReader + Trafilatura is asked to do."""
-    from raylm.pipelines.io import makedirs, rm_tree
+    from raylm.core.io import makedirs, rm_tree
     from raylm.pipelines.run import STAGES, run_stages
     from raylm.pipelines.stage import DataRun
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from raylm.cluster.provenance import recorded, set_command
 from raylm.cluster.recipe import ConfigError, RecipeWarning, RunConfig, dump_config, load_config
 from raylm.cluster.runtime import init_ray, sigterm_as_interrupt
-from raylm.pipelines.paths import LOSS_PLOT
-from raylm.pipelines.progress import LOG_ENV, verbose
+from raylm.core.paths import LOSS_PLOT
+from raylm.core.progress import LOG_ENV, verbose
 from raylm.training.config import EvalOptions, SampleOptions, describe_batch
 
 # the commands that take a recipe, which `raylm submit RECIPE -- COMMAND` can run on a cluster
@@ -128,7 +128,7 @@ def _recipe(args: argparse.Namespace) -> RunConfig:
 
 def _dump(cfg: RunConfig) -> dict:
     """The resolved recipe as run.json records it (runtime_env's env_vars values left out: credentials go there)."""
-    from raylm.training.tracking import redacted
+    from raylm.core.redact import redacted
 
     return redacted(cfg.model_dump(mode="json"))
 
@@ -154,8 +154,8 @@ def _check_inputs(cfg: RunConfig) -> None:
 def _data_stage(cfg: RunConfig, force: bool) -> None:
     """The data stage, on the recipe's Ray (started only when there is work, unless already connected);
     the caller has checked the inputs."""
+    from raylm.core.manifest import has_manifest
     from raylm.pipelines.run import run_data
-    from raylm.pipelines.shards import has_manifest
 
     if not force and has_manifest(cfg.paths.data):
         run_data(cfg.data, cfg.paths)  # nothing to do (or a ConfigError): the run.json of the run that made it stays
@@ -169,7 +169,7 @@ def _data_stage(cfg: RunConfig, force: bool) -> None:
 def _own_shards(cfg: RunConfig) -> bool:
     """Whether `run` and `tune` build their shards (the run's data/, from the inputs) or read another run's
     (train.data_path: they must exist, and nothing is built). Checked before Ray starts, with train.init_from."""
-    from raylm.pipelines.shards import require_shards
+    from raylm.core.manifest import require_shards
     from raylm.training.trainer import init_checkpoint
 
     if cfg.train.init_from:
@@ -199,8 +199,8 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train_job(cfg: RunConfig) -> int:
-    from raylm.pipelines.io import no_space
-    from raylm.pipelines.shards import require_shards
+    from raylm.core.io import no_space
+    from raylm.core.manifest import require_shards
     from raylm.training.metrics import loss_text
     from raylm.training.scaling import resolve_job
     from raylm.training.trainer import check_init_from, check_resume, run_train, summarize
@@ -249,7 +249,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The main job: the data stage (skipped when complete), training, a sample and the bar to clear."""
-    from raylm.pipelines.shards import read_manifest
+    from raylm.core.manifest import read_manifest
     from raylm.training.checkpoint import load_model
     from raylm.training.data import unigram_entropy
     from raylm.training.metrics import split_bpb
@@ -283,7 +283,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from raylm.pipelines.shards import has_manifest
+    from raylm.core.manifest import has_manifest
     from raylm.tuning.campaign import check
 
     cfg = _recipe(args)
@@ -414,14 +414,15 @@ class UsageError(ValueError):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What a user fixes (exit 2): the recipe, the arguments, a path that is not what it should be."""
     from raylm.cluster.submit import JobError
+    from raylm.core.manifest import ManifestError
+    from raylm.core.tokenizer import TokenizerError
     from raylm.pipelines.rundir import RunConflict
-    from raylm.pipelines.tokenize import TokenizerError
     from raylm.pipelines.userfiles import UserFileError
     from raylm.training.checkpoint import CheckpointError
     from raylm.training.evaluate import EvalFileError
     from raylm.training.export import ExportError
 
-    user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, UserFileError, CheckpointError, ExportError, EvalFileError
+    user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, UserFileError, CheckpointError, ExportError, EvalFileError, ManifestError
     return (*user, FileNotFoundError, NotADirectoryError)
 
 
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raylm: interrupted; run {again} to go on (finished stages are kept, training resumes)", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the one place that turns every error into a message and an exit code
-        from raylm.pipelines.io import no_space
+        from raylm.core.io import no_space
         from raylm.pipelines.run import DataStageError
         from raylm.training.trainer import TrainingDiverged
 

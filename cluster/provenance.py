@@ -19,7 +19,7 @@ from pathlib import Path
 
 import fsspec
 
-from raylm.pipelines.io import NoSpace, no_space, write_atomic
+from raylm.core.io import NoSpace, no_space, write_json
 
 RUN_JSON = "run.json"
 PACKAGES = ("raylm", "ray", "torch", "tiktoken", "numpy", "pyarrow")
@@ -80,7 +80,7 @@ def write_run_json(stage_dir: str, record: dict) -> None:
     """Atomic: a failed write (a full disk) leaves the previous run.json, never an empty or cut one."""
     fs, _ = fsspec.core.url_to_fs(stage_dir)
     fs.makedirs(stage_dir, exist_ok=True)
-    write_atomic(f"{stage_dir}/{RUN_JSON}", json.dumps(record, indent=1, default=str))
+    write_json(f"{stage_dir}/{RUN_JSON}", record, default=str)
 
 
 def read_run_json(stage_dir: str) -> dict | None:

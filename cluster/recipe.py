@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError, field_validator
 
+from raylm.core.paths import RunPaths
+from raylm.core.schema import ConfigError, Strict, format_errors
 from raylm.pipelines.config import DataConfig
-from raylm.pipelines.paths import RunPaths
-from raylm.pipelines.schema import ConfigError, Strict, format_errors
 from raylm.training.config import TrainConfig, TrainJob
 from raylm.tuning.config import TuneConfig
 
@@ -63,7 +63,7 @@ class RunConfig(Strict):
 
     @property
     def paths(self) -> RunPaths:
-        """Every path of this run (pipelines/paths.py)."""
+        """Every path of this run (core/paths.py)."""
         return RunPaths.of(self)
 
     def train_job(self) -> TrainJob:

@@ -9,7 +9,9 @@ import sys
 import fsspec
 
 from raylm.cluster.provenance import RUN_JSON, read_run_json
-from raylm.pipelines.paths import MANIFEST, METRICS, RunPaths
+from raylm.core.manifest import MANIFEST, has_manifest
+from raylm.core.paths import METRICS, RunPaths
+from raylm.core.progress import cell
 from raylm.training.metrics import read_metrics
 
 STAGES = ("data", "train", "tune", "eval")
@@ -38,7 +40,7 @@ def _stage_state(root: str, stage: str, rec: dict | None) -> str | None:
     if not fs.exists(f"{root}/{stage}"):
         return None
     if stage == "data":
-        return "succeeded" if fs.exists(f"{root}/data/{MANIFEST}") else "unfinished"
+        return "succeeded" if has_manifest(f"{root}/data") else "unfinished"
     return "unknown"  # made before run.json existed
 
 
@@ -76,10 +78,6 @@ def _modified(root: str) -> str | None:
     return max(times, default=None)
 
 
-def _fmt(v, spec: str = "") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def print_runs(storage: str) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -92,10 +90,10 @@ def print_runs(storage: str) -> int:
     for c in ("run", *STAGES, "steps", "best val loss", "bits/byte", "last started (UTC)"):
         t.add_column(c, justify="left" if c in ("run", *STAGES) else "right")
     for s in sorted(runs, key=lambda s: s["when"] or "", reverse=True):
-        steps = f"{_fmt(s['step'], ',')}/{_fmt(s['max_steps'], ',')}" if s["step"] is not None else "-"
+        steps = f"{cell(s['step'], ',')}/{cell(s['max_steps'], ',')}" if s["step"] is not None else "-"
         when = s["when"][:19].replace("T", " ") if s["when"] else "-"
         name = s["root"][len(storage.rstrip("/")) + 1 :]
-        t.add_row(name, *(s["states"][st] or "-" for st in STAGES), steps, _fmt(s["best_val_loss"], ".4f"), _fmt(s["best_val_bpb"], ".4f"), when)
+        t.add_row(name, *(s["states"][st] or "-" for st in STAGES), steps, cell(s["best_val_loss"], ".4f"), cell(s["best_val_bpb"], ".4f"), when)
     Console(width=None if sys.stdout.isatty() else 200).print(t)
     return 0
 
@@ -124,8 +122,8 @@ def print_run(root: str) -> int:
         if rec.get("result") is not None:
             print(f"    result: {json.dumps(rec['result'], default=str)[:600]}")
     if s["step"] is not None:
-        best = f"{_fmt(s['best_val_loss'], '.4f')} ({_fmt(s['best_val_bpb'], '.4f')} bits/byte)"
-        print(f"  steps {s['step']:,}/{_fmt(s['max_steps'], ',')}; best val loss {best}")
+        best = f"{cell(s['best_val_loss'], '.4f')} ({cell(s['best_val_bpb'], '.4f')} bits/byte)"
+        print(f"  steps {s['step']:,}/{cell(s['max_steps'], ',')}; best val loss {best}")
     return 0
 
 

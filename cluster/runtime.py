@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 
 from raylm.cluster.recipe import RayConfig
-from raylm.pipelines.progress import verbose
+from raylm.core.progress import verbose
 
 
 def _say(msg: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
-from raylm.pipelines.schema import Strict
+from raylm.core.schema import Strict
 
 WEB_FORMATS = ("warc", "wet")
 _WEB_NAME = re.compile(r"\.(warc|wet)(\.[a-z0-9]+)?$")  # data.warc.gz, CC-MAIN-....warc.wet.gz

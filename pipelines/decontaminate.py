@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-from raylm.pipelines.io import RecordError, text_lines
+from raylm.core.io import RecordError, text_lines
 from raylm.pipelines.stage import Chunk, Column, Step
 
 _WORD = re.compile(r"\w+")

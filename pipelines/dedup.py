@@ -35,30 +35,17 @@ import ray
 import rensa
 import xxhash
 
+from raylm.core.hashing import GOLDEN, mix64
+from raylm.core.io import makedirs
 from raylm.pipelines.config import DedupConfig, MinHashConfig
-from raylm.pipelines.io import makedirs
 from raylm.pipelines.stage import Chunk, DataRun, Stage, Step
 from raylm.pipelines.staging import split_of
 from raylm.pipelines.stats import Stats
 
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
+_M1 = GOLDEN
 
 
 # ---------------------------------------------------------------- math
-def mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer: a cheap, well-spread 64-bit hash of integers, vectorized."""
-    x = np.asarray(x).astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= _M2
-        x ^= x >> np.uint64(27)
-        x *= _M3
-        x ^= x >> np.uint64(31)
-    return x
-
-
 def text_hash(text: str) -> int:
     return xxhash.xxh3_64_intdigest(text.encode("utf-8"))
 

@@ -16,13 +16,14 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from raylm.pipelines.io import naming
-from raylm.pipelines.paths import TOKENIZER
+from raylm.core.io import atomic_open
+from raylm.core.paths import TOKENIZER
+from raylm.core.tokenizer import TokenizerSpec, encode_documents, encode_with_masks
 from raylm.pipelines.shards import binary_column
 from raylm.pipelines.stage import DataRun, Stage, built_once, settle
 from raylm.pipelines.staging import final_texts, tokens_schema
 from raylm.pipelines.stats import Stats
-from raylm.pipelines.tokenize import TokenizerSpec, encode_documents, encode_with_masks, train_bpe
+from raylm.pipelines.tokenize import train_bpe
 
 
 def kept_texts(staging: list[dict], dups: pads.Dataset | None, limit: int | None) -> Iterator[str]:
@@ -54,9 +55,8 @@ class TokenizeFile:
         if self.masks:
             cols["mask"] = binary_column(masks, len(docs), where, 1)
         fs, _ = fsspec.core.url_to_fs(path)
-        with naming(path + ".tokens.tmp"), fs.open(path + ".tokens.tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
+        with atomic_open(path + ".tokens") as f:  # a retried task never leaves half a file
             pq.write_table(pa.table(cols, schema=tokens_schema(self.masks)), f, compression="none")
-        fs.mv(path + ".tokens.tmp", path + ".tokens")
         # wall clock (not perf_counter): the driver compares it with its own, to time the stage's fixed costs
         return {"seconds": seconds, "tokens": sum(lengths), "began": began, "ended": time.time()}
 
@@ -71,7 +71,7 @@ def _tokenize_file(s: dict, spec: TokenizerSpec, dups_dir: str | None, masks: bo
 
 def _watch(refs: list) -> list[dict]:
     """The tasks' results in file order, with a live line of files and tokens done as they finish."""
-    from raylm.pipelines.progress import Live
+    from raylm.core.progress import Live
 
     live, pending, tokens, t0 = Live("[raylm data] tokenize:", total=len(refs)), list(refs), 0, time.monotonic()
     try:

@@ -24,12 +24,12 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
+from raylm.core.io import atomic_open
 from raylm.pipelines.clean import Filter, Normalize
 from raylm.pipelines.config import DataConfig
 from raylm.pipelines.decontaminate import Decontaminate
 from raylm.pipelines.dedup import ExactHash, MinHashSign
 from raylm.pipelines.extract import Extract
-from raylm.pipelines.io import naming
 from raylm.pipelines.language import Language
 from raylm.pipelines.pii import RedactPii
 from raylm.pipelines.stage import Block, Chunk, DataRun, Stage, Step, built_once, columns_of
@@ -115,9 +115,8 @@ class DocProcessor:
 
     def _write(self, batch: pa.Table, b: Block, path: str) -> None:
         table = pa.table(self._columns(batch, b), schema=self.schema)
-        with naming(path + ".tmp"), self.fs.open(path + ".tmp", "wb") as f:  # tmp + rename: a retried task never leaves half a file
+        with atomic_open(path) as f:  # a retried task never leaves half a file
             pq.write_table(table, f, compression="zstd")
-        self.fs.mv(path + ".tmp", path)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         stats, n, began = Stats(), batch.num_rows, time.time()
@@ -151,7 +150,7 @@ def process_block(batch: pa.Table, cfg: DataConfig, staging_dir: str) -> pa.Tabl
 
 def _watch(rows, say) -> list[dict]:
     """The process step's summary rows as its tasks finish, shown live: input read, rates, removals by reason."""
-    from raylm.pipelines.progress import Live
+    from raylm.core.progress import Live
 
     live, out, why, nbytes, docs, t0 = Live("[raylm data] process:"), [], Counter(), 0, 0, time.monotonic()
     try:

@@ -12,27 +12,27 @@ is a pure function of the input and recipe, the result is byte-identical to an u
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
 
 import fsspec
 
+from raylm.core.io import exists, makedirs, rm_tree, touch, write_json
+from raylm.core.manifest import FORMAT, VERSION, Manifest, has_manifest, read_manifest, write_manifest
+from raylm.core.paths import REMOVED, REMOVED_PLOT, STAGE_MARKER, STATS, TOKENIZER, WORK, RunPaths
+from raylm.core.schema import ConfigError
+from raylm.core.tokenizer import describe
 from raylm.pipelines.config import DataConfig
 from raylm.pipelines.dedup import Dedup
 from raylm.pipelines.encode import Tokenize
-from raylm.pipelines.io import exists, makedirs, rm_tree, touch, write_atomic
-from raylm.pipelines.paths import MANIFEST, REMOVED, REMOVED_PLOT, STAGE_MARKER, STATS, TOKENIZER, WORK, RunPaths
 from raylm.pipelines.process import Process
 from raylm.pipelines.rundir import RunConflict, holds_other_run
-from raylm.pipelines.schema import ConfigError
-from raylm.pipelines.shards import has_manifest, read_manifest, write_manifest
 from raylm.pipelines.sources import Read
 from raylm.pipelines.stage import DataRun, Stage
 from raylm.pipelines.staging import SKIP
 from raylm.pipelines.stats import Stats
-from raylm.pipelines.tokenize import describe, spec_from_config
+from raylm.pipelines.tokenize import spec_from_config
 from raylm.pipelines.write import Write
 
 STAGES: tuple[Stage, ...] = (Read(), Process(), Dedup(), Tokenize(), Write())
@@ -72,10 +72,10 @@ def changed_keys(finished: dict, wanted: dict) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not weight.match(k))
 
 
-def _reuse_finished(data: DataConfig, root: str, say: Callable[[str], None]) -> dict:
+def _reuse_finished(data: DataConfig, root: str, say: Callable[[str], None]) -> Manifest:
     """The finished run's manifest, if it was made by this recipe's data section; else a ConfigError."""
     man = read_manifest(root)
-    diff = changed_keys(man.get("config") or {}, data.model_dump(mode="json")) if "config" in man else []
+    diff = changed_keys(man.config or {}, data.model_dump(mode="json")) if man.config is not None else []
     if diff:
         shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
         raise ConfigError(
@@ -104,7 +104,7 @@ def check_removable(root: str) -> None:
     if other is not None:
         raise RunConflict(f"{root} holds the run {other!r}: raylm will not remove it; give this recipe another name")
     fs, path = fsspec.core.url_to_fs(root)
-    made = any(fs.exists(f"{path}/{f}") for f in (STAGE_MARKER, WORK, MANIFEST))  # the marker, or a run from before it
+    made = has_manifest(root) or any(fs.exists(f"{path}/{f}") for f in (STAGE_MARKER, WORK))  # the marker, or a run from before it
     if fs.isdir(path) and fs.ls(path) and not made:
         raise RunConflict(
             f"{root} has no manifest and was not made by raylm's data stage (no {STAGE_MARKER} or {WORK}/ in it): raylm removes "
@@ -125,15 +125,15 @@ def run_stages(run: DataRun, stages: tuple[Stage, ...] = STAGES) -> dict[str, St
     return out
 
 
-def _manifest(run: DataRun) -> dict:
+def _manifest(run: DataRun) -> Manifest:
     o, data = run.outputs, run.data
     splits, removed, skipped, docs_in = o["splits"], o["removed"], o["skipped"], o["docs_in"]
     docs_kept = splits["train"]["docs"] + splits["val"]["docs"]
     if docs_in != docs_kept + sum(removed.values()):  # a bug, never an input problem
         raise AssertionError(f"conservation violated: {docs_in} in, {docs_kept} kept, {dict(removed)} removed")
-    return {
-        "format": "raylm-shards",
-        "version": 1,
+    man = {
+        "format": FORMAT,
+        "version": VERSION,
         # a trained tokenizer is the run's own file: named relative to data/, so the manifest is the same wherever the run is
         "tokenizer": {**describe(run.tokenizer, o["enc"]), **({"path": TOKENIZER} if run.trains_tokenizer else {})},
         "dtype": o["dtype"].name,
@@ -152,6 +152,7 @@ def _manifest(run: DataRun) -> dict:
         },
         "config": data.model_dump(mode="json"),
     }
+    return Manifest.model_validate(man)
 
 
 def _fixed_costs(run: DataRun, started: float) -> dict[str, float]:
@@ -178,11 +179,11 @@ def _write_stats(root: str, stages: dict[str, Stats], total: float, docs_in: int
         "mb_per_s": round(bytes_in / 1e6 / max(total, 1e-9), 3),
         "docs_per_s": round(docs_in / max(total, 1e-9), 1),
     }
-    write_atomic(f"{root}/{STATS}", json.dumps(stats, indent=1))
+    write_json(f"{root}/{STATS}", stats)
     return stats
 
 
-def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callable[[str], None] = _say, summary: bool = True) -> dict:
+def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callable[[str], None] = _say, summary: bool = True) -> Manifest:
     """raw text -> shards + manifest + removed.parquet + stats.json in paths.data. Returns the manifest.
     Runs on the Ray instance this process is connected to (cluster.runtime.init_ray), else a new local one."""
     root = paths.data
@@ -196,8 +197,8 @@ def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callab
     manifest = _manifest(run)
     rm_tree(f"{root}/{WORK}")
     stats = _write_stats(root, stages, time.perf_counter() - t_start, run.outputs["docs_in"], run.outputs["bytes_in"], _fixed_costs(run, started))
-    if manifest["stats"]["docs_kept"] == 0:  # no manifest: nothing to train on is a failed stage, not a finished one
-        removed, docs_in = manifest["stats"]["removed"], manifest["stats"]["docs_in"]
+    if manifest.stats.docs_kept == 0:  # no manifest: nothing to train on is a failed stage, not a finished one
+        removed, docs_in = manifest.stats.removed, manifest.stats.docs_in
         reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(removed.items(), key=lambda x: -x[1])) or "no input records"
         raise DataStageError(f"no document kept of {docs_in:,} read ({reasons}); each one is listed with its file and line in {root}/{REMOVED}")
     write_manifest(root, manifest)
@@ -207,48 +208,48 @@ def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callab
     return manifest
 
 
-def _plot_removed(manifest: dict, root: str) -> None:
+def _plot_removed(manifest: Manifest, root: str) -> None:
     """removed.png, from the manifest alone (no run name, no time): the same bytes on every rerun, like the shards."""
-    from raylm.pipelines.plots import plot_removed
+    from raylm.core.plots import plot_removed
 
-    st, sp = manifest["stats"], manifest["splits"]
-    kept = sp["train"].get("bytes", 0) + sp["val"].get("bytes", 0) if "bytes" in sp["train"] else None
-    plot_removed(st, {"in": st["bytes_in"], "kept": kept}, f"{root}/{REMOVED_PLOT}", "documents by outcome")
+    st, sp = manifest.stats, manifest.splits
+    kept = sp["train"].bytes + (sp["val"].bytes or 0) if sp["train"].bytes is not None else None
+    plot_removed(st, {"in": st.bytes_in, "kept": kept}, f"{root}/{REMOVED_PLOT}", "documents by outcome")
 
 
-def print_summary(manifest: dict, stats: dict, root: str) -> None:
+def print_summary(manifest: Manifest, stats: dict, root: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    st = manifest["stats"]
+    st = manifest.stats
     t = Table(show_header=True)
     t.add_column("what")
     t.add_column("documents", justify="right")
     t.add_column("share", justify="right")
-    n = max(st["docs_in"], 1)
-    if st["skipped"]:  # web input: records that are no documents, before the documents' own accounting
-        t.add_row("records in", f"{st['records_in']:,}", "")
-        for reason, c in st["skipped"].items():
+    n = max(st.docs_in, 1)
+    if st.skipped:  # web input: records that are no documents, before the documents' own accounting
+        t.add_row("records in", f"{st.records_in:,}", "")
+        for reason, c in st.skipped.items():
             t.add_row(f"skipped: {reason.removeprefix(SKIP)}", f"{c:,}", "")
-    t.add_row("in", f"{st['docs_in']:,}", "100%")
-    t.add_row("kept", f"{st['docs_kept']:,}", f"{100 * st['docs_kept'] / n:.1f}%")
-    for reason, c in st["removed"].items():
+    t.add_row("in", f"{st.docs_in:,}", "100%")
+    t.add_row("kept", f"{st.docs_kept:,}", f"{100 * st.docs_kept / n:.1f}%")
+    for reason, c in st.removed.items():
         t.add_row(f"removed: {reason}", f"{c:,}", f"{100 * c / n:.1f}%")
     con = Console()
     con.print(f"raylm data: {root}", soft_wrap=True)  # a path is copied, not read: never wrapped
     con.print(t)
-    sp = manifest["splits"]
+    sp, tok = manifest.splits, manifest.tokenizer
     con.print(
-        f"tokens: train {sp['train']['tokens']:,} in {len(sp['train']['shards'])} shard(s), val {sp['val']['tokens']:,}; "
-        f"tokenizer {manifest['tokenizer']['name']} (n_vocab {manifest['tokenizer']['n_vocab']:,}, {manifest['dtype']}); "
-        f"{st['bytes_in'] / 1e6:.1f} MB in {stats['seconds']['total']:.1f}s = {stats['mb_per_s']:.2f} MB/s, "
+        f"tokens: train {sp['train'].tokens:,} in {len(sp['train'].shards)} shard(s), val {sp['val'].tokens:,}; "
+        f"tokenizer {tok.name} (n_vocab {tok.n_vocab:,}, {manifest.dtype}); "
+        f"{st.bytes_in / 1e6:.1f} MB in {stats['seconds']['total']:.1f}s = {stats['mb_per_s']:.2f} MB/s, "
         f"{stats['docs_per_s']:,.0f} docs/s",
         soft_wrap=True,
     )
-    for name, src in (manifest.get("sources") or {}).items():
-        val = sp["val"]["sources"][name]["tokens"]
+    for name, src in (manifest.sources or {}).items():
+        val = sp["val"].sources[name].tokens
         con.print(
-            f"source {name} (weight {src['weight']:g}): {src['docs_kept']:,} of {src['docs_in']:,} documents kept, "
-            f"train {src['tokens'] - val:,} / val {val:,} tokens",
+            f"source {name} (weight {src.weight:g}): {src.docs_kept:,} of {src.docs_in:,} documents kept, "
+            f"train {src.tokens - val:,} / val {val:,} tokens",
             soft_wrap=True,
         )

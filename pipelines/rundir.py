@@ -29,9 +29,9 @@ from datetime import datetime, timezone
 
 import fsspec
 
-from raylm.pipelines.io import is_local, write_atomic
+from raylm.core.io import is_local, write_atomic, write_json
+from raylm.core.paths import RUN_MARKER
 
-MARKER = ".raylm-run"
 LOCK_PREFIX = ".raylm-lock-"
 LEASE_S = 60.0  # a lock not renewed for this long is stale (its holder's host died or lost the storage)
 _SETTLE_S = 0.5  # object storage: how long a written lock must survive before it counts (another writer's wins)
@@ -65,19 +65,19 @@ def claim(storage_path: str, name: str) -> None:
     parts = name.split("/")
     for i in range(1, len(parts)):
         outer = "/".join(parts[:i])
-        if fs.exists(f"{storage}/{outer}/{MARKER}"):
+        if fs.exists(f"{storage}/{outer}/{RUN_MARKER}"):
             raise RunConflict(
                 f"run name {name!r} lies inside the run {outer!r} ({storage_path.rstrip('/')}/{outer}); runs must not nest: choose a name outside it"
             )
     root = f"{storage}/{name}"
-    if fs.exists(f"{root}/{MARKER}"):
+    if fs.exists(f"{root}/{RUN_MARKER}"):
         return
     shown = f"{storage_path.rstrip('/')}/{name}"
     held = holds_other_run(shown)
     if held is not None:
         raise RunConflict(f"{shown} holds the run {held!r}: a run named {name!r} would contain it; choose another name")
     fs.makedirs(root, exist_ok=True)
-    write_atomic(f"{shown}/{MARKER}", json.dumps({"name": name, "created": _now(), "command": _command()}))
+    write_json(f"{shown}/{RUN_MARKER}", {"name": name, "created": _now(), "command": _command()}, indent=None)
 
 
 def holds_other_run(directory: str) -> str | None:
@@ -86,10 +86,10 @@ def holds_other_run(directory: str) -> str | None:
     fs, path = fsspec.core.url_to_fs(directory)
     if not fs.isdir(path):
         return None
-    inner = next((p for p in fs.find(path) if p.rsplit("/", 1)[-1] == MARKER), None)
+    inner = next((p for p in fs.find(path) if p.rsplit("/", 1)[-1] == RUN_MARKER), None)
     if inner is None:
         return None
-    return (_read_json(fs, inner) or {}).get("name") or inner[len(path.rstrip("/")) + 1 : -len(MARKER) - 1]
+    return (_read_json(fs, inner) or {}).get("name") or inner[len(path.rstrip("/")) + 1 : -len(RUN_MARKER) - 1]
 
 
 # ---------------------------------------------------------------- locks

@@ -1,27 +1,20 @@
-"""Token shards (`.npy`, 1-D uint16/uint32) with a document index, and the manifest.
-
-Task sets (prompt/completion) add a loss mask per shard, `shard-NNNNNN.mask.npy`: 1-D uint8, one
-entry per token, 1 where the token is a target the loss counts (completions), 0 elsewhere (prompts).
+"""Writing shards from the data stage: the large_binary codec of the staging files, and `ShardWriter`, the
+sequential writer for shards made from Python, one document after another. The format itself (files, index,
+loss masks) is core/shards.py; the manifest that lists the shards, core/manifest.py.
 
 Documents never straddle shards: a shard holds the documents that start in its window of `shard_tokens`
 tokens (pipelines/layout.py, the one definition; the write stage's tasks follow it from counts, and
-`ShardWriter`, the sequential writer for shards made from Python, one document after another). The
-manifest is written last, atomically (tmp + rename).
+`ShardWriter` sequentially).
 """
 
 from __future__ import annotations
-
-import hashlib
-import json
-from collections.abc import Iterator
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 
-from raylm.pipelines.io import exists, is_local
+from raylm.core.shards import index_path, mask_path, npy_from_raw, save_index, shard_path
 from raylm.pipelines.layout import windows
-from raylm.pipelines.paths import MANIFEST
 
 
 # staging files carry each document's tokens (or loss mask) as one large_binary value: the codec and its inverse
@@ -42,57 +35,6 @@ def token_arrays(col: pa.Array, dtype: type = np.uint32) -> tuple[np.ndarray, np
     offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
     data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].view(dtype)
     return data, np.diff(offsets) // np.dtype(dtype).itemsize
-
-
-def token_dtype(n_vocab: int) -> np.dtype:
-    return np.dtype(np.uint16) if n_vocab <= 65536 else np.dtype(np.uint32)
-
-
-def _save_npy(fs, path: str, arr: np.ndarray) -> str:
-    """Write an .npy file; returns the sha256 of its bytes."""
-    tmp = path + ".tmp"
-    with fs.open(tmp, "wb") as f:
-        h = _HashingWriter(f)
-        np.save(h, arr, allow_pickle=False)
-    fs.mv(tmp, path)
-    return h.sha.hexdigest()
-
-
-def shard_path(split: str, n: int) -> str:
-    """Shard number n of a split, relative to data/ (as the manifest and docs.parquet name it)."""
-    return f"{split}/shard-{n:06d}.npy"
-
-
-class _HashingWriter:
-    def __init__(self, f):
-        self.f, self.sha = f, hashlib.sha256()
-
-    def write(self, b) -> int:
-        self.sha.update(b)
-        return self.f.write(b)
-
-
-_COPY_CHUNK = 16 << 20
-
-
-def npy_from_raw(fs, path: str, dtype: np.dtype, n: int, sources: list[str]) -> str:
-    """An .npy of `n` values of `dtype`: the header, then the raw bytes of `sources` in order, copied
-    in chunks (memory stays at one chunk, whatever the shard's size); returns its sha256."""
-    tmp = path + ".tmp"
-    with fs.open(tmp, "wb") as f:
-        out = _HashingWriter(f)
-        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)})
-        for raw in sources:
-            with fs.open(raw, "rb") as src:
-                for chunk in iter(lambda: src.read(_COPY_CHUNK), b""):
-                    out.write(chunk)
-    fs.mv(tmp, path)
-    return out.sha.hexdigest()
-
-
-def save_index(fs, path: str, lengths: np.ndarray) -> str:
-    """A shard's document index (`.idx.npy`): each document's first token, from the documents' lengths."""
-    return _save_npy(fs, path, np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64))
 
 
 class ShardWriter:
@@ -173,9 +115,9 @@ class ShardWriter:
             self.raw_mask.close()
             self.raw_mask = None
             raw_mask = f"{self.root}/{name}.mask.raw.tmp"
-            entry["mask_sha256"] = npy_from_raw(self.fs, f"{self.root}/{name}.mask.npy", np.dtype(np.uint8), self.n, [raw_mask])
+            entry["mask_sha256"] = npy_from_raw(self.fs, mask_path(f"{self.root}/{name}.npy"), np.dtype(np.uint8), self.n, [raw_mask])
             self.fs.rm(raw_mask)
-        save_index(self.fs, f"{self.root}/{name}.idx.npy", np.asarray(self.lengths))
+        save_index(index_path(f"{self.root}/{name}.npy"), np.asarray(self.lengths))
         self.shards.append(entry)
         self.tokens += self.n
         self.docs += len(self.lengths)
@@ -184,69 +126,3 @@ class ShardWriter:
     def close(self) -> dict:
         self.flush()
         return {"tokens": self.tokens, "docs": self.docs, "shards": self.shards}
-
-
-def write_manifest(root: str, manifest: dict) -> None:
-    fs, _ = fsspec.core.url_to_fs(root)
-    tmp = f"{root}/{MANIFEST}.tmp"
-    with fs.open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=False)
-        f.write("\n")
-    fs.mv(tmp, f"{root}/{MANIFEST}")
-
-
-def read_manifest(root: str) -> dict:
-    fs, _ = fsspec.core.url_to_fs(root)
-    with fs.open(f"{root}/{MANIFEST}") as f:
-        return json.load(f)
-
-
-def has_manifest(root: str) -> bool:
-    """Whether the data stage finished in `root` (the manifest is written last)."""
-    return exists(f"{root}/{MANIFEST}")
-
-
-def require_shards(root: str, hint: str = "") -> None:
-    """The one check train, tune and eval make before reading shards: a finished data stage in `root`."""
-    if not has_manifest(root):
-        raise FileNotFoundError(f"{root} has no {MANIFEST}: run `raylm data` first{hint}")
-
-
-def _load_npy(fs, path: str, local: bool) -> np.ndarray:
-    if local:
-        return np.load(path, mmap_mode="r")
-    with fs.open(path) as f:
-        return np.load(f)
-
-
-def iter_documents(root: str, split: str, with_masks: bool = False) -> Iterator:
-    """Every document of a split, in order, as its token array (EOT first); with `with_masks`,
-    (tokens, loss mask) pairs (the mask all ones where the shards have none). mmap'd when local."""
-    man = read_manifest(root)
-    fs, _ = fsspec.core.url_to_fs(root)
-    local = is_local(fs)
-    for shard in man["splits"][split]["shards"]:
-        path = f"{root}/{shard['path']}"
-        tokens = _load_npy(fs, path, local)
-        offsets = _load_npy(fs, path[:-4] + ".idx.npy", local)
-        mask = _load_npy(fs, path[:-4] + ".mask.npy", local) if with_masks and man.get("loss_mask") else None
-        ends = np.r_[offsets[1:], len(tokens)].astype(np.int64)
-        for s, e in zip(offsets.astype(np.int64), ends):
-            if not with_masks:
-                yield tokens[s:e]
-            else:
-                yield tokens[s:e], (mask[s:e] if mask is not None else np.ones(e - s, dtype=np.uint8))
-
-
-__all__ = [
-    "ShardWriter",
-    "binary_column",
-    "token_arrays",
-    "has_manifest",
-    "iter_documents",
-    "read_manifest",
-    "shard_path",
-    "require_shards",
-    "token_dtype",
-    "write_manifest",
-]

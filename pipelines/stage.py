@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from raylm.core.paths import WORK
 from raylm.pipelines.config import DataConfig
-from raylm.pipelines.paths import WORK
 from raylm.pipelines.stats import Stats
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pads
 
-    from raylm.pipelines.tokenize import TokenizerSpec
+    from raylm.core.tokenizer import TokenizerSpec
 
 
 @dataclass

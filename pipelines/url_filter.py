@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from raylm.pipelines.io import text_lines
+from raylm.core.io import text_lines
 from raylm.pipelines.stage import Chunk, Step
 
 

@@ -27,18 +27,20 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
-from tqdm import tqdm
 
+from raylm.core.io import atomic_open
+from raylm.core.paths import DOCS, REMOVED, TOKENIZER, WORK
+from raylm.core.progress import Live
+from raylm.core.shards import index_path, mask_path, npy_from_raw, save_index, shard_path, token_dtype
+from raylm.core.tokenizer import copy_tokenizer, load_encoding
 from raylm.pipelines import layout
 from raylm.pipelines.dedup import source_rank
 from raylm.pipelines.layout import SPLIT_NAMES, SPLITS, Counts, ShardMap, Start
-from raylm.pipelines.paths import DOCS, REMOVED, TOKENIZER, WORK
 from raylm.pipelines.process import COLUMNS
-from raylm.pipelines.shards import npy_from_raw, save_index, shard_path, token_arrays, token_dtype
+from raylm.pipelines.shards import token_arrays
 from raylm.pipelines.stage import Column, DataRun, Stage, schema_of, settle
 from raylm.pipelines.staging import SKIP, final_mask
 from raylm.pipelines.stats import Stats
-from raylm.pipelines.tokenize import copy_tokenizer, load_encoding
 
 REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string())])
 # docs.parquet: every kept document, in input order: the shard it is in (which names its split) and its index
@@ -310,11 +312,11 @@ def _assemble_shard(root: str, path: str, bases: list[str], dtype: np.dtype, mas
         with fs.open(b + ".len.npy", "rb") as f:
             lengths.append(np.load(f))
     lengths = np.concatenate(lengths)
-    n, name = int(lengths.sum()), path[: -len(".npy")]
+    n = int(lengths.sum())
     entry = {"path": path, "tokens": n, "docs": len(lengths), "sha256": npy_from_raw(fs, f"{root}/{path}", dtype, n, [b + ".tok" for b in bases])}
     if masks:
-        entry["mask_sha256"] = npy_from_raw(fs, f"{root}/{name}.mask.npy", np.dtype(np.uint8), n, [b + ".mask" for b in bases])
-    save_index(fs, f"{root}/{name}.idx.npy", lengths)
+        entry["mask_sha256"] = npy_from_raw(fs, mask_path(f"{root}/{path}"), np.dtype(np.uint8), n, [b + ".mask" for b in bases])
+    save_index(index_path(f"{root}/{path}"), lengths)
     return entry
 
 
@@ -323,7 +325,7 @@ def _assemble_part(dest: str, sources: list[str], schema: pa.Schema) -> int:
     """One part of removed.parquet/ or docs.parquet/ from its pieces, in group order, in fixed row groups."""
     fs, _ = fsspec.core.url_to_fs(dest)
     rows = 0
-    with fs.open(dest + ".tmp", "wb") as fh, pq.ParquetWriter(fh, schema) as w:
+    with atomic_open(dest) as fh, pq.ParquetWriter(fh, schema) as w:
         fixed = FixedRowGroups(w)
         for src in sources:
             with fs.open(src, "rb") as f:
@@ -331,17 +333,18 @@ def _assemble_part(dest: str, sources: list[str], schema: pa.Schema) -> int:
             fixed.write(t)
             rows += t.num_rows
         fixed.close()
-    fs.mv(dest + ".tmp", dest)
     return rows
 
 
 def _gather(refs: list, desc: str) -> list:
     """The tasks' results, in order, with a progress bar (on a terminal) as they finish."""
-    with tqdm(total=len(refs), desc=desc, unit="task", disable=None, leave=False) as bar:
-        pending = list(refs)
+    live, pending = Live(f"[raylm data] write: {desc}", total=len(refs), every_s=None), list(refs)
+    try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            bar.update(len(done))
+            live.status(f"{len(refs) - len(pending)}/{len(refs)} tasks", completed=len(refs) - len(pending))
+    finally:
+        live.close()
     try:
         return ray.get(refs)
     except Exception:

@@ -1,9 +1,10 @@
 """raylm: LLM pretraining on Ray, from raw text to a trained, tuned, evaluated model, one YAML recipe per run.
 
+    raylm.core       what every stage shares: schema, paths, I/O, the manifest and shard format, progress, plots
     raylm.pipelines  the data stage (Ray Data)      raylm.training  training (Ray Train)
     raylm.tuning     search campaigns (Ray Tune)    raylm.cluster   the CLI, recipes, cluster files
 
-The four folders sit at the top of the repository; an installed raylm maps them below this package
+The five folders sit at the top of the repository; an installed raylm maps them below this package
 (pyproject's package-dir). In a source checkout that is not installed (a Ray Jobs working_dir, a worktree on
 PYTHONPATH), they are found beside this folder.
 """

@@ -85,7 +85,8 @@ def tiny_shards(tmp_path):
     """Synthetic shards (vocab 100, end-of-text 99) under tmp_path/data, for the Trainer driven without Ray."""
     import numpy as np
 
-    from raylm.pipelines.shards import ShardWriter, write_manifest
+    from raylm.core.manifest import write_manifest
+    from raylm.pipelines.shards import ShardWriter
 
     rng = np.random.default_rng(0)
     splits = {}
@@ -98,6 +99,15 @@ def tiny_shards(tmp_path):
     man = {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits, "tokenizer": {"name": "t", "n_vocab": 100, "eot": 99}}
     write_manifest(str(tmp_path / "data"), man)
     return tmp_path
+
+
+def manifest(**fields):
+    """A manifest (core/manifest.py) of synthetic shards: `fields` over a vocabulary of 100 and two empty splits."""
+    from raylm.core.manifest import Manifest
+
+    empty = {"tokens": 0, "docs": 0, "shards": []}
+    base = {"tokenizer": {"name": "t", "n_vocab": 100, "eot": 99}, "dtype": "uint16", "splits": {"train": empty, "val": empty}}
+    return Manifest.model_validate({**base, **fields})
 
 
 def tiny_trainer(root, **train):

@@ -209,3 +209,16 @@ def test_an_address_that_is_none_exits_2_naming_it(capsys, monkeypatch, address)
     for argv in (submit, ["jobs", "status", "x", "--address", address]):
         rc, _, err = _cli(capsys, *argv)
         assert rc == 2 and f"--address {address!r} is not a Ray cluster address" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_manifest_of_an_unknown_version_exits_2_naming_it(capsys, tmp_path):
+    """Shards a later raylm made are refused before Ray starts, in one line naming the file and its version."""
+    from tests.conftest import manifest
+
+    data = tmp_path / "runs" / "v" / "data"
+    data.mkdir(parents=True)
+    (data / "manifest.json").write_text(json.dumps({**manifest().as_json(), "version": 999}))  # as a later raylm would write it
+    rc, _, err = _cli(capsys, "train", RECIPE, "--set", f"storage_path={tmp_path}/runs", "--set", "name=v")
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1
+    assert f"{data}/manifest.json: manifest version 999" in err

@@ -9,7 +9,7 @@ import yaml
 
 from raylm.cluster.recipe import load_config
 from raylm.cluster.submit import EXCLUDES, RECIPE_ENV, check_storage, job_spec
-from raylm.pipelines.schema import ConfigError
+from raylm.core.schema import ConfigError
 from tests.conftest import ROOT
 
 RAY_UP = sorted((ROOT / "cluster" / "ray").glob("*.yaml"))

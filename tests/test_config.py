@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raylm.cluster.recipe import load_config, load_yaml
-from raylm.pipelines.schema import ConfigError
+from raylm.core.schema import ConfigError
 from tests.conftest import ROOT
 
 RECIPE = ROOT / "cluster" / "recipes" / "local.yaml"

@@ -13,7 +13,7 @@ from pydantic.fields import FieldInfo
 
 # values some fields need beside the one under test, for cross-field rules to hold
 from raylm.cluster.recipe import RunConfig, load_config
-from raylm.pipelines.schema import ConfigError
+from raylm.core.schema import ConfigError
 
 # values some fields need beside the one under test, for cross-field rules to hold
 COMPANIONS = {

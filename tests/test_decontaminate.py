@@ -44,8 +44,8 @@ def test_eval_files_jsonl_and_text(tmp_path):
 
 @pytest.mark.slow
 def test_data_stage_removes_exactly_the_planted_documents(ray_session, tmp_path):
+    from raylm.core.paths import RunPaths
     from raylm.pipelines.config import DataConfig
-    from raylm.pipelines.paths import RunPaths
     from raylm.pipelines.run import run_data
     from tests.conftest import sample_docs
 
@@ -71,7 +71,7 @@ def test_data_stage_removes_exactly_the_planted_documents(ray_session, tmp_path)
                 "decontaminate": {"files": [str(tmp_path / "eval.jsonl")] if decon else [], "ngram": 13},
             }
         )
-        return run_data(cfg, RunPaths(str(tmp_path), name), summary=False)
+        return run_data(cfg, RunPaths(str(tmp_path), name), summary=False).as_json()
 
     base, man = run("base", False), run("decon", True)
     removed = pq.read_table(tmp_path / "decon" / "data" / "removed.parquet").to_pylist()

@@ -54,7 +54,7 @@ def test_finite_training_is_untouched(tiny_shards):
 
 
 def test_the_driver_names_the_step_and_the_checkpoint_kept(tmp_path):
-    from raylm.pipelines.paths import RunPaths
+    from raylm.core.paths import RunPaths
 
     paths = RunPaths(str(tmp_path), "r")
     ckpt = tmp_path / "r" / "train" / "checkpoint_000000"

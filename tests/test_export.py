@@ -7,8 +7,9 @@ import transformers  # raylm[hf], in the test extras: the export test must run i
 
 from raylm.cluster.cli import main
 from raylm.cluster.recipe import RunConfig
+from raylm.core.tokenizer import describe, load_encoding
 from raylm.pipelines.rundir import claim
-from raylm.pipelines.tokenize import describe, load_encoding, train_bpe
+from raylm.pipelines.tokenize import train_bpe
 from raylm.training import checkpoint
 from raylm.training.export import EXPORT_MARKER
 from raylm.training.model import GPT, GPTConfig
@@ -78,7 +79,7 @@ def test_exported_tokenizer_gives_tiktoken_ids(tmp_path, bpe):
     assert tok(text)["input_ids"] == enc.encode_ordinary(text)
     assert tok.eos_token_id == enc.eot_token and tok.decode(enc.encode_ordinary(text)) == text
     # the tiktoken copy rebuilds the same encoding in raylm (data.tokenizer.path)
-    from raylm.pipelines.tokenize import TokenizerSpec
+    from raylm.core.tokenizer import TokenizerSpec
 
     again = load_encoding(TokenizerSpec(name="x", path=str(out / "tiktoken" / "tokenizer.tiktoken")))
     assert again.encode_ordinary(text) == enc.encode_ordinary(text) and again.eot_token == enc.eot_token

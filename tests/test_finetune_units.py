@@ -9,16 +9,20 @@ import torch
 import torch.nn.functional as F
 
 from raylm.cluster.recipe import RunConfig
+from raylm.core.manifest import write_manifest
+from raylm.core.schema import ConfigError
+from raylm.core.shards import iter_documents
+from raylm.core.tokenizer import encode_with_masks, load_encoding
 from raylm.pipelines.config import DataConfig, InputSpec, TokenizerConfig
-from raylm.pipelines.schema import ConfigError
-from raylm.pipelines.shards import ShardWriter, iter_documents, write_manifest
+from raylm.pipelines.shards import ShardWriter
 from raylm.pipelines.sources import _record_text
 from raylm.pipelines.tasks import build_play_task, speeches
-from raylm.pipelines.tokenize import encode_with_masks, load_encoding, spec_from_config
+from raylm.pipelines.tokenize import spec_from_config
 from raylm.training.config import ModelConfig
 from raylm.training.data import ShardWindows
 from raylm.training.evaluate import bleu, classification_metrics, label_logprobs, lm_metrics, split_examples
 from raylm.training.model import GPT, GPTConfig
+from tests.conftest import manifest
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +174,8 @@ def test_play_task_builder(tmp_path):
 
 
 def test_init_from_must_match_model_and_tokenizer(tmp_path):
-    from raylm.pipelines.tokenize import describe, train_bpe
+    from raylm.core.tokenizer import describe
+    from raylm.pipelines.tokenize import train_bpe
     from raylm.training.trainer import check_init_from
     from tests.conftest import sample_docs
     from tests.test_export import write_checkpoint
@@ -180,7 +185,7 @@ def test_init_from_must_match_model_and_tokenizer(tmp_path):
     write_checkpoint(tmp_path / "pre" / "train" / "checkpoint_000", {"n_layer": 1, "n_head": 2, "d_model": 32, "seq_len": 16}, tok)
     data = tmp_path / "data"
     data.mkdir()
-    (data / "manifest.json").write_text(json.dumps({"tokenizer": describe(*tok[:2])}))
+    write_manifest(str(data), manifest(tokenizer=describe(*tok[:2])))
     base = {
         "name": "ft",
         "storage_path": str(tmp_path),
@@ -191,7 +196,7 @@ def test_init_from_must_match_model_and_tokenizer(tmp_path):
     wider["train"]["model"]["d_model"] = 64
     with pytest.raises(ConfigError, match="train.model.d_model is 32 there, 64 here"):
         check_init_from(RunConfig.model_validate(wider).train_job())
-    (data / "manifest.json").write_text(json.dumps({"tokenizer": {"name": "cl100k_base", "sha256": "other"}}))
+    write_manifest(str(data), manifest(tokenizer={"name": "cl100k_base", "n_vocab": 100277, "eot": 100257, "sha256": "other"}))
     with pytest.raises(ConfigError, match="another tokenizer"):
         check_init_from(RunConfig.model_validate(base).train_job())
 

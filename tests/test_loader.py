@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from raylm.pipelines.shards import ShardWriter, write_manifest
+from raylm.core.manifest import write_manifest
+from raylm.pipelines.shards import ShardWriter
 from raylm.training.data import ShardWindows, TrainLoader, permute, val_windows
+from tests.conftest import manifest
 
 
 @pytest.fixture
@@ -15,7 +17,7 @@ def data_root(tmp_path):
         lengths = rng.integers(50, 400, size=5)
         w.add(rng.integers(0, 60000, size=int(lengths.sum())).astype(np.uint32), lengths)
     splits = {"train": w.close(), "val": {"tokens": 0, "docs": 0, "shards": []}}
-    write_manifest(str(tmp_path), {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits})
+    write_manifest(str(tmp_path), manifest(splits=splits, tokenizer={"name": "t", "n_vocab": 60000, "eot": 0}))
     return str(tmp_path)
 
 
@@ -79,11 +81,11 @@ def test_bits_per_byte_from_a_manifest():
 
     from raylm.training.metrics import bits_per_byte, split_bpb
 
-    man = {"splits": {"val": {"tokens": 300, "bytes": 1200}, "train": {"tokens": 10, "docs": 1}}}
+    man = manifest(splits={"val": {"tokens": 300, "bytes": 1200, "docs": 1, "shards": []}, "train": {"tokens": 10, "docs": 1, "shards": []}})
     assert bits_per_byte(math.log(2), 100, 50) == pytest.approx(2.0)  # 1 bit a token, 2 tokens a byte
     assert split_bpb(2.0, man, "val") == pytest.approx(2.0 * 300 / (1200 * math.log(2)))
     assert split_bpb(None, man, "val") is None and split_bpb(2.0, man, "train") is None  # no loss; a manifest without bytes
-    assert split_bpb(2.0, {**man, "loss_mask": True}, "val") is None  # a masked loss counts only completions
+    assert split_bpb(2.0, man.model_copy(update={"loss_mask": True}), "val") is None  # a masked loss counts only completions
 
 
 def test_loss_text_shows_bits_per_byte_when_known():

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from raylm.training.mixture import MixturePlan, source_of_slots, weights_at
+from tests.conftest import manifest
 
 
 def _run(plan: MixturePlan, steps: range, drawn: np.ndarray):
@@ -67,7 +68,8 @@ def test_every_prefix_of_slots_tracks_the_weights(w, first, n):
 
 def _two_sources(tmp_path):
     """A manifest with two sources' shards (the shape the data stage will write for data.sources)."""
-    from raylm.pipelines.shards import ShardWriter, write_manifest
+    from raylm.core.manifest import write_manifest
+    from raylm.pipelines.shards import ShardWriter
 
     rng, srcs = np.random.default_rng(0), {}
     for name, docs, base in (("web", 60, 0), ("books", 15, 30000)):
@@ -79,7 +81,7 @@ def _two_sources(tmp_path):
     train = {"tokens": sum(s["tokens"] for s in srcs.values()), "docs": sum(s["docs"] for s in srcs.values()), "sources": srcs}
     train["shards"] = [sh for s in srcs.values() for sh in s["shards"]]
     splits = {"train": train, "val": {"tokens": 0, "docs": 0, "shards": []}}
-    write_manifest(str(tmp_path), {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits})
+    write_manifest(str(tmp_path), manifest(splits=splits, tokenizer={"name": "t", "n_vocab": 50000, "eot": 0}))
     return str(tmp_path)
 
 
@@ -122,7 +124,8 @@ def test_loader_draws_by_weight_disjoint_ranks_and_resumes_exactly(tmp_path):
 def _mixture_run(tmp_path, weights=None):
     """Shards of two sources (train and val each; vocab 512: web tokens < 256, books >= 256) and a tiny job on them."""
     from raylm.cluster.recipe import load_config
-    from raylm.pipelines.shards import ShardWriter, write_manifest
+    from raylm.core.manifest import write_manifest
+    from raylm.pipelines.shards import ShardWriter
     from tests.conftest import ROOT
 
     rng, splits = np.random.default_rng(1), {}
@@ -189,7 +192,7 @@ def test_validation_per_source_beside_the_whole_split(tmp_path):
     assert set(v["val_sources"]) == {"web", "books"} and v["val_loss"] > 0
     web, books = v["val_sources"]["web"], v["val_sources"]["books"]
     assert web["loss"] == t.evaluate(*t.val_sources["web"])["loss"] and web["loss"] != books["loss"]
-    tokens = t.manifest["splits"]["val"]["sources"]["books"]["tokens"]
+    tokens = t.manifest.splits["val"].sources["books"].tokens
     assert books["bpb"] == books["loss"] * tokens / (1 * np.log(2))  # the synthetic manifest says 1 byte
     # beside the whole split's: the sources' losses weighted as training draws them (the manifest's 0.8 / 0.2)
     mix = v["val_mixture"]
@@ -212,7 +215,9 @@ def test_weights_come_from_the_recipe_then_the_manifest():
     from raylm.training.config import TrainConfig
     from raylm.training.mixture import schedule_of
 
-    man = {"splits": {"train": {"sources": {"web": {}, "books": {}}}}, "sources": {"web": {"weight": 0.8}, "books": {"weight": 0.2}}}
+    empty = {"tokens": 0, "docs": 0, "shards": []}
+    train = {**empty, "sources": {"web": empty, "books": empty}}
+    man = manifest(splits={"train": train, "val": empty}, sources={"web": {"weight": 0.8}, "books": {"weight": 0.2}})
     t = TrainConfig()
     assert schedule_of(t, man) == [(None, {"web": 0.8, "books": 0.2})]
     assert schedule_of(t, man, {"web": 0.5, "books": 0.5}) == [(None, {"web": 0.5, "books": 0.5})]  # a weight changed since
@@ -222,7 +227,7 @@ def test_weights_come_from_the_recipe_then_the_manifest():
 
 
 def test_a_resume_with_other_source_weights_is_refused(tmp_path):
-    from raylm.pipelines.schema import ConfigError
+    from raylm.core.schema import ConfigError
     from raylm.training import checkpoint
     from raylm.training.config import TrainJob
     from raylm.training.trainer import check_resume

@@ -46,7 +46,7 @@ def mixture(ray_session, sample_shards, tmp_path_factory):
         [f"storage_path={tmp}", "name=mix", sources, "data.output.val_fraction=0.1"]
         + [f"data.tokenizer={{path: '{sample_shards}/tokenizer.tiktoken'}}"],
     )
-    manifest = run_data(cfg.data, cfg.paths, summary=False)
+    manifest = run_data(cfg.data, cfg.paths, summary=False).as_json()
     return tmp, cfg, manifest, plays
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from benchmarks.corpus import injected
 from raylm.cluster.recipe import load_config
+from raylm.core.io import makedirs
 from raylm.pipelines.clean import normalize
 from raylm.pipelines.dedup import run_dedup, words_of
-from raylm.pipelines.io import makedirs
 from raylm.pipelines.process import Process
 from raylm.pipelines.run import run_data, run_stages
 from raylm.pipelines.sources import Read
@@ -66,7 +66,7 @@ def test_precision_recall_at_0_8(ray_session, tmp_path):
     assert precision >= 0.99 and recall >= 0.99
 
     # and the run's removed.parquet: each removed doc is a true duplicate of the doc it names as kept
-    man = run_data(cfg.data, cfg.paths)
+    man = run_data(cfg.data, cfg.paths).as_json()
     rem = [r for r in pq.read_table(f"{tmp_path}/q/data/removed.parquet").to_pylist() if r["reason"] in ("exact", "near")]
     assert len(rem) == man["stats"]["removed"].get("exact", 0) + man["stats"]["removed"].get("near", 0)
     assert all(tuple(sorted((r["id"], r["kept_id"]))) in truth for r in rem)

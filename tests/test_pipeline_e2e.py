@@ -16,11 +16,12 @@ import pytest
 import zstandard
 
 from raylm.cluster.recipe import load_config
+from raylm.core.manifest import read_manifest
+from raylm.core.shards import iter_documents
+from raylm.core.tokenizer import TokenizerSpec, load_encoding
 from raylm.pipelines.clean import normalize
 from raylm.pipelines.run import run_data
-from raylm.pipelines.shards import iter_documents, read_manifest
 from raylm.pipelines.staging import split_of
-from raylm.pipelines.tokenize import TokenizerSpec, load_encoding
 from tests.conftest import ROOT, sample_docs, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def _tree_digest(root: Path) -> dict:
 
 def test_sample_round_trip_split_and_conservation(ray_session, tmp_path):
     cfg = _cfg(tmp_path)
-    man = run_data(cfg.data, cfg.paths)
+    man = run_data(cfg.data, cfg.paths).as_json()
     root = f"{tmp_path}/t/data"
     st = man["stats"]
     assert st["docs_in"] == 78 and st["docs_in"] == st["docs_kept"] + sum(st["removed"].values())
@@ -85,7 +86,7 @@ def test_split_and_output_stable_across_batching(ray_session, tmp_path):
     db.pop("manifest.json")  # the manifest holds the (different) config
     assert da == db
     ma, mb = read_manifest(f"{tmp_path}/a/data"), read_manifest(f"{tmp_path}/b/data")
-    assert ma["splits"] == mb["splits"] and ma["stats"] == mb["stats"]
+    assert ma.splits == mb.splits and ma.stats == mb.stats
 
 
 def test_killed_run_restarts_byte_identical(ray_session, tmp_path):
@@ -150,7 +151,7 @@ def test_bad_inputs_are_counted_not_fatal(ray_session, tmp_path):
     src.mkdir()
     _bad_inputs(src)
     cfg = _cfg(tmp_path, f"data.inputs=[{{path: '{src}/*'}}]", "data.clean.enabled=false")
-    man = run_data(cfg.data, cfg.paths)
+    man = run_data(cfg.data, cfg.paths).as_json()
     rem = pq.read_table(f"{tmp_path}/t/data/removed.parquet").to_pylist()
     reasons = {}
     for r in rem:
@@ -197,7 +198,7 @@ def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
         "data.tokenizer={train: {vocab_size: 1024}}",
         "data.output.val_fraction=0.0",
     )
-    man = run_data(cfg.data, cfg.paths)
+    man = run_data(cfg.data, cfg.paths).as_json()
     root = f"{tmp_path}/t/data"
     assert man["dtype"] == "uint16" and man["tokenizer"]["n_vocab"] == 1024 and man["tokenizer"]["eot"] == 1023
     spec = TokenizerSpec("rustbpe", f"{root}/tokenizer.tiktoken")
@@ -211,7 +212,7 @@ def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
         f"data.tokenizer={{path: '{root}/tokenizer.tiktoken'}}",
         "data.output.val_fraction=0.0",
     )
-    man2 = run_data(cfg2.data, cfg2.paths)
+    man2 = run_data(cfg2.data, cfg2.paths).as_json()
     assert man2["splits"]["train"]["tokens"] == man["splits"]["train"]["tokens"]
     assert man2["tokenizer"]["sha256"] == man["tokenizer"]["sha256"]
 
@@ -245,7 +246,7 @@ def test_cli_data_end_to_end_with_fsspec_url(ray_session, tmp_path):
     assert "[raylm data] dedup: 0 duplicates" in out.stdout and "[raylm data] write: 1 shard(s)" in out.stdout
     for internal in ("core_worker", "streaming_executor", "logging_progress", "dataset.py", "WARNING", "INFO"):  # Ray's own lines stay in its logs
         assert internal not in out.stdout + out.stderr, out.stdout + out.stderr
-    man = read_manifest(f"{tmp_path}/cli/data")
+    man = read_manifest(f"{tmp_path}/cli/data").as_json()
     assert man["stats"]["docs_in"] == 4 and man["stats"]["docs_kept"] == 4
     assert (tmp_path / "cli" / "data" / "removed.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "cli" / "data" / "run.json").read_text())["status"] == "succeeded"

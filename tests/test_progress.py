@@ -1,9 +1,9 @@
-"""Progress on the driver (pipelines/progress.py, training/progress.py): pure logic on real files, no Ray."""
+"""Progress on the driver (core/progress.py, training/progress.py): pure logic on real files, no Ray."""
 
 import json
 import time
 
-from raylm.pipelines.progress import Live, clock
+from raylm.core.progress import Live, clock
 from raylm.training.config import TrainConfig, log_interval
 from raylm.training.progress import MetricsTail, TrainProgress, progress_line
 
@@ -87,10 +87,11 @@ def test_trial_table_rows_best_and_plain_lines(capsys):
 
 
 def test_removed_plot_and_loss_plot_are_pngs(tmp_path):
-    from raylm.pipelines.plots import plot_removed
+    from raylm.core.manifest import Stats
+    from raylm.core.plots import plot_removed
     from raylm.training.metrics import plot_losses
 
-    stats = {"docs_in": 10, "docs_kept": 6, "removed": {"filter:short": 3, "exact": 1}, "skipped": {"skip:revisit": 2}}
+    stats = Stats(docs_in=10, docs_kept=6, removed={"filter:short": 3, "exact": 1}, skipped={"skip:revisit": 2})
     out = plot_removed(stats, {"in": 5000, "kept": 3000}, str(tmp_path / "removed.png"), "run")
     assert (tmp_path / "removed.png").read_bytes()[:4] == b"\x89PNG" and out.endswith("removed.png")
     rows = [{"step": s, "tokens": 100 * s, "loss": 5 - s / 10, "lr": 1e-3, **({"val_loss": 4.0} if s == 2 else {})} for s in (1, 2, 3)]

@@ -7,7 +7,7 @@ import pytest
 from raylm.cluster.cli import main
 from raylm.cluster.provenance import git_state, read_run_json, recorded, versions
 from raylm.cluster.runs import find_runs, summary
-from raylm.pipelines.schema import ConfigError
+from raylm.core.schema import ConfigError
 
 
 def test_recorded_writes_running_then_the_outcome(tmp_path):

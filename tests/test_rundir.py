@@ -12,9 +12,10 @@ import time
 import fsspec
 import pytest
 
-from raylm.pipelines.paths import MANIFEST, STAGE_MARKER
+from raylm.core.manifest import MANIFEST
+from raylm.core.paths import RUN_MARKER, STAGE_MARKER
 from raylm.pipelines.run import check_removable
-from raylm.pipelines.rundir import LOCK_PREFIX, MARKER, RunConflict, acquire, claim, locked, stale_reason
+from raylm.pipelines.rundir import LOCK_PREFIX, RunConflict, acquire, claim, locked, stale_reason
 from tests.conftest import ROOT
 
 
@@ -29,13 +30,13 @@ def _finished_legacy_run(storage, name: str) -> str:
 
 def test_claim_writes_the_marker(tmp_path):
     claim(str(tmp_path), "a")
-    assert json.loads((tmp_path / "a" / MARKER).read_text())["name"] == "a"
+    assert json.loads((tmp_path / "a" / RUN_MARKER).read_text())["name"] == "a"
 
 
 def test_claim_again_is_a_no_op(tmp_path):
     claim(str(tmp_path), "a")
     claim(str(tmp_path), "a")
-    assert (tmp_path / "a" / MARKER).exists()
+    assert (tmp_path / "a" / RUN_MARKER).exists()
 
 
 def test_a_name_inside_another_run_is_refused(tmp_path):
@@ -53,7 +54,7 @@ def test_a_name_containing_another_run_is_refused(tmp_path):
 def test_sibling_names_are_fine(tmp_path):
     claim(str(tmp_path), "exp/a")
     claim(str(tmp_path), "exp/b")
-    assert (tmp_path / "exp" / "b" / MARKER).exists()
+    assert (tmp_path / "exp" / "b" / RUN_MARKER).exists()
 
 
 def test_data_dir_holding_a_run_is_not_removable(tmp_path):

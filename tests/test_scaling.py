@@ -3,7 +3,7 @@
 import pytest
 
 from raylm.cluster.recipe import load_config
-from raylm.pipelines.schema import ConfigError
+from raylm.core.schema import ConfigError
 from raylm.training.config import ScalingConfig, describe_batch
 from raylm.training.scaling import resolve_job, resolve_scaling
 from tests.conftest import ROOT

@@ -2,8 +2,8 @@
 
 import pytest
 
-from raylm.pipelines.paths import RunPaths
-from raylm.pipelines.schema import ConfigError
+from raylm.core.paths import RunPaths
+from raylm.core.schema import ConfigError
 from raylm.training.tracking import flat, mlflow_uri, wandb_mode
 
 
@@ -37,7 +37,7 @@ def test_wandb_offline_without_a_key(monkeypatch):
 
 
 def test_env_vars_values_are_redacted_from_what_is_recorded():
-    from raylm.training.tracking import redacted
+    from raylm.core.redact import redacted
 
     r = {"name": "x", "ray": {"address": None, "runtime_env": {"env_vars": {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}, "pip": ["a"]}}}
     out = redacted(r)

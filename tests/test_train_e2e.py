@@ -97,7 +97,7 @@ def test_run_sample_then_resume(pretrained, capsys):
 
 
 def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, capsys):
-    from raylm.pipelines.shards import read_manifest
+    from raylm.core.manifest import read_manifest
     from raylm.pipelines.tasks import build_play_task
     from raylm.training import checkpoint
     from raylm.training.evaluate import split_examples
@@ -127,9 +127,9 @@ def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, cap
     )
     assert main(["data", FINETUNE, *sets]) == 0
     data = tmp_path / "ft" / "data"
-    man = read_manifest(str(data))
+    man = read_manifest(str(data)).as_json()
     assert man["loss_mask"] is True and len(lines) == man["stats"]["docs_in"] == man["stats"]["docs_kept"] + sum(man["stats"]["removed"].values())
-    assert man["tokenizer"]["sha256"] == read_manifest(str(pre / "data"))["tokenizer"]["sha256"]
+    assert man["tokenizer"]["sha256"] == read_manifest(str(pre / "data")).tokenizer.sha256
     assert (data / "train" / "shard-000000.mask.npy").exists() and (data / "val" / "shard-000000.mask.npy").exists()
 
     # a model of another shape is refused before Ray starts
@@ -158,7 +158,7 @@ def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, cap
     val = split_examples(str(data), "val")
     assert task["examples"] == len(val) > 0 and task["labels"] == 6
     assert 0 <= task["accuracy"] <= 1 and 0 <= task["macro_f1"] <= 1 and 0 <= task["bleu"] <= 100
-    from raylm.pipelines.tokenize import load_encoding, run_tokenizer
+    from raylm.core.tokenizer import load_encoding, run_tokenizer
 
     enc = load_encoding(run_tokenizer(man["tokenizer"], str(data)))
     majority = Counter(enc.decode(c) for _, c in split_examples(str(data), "train")).most_common(1)[0][0]

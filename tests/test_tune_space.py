@@ -5,7 +5,7 @@ import pytest
 
 from raylm.cluster.cli import main
 from raylm.cluster.recipe import load_config
-from raylm.pipelines.schema import ConfigError
+from raylm.core.schema import ConfigError
 from raylm.tuning.campaign import build_scheduler, build_search, check, max_concurrent, trial_recipe
 from raylm.tuning.space import apply_trial, to_tune, validate_space
 from tests.conftest import ROOT

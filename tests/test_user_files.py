@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from raylm.cluster.provenance import RUN_JSON, read_run_json, recorded, write_run_json
+from raylm.core.io import NoSpace, RecordError, no_space, write_atomic
+from raylm.core.tokenizer import TokenizerError
 from raylm.pipelines.config import DataConfig
 from raylm.pipelines.decontaminate import eval_examples
-from raylm.pipelines.io import NoSpace, RecordError, no_space, write_atomic
-from raylm.pipelines.tokenize import TokenizerError
 from raylm.pipelines.userfiles import UserFileError, check_data_files
 from tests.conftest import ROOT
 

@@ -62,7 +62,7 @@ def test_a_damaged_crawl_keeps_every_intact_page_and_accounts_for_every_record(r
     (src / "empty.warc.gz").write_bytes(b"")
     (tmp_path / "block.txt").write_text("# ad networks\ntracker.example\n")
     cfg = _cfg(tmp_path, f"data.inputs=[{{path: '{src}/*.warc.gz'}}]", f"data.url_filter.block_domains=['{tmp_path}/block.txt']")
-    man = run_data(cfg.data, cfg.paths)
+    man = run_data(cfg.data, cfg.paths).as_json()
     st = man["stats"]
     assert st["records_in"] == st["docs_in"] + sum(st["skipped"].values())
     assert st["docs_in"] == st["docs_kept"] + sum(st["removed"].values())
@@ -99,8 +99,8 @@ def test_a_damaged_crawl_keeps_every_intact_page_and_accounts_for_every_record(r
 
 def test_the_bundled_web_recipe_end_to_end(ray_session, tmp_path, capsys):
     from raylm.cluster.cli import main
-    from raylm.pipelines.shards import iter_documents
-    from raylm.pipelines.tokenize import TokenizerSpec, load_encoding
+    from raylm.core.shards import iter_documents
+    from raylm.core.tokenizer import TokenizerSpec, load_encoding
     from raylm.pipelines.web_sample import OUT, build
 
     assert OUT.read_bytes() == build()  # the committed sample is what the builder makes

@@ -67,8 +67,8 @@ def test_language_id_on_the_benchmark_set_is_at_least_95_percent():
 def test_language_keep_takes_iso_codes_only():
     import pytest
 
+    from raylm.core.schema import ConfigError
     from raylm.pipelines.config import LanguageConfig
-    from raylm.pipelines.schema import ConfigError
 
     assert LanguageConfig(keep=["en", "fr"]).keep == ["en", "fr"]
     with pytest.raises((ValueError, ConfigError)):

@@ -21,9 +21,9 @@ import fsspec
 import numpy as np
 import torch
 
-from raylm.pipelines.io import is_local
-from raylm.pipelines.paths import TOKENIZER, RunPaths
-from raylm.pipelines.tokenize import copy_tokenizer, load_encoding, run_tokenizer
+from raylm.core.io import is_local, write_json
+from raylm.core.paths import TOKENIZER, RunPaths
+from raylm.core.tokenizer import copy_tokenizer, load_encoding, run_tokenizer
 from raylm.training.config import TrainConfig
 from raylm.training.mixture import recipe_weights
 from raylm.training.model import GPT, GPTConfig
@@ -91,20 +91,20 @@ def save(directory: str, rank: int, state: dict | None, tokenizer_dir: str | Non
     if state is None:
         return
     torch.save(state, os.path.join(directory, STATE))
-    with open(os.path.join(directory, META), "w") as f:
-        c = state["config"]
-        json.dump(
-            {
-                "step": state["step"],
-                "tokenizer": state["tokenizer"]["name"],
-                "tokenizer_sha256": state["tokenizer"]["sha256"],
-                "model": c["train"]["model"],
-                "train": c["train"],  # what a resume with another recipe is checked against (trainer.check_resume)
-                "weights": recipe_weights(c),  # ... and a mixture's source weights, which the data section holds
-                "run_dir": RunPaths(c["storage_path"], c["name"]).root,
-            },
-            f,
-        )
+    c = state["config"]
+    write_json(
+        os.path.join(directory, META),
+        {
+            "step": state["step"],
+            "tokenizer": state["tokenizer"]["name"],
+            "tokenizer_sha256": state["tokenizer"]["sha256"],
+            "model": c["train"]["model"],
+            "train": c["train"],  # what a resume with another recipe is checked against (trainer.check_resume)
+            "weights": recipe_weights(c),  # ... and a mixture's source weights, which the data section holds
+            "run_dir": RunPaths(c["storage_path"], c["name"]).root,
+        },
+        indent=None,
+    )
     if tokenizer_dir is not None:
         src = f"{tokenizer_dir}/{TOKENIZER}"
         fs, _ = fsspec.core.url_to_fs(src)

@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from raylm.pipelines.io import absolute
-from raylm.pipelines.paths import RunPaths
-from raylm.pipelines.schema import Strict
+from raylm.core.io import absolute
+from raylm.core.paths import RunPaths
+from raylm.core.schema import Strict
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
 # upper bounds of counts: far beyond any run, low enough that a typo (1e23) is an error, not a run that never ends

@@ -20,9 +20,10 @@ import fsspec
 import numpy as np
 import torch
 
-from raylm.pipelines.dedup import mix64
-from raylm.pipelines.io import is_local
-from raylm.pipelines.shards import read_manifest
+from raylm.core.hashing import mix64
+from raylm.core.io import atomic_open, is_local
+from raylm.core.manifest import read_manifest
+from raylm.core.shards import mask_path
 
 _ROUNDS = 4
 
@@ -61,11 +62,9 @@ def _local_copy(url: str, sha256: str, cache_dir: str) -> str:
     dst = Path(cache_dir) / f"{sha256}.npy"
     if not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_suffix(f".{os.getpid()}.tmp")
-        with fsspec.open(url, "rb") as src, open(tmp, "wb") as f:
+        with fsspec.open(url, "rb") as src, atomic_open(str(dst)) as f:
             while chunk := src.read(16 << 20):
                 f.write(chunk)
-        os.replace(tmp, dst)
     return str(dst)
 
 
@@ -86,15 +85,14 @@ class ShardWindows:
         cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "raylm", "shards")
         self.seq_len = seq_len
         self.arrays: list[np.ndarray] = []
-        self.masks: list[np.ndarray] | None = [] if man.get("loss_mask") else None
+        self.masks: list[np.ndarray] | None = [] if man.loss_mask else None
         counts = []
-        entry = man["splits"][split] if source is None else man["splits"][split]["sources"][source]
-        for sh in entry["shards"]:
-            url = f"{data_root}/{sh['path']}"
-            arr = _open_array(url, sh["sha256"], local, cache_dir)
+        for sh in man.split(split, source).shards:
+            url = f"{data_root}/{sh.path}"
+            arr = _open_array(url, sh.sha256, local, cache_dir)
             self.arrays.append(arr)
             if self.masks is not None:
-                self.masks.append(_open_array(url[:-4] + ".mask.npy", sh["mask_sha256"], local, cache_dir))
+                self.masks.append(_open_array(mask_path(url), sh.mask_sha256, local, cache_dir))
             counts.append(max(0, (len(arr) - 1) // seq_len))
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.n = int(self.starts[-1])
@@ -156,7 +154,7 @@ def val_windows(windows: ShardWindows, count: int) -> np.ndarray:
 def unigram_entropy(data_root: str, split: str = "train") -> float:
     """Entropy (nats/token) of the split's token frequencies: the loss of the best model that ignores
     context, the bar a trained model's val loss must clear."""
-    n_vocab = read_manifest(data_root)["tokenizer"]["n_vocab"]
+    n_vocab = read_manifest(data_root).tokenizer.n_vocab
     counts = np.zeros(n_vocab, dtype=np.int64)
     for a in ShardWindows(data_root, split, seq_len=1).arrays:
         counts += np.bincount(np.asarray(a), minlength=n_vocab)[:n_vocab]

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raylm.pipelines.io import write_atomic
-from raylm.pipelines.schema import ConfigError
-from raylm.pipelines.shards import iter_documents, read_manifest, require_shards
-from raylm.pipelines.tokenize import encode_documents, encode_with_masks
+from raylm.core.io import write_json
+from raylm.core.manifest import Split, require_shards
+from raylm.core.schema import ConfigError
+from raylm.core.shards import iter_documents
+from raylm.core.tokenizer import encode_documents, encode_with_masks
 from raylm.training.checkpoint import load_model
 from raylm.training.config import EvalOptions, TrainJob
 from raylm.training.data import ShardWindows, val_windows
@@ -239,13 +240,13 @@ def task_metrics(model: GPT, enc, examples: list[tuple[list[int], list[int]]], t
     return out
 
 
-def _source_metrics(model: GPT, data_root: str, opts: EvalOptions, sources: dict, seq_len: int, micro_batch: int) -> dict:
+def _source_metrics(model: GPT, data_root: str, opts: EvalOptions, sources: dict[str, Split], seq_len: int, micro_batch: int) -> dict:
     """LM metrics (and bits per byte) of each source of a split that has a window to score."""
     out = {}
     for name, entry in sources.items():
-        if entry["tokens"] > seq_len:
+        if entry.tokens > seq_len:
             lm = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows, micro_batch, source=name), opts.device)
-            out[name] = {**lm, "bpb": bits_per_byte(lm["loss"], entry["tokens"], entry.get("bytes"))}
+            out[name] = {**lm, "bpb": bits_per_byte(lm["loss"], entry.tokens, entry.bytes)}
     return out
 
 
@@ -270,19 +271,17 @@ def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
         train_labels: list[str] = []
     else:
         data_root, what = job.paths.shards, opts.split
-        require_shards(data_root, " (or pass --file)")
-        man = read_manifest(data_root)
-        if man["tokenizer"]["sha256"] != state["tokenizer"]["sha256"]:
+        man = require_shards(data_root, " (or pass --file)")
+        if man.tokenizer.sha256 != state["tokenizer"]["sha256"]:
             raise ConfigError(
-                f"{ckpt} was trained with tokenizer {state['tokenizer']['name']}, "
-                f"{data_root} was made with {man['tokenizer']['name']} (different ranks)"
+                f"{ckpt} was trained with tokenizer {state['tokenizer']['name']}, {data_root} was made with {man.tokenizer.name} (different ranks)"
             )
         res["lm"] = lm_metrics(model, _split_batches(data_root, opts.split, seq_len, opts.max_windows, job.train.batch.micro_batch_size), opts.device)
         res["lm"]["bpb"] = split_bpb(res["lm"]["loss"], man, opts.split)
-        sources = man["splits"][opts.split].get("sources") or {}
+        sources = man.splits[opts.split].sources or {}
         if len(sources) > 1:  # a mixture: each source's LM metrics beside the whole split's
             res["lm_sources"] = _source_metrics(model, data_root, opts, sources, seq_len, job.train.batch.micro_batch_size)
-        examples = split_examples(data_root, opts.split) if man.get("loss_mask") else []
+        examples = split_examples(data_root, opts.split) if man.loss_mask else []
         train_labels = [enc.decode(c) for _, c in split_examples(data_root, "train")] if examples else []
     if examples:
         res["task"] = task_metrics(model, enc, examples, train_labels, opts)
@@ -290,7 +289,7 @@ def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
     out = f"{job.paths.eval}/{what}@{state['config']['name'].replace('/', '_')}-step{state['step']}.json"
     fs, _ = fsspec.core.url_to_fs(out)
     fs.makedirs(out.rsplit("/", 1)[0], exist_ok=True)
-    write_atomic(out, json.dumps(res, indent=1))
+    write_json(out, res)
     res["path"] = out
     return res
 

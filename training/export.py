@@ -15,15 +15,15 @@ written first) with `--force`; never a file, a run's directory or anything insid
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 import torch
 
-from raylm.pipelines.rundir import MARKER as RUN_MARKER
-from raylm.pipelines.tokenize import ranks_file, run_tokenizer, save_tiktoken
+from raylm.core.io import write_json
+from raylm.core.paths import RUN_MARKER
+from raylm.core.tokenizer import ranks_file, run_tokenizer, save_tiktoken
 from raylm.training.checkpoint import load_model
 from raylm.training.model import GPT
 
@@ -186,7 +186,7 @@ def export_hf(path: str, out_dir: str, force: bool = False) -> dict:
     hf.tie_weights()
     out.mkdir(parents=True, exist_ok=True)
     # first: an export stopped half-way leaves a directory that --force may replace
-    (out / EXPORT_MARKER).write_text(json.dumps({"source": ckpt, "complete": False}) + "\n")
+    write_json(str(out / EXPORT_MARKER), {"source": ckpt, "complete": False}, indent=None)
     hf.save_pretrained(out, safe_serialization=True)
     hf_tokenizer(ranks, enc).save_pretrained(out)
     # and as raylm reads it (data.tokenizer.path); in a folder, as its .json sidecar would be tokenizer.json
@@ -199,5 +199,5 @@ def export_hf(path: str, out_dir: str, force: bool = False) -> dict:
         "eot": enc.eot_token,
         "params": sum(p.numel() for p in hf.parameters()),
     }
-    (out / EXPORT_MARKER).write_text(json.dumps(info, indent=1) + "\n")
+    write_json(str(out / EXPORT_MARKER), info)
     return info

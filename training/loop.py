@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from raylm.pipelines.shards import read_manifest
+from raylm.core.manifest import read_manifest
 from raylm.training import checkpoint
 from raylm.training.config import TrainJob, accumulation_steps
 from raylm.training.data import ShardWindows, TrainLoader, val_windows
@@ -131,8 +131,8 @@ class Trainer:
         self.data_root = self.job.paths.shards
         self.manifest = read_manifest(self.data_root)
         torch.manual_seed(t.seed)  # the same initial weights on every rank
-        tok = self.manifest["tokenizer"]
-        gpt = GPT(GPTConfig.from_config(t.model, tok["n_vocab"], tok.get("eot")))
+        tok = self.manifest.tokenizer
+        gpt = GPT(GPTConfig.from_config(t.model, tok.n_vocab, tok.eot))
         torch.manual_seed(t.seed + rank)  # then per-rank streams (dropout)
         self.flops_per_token = gpt.flops_per_token()
         self.model = parallelize(gpt, t, device)
@@ -140,7 +140,7 @@ class Trainer:
         self.sched = build_scheduler(self.opt, t.schedule, t.max_steps)
         self.accum = accumulation_steps(t, self.world)
         self.loader = self.build_loader()
-        has_val = self.manifest["splits"]["val"]["tokens"] > t.model.seq_len
+        has_val = self.manifest.splits["val"].tokens > t.model.seq_len
         self.val = ShardWindows(self.data_root, "val", t.model.seq_len) if has_val else None
         self.val_ids = val_windows(self.val, t.eval.batches * t.batch.micro_batch_size) if has_val else None
         self.val_sources = self.source_validation() if has_val else {}
@@ -150,7 +150,7 @@ class Trainer:
 
     def build_loader(self) -> TrainLoader | MixtureLoader:
         """Uniform over the train split, or by weight across its sources when the shards have several."""
-        t, sources = self.t, self.manifest["splits"]["train"].get("sources") or {}
+        t, sources = self.t, self.manifest.splits["train"].sources or {}
         if len(sources) < 2:
             return TrainLoader(ShardWindows(self.data_root, "train", t.model.seq_len), t.batch.micro_batch_size, self.rank, self.world, t.seed)
         windows = {n: ShardWindows(self.data_root, "train", t.model.seq_len, source=n) for n in sources}
@@ -167,7 +167,7 @@ class Trainer:
             "loader": self.loader.state_dict(),
             "step": self.step,
             "config": self.job.recipe,
-            "tokenizer": self.manifest["tokenizer"],
+            "tokenizer": self.manifest.tokenizer.as_json(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -209,12 +209,12 @@ class Trainer:
 
     def source_validation(self) -> dict[str, tuple[ShardWindows, np.ndarray]]:
         """Per source of the val split (when it has several): its windows and the fixed ones evaluated."""
-        t, sources = self.t, self.manifest["splits"]["val"].get("sources") or {}
+        t, sources = self.t, self.manifest.splits["val"].sources or {}
         if len(sources) < 2:
             return {}
         out = {}
         for n, entry in sources.items():
-            if entry["tokens"] > t.model.seq_len:
+            if entry.tokens > t.model.seq_len:
                 w = ShardWindows(self.data_root, "val", t.model.seq_len, source=n)
                 out[n] = (w, val_windows(w, t.eval.batches * t.batch.micro_batch_size))
         return out
@@ -232,9 +232,9 @@ class Trainer:
         val = self.evaluate()
         out = dict(val_loss=val["loss"], val_ppl=val["ppl"], val_bpb=split_bpb(val["loss"], self.manifest, "val"))
         if self.val_sources:
-            entries = self.manifest["splits"]["val"]["sources"]
+            entries = self.manifest.splits["val"].sources
             per = {n: self.evaluate(w, ids)["loss"] for n, (w, ids) in self.val_sources.items()}
-            out["val_sources"] = {n: {"loss": v, "bpb": bits_per_byte(v, entries[n]["tokens"], entries[n].get("bytes"))} for n, v in per.items()}
+            out["val_sources"] = {n: {"loss": v, "bpb": bits_per_byte(v, entries[n].tokens, entries[n].bytes)} for n, v in per.items()}
             if isinstance(self.loader, MixtureLoader):  # weighted as training draws at this step
                 plan = self.loader.plan
                 mix = weighted_total(out["val_sources"], dict(zip(plan.names, weights_at(plan.schedule, plan.names, self.step - 1))))

@@ -11,9 +11,11 @@ import tempfile
 
 import fsspec
 
-from raylm.pipelines.io import is_local
-from raylm.pipelines.paths import METRICS, TENSORBOARD
-from raylm.pipelines.plots import save_figure
+from raylm.core.io import is_local
+from raylm.core.manifest import Manifest
+from raylm.core.paths import METRICS, TENSORBOARD
+from raylm.core.plots import save_figure
+from raylm.core.progress import cell
 
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_ppl", "val_bpb")
 
@@ -27,18 +29,18 @@ def bits_per_byte(loss: float | None, tokens: int, nbytes: int | None) -> float 
     return loss * tokens / (nbytes * math.log(2))
 
 
-def split_bpb(loss: float | None, manifest: dict, split: str) -> float | None:
+def split_bpb(loss: float | None, manifest: Manifest, split: str) -> float | None:
     """bits_per_byte of a loss over one split of a manifest. None under a loss mask: that loss counts only
     completion tokens, which the split's token and byte counts do not separate."""
-    if manifest.get("loss_mask"):
+    if manifest.loss_mask:
         return None
-    s = manifest["splits"][split]
-    return bits_per_byte(loss, s["tokens"], s.get("bytes"))
+    s = manifest.splits[split]
+    return bits_per_byte(loss, s.tokens, s.bytes)
 
 
 def loss_text(loss: float, bpb: float | None) -> str:
     """A loss with its bits per byte beside it when known, as summaries print it: `6.4351 (2.8524 bits/byte)`."""
-    return f"{loss:.4f}" + (f" ({bpb:.4f} bits/byte)" if bpb is not None else "")
+    return cell(loss, ".4f") + (f" ({cell(bpb, '.4f')} bits/byte)" if bpb is not None else "")
 
 
 def read_metrics(path: str) -> list[dict]:

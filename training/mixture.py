@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+from raylm.core.manifest import Manifest
 from raylm.training.data import ShardWindows, permute
 
 _PHI = (math.sqrt(5) - 1) / 2
@@ -119,15 +120,15 @@ def recipe_weights(recipe: dict) -> dict[str, float]:
     return {n: float(src.get("weight", 1.0)) for n, src in ((recipe.get("data") or {}).get("sources") or {}).items()}
 
 
-def schedule_of(train, manifest: dict, weights: dict[str, float] | None = None) -> list[tuple[int | None, dict[str, float]]]:
+def schedule_of(train, manifest: Manifest, weights: dict[str, float] | None = None) -> list[tuple[int | None, dict[str, float]]]:
     """train.mixture as (until_step, weights) pairs, else the recipe's data.sources weights (`weights`,
     when it names every source of the shards: a weight changed since the data stage ran), else the weights the
     data stage recorded; a ValueError naming a source the shards do not have."""
-    names = list(manifest["splits"]["train"]["sources"])
+    names, recorded = list(manifest.splits["train"].sources or {}), manifest.sources or {}
     if train.mixture is None:
         if weights and set(names) <= set(weights):
             return [(None, {n: float(weights[n]) for n in names})]
-        return [(None, {n: float(manifest.get("sources", {}).get(n, {}).get("weight", 1.0)) for n in names})]
+        return [(None, {n: recorded[n].weight if n in recorded else 1.0 for n in names})]
     unknown = sorted({k for st in train.mixture for k in st.weights} - set(names))
     if unknown:
         raise ValueError(f"train.mixture names {unknown}, which the shards do not have (their sources: {names})")

@@ -11,7 +11,7 @@ import time
 
 import fsspec
 
-from raylm.pipelines.progress import Live, clock
+from raylm.core.progress import Live, clock
 
 
 class MetricsTail:

@@ -5,7 +5,7 @@ A pure function of the nodes' resources (`resolve_scaling`), so it is tested wit
 
 from __future__ import annotations
 
-from raylm.pipelines.schema import ConfigError
+from raylm.core.schema import ConfigError
 from raylm.training.config import AUTO, ScalingConfig, TrainJob, batch_layout_error
 
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import fsspec
 
-from raylm.pipelines.io import is_local, write_atomic
-from raylm.pipelines.paths import RunPaths
-from raylm.pipelines.schema import ConfigError
+from raylm.core.io import is_local, write_json
+from raylm.core.paths import RunPaths
+from raylm.core.redact import redacted
+from raylm.core.schema import ConfigError
 from raylm.training.config import TrainJob
 
 TRACKING = "tracking.json"  # in train/: where this run's MLflow and W&B runs are, written by rank 0
@@ -35,16 +36,6 @@ def flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}.{key}" if prefix else str(key)).items()}
     return {prefix: json.dumps(d) if isinstance(d, list) else d}
-
-
-def redacted(recipe: dict) -> dict:
-    """The recipe without the values of `ray.runtime_env.env_vars` (where credentials go), for what is recorded
-    outside the run's own process: run.json, MLflow params, W&B config."""
-    env = ((recipe.get("ray") or {}).get("runtime_env") or {}).get("env_vars")
-    if not env:
-        return recipe
-    ray_cfg = recipe["ray"]
-    return {**recipe, "ray": {**ray_cfg, "runtime_env": {**ray_cfg["runtime_env"], "env_vars": dict.fromkeys(env, "<redacted>")}}}
 
 
 def mlflow_uri(paths: RunPaths) -> str:
@@ -178,7 +169,7 @@ class Trackers:
             ids["wandb"] = {"id": self.wandb.id, "mode": self.info["wandb_mode"], "dir": self.wandb.dir, "project": self.info["wandb_project"]}
             self.wandb.finish()
         if ids:
-            write_atomic(f"{self.job.paths.train}/{TRACKING}", json.dumps(ids, indent=1))
+            write_json(f"{self.job.paths.train}/{TRACKING}", ids)
 
 
 def log_final(paths: RunPaths, checkpoint_path: str | None) -> None:

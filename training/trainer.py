@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from raylm.pipelines.paths import TOKENIZER, RunPaths
-from raylm.pipelines.schema import ConfigError
-from raylm.pipelines.shards import read_manifest, require_shards
+from raylm.core.manifest import read_manifest, require_shards
+from raylm.core.paths import TOKENIZER, RunPaths
+from raylm.core.schema import ConfigError
 from raylm.training.config import TrainJob
 
 
@@ -159,11 +159,11 @@ def check_init_from(job: TrainJob) -> str:
             f"train.init_from: {ckpt} has a different model: "
             + ", ".join(f"train.model.{k} is {w!r} there, {v!r} here" for k, (w, v) in diff.items())
         )
-    tok = read_manifest(job.paths.shards)["tokenizer"]
-    if meta.get("tokenizer_sha256", tok["sha256"]) != tok["sha256"]:
+    tok = read_manifest(job.paths.shards).tokenizer
+    if meta.get("tokenizer_sha256", tok.sha256) != tok.sha256:
         raise ConfigError(
             f"train.init_from: {ckpt} was trained with another tokenizer ({meta['tokenizer']}) than the one "
-            f"that made {job.paths.shards} ({tok['name']}); tokenize with the pretrained run's "
+            f"that made {job.paths.shards} ({tok.name}); tokenize with the pretrained run's "
             f"(data.tokenizer.path: RUN/data/{TOKENIZER})"
         )
     return ckpt

@@ -23,11 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from raylm.pipelines.io import absolute
-from raylm.pipelines.paths import RunPaths
-from raylm.pipelines.progress import verbose
-from raylm.pipelines.schema import ConfigError
-from raylm.pipelines.shards import require_shards
+from raylm.core.io import absolute
+from raylm.core.manifest import require_shards
+from raylm.core.paths import RunPaths
+from raylm.core.progress import verbose
+from raylm.core.schema import ConfigError
 from raylm.training import checkpoint
 from raylm.training.config import TrainConfig, TrainJob
 from raylm.training.scaling import resolve_job

@@ -6,8 +6,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
-from raylm.pipelines.paths import RunPaths
-from raylm.pipelines.schema import Strict
+from raylm.core.paths import RunPaths
+from raylm.core.schema import Strict
 from raylm.training.config import MAX_BATCH_TOKENS, MAX_STEPS, TrainConfig
 
 # in time_attr units: steps, or tokens

@@ -6,13 +6,13 @@ line as each trial ends."""
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 from ray import tune
 
+from raylm.core.progress import cell, on_terminal
 from raylm.tuning.config import Recipe
-from raylm.tuning.results import OUTCOME, fmt_value
+from raylm.tuning.results import OUTCOME
 
 
 class TrialTable(tune.Callback):
@@ -51,15 +51,12 @@ class TrialTable(tune.Callback):
             self._live.stop()
             self._live = None
 
-    def _is_tty(self) -> bool:
-        return sys.stdout.isatty() if self.tty is None else self.tty
-
     def _ended(self, trials, trial, how: str) -> None:
         r = self._row(trial)
         if not OUTCOME.interrupted:  # Tune ends the trials it stops on an interrupt too: those were cut short
             OUTCOME.ended.add(trial.trial_id)
-        if not self._is_tty():
-            print(f"[raylm tune] trial {trial.trial_id} {how} at step {r['step']}: {self.metric} {fmt_value(r['last'])}", flush=True)
+        if not on_terminal(self.tty):
+            print(f"[raylm tune] trial {trial.trial_id} {how} at step {r['step']}: {self.metric} {cell(r['last'])}", flush=True)
         self._show(trials)
 
     def table(self, trials):
@@ -72,7 +69,7 @@ class TrialTable(tune.Callback):
         for tr in trials:
             r = self.rows.get(tr.trial_id, {})
             star = " *" if best is not None and r.get("best") == best else ""
-            values = [fmt_value(tr.config.get(k)) for k in self.keys] + [fmt_value(r.get(k)) for k in ("step", "last", "best")]
+            values = [cell(tr.config.get(k)) for k in self.keys] + [cell(r.get(k)) for k in ("step", "last", "best")]
             t.add_row(tr.trial_id + star, tr.status, *values)
         return t
 
@@ -83,11 +80,11 @@ class TrialTable(tune.Callback):
         self._last = time.monotonic()
 
     def _show(self, trials) -> None:
-        if self._is_tty():
+        if on_terminal(self.tty):
             if self._live is None:
-                from rich.live import Live
+                from rich.live import Live as TableDisplay  # a table redrawn in place (core's Live is a status line)
 
-                self._live = Live(self.table(trials), refresh_per_second=2, transient=True)
+                self._live = TableDisplay(self.table(trials), refresh_per_second=2, transient=True)
                 self._live.start()
             self._live.update(self.table(trials))
         elif time.monotonic() - self._last >= self.every_s:

@@ -11,13 +11,13 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 import fsspec
 import yaml
 
-from raylm.pipelines.io import absolute, write_atomic
-from raylm.pipelines.plots import save_figure
+from raylm.core.io import absolute, write_atomic
+from raylm.core.plots import save_figure
+from raylm.core.progress import cell
 from raylm.training.metrics import read_metrics
 from raylm.tuning.config import Recipe
 
@@ -197,16 +197,10 @@ def print_summary(cfg: Recipe, rows: list[dict], paths: dict[str, str]) -> None:
     sign = 1 if cfg.tune.mode == "min" else -1
     for r in sorted(rows, key=lambda r: (r[key] is None, sign * (r[key] or 0.0))):  # trials without a metric last
         mark = " *" if best is not None and r["trial_id"] == best["trial_id"] else ""
-        values = [fmt_value(r[k]) for k in cfg.tune.param_space] + [fmt_value(r[key]), fmt_value(r[f"best_{metric}"])]
+        values = [cell(r[k]) for k in cfg.tune.param_space] + [cell(r[key]), cell(r[f"best_{metric}"])]
         table.add_row(r["trial_id"] + mark, *values, str(r["steps"]), r["status"])
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # not cut to 80 columns in logs
     for name, p in paths.items():
         print(f"{name}: {p}")
     if best is not None and not OUTCOME.interrupted:  # an interrupted campaign has no best configuration yet
         print(f"run the best configuration: raylm train {paths['best']}")
-
-
-def fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "-" if v is None else str(v)

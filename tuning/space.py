@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from raylm.pipelines.schema import ConfigError, did_you_mean, fields_at, format_errors
+from raylm.core.schema import ConfigError, did_you_mean, fields_at, format_errors
 from raylm.tuning.config import Recipe
 
 KINDS = ("loguniform", "uniform", "randint", "choice", "grid")

@@ -1,6 +1,7 @@
 """Live progress on the driver, the one way every stage shows it: on a terminal a rich status line (a bar
 when the total is known) under the lines printed so far; elsewhere (CI, `make run | tee`, a Ray Jobs log)
-plain lines, a status at most every `every_s` seconds (None: lines only), so a log stays readable."""
+plain lines, a status at most every `every_s` seconds (None: lines only), so a log stays readable. And `cell`:
+how a value reads in the tables and summaries the commands print."""
 
 from __future__ import annotations
 
@@ -24,12 +25,27 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
+def on_terminal(tty: bool | None = None) -> bool:
+    """Whether progress goes to a terminal (live displays) or to a log (plain lines); `tty` overrides (tests)."""
+    return sys.stdout.isatty() if tty is None else tty
+
+
+def cell(value, spec: str | None = None) -> str:
+    """A value as a table or summary cell: `-` for none, `spec` when given (`,` `.4f`), else a float to four
+    significant digits and anything else as str."""
+    if value is None:
+        return "-"
+    if spec is not None:
+        return format(value, spec)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 class Live:
     """`status(text)` replaces the live line; `line(text)` prints a line that stays; `close()` ends it."""
 
     def __init__(self, prefix: str, total: float | None = None, every_s: float | None = 10.0, tty: bool | None = None):
         self.prefix, self.every_s = prefix, every_s
-        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.tty = on_terminal(tty)
         self._last = -math.inf  # when the last plain status line was printed: the first shows at once
         self._pending = ""  # the newest status not yet printed (plain mode)
         self._bar = None

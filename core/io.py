@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import IO
 
 import fsspec
 
@@ -73,29 +75,50 @@ def touch(path: str) -> None:
     fs.pipe_file(path, b"")
 
 
-def write_atomic(path: str, data: str | bytes) -> None:
-    """Write a whole small file so that a reader sees the old content or the new, never a part: on a local disk
-    into a temporary name beside it, then renamed over it (a failed write, a full disk, leaves no empty or cut
-    file); on object storage an object is written whole anyway. An OSError names the file."""
-    raw = data.encode() if isinstance(data, str) else data
+@contextmanager
+def atomic_open(path: str, mode: str = "wb", fsync: bool = False) -> Iterator[IO]:
+    """A file that a reader sees whole or not at all: written under a temporary name beside `path` (this
+    process's own: two writers of one file do not mix), renamed over it when the block ends without error; an
+    error removes the temporary file, and an OSError names `path`. `fsync`: on a local disk the bytes reach it
+    before the rename, so a full disk fails here rather than leaving an empty or cut file behind later."""
     fs, local = fsspec.core.url_to_fs(path)
-    if not is_local(fs):
-        fs.pipe_file(path, raw)
-        return
-    path = local  # a file:// URL too
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{local}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if e.filename is None:
+        with fs.open(tmp, mode) as f:
+            yield f
+            if fsync and is_local(fs):
+                f.flush()
+                os.fsync(f.fileno())
+        if is_local(fs):
+            os.replace(tmp, local)
+        else:
+            fs.mv(tmp, local)
+    except BaseException as e:
+        with suppress(OSError):
+            if fs.exists(tmp):
+                fs.rm_file(tmp)
+        if isinstance(e, OSError) and e.filename is None:
             e.filename = path
         raise
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+    """Write a whole small file so that a reader sees the old content or the new, never a part (atomic_open,
+    synced); on object storage an object is written whole anyway, in one request."""
+    raw = data.encode() if isinstance(data, str) else data
+    fs, _ = fsspec.core.url_to_fs(path)
+    if not is_local(fs):
+        with naming(path):
+            fs.pipe_file(path, raw)
+        return
+    with atomic_open(path, "wb", fsync=True) as f:
+        f.write(raw)
+
+
+def write_json(path: str, value, indent: int | None = 1, default=None) -> None:
+    """A JSON file (any fsspec URL), written atomically: `value` with `indent`, then a newline. The one way
+    raylm writes JSON beside a run; `default` turns what JSON has no type for into something it has."""
+    write_atomic(path, json.dumps(value, indent=indent, default=default) + "\n")
 
 
 @contextmanager

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from raylm.core.manifest import Stats
+
 
 def save_figure(fig, path: str) -> str:
     """Write a matplotlib figure as PNG to `path` (any fsspec URL) and close it."""
@@ -21,7 +23,7 @@ def save_figure(fig, path: str) -> str:
     return path
 
 
-def plot_removed(stats: dict, nbytes: dict[str, int | None], path: str, title: str) -> str:
+def plot_removed(stats: Stats, nbytes: dict[str, int | None], path: str, title: str) -> str:
     """Documents kept and removed by reason (a manifest's `stats`), and the input bytes against the bytes of
     text kept (`nbytes`: bytes_in, kept), as one PNG."""
     import matplotlib
@@ -29,16 +31,16 @@ def plot_removed(stats: dict, nbytes: dict[str, int | None], path: str, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("kept", stats["docs_kept"])] + sorted(stats["removed"].items(), key=lambda kv: -kv[1])
+    rows = [("kept", stats.docs_kept)] + sorted(stats.removed.items(), key=lambda kv: -kv[1])
     # records that are no documents (web input: requests, redirects, ...): counted apart, no share of documents
-    rows += [(f"skipped: {k.removeprefix('skip:')}", v) for k, v in sorted(stats.get("skipped", {}).items(), key=lambda kv: -kv[1])]
+    rows += [(f"skipped: {k.removeprefix('skip:')}", v) for k, v in sorted((stats.skipped or {}).items(), key=lambda kv: -kv[1])]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 0.9 + 0.35 * len(rows)), dpi=110, width_ratios=[3, 1])
     labels, counts = [r[0] for r in rows][::-1], [r[1] for r in rows][::-1]
     colors = ["tab:green" if lb == "kept" else "tab:gray" if lb.startswith("skipped") else "tab:red" for lb in labels]
     bars = ax.barh(labels, counts, color=colors)
-    shares = [f"{c:,}" if lb.startswith("skipped") else f"{c:,} ({c / max(stats['docs_in'], 1):.1%})" for lb, c in zip(labels, counts)]
+    shares = [f"{c:,}" if lb.startswith("skipped") else f"{c:,} ({c / max(stats.docs_in, 1):.1%})" for lb, c in zip(labels, counts)]
     ax.bar_label(bars, labels=shares, padding=3, fontsize=8)
-    ax.set_xlabel(f"documents (of {stats['docs_in']:,} in)")
+    ax.set_xlabel(f"documents (of {stats.docs_in:,} in)")
     ax.set_xlim(0, max(counts + [1]) * 1.35)
     ax.set_title(title)
     names = [k for k, v in nbytes.items() if v is not None]

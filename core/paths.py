@@ -1,6 +1,6 @@
 """The run directory, defined once: every path under `{storage_path}/{name}/` (a local path or a URL).
 
-    {name}/data/        manifest.json, shard-*.npy (+ .idx.npy, .mask.npy), removed.parquet, stats.json, removed.png,
+    {name}/data/        manifest.json (core/manifest.py), shard-*.npy (+ .idx.npy, .mask.npy), removed.parquet, stats.json, removed.png,
                         tokenizer.tiktoken (a trained or file tokenizer); _work/ while the stage runs
     {name}/train/       Ray Train's run: checkpoint_*/ (state.pt, rng-*.pt, meta.json), metrics.jsonl,
                         tensorboard/, loss.png
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# file names at a run's root (pipelines/rundir.py): whose run it is, and each stage's lock
+RUN_MARKER = ".raylm-run"
+
 # file names inside a data directory (the run's data/, or any train.data_path)
-MANIFEST = "manifest.json"
 REMOVED = "removed.parquet"
 DOCS = "docs.parquet"  # every kept document: where it is in the shards, where it came from
 STATS = "stats.json"
