@@ -83,8 +83,8 @@ def stage_variants(corpus: Path, out: Path) -> dict[str, float]:
     from raylm.core.io import makedirs, rm_tree
     from raylm.pipelines.dedup import run_dedup
     from raylm.pipelines.process import Process
+    from raylm.pipelines.read import Read
     from raylm.pipelines.run import run_stages
-    from raylm.pipelines.sources import Read
     from raylm.pipelines.stage import DataRun
 
     times = {}

@@ -9,7 +9,7 @@ torch.compile and fused AdamW on synthetic shards (random tokens: throughput doe
     loop, loader or Ray;
   - raylm: `raylm train`'s TorchTrainer with one GPU worker (`--fsdp`: train.parallelism fsdp, FSDP2 with bf16
     parameters and fp32 reduction).
-Prints tokens/s, MFU (against the GPU's bf16 dense peak, training/loop.py: PEAK_FLOPS) and the ratio raylm /
+Prints tokens/s, MFU (against the GPU's bf16 dense peak, training/worker.py: PEAK_FLOPS) and the ratio raylm /
 plain. Throughput is timed from step `--skip` (compile and warm-up left out of both). `--tiny`: a 2-layer model
 on CPU in fp32 without compile, a smoke test of this script where there is no GPU.
 """
@@ -93,8 +93,8 @@ def plain_loop(model_cfg: dict, data: str, micro: int, accum: int, steps: int, d
 def raylm_loop(args, model_cfg: dict, data: str, out: Path) -> list[float]:
     """`raylm train` of the same model and batch on one worker; the wall time at the end of each step."""
     from raylm.cluster.recipe import load_config
+    from raylm.training.driver import build_trainer
     from raylm.training.metrics import read_metrics
-    from raylm.training.trainer import build_trainer
 
     gpu = not args.tiny
     res = {"GPU": 1, "CPU": 4} if gpu else {"CPU": 1}
@@ -141,8 +141,8 @@ def main() -> None:
     from raylm.cluster.recipe import load_config
     from raylm.cluster.runtime import init_ray
     from raylm.training.config import ModelConfig
-    from raylm.training.loop import peak_flops
     from raylm.training.model import GPT, GPTConfig
+    from raylm.training.worker import peak_flops
 
     model_cfg = TINY if args.tiny else GPT2
     device = "cpu" if args.tiny else "cuda"

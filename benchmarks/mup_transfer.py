@@ -31,9 +31,9 @@ def one_run(cfg, data_dir: str, width: int, base: int | None, lr: float, steps: 
     from raylm.training.config import accumulation_steps
     from raylm.training.data import ShardWindows, TrainLoader, val_windows
     from raylm.training.evaluate import lm_metrics, window_batches
-    from raylm.training.loop import train_step
     from raylm.training.model import GPT, GPTConfig
     from raylm.training.optim import build_optimizer, build_scheduler
+    from raylm.training.worker import train_step
 
     t = cfg.train
     model_cfg = type(t.model).model_validate({**t.model.model_dump(), "d_model": width, "mup": {"base_width": base} if base else None})

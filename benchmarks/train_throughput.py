@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--recipe cluster/recipes/local.yaml] [--steps 30]
                                           [--layouts auto,1x2,2x1] [--repeat 2] [--set KEY=VALUE ...]
 
-Both run the same model, batch, optimizer, loader and step function (training.loop.train_step)
+Both run the same model, batch, optimizer, loader and step function (training.worker.train_step)
 over the recipe's shards, on the same cores; the plain loop is torch alone (one process, or one per
 rank with torch.distributed + DDP on gloo/nccl), no Ray. A layout WxC is W workers (processes) of
 C CPU threads each. Throughput is tokens over wall time between the end of step `--skip` and the
@@ -37,12 +37,12 @@ def _free_port() -> int:
 
 
 def _plain_worker(rank: int, world: int, recipe: dict, steps: int, port: int, out: str) -> None:
-    """One rank of the plain loop: the Ray Train worker's own Trainer (training.loop), driven without Ray."""
+    """One rank of the plain loop: the Ray Train worker's own Trainer (training.worker), driven without Ray."""
     import torch
     import torch.distributed as dist
 
     from raylm.training.config import TrainJob
-    from raylm.training.loop import Trainer
+    from raylm.training.worker import Trainer
 
     job = TrainJob.from_recipe(recipe)
     device = torch.device(f"cuda:{rank}" if job.train.scaling.use_gpu else "cpu")
@@ -78,9 +78,9 @@ def run_ray(cfg: RunConfig, progress: bool = True) -> list[dict]:
     from contextlib import nullcontext
 
     from raylm.training.config import log_interval
+    from raylm.training.driver import build_trainer
     from raylm.training.metrics import read_metrics
     from raylm.training.progress import TrainProgress
-    from raylm.training.trainer import build_trainer
 
     job = cfg.train_job()
     watch = TrainProgress(job.paths.metrics, job.train.max_steps, log_interval(job.train)) if progress else nullcontext()
@@ -101,7 +101,7 @@ def _fresh_run(cfg: RunConfig, base: RunConfig, tag: str) -> RunConfig:
 def _print_results(results: list[tuple], fpt: float, repeat: int) -> None:
     import torch
 
-    from raylm.training.loop import peak_flops
+    from raylm.training.worker import peak_flops
 
     peak = peak_flops(torch.device("cuda")) if torch.cuda.is_available() else None
     print(f"\nmedians of {repeat} alternated runs each")

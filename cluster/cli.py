@@ -141,7 +141,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _check_inputs(cfg: RunConfig) -> None:
     """A recipe pointing at nothing, or at a file that cannot be used (tokenizer, decontamination sets,
     blocklists), is a user error, before Ray starts."""
-    from raylm.pipelines.sources import list_files
+    from raylm.pipelines.read import list_files
     from raylm.pipelines.userfiles import check_data_files
 
     try:
@@ -170,7 +170,7 @@ def _own_shards(cfg: RunConfig) -> bool:
     """Whether `run` and `tune` build their shards (the run's data/, from the inputs) or read another run's
     (train.data_path: they must exist, and nothing is built). Checked before Ray starts, with train.init_from."""
     from raylm.core.manifest import require_shards
-    from raylm.training.trainer import init_checkpoint
+    from raylm.training.driver import init_checkpoint
 
     if cfg.train.init_from:
         init_checkpoint(cfg.train.init_from)
@@ -201,9 +201,9 @@ def _data(args: argparse.Namespace) -> int:
 def _train_job(cfg: RunConfig) -> int:
     from raylm.core.io import no_space
     from raylm.core.manifest import require_shards
+    from raylm.training.driver import check_init_from, check_resume, run_train, summarize
     from raylm.training.metrics import loss_text
     from raylm.training.scaling import resolve_job
-    from raylm.training.trainer import check_init_from, check_resume, run_train, summarize
 
     started = time.time()
     job = cfg.train_job()
@@ -252,9 +252,9 @@ def _run(args: argparse.Namespace) -> int:
     from raylm.core.manifest import read_manifest
     from raylm.training.checkpoint import load_model
     from raylm.training.data import unigram_entropy
+    from raylm.training.driver import summarize
     from raylm.training.metrics import split_bpb
     from raylm.training.sample import sample
-    from raylm.training.trainer import summarize
 
     cfg = _recipe(args)
     own = _own_shards(cfg)
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the one place that turns every error into a message and an exit code
         from raylm.core.io import no_space
         from raylm.pipelines.run import DataStageError
-        from raylm.training.trainer import TrainingDiverged
+        from raylm.training.driver import TrainingDiverged
 
         if (where := no_space(e)) is not None:  # wherever it happened, in this process or a Ray worker
             print(f"raylm: no space left on device{f' writing {where}' if where else ''}", file=sys.stderr)

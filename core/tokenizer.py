@@ -1,7 +1,7 @@
 """Tokenizers as the shards use them: a tiktoken encoding by name (offline bundles preferred) or a `.tiktoken`
 ranks file with its `.json` sidecar (pattern, special tokens), as a run's data/ and checkpoints keep it; and
 text encoded as the shard format stores a document. Never fetched from a hub at run time. The data stage
-picks the recipe's tokenizer or trains one (pipelines/tokenize.py)."""
+picks the recipe's tokenizer or trains one (pipelines/tokenizers.py)."""
 
 from __future__ import annotations
 

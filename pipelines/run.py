@@ -25,14 +25,14 @@ from raylm.core.schema import ConfigError
 from raylm.core.tokenizer import describe
 from raylm.pipelines.config import DataConfig
 from raylm.pipelines.dedup import Dedup
-from raylm.pipelines.encode import Tokenize
 from raylm.pipelines.process import Process
+from raylm.pipelines.read import Read
 from raylm.pipelines.rundir import RunConflict, holds_other_run
-from raylm.pipelines.sources import Read
 from raylm.pipelines.stage import DataRun, Stage
 from raylm.pipelines.staging import SKIP
 from raylm.pipelines.stats import Stats
-from raylm.pipelines.tokenize import spec_from_config
+from raylm.pipelines.tokenize import Tokenize
+from raylm.pipelines.tokenizers import spec_from_config
 from raylm.pipelines.write import Write
 
 STAGES: tuple[Stage, ...] = (Read(), Process(), Dedup(), Tokenize(), Write())

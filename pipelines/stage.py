@@ -38,7 +38,7 @@ class DataRun:
     root: str  # {storage_path}/{name}/data
     say: Callable[[str], None] = print
     tokenizer: TokenizerSpec | None = None  # the recipe's; the tokenize stage sets it when it trains one
-    files: list = field(default_factory=list)  # read: the input files (pipelines.sources.SourceFile)
+    files: list = field(default_factory=list)  # read: the input files (pipelines.read.SourceFile)
     records: Any = None  # read: the input records, a lazy Ray Dataset (streamed into process, never materialized)
     staging: list[dict] = field(default_factory=list)  # process: one row per staging file (path, first_uid, last_uid, rows), in uid order
     processing: tuple[float, float] | None = None  # process: when the first block began and the last ended (time.time())

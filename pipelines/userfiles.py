@@ -14,7 +14,7 @@ import fsspec
 from raylm.core.io import RecordError, is_local
 from raylm.pipelines.config import DataConfig
 from raylm.pipelines.decontaminate import eval_examples
-from raylm.pipelines.tokenize import spec_from_config
+from raylm.pipelines.tokenizers import spec_from_config
 from raylm.pipelines.url_filter import read_list
 
 

@@ -125,7 +125,7 @@ class _Dups:
 def source_of(s: dict, source_starts: tuple[int, ...]) -> int:
     """The source rank of a staging file (one input block: one file, so one source)."""
     first, last = source_rank(np.array([s["first_uid"], s["last_uid"]]), source_starts)
-    if first != last:  # a block never spans files (pipelines/sources.py): a bug, not an input problem
+    if first != last:  # a block never spans files (pipelines/read.py): a bug, not an input problem
         raise AssertionError(f"{s['path']} holds documents of two sources")
     return int(first)
 

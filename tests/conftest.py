@@ -115,7 +115,7 @@ def tiny_trainer(root, **train):
     import torch
 
     from raylm.training.config import TrainJob
-    from raylm.training.loop import Trainer
+    from raylm.training.worker import Trainer
 
     t = {"model": TINY_MODEL, "batch": {"micro_batch_size": 2, "global_batch_tokens": 64}, "max_steps": 4, "data_path": str(root / "data")}
     t["scaling"] = {"num_workers": 1, "use_gpu": False, "resources_per_worker": {"CPU": 1}}

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raylm.pipelines.config import ExecutionConfig, InputSpec, RejectConfig
-from raylm.pipelines.sources import SourceFile, list_files, read_file
+from raylm.pipelines.read import SourceFile, list_files, read_file
 from tests.conftest import ROOT
 
 DOCS = [{"id": f"d{i}", "text": f"document {i} " + "lorem ipsum dolor sit amet " * 60} for i in range(3)]

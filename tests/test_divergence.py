@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from raylm.training.driver import TrainingDiverged, check_diverged
 from raylm.training.metrics import read_metrics
-from raylm.training.trainer import TrainingDiverged, check_diverged
 from tests.conftest import tiny_trainer
 
 

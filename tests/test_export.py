@@ -9,7 +9,7 @@ from raylm.cluster.cli import main
 from raylm.cluster.recipe import RunConfig
 from raylm.core.tokenizer import describe, load_encoding
 from raylm.pipelines.rundir import claim
-from raylm.pipelines.tokenize import train_bpe
+from raylm.pipelines.tokenizers import train_bpe
 from raylm.training import checkpoint
 from raylm.training.export import EXPORT_MARKER
 from raylm.training.model import GPT, GPTConfig

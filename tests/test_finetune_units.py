@@ -14,10 +14,10 @@ from raylm.core.schema import ConfigError
 from raylm.core.shards import iter_documents
 from raylm.core.tokenizer import encode_with_masks, load_encoding
 from raylm.pipelines.config import DataConfig, InputSpec, TokenizerConfig
+from raylm.pipelines.read import _record_text
 from raylm.pipelines.shards import ShardWriter
-from raylm.pipelines.sources import _record_text
 from raylm.pipelines.tasks import build_play_task, speeches
-from raylm.pipelines.tokenize import spec_from_config
+from raylm.pipelines.tokenizers import spec_from_config
 from raylm.training.config import ModelConfig
 from raylm.training.data import ShardWindows
 from raylm.training.evaluate import bleu, classification_metrics, label_logprobs, lm_metrics, split_examples
@@ -175,8 +175,8 @@ def test_play_task_builder(tmp_path):
 
 def test_init_from_must_match_model_and_tokenizer(tmp_path):
     from raylm.core.tokenizer import describe
-    from raylm.pipelines.tokenize import train_bpe
-    from raylm.training.trainer import check_init_from
+    from raylm.pipelines.tokenizers import train_bpe
+    from raylm.training.driver import check_init_from
     from tests.conftest import sample_docs
     from tests.test_export import write_checkpoint
 
@@ -205,7 +205,7 @@ def test_eval_on_files_text_and_task_records(tmp_path):
     """`raylm eval --file`: a text file gives LM metrics over all its tokens; a prompt/completion .jsonl
     gives masked LM metrics and task metrics, with the labels read from the file itself."""
     from raylm.cluster.cli import main
-    from raylm.pipelines.tokenize import train_bpe
+    from raylm.pipelines.tokenizers import train_bpe
     from tests.conftest import sample_docs
     from tests.test_export import write_checkpoint
 
@@ -237,7 +237,7 @@ def test_masked_accumulation_weighs_tokens_not_micro_batches():
     import copy
     from contextlib import nullcontext
 
-    from raylm.training.loop import train_step
+    from raylm.training.worker import train_step
 
     a = _model()
     b = copy.deepcopy(a)

@@ -151,7 +151,7 @@ def _mixture_run(tmp_path, weights=None):
 
 @pytest.mark.slow  # real shards and steps: ~5-15 s
 def test_trainer_steps_count_tokens_per_source_and_resume_bitwise(tmp_path):
-    from raylm.training.loop import Trainer
+    from raylm.training.worker import Trainer
 
     job = _mixture_run(tmp_path)
     a = Trainer(job, 0, 1, torch.device("cpu"))
@@ -170,7 +170,7 @@ def test_trainer_steps_count_tokens_per_source_and_resume_bitwise(tmp_path):
 
 @pytest.mark.slow  # real shards and steps: ~5-15 s
 def test_a_schedule_and_an_unknown_source(tmp_path):
-    from raylm.training.loop import Trainer
+    from raylm.training.worker import Trainer
 
     job = _mixture_run(tmp_path, "[{until_step: 10, weights: {web: 1.0, books: 0.0}}, {weights: {web: 0.0, books: 1.0}}]")
     t = Trainer(job, 0, 1, torch.device("cpu"))
@@ -183,7 +183,7 @@ def test_a_schedule_and_an_unknown_source(tmp_path):
 
 @pytest.mark.slow  # real shards and steps: ~5-15 s
 def test_validation_per_source_beside_the_whole_split(tmp_path):
-    from raylm.training.loop import Trainer
+    from raylm.training.worker import Trainer
 
     t = Trainer(_mixture_run(tmp_path), 0, 1, torch.device("cpu"))
     for _ in range(5):
@@ -230,7 +230,7 @@ def test_a_resume_with_other_source_weights_is_refused(tmp_path):
     from raylm.core.schema import ConfigError
     from raylm.training import checkpoint
     from raylm.training.config import TrainJob
-    from raylm.training.trainer import check_resume
+    from raylm.training.driver import check_resume
 
     def recipe(web: float) -> dict:
         sources = {"web": {"inputs": [{"path": "w.jsonl"}], "weight": web}, "books": {"inputs": [{"path": "b.jsonl"}], "weight": 0.2}}

@@ -18,8 +18,8 @@ import pytest
 from raylm.cluster.recipe import load_config
 from raylm.pipelines.run import run_data
 from raylm.training.config import EvalOptions
+from raylm.training.driver import run_train
 from raylm.training.evaluate import print_results, run_eval
-from raylm.training.trainer import run_train
 from tests.conftest import ROOT, sample_docs, write_jsonl
 
 pytestmark = pytest.mark.slow

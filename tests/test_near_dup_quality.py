@@ -11,10 +11,10 @@ from raylm.core.io import makedirs
 from raylm.pipelines.clean import normalize
 from raylm.pipelines.dedup import run_dedup, words_of
 from raylm.pipelines.process import Process
+from raylm.pipelines.read import Read
 from raylm.pipelines.run import run_data, run_stages
-from raylm.pipelines.sources import Read
 from raylm.pipelines.stage import DataRun
-from raylm.pipelines.tokenize import spec_from_config
+from raylm.pipelines.tokenizers import spec_from_config
 from tests.conftest import ROOT, write_jsonl
 
 pytestmark = pytest.mark.slow

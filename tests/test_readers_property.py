@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from raylm.pipelines.config import ExecutionConfig, InputSpec, RejectConfig
 from raylm.pipelines.jsonarray import ArrayItems, starts_array
-from raylm.pipelines.sources import SourceFile, read_file
+from raylm.pipelines.read import SourceFile, read_file
 
 MAX_BYTES = 2048  # small, so that "huge" records are cheap to generate
 REJECT = RejectConfig(max_bytes=MAX_BYTES)

@@ -18,12 +18,12 @@ from raylm.core.io import makedirs
 from raylm.core.tokenizer import encode_documents
 from raylm.pipelines.clean import Filter, Normalize
 from raylm.pipelines.dedup import Dedup, ExactHash, MinHashSign, words_of
-from raylm.pipelines.encode import Tokenize, TokenizeFile
 from raylm.pipelines.process import STEPS, Process
+from raylm.pipelines.read import Read
 from raylm.pipelines.run import STAGES, run_stages
-from raylm.pipelines.sources import Read
 from raylm.pipelines.stage import Block, Chunk, DataRun
-from raylm.pipelines.tokenize import spec_from_config
+from raylm.pipelines.tokenize import Tokenize, TokenizeFile
+from raylm.pipelines.tokenizers import spec_from_config
 from raylm.pipelines.write import Write
 from tests.conftest import write_jsonl
 

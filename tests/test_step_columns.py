@@ -8,7 +8,7 @@ import pytest
 
 from raylm.cluster.recipe import load_config
 from raylm.pipelines.process import COLUMNS, STEPS, DocProcessor
-from raylm.pipelines.sources import SCHEMA
+from raylm.pipelines.read import SCHEMA
 from raylm.pipelines.stage import Chunk, Column, Step, columns_of
 from raylm.pipelines.staging import staging_schema
 from raylm.pipelines.write import DOCS_SCHEMA, docs_rows, docs_schema

@@ -31,7 +31,7 @@ def _imported(tree: ast.AST):
 
 
 def _layer(name: str) -> str | None:
-    """The capability a module name belongs to ("raylm.training.loop": training), None outside them."""
+    """The capability a module name belongs to ("raylm.training.worker": training), None outside them."""
     parts = name.split(".")
     return parts[1] if len(parts) > 1 and parts[0] == "raylm" and parts[1] in LAYERS else None
 

@@ -8,8 +8,8 @@ import pytest
 
 from raylm.cluster.recipe import load_config
 from raylm.training.checkpoint import load_model
+from raylm.training.driver import run_train
 from raylm.training.sample import SampleOptions, sample
-from raylm.training.trainer import run_train
 from tests.conftest import PRETRAIN, ROOT
 
 pytestmark = pytest.mark.slow

@@ -200,12 +200,12 @@ def test_a_record_over_max_bytes_is_never_held_whole_whatever_its_length_claims(
 
 
 def _read(data: bytes, max_bytes: int = RejectConfig().max_bytes) -> list[dict]:
-    """The read stage's rows of `data` as a file `c.warc.gz` (pipelines.sources.read_file, no Ray)."""
+    """The read stage's rows of `data` as a file `c.warc.gz` (pipelines.read.read_file, no Ray)."""
     import tempfile
     from pathlib import Path
 
     from raylm.pipelines.config import ExecutionConfig, InputSpec
-    from raylm.pipelines.sources import SourceFile, read_file
+    from raylm.pipelines.read import SourceFile, read_file
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "c.warc.gz"

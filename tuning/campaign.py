@@ -30,9 +30,9 @@ from raylm.core.progress import verbose
 from raylm.core.schema import ConfigError
 from raylm.training import checkpoint
 from raylm.training.config import TrainConfig, TrainJob
+from raylm.training.driver import check_diverged, fit_in_thread
 from raylm.training.scaling import resolve_job
 from raylm.training.tracking import campaign_tracking, end_campaign
-from raylm.training.trainer import check_diverged, fit_in_thread
 from raylm.tuning.config import Recipe, TuneConfig
 from raylm.tuning.results import OUTCOME
 from raylm.tuning.space import apply_trial, to_tune, validate_space
@@ -72,7 +72,7 @@ def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None =
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.util.queue import Queue
 
-    from raylm.training.trainer import build_trainer
+    from raylm.training.driver import build_trainer
     from raylm.tuning.forward import AckReports
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -133,7 +133,7 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tra
     import ray.tune
     from ray.util.queue import Empty, Queue
 
-    from raylm.training.trainer import build_trainer
+    from raylm.training.driver import build_trainer
     from raylm.tuning.forward import ForwardReports
 
     start = ray.tune.get_checkpoint()

@@ -25,8 +25,8 @@ def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str 
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
-    from raylm.training.loop import train_loop_per_worker
     from raylm.training.scaling import resolve_job
+    from raylm.training.worker import train_loop_per_worker
 
     job = resolve_job(job.absolute())  # the workers and checkpoints carry the layout actually used
     t = job.train
@@ -92,7 +92,7 @@ class TrainingDiverged(RuntimeError):
 
 def check_diverged(paths: RunPaths, rows: list[dict] | None = None) -> None:
     """TrainingDiverged, with the step and the checkpoint left as the latest, if the run's last metrics row
-    says training stopped on non-finite values (training/loop.py: Trainer.divergence). `rows`: metrics.jsonl
+    says training stopped on non-finite values (training/worker.py: Trainer.divergence). `rows`: metrics.jsonl
     when the caller has read it already."""
     from raylm.training import checkpoint
     from raylm.training.metrics import read_metrics
