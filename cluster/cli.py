@@ -153,23 +153,25 @@ def _check_inputs(cfg: RunConfig) -> None:
 
 def _data_stage(cfg: RunConfig, force: bool) -> None:
     """The data stage, on the recipe's Ray (started only when there is work, unless already connected);
-    the caller has checked the inputs."""
-    from raylm.core.manifest import has_manifest
+    the caller has checked the inputs. A finished stage's reuse leaves the run.json of the run that made it."""
+    from contextlib import contextmanager
+
     from raylm.pipelines.run import run_data
 
-    if not force and has_manifest(cfg.paths.data):
-        run_data(cfg.data, cfg.paths)  # nothing to do (or a ConfigError): the run.json of the run that made it stays
-        return
-    init_ray(cfg.ray, dashboard=False)  # a no-op under `run` and `tune`, which connected first (with it)
-    # recorded when it ends: the stage starts by wiping an unfinished data/
-    with recorded(cfg.paths.data, "data", _dump(cfg), at_start=False, code_of=exit_code):
-        run_data(cfg.data, cfg.paths, force=force)
+    @contextmanager
+    def work():
+        init_ray(cfg.ray, dashboard=False)  # a no-op under `run` and `tune`, which connected first (with it)
+        # recorded when it ends: the stage starts by wiping an unfinished data/
+        with recorded(cfg.paths.data, "data", _dump(cfg), at_start=False, code_of=exit_code):
+            yield
+
+    run_data(cfg.data, cfg.paths, force=force, work=work)
 
 
 def _own_shards(cfg: RunConfig) -> bool:
-    """Whether `run` and `tune` build their shards (the run's data/, from the inputs) or read another run's
-    (train.data_path: they must exist, and nothing is built). Checked before Ray starts, with train.init_from."""
-    from raylm.core.manifest import require_shards
+    """Whether `run` and `tune` build their shards (the run's data/, from the inputs: checked here) or read another
+    run's (train.data_path: preflight checks they exist, and nothing is built). train.init_from is looked up here
+    too: all before Ray starts, ahead of the data stage."""
     from raylm.training.driver import init_checkpoint
 
     if cfg.train.init_from:
@@ -177,7 +179,6 @@ def _own_shards(cfg: RunConfig) -> bool:
     if cfg.train.data_path is None:
         _check_inputs(cfg)
         return True
-    require_shards(cfg.paths.shards, " (it is train.data_path: raylm reads those shards, it does not build them)")
     return False
 
 
@@ -200,19 +201,11 @@ def _data(args: argparse.Namespace) -> int:
 
 def _train_job(cfg: RunConfig) -> int:
     from raylm.core.io import no_space
-    from raylm.core.manifest import require_shards
-    from raylm.training.driver import check_init_from, check_resume, run_train, summarize
+    from raylm.training.driver import preflight, run_train, summarize
     from raylm.training.metrics import loss_text
-    from raylm.training.scaling import resolve_job
 
     started = time.time()
-    job = cfg.train_job()
-    require_shards(cfg.paths.shards)  # what can be wrong fails before Ray starts
-    check_resume(job)
-    if job.train.init_from:
-        check_init_from(job)
-    init_ray(cfg.ray)
-    job = resolve_job(job)
+    job = preflight(cfg.train_job(), connect=lambda: init_ray(cfg.ray))  # what can be wrong fails before Ray starts
     with recorded(cfg.paths.train, "train", _dump(cfg), code_of=exit_code) as rec:
         rec["layout"] = describe_batch(job.train)
         print(f"raylm train: {rec['layout']}, {job.train.max_steps:,} steps", flush=True)
@@ -259,8 +252,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = _recipe(args)
     own = _own_shards(cfg)
     with _owned(cfg, *(("data", "train") if own else ("train",))):
-        init_ray(cfg.ray)  # whether or not the data is done: say first which Ray
         if own:
+            init_ray(cfg.ray)  # whether or not the data is done: say first which Ray
             _data_stage(cfg, args.force)
         rc = _train_job(cfg)
     if rc:
@@ -296,14 +289,16 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _campaign(cfg: RunConfig, args: argparse.Namespace, own: bool) -> int:
-    from raylm.tuning.campaign import run_tune
+    from raylm.training.driver import preflight
+    from raylm.tuning.campaign import TRIALS_HINT, run_tune
     from raylm.tuning.results import OUTCOME, best_row, collect, interrupted_summary, print_summary, write_results
 
-    init_ray(cfg.ray)
     if own:
+        init_ray(cfg.ray)
         _data_stage(cfg, args.force)
+    job = preflight(cfg.train_job(), own=False, hint=TRIALS_HINT, connect=lambda: init_ray(cfg.ray))
     with recorded(cfg.paths.tune, "tune", _dump(cfg), code_of=exit_code) as rec:
-        grid = run_tune(cfg, resume=args.resume)
+        grid = run_tune(cfg, job, resume=args.resume)
         rows = collect(cfg, grid)
         print_summary(cfg, rows, write_results(cfg, rows))
         best = best_row(cfg, rows)

@@ -67,8 +67,8 @@ class RunConfig(Strict):
         return RunPaths.of(self)
 
     def train_job(self) -> TrainJob:
-        """What training takes of this recipe (training/config.py)."""
-        return TrainJob.from_recipe(self.model_dump(mode="json"))
+        """What training takes of this recipe (training/config.py), of its section as validated here."""
+        return TrainJob(self.train, self.paths, self.model_dump(mode="json"))
 
 
 class RecipeLoader(yaml.SafeLoader):

@@ -12,12 +12,13 @@ is a pure function of the input and recipe, the result is byte-identical to an u
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import fsspec
 
+from raylm.core.changes import changes
 from raylm.core.io import exists, makedirs, rm_tree, touch, write_json
 from raylm.core.manifest import FORMAT, VERSION, Manifest, has_manifest, read_manifest, write_manifest
 from raylm.core.paths import REMOVED, REMOVED_PLOT, STAGE_MARKER, STATS, TOKENIZER, WORK, RunPaths
@@ -46,30 +47,16 @@ class DataStageError(RuntimeError):
     """The stage ran but produced nothing usable (every document removed): the CLI exits 1 with this message."""
 
 
-# the data section keys that decide the output; `execution` (workers, block sizes) changes only how it is computed
-_OUTPUT_KEYS = ("inputs", "sources", "extract", "url_filter", "language", "pii", "clean", "reject", "dedup", "decontaminate", "tokenizer", "output")
+# data keys a finished data stage may be reused under: how its output is computed (workers, block sizes), and a
+# source's weight, which training reads (as it reads train.mixture); any other change asks for other shards
+RERUN_SAFE = ("data.execution", "data.sources.*.weight")
 
 
-def _flat(d, prefix: str = "") -> dict:
-    if isinstance(d, dict):
-        return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}.{key}" if prefix else str(key)).items()}
-    if isinstance(d, list):
-        return {k: v for i, val in enumerate(d) for k, v in _flat(val, f"{prefix}[{i}]").items()} or {prefix: []}
-    return {prefix: d}
-
-
-def changed_keys(finished: dict, wanted: dict) -> list[str]:
-    """Dotted data.* keys whose value differs between a finished run's config and the recipe's."""
-    # a key a finished run's config lacks (made before the key existed) had its default's effect then
-    default = DataConfig().model_dump(mode="json")  # without `sources`: a dump holds one of inputs and sources
-    defaults = _flat({k: default[k] for k in _OUTPUT_KEYS if k in default}, "data")
-    a = _flat({k: finished.get(k) for k in _OUTPUT_KEYS if k in finished}, "data")
-    present = set(a) | {k.split("[", 1)[0] for k in a}  # a list's items are keys of their own: data.x[0]
-    a = {**{k: v for k, v in defaults.items() if k not in present and not k.startswith("data.inputs")}, **a}
-    b = _flat({k: wanted.get(k) for k in _OUTPUT_KEYS if k in wanted}, "data")
-    # a source's weight is read by training (as train.mixture is): a new weight needs no new shards
-    weight = re.compile(r"data\.sources\.[^.]+\.weight$")
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not weight.match(k))
+def changed_keys(finished: dict, wanted: dict, schema: type[DataConfig] = DataConfig) -> list[str]:
+    """Dotted data.* keys whose value differs between a finished run's config and the recipe's (core/changes.py)."""
+    # a dump holds one of inputs and sources: a finished run's config lacking `inputs` read its sources
+    defaults = {k: v for k, v in schema().model_dump(mode="json").items() if k != "inputs"}
+    return list(changes(finished, wanted, "data", RERUN_SAFE, defaults))
 
 
 def _reuse_finished(data: DataConfig, root: str, say: Callable[[str], None]) -> Manifest:
@@ -183,12 +170,26 @@ def _write_stats(root: str, stages: dict[str, Stats], total: float, docs_in: int
     return stats
 
 
-def run_data(data: DataConfig, paths: RunPaths, force: bool = False, say: Callable[[str], None] = _say, summary: bool = True) -> Manifest:
-    """raw text -> shards + manifest + removed.parquet + stats.json in paths.data. Returns the manifest.
+def run_data(
+    data: DataConfig,
+    paths: RunPaths,
+    force: bool = False,
+    say: Callable[[str], None] = _say,
+    summary: bool = True,
+    work: Callable[[], AbstractContextManager] = nullcontext,
+) -> Manifest:
+    """raw text -> shards + manifest + removed.parquet + stats.json in paths.data. Returns the manifest: a finished
+    run's, when it was made by this data section (ConfigError when by another), unless `force`. `work`: what the
+    stage runs inside when there is work to do (the CLI starts Ray and records the run there), entered only then.
     Runs on the Ray instance this process is connected to (cluster.runtime.init_ray), else a new local one."""
-    root = paths.data
-    if has_manifest(root) and not force:
-        return _reuse_finished(data, root, say)
+    if has_manifest(paths.data) and not force:
+        return _reuse_finished(data, paths.data, say)
+    with work():
+        return _build(data, paths.data, say, summary)
+
+
+def _build(data: DataConfig, root: str, say: Callable[[str], None], summary: bool) -> Manifest:
+    """Every stage from the inputs, in a clean `root`; the manifest last."""
     t_start, started = time.perf_counter(), time.time()
     tok = None if data.tokenizer.train is not None else spec_from_config(data.tokenizer)  # a bad name fails before any work
     _start(root, say)

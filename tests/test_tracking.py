@@ -4,11 +4,11 @@ import pytest
 
 from raylm.core.paths import RunPaths
 from raylm.core.schema import ConfigError
-from raylm.training.tracking import flat, mlflow_uri, wandb_mode
+from raylm.training.tracking import mlflow_params, mlflow_uri, wandb_mode
 
 
 def test_flat_recipe_keys():
-    assert flat({"train": {"optim": {"lr": 0.1, "betas": [0.9, 0.95]}, "loggers": ["mlflow"]}, "name": "x"}) == {
+    assert mlflow_params({"train": {"optim": {"lr": 0.1, "betas": [0.9, 0.95]}, "loggers": ["mlflow"]}, "name": "x"}) == {
         "train.optim.lr": 0.1,
         "train.optim.betas": "[0.9, 0.95]",
         "train.loggers": '["mlflow"]',

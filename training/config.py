@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from raylm.core.io import absolute
 from raylm.core.paths import RunPaths
@@ -125,10 +125,10 @@ def batch_layout_error(global_tokens: int, micro: int, seq_len: int, workers: in
 def accumulation_steps(t: TrainConfig, world: int) -> int:
     """Micro-steps per optimizer step so that one step sees exactly `global_batch_tokens` on `world` workers."""
     b = t.batch
-    why = batch_layout_error(b.global_batch_tokens, b.micro_batch_size, t.model.seq_len, world)
-    if why:  # the recipe validated with scaling.num_workers; another world is a bug, never a rounding
-        raise ValueError(why)
-    return b.global_batch_tokens // (b.micro_batch_size * t.model.seq_len * world)
+    per = b.micro_batch_size * t.model.seq_len * world
+    if b.global_batch_tokens % per:  # the layout was checked for scaling.num_workers; another world is a bug, never a rounding
+        raise ValueError(batch_layout_error(b.global_batch_tokens, b.micro_batch_size, t.model.seq_len, world))
+    return b.global_batch_tokens // per
 
 
 def describe_batch(t: TrainConfig) -> str:
@@ -216,15 +216,20 @@ class TrainJob:
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any]) -> TrainJob:
         train = TrainConfig.model_validate(recipe.get("train") or {})
-        return cls(train, RunPaths(recipe["storage_path"], recipe["name"], train.data_path), recipe)
+        return TrainJob(train, RunPaths(recipe["storage_path"], recipe["name"], train.data_path), recipe)
+
+    def with_train(self, **values: Any) -> TrainJob:
+        """The job with these train keys set, in its section and its recipe alike, to values already checked
+        (the caller's: they are not validated again)."""
+        train = self.train.model_copy(update=values)
+        dumped = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in values.items()}
+        recipe = {**self.recipe, "train": {**(self.recipe.get("train") or {}), **dumped}}
+        return TrainJob(train, RunPaths(recipe["storage_path"], recipe["name"], train.data_path), recipe)
 
     def absolute(self) -> TrainJob:
         """Local paths made absolute: Ray workers do not share the driver's working directory."""
-        r = {**self.recipe, "storage_path": absolute(self.paths.storage_path), "train": dict(self.recipe["train"])}
-        for key in ("data_path", "init_from"):
-            if r["train"].get(key):
-                r["train"][key] = absolute(r["train"][key])
-        return TrainJob.from_recipe(r)
+        job = TrainJob(self.train, self.paths, {**self.recipe, "storage_path": absolute(self.paths.storage_path)})
+        return job.with_train(**{k: absolute(v) for k in ("data_path", "init_from") if (v := getattr(self.train, k))})
 
 
 @dataclass

@@ -8,27 +8,68 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from raylm.core.changes import changes
 from raylm.core.manifest import read_manifest, require_shards
 from raylm.core.paths import TOKENIZER, RunPaths
 from raylm.core.schema import ConfigError
-from raylm.training.config import TrainJob
+from raylm.training.config import TrainConfig, TrainJob
+
+# what the missing-shards message adds when they are another run's
+DATA_PATH_HINT = " (it is train.data_path: raylm reads those shards, it does not build them)"
+
+
+@dataclass(frozen=True)
+class PreparedJob(TrainJob):
+    """A job `preflight` has checked and laid out: local paths absolute (Ray workers do not share the driver's
+    working directory) and train.scaling resolved for the cluster. build_trainer and run_train take it as it is."""
+
+    @classmethod
+    def derived(cls, recipe: dict) -> PreparedJob:
+        """The job of a prepared job's recipe with other values set and its own run name (a Tune trial's): validated
+        again, its batch rule included (its layout being resolved)."""
+        job = TrainJob.from_recipe(recipe)
+        if not job.train.scaling.resolved:
+            raise ValueError("a derived job keeps the prepared job's resolved train.scaling")
+        return cls(job.train, job.paths, job.recipe)
+
+
+def preflight(
+    job: TrainJob, own: bool = True, hint: str = "", connect: Callable[[], None] | None = None, nodes: list[dict[str, float]] | None = None
+) -> PreparedJob:
+    """The train job checked and resolved once per command, before anything trains: its shards exist (`hint`: what
+    their absence adds, DATA_PATH_HINT for train.data_path); with `own` (the command trains the run's own train/,
+    as `raylm train` and `run` do), its checkpoints are of this recipe (check_resume) and train.init_from fits it
+    (check_init_from). Then `connect` (Ray: nothing above needs it, so what can be wrong fails before it starts),
+    and train.scaling resolved for the cluster (or `nodes`): ConfigError when the batch does not divide among them."""
+    from raylm.training.scaling import resolve_job
+
+    job = job.absolute()
+    require_shards(job.paths.shards, DATA_PATH_HINT if job.train.data_path else hint)
+    if own:
+        check_resume(job)
+        if job.train.init_from:
+            check_init_from(job)
+    if connect is not None:
+        connect()
+    job = resolve_job(job, nodes)
+    return PreparedJob(job.train, job.paths, job.recipe)
 
 
 def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str | None = None, acks=None, tracking: dict | None = None):
-    """A TorchTrainer for the recipe (`callbacks`: Ray Train UserCallbacks, e.g. Tune's report callback;
-    `start_from`: a checkpoint directory whose full state a new run continues from, as a PBT trial does
-    from another's; the run's own checkpoints, after a failure, take precedence; `acks`: a queue that
-    acknowledges each report, which the workers wait for before training on, as Tune trials do; `tracking`:
+    """A TorchTrainer for the job (prepared here unless it is a PreparedJob; `callbacks`: Ray Train UserCallbacks,
+    e.g. Tune's report callback; `start_from`: a checkpoint directory whose full state a new run continues from, as
+    a PBT trial does from another's; the run's own checkpoints, after a failure, take precedence; `acks`: a queue
+    that acknowledges each report, which the workers wait for before training on, as Tune trials do; `tracking`:
     where rank 0's MLflow / W&B runs go, training.tracking.tracking_info, resolved here when not given)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
-    from raylm.training.scaling import resolve_job
     from raylm.training.worker import train_loop_per_worker
 
-    job = resolve_job(job.absolute())  # the workers and checkpoints carry the layout actually used
+    job = job if isinstance(job, PreparedJob) else preflight(job, own=False)  # the workers and checkpoints carry the layout used
     t = job.train
     if tracking is None and {"mlflow", "wandb"} & set(t.loggers):
         from raylm.training.tracking import tracking_info
@@ -36,7 +77,7 @@ def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str 
         tracking = tracking_info(job)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"recipe": job.recipe, "start_from": start_from, "acks": acks, "tracking": tracking},
+        train_loop_config={"job": job, "start_from": start_from, "acks": acks, "tracking": tracking},
         scaling_config=ScalingConfig(
             num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu, resources_per_worker=t.scaling.resources_per_worker
         ),
@@ -109,16 +150,14 @@ def check_diverged(paths: RunPaths, rows: list[dict] | None = None) -> None:
 
 
 def run_train(job: TrainJob, started: float | None = None):
-    """Fit (or resume) the run's training with progress lines on this (the driver's) output, then draw its
-    loss curve to train/loss.png. Runs on the Ray instance this process is connected to
+    """Fit (or resume) the run's training (of the job, prepared here unless it is a PreparedJob) with progress
+    lines on this (the driver's) output, then draw its loss curve to train/loss.png. Runs on the Ray instance this process is connected to
     (cluster.runtime.init_ray), else a new local one. `started`: time.time() when the command began."""
     from raylm.training.config import log_interval
     from raylm.training.metrics import plot_losses, read_metrics
     from raylm.training.progress import TrainProgress
 
-    require_shards(job.paths.shards)
-    if job.train.init_from:
-        check_init_from(job)
+    job = job if isinstance(job, PreparedJob) else preflight(job)
     trainer = build_trainer(job)
     with TrainProgress(job.paths.metrics, job.train.max_steps, log_interval(job.train), started):
         result = fit_interruptibly(trainer)
@@ -170,40 +209,49 @@ def check_init_from(job: TrainJob) -> str:
 
 
 # train keys a resumed run may change: how long it trains, how often it evaluates, saves and logs, where metrics
-# go, its layout, retries and kernels; any other change would continue one recipe's state under another
-RESUMABLE = (
-    "max_steps",
-    "max_nonfinite_losses",
-    "eval",
-    "checkpoint",
-    "report_every",
-    "log_every",
-    "loggers",
-    "scaling",
-    "failure",
-    "precision",
-    "compile",
-    "init_from",
+# go, its layout, retries and kernels; any other change (a new section too) would continue one recipe's state
+# under another
+RESUME_SAFE = tuple(
+    f"train.{k}"
+    for k in (
+        "max_steps",
+        "max_nonfinite_losses",
+        "eval",
+        "checkpoint",
+        "report_every",
+        "log_every",
+        "loggers",
+        "scaling",
+        "failure",
+        "precision",
+        "compile",
+        "init_from",
+    )
 )
+
+
+def resume_changes(meta: dict, train: TrainConfig) -> list[str]:
+    """The train keys outside RESUME_SAFE that differ between a checkpoint's meta.json and `train`, in words
+    (core/changes.py; checkpoints from before meta.json held the train section: the model only)."""
+    want, defaults = train.model_dump(mode="json"), type(train)().model_dump(mode="json")
+    have = meta.get("train")
+    if have is None:
+        have, want, defaults = {"model": meta.get("model")}, {"model": want["model"]}, {"model": defaults["model"]}
+    return [f"{k} is {a!r} there, {b!r} here" for k, (a, b) in changes(have, want, "train", RESUME_SAFE, defaults).items()]
 
 
 def check_resume(job: TrainJob) -> None:
     """A run with checkpoints resumes: refuse (ConfigError) when the recipe's train section differs from the one
-    its latest checkpoint was trained with in a key outside RESUMABLE (checkpoints from before meta.json held the
-    train section: the model only)."""
+    its latest checkpoint was trained with (resume_changes), or the sources' weights do."""
     from raylm.training import checkpoint
     from raylm.training.mixture import recipe_weights
-    from raylm.training.tracking import flat
 
     try:
         ckpt = checkpoint.latest(job.paths.root)
     except FileNotFoundError:
         return
     meta = checkpoint.read_meta(f"{ckpt}/{checkpoint.META}")
-    want = job.train.model_dump(mode="json")
-    have = meta.get("train") or {"model": meta.get("model")}
-    have, want = flat({k: v for k, v in have.items() if k not in RESUMABLE}), flat({k: want[k] for k in have if k not in RESUMABLE})
-    diff = [f"train.{k} is {have.get(k)!r} there, {want.get(k)!r} here" for k in sorted(have.keys() | want.keys()) if have.get(k) != want.get(k)]
+    diff = resume_changes(meta, job.train)
     weights = recipe_weights(job.recipe)
     if meta.get("weights") and meta["weights"] != weights:  # a mixture drawn by other weights
         diff.append(f"data.sources weights are {meta['weights']} there, {weights} here")

@@ -49,4 +49,4 @@ def resolve_job(job: TrainJob, nodes: list[dict[str, float]] | None = None) -> T
     why = batch_layout_error(b.global_batch_tokens, b.micro_batch_size, t.model.seq_len, r.num_workers)
     if why:
         raise ConfigError(f"{why} (train.scaling.num_workers auto: {r.num_workers} on this cluster)")
-    return TrainJob.from_recipe({**job.recipe, "train": {**job.recipe["train"], "scaling": r.model_dump(mode="json")}})
+    return job.with_train(scaling=r)

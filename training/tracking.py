@@ -21,6 +21,7 @@ from typing import Any
 
 import fsspec
 
+from raylm.core.changes import flat
 from raylm.core.io import is_local, write_json
 from raylm.core.paths import RunPaths
 from raylm.core.redact import redacted
@@ -31,11 +32,9 @@ TRACKING = "tracking.json"  # in train/: where this run's MLflow and W&B runs ar
 STEP_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_ppl", "val_bpb")
 
 
-def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested recipe as dotted keys (MLflow params are flat)."""
-    if isinstance(d, dict):
-        return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}.{key}" if prefix else str(key)).items()}
-    return {prefix: json.dumps(d) if isinstance(d, list) else d}
+def mlflow_params(recipe: dict) -> dict[str, Any]:
+    """A nested recipe as MLflow params, which are flat: dotted keys, a list one JSON value."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flat(recipe, lists=False).items()}
 
 
 def mlflow_uri(paths: RunPaths) -> str:
@@ -84,7 +83,7 @@ def campaign_tracking(job: TrainJob, campaign: str, recipe: dict) -> dict | None
         client = mlflow.MlflowClient(info["mlflow_uri"])
         exp = client.get_experiment_by_name(info["experiment"])
         run = client.create_run(exp.experiment_id, run_name=info["run_name"], tags={"raylm.run": job.paths.root, "raylm.stage": "tune"})
-        params = flat(redacted(recipe))
+        params = mlflow_params(redacted(recipe))
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
             client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in list(params.items())[i : i + 100]])
         info["parent"] = run.info.run_id
@@ -147,7 +146,7 @@ class Trackers:
             _experiment(mlflow, info)
             tags.update({"mlflow.parentRunId": info["parent"]} if info.get("parent") else {})
             self.mlflow = setup_mlflow(
-                flat(recipe), tracking_uri=info["mlflow_uri"], experiment_name=info["experiment"], run_name=info["run_name"], tags=tags
+                mlflow_params(recipe), tracking_uri=info["mlflow_uri"], experiment_name=info["experiment"], run_name=info["run_name"], tags=tags
             )
         if "wandb" in loggers:
             self.wandb = _open_wandb(job, info)

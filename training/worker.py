@@ -319,6 +319,6 @@ def train_loop_per_worker(config: dict) -> None:
 
     _quiet_ray_train_reports()
     ctx = ray.train.get_context()
-    trainer = Trainer(TrainJob.from_recipe(config["recipe"]), ctx.get_world_rank(), ctx.get_world_size(), rtt.get_device())
+    trainer = Trainer(config["job"], ctx.get_world_rank(), ctx.get_world_size(), rtt.get_device())
     trainer.restore(ray.train.get_checkpoint(), config.get("start_from"))
     trainer.fit(config.get("acks"), config.get("tracking"))

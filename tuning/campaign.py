@@ -23,19 +23,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from raylm.core.io import absolute
-from raylm.core.manifest import require_shards
 from raylm.core.paths import RunPaths
 from raylm.core.progress import verbose
 from raylm.core.schema import ConfigError
 from raylm.training import checkpoint
 from raylm.training.config import TrainConfig, TrainJob
-from raylm.training.driver import check_diverged, fit_in_thread
-from raylm.training.scaling import resolve_job
+from raylm.training.driver import PreparedJob, check_diverged, fit_in_thread, preflight
 from raylm.training.tracking import campaign_tracking, end_campaign
 from raylm.tuning.config import Recipe, TuneConfig
 from raylm.tuning.results import OUTCOME
 from raylm.tuning.space import apply_trial, to_tune, validate_space
+
+TRIALS_HINT = " (trials only read shards)"  # what a campaign's missing-shards message adds
 
 # What PBT may change under a running model: optimizer hyperparameters and dropout, not its shape or data.
 PBT_KEYS = ("train.optim.", "train.model.dropout")
@@ -78,7 +77,7 @@ def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None =
     trial_id = ray.tune.get_context().get_trial_id()
     if recipe["tune"]["scheduler"]["type"] == "pbt":
         return _run_pbt_trial(config, recipe, data_dir, trial_id, tracking, registry)
-    job = TrainJob.from_recipe(trial_recipe(recipe, config, trial_id, data_dir))
+    job = PreparedJob.derived(trial_recipe(recipe, config, trial_id, data_dir))
     callbacks: list = [TuneReportCallback(), *_recording(registry, trial_id)]
     acks = None
     if recipe["tune"]["scheduler"]["type"] in ("asha", "hyperband"):  # they stop trials early; FIFO never does
@@ -141,7 +140,7 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tra
     step = meta["step"]
     if step >= recipe["train"]["max_steps"]:  # handed a finished run's checkpoint: nothing left to train
         return _adopt_finished(start, meta, config, recipe, data_dir, trial_id)
-    job = TrainJob.from_recipe(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step) if step else None))
+    job = PreparedJob.derived(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step) if step else None))
     reports = Queue(actor_options={"num_cpus": 0})
     start_from = _url(start) if start is not None else None
     callbacks = [ForwardReports(reports), *_recording(registry, trial_id)]
@@ -283,8 +282,9 @@ def _check_pbt(cfg: Recipe, space: dict) -> None:
         )
 
 
-def run_tune(cfg: Recipe, resume: bool = False):
-    """Run (or, with resume, continue) the campaign; returns Tune's ResultGrid."""
+def run_tune(cfg: Recipe, job: PreparedJob | None = None, resume: bool = False):
+    """Run (or, with resume, continue) the campaign of the recipe, whose train job `job` is (prepared here when
+    not given); returns Tune's ResultGrid."""
     from ray import tune
 
     from raylm.tuning.reservations import open_registry
@@ -294,12 +294,12 @@ def run_tune(cfg: Recipe, resume: bool = False):
 
     # train.scaling auto: resolved once for the cluster, so every trial has the same layout and the space's
     # values are checked against it (a micro-batch that does not divide the global batch fails here)
-    cfg = cfg.model_copy(update={"train": resolve_job(cfg.train_job()).train})
+    job = job or preflight(cfg.train_job(), own=False, hint=TRIALS_HINT)
+    cfg = cfg.model_copy(update={"train": job.train})
     space = check(cfg)
-    require_shards(cfg.paths.shards, " (trials only read shards)")
-    storage, data_dir = absolute(cfg.storage_path), absolute(cfg.paths.shards)
-    recipe = {**cfg.model_dump(mode="json"), "storage_path": storage}
-    tracking = campaign_tracking(cfg.train_job(), cfg.name, recipe)  # MLflow: the parent run of the trials'
+    storage, data_dir = job.paths.storage_path, job.paths.shards
+    recipe = job.recipe  # every trial's, with its own values: paths absolute, layout resolved
+    tracking = campaign_tracking(job, cfg.name, recipe)  # MLflow: the parent run of the trials'
     # The trial function only drives a TorchTrainer: its Ray Train workers reserve what the trial uses.
     # Tune rejects an empty request, and any CPU share would make N trials need N x workers + a bit,
     # so it reserves a token byte of memory.
