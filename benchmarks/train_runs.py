@@ -3,9 +3,11 @@ in the `raylm` commands the tests start, and in Ray's worker processes (Tune tri
 
     python benchmarks/train_runs.py [PYTEST ARGS...]     # e.g. -q -m "not slow", or tests/test_tune_e2e.py
 
-It runs pytest with a `sitecustomize` on PYTHONPATH (every Python process started under it imports it, Ray's
-workers included) that wraps Ray Train's `DataParallelTrainer.fit` when, and only when, a process imports it;
-each call appends one line to a log. Prints the total and the count per test file (the test that was running
+It puts a `.pth` file in this interpreter's site-packages for the length of the run, so every Python process of
+the environment (the test's `raylm` commands whatever their PYTHONPATH, Ray's workers, `ray start` nodes) loads a
+hook that wraps Ray Train's `DataParallelTrainer.fit` when, and only when, the process imports it and
+RAYLM_TRAIN_RUNS_LOG is set (this script sets it for pytest; other users of the environment see no change); each
+call appends one line to that log. Prints the total and the count per test file (the test that was running
 when the process started: a Tune trial runs in a Ray worker started earlier, so it is named by the first
 test of the session's Ray instance, or "-").
 """
@@ -16,8 +18,11 @@ import collections
 import os
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
+
+MODULE = "_raylm_count_fits"
 
 HOOK = """
 import importlib.abc, importlib.util, os, sys
@@ -56,12 +61,18 @@ if _LOG:
 
 
 def main(argv: list[str]) -> int:
+    site = Path(sysconfig.get_paths()["purelib"])
+    hook, pth = site / f"{MODULE}.py", site / f"{MODULE}.pth"
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "sitecustomize.py").write_text(HOOK)
         log = Path(tmp) / "fits.log"
         log.touch()
-        env = {**os.environ, "RAYLM_TRAIN_RUNS_LOG": str(log), "PYTHONPATH": os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")]))}
-        rc = subprocess.call([sys.executable, "-m", "pytest", *argv], env=env)
+        hook.write_text(HOOK)
+        pth.write_text(f"import {MODULE}\n")
+        try:
+            rc = subprocess.call([sys.executable, "-m", "pytest", *argv], env={**os.environ, "RAYLM_TRAIN_RUNS_LOG": str(log)})
+        finally:
+            pth.unlink()
+            hook.unlink()
         lines = log.read_text().splitlines()
     per_file = collections.Counter(line.split("\t")[1].split("::")[0] for line in lines)
     print(f"\nRay Train runs (fit calls): {len(lines)}")
