@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def _start(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # the caller's too (benchmarks/train_runs.py)
+    env = {**os.environ, "PYTHONPATH": path, **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "raylm", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

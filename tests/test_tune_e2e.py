@@ -1,7 +1,11 @@
 """A Ray Tune campaign end to end on the sample: 2 ASHA trials that are Ray Train runs, results.csv,
 plots, best.yaml that `raylm train` reproduces; `raylm tune --resume` after the campaign's driver
 was killed, which finishes the campaign without rerunning finished trials; campaigns of several rounds on
-2 CPUs (tune-local.yaml's 8 ASHA trials as the README gives it, 4 HyperBand trials), which end on their own."""
+2 CPUs (tune-local.yaml's 8 ASHA trials as the README gives it, 3 HyperBand trials), which end on their own.
+
+Each trial is a Ray Train run whose start-up (controller, workers, process group) costs far more than its
+steps, so the campaigns are as short as their points allow: STEPS steps with an evaluation every EVERY
+(ASHA's rung), 2 evaluation batches."""
 
 import csv
 import json
@@ -22,6 +26,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 RECIPE = str(ROOT / "cluster" / "recipes" / "tune-local.yaml")
+STEPS, EVERY = 10, 5  # a trial's steps; evaluations (the scheduler's decisions) every EVERY steps
 
 
 def _sets(tmp_path, name, *more):
@@ -30,12 +35,12 @@ def _sets(tmp_path, name, *more):
         f"name={name}",
         "train.model={n_layer: 1, n_head: 2, d_model: 64, seq_len: 64}",
         "train.batch={micro_batch_size: 8, global_batch_tokens: 512}",
-        "train.max_steps=20",
+        f"train.max_steps={STEPS}",
         "train.schedule.warmup_steps=2",
-        "train.eval={every: 5, batches: 2}",
-        "train.checkpoint={every: 20, keep: 1}",
+        f"train.eval={{every: {EVERY}, batches: 2}}",
+        f"train.checkpoint={{every: {STEPS}, keep: 1}}",
         "tune.num_samples=2",  # two trials run at once on 2 cores: one round
-        "tune.scheduler={type: asha, grace_period: 5, reduction_factor: 2}",
+        f"tune.scheduler={{type: asha, grace_period: {EVERY}, reduction_factor: 2}}",
         *more,
     ]
     return [a for o in over for a in ("--set", o)]
@@ -51,7 +56,7 @@ def test_asha_campaign_results_and_best_yaml(ray_session, tmp_path, capsys):
     run = tmp_path / "tn"
     rows = _results(run)
     assert len(rows) == 2 and {r["status"] for r in rows} <= {"done", "stopped"}
-    assert sum(int(r["steps"]) for r in rows) <= 2 * 20 and any(r["status"] == "done" for r in rows)
+    assert sum(int(r["steps"]) for r in rows) <= 2 * STEPS and any(r["status"] == "done" for r in rows)
     assert len({r["train.optim.lr"] for r in rows}) == 2
     for png in ("curves.png", "params.png"):
         assert (run / "tune" / png).read_bytes()[:4] == b"\x89PNG"
@@ -180,7 +185,8 @@ def bare_cluster():
     never sees a stopped trial's controller die, and only raylm's release frees the trial's reservation."""
     from tests.test_cluster_e2e import RAY, _free_port, _teardown
 
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # the caller's too (benchmarks/train_runs.py)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": path}
     env.pop("RAY_ADDRESS", None)
     temp, port = tempfile.mkdtemp(prefix="rlt", dir="/tmp"), _free_port()
     start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
@@ -191,26 +197,29 @@ def bare_cluster():
         _teardown(port, [temp])
 
 
-def test_tune_local_as_the_readme_gives_it(bare_cluster, tmp_path):
-    """`raylm tune cluster/recipes/tune-local.yaml`: its 8 ASHA trials (4 rounds on 2 CPUs), shortened in steps only.
+def test_tune_local_as_the_readme_gives_it(bare_cluster, sample_shards, tmp_path):
+    """`raylm tune cluster/recipes/tune-local.yaml`: its 8 ASHA trials (4 rounds on 2 CPUs), shortened in steps and
+    evaluation batches only, on the session's shards (the data stage `raylm tune` runs first is the ASHA test's).
     Every trial reaches its first rung and the campaign ends on its own: before, on this cluster the second round
     waited forever for the first round's reservations."""
-    steps = ["train.max_steps=20", "train.schedule.warmup_steps=2", "train.eval.every=5", "train.checkpoint.every=20"]
-    sets = [a for o in [f"storage_path={tmp_path}", *steps, "tune.scheduler.grace_period=5"] for a in ("--set", o)]
+    steps = [f"train.max_steps={STEPS}", "train.schedule.warmup_steps=2", f"train.eval={{every: {EVERY}, batches: 2}}"]
+    steps += [f"train.checkpoint.every={STEPS}", f"tune.scheduler.grace_period={EVERY}", f"train.data_path={sample_shards}"]
+    sets = [a for o in [f"storage_path={tmp_path}", *steps] for a in ("--set", o)]
     cmd = [sys.executable, "-m", "raylm", "tune", RECIPE, *sets]
     r = subprocess.run(cmd, env=bare_cluster, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = _results(tmp_path / "shakespeare-tune")
     assert len(rows) == 8
-    assert all(int(row["steps"]) >= 5 for row in rows), rows
+    assert all(int(row["steps"]) >= EVERY for row in rows), rows
     assert {row["status"] for row in rows} == {"done", "stopped"}
 
 
 def test_hyperband_campaign_of_two_rounds_ends(ray_session, sample_shards, tmp_path):
-    """4 HyperBand trials, 2 at a time on 2 CPUs: each reaches its first evaluation and the campaign ends."""
-    sets = _sets(tmp_path, "hb", f"train.data_path={sample_shards}", "tune.num_samples=4", "tune.scheduler={type: hyperband}")
+    """3 HyperBand trials, 2 at a time on 2 CPUs (a second round: more trials than the cluster fits at once): each
+    reaches its first evaluation and the campaign ends."""
+    sets = _sets(tmp_path, "hb", f"train.data_path={sample_shards}", "tune.num_samples=3", "tune.scheduler={type: hyperband}")
     assert main(["tune", RECIPE, *sets]) == 0
     rows = _results(tmp_path / "hb")
-    assert len(rows) == 4
-    assert all(int(row["steps"]) >= 5 for row in rows), rows
+    assert len(rows) == 3
+    assert all(int(row["steps"]) >= EVERY for row in rows), rows
     assert {row["status"] for row in rows} <= {"done", "stopped"}
