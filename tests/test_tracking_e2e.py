@@ -5,6 +5,7 @@ its .wandb record file."""
 
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -44,7 +45,9 @@ def mlflow_server(tmp_path):
                 raise RuntimeError(f"mlflow server did not start: {(srv / 'log').read_text()[-2000:]}") from None
             time.sleep(0.5)
     yield url
-    proc.terminate()
+    # the whole session at once: a graceful stop (SIGTERM) waits seconds on the server's workers, and nothing
+    # it would flush is read after the test
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
 
