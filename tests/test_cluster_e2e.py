@@ -58,8 +58,13 @@ def local_cluster(tmp_path_factory):
         **os.environ,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
-        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-    }  # the job's `python` is this venv's
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",  # the job's `python` is this venv's
+        # the GCS declares a node dead after this many failed health checks this far apart (Ray's defaults, 5 x 3 s,
+        # are for networks that drop packets): a killed raylet refuses each check at once, so the tests' lost
+        # nodes are found in ~2 s instead of ~15 s; a live raylet has health_check_timeout_ms (10 s) per check
+        "RAY_health_check_period_ms": "500",
+        "RAY_health_check_failure_threshold": "4",
+    }
     env.pop("RAY_ADDRESS", None)
     dirs = [tempfile.mkdtemp(prefix=f"rl{n}", dir="/tmp") for n in "ab"]  # short: Ray's socket paths must fit
     port, dash = _free_port(), _free_port()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def cluster(tmp_path_factory):
 SETS = [
     "data.tokenizer={name: cl100k_base}",  # no BPE stage: the kills aim at process and dedup
     "data.execution={batch_bytes: 400000}",  # ~25 blocks of the sample: the process stage lasts long enough to lose a node in
-    "data.dedup.partitions=4",
+    # ~150 dedup tasks (S1..S6 over 16 partitions), ~2 s on the surviving node: a window the test can catch a
+    # task of, where 4 partitions ran the whole stage in 0.1-0.3 s
+    "data.dedup.partitions=16",
 ]
 
 
@@ -93,9 +96,12 @@ def test_data_stage_survives_lost_nodes_byte_identical(cluster, ray_session, mon
     lost = [_kill_node_of(actors[0])]
     assert not (storage / name / "data" / "_work" / "dups").exists(), "the process stage ended before the kill"
     cluster["dirs"].append(tempfile.mkdtemp(prefix="rlc", dir="/tmp"))
-    start_node(cluster, "node_c", cluster["dirs"][-1])  # the replacement
+    # the replacement joins while the stage goes on (as an autoscaler's would): started beside the watch for dedup
+    joining = threading.Thread(target=start_node, args=(cluster, "node_c", cluster["dirs"][-1]))
+    joining.start()
     dedup = _wait_for("a dedup task", lambda: _cluster_workers(cluster, "ray::_s"), every=0.02)
     lost.append(_kill_node_of(dedup[0]))
+    joining.join()
     _wait_for("the job's end", lambda: set(_job_status(cluster, name)) & {"SUCCEEDED", "FAILED", "STOPPED"}, timeout=600, every=1)
     assert _job_status(cluster, name) == ["SUCCEEDED"], lost
 
