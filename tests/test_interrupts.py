@@ -34,8 +34,15 @@ def _wait_for(path, proc, timeout: float = 240) -> None:
 
 
 def _terminate(proc) -> tuple[int, str]:
+    """SIGTERM, then the exit code and stderr; stdout's tail and the child's signal masks join stderr when it
+    does not end as interrupted, so that a failure says what the process was doing."""
+    with open(f"/proc/{proc.pid}/status") as f:
+        masks = " ".join(ln.strip() for ln in f if ln.startswith(("SigBlk", "SigIgn", "SigCgt")))
+    alive = proc.poll() is None
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode != 1:
+        err += f"\n[test] at SIGTERM: alive {alive}, {masks}\n[test] stdout: {out[-1500:]}"
     return proc.returncode, err
 
 
