@@ -182,7 +182,7 @@ def test_two_runs_at_once_each_start_their_own_ray(ray_session, tmp_path):
 
 def test_validate_imports_neither_torch_nor_ray():
     code = (
-        f"import sys; from cluster.cli import main; rc = main(['validate', {RECIPE!r}]); "
+        f"import sys; from raylm.cluster.cli import main; rc = main(['validate', {RECIPE!r}]); "
         "assert rc == 0 and 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -49,6 +49,7 @@ def _terminate(proc) -> tuple[int, str]:
 def test_sigterm_ends_training_as_an_interrupt(sample_shards, tmp_path):
     sets = [f"storage_path={tmp_path}", "name=term", f"train.data_path={sample_shards}", "train.max_steps=5000"]
     sets += ["train.model={n_layer: 1, n_head: 2, d_model: 32, seq_len: 32}", "train.batch={micro_batch_size: 2, global_batch_tokens: 128}"]
+    sets += ["train.scaling.num_workers=1"]  # a second worker (~3 s of CPU to start) adds nothing to how the driver ends
     proc = _start(["train", str(ROOT / "cluster/recipes/local.yaml"), *[a for s in sets for a in ("--set", s)]])
     _wait_for(tmp_path / "term" / "train" / "metrics.jsonl", proc)
     rc, err = _terminate(proc)

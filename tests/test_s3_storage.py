@@ -76,7 +76,7 @@ def test_run_and_sample_on_s3(s3_server, monkeypatch):
     # `raylm run` then `raylm tune`, in one process started with the credentials: its one local Ray instance (the
     # session's was started without them) serves both
     both = ["run", RECIPE, *[a for o in over for a in ("--set", o)], "::", "tune", RECIPE, *[a for o in tune_over for a in ("--set", o)]]
-    code = "import sys; from cluster.cli import main; a = sys.argv[1:]; i = a.index('::'); sys.exit(main(a[:i]) or main(a[i + 1 :]))"
+    code = "import sys; from raylm.cluster.cli import main; a = sys.argv[1:]; i = a.index('::'); sys.exit(main(a[:i]) or main(a[i + 1 :]))"
     out = subprocess.run([sys.executable, "-c", code, *both], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     run = "raylm-test/runs/s3run"
