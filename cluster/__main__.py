@@ -1,5 +1,0 @@
-import sys
-
-from raylm.cluster.cli import main
-
-sys.exit(main())
