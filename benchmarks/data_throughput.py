@@ -236,16 +236,17 @@ def throughput(args, out: Path, one: tuple, many: tuple) -> None:
     print(f"(b) pipeline without tokenizing, stages switched on in turn, 1x corpus ({cores} CPUs for Ray, best of {args.repeat}):")
     print_rows(times, nbytes, ndocs, ceil)
     seconds = {}
-    for label, corpus, nb in (("1x", c1, nbytes), (f"{args.scale}x", cN, nbN)):
+    sizes = [("1x", c1, nbytes)] + ([(f"{args.scale}x", cN, nbN)] if args.scale > 1 else [])
+    for label, corpus, nb in sizes:
         texts = texts if corpus == c1 else load_texts(corpus)
         runs = [bracketed(texts, cores, lambda c=corpus: full_run(c, out / "runs")) for _ in range(args.repeat)]
         print_full(label, runs, nb)
         print_inside(FULL_STATS[corpus], label)
         seconds[label] = statistics.median(r[0] for r in runs)
     del texts
-    # wall = fixed + size x rate: two sizes give the fixed part
-    fixed = (args.scale * seconds["1x"] - seconds[f"{args.scale}x"]) / (args.scale - 1)
-    print(f"fixed cost (the 1x and {args.scale}x full runs' intercept, medians): {fixed:.1f}s")
+    if args.scale > 1:  # wall = fixed + size x rate: two sizes give the fixed part
+        fixed = (args.scale * seconds["1x"] - seconds[f"{args.scale}x"]) / (args.scale - 1)
+        print(f"fixed cost (the 1x and {args.scale}x full runs' intercept, medians): {fixed:.1f}s")
     ray.shutdown()
 
 
