@@ -61,13 +61,18 @@ def _drop_worker_pool_notice() -> None:
 
 
 def _interrupt(signum, frame) -> None:
-    signal.raise_signal(signal.SIGINT)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored (a process started in the background by a non-interactive shell inherits that) or not Python's
+        raise KeyboardInterrupt
 
 
 def sigterm_as_interrupt() -> None:
     """SIGTERM (what Kubernetes, Slurm and `timeout` send) handled as Ctrl-C, by whatever handles SIGINT at that
     moment: Python's KeyboardInterrupt (run.json "interrupted", exit 1), Ray Train's graceful abort of the run,
-    Ray Tune's end of the campaign with its state saved. Installed again once Ray is up: its core worker puts its
+    Ray Tune's end of the campaign with its state saved; a KeyboardInterrupt where SIGINT has no Python handler,
+    as when the process started with SIGINT ignored. Installed again once Ray is up: its core worker puts its
     own SIGTERM handler in place, which prints C++ stack lines and ends the process as failed."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)

@@ -18,10 +18,18 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def _start(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
+# `raylm ARGS` with SIGINT ignored, as a non-interactive shell starts a background job (CI runners, scripts,
+# `cmd &`): the disposition survives exec, so only SIGTERM's own handling can end the command as interrupted
+_SIGINT_IGNORED = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.executable, [sys.executable, '-m', 'raylm', *sys.argv[1:]])"
+)
+
+
+def _start(args: list[str], env_extra: dict | None = None, sigint_ignored: bool = False) -> subprocess.Popen:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # the caller's too (benchmarks/train_runs.py)
     env = {**os.environ, "PYTHONPATH": path, **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "raylm", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-c", _SIGINT_IGNORED] if sigint_ignored else [sys.executable, "-m", "raylm"]
+    return subprocess.Popen([*cmd, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(path, proc, timeout: float = 240) -> None:
@@ -50,7 +58,9 @@ def test_sigterm_ends_training_as_an_interrupt(sample_shards, tmp_path):
     sets = [f"storage_path={tmp_path}", "name=term", f"train.data_path={sample_shards}", "train.max_steps=5000"]
     sets += ["train.model={n_layer: 1, n_head: 2, d_model: 32, seq_len: 32}", "train.batch={micro_batch_size: 2, global_batch_tokens: 128}"]
     sets += ["train.scaling.num_workers=1"]  # a second worker (~3 s of CPU to start) adds nothing to how the driver ends
-    proc = _start(["train", str(ROOT / "cluster/recipes/local.yaml"), *[a for s in sets for a in ("--set", s)]])
+    # SIGINT ignored: the SIGTERM alone ends it (with SIGINT's default handler the same path raises KeyboardInterrupt
+    # by way of it: tests/test_signals.py)
+    proc = _start(["train", str(ROOT / "cluster/recipes/local.yaml"), *[a for s in sets for a in ("--set", s)]], sigint_ignored=True)
     _wait_for(tmp_path / "term" / "train" / "metrics.jsonl", proc)
     rc, err = _terminate(proc)
     rec = json.loads((tmp_path / "term" / "train" / "run.json").read_text())
