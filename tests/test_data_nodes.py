@@ -7,8 +7,8 @@ import hashlib
 import json
 import signal
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -97,11 +97,11 @@ def test_data_stage_survives_lost_nodes_byte_identical(cluster, ray_session, mon
     assert not (storage / name / "data" / "_work" / "dups").exists(), "the process stage ended before the kill"
     cluster["dirs"].append(tempfile.mkdtemp(prefix="rlc", dir="/tmp"))
     # the replacement joins while the stage goes on (as an autoscaler's would): started beside the watch for dedup
-    joining = threading.Thread(target=start_node, args=(cluster, "node_c", cluster["dirs"][-1]))
-    joining.start()
-    dedup = _wait_for("a dedup task", lambda: _cluster_workers(cluster, "ray::_s"), every=0.02)
-    lost.append(_kill_node_of(dedup[0]))
-    joining.join()
+    with ThreadPoolExecutor(1) as pool:
+        joining = pool.submit(start_node, cluster, "node_c", cluster["dirs"][-1])
+        dedup = _wait_for("a dedup task", lambda: _cluster_workers(cluster, "ray::_s"), every=0.02)
+        lost.append(_kill_node_of(dedup[0]))
+        joining.result()  # its `ray start` failing fails the test here
     _wait_for("the job's end", lambda: set(_job_status(cluster, name)) & {"SUCCEEDED", "FAILED", "STOPPED"}, timeout=600, every=1)
     assert _job_status(cluster, name) == ["SUCCEEDED"], lost
 
