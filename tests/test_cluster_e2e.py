@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -202,6 +203,7 @@ def _assert_resumed(rows, killed_at):
 
 
 def _end_of(cluster, name, timeout=600) -> list[str]:
+    """The statuses of the run's jobs (_job_status) once its newest has ended, or when `timeout` runs out."""
     deadline = time.time() + timeout
     while time.time() < deadline and _job_status(cluster, name)[-1] not in ("SUCCEEDED", "FAILED", "STOPPED"):
         time.sleep(0.5)
@@ -229,22 +231,25 @@ def test_a_killed_driver_resubmitted_then_a_killed_worker_node_and_the_run_ends_
     drivers[0].send_signal(signal.SIGKILL)
     assert _end_of(cluster, "nodes", timeout=120) == ["FAILED"]
 
-    assert _submit(cluster, "nodes", "train") == 0  # the same submission again
-    _wait_for_step(metrics, 23)
-    _wait_for_checkpoint(run, after=10)
-    # the raylet of the node hosting the Ray Train workers (their parent process), killed with its workers
-    workers = [
-        w
-        for w in _procs(lambda c: "RayTrainWorker" in c)  # of this cluster's nodes, not another Ray's
-        if any(d in " ".join(psutil.Process(w.info["ppid"]).cmdline()) for d in cluster["dirs"])
-    ]
-    assert len(workers) == 2, "two Ray Train workers"
-    raylet = psutil.Process(workers[0].info["ppid"])
-    assert "raylet" in raylet.name() and "node_" in " ".join(raylet.cmdline())
-    node_killed = time.time()
-    for p in [raylet, *raylet.children(recursive=True)]:
-        p.send_signal(signal.SIGKILL)
-    assert _end_of(cluster, "nodes") == ["FAILED", "SUCCEEDED"]
+    with ThreadPoolExecutor(1) as pool:
+        # the same submission again, followed: `raylm submit` prints the job's logs and exits 0 when it succeeded
+        following = pool.submit(_submit, cluster, "nodes", "train", wait=True)
+        _wait_for_step(metrics, 23)
+        _wait_for_checkpoint(run, after=10)
+        # the raylet of the node hosting the Ray Train workers (their parent process), killed with its workers
+        workers = [
+            w
+            for w in _procs(lambda c: "RayTrainWorker" in c)  # of this cluster's nodes, not another Ray's
+            if any(d in " ".join(psutil.Process(w.info["ppid"]).cmdline()) for d in cluster["dirs"])
+        ]
+        assert len(workers) == 2, "two Ray Train workers"
+        raylet = psutil.Process(workers[0].info["ppid"])
+        assert "raylet" in raylet.name() and "node_" in " ".join(raylet.cmdline())
+        node_killed = time.time()
+        for p in [raylet, *raylet.children(recursive=True)]:
+            p.send_signal(signal.SIGKILL)
+        assert following.result(timeout=600) == 0
+    assert _job_status(cluster, "nodes") == ["FAILED", "SUCCEEDED"]
 
     rows = _rows(metrics)
     assert [r["step"] for r in rows] == list(range(1, 41))

@@ -15,7 +15,7 @@ import pytest
 
 from raylm.cluster.cli import main
 from raylm.pipelines.run import run_data
-from tests.test_cluster_e2e import RECIPE, _job_status, _procs, local_cluster, start_node
+from tests.test_cluster_e2e import RECIPE, _end_of, _procs, local_cluster, start_node
 
 pytestmark = pytest.mark.slow
 
@@ -102,8 +102,7 @@ def test_data_stage_survives_lost_nodes_byte_identical(cluster, ray_session, mon
         dedup = _wait_for("a dedup task", lambda: _cluster_workers(cluster, "ray::_s"), every=0.02)
         lost.append(_kill_node_of(dedup[0]))
         joining.result()  # its `ray start` failing fails the test here
-    _wait_for("the job's end", lambda: set(_job_status(cluster, name)) & {"SUCCEEDED", "FAILED", "STOPPED"}, timeout=600, every=1)
-    assert _job_status(cluster, name) == ["SUCCEEDED"], lost
+    assert _end_of(cluster, name) == ["SUCCEEDED"], lost
 
     got, want = _digest(storage / name / "data"), _digest(tmp_path / "one" / "data")
     assert got.keys() == want.keys() and got == want
