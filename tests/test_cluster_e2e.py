@@ -33,16 +33,22 @@ def _free_port() -> int:
 
 
 def _kill_tree(marks) -> None:
-    """Every process of this test's cluster (their command lines name its GCS port or a node's temp dir),
-    not other Ray instances."""
+    """Every process of this test's cluster, not other Ray instances: those whose command lines name its GCS
+    port or a node's temp dir, and their descendants. A node's dashboard and runtime-env agents name neither
+    once they have set their titles; orphaned by their raylet, they outlive it for a minute, busy on a core."""
     import psutil
 
-    for p in psutil.process_iter(["cmdline"]):
-        if any(m in " ".join(p.info["cmdline"] or []) for m in marks):
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+    procs = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+    for p in list(procs):
+        try:
+            procs += p.children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 @pytest.fixture(scope="module")
