@@ -76,8 +76,7 @@ def _reuse_finished(data: DataConfig, root: str, say: Callable[[str], None]) -> 
 def _start(root: str, say: Callable[[str], None]) -> None:
     """A clean work directory; an unfinished run's leftovers are wiped (every stage is redone from the inputs),
     but only a directory this stage made, holding no other run."""
-    if exists(root):
-        check_removable(root)
+    if exists(root):  # run_data has checked that it may be removed
         say(f"{root} has no manifest: an unfinished run; starting it again from scratch")
         rm_tree(root)
     makedirs(f"{root}/{WORK}/docs")
@@ -184,6 +183,8 @@ def run_data(
     Runs on the Ray instance this process is connected to (cluster.runtime.init_ray), else a new local one."""
     if has_manifest(paths.data) and not force:
         return _reuse_finished(data, paths.data, say)
+    if exists(paths.data):  # refused before `work` starts Ray: the stage would remove it
+        check_removable(paths.data)
     with work():
         return _build(data, paths.data, say, summary)
 

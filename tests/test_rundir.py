@@ -172,10 +172,12 @@ def _raylm(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 def test_a_run_never_deletes_another_runs_output(tmp_path):
-    """A finished run `nb/data` (made before markers existed) survives `raylm data` on a run named `nb`."""
+    """A finished run `nb/data` (made before markers existed) survives `raylm data` on a run named `nb`, which is
+    refused before Ray starts."""
     data = _finished_legacy_run(tmp_path, "nb/data")
     r = _raylm("data", str(ROOT / "cluster/recipes/local.yaml"), "--set", f"storage_path={tmp_path}", "--set", "name=nb", cwd=ROOT)
     assert (r.returncode, os.path.exists(f"{data}/{MANIFEST}")) == (2, True), r.stderr
+    assert "ray: started" not in r.stdout, r.stdout  # refused before Ray starts
 
 
 def test_a_second_command_on_the_same_stage_exits_2_in_one_line(tmp_path):
