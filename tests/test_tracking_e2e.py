@@ -32,7 +32,9 @@ def mlflow_server(tmp_path):
     args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     args += ["--backend-store-uri", f"sqlite:///{srv}/db.sqlite", "--artifacts-destination", str(srv / "artifacts")]
     srv.mkdir()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(srv / "log", "w"), start_new_session=True)
+    # without MLflow's job runner (8 processes of ~2 s CPU each, for GenAI evaluation jobs this test never sends)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(srv / "log", "w"), start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
