@@ -36,8 +36,15 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two pytest processes at once: the tests on the session's Ray instance or timing a moment of a run, one after
+# another; beside them, at a lower priority (nice 5: they take the cycles the first leaves idle, and slow it little),
+# the tests without Ray and those on a Ray instance of their own (tests/conftest.py), which print once the first
+# are done. Either failing fails `make test`.
 test: lint
-	$(PY) -m pytest -q --durations=12
+	@nice -n 5 $(PY) -m pytest -q -p no:cacheprovider --durations=5 -m "not slow or own_ray" > .pytest-beside.log 2>&1 & beside=$$!; \
+	$(PY) -m pytest -q --durations=12 -m "slow and not own_ray"; first=$$?; \
+	wait $$beside; beside=$$?; echo "== run beside these: pytest -m 'not slow or own_ray'"; cat .pytest-beside.log; \
+	exit $$(( first || beside ))
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
@@ -46,4 +53,4 @@ bench: install
 	$(PY) benchmarks/data_throughput.py
 
 clean:
-	rm -rf runs bench-out .pytest_cache
+	rm -rf runs bench-out .pytest_cache .pytest-beside.log

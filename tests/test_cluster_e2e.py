@@ -274,6 +274,7 @@ def test_a_killed_driver_resubmitted_then_a_killed_worker_node_and_the_run_ends_
             assert cluster["token"].encode() not in f.read_bytes(), f
 
 
+@pytest.mark.own_ray
 def test_onprem_head_started_as_its_config_says_runs_jobs_in_raylms_environment(tmp_path, monkeypatch):
     """cluster/ray/onprem.yaml's own head start commands, run as `ray up` runs them (bash, the node's HOME with
     ~/raylm/.venv, a PATH without that virtualenv): a submitted job's `python` must be raylm's, not the system's.

@@ -195,6 +195,7 @@ def test_write_atomic_leaves_no_empty_file(small_disk):
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray
 @pytest.mark.parametrize("small_disk", ["8m"], indirect=True)
 def test_disk_full_during_tokenize_is_one_line(small_disk):
     """The sample's staging files fit in 8 MB and its 2.7M cl100k tokens (10.8 MB) do not: the disk fills in
