@@ -32,13 +32,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _kill_tree(marks) -> None:
-    """Every process of this test's cluster, not other Ray instances: those whose command lines name its GCS
-    port or a node's temp dir, and their descendants. A node's dashboard and runtime-env agents name neither
-    once they have set their titles; orphaned by their raylet, they outlive it for a minute, busy on a core."""
+def kill_with_descendants(procs) -> None:
+    """SIGKILL each process and every descendant of it (found before any is killed); one already gone is no error."""
     import psutil
 
-    procs = [p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+    procs = list(procs)
     for p in list(procs):
         try:
             procs += p.children(recursive=True)
@@ -49,6 +47,15 @@ def _kill_tree(marks) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def _kill_tree(marks) -> None:
+    """Every process of this test's cluster, not other Ray instances: those whose command lines name its GCS
+    port or a node's temp dir, and their descendants. A node's dashboard and runtime-env agents name neither
+    once they have set their titles; orphaned by their raylet, they outlive it for a minute, busy on a core."""
+    import psutil
+
+    kill_with_descendants(p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks))
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +259,7 @@ def test_a_killed_driver_resubmitted_then_a_killed_worker_node_and_the_run_ends_
         raylet = psutil.Process(workers[0].info["ppid"])
         assert "raylet" in raylet.name() and "node_" in " ".join(raylet.cmdline())
         node_killed = time.time()
-        for p in [raylet, *raylet.children(recursive=True)]:
-            p.send_signal(signal.SIGKILL)
+        kill_with_descendants([raylet])
         assert following.result(timeout=600) == 0
     assert _job_status(cluster, "nodes") == ["FAILED", "SUCCEEDED"]
 

@@ -5,7 +5,6 @@ with shards, tables and manifest byte-identical to a run of the same recipe on o
 
 import hashlib
 import json
-import signal
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ import pytest
 
 from raylm.cluster.cli import main
 from raylm.pipelines.run import run_data
-from tests.test_cluster_e2e import RECIPE, _end_of, _procs, local_cluster, start_node
+from tests.test_cluster_e2e import RECIPE, _end_of, _procs, kill_with_descendants, local_cluster, start_node
 
 pytestmark = pytest.mark.slow
 
@@ -62,11 +61,7 @@ def _kill_node_of(worker) -> str:
     raylet = psutil.Process(worker.info["ppid"])
     assert "raylet" in raylet.name(), raylet.cmdline()
     node = next((a for a in raylet.cmdline() if "/tmp/rl" in a), str(raylet.pid))
-    for p in [raylet, *raylet.children(recursive=True)]:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
+    kill_with_descendants([raylet])
     return node
 
 
