@@ -21,6 +21,7 @@ COMPANIONS = {
     "data.dedup.minhash.rows": {"bands": 1, "num_perm": 1024},
     "train.model.d_model": {"n_head": 1},
     "train.model.n_head": {"d_model": 2**16},
+    "train.model.n_kv_head": {"n_head": 2**16, "d_model": 2**16},
     "train.batch.global_batch_tokens": {"micro_batch_size": 1},
     "data.sources.x.weight": {"inputs": [{"path": "x.jsonl"}]},
 }

@@ -47,8 +47,12 @@ def write_checkpoint(directory, model_cfg: dict, bpe, seed: int = 0, jitter: boo
         {"n_layer": 2, "n_head": 4, "d_model": 64, "seq_len": 32, "bias": True},
         {"n_layer": 2, "n_head": 2, "d_model": 64, "seq_len": 32, "bias": False},
         {"n_layer": 2, "n_head": 4, "d_model": 128, "seq_len": 32, "bias": True, "mup": {"base_width": 32}},
+        {"n_layer": 2, "n_head": 2, "d_model": 64, "seq_len": 32, "tie_embeddings": False, "mlp_ratio": 3.0},
+        {"arch": "llama", "n_layer": 2, "n_head": 4, "n_kv_head": 2, "d_model": 64, "seq_len": 32},
+        {"arch": "llama", "n_layer": 2, "n_head": 4, "d_model": 128, "seq_len": 32, "bias": True, "tie_embeddings": True, "rope_theta": 500.0},
+        {"arch": "llama", "n_layer": 2, "n_head": 2, "d_model": 64, "seq_len": 32, "mup": {"base_width": 32}},
     ],
-    ids=["bias", "no-bias", "mup"],
+    ids=["bias", "no-bias", "mup", "gpt2-untied", "llama-gqa", "llama-bias-tied", "llama-mup"],
 )
 def test_export_logits_match_transformers(tmp_path, bpe, model_cfg):
     ours = write_checkpoint(tmp_path / "ckpt", model_cfg, bpe)
@@ -56,7 +60,8 @@ def test_export_logits_match_transformers(tmp_path, bpe, model_cfg):
     assert main(["export", str(tmp_path / "ckpt"), "--format", "hf", str(out)]) == 0
     assert (out / "config.json").exists() and (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
 
-    hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == ("LlamaForCausalLM" if model_cfg.get("arch") == "llama" else "GPT2LMHeadModel")
     enc = bpe[1]
     assert hf.config.vocab_size == enc.n_vocab
     torch.manual_seed(1)
@@ -67,6 +72,22 @@ def test_export_logits_match_transformers(tmp_path, bpe, model_cfg):
     diff = (ref[..., : enc.n_vocab] - got).abs().max().item()
     assert diff <= 1e-4, f"max abs logit diff {diff}"
     assert ref.abs().max().item() > 0.1  # not a vacuous comparison of near-zero logits
+
+
+@pytest.mark.parametrize(
+    "model_cfg,named",
+    [
+        ({"arch": "llama", "qk_norm": True}, "qk_norm: true"),
+        ({"logit_softcap": 30.0}, "logit_softcap: 30.0"),
+        ({"arch": "llama", "mlp": "relu2"}, "mlp: relu2 (needs swiglu)"),
+        ({"n_kv_head": 1}, "n_kv_head: 1"),
+    ],
+)
+def test_a_design_transformers_cannot_express_is_refused_naming_it(tmp_path, bpe, capsys, model_cfg, named):
+    write_checkpoint(tmp_path / "ckpt", {**SMALL, **model_cfg}, bpe)
+    rc, err = _export(capsys, tmp_path / "ckpt", tmp_path / "hf")
+    assert rc == 2 and named in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "hf").exists()  # refused before anything was written
 
 
 def test_exported_tokenizer_gives_tiktoken_ids(tmp_path, bpe):

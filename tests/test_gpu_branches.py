@@ -13,12 +13,15 @@ import torch
 
 from raylm.training.config import OptimConfig
 from raylm.training.optim import build_optimizer
-from tests.conftest import tiny_trainer
+from tests.conftest import TINY_MODEL, tiny_trainer
+
+ARCHS = {"gpt2": TINY_MODEL, "llama": {**TINY_MODEL, "arch": "llama", "n_kv_head": 1}}  # llama: with grouped-query attention
 
 
-def test_bf16_autocast_on_the_ddp_path(tiny_shards):
-    eager = tiny_trainer(tiny_shards)
-    tr = tiny_trainer(tiny_shards, precision="bf16")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_autocast_on_the_ddp_path(tiny_shards, arch):
+    eager = tiny_trainer(tiny_shards, model=ARCHS[arch])
+    tr = tiny_trainer(tiny_shards, precision="bf16", model=ARCHS[arch])
     assert isinstance(tr.amp, torch.autocast) and tr.amp.fast_dtype == torch.bfloat16
     a, b = eager.train_step()["loss"], tr.train_step()["loss"]
     assert np.isfinite(b) and a != b and abs(a - b) < 0.05  # the same step, in bf16: close, not equal
@@ -37,22 +40,24 @@ def test_fused_adamw_steps():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor on CPU compiles C++: no compiler here")
-def test_compiled_model_trains_like_the_eager_one(tiny_shards):
-    eager, compiled = tiny_trainer(tiny_shards), tiny_trainer(tiny_shards, compile=True)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compiled_model_trains_like_the_eager_one(tiny_shards, arch):
+    eager, compiled = tiny_trainer(tiny_shards, model=ARCHS[arch]), tiny_trainer(tiny_shards, compile=True, model=ARCHS[arch])
     assert compiled.model._compiled_call_impl is not None  # nn.Module.compile() in place
     for _ in range(2):
         a, b = eager.train_step()["loss"], compiled.train_step()["loss"]
         assert b == pytest.approx(a, rel=1e-4)
 
 
-def test_fsdp2_bf16_mixed_precision_over_gloo(tiny_shards):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fsdp2_bf16_mixed_precision_over_gloo(tiny_shards, arch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     try:
-        tr = tiny_trainer(tiny_shards, parallelism="fsdp", precision="bf16")
+        tr = tiny_trainer(tiny_shards, parallelism="fsdp", precision="bf16", model=ARCHS[arch])
         blocks = list(tr.model.blocks)
         assert all(type(b).__name__.startswith("FSDP") for b in blocks)  # fully_shard per block
         rows = [tr.train_step() for _ in range(2)]

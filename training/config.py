@@ -5,6 +5,7 @@ training lives here. Kept apart from the code that needs torch, so that the CLI 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,21 @@ class MupConfig(Strict):
     base_width: int = Field(gt=0, le=2**20)
 
 
+# The block design each `train.model.arch` gives to the options a recipe leaves unset (null).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    # GPT-2 (2019): LayerNorm, learned positions, GELU MLP of 4 x d_model, head tied to the token embedding
+    "gpt2": {"norm": "layernorm", "position": "learned", "mlp": "gelu", "mlp_ratio": 4.0, "mlp_multiple": 1, "tie_embeddings": True},
+    # Llama: RMSNorm, rotary positions, SwiGLU MLP of 8/3 x d_model (3 matrices: the parameters of a 4x GELU MLP)
+    # rounded up to a multiple of 64, untied head
+    "llama": {"norm": "rmsnorm", "position": "rope", "mlp": "swiglu", "mlp_ratio": 8 / 3, "mlp_multiple": 64, "tie_embeddings": False},
+}
+
+
 class ModelConfig(Strict):
+    """The decoder: its shape, and its block design. `arch` gives the design's defaults (ARCH_DEFAULTS); each
+    option set in the recipe overrides its arch's choice."""
+
+    arch: Literal["gpt2", "llama"] = "gpt2"
     n_layer: int = Field(default=4, ge=1, le=10_000)
     n_head: int = Field(default=4, ge=1, le=2**16)
     d_model: int = Field(default=256, ge=1, le=2**20)
@@ -37,12 +52,36 @@ class ModelConfig(Strict):
     # attention stops at the end-of-text token between packed documents, positions restart at each: a window
     # trains as if each document were alone (fine-tuning on short examples). A training choice, not a shape
     document_mask: bool = False
+    norm: Literal["layernorm", "rmsnorm"] | None = None  # the blocks' and the final norm
+    position: Literal["learned", "rope"] | None = None  # learned embeddings, or rotary (RoPE) in attention
+    rope_theta: float = Field(default=10_000.0, gt=1, le=1e9)  # RoPE's base: wavelengths up to 2 pi theta
+    mlp: Literal["gelu", "swiglu", "relu2"] | None = None  # relu2: ReLU squared (modded-nanogpt, nanochat)
+    mlp_ratio: float | None = Field(default=None, gt=0, le=64)  # the MLP's hidden size / d_model ...
+    mlp_multiple: int | None = Field(default=None, ge=1, le=2**16)  # ... rounded up to a multiple of this
+    n_kv_head: int | None = Field(default=None, ge=1, le=2**16)  # grouped-query attention: heads of keys and values (null: n_head)
+    qk_norm: bool = False  # RMSNorm of each head's queries and keys before attention (OLMo 2, Qwen 3, nanochat)
+    tie_embeddings: bool | None = None  # the output head shares the token embedding's matrix
+    logit_softcap: float | None = Field(default=None, gt=0, le=1e4)  # logits -> cap * tanh(logits / cap) (Gemma 2)
 
     @model_validator(mode="after")
     def _heads(self) -> ModelConfig:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})")
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
+        if self.resolved("position") == "rope" and (self.d_model // self.n_head) % 2:
+            raise ValueError(f"rotary positions need an even head size: d_model / n_head is {self.d_model // self.n_head}")
         return self
+
+    def resolved(self, key: str) -> Any:
+        """An option's value: the recipe's, or its arch's default."""
+        value = getattr(self, key)
+        return ARCH_DEFAULTS[self.arch][key] if value is None else value
+
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden size: mlp_ratio x d_model rounded up to a multiple of mlp_multiple."""
+        multiple = self.resolved("mlp_multiple")
+        return multiple * math.ceil(round(self.resolved("mlp_ratio") * self.d_model, 6) / multiple)  # 8/3 x 96 is 256, not 257
 
 
 class OptimConfig(Strict):

@@ -1,10 +1,13 @@
-"""`raylm export RUN --format hf OUT`: a Hugging Face `transformers` GPT-2 model directory.
+"""`raylm export RUN --format hf OUT`: a Hugging Face `transformers` model directory, GPT2LMHeadModel for
+a model of learned positions (the gpt2 arch), LlamaForCausalLM for one of rotary positions (the llama arch).
 
-raylm's GPT is GPT-2's architecture (learned positions, pre-LayerNorm, exact-erf GELU, tied
-head), so the weights map one to one: Linear (out, in) -> GPT-2's Conv1D (in, out), absent biases
-as zeros, the vocabulary cut back from its padded size to the tokenizer's. muP's two departures
-are folded into the weights: attention 1/d_head (GPT-2 divides by sqrt(d_head)) into the query
-rows, logits / width_mult into the final LayerNorm (which feeds only the head). The tokenizer goes
+Either way the weights map one to one, the vocabulary cut back from its padded size to the tokenizer's.
+GPT-2 (learned positions, pre-LayerNorm, exact-erf GELU): Linear (out, in) -> GPT-2's Conv1D (in, out),
+absent biases as zeros. Llama (RMSNorm, rotary positions in the halves layout, SwiGLU, grouped-query
+attention): the fused qkv and gate/up rows split into q/k/v_proj and gate/up_proj. muP's two departures
+are folded into the weights: attention 1/d_head (both divide by sqrt(d_head)) into the query rows,
+logits / width_mult into the final norm (which feeds only the head). Options neither can express
+(QK-norm, logit soft-capping, a design mixing the two) are refused before anything is written. The tokenizer goes
 beside it twice: `tokenizer.json` (a `tokenizers` BPE converted from the tiktoken ranks, so
 `AutoTokenizer.from_pretrained(OUT)` works) and `tiktoken/tokenizer.tiktoken` (+ `.json`: pattern
 and special tokens), which raylm's `data.tokenizer.path` reads.
@@ -25,7 +28,7 @@ from raylm.core.io import write_json
 from raylm.core.paths import RUN_MARKER
 from raylm.core.tokenizer import ranks_file, run_tokenizer, save_tiktoken
 from raylm.training.checkpoint import load_model
-from raylm.training.model import GPT
+from raylm.training.model import GPT, GPTConfig
 
 
 class ExportError(ValueError):
@@ -71,6 +74,19 @@ def _require_transformers():
     return transformers
 
 
+def unexpressible(c: GPTConfig) -> list[str]:
+    """The options of a model that its transformers class (GPT-2 for learned positions, Llama for rotary) cannot express."""
+    need = {"norm": "layernorm", "mlp": "gelu"} if c.position == "learned" else {"norm": "rmsnorm", "mlp": "swiglu"}
+    bad = [f"{k}: {getattr(c, k)} (needs {v})" for k, v in need.items() if getattr(c, k) != v]
+    if c.position == "learned" and c.n_kv_head != c.n_head:
+        bad.append(f"n_kv_head: {c.n_kv_head} (GPT-2 has no grouped-query attention)")
+    if c.qk_norm:
+        bad.append("qk_norm: true")
+    if c.logit_softcap is not None:
+        bad.append(f"logit_softcap: {c.logit_softcap}")
+    return bad
+
+
 def gpt2_config(model: GPT, n_vocab: int, eot: int):
     """The transformers GPT2Config of a raylm GPT (vocabulary = the tokenizer's, unpadded)."""
     c = model.cfg
@@ -80,14 +96,38 @@ def gpt2_config(model: GPT, n_vocab: int, eot: int):
         n_embd=c.d_model,
         n_layer=c.n_layer,
         n_head=c.n_head,
-        n_inner=4 * c.d_model,
+        n_inner=c.mlp_hidden,
         activation_function="gelu",  # F.gelu: the exact (erf) form
         resid_pdrop=c.dropout,
         embd_pdrop=c.dropout,
         attn_pdrop=c.dropout,
         layer_norm_epsilon=1e-5,
         scale_attn_weights=True,
-        tie_word_embeddings=True,
+        tie_word_embeddings=c.tie_embeddings,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+
+
+def llama_config(model: GPT, n_vocab: int, eot: int):
+    """The transformers LlamaConfig of a raylm GPT of rotary positions (vocabulary = the tokenizer's, unpadded)."""
+    c = model.cfg
+    return _require_transformers().LlamaConfig(
+        vocab_size=n_vocab,
+        hidden_size=c.d_model,
+        intermediate_size=c.mlp_hidden,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_kv_head,
+        head_dim=c.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=c.seq_len,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        attention_bias=c.bias,
+        mlp_bias=c.bias,
+        attention_dropout=c.dropout,
+        tie_word_embeddings=c.tie_embeddings,
         bos_token_id=eot,
         eos_token_id=eot,
     )
@@ -116,18 +156,17 @@ def _with_biases(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def _fold_mup(sd: dict[str, torch.Tensor], model: GPT) -> None:
-    """muP's departures from GPT-2, folded into the weights: attention by 1/d_head (GPT-2: 1/sqrt(d_head))
-    into the query rows; logits / width_mult into the final LayerNorm, which feeds only the head."""
+    """muP's departures from GPT-2 and Llama, folded into the weights: attention by 1/d_head (theirs:
+    1/sqrt(d_head)) into the query rows; logits / width_mult into the final norm, which feeds only the head."""
     c = model.cfg
     if not c.mup_base_width:
         return
-    q_scale = 1.0 / math.sqrt(c.d_model // c.n_head)
-    for i in range(c.n_layer):
-        for p in ("weight", "bias"):
-            sd[f"blocks.{i}.attn.qkv.{p}"] = sd[f"blocks.{i}.attn.qkv.{p}"].clone()
-            sd[f"blocks.{i}.attn.qkv.{p}"][: c.d_model] *= q_scale
-    for p in ("weight", "bias"):
-        sd[f"ln_f.{p}"] = sd[f"ln_f.{p}"] / c.width_mult
+    q_scale = 1.0 / math.sqrt(c.head_dim)
+    for key in [k for i in range(c.n_layer) for k in (f"blocks.{i}.attn.qkv.weight", f"blocks.{i}.attn.qkv.bias") if k in sd]:
+        sd[key] = sd[key].clone()
+        sd[key][: c.d_model] *= q_scale  # the query rows come first
+    for key in [k for k in ("ln_f.weight", "ln_f.bias") if k in sd]:
+        sd[key] = sd[key] / c.width_mult
 
 
 def gpt2_state_dict(model: GPT, n_vocab: int) -> dict[str, torch.Tensor]:
@@ -138,7 +177,51 @@ def gpt2_state_dict(model: GPT, n_vocab: int) -> dict[str, torch.Tensor]:
     names.update({o.format(i): t.format(i) for o, t in GPT2_NAMES.items() if "{}" in o for i in range(model.cfg.n_layer)})
     out = {theirs: sd[ours].t().contiguous() if theirs.endswith(_CONV1D) else sd[ours] for ours, theirs in names.items()}
     out["transformer.wte.weight"] = out["transformer.wte.weight"][:n_vocab].clone()
+    if not model.cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["head.weight"][:n_vocab].clone()
     return out
+
+
+def llama_state_dict(model: GPT, n_vocab: int) -> dict[str, torch.Tensor]:
+    """raylm GPT weights under LlamaForCausalLM's names: the fused qkv rows split into q, k and v_proj, the
+    SwiGLU rows into gate and up_proj; the vocabulary cut back to the tokenizer's."""
+    c = model.cfg
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    _fold_mup(sd, model)
+    out = {"model.embed_tokens.weight": sd["wte.weight"][:n_vocab].clone(), "model.norm.weight": sd["ln_f.weight"]}
+    if not c.tie_embeddings:
+        out["lm_head.weight"] = sd["head.weight"][:n_vocab].clone()
+    kv = c.n_kv_head * c.head_dim
+    for i in range(c.n_layer):
+        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
+        out[theirs + "input_layernorm.weight"] = sd[ours + "ln1.weight"]
+        out[theirs + "post_attention_layernorm.weight"] = sd[ours + "ln2.weight"]
+        for p in ("weight", "bias") if c.bias else ("weight",):
+            q, k, v = sd[f"{ours}attn.qkv.{p}"].split([c.d_model, kv, kv])
+            gate, up = sd[f"{ours}mlp.fc.{p}"].chunk(2)
+            pieces = {"self_attn.q_proj": q, "self_attn.k_proj": k, "self_attn.v_proj": v, "mlp.gate_proj": gate, "mlp.up_proj": up}
+            pieces |= {"self_attn.o_proj": sd[f"{ours}attn.proj.{p}"], "mlp.down_proj": sd[f"{ours}mlp.proj.{p}"]}
+            out |= {f"{theirs}{name}.{p}": t.contiguous() for name, t in pieces.items()}
+    return out
+
+
+def hf_model(model: GPT, n_vocab: int, eot: int):
+    """The transformers model holding a raylm GPT's weights: GPT2LMHeadModel or LlamaForCausalLM."""
+    bad = unexpressible(model.cfg)
+    target = "GPT-2" if model.cfg.position == "learned" else "Llama"
+    if bad:
+        raise ExportError(f"transformers' {target} cannot express train.model {'; '.join(bad)}: export needs a gpt2 or llama design")
+    transformers = _require_transformers()
+    if target == "GPT-2":
+        hf, sd = transformers.GPT2LMHeadModel(gpt2_config(model, n_vocab, eot)), gpt2_state_dict(model, n_vocab)
+    else:
+        hf, sd = transformers.LlamaForCausalLM(llama_config(model, n_vocab, eot)), llama_state_dict(model, n_vocab)
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise ExportError(f"weight names do not match {target}'s: missing {missing}, unexpected {unexpected}")
+    if model.cfg.tie_embeddings:
+        hf.tie_weights()
+    return hf
 
 
 def hf_tokenizer(ranks_path: str, enc):
@@ -172,18 +255,14 @@ def export_hf(path: str, out_dir: str, force: bool = False) -> dict:
     from the latest checkpoint of the run (or the checkpoint) at `path`. Returns a summary."""
     out = Path(out_dir)
     check_target(out, path, force)
-    transformers = _require_transformers()
+    _require_transformers()  # before loading anything: the one line saying how to install it
     model, enc, state, ckpt = load_model(path)
     spec = run_tokenizer(state["tokenizer"], ckpt)
     ranks = ranks_file(spec)
     if ranks is None:
         raise ExportError(f"tokenizer {spec.name!r} has no .tiktoken ranks file to convert")
     n_vocab = enc.n_vocab
-    hf = transformers.GPT2LMHeadModel(gpt2_config(model, n_vocab, enc.eot_token))
-    missing, unexpected = hf.load_state_dict(gpt2_state_dict(model, n_vocab), strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"}:
-        raise ExportError(f"weight names do not match GPT-2's: missing {missing}, unexpected {unexpected}")
-    hf.tie_weights()
+    hf = hf_model(model, n_vocab, enc.eot_token)
     out.mkdir(parents=True, exist_ok=True)
     # first: an export stopped half-way leaves a directory that --force may replace
     write_json(str(out / EXPORT_MARKER), {"source": ckpt, "complete": False}, indent=None)

@@ -1,12 +1,14 @@
-"""A GPT-style decoder in one readable file (after nanoGPT's model.py): no framework inside.
+"""A decoder-only transformer in one readable file (after nanoGPT's model.py): no framework inside.
 
-Token + learned position embeddings, pre-LayerNorm blocks, causal self-attention through
-F.scaled_dot_product_attention (flash / memory-efficient kernels where available), GELU MLP,
-output head tied to the token embedding, dropout, optional biases, GPT-2 initialization with
-residual projections scaled by 1/sqrt(2 * n_layer). Optional muP (`mup_base_width`): hidden init
-variance / width_mult, attention scale 1/d_head, logits / width_mult; the hidden learning rate
-/ width_mult is the optimizer's part (training/optim.py, `hidden_lr_scale`). How it is
-parallelized lives elsewhere.
+Two block designs from one set of options (train.model; the arch's defaults in training/config.py):
+- gpt2: token + learned position embeddings, pre-LayerNorm blocks, GELU MLP, head tied to the token embedding;
+- llama: rotary positions (RoPE) in attention, RMSNorm, SwiGLU MLP, grouped-query attention, untied head;
+and, on either, ReLU-squared MLPs, QK-norm and logit soft-capping. Causal self-attention through
+F.scaled_dot_product_attention (flash / memory-efficient kernels where available), dropout, optional biases,
+GPT-2 initialization with residual projections scaled by 1/sqrt(2 * n_layer). Optional muP (`mup_base_width`):
+hidden init variance / width_mult, attention scale 1/d_head, logits / width_mult; the hidden learning rate
+/ width_mult is the optimizer's part (training/optim.py, `hidden_lr_scale`). How it is parallelized lives
+elsewhere.
 """
 
 from __future__ import annotations
@@ -25,31 +27,54 @@ if TYPE_CHECKING:
 
 @dataclass
 class GPTConfig:
-    """The model's shape. No defaults here: they live in the recipe schema (training.config.ModelConfig)."""
+    """The model's shape and design, every option resolved. No defaults here: they live in the recipe schema
+    (training.config.ModelConfig, ARCH_DEFAULTS)."""
 
     vocab_size: int  # padded: see padded_vocab
     n_layer: int
     n_head: int
+    n_kv_head: int  # grouped-query attention: each key/value head serves n_head / n_kv_head query heads
     d_model: int
     seq_len: int
     dropout: float
     bias: bool
+    norm: str  # layernorm | rmsnorm
+    position: str  # learned | rope
+    rope_theta: float
+    mlp: str  # gelu | swiglu | relu2
+    mlp_hidden: int
+    qk_norm: bool
+    tie_embeddings: bool
+    logit_softcap: float | None
     mup_base_width: int | None = None  # muP on, with hyperparameters tuned at this d_model
     document_mask: bool = False  # attention within documents only (they begin at the eot token)
     eot: int | None = None  # the end-of-text token, which begins every document in the shards
 
     @classmethod
     def from_config(cls, model: ModelConfig, n_vocab: int, eot: int | None = None) -> GPTConfig:
-        d = model.model_dump()
-        mup = d.pop("mup")
-        if d["document_mask"] and eot is None:
+        if model.document_mask and eot is None:
             raise ValueError("document_mask needs the tokenizer's end-of-text token (eot)")
-        return cls(vocab_size=padded_vocab(n_vocab), mup_base_width=mup["base_width"] if mup else None, eot=eot, **d)
+        keys = ("norm", "position", "mlp", "tie_embeddings")
+        return cls(
+            vocab_size=padded_vocab(n_vocab),
+            **{k: getattr(model, k) for k in ("n_layer", "n_head", "d_model", "seq_len", "dropout", "bias", "rope_theta", "qk_norm")},
+            **{k: model.resolved(k) for k in keys},
+            n_kv_head=model.n_kv_head or model.n_head,
+            mlp_hidden=model.mlp_hidden(),
+            logit_softcap=model.logit_softcap,
+            mup_base_width=model.mup.base_width if model.mup else None,
+            document_mask=model.document_mask,
+            eot=eot,
+        )
 
     @property
     def width_mult(self) -> float:
         """d_model / base_width under muP, 1 otherwise."""
         return self.d_model / self.mup_base_width if self.mup_base_width else 1.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
 
 
 def padded_vocab(n_vocab: int, multiple: int = 64) -> int:
@@ -57,25 +82,59 @@ def padded_vocab(n_vocab: int, multiple: int = 64) -> int:
     return ((n_vocab + multiple - 1) // multiple) * multiple
 
 
+def norm(cfg: GPTConfig, dim: int) -> nn.Module:
+    """LayerNorm (a bias with cfg.bias) or RMSNorm (a gain only); eps 1e-5 both, as GPT-2's and Llama's."""
+    return nn.RMSNorm(dim, eps=1e-5) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, eps=1e-5, bias=cfg.bias)
+
+
+def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (seq_len, head_dim) of rotary positions: dimension pair (i, i + head_dim/2) turns by
+    position x theta^(-2i/head_dim), the halves layout of Hugging Face's Llama (its weights need no permutation)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hs/2,)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, hs/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, hs)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary positions on queries or keys x (B, h, T, hs); cos, sin (T, hs) or (B, 1, T, hs)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, h, T, hs/2) each
+    return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         assert cfg.d_model % cfg.n_head == 0, "d_model must be a multiple of n_head"
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        assert cfg.n_head % cfg.n_kv_head == 0, "n_kv_head must divide n_head"
+        self.n_head, self.n_kv_head, self.head_dim, self.dropout = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.dropout
         # muP: 1/d_head (queries and keys become correlated as width grows); standard: 1/sqrt(d_head)
-        self.scale = 1.0 / (cfg.d_model // cfg.n_head) if cfg.mup_base_width else None
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.scale = 1.0 / cfg.head_dim if cfg.mup_base_width else None
+        # queries, keys and values side by side: n_head + 2 n_kv_head heads
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias)
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5), nn.RMSNorm(cfg.head_dim, eps=1e-5)
+        self.qk_norm = cfg.qk_norm
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.residual = True  # scaled at init
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rope: tuple | None = None) -> torch.Tensor:
         B, T, C = x.shape  # batch, time, d_model
-        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        hs, kv = self.head_dim, self.n_kv_head
+        q, k, v = self.qkv(x).split([self.n_head * hs, kv * hs, kv * hs], dim=2)  # (B, T, nh*hs), (B, T, nkv*hs) x 2
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (t.view(B, T, kv, hs).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         drop = self.dropout if self.training else 0.0
-        # mask: (B, 1, T, T), True where attention is allowed (causal and within a document); else plain causal
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None, scale=self.scale)
+        # mask: (B, 1, T, T), True where attention is allowed (causal and within a document); else plain causal.
+        # GQA: query head h reads key/value head h // (nh / nkv)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None, scale=self.scale, enable_gqa=kv != self.n_head
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C): heads side by side
         return self.resid_drop(self.proj(y))
 
@@ -83,23 +142,33 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.act = cfg.mlp
+        # swiglu: the gate's and the up projection's rows side by side in one matmul
+        self.fc = nn.Linear(cfg.d_model, (2 if cfg.mlp == "swiglu" else 1) * cfg.mlp_hidden, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=cfg.bias)
         self.proj.residual = True
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        h = self.fc(x)  # (B, T, hidden), swiglu (B, T, 2 hidden)
+        if self.act == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.act == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h)
+        return self.drop(self.proj(h))  # (B, T, C)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln1, self.attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias), CausalSelfAttention(cfg)
-        self.ln2, self.mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias), MLP(cfg)
+        self.ln1, self.attn = norm(cfg, cfg.d_model), CausalSelfAttention(cfg)
+        self.ln2, self.mlp = norm(cfg, cfg.d_model), MLP(cfg)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rope: tuple | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask, rope)
         return x + self.mlp(self.ln2(x))
 
 
@@ -108,12 +177,17 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.position == "learned" else None
+        if cfg.position == "rope":  # not saved: the config gives them
+            cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_f = norm(cfg, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.head.weight = self.wte.weight  # tied
+        if cfg.tie_embeddings:
+            self.head.weight = self.wte.weight
         self.apply(self._init)
 
     def _init(self, m: nn.Module) -> None:
@@ -125,7 +199,7 @@ class GPT(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding) or m is self.head:  # the tied input/output matrix: width-independent
+        elif isinstance(m, nn.Embedding) or m is self.head:  # the input and output matrices: width-independent
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
     def hidden_lr_scale(self) -> float:
@@ -133,8 +207,14 @@ class GPT(nn.Module):
         return 1.0 / self.cfg.width_mult
 
     def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters (a tied matrix once); non_embedding: without the position embedding, and without the token
+        embedding when it is untied (a lookup, no FLOPs; tied, it counts as the head)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        if non_embedding and not self.cfg.tie_embeddings:
+            n -= self.wte.weight.numel()
+        return n
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None
@@ -143,12 +223,20 @@ class GPT(nn.Module):
         B, T = idx.shape
         assert T <= self.cfg.seq_len, f"sequence of {T} tokens, model seq_len is {self.cfg.seq_len}"
         pos, mask = self.positions(idx)  # (T,) or (B, T); None or (B, 1, T, T)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C) + (T, C) or (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(pos)  # + (T, C) or (B, T, C)
+        else:  # (T, hs) each, or (B, 1, T, hs) where positions restart at each document
+            rope = (self.rope_cos[pos], self.rope_sin[pos]) if pos.dim() == 1 else (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
+        x = self.drop(x)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, rope)
         logits = self.head(self.ln_f(x))  # (B, T, vocab)
         if self.cfg.mup_base_width:  # muP: output logits / width_mult keep their scale as width grows
             logits = logits / self.cfg.width_mult
+        if self.cfg.logit_softcap:  # bounded logits: cap * tanh(logits / cap)
+            logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")  # (B*T,)
@@ -208,4 +296,4 @@ class GPT(nn.Module):
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B; N without position embeddings)."""
         c = self.cfg
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.d_model // c.n_head) * c.seq_len
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * c.head_dim * c.seq_len
