@@ -201,7 +201,7 @@ def _data(args: argparse.Namespace) -> int:
 
 def _train_job(cfg: RunConfig) -> int:
     from raylm.core.io import no_space
-    from raylm.training.driver import preflight, run_train, summarize
+    from raylm.training.driver import optimizer_plan, preflight, run_train, summarize
     from raylm.training.metrics import loss_text
 
     started = time.time()
@@ -209,6 +209,8 @@ def _train_job(cfg: RunConfig) -> int:
     with recorded(cfg.paths.train, "train", _dump(cfg), code_of=exit_code) as rec:
         rec["layout"] = describe_batch(job.train)
         print(f"raylm train: {rec['layout']}, {job.train.max_steps:,} steps", flush=True)
+        for line in optimizer_plan(job):
+            print(f"raylm train: {line}", flush=True)
         result = run_train(job, started)
         if result.error is not None and no_space(result.error) is not None:
             raise result.error  # a full disk: the one line main() prints

@@ -3,7 +3,8 @@ sources keeping the first-listed source's copy, per-source counts), then 1,000 s
 the two sources at 0.8/0.2: the per-step source counts are within 1% of the weights, identical across two runs,
 and identical again after a Ray Train worker is SIGKILLed mid-run and the run recovers from its checkpoint.
 That last run is also the suite's worker-failure test: its per-step losses equal, bit for bit, those of the
-run never stopped (the single-source loader's exact resume is tested without Ray in tests/test_loader.py)."""
+run never stopped (the single-source loader's exact resume is tested without Ray in tests/test_loader.py). The
+model is the llama arch (grouped-query attention) trained with Muon on 2 workers: their exact resume after a kill."""
 
 import json
 import os
@@ -84,7 +85,9 @@ def _cfg(tmp, name, shards):
             f"storage_path={tmp}",
             f"name={name}",
             f"train.data_path={shards}",
-            "train.model={n_layer: 1, n_head: 2, d_model: 32, seq_len: 32}",
+            # the llama arch with grouped-query attention and Muon: what the killed worker's exact resume covers too
+            "train.model={arch: llama, n_layer: 1, n_head: 2, n_kv_head: 1, d_model: 32, seq_len: 32}",
+            "train.optim.name=muon",
             "train.batch={micro_batch_size: 4, global_batch_tokens: 256}",
             f"train.max_steps={STEPS}",
             "train.schedule.warmup_steps=10",

@@ -68,13 +68,13 @@ def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict
     """Unsharded model and optimizer state keyed by parameter name. A collective: call on every rank."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    return get_state_dict(model, opt, options=_options())
+    return get_state_dict(model, getattr(opt, "optimizers", opt), options=_options())  # Combined: each one's state
 
 
 def load_full_state(model: torch.nn.Module, opt: torch.optim.Optimizer, model_sd: dict, opt_sd: dict) -> None:
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    set_state_dict(model, opt, model_state_dict=model_sd, optim_state_dict=opt_sd, options=_options())
+    set_state_dict(model, getattr(opt, "optimizers", opt), model_state_dict=model_sd, optim_state_dict=opt_sd, options=_options())
 
 
 def load_model_weights(model: torch.nn.Module, model_sd: dict) -> None:

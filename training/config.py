@@ -84,12 +84,27 @@ class ModelConfig(Strict):
         return multiple * math.ceil(round(self.resolved("mlp_ratio") * self.d_model, 6) / multiple)  # 8/3 x 96 is 256, not 257
 
 
+class MuonConfig(Strict):
+    """torch.optim.Muon for the 2-D matrices inside the blocks when optim.name is muon (the token embedding, the
+    head, norm gains and biases keep AdamW at optim.lr): momentum, then each update orthogonalized by Newton-Schulz."""
+
+    lr: float = Field(default=0.02, ge=0, le=1e3)  # the matrices' learning rate (Keller Jordan's default)
+    momentum: float = Field(default=0.95, ge=0, lt=1)
+    nesterov: bool = True
+    ns_steps: int = Field(default=5, ge=1, le=100)  # Newton-Schulz iterations
+    weight_decay: float = Field(default=0.0, ge=0, le=1e3)  # decoupled, times the Muon lr
+    # the update's scale per matrix shape: sqrt(max(1, rows/cols)) (original), or 0.2 sqrt(max(rows, cols)),
+    # the RMS of an AdamW update, so AdamW's lr carries over (match_rms_adamw, Moonshot's)
+    adjust_lr: Literal["original", "match_rms_adamw"] = "original"
+
+
 class OptimConfig(Strict):
-    name: Literal["adamw", "sgd"] = "adamw"
+    name: Literal["adamw", "sgd", "muon"] = "adamw"  # muon: Muon for the hidden matrices, AdamW for the rest
     lr: float = Field(default=1.0e-3, ge=0, le=1e3)  # 0 freezes the weights (a test of what init_from loaded)
     weight_decay: float = Field(default=0.1, ge=0, le=1e3)
     betas: tuple[Beta, Beta] = (0.9, 0.95)
     grad_clip: float = Field(default=1.0, gt=0, le=1e9)  # max global gradient norm
+    muon: MuonConfig = MuonConfig()  # used when name is muon
 
 
 class ScheduleConfig(Strict):
@@ -219,6 +234,15 @@ class TrainConfig(Strict):
             raise ValueError("train.mixture: until_step must rise from stage to stage; only the last may be null (to the end)")
         if any(sum(x.weights.values()) <= 0 for x in m):
             raise ValueError("train.mixture: every stage needs a weight above 0")
+        return self
+
+    @model_validator(mode="after")
+    def _muon_layout(self) -> TrainConfig:
+        if self.optim.name == "muon" and self.parallelism == "fsdp":
+            raise ValueError(
+                "train.optim.name: muon orthogonalizes whole matrices, which train.parallelism: fsdp shards across "
+                "workers: use train.parallelism: ddp (each worker holds every matrix whole)"
+            )
         return self
 
     @model_validator(mode="after")

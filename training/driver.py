@@ -35,6 +35,20 @@ class PreparedJob(TrainJob):
         return cls(job.train, job.paths, job.recipe)
 
 
+def optimizer_plan(job: TrainJob) -> list[str]:
+    """Which tensors each optimizer updates, at which lr and weight decay, a line per group: the model built on the
+    meta device (no memory, no initialization cost) from the recipe and the shards' vocabulary."""
+    import torch
+
+    from raylm.training.model import GPT, GPTConfig
+    from raylm.training.optim import describe_groups
+
+    tok = read_manifest(job.paths.shards).tokenizer
+    with torch.device("meta"):
+        model = GPT(GPTConfig.from_config(job.train.model, tok.n_vocab, tok.eot))
+    return describe_groups(model, job.train.optim)
+
+
 def preflight(
     job: TrainJob, own: bool = True, hint: str = "", connect: Callable[[], None] | None = None, nodes: list[dict[str, float]] | None = None
 ) -> PreparedJob:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import torch
@@ -9,34 +10,98 @@ import torch
 from raylm.training.config import OptimConfig, ScheduleConfig
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict]:
-    """Matrices (linear and embedding weights) decay; biases and norm gains do not (as nanoGPT).
-    Under muP the hidden matrices (inside blocks) get lr x model.hidden_lr_scale(). Tied parameters
-    appear once. The first group is the embedding's: its lr is the one reported."""
+def _named_params(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """Trainable parameters by name, a tied one once (under its first name)."""
+    seen, out = set(), []
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append((name, p))
+    return out
+
+
+def is_hidden_matrix(name: str, p: torch.nn.Parameter) -> bool:
+    """A 2-D weight inside the blocks (attention and MLP projections): what Muon and muP's hidden lr treat apart
+    from the embeddings and the head."""
+    return p.dim() == 2 and "blocks." in name
+
+
+def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Matrices (linear and embedding weights) decay; biases and norm gains do not (as nanoGPT). Under muP the
+    hidden matrices get lr x model.hidden_lr_scale(); with Muon they form the last group, `"muon": True`, at
+    muon.lr (its orthogonalized update is width-independent: no muP scale). Tied parameters appear once. The
+    first group is the embedding's: its lr is the one reported. Each group's `names` says what it holds."""
     gpt = model.module if hasattr(model, "module") else model
     scale = gpt.hidden_lr_scale() if hasattr(gpt, "hidden_lr_scale") else 1.0
-    seen, decay, hidden, no_decay = set(), [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        if p.dim() < 2:
-            no_decay.append(p)
-        elif "blocks." in name and scale != 1.0:
-            hidden.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
-    if hidden:
-        groups.insert(1, {"params": hidden, "weight_decay": weight_decay, "lr": lr * scale})
+    muon = cfg.name == "muon"
+    decay, hidden, no_decay = ([], []), ([], []), ([], [])
+    for name, p in _named_params(model):
+        bucket = no_decay if p.dim() < 2 else hidden if is_hidden_matrix(name, p) and (muon or scale != 1.0) else decay
+        bucket[0].append(p)
+        bucket[1].append(name)
+    groups = [
+        {"params": decay[0], "names": decay[1], "weight_decay": cfg.weight_decay, "lr": cfg.lr},
+        {"params": no_decay[0], "names": no_decay[1], "weight_decay": 0.0, "lr": cfg.lr},
+    ]
+    if muon:
+        groups.append({"params": hidden[0], "names": hidden[1], "weight_decay": cfg.muon.weight_decay, "lr": cfg.muon.lr, "muon": True})
+    elif hidden[0]:
+        groups.insert(1, {"params": hidden[0], "names": hidden[1], "weight_decay": cfg.weight_decay, "lr": cfg.lr * scale})
     return groups
 
 
+class Combined(torch.optim.Optimizer):
+    """Optimizers stepped as one (torchtitan's OptimizersContainer): their param groups, in order, are this one's
+    (the same dicts), so one LR schedule and the hyperparameter code drive them all; checkpoints hold each one's
+    state (training/checkpoint.py passes `optimizers` to torch.distributed.checkpoint)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):  # not Optimizer.__init__: groups and state stay the inner ones'
+        self.optimizers = optimizers
+        self.defaults: dict = {}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        # read anew each time: loading a state dict gives an optimizer new group dicts
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def state(self):
+        return collections.ChainMap(*(o.state for o in self.optimizers))
+
+    def step(self, closure=None):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.lr)
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg)]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.betas[0])
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device_type == "cuda")
+    rest = [g for g in groups if not g.get("muon")]
+    adamw = torch.optim.AdamW(rest, lr=cfg.lr, betas=tuple(cfg.betas), fused=device_type == "cuda")
+    if cfg.name != "muon":
+        return adamw
+    m = cfg.muon
+    (matrices,) = [{k: v for k, v in g.items() if k != "muon"} for g in groups if g.get("muon")]
+    muon = torch.optim.Muon([matrices], lr=m.lr, momentum=m.momentum, nesterov=m.nesterov, ns_steps=m.ns_steps, adjust_lr_fn=m.adjust_lr)
+    return Combined([adamw, muon])
+
+
+def describe_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[str]:
+    """Which tensors get which optimizer and lr, a line per group (printed as training starts)."""
+    lines = []
+    for g in param_groups(model, cfg):
+        if not g["params"]:
+            continue
+        algo = "muon" if g.get("muon") else cfg.name if cfg.name != "muon" else "adamw"
+        n = sum(p.numel() for p in g["params"])
+        shown = ", ".join(g["names"][:4]) + (f" and {len(g['names']) - 4} more" if len(g["names"]) > 4 else "")
+        lines.append(f"{algo} lr {g['lr']:.3g} weight decay {g['weight_decay']:g}: {len(g['names'])} tensors, {n:,} params ({shown})")
+    return lines
 
 
 def lr_factor(step: int, cfg: ScheduleConfig, max_steps: int) -> float:
