@@ -21,11 +21,15 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "shakespeare.jsonl.gz"
-MODEL = "{n_layer: 2, n_head: 2, d_model: 64, seq_len: 64}"  # the pretrained run's, which fine-tuning from it must match
-# the pretrained run's training (2 workers, 12 steps); tests/test_train_parallel.py runs it on 1 worker to compare
+# the pretrained run's model, which fine-tuning from it must match: the llama arch with grouped-query attention (the
+# gpt2 arch trains in the other end-to-end tests: the tune campaigns, interrupts, S3, tracking)
+MODEL = "{arch: llama, n_layer: 2, n_head: 2, n_kv_head: 1, d_model: 64, seq_len: 64}"
+# the pretrained run's training (2 workers, 12 steps, AdamW: FSDP2 refuses Muon); tests/test_train_parallel.py runs
+# it on 1 worker and on 2 FSDP2 workers to compare
 TINY_MODEL = {"n_layer": 2, "n_head": 2, "d_model": 32, "seq_len": 16}  # tiny_trainer's
 PRETRAIN = [
     f"train.model={MODEL}",
+    "train.optim.name=adamw",
     "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}",
     "train.max_steps=12",
     "train.schedule.warmup_steps=2",

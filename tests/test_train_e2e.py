@@ -167,13 +167,15 @@ def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, cap
     # the masked LM loss counts completion tokens only: fewer than the val split's tokens
     assert after["lm"]["tokens"] < man["splits"]["val"]["tokens"] / 3
 
-    # and the fine-tuned run exports
+    # and the fine-tuned run exports (the llama arch: as transformers' LlamaForCausalLM)
     assert main(["export", str(tmp_path / "ft"), str(tmp_path / "hf")]) == 0
-    assert (tmp_path / "hf" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
 
     # the same fine-tune with document masking (finetune.yaml's own setting): the same weights (lr 0) on the same
-    # val windows score the packed examples each on its own, so only the mask moves the loss
+    # val windows score the packed examples each on its own, so only the mask moves the loss. With rotary positions
+    # (the llama arch) restarting positions moves no relative position, and a 12-step model attends almost
+    # uniformly: the mask alone moves the loss by ~2e-5, far above the ~1e-7 of two kernels' rounding
     masked = [*sets, "--set", "name=ftm", "--set", f"train.data_path={data}", "--set", f"train.model={MODEL[:-1]}, document_mask: true}}"]
     assert main(["train", FINETUNE, *masked]) == 0
     plain, doc = _rows(tmp_path / "ft")[-1]["val_loss"], _rows(tmp_path / "ftm")[-1]["val_loss"]
-    assert plain is not None and doc is not None and abs(plain - doc) > 1e-4
+    assert plain is not None and doc is not None and abs(plain - doc) > 1e-5

@@ -1,6 +1,7 @@
 """Data parallelism changes nothing but speed: 2 DDP workers (the session's pretrained run), 2 FSDP2 workers
 and 1 worker with twice the gradient accumulation see the same windows per optimizer step, so their
-per-step losses agree (to float tolerance: only the order of the reductions differs)."""
+per-step losses agree (to float tolerance: only the order of the reductions differs). The model is the
+pretrained run's: the llama arch with grouped-query attention, under AdamW."""
 
 import json
 
