@@ -1,9 +1,14 @@
 """GPT-2 124M on one GPU: raylm's Ray Train loop against a plain PyTorch loop of the same model, side by side.
 
     python benchmarks/gpu_mfu.py [--steps 40] [--skip 10] [--micro 16] [--accum 4] [--fsdp] [--tiny]
+                                 [--arch gpt2|llama] [--optim adamw|muon]
 
 Both train GPT-2 small (12 layers, 12 heads, d768, seq 1024, vocabulary 50,304 after padding) with bf16,
-torch.compile and fused AdamW on synthetic shards (random tokens: throughput does not depend on the text):
+torch.compile and fused AdamW on synthetic shards (random tokens: throughput does not depend on the text).
+`--arch llama`: the same shape as a Llama block (RMSNorm, rotary positions, SwiGLU of 2,048, 4 key/value heads
+for the 12 query heads, untied head); `--optim muon`: Muon for the hidden matrices, AdamW for the rest, on both
+sides (raylm's build_optimizer in the plain loop). MFU counts 6N + 12 L H Q T FLOPs a token (the model's
+flops_per_token: N holds grouped-query attention's smaller key/value projections and SwiGLU's three matrices):
   - plain: nanoGPT's loop, one process: the model (training/model.py), `torch.compile`, `torch.autocast(bf16)`,
     fused AdamW, random windows of a memory-mapped array, gradient accumulation, clipping; nothing of raylm's
     loop, loader or Ray;
@@ -56,13 +61,14 @@ def synthetic_shards(root: Path, tokens: int, seed: int = 0) -> str:
     return str(data)
 
 
-def plain_loop(model_cfg: dict, data: str, micro: int, accum: int, steps: int, device: str, fast: bool) -> list[float]:
+def plain_loop(model_cfg: dict, data: str, micro: int, accum: int, steps: int, device: str, fast: bool, optim: str = "adamw") -> list[float]:
     """nanoGPT's training loop on the same model; the wall time at the end of each step."""
     import torch
 
     from raylm.core.manifest import read_manifest
-    from raylm.training.config import ModelConfig
+    from raylm.training.config import ModelConfig, OptimConfig
     from raylm.training.model import GPT, GPTConfig
+    from raylm.training.optim import build_optimizer
 
     torch.manual_seed(0)
     man = read_manifest(data)
@@ -70,7 +76,10 @@ def plain_loop(model_cfg: dict, data: str, micro: int, accum: int, steps: int, d
     model = GPT(GPTConfig.from_config(ModelConfig(**model_cfg), N_VOCAB)).to(device)
     if fast:
         model = torch.compile(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device == "cuda")
+    if optim == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device == "cuda")
+    else:
+        opt = build_optimizer(model, OptimConfig(name=optim, lr=6e-4), device)
     ctx = torch.autocast(device, dtype=torch.bfloat16) if fast else nullcontext()
     T, rng, times = model_cfg["seq_len"], np.random.default_rng(0), []
     for _ in range(steps):
@@ -108,7 +117,7 @@ def raylm_loop(args, model_cfg: dict, data: str, out: Path) -> list[float]:
         f"train.max_steps={args.steps}",
         "train.eval.every=1000000000",
         "train.checkpoint.every=1000000000",
-        "train.optim={lr: 6.0e-4, weight_decay: 0.1, betas: [0.9, 0.95], grad_clip: 1.0}",
+        f"train.optim={{name: {args.optim}, lr: 6.0e-4, weight_decay: 0.1, betas: [0.9, 0.95], grad_clip: 1.0}}",
         f"train.parallelism={'fsdp' if args.fsdp else 'ddp'}",
         f"train.compile={'auto' if gpu else 'false'}",
     ]
@@ -131,6 +140,8 @@ def main() -> None:
     ap.add_argument("--accum", type=int, default=4, help="micro-steps per optimizer step")
     ap.add_argument("--fsdp", action="store_true", help="raylm side with train.parallelism fsdp (FSDP2)")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model on CPU in fp32: a smoke test without a GPU")
+    ap.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2", help="the block design (llama: with 4 key/value heads)")
+    ap.add_argument("--optim", choices=["adamw", "muon"], default="adamw")
     ap.add_argument("--out", default=str(ROOT / "bench-out" / "gpu_mfu"))
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -144,7 +155,11 @@ def main() -> None:
     from raylm.training.model import GPT, GPTConfig
     from raylm.training.worker import peak_flops
 
-    model_cfg = TINY if args.tiny else GPT2
+    model_cfg = {**(TINY if args.tiny else GPT2), "arch": args.arch}
+    if args.arch == "llama":
+        model_cfg["n_kv_head"] = 1 if args.tiny else 4
+    if args.optim == "muon" and args.fsdp:
+        sys.exit("gpu_mfu: Muon needs whole matrices: train.parallelism fsdp refuses it (drop --fsdp)")
     device = "cpu" if args.tiny else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_mfu: no GPU here (use --tiny for a CPU smoke test)")
@@ -152,9 +167,10 @@ def main() -> None:
     data = synthetic_shards(out / ("tiny" if args.tiny else "gpt2"), max(tokens_per_step * (args.steps + 2), 4 << 20))
     fpt = GPT(GPTConfig.from_config(ModelConfig(**model_cfg), N_VOCAB)).flops_per_token()
     peak = peak_flops(torch.device("cuda")) if device == "cuda" else None
-    print(f"model {model_cfg}, {fpt / 6 / 1e6:.0f}M params (FLOPs/6 per token); {tokens_per_step:,} tokens per step; {device}")
+    print(f"model {model_cfg}, optim {args.optim}, {fpt / 6 / 1e6:.0f}M params (FLOPs/6 per token); {tokens_per_step:,} tokens per step; {device}")
 
-    plain = rate(plain_loop(model_cfg, data, args.micro, args.accum, args.steps, device, not args.tiny), args.skip, tokens_per_step)
+    plain_times = plain_loop(model_cfg, data, args.micro, args.accum, args.steps, device, not args.tiny, args.optim)
+    plain = rate(plain_times, args.skip, tokens_per_step)
     init_ray(load_config(None, []).ray)
     ray_rate = rate(raylm_loop(args, model_cfg, data, out), args.skip, tokens_per_step)
     print(f"{'':>8} {'tokens/s':>12} {'MFU':>8}")

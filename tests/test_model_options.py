@@ -159,3 +159,14 @@ def test_every_option_together_trains(arch):
         loss.backward()
         opt.step()
     assert losses[-1] < 0.3 * losses[0], (arch, losses[0], losses[-1])
+
+
+def test_flops_per_token_count_gqa_and_swiglu_matrices():
+    """MFU's 6N + 12 L H Q T: N holds grouped-query attention's smaller key/value projections, SwiGLU's three
+    matrices and the untied head, not the token embedding (a lookup)."""
+    m = _model(arch="llama", n_kv_head=2)
+    L, d, H, kv, hs, hidden, V, T = 2, 32, 4, 2, 8, 128, 128, 16
+    block = d * (H + 2 * kv) * hs + d * d + d * 2 * hidden + hidden * d + 2 * d  # qkv, proj, gate+up, down, 2 norms
+    n = L * block + d + V * d  # + the final norm and the head
+    assert m.num_params() == n
+    assert m.flops_per_token() == 6 * n + 12 * L * H * hs * T
