@@ -11,7 +11,8 @@ does it (run_train, the recipe's workers), one after another on the same cores; 
 brackets B between two A's, since this machine's speed drifts within the hour. Prints, per run, the val bits per
 byte at the last step and the training wall time from the first step's end to the last's (Ray's and the workers'
 start-up left out), then B - A (bits/byte) and B / A (time). The shards are `--data` (a complete data/ of
-the recipe's data stage, e.g. runs/shakespeare-local/data), else built once under bench-out/arch/data.
+the recipe's data stage, e.g. runs/shakespeare-local/data), else built once under --out (data-run/data) and
+reused by later invocations.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def _shards(recipe: str, data: str | None, out: Path) -> str:
     from raylm.pipelines.run import run_data
 
     cfg = load_config(recipe, [f"storage_path={out}", "name=data-run"])
-    run_data(cfg)
-    return str(out / "data-run" / "data")
+    run_data(cfg.data, cfg.paths, summary=False)  # a finished one is reused
+    return str(cfg.paths.data)
 
 
 def _run(recipe: str, shards: str, out: Path, name: str, sets: list[str]) -> dict:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.out).resolve() / time.strftime("%Y%m%d-%H%M%S")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    shards = _shards(args.recipe, args.data, out)
+    shards = _shards(args.recipe, args.data, Path(args.out).resolve())
     runs: dict[str, list[dict]] = {"A": [], "B": []}
     for i, which in enumerate(args.order):
         sets = (BASELINE if which == "A" else args.set) + ([f"train.max_steps={args.steps}"] if args.steps else [])

@@ -227,8 +227,8 @@ class GPT(nn.Module):
         rope = None
         if self.wpe is not None:
             x = x + self.wpe(pos)  # + (T, C) or (B, T, C)
-        else:  # (T, hs) each, or (B, 1, T, hs) where positions restart at each document
-            rope = (self.rope_cos[pos], self.rope_sin[pos]) if pos.dim() == 1 else (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
+        else:  # rotary: cos, sin (T, hs), or (B, 1, T, hs) where positions restart at each document
+            rope = tuple(t[pos] if pos.dim() == 1 else t[pos][:, None] for t in (self.rope_cos, self.rope_sin))
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, mask, rope)
