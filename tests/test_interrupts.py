@@ -25,9 +25,13 @@ _SIGINT_IGNORED = (
 )
 
 
-def _start(args: list[str], env_extra: dict | None = None, sigint_ignored: bool = False) -> subprocess.Popen:
+def _start(args: list[str], ray=None, sigint_ignored: bool = False) -> subprocess.Popen:
+    """`raylm ARGS`: a driver of the session's Ray instance `ray` when given (RAY_ADDRESS, as Ray Jobs starts one),
+    else on a local instance of its own."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # the caller's too (benchmarks/train_runs.py)
-    env = {**os.environ, "PYTHONPATH": path, **(env_extra or {})}
+    env = {**os.environ, "PYTHONPATH": path}
+    if ray is not None:
+        env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     cmd = [sys.executable, "-c", _SIGINT_IGNORED] if sigint_ignored else [sys.executable, "-m", "raylm"]
     return subprocess.Popen([*cmd, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -54,13 +58,14 @@ def _terminate(proc) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def test_sigterm_ends_training_as_an_interrupt(sample_shards, tmp_path):
+def test_sigterm_ends_training_as_an_interrupt(ray_session, sample_shards, tmp_path):
     sets = [f"storage_path={tmp_path}", "name=term", f"train.data_path={sample_shards}", "train.max_steps=5000"]
     sets += ["train.model={n_layer: 1, n_head: 2, d_model: 32, seq_len: 32}", "train.batch={micro_batch_size: 2, global_batch_tokens: 128}"]
     sets += ["train.scaling.num_workers=1"]  # a second worker (~3 s of CPU to start) adds nothing to how the driver ends
     # SIGINT ignored: the SIGTERM alone ends it (with SIGINT's default handler the same path raises KeyboardInterrupt
-    # by way of it: tests/test_signals.py)
-    proc = _start(["train", str(ROOT / "cluster/recipes/local.yaml"), *[a for s in sets for a in ("--set", s)]], sigint_ignored=True)
+    # by way of it: tests/test_signals.py). A driver of the session's Ray, as a Ray Jobs driver is: a local instance
+    # of its own costs ~9 s more, and tests/test_cli_errors.py already starts those
+    proc = _start(["train", str(ROOT / "cluster/recipes/local.yaml"), *[a for s in sets for a in ("--set", s)]], ray_session, sigint_ignored=True)
     _wait_for(tmp_path / "term" / "train" / "metrics.jsonl", proc)
     rc, err = _terminate(proc)
     rec = json.loads((tmp_path / "term" / "train" / "run.json").read_text())
@@ -72,7 +77,8 @@ def test_sigterm_ends_training_as_an_interrupt(sample_shards, tmp_path):
 
 def test_an_interrupted_campaign_says_so_and_how_to_resume(sample_shards, tmp_path):
     """Three trials of one CPU each on 2 CPUs, all started by Tune: SIGTERM once one has trained; the third never
-    got its workers, and a fourth was never drawn."""
+    got its workers, and a fourth was never drawn. On a Ray instance of its own: on the session's warm one the third
+    trial's workers can start (and train a step) in the moment the first two are being stopped."""
     sets = [f"storage_path={tmp_path}", "name=cut", f"train.data_path={sample_shards}", "tune.num_samples=4", "tune.max_concurrent_trials=3"]
     sets += ["train.model={n_layer: 1, n_head: 2, d_model: 32, seq_len: 32}", "train.batch={micro_batch_size: 2, global_batch_tokens: 128}"]
     sets += ["train.max_steps=2000", "train.eval={every: 50, batches: 1}", "tune.scheduler={type: fifo}"]
