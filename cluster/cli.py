@@ -92,7 +92,13 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
 
 def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
-    p.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json, model.safetensors, tokenizer.json")
+    p.add_argument(
+        "--format",
+        choices=["hf", "safetensors"],
+        default="hf",
+        help="hf: a transformers model directory (config.json, model.safetensors, tokenizer.json); safetensors: raylm's own "
+        "tensors, config.json and tokenizer.tiktoken (raylm.training.export.load_safetensors)",
+    )
     p.add_argument("out", metavar="OUT_DIR")
     p.add_argument("--force", action="store_true", help="replace an earlier raylm export in OUT_DIR (never any other directory)")
 
@@ -377,13 +383,16 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from raylm.training.export import export_hf
+    from raylm.training.export import export_hf, export_safetensors
 
-    info = export_hf(args.path, args.out, force=args.force)
-    print(
-        f"raylm export: step {info['step']} of {info['run']} ({info['params']:,} parameters, vocab {info['n_vocab']:,}) "
-        f"-> {args.out} (transformers GPT-2: GPT2LMHeadModel.from_pretrained / AutoTokenizer.from_pretrained)"
+    write = export_hf if args.format == "hf" else export_safetensors
+    info = write(args.path, args.out, force=args.force)
+    how = (
+        "transformers: AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained"
+        if args.format == "hf"
+        else "raylm.training.export.load_safetensors, or safetensors and config.json"
     )
+    print(f"raylm export: step {info['step']} of {info['run']} ({info['params']:,} parameters, vocab {info['n_vocab']:,}) -> {args.out} ({how})")
     return 0
 
 
@@ -398,7 +407,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(
         "loss, perplexity, next-token accuracy; task metrics (exact match, accuracy, macro-F1, BLEU) on a split or a file", _eval, _eval_options
     ),
-    "export": Command("a run's latest checkpoint as a Hugging Face transformers GPT-2 directory", _export, _export_options, recipe=False),
+    "export": Command("a run's latest checkpoint as a transformers directory, or as safetensors", _export, _export_options, recipe=False),
     "runs": Command("the runs under a storage path (stages, steps, best val loss, when), or one run's record", _runs, _runs_options, recipe=False),
     "sample": Command("generate text from a run's latest checkpoint (or a checkpoint directory)", _sample, _sample_options, recipe=False),
 }

@@ -2,7 +2,7 @@
 
     {name}/data/        manifest.json (core/manifest.py), shard-*.npy (+ .idx.npy, .mask.npy), removed.parquet, stats.json, removed.png,
                         tokenizer.tiktoken (a trained or file tokenizer); _work/ while the stage runs
-    {name}/train/       Ray Train's run: checkpoint_*/ (state.pt, rng-*.pt, meta.json), metrics.jsonl,
+    {name}/train/       Ray Train's run: checkpoint_*/ (dcp/ or state.pt, trainer.pt, rng-*.pt, meta.json), metrics.jsonl,
                         tensorboard/, loss.png
     {name}/eval/        <what>@<run>-step<N>.json from `raylm eval`
     {name}/tune/        Ray Tune's experiment; trials/<trial_id>/ is each trial's own run directory

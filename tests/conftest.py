@@ -18,6 +18,9 @@ settings.register_profile("thorough", max_examples=1000, deadline=None, print_bl
 # a 20-step run was ~1 s shorter, but a HyperBand campaign then once never ended: see CHANGELOG, Known issues.)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# asynchronous checkpoint writes wait 2 s (training/saving.py): the window in which tests/test_train_parallel.py
+# kills a worker while one is in flight; no other test saves asynchronously
+os.environ.setdefault("RAYLM_TESTING_CHECKPOINT_WRITE_DELAY_S", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample" / "shakespeare.jsonl.gz"
@@ -99,6 +102,11 @@ def sample_shards(pretrained) -> str:
 @pytest.fixture
 def tiny_shards(tmp_path):
     """Synthetic shards (vocab 100, end-of-text 99) under tmp_path/data, for the Trainer driven without Ray."""
+    return write_tiny_shards(tmp_path)
+
+
+def write_tiny_shards(tmp_path: Path) -> Path:
+    """tiny_shards' shards under tmp_path/data; returns tmp_path."""
     import numpy as np
 
     from raylm.core.manifest import write_manifest

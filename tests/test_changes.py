@@ -96,7 +96,7 @@ def test_a_checkpoint_from_before_a_new_section_resumes_at_its_default():
 
 
 RESUMABLE = ["max_steps", "max_nonfinite_losses", "eval", "checkpoint", "report_every", "log_every", "loggers", "scaling", "failure"]
-RESUMABLE += ["precision", "compile", "init_from"]
+RESUMABLE += ["parallelism", "precision", "compile", "init_from"]  # parallelism: checkpoints reshard between DDP and FSDP2
 
 
 def test_the_train_keys_a_resume_may_change_are_exactly_these():

@@ -24,8 +24,9 @@ def bpe(tmp_path_factory):
     return spec, load_encoding(spec), str(d)
 
 
-def write_checkpoint(directory, model_cfg: dict, bpe, seed: int = 0, jitter: bool = True) -> GPT:
-    """A checkpoint as training writes it (state.pt, meta.json, tokenizer files), without Ray."""
+def write_checkpoint(directory, model_cfg: dict, bpe, seed: int = 0, jitter: bool = True, fmt: str = "full") -> GPT:
+    """A checkpoint as training writes it (state.pt or, sharded, dcp/ and trainer.pt; meta.json, tokenizer files),
+    without Ray: a sharded one as one rank writes it."""
     spec, enc, tok_dir = bpe
     cfg = RunConfig.model_validate({"name": "export-test", "train": {"model": model_cfg}})
     torch.manual_seed(seed)
@@ -37,7 +38,11 @@ def write_checkpoint(directory, model_cfg: dict, bpe, seed: int = 0, jitter: boo
                     p.add_(0.1 * torch.randn_like(p))
     state = {"model": model.state_dict(), "step": 7, "config": cfg.model_dump(mode="json"), "tokenizer": describe(spec, enc)}
     directory.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(str(directory), 0, state, tokenizer_dir=tok_dir)
+    if fmt == "sharded":
+        weights = {"model": state.pop("model")}
+        checkpoint.save_sharded(str(directory), 0, 1, weights, state, tokenizer_dir=tok_dir)
+    else:
+        checkpoint.save(str(directory), 0, state, tokenizer_dir=tok_dir)
     return model.eval()
 
 
@@ -72,6 +77,24 @@ def test_export_logits_match_transformers(tmp_path, bpe, model_cfg):
     diff = (ref[..., : enc.n_vocab] - got).abs().max().item()
     assert diff <= 1e-4, f"max abs logit diff {diff}"
     assert ref.abs().max().item() > 0.1  # not a vacuous comparison of near-zero logits
+
+
+@pytest.mark.parametrize("model_cfg", [{"arch": "llama", "n_layer": 2, "n_head": 4, "n_kv_head": 2, "d_model": 64, "seq_len": 32}])
+def test_a_sharded_checkpoint_exports_as_hf_and_safetensors_with_the_same_logits(tmp_path, bpe, model_cfg):
+    from raylm.training.export import load_safetensors
+
+    ours = write_checkpoint(tmp_path / "ckpt", model_cfg, bpe, fmt="sharded")
+    assert (tmp_path / "ckpt" / "dcp" / ".metadata").exists() and not (tmp_path / "ckpt" / "state.pt").exists()
+    assert main(["export", str(tmp_path / "ckpt"), "--format", "hf", str(tmp_path / "hf")]) == 0
+    assert main(["export", str(tmp_path / "ckpt"), "--format", "safetensors", str(tmp_path / "st")]) == 0
+    assert {"model.safetensors", "config.json", "tokenizer.tiktoken"} <= {p.name for p in (tmp_path / "st").iterdir()}
+    x = torch.randint(0, bpe[1].n_vocab, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, _ = ours(x)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()(x).logits
+        st, _ = load_safetensors(str(tmp_path / "st"))(x)
+    assert (ref[..., : bpe[1].n_vocab] - hf).abs().max().item() <= 1e-4
+    assert torch.equal(st, ref)  # the same tensors: the same logits, bit for bit
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,9 @@ def test_run_and_sample_on_s3(s3_server, monkeypatch):
     assert all(fs.exists(f"{run}/data/{s['path']}") for s in man["splits"]["train"]["shards"])
     rows = [json.loads(x) for x in fs.cat(f"{run}/train/metrics.jsonl").decode().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 13))
-    assert fs.glob(f"{run}/train/checkpoint_*/state.pt")
+    # sharded checkpoints: every rank's part, trainer.pt and meta.json, all on S3
+    assert fs.glob(f"{run}/train/checkpoint_*/dcp/.metadata") and fs.glob(f"{run}/train/checkpoint_*/dcp/__0_0.distcp")
+    assert fs.glob(f"{run}/train/checkpoint_*/trainer.pt") and fs.glob(f"{run}/train/checkpoint_*/meta.json")
     assert not (ROOT / "runs" / "s3run").exists(), "nothing of the run or the campaign written locally"
     # the credentials appear in no log and nowhere in the run or the campaign
     secret = s3_server["AWS_SECRET_ACCESS_KEY"]

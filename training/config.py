@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raylm.core.io import absolute
 from raylm.core.paths import RunPaths
@@ -125,8 +125,25 @@ class EvalConfig(Strict):
 
 
 class CheckpointConfig(Strict):
-    every: int = Field(default=500, ge=1, le=MAX_STEPS)  # steps between checkpoints
-    keep: int = Field(default=2, ge=1, le=10**6)
+    """Checkpoints of a training run (training/checkpoint.py): each a Ray Train checkpoint in the run's storage."""
+
+    # `async` is a Python keyword: the field is async_, read and written as `async`
+    model_config = ConfigDict(**Strict.model_config, populate_by_name=True, serialize_by_alias=True)
+
+    every: int = Field(default=500, ge=1, le=MAX_STEPS)  # steps between checkpoints (and the last step)
+    keep: int = Field(default=2, ge=1, le=10**6)  # the newest this many are kept (Ray Train's num_to_keep)
+    # sharded: every rank writes its own part of the model and optimizer state in parallel
+    # (torch.distributed.checkpoint), nothing gathered; full: rank 0 gathers the whole state into one state.pt
+    format: Literal["sharded", "full"] = "sharded"
+    # sharded only: training goes on once the state is copied to host memory, while the files are written and
+    # uploaded in the background; the checkpoint is reported (and counts) only once every rank's part is written
+    async_: bool = Field(default=False, alias="async")
+
+    @model_validator(mode="after")
+    def _async_sharded(self) -> CheckpointConfig:
+        if self.async_ and self.format != "sharded":
+            raise ValueError("train.checkpoint.async needs train.checkpoint.format: sharded (a full save gathers on rank 0 first)")
+        return self
 
 
 AUTO = "auto"

@@ -139,10 +139,29 @@ class TrainLoader:
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.state.epoch, "step": self.state.step}
+        return {"epoch": self.state.epoch, "step": self.state.step, "world": self.world}
 
     def load_state_dict(self, d: dict) -> None:
-        self.state = LoaderState(int(d["epoch"]), int(d["step"]))
+        """A position saved by any number of ranks: step s of `world` ranks has taken positions [0, s * world * B)
+        of the epoch's order, the same windows as step s * world / self.world here (a whole number: each optimizer
+        step takes global_batch_tokens on any world)."""
+        saved = int(d.get("world", self.world)) * int(d["step"])
+        if saved % self.world:
+            raise ValueError(f"a loader position of {saved} micro-batches over all ranks does not split over {self.world} ranks")
+        self.state = LoaderState(int(d["epoch"]), saved // self.world)
+
+    def layout_note(self, d: dict, saved_world: int) -> str:
+        """What of the data position carries over from `saved_world` ranks to this loader's, in one line."""
+        n, b = self.w.n, self.B
+        epoch, pos = int(d["epoch"]), int(d["step"]) * saved_world * b
+        ends = {w: n - n % (b * w) for w in (saved_world, self.world)}  # the windows an epoch takes on w ranks
+        same = ends[saved_world] == ends[self.world]
+        after = "every later epoch too" if same else f"then each epoch takes {ends[self.world]:,} of its windows, not {ends[saved_world]:,}"
+        fresh = f"; ranks {saved_world}-{self.world - 1} start from seeded RNG states" if self.world > saved_world else ""
+        return (
+            f"a checkpoint of {saved_world} worker(s) resumes on {self.world}: model, optimizer, schedule and step exactly; the data "
+            f"position exactly (window {pos:,} of epoch {epoch}'s order) to the epoch's end, {after}{fresh}"
+        )
 
 
 def val_windows(windows: ShardWindows, count: int) -> np.ndarray:

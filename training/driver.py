@@ -236,6 +236,7 @@ RESUME_SAFE = tuple(
         "log_every",
         "loggers",
         "scaling",
+        "parallelism",  # DCP reshards a checkpoint between DDP and FSDP2
         "failure",
         "precision",
         "compile",

@@ -1,5 +1,10 @@
-"""`raylm export RUN --format hf OUT`: a Hugging Face `transformers` model directory, GPT2LMHeadModel for
+"""`raylm export RUN OUT`, from a checkpoint of either format (a sharded one is read without a process group).
+
+`--format hf` (the default): a Hugging Face `transformers` model directory, GPT2LMHeadModel for
 a model of learned positions (the gpt2 arch), LlamaForCausalLM for one of rotary positions (the llama arch).
+`--format safetensors`: raylm's own tensors by their names in model.py (`model.safetensors`, tied weights
+once), `config.json` (the train.model section, vocabulary, end-of-text id) and `tokenizer.tiktoken` (+ `.json`),
+for users who load the model without transformers: `load_safetensors(OUT)` rebuilds the GPT.
 
 Either way the weights map one to one, the vocabulary cut back from its padded size to the tokenizer's.
 GPT-2 (learned positions, pre-LayerNorm, exact-erf GELU): Linear (out, in) -> GPT-2's Conv1D (in, out),
@@ -248,6 +253,46 @@ def hf_tokenizer(ranks_path: str, enc):
     if got != want:
         raise ExportError(f"the converted tokenizer disagrees with tiktoken on {_PROBE!r}: {got} vs {want}")
     return fast
+
+
+SAFETENSORS_CONFIG = "config.json"
+
+
+def export_safetensors(path: str, out_dir: str, force: bool = False) -> dict:
+    """Write `out_dir` (model.safetensors, config.json, tokenizer.tiktoken + .json) from the latest checkpoint of
+    the run (or the checkpoint) at `path`. Returns a summary."""
+    from safetensors.torch import save_model
+
+    out = Path(out_dir)
+    check_target(out, path, force)
+    model, enc, state, ckpt = load_model(path)
+    ranks = ranks_file(run_tokenizer(state["tokenizer"], ckpt))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(str(out / EXPORT_MARKER), {"source": ckpt, "complete": False}, indent=None)
+    config = {"format": "raylm", "model": state["config"]["train"]["model"], "n_vocab": state["tokenizer"]["n_vocab"]}
+    config |= {"eot": state["tokenizer"].get("eot"), "tokenizer": state["tokenizer"]["name"], "step": state["step"], "run": state["config"]["name"]}
+    save_model(model, str(out / "model.safetensors"), metadata={"raylm": "model.safetensors of raylm export; see config.json"})
+    write_json(str(out / SAFETENSORS_CONFIG), config)
+    if ranks is not None:
+        save_tiktoken(enc, ranks, str(out / "tokenizer.tiktoken"))
+    info = {"source": ckpt, "step": state["step"], "run": state["config"]["name"], "n_vocab": enc.n_vocab, "eot": enc.eot_token}
+    info["params"] = sum(p.numel() for p in model.parameters())
+    write_json(str(out / EXPORT_MARKER), info)
+    return info
+
+
+def load_safetensors(directory: str, device: str = "cpu") -> GPT:
+    """The GPT (eval mode) of a `raylm export --format safetensors` directory."""
+    import json
+
+    from safetensors.torch import load_model as load_into
+
+    from raylm.training.config import ModelConfig
+
+    config = json.loads((Path(directory) / SAFETENSORS_CONFIG).read_text())
+    model = GPT(GPTConfig.from_config(ModelConfig.model_validate(config["model"]), config["n_vocab"], config.get("eot")))
+    load_into(model, str(Path(directory) / "model.safetensors"), device=device)
+    return model.to(device).eval()
 
 
 def export_hf(path: str, out_dir: str, force: bool = False) -> dict:

@@ -96,6 +96,13 @@ class MixtureLoader:
         """At a step's end (where checkpoints are taken): the step and the windows drawn from every source."""
         return {"step": self.step, "drawn": dict(zip(self.names, self.drawn.tolist()))}
 
+    def layout_note(self, d: dict, saved_world: int) -> str:
+        """What carries over from `saved_world` ranks: everything (a step's plan is drawn for all ranks at once)."""
+        return (
+            f"a checkpoint of {saved_world} worker(s) resumes on {self.world}: model, optimizer, schedule, step and the "
+            f"mixture's draw exactly (each step's windows are planned for all ranks at once)"
+        )
+
     def load_state_dict(self, d: dict) -> None:
         self.step, self.micro = int(d["step"]), 0
         self.drawn = np.array([int(d["drawn"].get(n, 0)) for n in self.names], dtype=np.int64)

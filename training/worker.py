@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from raylm.core.manifest import read_manifest
-from raylm.training import checkpoint
+from raylm.training import checkpoint, saving
 from raylm.training.config import TrainJob, accumulation_steps
 from raylm.training.data import ShardWindows, TrainLoader, val_windows
 from raylm.training.evaluate import lm_metrics, window_batches
@@ -147,6 +147,8 @@ class Trainer:
         self.amp = autocast(t, device)
         self.tokens_per_step = t.batch.global_batch_tokens  # exactly: accumulation_steps refuses a remainder
         self.peak = peak_flops(device)
+        self.pending: saving.PendingSave | None = None  # an asynchronous save being written
+        self.save_group = saving.save_group(self.world) if t.checkpoint.async_ else None
 
     def build_loader(self) -> TrainLoader | MixtureLoader:
         """Uniform over the train split, or by weight across its sources when the shards have several."""
@@ -157,24 +159,35 @@ class Trainer:
         schedule = schedule_of(t, self.manifest, recipe_weights(self.job.recipe))
         return MixtureLoader(windows, schedule, t.batch.micro_batch_size, self.rank, self.world, self.accum, t.seed)
 
-    def state_dict(self) -> dict:
-        """Everything a checkpoint holds but the RNG states (per rank). A collective: call on every rank."""
-        model_sd, opt_sd = checkpoint.full_state(self.model, self.opt)
+    def trainer_state(self) -> dict:
+        """What a checkpoint holds besides the model, optimizer and RNG states (trainer.pt)."""
         return {
-            "model": model_sd,
-            "optimizer": opt_sd,
             "scheduler": self.sched.state_dict(),
             "loader": self.loader.state_dict(),
             "step": self.step,
+            "world": self.world,
             "config": self.job.recipe,
             "tokenizer": self.manifest.tokenizer.as_json(),
         }
 
+    def state_dict(self) -> dict:
+        """A full checkpoint's state.pt: the whole model and optimizer state with trainer_state. A collective."""
+        model_sd, opt_sd = checkpoint.full_state(self.model, self.opt)
+        return {"model": model_sd, "optimizer": opt_sd, **self.trainer_state()}
+
     def load_state_dict(self, state: dict) -> None:
+        """A full checkpoint's state (state_dict's)."""
         hyper = hyperparams(self.opt)
         checkpoint.load_full_state(self.model, self.opt, state["model"], state["optimizer"])
+        self.load_trainer_state(state, hyper)
+
+    def load_trainer_state(self, state: dict, hyper: list[dict]) -> None:
+        """Schedule, step and data position from a checkpoint; `hyper`, the optimizer's values before it was loaded."""
         self.sched.load_state_dict(state["scheduler"])
         reapply_hyperparams(self.opt, self.sched, hyper)  # a PBT trial continues another's state with its own values
+        saved_world = state.get("world", self.world)
+        if saved_world != self.world and self.rank == 0:
+            print(f"[raylm train] {self.loader.layout_note(state['loader'], saved_world)}", flush=True)
         self.loader.load_state_dict(state["loader"])
         self.step = state["step"]
 
@@ -183,8 +196,14 @@ class Trainer:
         a PBT trial continues), else take `train.init_from`'s weights (a fine-tune: fresh optimizer)."""
         if ckpt is not None or start_from:
             with ckpt.as_directory() if ckpt is not None else nullcontext(checkpoint.local_dir(start_from)) as d:
-                state, rng = checkpoint.load(d, self.rank, device="cpu")
-            self.load_state_dict(state)
+                checkpoint.check_complete(d)
+                if checkpoint.is_sharded(d):
+                    hyper = hyperparams(self.opt)
+                    self.load_trainer_state(checkpoint.restore_sharded(d, self.model, self.opt), hyper)
+                    rng = checkpoint.load_rng(d, self.rank)
+                else:
+                    state, rng = checkpoint.load(d, self.rank, device="cpu")
+                    self.load_state_dict(state)
             if rng is not None:
                 checkpoint.set_rng_state(rng)
         elif self.t.init_from:
@@ -259,24 +278,55 @@ class Trainer:
         """Whether this step saves a checkpoint: every checkpoint.every steps, and the last."""
         return self.step % self.t.checkpoint.every == 0 or self.step == self.t.max_steps
 
-    def checkpoint_and_report(self, row: dict, log: MetricsLog | None) -> bool:
-        """Report the row to Ray Train at checkpoint, eval and `report_every` steps (with a checkpoint at
-        checkpoint steps); returns whether it reported."""
-        import ray.train
-
+    def checkpoint_and_report(self, row: dict, log: MetricsLog | None, acks=None) -> None:
+        """Report the row to Ray Train at checkpoint, eval and `report_every` steps, with a checkpoint at checkpoint
+        steps (train.checkpoint.async: begun here, reported with its row once written, see saving.py)."""
         t = self.t
+        if self.pending is not None and saving.written(self.pending, self.world):
+            self.finish_save(acks)
         if self.checkpoint_step():
-            state = self.state_dict()  # a collective: every rank
             if log is not None:
                 log.flush()
+            self.finish_save(acks)  # one save in flight at a time, reported in order
+            if t.checkpoint.async_ and self.step < t.max_steps:  # the last is written before the run ends anyway
+                self.pending = saving.start(self, row, self.save_group)
+                return
             with tempfile.TemporaryDirectory() as d:
-                checkpoint.save(d, self.rank, state if self.rank == 0 else None, tokenizer_dir=self.data_root)
-                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
-            return True
-        if (t.report_every and self.step % t.report_every == 0) or "val_loss" in row:
-            ray.train.report(row)
-            return True
-        return False
+                self.save(d)
+                self.report(row, d, acks)
+        elif (t.report_every and self.step % t.report_every == 0) or "val_loss" in row:
+            self.finish_save(acks)
+            self.report(row, None, acks)
+
+    def report(self, row: dict, directory: str | None, acks=None, upload=None) -> None:
+        """ray.train.report of the row (and the checkpoint in `directory`); a Tune trial then waits for its ack."""
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(directory) if directory is not None else None
+        ray.train.report(row, checkpoint=ckpt, **({"checkpoint_upload_mode": upload} if upload is not None else {}))
+        if acks is not None and self.step < self.t.max_steps:
+            await_ack(acks, self.rank, self.world)
+
+    def finish_save(self, acks=None) -> None:
+        """The asynchronous save in flight, if any: wait for it, complete it and report it (Ray Train uploads it in
+        the background and then deletes the local copy)."""
+        if self.pending is None:
+            return
+        from ray.train import CheckpointUploadMode
+
+        p, self.pending = self.pending, None
+        saving.finish(p, self.world, self.data_root)
+        self.report(p.row, p.directory, acks, upload=CheckpointUploadMode.ASYNC)
+
+    def save(self, directory: str) -> None:
+        """This rank's part of a checkpoint into a local directory, in train.checkpoint.format. A collective."""
+        ours = self.rank == 0
+        if self.t.checkpoint.format == "full":
+            state = self.state_dict()  # gathered on every rank's call; rank 0 writes it
+            checkpoint.save(directory, self.rank, state if ours else None, tokenizer_dir=self.data_root, world=self.world)
+        else:
+            state = checkpoint.sharded_state(self.model, self.opt)
+            checkpoint.save_sharded(directory, self.rank, self.world, state, self.trainer_state() if ours else None, self.data_root)
 
     def metrics_log(self, tracking: dict | None) -> MetricsLog | None:
         """Rank 0's sink: metrics.jsonl, TensorBoard and the MLflow / W&B runs train.loggers names (`tracking`:
@@ -306,8 +356,8 @@ class Trainer:
                 row.update(self.validation())
             if log is not None:
                 log.log(row)
-            if self.checkpoint_and_report(row, log) and acks is not None and self.step < t.max_steps:
-                await_ack(acks, self.rank, self.world)
+            self.checkpoint_and_report(row, log, acks)
+        self.finish_save(acks)  # a save still in flight when training stopped early (diverged)
         if log is not None:
             log.close()
 

@@ -1,0 +1,144 @@
+"""Sharded checkpoints (torch.distributed.checkpoint) without Ray: the Trainer Ray Train drives, on 1 or 2 ranks
+of a gloo process group started here (torch.multiprocessing), saving and loading through the same calls a Ray
+Train worker makes. An FSDP2 run resumed from its own sharded checkpoint repeats the uninterrupted run's losses bit
+for bit; a checkpoint of 2 FSDP2 ranks loads on 1, one of 1 on 2, and one of 2 DDP ranks under FSDP2, each with the
+model and optimizer state equal to what was saved (1e-7) and training going on from it."""
+
+import json
+import os
+import shutil
+import socket
+
+import pytest
+import torch
+
+from tests.conftest import TINY_MODEL, write_tiny_shards
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _trainer(root: str, rank: int, world: int, parallelism: str):
+    from raylm.training.config import TrainJob
+    from raylm.training.worker import Trainer
+
+    t = {"model": TINY_MODEL, "batch": {"micro_batch_size": 2, "global_batch_tokens": 128}, "max_steps": 8, "data_path": f"{root}/data"}
+    t |= {"parallelism": parallelism, "optim": {"name": "adamw"}}
+    t["scaling"] = {"num_workers": world, "use_gpu": False, "resources_per_worker": {"CPU": 1}}
+    job = TrainJob.from_recipe({"storage_path": root, "name": "g", "train": t})
+    return Trainer(job, rank, world, torch.device("cpu"))
+
+
+def _full(tr) -> dict:
+    """A copy of the trainer's whole model and optimizer state (a collective), flattened to name -> tensor. Not on a
+    fresh optimizer: get_state_dict would create its state with a step of zero gradients (AdamW's step count 1)."""
+    from raylm.training import checkpoint
+
+    model, optim = checkpoint.full_state(tr.model, tr.opt)
+    flat = {f"model.{k}": v for k, v in model.items()}
+    for pid, st in optim.get("state", {}).items():  # rank 0 alone holds the gathered state
+        flat |= {f"optim.{pid}.{k}": torch.as_tensor(v) for k, v in st.items()}
+    return {k: v.detach().clone() for k, v in flat.items()}  # on 1 rank, the live tensors: training goes on in them
+
+
+def _ranks(rank: int, world: int, port: int, root: str, plan: list[tuple]) -> None:
+    """One rank running `plan`: (parallelism, checkpoint to load or None, steps, checkpoint to save or None, tag)
+    phases, each a fresh Trainer; rank 0 writes each phase's losses and states under root/out-<tag>.pt."""
+    import torch.distributed as dist
+
+    from raylm.training import saving
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    for parallelism, load, steps, save, tag in plan:
+        tr = _trainer(root, rank, world, parallelism)
+        if load:
+            tr.restore(None, load)
+        out = {"loaded": _full(tr) if load else {}, "losses": []}
+        for i in range(steps):
+            out["losses"].append(tr.train_step()["loss"])
+            if save and i + 1 == steps // 2:  # a checkpoint mid-run, the run going on as Ray Train's does
+                out["saved"] = _full(tr)
+                if save.endswith("async"):  # begun here, written while the next steps train, completed after them
+                    pending = saving.start(tr, {}, saving.save_group(world))
+                else:
+                    os.makedirs(save, exist_ok=True)
+                    tr.save(save)
+        if save and save.endswith("async"):
+            saving.finish(pending, world, None)
+            shutil.copytree(pending.directory, save, dirs_exist_ok=True)  # each rank's part, as Ray Train gathers them
+            dist.barrier()
+        if rank == 0:
+            torch.save(out, f"{root}/out-{tag}.pt")
+    dist.destroy_process_group()
+
+
+def _spawn(root, world: int, plan: list[tuple]) -> dict:
+    torch.multiprocessing.spawn(_ranks, args=(world, _port(), str(root), plan), nprocs=world, join=True)
+    return {tag: torch.load(f"{root}/out-{tag}.pt", weights_only=True) for *_, tag in plan}
+
+
+def _assert_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    worst = max(float((got[k].double() - want[k].double()).abs().max()) for k in want)
+    assert worst <= 1e-7, worst
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three process groups: 2 FSDP2 ranks (8 steps, saving at 4; then resumed from that checkpoint for 4 more),
+    1 FSDP2 rank (loading the 2 ranks' checkpoint, saving its own), 2 ranks (DDP saving; FSDP2 loading that and
+    the 1 rank's checkpoint)."""
+    root = write_tiny_shards(tmp_path_factory.mktemp("layouts"))
+    fs2, fs1, ddp2 = (str(root / n) for n in ("fsdp2", "fsdp1", "ddp2"))
+    out = _spawn(root, 2, [("fsdp", None, 8, fs2, "a"), ("fsdp", fs2, 4, None, "b")])
+    out |= _spawn(root, 1, [("fsdp", fs2, 4, fs1, "c")])
+    out |= _spawn(root, 2, [("ddp", None, 4, ddp2, "d"), ("fsdp", ddp2, 2, None, "e"), ("fsdp", fs1, 2, None, "f")])
+    # an asynchronous save, completed two steps later: it holds the state of its own step
+    out |= _spawn(root, 2, [("fsdp", None, 4, f"{root}/async", "g"), ("fsdp", f"{root}/async", 2, None, "h")])
+    return root, out
+
+
+def test_fsdp2_resumed_from_its_sharded_checkpoint_repeats_the_losses_bitwise(runs):
+    _, out = runs
+    assert out["b"]["losses"] == out["a"]["losses"][4:]
+
+
+def test_the_checkpoint_holds_one_file_per_rank_and_meta_json_names_them(runs):
+    root, _ = runs
+    meta = json.loads((root / "fsdp2" / "meta.json").read_text())
+    assert (meta["format"], meta["world"], meta["step"]) == ("sharded", 2, 4)
+    assert {"dcp/__0_0.distcp", "dcp/__1_0.distcp", "dcp/.metadata", "trainer.pt", "rng-0.pt", "rng-1.pt"} <= set(meta["files"])
+    assert not (root / "fsdp2" / "state.pt").exists()
+
+
+def test_an_async_save_holds_the_state_of_its_step_while_training_goes_on(runs):
+    _, out = runs
+    _assert_close(out["h"]["loaded"], out["g"]["saved"])
+    assert out["h"]["losses"] == out["g"]["losses"][2:]
+
+
+def test_two_fsdp2_ranks_to_one(runs):
+    _, out = runs
+    _assert_close(out["c"]["loaded"], out["a"]["saved"])
+
+
+def test_one_fsdp2_rank_to_two(runs):
+    _, out = runs
+    _assert_close(out["f"]["loaded"], out["c"]["saved"])
+
+
+def test_ddp_to_fsdp2(runs):
+    _, out = runs
+    _assert_close(out["e"]["loaded"], out["d"]["saved"])
+
+
+@pytest.mark.parametrize("tag", ["c", "e", "f"])
+def test_training_goes_on_after_a_layout_change(runs, tag):
+    _, out = runs
+    assert all(torch.isfinite(torch.tensor(x)) for x in out[tag]["losses"]) and len(out[tag]["losses"]) >= 2

@@ -1,0 +1,86 @@
+"""Asynchronous sharded saves (`train.checkpoint.async`), as torchtitan makes them: DCP's `async_save` copies this
+rank's model and optimizer state to host memory (the only time the training loop waits), then writes it from a
+background thread over a gloo process group of its own (the loop's collectives go on on the default one), while
+training goes on. The save is reported to Ray Train, and so counts, only once every rank's part is written: then
+rank 0 writes trainer.pt and, last, meta.json, and Ray Train uploads the ranks' directories in the background.
+A worker that dies before that leaves the previous checkpoint as the run's latest. One save is in flight at a
+time: the next checkpoint step, any other report and the end of training wait for it first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from raylm.training import checkpoint
+
+# fault injection for tests (as Ray's RAY_testing_* variables): seconds each rank's background write waits
+# before writing, so that a test can kill a worker while an asynchronous save is in flight
+WRITE_DELAY_ENV = "RAYLM_TESTING_CHECKPOINT_WRITE_DELAY_S"
+
+
+@dataclass
+class PendingSave:
+    future: Any  # concurrent.futures.Future of DCP's Metadata
+    directory: str  # this rank's local directory of the checkpoint
+    row: dict  # the metrics row of the step saved, reported with the checkpoint
+    trainer: dict | None  # rank 0: the trainer state at that step (trainer.pt)
+
+
+def _writer(path: str):
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
+    if delay <= 0:
+        return FileSystemWriter(path)
+
+    class DelayedWriter(FileSystemWriter):
+        def write_data(self, plan, planner):
+            time.sleep(delay)
+            return super().write_data(plan, planner)
+
+    return DelayedWriter(path)
+
+
+def save_group(world: int):
+    """The gloo process group the background writes use (None on one rank). A collective: every rank, once."""
+    return torch.distributed.new_group(backend="gloo") if world > 1 else None
+
+
+def start(tr, row: dict, group) -> PendingSave:
+    """Begin an asynchronous sharded save of the Trainer `tr` at its step: RNG states now, the model and optimizer
+    state staged in host memory before this returns, written in the background. A collective."""
+    import torch.distributed.checkpoint as dcp
+
+    directory = tempfile.mkdtemp(prefix="raylm-ckpt-")
+    torch.save(checkpoint.rng_state(), os.path.join(directory, f"rng-{tr.rank}.pt"))
+    state = checkpoint.sharded_state(tr.model, tr.opt)
+    future = dcp.async_save(state, storage_writer=_writer(os.path.join(directory, checkpoint.DCP)), process_group=group)
+    return PendingSave(future, directory, dict(row), tr.trainer_state() if tr.rank == 0 else None)
+
+
+def written(p: PendingSave, world: int) -> bool:
+    """Whether every rank's part is written (all ranks agree: a collective on the default group)."""
+    done = torch.tensor([int(p.future.done())])
+    if world > 1:
+        torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
+    return bool(done.item())
+
+
+def finish(p: PendingSave, world: int, tokenizer_dir: str | None) -> None:
+    """Wait for this rank's write (an error in it is raised here), then on rank 0 trainer.pt and meta.json."""
+    metadata = p.future.result()
+    if world > 1:
+        torch.distributed.barrier()  # every rank's part written before meta.json says the checkpoint is whole
+    if p.trainer is not None:
+        checkpoint.finish_sharded(p.directory, world, p.trainer, metadata, tokenizer_dir)
+
+
+def discard(p: PendingSave) -> None:
+    shutil.rmtree(p.directory, ignore_errors=True)
