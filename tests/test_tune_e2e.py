@@ -1,7 +1,7 @@
-"""A Ray Tune campaign end to end on the sample: 2 ASHA trials that are Ray Train runs, results.csv,
-plots, best.yaml that `raylm train` reproduces; `raylm tune --resume` after the campaign's driver
-was killed, which finishes the campaign without rerunning finished trials; campaigns of several rounds on
-2 CPUs (tune-local.yaml's ASHA campaign on 4 trials, 3 HyperBand trials), which end on their own.
+"""Ray Tune campaigns end to end on the sample, each trial a Ray Train run: tune-local.yaml's ASHA campaign on 4
+trials in 2 rounds on a `ray start` cluster (its data stage first, results.csv, plots, MLflow, best.yaml that `raylm
+train` reproduces); `raylm tune --resume` after the campaign's driver was killed, which finishes the campaign
+without rerunning finished trials; PBT through Ray Train checkpoints; 3 HyperBand trials in 2 rounds.
 
 Each trial is a Ray Train run whose start-up (controller, workers, process group) costs far more than its
 steps, so the campaigns are as short as their points allow: STEPS steps with an evaluation every EVERY
@@ -49,45 +49,6 @@ def _sets(tmp_path, name, *more):
 def _results(run):
     with open(run / "tune" / "results.csv") as f:
         return list(csv.DictReader(f))
-
-
-def test_asha_campaign_results_and_best_yaml(ray_session, tmp_path, capsys):
-    assert main(["tune", RECIPE, *_sets(tmp_path, "tn", "train.loggers=[tensorboard, mlflow]")]) == 0
-    run = tmp_path / "tn"
-    rows = _results(run)
-    assert len(rows) == 2 and {r["status"] for r in rows} <= {"done", "stopped"}
-    assert sum(int(r["steps"]) for r in rows) <= 2 * STEPS and any(r["status"] == "done" for r in rows)
-    assert len({r["train.optim.lr"] for r in rows}) == 2
-    for png in ("curves.png", "params.png"):
-        assert (run / "tune" / png).read_bytes()[:4] == b"\x89PNG"
-    out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("[raylm tune] no shards at")  # says first that the data stage runs first
-    assert "raylm train" in out and "best.yaml" in out
-    # one table of trials as they run, a line as each ends, and none of Tune's own console output
-    assert "raylm tune: 2 trial(s)" in out and "train.optim.lr" in out
-    ended = [ln for ln in out.splitlines() if ln.startswith("[raylm tune] trial ")]
-    assert len(ended) == 2 and all("val_loss" in ln for ln in ended)
-    rec = json.loads((run / "tune" / "run.json").read_text())
-    assert rec["stage"] == "tune" and rec["status"] == "succeeded" and rec["result"]["trials"] == 2
-    assert rec["result"]["best"]["trial_id"] and rec["recipe"]["tune"]["num_samples"] == 2
-    # MLflow (the run's own SQLite store): one parent run for the campaign, a child run per trial
-    from mlflow import MlflowClient
-
-    runs = MlflowClient(f"sqlite:///{run}/mlflow.db").search_runs(
-        [MlflowClient(f"sqlite:///{run}/mlflow.db").get_experiment_by_name("tn").experiment_id]
-    )
-    (parent,) = [r for r in runs if r.info.run_name == "tn-tune"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.run_name for r in children) == sorted(r["trial_id"] for r in rows) and parent.info.status == "FINISHED"
-    assert "Configuration for experiment" not in out and "Trial status" not in out and "View detailed results" not in out
-    best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
-    done = [r for r in rows if r["status"] == "done"]
-    top = min(done, key=lambda r: float(r["final_val_loss"]))
-    assert best["train"]["optim"]["lr"] == pytest.approx(float(top["train.optim.lr"]))
-    # best.yaml is a complete recipe: `raylm train` runs it as is and lands on the reported val loss
-    assert main(["train", str(run / "tune" / "best.yaml")]) == 0
-    metrics = [json.loads(x) for x in (tmp_path / "tn-best" / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["val_loss"] == pytest.approx(float(top["final_val_loss"]), rel=0.02)
 
 
 def _terminated(tune_dir) -> list[str]:
@@ -197,22 +158,62 @@ def bare_cluster():
         _teardown(port, [temp])
 
 
-def test_tune_local_as_the_readme_gives_it(bare_cluster, sample_shards, tmp_path):
+def test_tune_local_as_the_readme_gives_it(bare_cluster, ray_session, tmp_path):
     """`raylm tune cluster/recipes/tune-local.yaml` (8 ASHA trials, 4 rounds on 2 CPUs), shortened in steps,
     evaluation batches and trials: 4 trials, 2 rounds, each trial a Ray Train run whose start costs ~19 s of CPU on
-    2 cores; on the session's shards (the data stage `raylm tune` runs first is the ASHA test's). Every trial
-    reaches its first rung and the campaign ends on its own: on this cluster (no State API) only raylm's release
-    of the first round's reservations lets the second round start."""
+    2 cores. Every trial reaches its first rung and the campaign ends on its own: on this cluster (no State API)
+    only raylm's release of the first round's reservations lets the second round start. The one ASHA campaign of
+    the suite, so it is checked for everything a campaign leaves: it builds its data first (no shards yet),
+    results.csv, plots, the console's table and lines, run.json, MLflow's parent and child runs, and a best.yaml
+    that `raylm train` runs as is to the val loss reported."""
     steps = [f"train.max_steps={STEPS}", "train.schedule.warmup_steps=2", f"train.eval={{every: {EVERY}, batches: 2}}", "tune.num_samples=4"]
-    steps += [f"train.checkpoint.every={STEPS}", f"tune.scheduler.grace_period={EVERY}", f"train.data_path={sample_shards}"]
+    steps += [f"train.checkpoint.every={STEPS}", f"tune.scheduler.grace_period={EVERY}", "train.loggers=[tensorboard, mlflow]"]
     sets = [a for o in [f"storage_path={tmp_path}", *steps] for a in ("--set", o)]
     cmd = [sys.executable, "-m", "raylm", "tune", RECIPE, *sets]
     r = subprocess.run(cmd, env=bare_cluster, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = _results(tmp_path / "shakespeare-tune")
+    run = tmp_path / "shakespeare-tune"
+    rows = _results(run)
     assert len(rows) == 4
     assert all(int(row["steps"]) >= EVERY for row in rows), rows
     assert {row["status"] for row in rows} == {"done", "stopped"}
+    assert len({r["train.optim.lr"] for r in rows}) == 4
+    for png in ("curves.png", "params.png"):
+        assert (run / "tune" / png).read_bytes()[:4] == b"\x89PNG"
+    _check_console(r.stdout)
+    rec = json.loads((run / "tune" / "run.json").read_text())
+    assert rec["stage"] == "tune" and rec["status"] == "succeeded" and rec["result"]["trials"] == 4
+    assert rec["result"]["best"]["trial_id"] and rec["recipe"]["tune"]["num_samples"] == 4
+    _check_mlflow(run, rows)
+    # best.yaml is a complete recipe: `raylm train` runs it as is and lands on the reported val loss
+    best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
+    top = min((r for r in rows if r["status"] == "done"), key=lambda r: float(r["final_val_loss"]))
+    assert best["train"]["optim"]["lr"] == pytest.approx(float(top["train.optim.lr"]))
+    assert main(["train", str(run / "tune" / "best.yaml")]) == 0
+    metrics = [json.loads(x) for x in (tmp_path / "shakespeare-tune-best" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["val_loss"] == pytest.approx(float(top["final_val_loss"]), rel=0.02)
+
+
+def _check_console(out: str) -> None:
+    """A campaign's console: the data stage said to run first, a table of trials as they run, a line as each ends,
+    how to train the best, and none of Tune's own output."""
+    assert out.splitlines()[0].startswith("[raylm tune] no shards at")
+    assert "raylm train" in out and "best.yaml" in out
+    assert "raylm tune: 4 trial(s)" in out and "train.optim.lr" in out
+    ended = [ln for ln in out.splitlines() if ln.startswith("[raylm tune] trial ")]
+    assert len(ended) == 4 and all("val_loss" in ln for ln in ended)
+    assert "Configuration for experiment" not in out and "Trial status" not in out and "View detailed results" not in out
+
+
+def _check_mlflow(run, rows: list[dict]) -> None:
+    """MLflow (the run's own SQLite store): one parent run for the campaign, a child run per trial."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(run.name).experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == f"{run.name}-tune"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(r["trial_id"] for r in rows) and parent.info.status == "FINISHED"
 
 
 def test_hyperband_campaign_of_two_rounds_ends(ray_session, sample_shards, tmp_path):

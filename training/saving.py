@@ -1,7 +1,8 @@
 """Asynchronous sharded saves (`train.checkpoint.async`), as torchtitan makes them: DCP's `async_save` copies this
-rank's model and optimizer state to host memory (the only time the training loop waits), then writes it from a
-background thread over a gloo process group of its own (the loop's collectives go on on the default one), while
-training goes on. The save is reported to Ray Train, and so counts, only once every rank's part is written: then
+rank's model and optimizer state to host memory (the only time the training loop waits: into buffers kept from
+one save to the next, pinned on GPU, so only the first save allocates them), then writes it from a background
+thread over a gloo process group of its own (the loop's collectives go on on the default one), while training
+goes on. The save is reported to Ray Train, and so counts, only once every rank's part is written: then
 rank 0 writes trainer.pt and, last, meta.json, and Ray Train uploads the ranks' directories in the background.
 A worker that dies before that leaves the previous checkpoint as the run's latest. One save is in flight at a
 time: the next checkpoint step, any other report and the end of training wait for it first.
@@ -48,12 +49,20 @@ def _writer(path: str):
     return DelayedWriter(path)
 
 
+def stager(device: torch.device):
+    """The staging copier kept for the run: its host buffers are reused by every save (close it at the end)."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    gpu = device.type == "cuda"
+    return DefaultStager(StagingOptions(use_pinned_memory=gpu, use_shared_memory=False, use_async_staging=False, use_non_blocking_copy=gpu))
+
+
 def save_group(world: int):
     """The gloo process group the background writes use (None on one rank). A collective: every rank, once."""
     return torch.distributed.new_group(backend="gloo") if world > 1 else None
 
 
-def start(tr, row: dict, group) -> PendingSave:
+def start(tr, row: dict, group, staging=None) -> PendingSave:
     """Begin an asynchronous sharded save of the Trainer `tr` at its step: RNG states now, the model and optimizer
     state staged in host memory before this returns, written in the background. A collective."""
     import torch.distributed.checkpoint as dcp
@@ -61,13 +70,15 @@ def start(tr, row: dict, group) -> PendingSave:
     directory = tempfile.mkdtemp(prefix="raylm-ckpt-")
     torch.save(checkpoint.rng_state(), os.path.join(directory, f"rng-{tr.rank}.pt"))
     state = checkpoint.sharded_state(tr.model, tr.opt)
-    future = dcp.async_save(state, storage_writer=_writer(os.path.join(directory, checkpoint.DCP)), process_group=group)
+    writer = _writer(os.path.join(directory, checkpoint.DCP))
+    future = dcp.async_save(state, storage_writer=writer, process_group=group, async_stager=staging)
     return PendingSave(future, directory, dict(row), tr.trainer_state() if tr.rank == 0 else None)
 
 
-def written(p: PendingSave, world: int) -> bool:
-    """Whether every rank's part is written (all ranks agree: a collective on the default group)."""
-    done = torch.tensor([int(p.future.done())])
+def written(p: PendingSave, world: int, device: torch.device) -> bool:
+    """Whether every rank's part is written (all ranks agree: a collective on the default group, whose backend
+    wants the worker's device: NCCL's on GPU)."""
+    done = torch.tensor([int(p.future.done())], device=device)
     if world > 1:
         torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
     return bool(done.item())

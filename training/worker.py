@@ -149,6 +149,7 @@ class Trainer:
         self.peak = peak_flops(device)
         self.pending: saving.PendingSave | None = None  # an asynchronous save being written
         self.save_group = saving.save_group(self.world) if t.checkpoint.async_ else None
+        self.stager = saving.stager(device) if t.checkpoint.async_ else None
 
     def build_loader(self) -> TrainLoader | MixtureLoader:
         """Uniform over the train split, or by weight across its sources when the shards have several."""
@@ -282,14 +283,14 @@ class Trainer:
         """Report the row to Ray Train at checkpoint, eval and `report_every` steps, with a checkpoint at checkpoint
         steps (train.checkpoint.async: begun here, reported with its row once written, see saving.py)."""
         t = self.t
-        if self.pending is not None and saving.written(self.pending, self.world):
+        if self.pending is not None and saving.written(self.pending, self.world, self.device):
             self.finish_save(acks)
         if self.checkpoint_step():
             if log is not None:
                 log.flush()
             self.finish_save(acks)  # one save in flight at a time, reported in order
             if t.checkpoint.async_ and self.step < t.max_steps:  # the last is written before the run ends anyway
-                self.pending = saving.start(self, row, self.save_group)
+                self.pending = saving.start(self, row, self.save_group, self.stager)
                 return
             with tempfile.TemporaryDirectory() as d:
                 self.save(d)
@@ -358,6 +359,8 @@ class Trainer:
                 log.log(row)
             self.checkpoint_and_report(row, log, acks)
         self.finish_save(acks)  # a save still in flight when training stopped early (diverged)
+        if self.stager is not None:
+            self.stager.close()
         if log is not None:
             log.close()
 

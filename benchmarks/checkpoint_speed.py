@@ -1,0 +1,205 @@
+"""Checkpoint saves of a large model on 2 CPU workers under FSDP2: full (gathered on rank 0) against sharded
+(torch.distributed.checkpoint, each rank its own part), synchronous and asynchronous, side by side in one run.
+
+    python benchmarks/checkpoint_speed.py [--layers 24 --d-model 1024] [--repeat 2] [--out bench-out/ckpt]
+
+For each mode, in turn (`--repeat` rounds, alternating), two fresh processes on a gloo process group
+(torch.multiprocessing, no Ray; fresh, so that one mode's memory never counts in another's peak), each the Trainer
+a Ray Train worker runs with one CPU thread, train one step (so the AdamW state exists) and save twice, each rank
+into its own directory as on a Ray Train worker: the first save of a run, then a later one (an asynchronous save
+reuses the first one's staging buffers). Per mode it prints, the best round's:
+- blocked: seconds the training loop waits for the save (sync: the whole save; async: the staging copy);
+- complete: seconds until the checkpoint is whole (async: until the background write has finished);
+- peak RSS of rank 0 and of rank 1 over both saves (sampled every 5 ms), and rank 0's RSS before them;
+- bytes written, both ranks together.
+A full save cannot be asynchronous (it gathers first): that row is not offered. The model is the gpt2 arch
+(12 L d^2 parameters in the blocks: 24 x 1024 gives 302M) over a vocabulary of 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODES = ("full", "sharded", "sharded-async")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_shards(root: Path) -> None:
+    """Synthetic shards (vocab 100, end-of-text 99) under root/data: the benchmark needs no corpus."""
+    import numpy as np
+
+    from raylm.core.manifest import write_manifest
+    from raylm.pipelines.shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, docs in (("train", 200), ("val", 20)):
+        w = ShardWriter(str(root / "data"), split, np.dtype(np.uint16), shard_tokens=20000)
+        for _ in range(docs):
+            n = int(rng.integers(100, 300))
+            w.add(np.r_[99, rng.integers(0, 99, n - 1)].astype(np.uint32), np.array([n]))
+        splits[split] = w.close()
+    man = {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits, "tokenizer": {"name": "t", "n_vocab": 100, "eot": 99}}
+    write_manifest(str(root / "data"), man)
+
+
+class PeakRSS:
+    """This process's peak resident memory while the context is open, sampled every 5 ms."""
+
+    def __enter__(self):
+        import psutil
+
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+        self.before = self.proc.memory_info().rss
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def _trainer(root: str, rank: int, world: int, layers: int, d_model: int):
+    import torch
+
+    from raylm.training.config import TrainJob
+    from raylm.training.worker import Trainer
+
+    model = {"arch": "gpt2", "n_layer": layers, "n_head": d_model // 64, "d_model": d_model, "seq_len": 64}
+    t = {"model": model, "batch": {"micro_batch_size": 1, "global_batch_tokens": 64 * world}, "max_steps": 10, "data_path": f"{root}/data"}
+    t |= {"parallelism": "fsdp", "optim": {"name": "adamw"}, "checkpoint": {"every": 1}}
+    t["scaling"] = {"num_workers": world, "use_gpu": False, "resources_per_worker": {"CPU": 1}}
+    return Trainer(TrainJob.from_recipe({"storage_path": root, "name": "bench", "train": t}), rank, world, torch.device("cpu"))
+
+
+def _save(tr, mode: str, directory: str, group) -> tuple[float, float]:
+    """One save in `mode`: (seconds blocked, seconds to complete)."""
+    import torch.distributed as dist
+
+    from raylm.training import saving
+
+    tr.t.checkpoint.format = "full" if mode == "full" else "sharded"
+    dist.barrier()
+    t0 = time.perf_counter()
+    if mode == "sharded-async":
+        pending = saving.start(tr, {}, group, tr.stager)
+        blocked = time.perf_counter() - t0
+        saving.finish(pending, tr.world, None)
+        shutil.copytree(pending.directory, directory, dirs_exist_ok=True)
+        saving.discard(pending)
+    else:
+        tr.save(directory)
+        blocked = time.perf_counter() - t0
+    dist.barrier()
+    return blocked, time.perf_counter() - t0
+
+
+def _rank(rank: int, world: int, port: int, args: dict) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from raylm.training import saving
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    root, mode = args["root"], args["mode"]
+    tr = _trainer(root, rank, world, args["layers"], args["d_model"])
+    params = sum(p.numel() for p in tr.model.parameters())  # a DTensor counts its global size
+    tr.train_step()
+    group, tr.stager = saving.save_group(world), saving.stager(torch.device("cpu"))
+    rows = []
+    with PeakRSS() as mem:
+        for save in ("first", "later"):
+            directory = f"{root}/ckpt-{mode}-{save}/rank{rank}"
+            os.makedirs(directory, exist_ok=True)
+            blocked, total = _save(tr, mode, directory, group)
+            written = sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+            rows.append({"save": save, "blocked": blocked, "complete": total, "bytes": written})
+            shutil.rmtree(directory)
+    tr.stager.close()
+    out = {"params": params, "rows": rows, "rss_before": mem.before, "rss_peak": mem.peak}
+    Path(f"{root}/{mode}-{args['round']}-rank{rank}.json").write_text(json.dumps(out))
+    dist.destroy_process_group()
+
+
+def _report(root: Path, world: int, repeat: int) -> dict:
+    got = {(m, r, k): json.loads((root / f"{m}-{r}-rank{k}.json").read_text()) for m in MODES for r in range(repeat) for k in range(world)}
+    params = next(iter(got.values()))["params"]
+    print(f"model: {params / 1e6:.0f}M parameters (fp32 weights + AdamW state: {params * 12 / 2**30:.1f} GiB), {world} FSDP2 CPU workers")
+    head = f"{'mode':<15}{'save':<7}{'blocked s':>10}{'complete s':>11}{'rank0 peak GiB':>15}{'rank1 peak GiB':>15}"
+    print(head + f"{'rank0 before':>13}{'written GiB':>12}")
+    out = {}
+    for mode in MODES:
+        for save in ("first", "later"):
+            runs = [[g for (m, r, k), g in got.items() if m == mode and r == rnd] for rnd in range(repeat)]
+            row = lambda g, save=save: next(x for x in g["rows"] if x["save"] == save)  # noqa: E731
+            o = {
+                "blocked_s": min(max(row(g)["blocked"] for g in rs) for rs in runs),  # the slower rank, the best round
+                "complete_s": min(max(row(g)["complete"] for g in rs) for rs in runs),
+                "rank0_peak_gib": min(got[(mode, r, 0)]["rss_peak"] for r in range(repeat)) / 2**30,
+                "rank1_peak_gib": min(got[(mode, r, 1)]["rss_peak"] for r in range(repeat)) / 2**30,
+                "rank0_before_gib": min(got[(mode, r, 0)]["rss_before"] for r in range(repeat)) / 2**30,
+                "written_gib": sum(row(got[(mode, 0, k)])["bytes"] for k in range(world)) / 2**30,
+            }
+            out[f"{mode}/{save}"] = o
+            print(
+                f"{mode:<15}{save:<7}{o['blocked_s']:>10.2f}{o['complete_s']:>11.2f}{o['rank0_peak_gib']:>15.2f}{o['rank1_peak_gib']:>15.2f}"
+                f"{o['rank0_before_gib']:>13.2f}{o['written_gib']:>12.2f}"
+            )
+    full = out["full/later"]
+    for mode in ("sharded", "sharded-async"):
+        for save in ("first", "later"):
+            ratio = out[f"{mode}/{save}"]["blocked_s"] / full["blocked_s"]
+            print(f"{mode} ({save} save) blocks the loop {ratio:.3f}x as long as a full save (goal <= 0.25)")
+    for mode in ("sharded", "sharded-async"):
+        print(f"rank 0's peak RSS, {mode} / full: {out[f'{mode}/later']['rank0_peak_gib'] / full['rank0_peak_gib']:.2f}x (goal <= 0.6)")
+    return out
+
+
+def main() -> None:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=24)
+    p.add_argument("--d-model", type=int, default=1024)
+    p.add_argument("--repeat", type=int, default=2, help="rounds of the three modes, alternated (fresh processes each)")
+    p.add_argument("--out", default=str(ROOT / "bench-out" / "checkpoint_speed"))
+    a = p.parse_args()
+    root = Path(a.out)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    write_shards(root)
+    for r in range(a.repeat):
+        for mode in MODES:
+            args = {"root": str(root), "layers": a.layers, "d_model": a.d_model, "mode": mode, "round": r}
+            torch.multiprocessing.spawn(_rank, args=(2, _port(), args), nprocs=2, join=True)
+    result = _report(root, 2, a.repeat)
+    (root / "result.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
