@@ -154,14 +154,30 @@ def _rows(path):
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def _wait_for_step(metrics, step, timeout=400):
-    deadline = time.time() + timeout
+def _wait_for_step(metrics, step, timeout=400, cluster=None, name=None):
+    """Until the run's metrics.jsonl has reached `step`; failing, with the status and log tail of the run's newest
+    job when `cluster` and `name` are given."""
+    deadline, asked = time.time() + timeout, time.time()
     while time.time() < deadline:
         rows = _rows(metrics)
         if rows and rows[-1]["step"] >= step:
             return rows[-1]["step"]
+        if cluster and time.time() - asked > 2:  # a job that has ended will never get there: say so at once
+            asked = time.time()
+            if _job_status(cluster, name)[-1:] in (["FAILED"], ["STOPPED"], ["SUCCEEDED"]):
+                break
         time.sleep(0.1)
-    raise AssertionError(f"{metrics} never reached step {step}")
+    raise AssertionError(f"{metrics} never reached step {step}" + (_job_tail(cluster, name) if cluster else ""))
+
+
+def _job_tail(cluster, name) -> str:
+    from raylm.cluster.submit import client
+
+    c = client(cluster["address"])
+    jobs = sorted((j for j in c.list_jobs() if (j.metadata or {}).get("raylm_run") == name), key=lambda j: j.start_time or 0)
+    if not jobs:
+        return ": no job of the run"
+    return f"; job {jobs[-1].status}: {c.get_job_logs(jobs[-1].submission_id)[-3000:]}"
 
 
 def _procs(pattern):
@@ -236,7 +252,7 @@ def test_a_killed_driver_resubmitted_then_a_killed_worker_node_and_the_run_ends_
     run = cluster["storage"] / "nodes"
     metrics = run / "train" / "metrics.jsonl"
     assert _submit(cluster, "nodes", "run") == 0
-    _wait_for_step(metrics, 13)
+    _wait_for_step(metrics, 13, cluster=cluster, name="nodes")
     _wait_for_checkpoint(run)
     drivers = _procs(lambda c: "-m raylm run submitted.yaml" in c and "printenv" not in c)
     assert len(drivers) == 1
@@ -247,7 +263,7 @@ def test_a_killed_driver_resubmitted_then_a_killed_worker_node_and_the_run_ends_
     with ThreadPoolExecutor(1) as pool:
         # the same submission again, followed: `raylm submit` prints the job's logs and exits 0 when it succeeded
         following = pool.submit(_submit, cluster, "nodes", "train", wait=True)
-        _wait_for_step(metrics, 23)
+        _wait_for_step(metrics, 23, cluster=cluster, name="nodes")
         _wait_for_checkpoint(run, after=10)
         # the raylet of the node hosting the Ray Train workers (their parent process), killed with its workers
         workers = [
