@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.corpus import random_shards  # noqa: E402
+
 MODES = ("full", "sharded", "sharded-async")
 
 
@@ -38,25 +40,6 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def write_shards(root: Path) -> None:
-    """Synthetic shards (vocab 100, end-of-text 99) under root/data: the benchmark needs no corpus."""
-    import numpy as np
-
-    from raylm.core.manifest import write_manifest
-    from raylm.pipelines.shards import ShardWriter
-
-    rng = np.random.default_rng(0)
-    splits = {}
-    for split, docs in (("train", 200), ("val", 20)):
-        w = ShardWriter(str(root / "data"), split, np.dtype(np.uint16), shard_tokens=20000)
-        for _ in range(docs):
-            n = int(rng.integers(100, 300))
-            w.add(np.r_[99, rng.integers(0, 99, n - 1)].astype(np.uint32), np.array([n]))
-        splits[split] = w.close()
-    man = {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits, "tokenizer": {"name": "t", "n_vocab": 100, "eot": 99}}
-    write_manifest(str(root / "data"), man)
 
 
 class PeakRSS:
@@ -192,7 +175,7 @@ def main() -> None:
     root = Path(a.out)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    write_shards(root)
+    random_shards(root / "data", (200, 20), (100, 300), shard_tokens=20000)
     for r in range(a.repeat):
         for mode in MODES:
             args = {"root": str(root), "layers": a.layers, "d_model": a.d_model, "mode": mode, "round": r}

@@ -1,5 +1,6 @@
 """Synthetic corpora built from the bundled sample: scene-sized pieces, with injected exact and
-near duplicates at known word-edit rates. Used by the dedup tests and the throughput benchmark."""
+near duplicates at known word-edit rates. Used by the dedup tests and the throughput benchmark. And random token
+shards (`random_shards`), for the Trainer driven without a data stage (tests, checkpoint benchmark)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,23 @@ def long_docs(target_bytes: int, seed: int = 0, near_share: float = 0.3, parts: 
             yield {"id": f"long{k}~near", "text": edit_words(text, 0.01, rng, vocab)}
             total += len(text)
         k += 1
+
+
+def random_shards(data_dir: Path, docs: tuple[int, int], lengths: tuple[int, int], shard_tokens: int) -> None:
+    """Shards of random documents (vocab 100, end-of-text 99) with their manifest under `data_dir`: `docs` train
+    and val documents, each of a length in [lengths[0], lengths[1]), seed 0."""
+    import numpy as np
+
+    from raylm.core.manifest import write_manifest
+    from raylm.pipelines.shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, count in zip(("train", "val"), docs):
+        w = ShardWriter(str(data_dir), split, np.dtype(np.uint16), shard_tokens=shard_tokens)
+        for _ in range(count):
+            n = int(rng.integers(*lengths))
+            w.add(np.r_[99, rng.integers(0, 99, n - 1)].astype(np.uint32), np.array([n]))
+        splits[split] = w.close()
+    man = {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits, "tokenizer": {"name": "t", "n_vocab": 100, "eot": 99}}
+    write_manifest(str(data_dir), man)

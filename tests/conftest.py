@@ -106,22 +106,10 @@ def tiny_shards(tmp_path):
 
 
 def write_tiny_shards(tmp_path: Path) -> Path:
-    """tiny_shards' shards under tmp_path/data; returns tmp_path."""
-    import numpy as np
+    """tiny_shards' shards under tmp_path/data (60 train and 12 val documents of 20-59 tokens); returns tmp_path."""
+    from benchmarks.corpus import random_shards
 
-    from raylm.core.manifest import write_manifest
-    from raylm.pipelines.shards import ShardWriter
-
-    rng = np.random.default_rng(0)
-    splits = {}
-    for split, docs in (("train", 60), ("val", 12)):
-        w = ShardWriter(str(tmp_path / "data"), split, np.dtype(np.uint16), shard_tokens=2000)
-        for _ in range(docs):
-            n = int(rng.integers(20, 60))
-            w.add(np.r_[99, rng.integers(0, 99, n - 1)].astype(np.uint32), np.array([n]))
-        splits[split] = w.close()
-    man = {"format": "raylm-shards", "version": 1, "dtype": "uint16", "splits": splits, "tokenizer": {"name": "t", "n_vocab": 100, "eot": 99}}
-    write_manifest(str(tmp_path / "data"), man)
+    random_shards(tmp_path / "data", (60, 12), (20, 60), shard_tokens=2000)
     return tmp_path
 
 

@@ -64,9 +64,11 @@ def cluster(tmp_path_factory):
 
 
 def local_cluster(tmp_path_factory):
-    """Head (no CPUs: drivers only) + nodes a and b (2 CPUs each), every one requiring the same token. Each
-    worker node gets its own temp dir, as separate machines would have: nodes sharing one would unpack and
-    delete the job's working_dir in one place."""
+    """Head (no CPUs: drivers only) + nodes a and b (2 CPUs each), every one requiring the same token. Each node
+    gets its own temp dir, as separate machines would have: nodes sharing one would unpack and delete the job's
+    working_dir in one place; and a head in the default /tmp/ray would share `ray_current_cluster` (where a Ray
+    Jobs supervisor looks up the address it gives each job's driver) with any other `ray start --head` of the
+    machine, such as the on-prem test's running beside this one: the job's driver would then dial that head."""
     token = secrets.token_hex(16)
     env = {
         **os.environ,
@@ -80,7 +82,7 @@ def local_cluster(tmp_path_factory):
         "RAY_health_check_failure_threshold": "4",
     }
     env.pop("RAY_ADDRESS", None)
-    dirs = [tempfile.mkdtemp(prefix=f"rl{n}", dir="/tmp") for n in "ab"]  # short: Ray's socket paths must fit
+    dirs = [tempfile.mkdtemp(prefix=f"rl{n}", dir="/tmp") for n in "hab"]  # short: Ray's socket paths must fit
     port, dash = _free_port(), _free_port()
     run = lambda *a: subprocess.run([RAY, *a], env=env, check=True, capture_output=True, timeout=120)  # noqa: E731
     try:
@@ -96,10 +98,11 @@ def local_cluster(tmp_path_factory):
             "--include-dashboard=true",
             "--disable-usage-stats",
             f"--dashboard-agent-listen-port={_free_port()}",
+            f"--temp-dir={dirs[0]}",
         )
         c = {"address": f"http://127.0.0.1:{dash}", "token": token, "port": port, "dirs": dirs, "env": env}
         c["storage"] = tmp_path_factory.mktemp("shared")
-        for name, d in zip(("node_a", "node_b"), dirs):
+        for name, d in zip(("node_a", "node_b"), dirs[1:]):
             start_node(c, name, d)
         yield c
     finally:
@@ -300,7 +303,8 @@ def test_a_killed_driver_resubmitted_then_a_killed_worker_node_and_the_run_ends_
 def test_onprem_head_started_as_its_config_says_runs_jobs_in_raylms_environment(tmp_path, monkeypatch):
     """cluster/ray/onprem.yaml's own head start commands, run as `ray up` runs them (bash, the node's HOME with
     ~/raylm/.venv, a PATH without that virtualenv): a submitted job's `python` must be raylm's, not the system's.
-    Test-only changes: free ports, no `ray stop` (it would stop every Ray on this machine), no autoscaler file."""
+    Test-only changes: free ports, a temp dir of its own, no `ray stop` (it would stop every Ray on this machine), no
+    autoscaler file."""
     import yaml
 
     cfg = yaml.safe_load((ROOT / "cluster" / "ray" / "onprem.yaml").read_text())
@@ -312,6 +316,7 @@ def test_onprem_head_started_as_its_config_says_runs_jobs_in_raylms_environment(
     (home / ".ray" / "auth_token").write_text(token)  # what the config's file_mounts push
     port, dash = _free_port(), _free_port()
     env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    temp = tempfile.mkdtemp(prefix="rlo", dir="/tmp")  # not /tmp/ray, which other heads of this machine share
     try:
         for cmd in cfg["head_start_ray_commands"]:
             if "ray stop" in cmd:
@@ -319,6 +324,7 @@ def test_onprem_head_started_as_its_config_says_runs_jobs_in_raylms_environment(
             cmd = cmd.replace("--port=6379", f"--port={port}").replace("--autoscaling-config=~/ray_bootstrap_config.yaml", "")
             cmd += (
                 f" --num-cpus=1 --dashboard-port={dash} --dashboard-agent-listen-port={_free_port()} --disable-usage-stats --include-dashboard=true"
+                f" --temp-dir={temp}"
             )
             out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=120)
             assert out.returncode == 0, out.stderr[-2000:]
@@ -328,4 +334,4 @@ def test_onprem_head_started_as_its_config_says_runs_jobs_in_raylms_environment(
         )
         assert rc == 0, "the job failed: its `python` is not raylm's environment"
     finally:
-        _teardown(port, [])
+        _teardown(port, [temp])
