@@ -91,16 +91,15 @@ def _assert_close(got: dict, want: dict) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three process groups: 2 FSDP2 ranks (8 steps, saving at 4; then resumed from that checkpoint for 4 more),
-    1 FSDP2 rank (loading the 2 ranks' checkpoint, saving its own), 2 ranks (DDP saving; FSDP2 loading that and
-    the 1 rank's checkpoint)."""
+    """Three process groups: 2 FSDP2 ranks (8 steps, saving at 4; then resumed from that checkpoint for 4 more; an
+    asynchronous save and its load), 1 FSDP2 rank (loading the 2 ranks' checkpoint, saving its own), 2 ranks (DDP
+    saving; FSDP2 loading that and the 1 rank's checkpoint)."""
     root = write_tiny_shards(tmp_path_factory.mktemp("layouts"))
-    fs2, fs1, ddp2 = (str(root / n) for n in ("fsdp2", "fsdp1", "ddp2"))
-    out = _spawn(root, 2, [("fsdp", None, 8, fs2, "a"), ("fsdp", fs2, 4, None, "b")])
+    fs2, fs1, ddp2, asy = (str(root / n) for n in ("fsdp2", "fsdp1", "ddp2", "async"))
+    # g: an asynchronous save, completed two steps later (it must hold the state of its own step); h loads it
+    out = _spawn(root, 2, [("fsdp", None, 8, fs2, "a"), ("fsdp", fs2, 4, None, "b"), ("fsdp", None, 4, asy, "g"), ("fsdp", asy, 2, None, "h")])
     out |= _spawn(root, 1, [("fsdp", fs2, 4, fs1, "c")])
     out |= _spawn(root, 2, [("ddp", None, 4, ddp2, "d"), ("fsdp", ddp2, 2, None, "e"), ("fsdp", fs1, 2, None, "f")])
-    # an asynchronous save, completed two steps later: it holds the state of its own step
-    out |= _spawn(root, 2, [("fsdp", None, 4, f"{root}/async", "g"), ("fsdp", f"{root}/async", 2, None, "h")])
     return root, out
 
 
