@@ -87,6 +87,13 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", default=None, help="a .txt file (perplexity) or a prompt/completion .jsonl, instead of a split")
     p.add_argument("--max-windows", type=int, default=d.max_windows, help="LM metrics on at most N windows (default: all)")
     p.add_argument("--max-examples", type=int, default=d.max_examples, help="task metrics on the first N examples")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        metavar="FILE_OR_DIR",
+        help="downstream tasks instead: task files (.jsonl: multiple choice or cloze) or directories of them -> eval/tasks.json",
+    )
     p.add_argument("--device", default=d.device)
 
 
@@ -327,6 +334,12 @@ def _eval(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, split=args.split, file=args.file, max_windows=args.max_windows, max_examples=args.max_examples, device=args.device
     )
     with _owned(cfg, "eval"), recorded(cfg.paths.eval, "eval", _dump(cfg), code_of=exit_code) as rec:
+        if args.tasks:
+            from raylm.training.tasks import eval_tasks, print_task_results
+
+            rec["result"] = eval_tasks(args.checkpoint or cfg.paths.root, args.tasks, cfg.paths.eval, args.device)
+            print_task_results(rec["result"])
+            return 0
         rec["result"] = run_eval(cfg.train_job(), opts)
         print_results(rec["result"])
     return 0
@@ -427,8 +440,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from raylm.training.checkpoint import CheckpointError
     from raylm.training.evaluate import EvalFileError
     from raylm.training.export import ExportError
+    from raylm.training.tasks import TaskFileError
 
     user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, UserFileError, CheckpointError, ExportError, EvalFileError, ManifestError
+    user = (*user, TaskFileError)
     return (*user, FileNotFoundError, NotADirectoryError)
 
 

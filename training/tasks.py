@@ -1,0 +1,259 @@
+"""Downstream tasks: the JSONL task format, its reader, and scoring by log-likelihood as lm-evaluation-harness
+scores them.
+
+A task file is JSON lines. The first line is the task's header, `{"task": {...}}` (`TaskHeader`: name, kind,
+an optional fixed few-shot prefix, how it was built, its random baseline); every other line is one example:
+- `multiple_choice`: `{"context": str, "choices": [str, ...], "gold": int}`: the log-likelihood of each choice
+  given the context; `acc` takes the choice of the highest sum of log-probs, `acc_norm` of the highest sum divided
+  by the choice's length in UTF-8 bytes;
+- `cloze`: `{"context": str, "continuation": str}`: `acc`, whether greedy decoding gives the continuation (every
+  one of its tokens the argmax), and its bits per byte.
+A context and continuation are tokenized as lm-eval does: whole = encode(context + continuation), the
+continuation's tokens those of whole past encode(context) (a trailing space of the context moves to the
+continuation first). Inputs longer than the model's window keep their last seq_len + 1 tokens (truncated from the
+left; a continuation longer than the window keeps its last seq_len tokens). The aggregate is CORE's: each task's accuracy centered by its random
+baseline, (acc - b) / (1 - b), then averaged over tasks. A line that is not an example (bad JSON, a `gold` out of
+range, an empty choice or continuation) is counted by reason and skipped, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import Field, ValidationError, model_validator
+
+from raylm.core.schema import Strict
+
+Kind = Literal["multiple_choice", "cloze"]
+
+
+class TaskFileError(ValueError):
+    """A task file whose header is not one, or a directory without task files: the CLI exits 2."""
+
+
+class TaskHeader(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    kind: Kind
+    fewshot: str = ""  # a fixed prefix put before every context
+    built_by: str = ""  # the command or script that made the file, and from what
+    random_baseline: float | None = Field(default=None, ge=0, le=1)  # null: from the examples (mean 1 / choices)
+
+
+class MultipleChoice(Strict):
+    context: str
+    choices: list[str] = Field(min_length=2, max_length=1000)
+    gold: int = Field(ge=0, le=999)
+
+    @model_validator(mode="after")
+    def _valid(self) -> MultipleChoice:
+        if any(not c for c in self.choices):
+            raise ValueError("an empty choice")
+        if self.gold >= len(self.choices):
+            raise ValueError(f"gold {self.gold} is out of range for {len(self.choices)} choices")
+        return self
+
+
+class Cloze(Strict):
+    context: str
+    continuation: str = Field(min_length=1)
+
+
+@dataclass
+class Task:
+    header: TaskHeader
+    examples: list[MultipleChoice | Cloze]
+    skipped: Counter = field(default_factory=Counter)  # reason -> lines not taken
+
+    @property
+    def baseline(self) -> float:
+        """The accuracy of guessing: the header's, else the mean of 1 / choices (0 for cloze)."""
+        if self.header.random_baseline is not None:
+            return self.header.random_baseline
+        if self.header.kind == "cloze" or not self.examples:
+            return 0.0
+        return sum(1 / len(e.choices) for e in self.examples) / len(self.examples)
+
+
+def _reason(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
+def read_task(path: str) -> Task:
+    """The task file at `path` (FileNotFoundError when there is none); a header that is not one is a TaskFileError
+    naming the file; bad example lines are counted in `skipped` by reason."""
+    import fsspec
+
+    with fsspec.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    try:
+        header = TaskHeader.model_validate(json.loads(lines[0])["task"])
+    except (IndexError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f'{path}: line 1 is not a task header ({{"task": {{"name": ..., "kind": ...}}}}): {e}') from None
+    model = MultipleChoice if header.kind == "multiple_choice" else Cloze
+    task = Task(header, [])
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        try:
+            task.examples.append(model.model_validate(json.loads(line)))
+        except json.JSONDecodeError:
+            task.skipped["not JSON"] += 1
+        except ValidationError as e:
+            task.skipped[_reason(e)] += 1
+    return task
+
+
+def encode_pair(enc, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's split of context and continuation into tokens (see the module's docstring)."""
+    spaces = len(context) - len(context.rstrip(" "))
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = enc.encode_ordinary(context + continuation)
+    ctx = enc.encode_ordinary(context)
+    return ctx, whole[len(ctx) :]
+
+
+@dataclass
+class Scored:
+    loglik: float  # sum of log p(continuation token | everything before it)
+    greedy: bool  # every continuation token was the argmax
+
+
+@torch.no_grad()
+def loglikelihoods(model, pairs: list[tuple[list[int], list[int]]], n_vocab: int, device: str = "cpu", batch: int = 32) -> list[Scored]:
+    """log p(continuation | context) of each (context ids, continuation ids), over the real vocabulary (the padded
+    rows left out), in batches of `batch` sequences padded on the right (causal: padding never reaches a scored
+    position). Each input keeps its last seq_len + 1 tokens."""
+    out: list[Scored] = []
+    window = model.cfg.seq_len + 1
+    for i in range(0, len(pairs), batch):
+        # a continuation longer than the window keeps its last seq_len tokens (lm-eval's truncation from the left)
+        chunk = [(ctx, cont[-(window - 1) :]) for ctx, cont in pairs[i : i + batch]]
+        seqs = [(ctx + cont)[-window:] for ctx, cont in chunk]
+        width = max(len(s) for s in seqs) - 1
+        x = torch.zeros(len(seqs), width, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            x[r, : len(s) - 1] = torch.tensor(s[:-1])
+        logits, _ = model(x.to(device))  # (B, T, padded vocab)
+        logp = torch.log_softmax(logits[..., :n_vocab].float(), -1).cpu()
+        for r, (s, (_, cont)) in enumerate(zip(seqs, chunk)):
+            pos = torch.arange(len(s) - 1 - len(cont), len(s) - 1)  # the positions that predict the continuation
+            target = torch.tensor(s[-len(cont) :])
+            lp = logp[r, pos]
+            out.append(Scored(float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
+    return out
+
+
+def _pairs(task: Task, enc) -> list[tuple[list[int], list[int]]]:
+    pre = task.header.fewshot
+    if task.header.kind == "cloze":
+        return [encode_pair(enc, pre + e.context, e.continuation) for e in task.examples]
+    return [encode_pair(enc, pre + e.context, c) for e in task.examples for c in e.choices]
+
+
+def score(task: Task, scored: list[Scored]) -> dict:
+    """A task's metrics from the loglikelihoods of its pairs (`_pairs` order): per example and overall."""
+    rows, k = [], 0
+    for e in task.examples:
+        if isinstance(e, Cloze):
+            s = scored[k]
+            k += 1
+            nbytes = len(e.continuation.encode())
+            rows.append({"loglik": s.loglik, "acc": float(s.greedy), "bpb": -s.loglik / (math.log(2) * nbytes)})
+            continue
+        ll = [scored[k + j].loglik for j in range(len(e.choices))]
+        k += len(e.choices)
+        norm = [v / len(c.encode()) for v, c in zip(ll, e.choices)]
+        pick, pick_norm = max(range(len(ll)), key=ll.__getitem__), max(range(len(norm)), key=norm.__getitem__)
+        rows.append({"loglik": ll, "acc": float(pick == e.gold), "acc_norm": float(pick_norm == e.gold)})
+    n = len(rows)
+    res = {"name": task.header.name, "kind": task.header.kind, "examples": n, "skipped": dict(task.skipped), "random_baseline": task.baseline}
+    for key in ("acc", "acc_norm", "bpb"):
+        vals = [r[key] for r in rows if key in r]
+        if vals:
+            res[key] = sum(vals) / len(vals)
+    res["centered"] = centered(res.get("acc", 0.0), task.baseline)
+    res["per_example"] = rows
+    return res
+
+
+def centered(acc: float, baseline: float) -> float:
+    """CORE's centering: 0 at the random baseline, 1 at perfect accuracy."""
+    return (acc - baseline) / (1 - baseline) if baseline < 1 else 0.0
+
+
+def run_tasks(model, enc, tasks: list[Task], device: str = "cpu") -> dict:
+    """Every task's metrics and the CORE-style aggregate (the mean of the tasks' centered accuracies)."""
+    results = {}
+    for t in tasks:
+        results[t.header.name] = score(t, loglikelihoods(model, _pairs(t, enc), enc.n_vocab, device))
+    core = sum(r["centered"] for r in results.values()) / len(results) if results else None
+    return {"tasks": results, "core": core}
+
+
+def task_files(paths: list[str]) -> list[str]:
+    """The task files `paths` name: files as given, directories by their *.jsonl (sorted). A path that does not
+    exist is a FileNotFoundError naming it."""
+    import fsspec
+
+    out = []
+    for p in paths:
+        fs, _ = fsspec.core.url_to_fs(p)
+        if not fs.exists(p):
+            raise FileNotFoundError(f"{p}: no such task file or directory")
+        if fs.isdir(p):
+            found = sorted(fs.glob(f"{p.rstrip('/')}/*.jsonl"))
+            if not found:
+                raise TaskFileError(f"{p}: a directory without task files (*.jsonl)")
+            out += [fs.unstrip_protocol(f) if "://" in p else f for f in found]
+        else:
+            out.append(p)
+    return out
+
+
+def eval_tasks(checkpoint: str, paths: list[str], out_dir: str, device: str = "cpu") -> dict:
+    """`raylm eval --tasks`: the tasks of `paths` on the checkpoint (a run directory's latest or a checkpoint),
+    written to `{out_dir}/tasks.json`; returns the results."""
+    import time
+
+    from raylm.core.io import write_json
+    from raylm.training.checkpoint import load_model
+
+    tasks = [read_task(p) for p in task_files(paths)]  # every file read before the model loads
+    model, enc, state, ckpt = load_model(checkpoint, device)
+    t0 = time.perf_counter()
+    res = {"checkpoint": ckpt, "run": state["config"]["name"], "step": state["step"], **run_tasks(model, enc, tasks, device)}
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    res["path"] = f"{out_dir}/tasks.json"
+    write_json(res["path"], res)
+    return res
+
+
+def print_task_results(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"raylm eval: tasks on {res['run']} step {res['step']}")
+    for col in ("task", "kind", "examples", "skipped", "acc", "acc_norm", "bits/byte", "random", "centered"):
+        t.add_column(col, justify="left" if col in ("task", "kind") else "right")
+    pct = lambda v: "" if v is None else f"{v:.2%}"  # noqa: E731
+    for name, r in res["tasks"].items():
+        skipped = sum(r["skipped"].values())
+        bpb = f"{r['bpb']:.4f}" if r.get("bpb") is not None else ""
+        accs = (pct(r.get("acc")), pct(r.get("acc_norm")), bpb, pct(r["random_baseline"]), f"{r['centered']:.4f}")
+        t.add_row(name, r["kind"], f"{r['examples']:,}", f"{skipped:,}", *accs)
+    Console().print(t)
+    for name, r in res["tasks"].items():
+        for why, n in r["skipped"].items():
+            print(f"raylm eval: {name}: {n} line(s) skipped: {why}")
+    if res["core"] is not None:
+        print(f"raylm eval: CORE (mean centered accuracy over {len(res['tasks'])} task(s)): {res['core']:.4f}")
+    print(f"raylm eval: results in {res['path']}")
