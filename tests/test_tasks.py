@@ -10,9 +10,10 @@ import math
 import pytest
 import torch
 
+from raylm.core.taskfile import Cloze, MultipleChoice, Task, TaskHeader, read_task
 from raylm.training.config import ModelConfig
 from raylm.training.model import GPT, GPTConfig
-from raylm.training.tasks import Cloze, MultipleChoice, Task, TaskHeader, centered, encode_pair, loglikelihoods, read_task, score
+from raylm.training.tasks import centered, encode_pair, loglikelihoods, score
 from tests.test_export import bpe  # noqa: F401 - the fixture write_checkpoint needs
 
 V, D = 6, 8  # real vocabulary; d_model (one-hot embeddings need D >= V)

@@ -1,5 +1,5 @@
-"""Downstream tasks: the JSONL task format, its reader, and scoring by log-likelihood as lm-evaluation-harness
-scores them.
+"""Downstream tasks scored by log-likelihood as lm-evaluation-harness scores them (the file format and its reader:
+core/taskfile.py).
 
 A task file is JSON lines. The first line is the task's header, `{"task": {...}}` (`TaskHeader`: name, kind,
 an optional fixed few-shot prefix, how it was built, its random baseline); every other line is one example:
@@ -18,97 +18,12 @@ range, an empty choice or continuation) is counted by reason and skipped, never 
 
 from __future__ import annotations
 
-import json
 import math
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
-from pydantic import Field, ValidationError, model_validator
 
-from raylm.core.schema import Strict
-
-Kind = Literal["multiple_choice", "cloze"]
-
-
-class TaskFileError(ValueError):
-    """A task file whose header is not one, or a directory without task files: the CLI exits 2."""
-
-
-class TaskHeader(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    kind: Kind
-    fewshot: str = ""  # a fixed prefix put before every context
-    built_by: str = ""  # the command or script that made the file, and from what
-    random_baseline: float | None = Field(default=None, ge=0, le=1)  # null: from the examples (mean 1 / choices)
-
-
-class MultipleChoice(Strict):
-    context: str
-    choices: list[str] = Field(min_length=2, max_length=1000)
-    gold: int = Field(ge=0, le=999)
-
-    @model_validator(mode="after")
-    def _valid(self) -> MultipleChoice:
-        if any(not c for c in self.choices):
-            raise ValueError("an empty choice")
-        if self.gold >= len(self.choices):
-            raise ValueError(f"gold {self.gold} is out of range for {len(self.choices)} choices")
-        return self
-
-
-class Cloze(Strict):
-    context: str
-    continuation: str = Field(min_length=1)
-
-
-@dataclass
-class Task:
-    header: TaskHeader
-    examples: list[MultipleChoice | Cloze]
-    skipped: Counter = field(default_factory=Counter)  # reason -> lines not taken
-
-    @property
-    def baseline(self) -> float:
-        """The accuracy of guessing: the header's, else the mean of 1 / choices (0 for cloze)."""
-        if self.header.random_baseline is not None:
-            return self.header.random_baseline
-        if self.header.kind == "cloze" or not self.examples:
-            return 0.0
-        return sum(1 / len(e.choices) for e in self.examples) / len(self.examples)
-
-
-def _reason(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{where}: {msg}" if where else msg
-
-
-def read_task(path: str) -> Task:
-    """The task file at `path` (FileNotFoundError when there is none); a header that is not one is a TaskFileError
-    naming the file; bad example lines are counted in `skipped` by reason."""
-    import fsspec
-
-    with fsspec.open(path, "rt", encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
-    try:
-        header = TaskHeader.model_validate(json.loads(lines[0])["task"])
-    except (IndexError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f'{path}: line 1 is not a task header ({{"task": {{"name": ..., "kind": ...}}}}): {e}') from None
-    model = MultipleChoice if header.kind == "multiple_choice" else Cloze
-    task = Task(header, [])
-    for line in lines[1:]:
-        if not line.strip():
-            continue
-        try:
-            task.examples.append(model.model_validate(json.loads(line)))
-        except json.JSONDecodeError:
-            task.skipped["not JSON"] += 1
-        except ValidationError as e:
-            task.skipped[_reason(e)] += 1
-    return task
+from raylm.core.taskfile import Cloze, Task, TaskFileError, read_task
 
 
 def encode_pair(enc, context: str, continuation: str) -> tuple[list[int], list[int]]:
