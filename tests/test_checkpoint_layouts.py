@@ -2,7 +2,8 @@
 of a gloo process group started here (torch.multiprocessing), saving and loading through the same calls a Ray
 Train worker makes. An FSDP2 run resumed from its own sharded checkpoint repeats the uninterrupted run's losses bit
 for bit; a checkpoint of 2 FSDP2 ranks loads on 1, one of 1 on 2, and one of 2 DDP ranks under FSDP2, each with the
-model and optimizer state equal to what was saved (1e-7) and training going on from it."""
+model and optimizer state equal to what was saved (1e-7) and training going on from it. The downstream tasks of
+train.eval.tasks, their examples split across 2 ranks, give exactly the numbers of 1 rank."""
 
 import json
 import os
@@ -75,7 +76,30 @@ def _ranks(rank: int, world: int, port: int, root: str, plan: list[tuple]) -> No
             dist.barrier()
         if rank == 0:
             torch.save(out, f"{root}/out-{tag}.pt")
+    tasks = _tasks_row(root, rank, world)  # the downstream tasks on a fresh FSDP2 model, the examples split across ranks
+    if rank == 0:
+        torch.save(tasks, f"{root}/tasks-{world}.pt")
     dist.destroy_process_group()
+
+
+def _tasks_row(root: str, rank: int, world: int) -> dict:
+    """train.eval.tasks' metrics of a fresh trainer (the same weights on any world: seeded) on 5 multiple-choice
+    and 3 cloze examples of random token ids (5 and 3 split unevenly over 2 ranks)."""
+    import random
+
+    from raylm.core.taskfile import Cloze, MultipleChoice, Task, TaskHeader
+    from raylm.training.tasks import Prepared
+
+    rng = random.Random(0)
+    ids = lambda n: [rng.randrange(99) for _ in range(n)]  # noqa: E731
+    mc = [([ids(6)] + [ids(rng.randint(1, 4)) for _ in range(3)]) for _ in range(5)]
+    cz = [(ids(7), ids(3)) for _ in range(3)]
+    mc_examples = [MultipleChoice(context="c", choices=["a", "bb", "ccc"], gold=i % 3) for i in range(5)]
+    mc_task = Task(TaskHeader(name="mc", kind="multiple_choice"), mc_examples)
+    cz_task = Task(TaskHeader(name="cz", kind="cloze"), [Cloze(context="c", continuation="abc") for _ in range(3)])
+    tr = _trainer(root, rank, world, "fsdp")
+    tr.tasks = [Prepared(mc_task, [[(m[0], c) for c in m[1:]] for m in mc]), Prepared(cz_task, [[pair] for pair in cz])]
+    return tr.task_metrics()
 
 
 def _spawn(root, world: int, plan: list[tuple]) -> dict:
@@ -135,6 +159,12 @@ def test_one_fsdp2_rank_to_two(runs):
 def test_ddp_to_fsdp2(runs):
     _, out = runs
     _assert_close(out["e"]["loaded"], out["d"]["saved"])
+
+
+def test_task_metrics_split_across_two_ranks_equal_one_rank_s(runs):
+    root, _ = runs
+    two, one = (torch.load(f"{root}/tasks-{w}.pt", weights_only=True) for w in (2, 1))
+    assert two == one and {"tasks/mc/acc", "tasks/mc/acc_norm", "tasks/cz/acc", "tasks/cz/bpb", "tasks/core"} <= set(two)
 
 
 @pytest.mark.parametrize("tag", ["c", "e", "f"])

@@ -122,6 +122,9 @@ class BatchConfig(Strict):
 class EvalConfig(Strict):
     every: int = Field(default=200, ge=1, le=MAX_STEPS)  # steps between evaluations
     batches: int = Field(default=20, ge=1, le=10**7)
+    # downstream task files or directories of them (training/tasks.py), scored at every evaluation across the
+    # workers: metrics tasks/<name>/acc (acc_norm, bpb) and tasks/core in metrics.jsonl
+    tasks: list[str] = []
 
 
 class CheckpointConfig(Strict):

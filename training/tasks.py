@@ -43,12 +43,14 @@ class Scored:
 
 
 @torch.no_grad()
-def loglikelihoods(model, pairs: list[tuple[list[int], list[int]]], n_vocab: int, device: str = "cpu", batch: int = 32) -> list[Scored]:
+def loglikelihoods(
+    model, pairs: list[tuple[list[int], list[int]]], n_vocab: int, device="cpu", batch: int = 32, seq_len: int | None = None
+) -> list[Scored]:
     """log p(continuation | context) of each (context ids, continuation ids), over the real vocabulary (the padded
     rows left out), in batches of `batch` sequences padded on the right (causal: padding never reaches a scored
-    position). Each input keeps its last seq_len + 1 tokens."""
+    position). Each input keeps its last seq_len + 1 tokens (`seq_len`: the model's, given when `model` is wrapped)."""
     out: list[Scored] = []
-    window = model.cfg.seq_len + 1
+    window = (seq_len or model.cfg.seq_len) + 1
     for i in range(0, len(pairs), batch):
         # a continuation longer than the window keeps its last seq_len tokens (lm-eval's truncation from the left)
         chunk = [(ctx, cont[-(window - 1) :]) for ctx, cont in pairs[i : i + batch]]
@@ -103,6 +105,56 @@ def score(task: Task, scored: list[Scored]) -> dict:
 def centered(acc: float, baseline: float) -> float:
     """CORE's centering: 0 at the random baseline, 1 at perfect accuracy."""
     return (acc - baseline) / (1 - baseline) if baseline < 1 else 0.0
+
+
+@dataclass
+class Prepared:
+    """A task with each example's (context ids, continuation ids) pairs, tokenized once."""
+
+    task: Task
+    pairs: list[list[tuple[list[int], list[int]]]]
+
+
+def prepare(task: Task, enc) -> Prepared:
+    flat, out, k = _pairs(task, enc), [], 0
+    for e in task.examples:
+        n = 1 if isinstance(e, Cloze) else len(e.choices)
+        out.append(flat[k : k + n])
+        k += n
+    return Prepared(task, out)
+
+
+@torch.no_grad()
+def sharded_results(model, prepared: list[Prepared], n_vocab: int, device, rank: int, world: int, seq_len: int) -> dict:
+    """run_tasks across `world` ranks (a collective): rank r scores examples r, r + world, ..., each example its own
+    batch (so its numbers never depend on what it was batched with); the scores are gathered back in example order,
+    so every rank gets what one worker computes. Every rank runs the same number of forward passes (FSDP's
+    collectives need it): a rank short of examples scores its first one again and drops it."""
+    mine = []
+    for p in prepared:
+        idx = list(range(rank, len(p.pairs), world))
+        rounds = -(-len(p.pairs) // world)
+        scored = [loglikelihoods(model, p.pairs[i], n_vocab, device, seq_len=seq_len) for i in idx]
+        for _ in range(rounds - len(idx)):
+            loglikelihoods(model, p.pairs[idx[0] if idx else 0], n_vocab, device, seq_len=seq_len)
+        mine.append(dict(zip(idx, scored)))
+    gathered = [mine]
+    if world > 1:
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, mine)
+    results = {}
+    for t, p in enumerate(prepared):
+        by_example = {i: s for g in gathered for i, s in g[t].items()}
+        results[p.task.header.name] = score(p.task, [s for i in range(len(p.pairs)) for s in by_example[i]])
+    core = sum(r["centered"] for r in results.values()) / len(results) if results else None
+    return {"tasks": results, "core": core}
+
+
+def metric_row(res: dict) -> dict:
+    """The flat metrics of sharded_results for a metrics row: tasks/<name>/<acc|acc_norm|bpb>, tasks/core."""
+    row = {f"tasks/{name}/{k}": r[k] for name, r in res["tasks"].items() for k in ("acc", "acc_norm", "bpb") if k in r}
+    row["tasks/core"] = res["core"]
+    return row
 
 
 def run_tasks(model, enc, tasks: list[Task], device: str = "cpu") -> dict:

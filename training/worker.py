@@ -144,6 +144,7 @@ class Trainer:
         self.val = ShardWindows(self.data_root, "val", t.model.seq_len) if has_val else None
         self.val_ids = val_windows(self.val, t.eval.batches * t.batch.micro_batch_size) if has_val else None
         self.val_sources = self.source_validation() if has_val else {}
+        self.tasks = self.downstream_tasks()
         self.amp = autocast(t, device)
         self.tokens_per_step = t.batch.global_batch_tokens  # exactly: accumulation_steps refuses a remainder
         self.peak = peak_flops(device)
@@ -227,6 +228,29 @@ class Trainer:
         row.update(tokens_per_s=tps, mfu=(tps * self.flops_per_token / (self.peak * self.world)) if self.peak else None)
         return row
 
+    def downstream_tasks(self) -> list:
+        """train.eval.tasks, read and tokenized with the run's tokenizer once (training/tasks.py)."""
+        if not self.t.eval.tasks:
+            return []
+        from raylm.core.tokenizer import load_encoding, run_tokenizer
+        from raylm.training.tasks import prepare, read_task, task_files
+
+        enc = load_encoding(run_tokenizer(self.manifest.tokenizer.as_json(), self.data_root))
+        return [prepare(read_task(p), enc) for p in task_files(self.t.eval.tasks)]
+
+    def task_metrics(self) -> dict:
+        """The downstream tasks' metrics, the examples split across the ranks (a collective)."""
+        from raylm.training.tasks import metric_row, sharded_results
+
+        was = self.model.training
+        self.model.eval()
+        try:
+            tok = self.manifest.tokenizer
+            res = sharded_results(self.model, self.tasks, tok.n_vocab, self.device, self.rank, self.world, self.t.model.seq_len)
+        finally:
+            self.model.train(was)
+        return metric_row(res)
+
     def source_validation(self) -> dict[str, tuple[ShardWindows, np.ndarray]]:
         """Per source of the val split (when it has several): its windows and the fixed ones evaluated."""
         t, sources = self.t, self.manifest.splits["val"].sources or {}
@@ -251,6 +275,8 @@ class Trainer:
         """An eval step's metrics: val loss, perplexity and bits per byte over the split, and per source."""
         val = self.evaluate()
         out = dict(val_loss=val["loss"], val_ppl=val["ppl"], val_bpb=split_bpb(val["loss"], self.manifest, "val"))
+        if self.tasks:
+            out.update(self.task_metrics())
         if self.val_sources:
             entries = self.manifest.splits["val"].sources
             per = {n: self.evaluate(w, ids)["loss"] for n, (w, ids) in self.val_sources.items()}
