@@ -194,3 +194,14 @@ def test_raylm_eval_tasks_missing_file_exits_2(tmp_path, capsys):
     assert main(["eval", *recipe, "--tasks", str(tmp_path / "none.jsonl")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"raylm: {tmp_path / 'none.jsonl'}: no such task file or directory"
+
+
+def test_a_missing_train_eval_task_file_exits_2_before_ray_starts(tmp_path, capsys):
+    from raylm.cluster.cli import main
+    from tests.conftest import ROOT, write_tiny_shards
+
+    write_tiny_shards(tmp_path)
+    sets = [f"storage_path={tmp_path}", f"train.data_path={tmp_path / 'data'}", f"train.eval={{tasks: [{tmp_path / 'none'}]}}"]
+    assert main(["train", str(ROOT / "cluster" / "recipes" / "local.yaml"), *[a for s in sets for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"raylm: bad recipe: train.eval.tasks[0]: {tmp_path / 'none'}: no such task file or directory", err

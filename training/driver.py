@@ -61,6 +61,7 @@ def preflight(
 
     job = job.absolute()
     require_shards(job.paths.shards, DATA_PATH_HINT if job.train.data_path else hint)
+    check_task_files(job.train.eval.tasks)
     if own:
         check_resume(job)
         if job.train.init_from:
@@ -196,6 +197,19 @@ def init_checkpoint(init_from: str) -> tuple[str, dict]:
     except FileNotFoundError as e:
         raise FileNotFoundError(f"train.init_from: {e}") from None
     return ckpt, checkpoint.read_meta(f"{ckpt}/{checkpoint.META}")
+
+
+def check_task_files(paths: list[str]) -> None:
+    """train.eval.tasks: every file there and its header a task's (read as the workers will), before Ray starts;
+    a ConfigError naming the key otherwise."""
+    from raylm.training.tasks import read_task, task_files
+
+    for k, path in enumerate(paths):
+        try:
+            for f in task_files([path]):
+                read_task(f)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"train.eval.tasks[{k}]: {e}") from None
 
 
 def check_init_from(job: TrainJob) -> str:
