@@ -10,7 +10,7 @@ A checkpoint directory holds, in either format:
 each rank wrote its own part (FSDP2: its shards; DDP: replicated tensors once, spread over the ranks), nothing
 gathered; `trainer.pt` (rank 0): scheduler, loader position, step, resolved config, tokenizer entry, world size.
 DCP reshards on load, so a checkpoint resumes on another number of workers and under DDP or FSDP2 alike; tools
-read it without a process group (DCP's no_dist load into a bare GPT: `read_state`).
+read it without a process group (DCP's no_dist load into a bare GPT: `load`).
 
 `format: full`: `state.pt`, the whole model and optimizer state gathered on rank 0 (keyed by parameter name),
 plus what trainer.pt holds. Everything loads with `torch.load(weights_only=True)`.
@@ -134,10 +134,15 @@ def _copy_tokenizer(directory: str, tokenizer_dir: str | None) -> list[str]:
     return [f for f in (TOKENIZER, meta_path(TOKENIZER)) if os.path.exists(os.path.join(directory, f))]
 
 
+def save_rng(directory: str, rank: int) -> None:
+    """This rank's RNG states, `rng-{rank}.pt` in the checkpoint directory (`load_rng` reads them)."""
+    torch.save(rng_state(), os.path.join(directory, f"rng-{rank}.pt"))
+
+
 def save(directory: str, rank: int, state: dict | None, tokenizer_dir: str | None = None, world: int = 1) -> None:
     """A full checkpoint's part of this rank, into a local directory: its RNG states, and on rank 0 (`state` given:
     `full_state` plus the trainer's state) state.pt, the tokenizer files and, last, meta.json."""
-    torch.save(rng_state(), os.path.join(directory, f"rng-{rank}.pt"))
+    save_rng(directory, rank)
     if state is None:
         return
     torch.save(state, os.path.join(directory, STATE))
@@ -152,7 +157,7 @@ def save_sharded(directory: str, rank: int, world: int, state: dict, trainer: di
     written every rank's part, meta.json."""
     import torch.distributed.checkpoint as dcp
 
-    torch.save(rng_state(), os.path.join(directory, f"rng-{rank}.pt"))
+    save_rng(directory, rank)
     written = dcp.save(state, checkpoint_id=os.path.join(directory, DCP), process_group=pg)
     if trainer is not None:
         finish_sharded(directory, world, trainer, written, tokenizer_dir)
@@ -187,6 +192,12 @@ def _check_keys(path: str, state: Any, keys: tuple[str, ...]) -> dict:
     return state
 
 
+def read_trainer(directory: str) -> dict:
+    """A sharded checkpoint's trainer.pt (CheckpointError when it is not raylm's)."""
+    path = os.path.join(directory, TRAINER)
+    return _check_keys(path, _torch_load(path), _TRAINER_KEYS)
+
+
 def bare_model(state: dict) -> GPT:
     """A GPT of the checkpoint's design, freshly initialized (its weights are loaded next)."""
     train = TrainConfig.model_validate(state["config"]["train"])
@@ -214,7 +225,7 @@ def load(directory: str, rank: int, device: torch.device | str = "cpu") -> tuple
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.api import CheckpointException
 
-        state = _check_keys(os.path.join(directory, TRAINER), _torch_load(os.path.join(directory, TRAINER)), _TRAINER_KEYS)
+        state = read_trainer(directory)
         weights = {"model": bare_model(state).state_dict()}
         try:
             with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
@@ -241,7 +252,7 @@ def restore_sharded(directory: str, model: torch.nn.Module, opt: torch.optim.Opt
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    trainer = _check_keys(os.path.join(directory, TRAINER), _torch_load(os.path.join(directory, TRAINER)), _TRAINER_KEYS)
+    trainer = read_trainer(directory)
     state = sharded_state(model, opt)  # the optimizer's state tensors exist already (get_state_dict creates them)
     dcp.load(state, checkpoint_id=os.path.join(directory, DCP))
     set_state_dict(model, _optimizers(opt), model_state_dict=state["model"], optim_state_dict=state["optim"], options=_options(full=False))

@@ -68,7 +68,7 @@ def start(tr, row: dict, group, staging=None) -> PendingSave:
     import torch.distributed.checkpoint as dcp
 
     directory = tempfile.mkdtemp(prefix="raylm-ckpt-")
-    torch.save(checkpoint.rng_state(), os.path.join(directory, f"rng-{tr.rank}.pt"))
+    checkpoint.save_rng(directory, tr.rank)
     state = checkpoint.sharded_state(tr.model, tr.opt)
     writer = _writer(os.path.join(directory, checkpoint.DCP))
     future = dcp.async_save(state, storage_writer=writer, process_group=group, async_stager=staging)

@@ -1,19 +1,15 @@
-"""Downstream tasks scored by log-likelihood as lm-evaluation-harness scores them (the file format and its reader:
-core/taskfile.py).
+"""Downstream tasks scored by log-likelihood as lm-evaluation-harness scores them (the task file format and its
+reader: core/taskfile.py).
 
-A task file is JSON lines. The first line is the task's header, `{"task": {...}}` (`TaskHeader`: name, kind,
-an optional fixed few-shot prefix, how it was built, its random baseline); every other line is one example:
-- `multiple_choice`: `{"context": str, "choices": [str, ...], "gold": int}`: the log-likelihood of each choice
-  given the context; `acc` takes the choice of the highest sum of log-probs, `acc_norm` of the highest sum divided
-  by the choice's length in UTF-8 bytes;
-- `cloze`: `{"context": str, "continuation": str}`: `acc`, whether greedy decoding gives the continuation (every
-  one of its tokens the argmax), and its bits per byte.
+- multiple choice: the log-likelihood of each choice given the context; `acc` takes the choice of the highest sum
+  of log-probs, `acc_norm` of the highest sum divided by the choice's length in UTF-8 bytes;
+- cloze: `acc`, whether greedy decoding gives the continuation (every one of its tokens the argmax), and the
+  continuation's bits per byte.
 A context and continuation are tokenized as lm-eval does: whole = encode(context + continuation), the
 continuation's tokens those of whole past encode(context) (a trailing space of the context moves to the
 continuation first). Inputs longer than the model's window keep their last seq_len + 1 tokens (truncated from the
-left; a continuation longer than the window keeps its last seq_len tokens). The aggregate is CORE's: each task's accuracy centered by its random
-baseline, (acc - b) / (1 - b), then averaged over tasks. A line that is not an example (bad JSON, a `gold` out of
-range, an empty choice or continuation) is counted by reason and skipped, never an error.
+left; a continuation longer than the window keeps its last seq_len tokens). The aggregate is CORE's: each task's
+accuracy centered by its random baseline, (acc - b) / (1 - b), then averaged over tasks.
 """
 
 from __future__ import annotations
@@ -69,11 +65,15 @@ def loglikelihoods(
     return out
 
 
-def _pairs(task: Task, enc) -> list[tuple[list[int], list[int]]]:
+def _example_pairs(task: Task, enc) -> list[list[tuple[list[int], list[int]]]]:
+    """Each example's (context ids, continuation ids) pairs: one for a cloze example, one per choice."""
     pre = task.header.fewshot
-    if task.header.kind == "cloze":
-        return [encode_pair(enc, pre + e.context, e.continuation) for e in task.examples]
-    return [encode_pair(enc, pre + e.context, c) for e in task.examples for c in e.choices]
+    conts = lambda e: [e.continuation] if isinstance(e, Cloze) else e.choices  # noqa: E731
+    return [[encode_pair(enc, pre + e.context, c) for c in conts(e)] for e in task.examples]
+
+
+def _pairs(task: Task, enc) -> list[tuple[list[int], list[int]]]:
+    return [pair for pairs in _example_pairs(task, enc) for pair in pairs]
 
 
 def score(task: Task, scored: list[Scored]) -> dict:
@@ -102,6 +102,12 @@ def score(task: Task, scored: list[Scored]) -> dict:
     return res
 
 
+def with_core(results: dict) -> dict:
+    """The tasks' results and the CORE-style aggregate: the mean of their centered accuracies (None without tasks)."""
+    core = sum(r["centered"] for r in results.values()) / len(results) if results else None
+    return {"tasks": results, "core": core}
+
+
 def centered(acc: float, baseline: float) -> float:
     """CORE's centering: 0 at the random baseline, 1 at perfect accuracy."""
     return (acc - baseline) / (1 - baseline) if baseline < 1 else 0.0
@@ -116,12 +122,7 @@ class Prepared:
 
 
 def prepare(task: Task, enc) -> Prepared:
-    flat, out, k = _pairs(task, enc), [], 0
-    for e in task.examples:
-        n = 1 if isinstance(e, Cloze) else len(e.choices)
-        out.append(flat[k : k + n])
-        k += n
-    return Prepared(task, out)
+    return Prepared(task, _example_pairs(task, enc))
 
 
 @torch.no_grad()
@@ -146,8 +147,7 @@ def sharded_results(model, prepared: list[Prepared], n_vocab: int, device, rank:
     for t, p in enumerate(prepared):
         by_example = {i: s for g in gathered for i, s in g[t].items()}
         results[p.task.header.name] = score(p.task, [s for i in range(len(p.pairs)) for s in by_example[i]])
-    core = sum(r["centered"] for r in results.values()) / len(results) if results else None
-    return {"tasks": results, "core": core}
+    return with_core(results)
 
 
 def metric_row(res: dict) -> dict:
@@ -162,8 +162,7 @@ def run_tasks(model, enc, tasks: list[Task], device: str = "cpu") -> dict:
     results = {}
     for t in tasks:
         results[t.header.name] = score(t, loglikelihoods(model, _pairs(t, enc), enc.n_vocab, device))
-    core = sum(r["centered"] for r in results.values()) / len(results) if results else None
-    return {"tasks": results, "core": core}
+    return with_core(results)
 
 
 def task_files(paths: list[str]) -> list[str]:

@@ -198,8 +198,8 @@ class Trainer:
         a PBT trial continues), else take `train.init_from`'s weights (a fine-tune: fresh optimizer)."""
         if ckpt is not None or start_from:
             with ckpt.as_directory() if ckpt is not None else nullcontext(checkpoint.local_dir(start_from)) as d:
-                checkpoint.check_complete(d)
                 if checkpoint.is_sharded(d):
+                    checkpoint.check_complete(d)  # (load checks a full one)
                     hyper = hyperparams(self.opt)
                     self.load_trainer_state(checkpoint.restore_sharded(d, self.model, self.opt), hyper)
                     rng = checkpoint.load_rng(d, self.rank)
