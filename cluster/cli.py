@@ -409,6 +409,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lm_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("lm_eval_args", nargs="*", metavar="ARGS", help="lm-eval's own arguments (raylm lm-eval --help shows them)")
+
+
+def _lm_eval(args: argparse.Namespace) -> int:
+    """lm-eval's command line with the `raylm` model registered (training/harness.py); its exit code."""
+    try:
+        from raylm.training.harness import main as harness_main
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("lm_eval"):
+            raise
+        raise UsageError(f"raylm lm-eval needs lm-evaluation-harness ({e.name} is not installed): pip install 'raylm[eval]'") from None
+    try:
+        harness_main(args.lm_eval_args)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "validate": Command("print the resolved config, or a clear error (exit 2)", _validate),
     "data": Command("raw text -> deduplicated token shards", _data, _force),
@@ -419,6 +438,12 @@ COMMANDS: dict[str, Command] = {
     "jobs": Command("a submitted job: status, logs (--follow), stop", _jobs, _jobs_options, recipe=False),
     "eval": Command(
         "loss, perplexity, next-token accuracy; task metrics (exact match, accuracy, macro-F1, BLEU) on a split or a file", _eval, _eval_options
+    ),
+    "lm-eval": Command(
+        "lm-evaluation-harness with raylm's model: raylm lm-eval --model raylm --model_args run=runs/NAME --tasks ...",
+        _lm_eval,
+        _lm_eval_options,
+        recipe=False,
     ),
     "export": Command("a run's latest checkpoint as a transformers directory, or as safetensors", _export, _export_options, recipe=False),
     "runs": Command("the runs under a storage path (stages, steps, best val loss, when), or one run's record", _runs, _runs_options, recipe=False),
@@ -490,7 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["submit"] and "--" in argv:  # submit's own options, then the job's command line
         i = argv.index("--")
         argv, job_command = argv[:i], argv[i + 1 :]
-    args = ap.parse_args(argv)
+    if argv[:1] == ["lm-eval"]:  # every argument after it is lm-eval's, options included
+        args = argparse.Namespace(command="lm-eval", lm_eval_args=argv[1:], verbose=False)
+    else:
+        args = ap.parse_args(argv)
     args.job_command = job_command
     if args.verbose:
         os.environ[LOG_ENV] = "debug"

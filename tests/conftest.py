@@ -55,7 +55,7 @@ def pytest_configure(config):
 def pytest_itemcollected(item):
     """The tests that start Ray are marked slow. `make test` runs those on the session's instance, and those that
     stop processes at chosen moments, in one pytest, one after another; beside it, in a second pytest, the tests
-    without Ray and the slow ones marked own_ray (a Ray instance of their own, no moment timed), on the core that
+    without Ray and the slow ones marked own_ray (a Ray instance of their own or none, no moment timed), on the core that
     the first leaves idle while its runs start and end. A test in the second using the session's instance would
     start a second one."""
     session = "ray_session" in getattr(item, "fixturenames", ())

@@ -15,7 +15,8 @@ import torch
 
 from tests.conftest import TINY_MODEL, write_tiny_shards
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+# slow (3 process groups of 2 ranks: ~13 s) but without Ray: run beside the Ray tests
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"), pytest.mark.slow, pytest.mark.own_ray]
 
 
 def _port() -> int:
