@@ -244,6 +244,11 @@ def _train_job(cfg: RunConfig) -> int:
         mix = s.get("val_mixture")
         weighted = f"; weighted by the mixture {loss_text(mix['loss'], mix.get('bpb'))}" if mix else ""
         print(f"raylm train: val loss by source: {per}{weighted}")
+    if s.get("tasks"):
+        from raylm.training.tasks import summary_lines
+
+        for line in summary_lines(cfg.train.eval.tasks, s["tasks"]):
+            print(f"raylm train: tasks at step {s['tasks_step']}: {line}")
     if "first_step_s" in s:  # what a user waits before training moves, and how long it then ran
         print(f"raylm train: first step done {s['first_step_s']:.1f}s after start (Ray, workers, model, shards); last at {s['train_s']:.1f}s")
     return 0

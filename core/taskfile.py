@@ -21,7 +21,8 @@ class TaskFileError(ValueError):
 
 
 class TaskHeader(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    # a metric key (tasks/<name>/acc in TensorBoard, MLflow, W&B, tune.metric): letters, digits, - _ .
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
     kind: Kind
     fewshot: str = ""  # a fixed prefix put before every context
     built_by: str = ""  # the command or script that made the file, and from what
@@ -80,7 +81,7 @@ def read_task(path: str) -> Task:
     try:
         header = TaskHeader.model_validate(json.loads(lines[0])["task"])
     except (IndexError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f'{path}: line 1 is not a task header ({{"task": {{"name": ..., "kind": ...}}}}): {e}') from None
+        raise TaskFileError(f'{path}: line 1 is not a task header ({{"task": {{"name": ..., "kind": ...}}}}): {e}') from None
     model = MultipleChoice if header.kind == "multiple_choice" else Cloze
     task = Task(header, [])
     for line in lines[1:]:

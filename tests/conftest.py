@@ -36,10 +36,13 @@ PRETRAIN = [
     "train.batch={micro_batch_size: 4, global_batch_tokens: 1024}",
     "train.max_steps=12",
     "train.schedule.warmup_steps=2",
-    "train.eval={every: 6, batches: 2}",
+    "train.eval.every=6",
+    "train.eval.batches=2",
+    "train.eval.tasks=[]",  # local.yaml's downstream tasks: scored in the pretrained run only (PRETRAIN_TASKS)
     "train.checkpoint={every: 6, keep: 2}",
     "train.scaling.num_workers=2",
 ]
+PRETRAIN_TASKS = "train.eval.tasks=[data/downstream]"  # the bundled tasks, as local.yaml scores them
 
 
 def sample_docs() -> list[dict]:
@@ -84,7 +87,7 @@ def pretrained(ray_session, tmp_path_factory):
     from raylm.cluster.cli import main
 
     tmp = tmp_path_factory.mktemp("pre")
-    over = [f"storage_path={tmp}", "name=tr", *PRETRAIN]
+    over = [f"storage_path={tmp}", "name=tr", *PRETRAIN, PRETRAIN_TASKS]
     sets = [a for o in over for a in ("--set", o)]
     buf = io.StringIO()
     with redirect_stdout(buf):

@@ -42,6 +42,11 @@ def test_progress_line_fields():
     assert progress_line(_row(1, 0.0), 10, 1.0, None).endswith("ETA ?")
 
 
+def test_progress_line_shows_the_task_aggregate_at_an_eval_step():
+    line = progress_line(_row(56, 0.0, val_loss=4.3, **{"tasks/core": 0.4321, "tasks/mc/acc": 0.7}), 280, 42.0, 168.0)
+    assert "| val 4.3000 | tasks CORE 0.432 | lr" in line
+
+
 def test_train_progress_prints_every_n_steps_eval_steps_and_the_last(tmp_path, capsys):
     path, now = tmp_path / "metrics.jsonl", time.time()
     path.write_text(json.dumps(_row(1, now - 100)) + "\n")  # an earlier invocation's step: not shown

@@ -205,3 +205,28 @@ def test_a_missing_train_eval_task_file_exits_2_before_ray_starts(tmp_path, caps
     assert main(["train", str(ROOT / "cluster" / "recipes" / "local.yaml"), *[a for s in sets for a in ("--set", s)]]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"raylm: bad recipe: train.eval.tasks[0]: {tmp_path / 'none'}: no such task file or directory", err
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    from raylm.training.tasks import wilson
+
+    lo, hi = wilson(189, 199)  # 95%: 0.90998-0.97248 (scipy.stats.binomtest(189, 199).proportion_ci(method="wilson"))
+    assert (round(lo, 5), round(hi, 5)) == (0.90998, 0.97248)
+
+
+def test_summary_lines_give_counts_interval_and_the_baseline(tmp_path):
+    from raylm.training.tasks import summary_lines
+
+    rows = [{"task": {"name": "mc", "kind": "multiple_choice"}}] + [{"context": "a", "choices": [" b", " c"], "gold": 0}] * 20
+    (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    lines = summary_lines([str(tmp_path)], {"tasks/mc/acc": 0.9, "tasks/core": 0.8})
+    assert lines[0] == "mc: acc 90.00% (18/20, 95% interval 69.9%-97.2%); random 50%: +40.0%, above chance"
+    assert lines[1] == "CORE (mean centered accuracy): 0.8000"
+
+
+def test_a_task_name_that_cannot_be_a_metric_key_is_refused(tmp_path):
+    from raylm.core.taskfile import TaskFileError
+
+    (tmp_path / "t.jsonl").write_text(json.dumps({"task": {"name": "my task/1", "kind": "cloze"}}) + "\n")
+    with pytest.raises(TaskFileError, match="line 1 is not a task header"):
+        read_task(str(tmp_path / "t.jsonl"))

@@ -91,7 +91,8 @@ def test_mlflow_server_and_wandb_offline(sample_shards, mlflow_server, tmp_path,
         "train.model={n_layer: 1, n_head: 2, d_model: 64, seq_len: 64}",
         "train.batch={micro_batch_size: 4, global_batch_tokens: 512}",
         "train.max_steps=4",
-        "train.eval={every: 2, batches: 1}",
+        "train.eval.every=2",  # local.yaml's downstream tasks kept
+        "train.eval.batches=1",
         "train.checkpoint.every=4",
         "train.loggers=[tensorboard, mlflow, wandb]",
     ]
@@ -106,6 +107,7 @@ def test_mlflow_server_and_wandb_offline(sample_shards, mlflow_server, tmp_path,
     assert run.data.params["train.max_steps"] == "4" and run.data.params["train.model.d_model"] == "64"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [2, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "tasks/core")] == [2, 4]  # train.eval.tasks
     assert {"loss.png", "checkpoint.txt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert os.path.isdir(run.data.tags["raylm.checkpoint"]) and "checkpoint_" in run.data.tags["raylm.checkpoint"]
     got = client.download_artifacts(run.info.run_id, "checkpoint.txt", str(tmp_path))
@@ -121,3 +123,4 @@ def test_mlflow_server_and_wandb_offline(sample_shards, mlflow_server, tmp_path,
     history = [r.history for r in recs if r.WhichOneof("record_type") == "history"]
     assert [h.step.num for h in history] == [1, 2, 3, 4]
     assert all("loss" in {"/".join(i.nested_key) for i in h.item} for h in history)
+    assert [h.step.num for h in history if "tasks/core" in {"/".join(i.nested_key) or i.key for i in h.item}] == [2, 4]

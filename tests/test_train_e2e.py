@@ -31,6 +31,23 @@ def _sets(over: list[str]) -> list[str]:
     return [a for o in over for a in ("--set", o)]
 
 
+def _tensorboard_scalars(directory) -> set[tuple[str, int]]:
+    """(tag, step) of every scalar in the TensorBoard event files there (TFRecords of tensorboardX's Event)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    found = set()
+    for f in directory.glob("events.out.tfevents.*"):
+        data, i = f.read_bytes(), 0
+        while i < len(data):  # a record: length (8 bytes), its CRC (4), the event, its CRC (4)
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = Event.FromString(data[i + 12 : i + 12 + n])
+            found |= {(v.tag, event.step) for v in event.summary.value}
+            i += 16 + n
+    return found
+
+
 # `pretrained` (tests/conftest.py): the session's `raylm run` of a small model on the sample
 def test_run_sample_then_resume(pretrained, capsys):
     tmp_path, sets, out = pretrained
@@ -94,6 +111,35 @@ def test_run_sample_then_resume(pretrained, capsys):
     assert main(["train", RECIPE, *sets, "--set", "train.max_steps=20", "--set", "train.optim.lr=0.5"]) == 2
     err = capsys.readouterr().err
     assert "has checkpoints (step 18) of another recipe: train.optim.lr is 0.003 there, 0.5 here" in err and "--set name=" in err
+
+
+def test_in_loop_task_metrics_are_one_process_scoring_of_the_checkpoint(pretrained, capsys):
+    """The bundled downstream tasks (local.yaml's train.eval.tasks) at each eval step, their examples split across
+    the 2 workers: in metrics.jsonl, TensorBoard, the progress line and the summary, with the same numbers as one
+    process scoring that step's checkpoint (raylm eval --tasks). Step 12's checkpoint is kept whether or not
+    test_run_sample_then_resume has trained the run on to step 18 (keep 2)."""
+    tmp_path, sets, out = pretrained
+    run = tmp_path / "tr"
+    rows = _rows(run)
+    lines = [ln for ln in out.splitlines() if ln.startswith("[raylm train] step ")]
+    (ckpt,) = [p for p in (run / "train").glob("checkpoint_*/meta.json") if json.loads(p.read_text())["step"] == 12]
+    ckpt = ckpt.parent
+    assert "tasks CORE " in lines[5] and "tasks CORE " not in lines[4]
+
+    keys = {f"tasks/{n}/{m}" for n in ("word-order", "next-line") for m in ("acc", "acc_norm")}
+    keys |= {"tasks/next-line-cloze/acc", "tasks/next-line-cloze/bpb", "tasks/core"}
+    assert [r["step"] for r in rows[:12] if keys <= r.keys()] == [6, 12]  # the run may since have gone on to 18
+    assert main(["eval", RECIPE, *sets, "--checkpoint", str(ckpt), "--tasks", str(ROOT / "data" / "downstream")]) == 0
+    capsys.readouterr()
+    one = json.loads((run / "eval" / "tasks.json").read_text())
+    assert one["step"] == 12
+    for name, r in one["tasks"].items():
+        for m in ("acc", "acc_norm", "bpb"):
+            if m in r:
+                assert rows[11][f"tasks/{name}/{m}"] == pytest.approx(r[m], abs=1e-6), (name, m)
+    assert rows[11]["tasks/core"] == pytest.approx(one["core"], abs=1e-6)
+    assert {("eval/tasks/core", 6), ("eval/tasks/word-order/acc", 12)} <= _tensorboard_scalars(run / "train" / "tensorboard")
+    assert re.search(r"raylm train: tasks at step 12: word-order: acc [\d.]+% \(\d+/199, 95% interval", out)
 
 
 def _sharded_optimizer(ckpt: str, tmp_path) -> dict:

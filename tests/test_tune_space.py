@@ -163,3 +163,26 @@ def test_a_campaign_can_search_a_sources_weight():
         check(load_config(mix, ["tune.param_space={data.sources.web.wieght: {uniform: [0.1, 0.5]}}"]))
     with pytest.raises(ConfigError, match="is not valid there"):  # a source the recipe does not have
         check(load_config(mix, ["tune.param_space={data.sources.books.weight: {uniform: [0.1, 0.5]}}"]))
+
+
+TASKS = ROOT / "data" / "downstream"  # the bundled task files: word-order, next-line (multiple choice), next-line-cloze
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["tune.metric=tasks/core", "tune.mode=max"], "tune.metric: 'tasks/core' needs train.eval.tasks"),
+        ([f"train.eval.tasks=[{TASKS}]", "tune.metric=tasks/core", "tune.mode=min"], "which is better higher: set tune.mode: max"),
+        ([f"train.eval.tasks=[{TASKS}]", "tune.metric=tasks/next-line-cloze/bpb", "tune.mode=max"], "set tune.mode: min"),
+        ([f"train.eval.tasks=[{TASKS}]", "tune.metric=tasks/word-order/bpb", "tune.mode=min"], "is not a metric of train.eval.tasks"),
+        (["tune.metric=accuracy"], "'accuracy' is not reported by the loop"),
+    ],
+)
+def test_a_tune_metric_the_trials_do_not_report_exits_2_naming_it(sets, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check(load_config(RECIPE, sets))
+
+
+@pytest.mark.parametrize(("metric", "mode"), [("tasks/core", "max"), ("tasks/word-order/acc_norm", "max"), ("tasks/next-line-cloze/bpb", "min")])
+def test_a_task_metric_of_the_tasks_is_a_tune_metric(metric, mode):
+    check(load_config(RECIPE, [f"train.eval.tasks=[{TASKS}]", f"tune.metric={metric}", f"tune.mode={mode}"]))

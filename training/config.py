@@ -312,7 +312,10 @@ class TrainJob:
     def absolute(self) -> TrainJob:
         """Local paths made absolute: Ray workers do not share the driver's working directory."""
         job = TrainJob(self.train, self.paths, {**self.recipe, "storage_path": absolute(self.paths.storage_path)})
-        return job.with_train(**{k: absolute(v) for k in ("data_path", "init_from") if (v := getattr(self.train, k))})
+        paths = {k: absolute(v) for k in ("data_path", "init_from") if (v := getattr(self.train, k))}
+        if self.train.eval.tasks:
+            paths["eval"] = self.train.eval.model_copy(update={"tasks": [absolute(p) for p in self.train.eval.tasks]})
+        return job.with_train(**paths)
 
 
 @dataclass

@@ -293,7 +293,7 @@ def check_resume(job: TrainJob) -> None:
 
 
 def summarize(paths: RunPaths, started: float | None = None) -> dict:
-    """The last step's figures, the last validation loss and the mean throughput, from metrics.jsonl; with
+    """The last step's figures, the last validation loss (and task metrics) and the mean throughput, from metrics.jsonl; with
     `started` (time.time() when the command began), the seconds to this invocation's first step finished
     (`first_step_s`: Ray, worker group, model build, shard mapping) and to its last (`train_s`)."""
     from raylm.training.metrics import read_metrics
@@ -315,6 +315,11 @@ def summarize(paths: RunPaths, started: float | None = None) -> dict:
         for key in ("val_sources", "val_mixture"):
             if ev[-1].get(key):
                 out[key] = ev[-1][key]
+    tasked = [r for r in ev if r.get("tasks/core") is not None]
+    if tasked:  # train.eval.tasks: the last evaluation's task metrics
+        from raylm.training.tasks import scalars
+
+        out.update(tasks=scalars(tasked[-1]), tasks_step=tasked[-1]["step"])
     mfu = [r["mfu"] for r in timed if r.get("mfu") is not None]
     out["mfu"] = sum(mfu) / len(mfu) if mfu else None
     if mine:

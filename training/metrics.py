@@ -79,6 +79,8 @@ class MetricsLog:
         self.tb_dir = tb_dir
 
     def log(self, row: dict) -> None:
+        from raylm.training.tasks import scalars
+
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
         if self.tb is not None:
@@ -89,6 +91,8 @@ class MetricsLog:
                 self.tb.add_scalar(f"eval/val_loss/{name}", v["loss"], row["step"])
             if row.get("val_mixture"):  # the sources' val losses weighted as training draws them
                 self.tb.add_scalar("eval/val_loss_mixture", row["val_mixture"]["loss"], row["step"])
+            for k, v in scalars(row).items():  # train.eval.tasks: eval/tasks/<name>/acc ..., eval/tasks/core
+                self.tb.add_scalar(f"eval/{k}", v, row["step"])
         if self.trackers is not None:
             self.trackers.log(row)
 

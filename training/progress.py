@@ -43,6 +43,8 @@ def progress_line(row: dict, max_steps: int, elapsed: float, eta: float | None) 
     if row.get("val_loss") is not None:
         bpb = f" ({row['val_bpb']:.3f} bits/byte)" if row.get("val_bpb") is not None else ""
         parts.append(f"val {row['val_loss']:.4f}{bpb}")
+    if row.get("tasks/core") is not None:  # train.eval.tasks: their aggregate
+        parts.append(f"tasks CORE {row['tasks/core']:.3f}")
     parts += [f"lr {row['lr']:.2e}", f"{row['tokens_per_s']:,.0f} tok/s"]
     if row.get("mfu") is not None:
         parts.append(f"MFU {row['mfu']:.1%}")

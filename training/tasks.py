@@ -157,6 +157,41 @@ def metric_row(res: dict) -> dict:
     return row
 
 
+def scalars(row: dict) -> dict:
+    """The task metrics of a metrics row (tasks/<name>/<acc|acc_norm|bpb>, tasks/core): what TensorBoard, MLflow
+    and W&B get beside the loss."""
+    return {k: v for k, v in row.items() if k.startswith("tasks/") and isinstance(v, (int, float))}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion k / n (95% at z = 1.96): where the accuracy of a task
+    of n examples could lie."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    mid, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (mid - half) / (1 + z * z / n), (mid + half) / (1 + z * z / n)
+
+
+def summary_lines(paths: list[str], row: dict) -> list[str]:
+    """A line per task of `paths` with its accuracy in `row` (a metrics row or metric_row's): the count of examples
+    right, the 95% interval, the random baseline and whether the interval lies above it; then the aggregate."""
+    lines = []
+    for t in (read_task(f) for f in task_files(paths)):
+        name, n, b = t.header.name, len(t.examples), t.baseline
+        acc = row.get(f"tasks/{name}/acc")
+        if acc is None:
+            continue
+        k = round(acc * n)
+        lo, hi = wilson(k, n)
+        verdict = "above chance" if lo > b else "not clearly above chance"
+        bpb = f", {row[f'tasks/{name}/bpb']:.3f} bits/byte" if row.get(f"tasks/{name}/bpb") is not None else ""
+        lines.append(f"{name}: acc {acc:.2%} ({k}/{n}, 95% interval {lo:.1%}-{hi:.1%}){bpb}; random {b:.0%}: {acc - b:+.1%}, {verdict}")
+    if row.get("tasks/core") is not None:
+        lines.append(f"CORE (mean centered accuracy): {row['tasks/core']:.4f}")
+    return lines
+
+
 def run_tasks(model, enc, tasks: list[Task], device: str = "cpu") -> dict:
     """Every task's metrics and the CORE-style aggregate (the mean of the tasks' centered accuracies)."""
     results = {}

@@ -152,7 +152,9 @@ class Trackers:
             self.wandb = _open_wandb(job, info)
 
     def log(self, row: dict) -> None:
-        scalars = {k: row[k] for k in STEP_METRICS if row.get(k) is not None}
+        from raylm.training.tasks import scalars as task_scalars
+
+        scalars = {k: row[k] for k in STEP_METRICS if row.get(k) is not None} | task_scalars(row)
         if self.mlflow is not None:
             self.mlflow.log_metrics(scalars, step=row["step"], synchronous=False)  # batched in the background
         if self.wandb is not None:

@@ -251,12 +251,40 @@ def build_search(t: TuneConfig, space: dict, concurrency: int):
 def check(cfg: Recipe) -> dict:
     """Everything about the campaign that can be wrong before Ray starts (ConfigError, exit 2)."""
     space = validate_space(cfg)
-    if cfg.tune.metric not in ("val_loss", "val_ppl", "val_bpb", "loss"):
-        raise ConfigError(f"tune.metric: {cfg.tune.metric!r} is not reported by the loop (val_loss, val_ppl, val_bpb, loss)")
+    check_metric(cfg)
     build_search(cfg.tune, space, 1)
     if cfg.tune.scheduler.type == "pbt":
         _check_pbt(cfg, space)
     return space
+
+
+LOOP_METRICS = ("val_loss", "val_ppl", "val_bpb", "loss")
+TASK_METRICS = {"multiple_choice": ("acc", "acc_norm"), "cloze": ("acc", "bpb")}
+
+
+def check_metric(cfg: Recipe) -> None:
+    """tune.metric: one the loop reports, or a task metric of train.eval.tasks (tasks/core, tasks/<name>/<metric>)
+    with the mode that makes it better (max for accuracies and CORE, min for bits per byte)."""
+    m = cfg.tune.metric
+    if m in LOOP_METRICS:
+        return
+    if not m.startswith("tasks/"):
+        raise ConfigError(f"tune.metric: {m!r} is not reported by the loop ({', '.join(LOOP_METRICS)}, or tasks/core with train.eval.tasks)")
+    if not cfg.train.eval.tasks:
+        raise ConfigError(f"tune.metric: {m!r} needs train.eval.tasks (the task files scored at each evaluation)")
+    from raylm.training.tasks import read_task, task_files
+
+    try:
+        headers = [read_task(f).header for f in task_files(cfg.train.eval.tasks)]
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"train.eval.tasks: {e}") from None
+    known = ["tasks/core", *(f"tasks/{h.name}/{k}" for h in headers for k in TASK_METRICS[h.kind])]
+    if m not in known:
+        raise ConfigError(f"tune.metric: {m!r} is not a metric of train.eval.tasks ({', '.join(known)})")
+    better = "min" if m.endswith("/bpb") else "max"
+    if cfg.tune.mode != better:
+        higher = "lower" if better == "min" else "higher"
+        raise ConfigError(f"tune.mode: {cfg.tune.mode!r} with tune.metric {m!r}, which is better {higher}: set tune.mode: {better}")
 
 
 def _check_pbt(cfg: Recipe, space: dict) -> None:
