@@ -95,6 +95,12 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
         help="downstream tasks instead: task files (.jsonl: multiple choice or cloze) or directories of them -> eval/tasks.json",
     )
     p.add_argument("--device", default=d.device)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="--tasks on N Ray Data actors, each holding the model (one CPU each; one GPU each with --device cuda); 0: in this process",
+    )
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:
@@ -342,7 +348,8 @@ def _eval(args: argparse.Namespace) -> int:
         if args.tasks:
             from raylm.training.tasks import eval_tasks, print_task_results
 
-            rec["result"] = eval_tasks(args.checkpoint or cfg.paths.root, args.tasks, cfg.paths.eval, args.device)
+            connect = lambda: init_ray(cfg.ray)  # noqa: E731 - only for --workers, once the files are found
+            rec["result"] = eval_tasks(args.checkpoint or cfg.paths.root, args.tasks, cfg.paths.eval, args.device, args.workers, connect)
             print_task_results(rec["result"])
             return 0
         rec["result"] = run_eval(cfg.train_job(), opts)

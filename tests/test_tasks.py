@@ -230,3 +230,39 @@ def test_a_task_name_that_cannot_be_a_metric_key_is_refused(tmp_path):
     (tmp_path / "t.jsonl").write_text(json.dumps({"task": {"name": "my task/1", "kind": "cloze"}}) + "\n")
     with pytest.raises(TaskFileError, match="line 1 is not a task header"):
         read_task(str(tmp_path / "t.jsonl"))
+
+
+def test_packed_choices_give_the_hand_computed_logliks(bigram):
+    """example_loglikelihoods packs an example's choices into one row (the context once): the same numbers."""
+    from raylm.training.tasks import _packs, example_loglikelihoods
+
+    examples = [[(ctx, c) for c in conts] for _, ctx, conts in MC]
+    assert all(_packs(ex, 16) for ex in examples)
+    got = [s.loglik for ex in example_loglikelihoods(bigram, examples, V) for s in ex]
+    assert got == pytest.approx([_hand_loglik(ctx, c) for ex in examples for ctx, c in ex], abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_packed_and_unpacked_scoring_agree(arch):
+    """Random contexts and choices on a random model of either position scheme: the packed row (positions restart
+    after the context for each choice, a choice never sees another) gives each pair's loglikelihood alone."""
+    from raylm.training.tasks import example_loglikelihoods
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_config(ModelConfig(arch=arch, n_layer=2, n_head=2, d_model=32, seq_len=64), 50)).eval()
+    g = torch.Generator().manual_seed(1)
+    ints = lambda n: torch.randint(0, 50, (n,), generator=g).tolist()  # noqa: E731
+    examples = [[(ctx, ints(int(torch.randint(1, 6, (1,), generator=g)))) for _ in range(4)] for ctx in (ints(n) for n in (3, 9, 20, 1))]
+    packed = [s.loglik for ex in example_loglikelihoods(model, examples, 50) for s in ex]
+    alone = [s.loglik for s in loglikelihoods(model, [p for ex in examples for p in ex], 50, batch=1)]
+    assert packed == pytest.approx(alone, abs=1e-5)
+
+
+def test_cloze_bits_per_byte_count_the_whitespace_moved_into_the_continuation():
+    """A context ending in a newline: the newline is scored with the continuation (lm-eval's split), so it is in
+    the bytes the bits are divided by."""
+    from raylm.training.tasks import Scored
+
+    task = Task(TaskHeader(name="cz", kind="cloze"), [Cloze(context="KING:\n", continuation="Go")])
+    res = score(task, [Scored(-6.0, False)])
+    assert res["bpb"] == pytest.approx(6.0 / (math.log(2) * 3))  # "\nGo": 3 bytes

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -138,6 +139,17 @@ def test_in_loop_task_metrics_are_one_process_scoring_of_the_checkpoint(pretrain
             if m in r:
                 assert rows[11][f"tasks/{name}/{m}"] == pytest.approx(r[m], abs=1e-6), (name, m)
     assert rows[11]["tasks/core"] == pytest.approx(one["core"], abs=1e-6)
+
+    # raylm eval --tasks on Ray (--workers 2: a Ray Data actor pool, each actor loading the checkpoint): the same
+    # per-example log-likelihoods as one process (batched otherwise: within 1e-4) and the same accuracies
+    assert main(["eval", RECIPE, *sets, "--checkpoint", str(ckpt), "--tasks", str(ROOT / "data" / "downstream"), "--workers", "2"]) == 0
+    capsys.readouterr()
+    spread = json.loads((run / "eval" / "tasks.json").read_text())
+    assert (spread["workers"], spread["step"]) == (2, 12)
+    for name, r in one["tasks"].items():
+        flat = lambda res: [v for row in res["per_example"] for v in np.atleast_1d(row["loglik"])]  # noqa: E731
+        assert np.abs(np.array(flat(r)) - np.array(flat(spread["tasks"][name]))).max() <= 1e-4, name
+        assert [spread["tasks"][name].get(m) for m in ("acc", "acc_norm")] == [r.get(m) for m in ("acc", "acc_norm")], name
     assert {("eval/tasks/core", 6), ("eval/tasks/word-order/acc", 12)} <= _tensorboard_scalars(run / "train" / "tensorboard")
     assert re.search(r"raylm train: tasks at step 12: word-order: acc [\d.]+% \(\d+/199, 95% interval", out)
 

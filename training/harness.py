@@ -110,6 +110,46 @@ class RaylmLM(TemplateLM):
         return text[:cut]
 
 
+def write_lm_eval_tasks(paths: list[str], out_dir: str) -> list[str]:
+    """raylm's task files (core/taskfile.py) as lm-eval tasks: for each, `{out_dir}/raylm-{name}/` holds its
+    examples (examples.jsonl) and a task YAML reading them (dataset_path json: no download), scored as raylm scores
+    it: the context as the text, the choices (or continuation) joined to it with no delimiter, the file's fewshot
+    prefix as lm-eval's description. Returns the task names, for `--tasks` with `--include_path out_dir`."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from raylm.training.tasks import read_task, task_files
+
+    names = []
+    for f in task_files(paths):
+        task = read_task(f)
+        name = f"raylm-{task.header.name}"
+        d = Path(out_dir) / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "examples.jsonl").write_text("".join(json.dumps(e.model_dump(mode="json")) + "\n" for e in task.examples))
+        spec = {
+            "task": name,
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str((d / "examples.jsonl").resolve())}},
+            "test_split": "test",
+            "description": task.header.fewshot,
+            "doc_to_text": "context",
+            "target_delimiter": "",
+        }
+        if task.header.kind == "multiple_choice":
+            metrics = ["acc", "acc_norm", "acc_bytes"]
+            spec.update(output_type="multiple_choice", doc_to_choice="choices", doc_to_target="gold")
+        else:
+            metrics = ["acc"]
+            spec.update(output_type="loglikelihood", doc_to_target="continuation")
+        spec["metric_list"] = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in metrics]
+        (d / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+        names.append(name)
+    return names
+
+
 def _usable(device: str) -> str:
     """`device`, or cpu (said in one line) when it names a GPU this machine lacks: lm-eval's command line passes
     cuda:0 unless told otherwise, and its own hf model does the same."""

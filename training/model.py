@@ -217,12 +217,18 @@ class GPT(nn.Module):
         return n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        layout: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) and, with targets, the mean cross-entropy (over mask==1 positions)."""
+        """Logits (B, T, vocab) and, with targets, the mean cross-entropy (over mask==1 positions). `layout`:
+        position ids (B, T) and attention mask (B, 1, T, T) given instead of positions()' (downstream scoring
+        packs a context and its choices in one row, each choice attending to the context and itself)."""
         B, T = idx.shape
         assert T <= self.cfg.seq_len, f"sequence of {T} tokens, model seq_len is {self.cfg.seq_len}"
-        pos, mask = self.positions(idx)  # (T,) or (B, T); None or (B, 1, T, T)
+        pos, mask = self.positions(idx) if layout is None else layout  # (T,) or (B, T); None or (B, 1, T, T)
         x = self.wte(idx)  # (B, T, C)
         rope = None
         if self.wpe is not None:

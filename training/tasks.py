@@ -6,8 +6,8 @@ reader: core/taskfile.py).
 - cloze: `acc`, whether greedy decoding gives the continuation (every one of its tokens the argmax), and the
   continuation's bits per byte.
 A context and continuation are tokenized as lm-eval does: whole = encode(context + continuation), the
-continuation's tokens those of whole past encode(context) (a trailing space of the context moves to the
-continuation first). Inputs longer than the model's window keep their last seq_len + 1 tokens (truncated from the
+continuation's tokens those of whole past encode(context) (the context's trailing whitespace, spaces and newlines
+alike, moves to the continuation first). Inputs longer than the model's window keep their last seq_len + 1 tokens (truncated from the
 left; a continuation longer than the window keeps its last seq_len tokens). The aggregate is CORE's: each task's
 accuracy centered by its random baseline, (acc - b) / (1 - b), then averaged over tasks.
 """
@@ -23,13 +23,22 @@ from raylm.core.taskfile import Cloze, Task, TaskFileError, read_task
 
 
 def encode_pair(enc, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval's split of context and continuation into tokens (see the module's docstring)."""
-    spaces = len(context) - len(context.rstrip(" "))
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    """lm-eval's split of context and continuation into tokens (see the module's docstring). An empty context is
+    the end-of-text token, as every training document begins (lm-eval's prefix token)."""
+    moved = trailing_space(context)  # any trailing whitespace, newlines included, as lm-eval
+    if moved:
+        context, continuation = context[: -len(moved)], moved + continuation
+    if context == "":
+        cont = enc.encode_ordinary(continuation)
+        return ([enc.eot_token], cont) if cont[:1] != [enc.eot_token] else (cont[:1], cont[1:])
     whole = enc.encode_ordinary(context + continuation)
     ctx = enc.encode_ordinary(context)
     return ctx, whole[len(ctx) :]
+
+
+def trailing_space(context: str) -> str:
+    """The whitespace ending a context, which lm-eval's tokenization scores as the continuation's start."""
+    return context[len(context.rstrip()) :]
 
 
 @dataclass
@@ -44,24 +53,92 @@ def loglikelihoods(
 ) -> list[Scored]:
     """log p(continuation | context) of each (context ids, continuation ids), over the real vocabulary (the padded
     rows left out), in batches of `batch` sequences padded on the right (causal: padding never reaches a scored
-    position). Each input keeps its last seq_len + 1 tokens (`seq_len`: the model's, given when `model` is wrapped)."""
-    out: list[Scored] = []
+    position), longest first so that a batch pads little (as lm-eval orders its requests); returned in the order
+    given. Each input keeps its last seq_len + 1 tokens (`seq_len`: the model's, given when `model` is wrapped)."""
     window = (seq_len or model.cfg.seq_len) + 1
-    for i in range(0, len(pairs), batch):
+    order = sorted(range(len(pairs)), key=lambda k: -min(window, len(pairs[k][0]) + len(pairs[k][1])))
+    out: list[Scored | None] = [None] * len(pairs)
+    for i in range(0, len(order), batch):
         # a continuation longer than the window keeps its last seq_len tokens (lm-eval's truncation from the left)
-        chunk = [(ctx, cont[-(window - 1) :]) for ctx, cont in pairs[i : i + batch]]
+        chunk = [(pairs[k][0], pairs[k][1][-(window - 1) :]) for k in order[i : i + batch]]
         seqs = [(ctx + cont)[-window:] for ctx, cont in chunk]
         width = max(len(s) for s in seqs) - 1
         x = torch.zeros(len(seqs), width, dtype=torch.long)
         for r, s in enumerate(seqs):
             x[r, : len(s) - 1] = torch.tensor(s[:-1])
         logits, _ = model(x.to(device))  # (B, T, padded vocab)
-        logp = torch.log_softmax(logits[..., :n_vocab].float(), -1).cpu()
-        for r, (s, (_, cont)) in enumerate(zip(seqs, chunk)):
+        for r, (k, s, (_, cont)) in enumerate(zip(order[i : i + batch], seqs, chunk)):
             pos = torch.arange(len(s) - 1 - len(cont), len(s) - 1)  # the positions that predict the continuation
             target = torch.tensor(s[-len(cont) :])
-            lp = logp[r, pos]
-            out.append(Scored(float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
+            lp = torch.log_softmax(logits[r, pos.to(logits.device), :n_vocab].float(), -1).cpu()  # (len(cont), vocab)
+            out[k] = Scored(float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+    return out
+
+
+def _packs(pairs: list[tuple[list[int], list[int]]], seq_len: int) -> bool:
+    """Whether an example's choices can share one row: several, one non-empty context, all within the window."""
+    ctx = pairs[0][0]
+    return len(pairs) > 1 and len(ctx) > 0 and all(c == ctx for c, _ in pairs) and len(ctx) + sum(len(x) for _, x in pairs) <= seq_len
+
+
+def _packed_row(pairs: list[tuple[list[int], list[int]]], width: int) -> tuple[list[int], list[int], torch.Tensor]:
+    """One example as one row of `width`: the context, then each choice; the tokens, their positions (each choice
+    continuing the context's: L, L + 1, ...) and the attention mask (T, T): causal, a choice seeing the context
+    and itself, never another choice (padding sees the context and itself, so no row of the mask is empty)."""
+    ctx = pairs[0][0]
+    toks, pos, branch = list(ctx), list(range(len(ctx))), [0] * len(ctx)
+    for b, (_, cont) in enumerate(pairs, 1):
+        toks += cont
+        pos += range(len(ctx), len(ctx) + len(cont))
+        branch += [b] * len(cont)
+    pad = width - len(toks)
+    br = torch.tensor(branch + [-1 - j for j in range(pad)])
+    mask = torch.ones(width, width, dtype=torch.bool).tril() & ((br[None, :] == 0) | (br[None, :] == br[:, None]))
+    return toks + [0] * pad, pos + [0] * pad, mask
+
+
+@torch.no_grad()
+def _packed(model, examples: list[list[tuple[list[int], list[int]]]], n_vocab: int, device) -> list[list[Scored]]:
+    """Prefix-shared scoring: each example one row (_packed_row), one forward pass for them all. A choice's first
+    token is predicted at the context's last position, each later one at the choice's own previous token."""
+    width = max(len(ex[0][0]) + sum(len(c) for _, c in ex) for ex in examples)
+    rows = [_packed_row(ex, width) for ex in examples]
+    x = torch.tensor([r[0] for r in rows], device=device)  # (B, T)
+    pos = torch.tensor([r[1] for r in rows], device=device)  # (B, T)
+    mask = torch.stack([r[2] for r in rows])[:, None].to(device)  # (B, 1, T, T)
+    logits, _ = model(x, layout=(pos, mask))  # (B, T, padded vocab)
+    out = []
+    for r, ex in enumerate(examples):
+        last_ctx = len(ex[0][0]) - 1
+        start, scored = last_ctx + 1, []
+        for _, cont in ex:
+            at = torch.tensor([last_ctx, *range(start, start + len(cont) - 1)], device=logits.device)
+            lp = torch.log_softmax(logits[r, at, :n_vocab].float(), -1).cpu()  # (len(cont), vocab)
+            target = torch.tensor(cont)
+            scored.append(Scored(float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
+            start += len(cont)
+        out.append(scored)
+    return out
+
+
+@torch.no_grad()
+def example_loglikelihoods(
+    model, examples: list[list[tuple[list[int], list[int]]]], n_vocab: int, device="cpu", batch: int = 32, seq_len: int | None = None
+) -> list[list[Scored]]:
+    """Each example's pairs scored. A multiple-choice example whose context and choices fit the window in one row
+    is packed (the context computed once for all its choices: _packed, `batch` // 4 examples a pass, longest
+    first); the others go through loglikelihoods, as lm-eval computes each pair."""
+    window = seq_len or model.cfg.seq_len
+    packed = sorted((k for k, ex in enumerate(examples) if _packs(ex, window)), key=lambda k: -sum(len(c) for _, c in examples[k]))
+    out: list[list[Scored] | None] = [None] * len(examples)
+    per = max(1, batch // 4)
+    for i in range(0, len(packed), per):
+        for k, scored in zip(packed[i : i + per], _packed(model, [examples[k] for k in packed[i : i + per]], n_vocab, device)):
+            out[k] = scored
+    rest = [k for k in range(len(examples)) if out[k] is None]
+    flat = iter(loglikelihoods(model, [p for k in rest for p in examples[k]], n_vocab, device, batch, seq_len))
+    for k in rest:
+        out[k] = [next(flat) for _ in examples[k]]
     return out
 
 
@@ -72,10 +149,6 @@ def _example_pairs(task: Task, enc) -> list[list[tuple[list[int], list[int]]]]:
     return [[encode_pair(enc, pre + e.context, c) for c in conts(e)] for e in task.examples]
 
 
-def _pairs(task: Task, enc) -> list[tuple[list[int], list[int]]]:
-    return [pair for pairs in _example_pairs(task, enc) for pair in pairs]
-
-
 def score(task: Task, scored: list[Scored]) -> dict:
     """A task's metrics from the loglikelihoods of its pairs (`_pairs` order): per example and overall."""
     rows, k = [], 0
@@ -83,7 +156,7 @@ def score(task: Task, scored: list[Scored]) -> dict:
         if isinstance(e, Cloze):
             s = scored[k]
             k += 1
-            nbytes = len(e.continuation.encode())
+            nbytes = len((trailing_space(task.header.fewshot + e.context) + e.continuation).encode())  # what was scored
             rows.append({"loglik": s.loglik, "acc": float(s.greedy), "bpb": -s.loglik / (math.log(2) * nbytes)})
             continue
         ll = [scored[k + j].loglik for j in range(len(e.choices))]
@@ -135,9 +208,9 @@ def sharded_results(model, prepared: list[Prepared], n_vocab: int, device, rank:
     for p in prepared:
         idx = list(range(rank, len(p.pairs), world))
         rounds = -(-len(p.pairs) // world)
-        scored = [loglikelihoods(model, p.pairs[i], n_vocab, device, seq_len=seq_len) for i in idx]
+        scored = [example_loglikelihoods(model, [p.pairs[i]], n_vocab, device, seq_len=seq_len)[0] for i in idx]
         for _ in range(rounds - len(idx)):
-            loglikelihoods(model, p.pairs[idx[0] if idx else 0], n_vocab, device, seq_len=seq_len)
+            example_loglikelihoods(model, [p.pairs[idx[0] if idx else 0]], n_vocab, device, seq_len=seq_len)
         mine.append(dict(zip(idx, scored)))
     gathered = [mine]
     if world > 1:
@@ -196,7 +269,8 @@ def run_tasks(model, enc, tasks: list[Task], device: str = "cpu") -> dict:
     """Every task's metrics and the CORE-style aggregate (the mean of the tasks' centered accuracies)."""
     results = {}
     for t in tasks:
-        results[t.header.name] = score(t, loglikelihoods(model, _pairs(t, enc), enc.n_vocab, device))
+        scored = example_loglikelihoods(model, _example_pairs(t, enc), enc.n_vocab, device)
+        results[t.header.name] = score(t, [s for ex in scored for s in ex])
     return with_core(results)
 
 
@@ -220,20 +294,35 @@ def task_files(paths: list[str]) -> list[str]:
     return out
 
 
-def eval_tasks(checkpoint: str, paths: list[str], out_dir: str, device: str = "cpu") -> dict:
+def eval_tasks(checkpoint: str, paths: list[str], out_dir: str, device: str = "cpu", workers: int = 0, connect=None) -> dict:
     """`raylm eval --tasks`: the tasks of `paths` on the checkpoint (a run directory's latest or a checkpoint),
-    written to `{out_dir}/tasks.json`; returns the results."""
+    in this process (`workers` 0) or on `workers` Ray Data actors (training/tasks_ray.py; `connect` starts or
+    joins Ray once the files and the checkpoint are found), written to `{out_dir}/tasks.json`; returns the
+    results. `seconds`: the scoring (on Ray, each actor loading the model included)."""
+    import os
     import time
 
-    from raylm.core.io import write_json
-    from raylm.training.checkpoint import load_model
+    from raylm.core.io import absolute, makedirs, write_json
+    from raylm.training.checkpoint import META, latest, load_model, read_meta
 
     tasks = [read_task(p) for p in task_files(paths)]  # every file read before the model loads
-    model, enc, state, ckpt = load_model(checkpoint, device)
     t0 = time.perf_counter()
-    res = {"checkpoint": ckpt, "run": state["config"]["name"], "step": state["step"], **run_tasks(model, enc, tasks, device)}
+    if workers:
+        from raylm.training.tasks_ray import score_on_ray
+
+        ckpt = latest(absolute(checkpoint))
+        meta = read_meta(f"{ckpt}/{META}")
+        if connect is not None:
+            connect()
+        head = {"checkpoint": ckpt, "run": os.path.basename(meta["run_dir"].rstrip("/")), "step": meta["step"], "workers": workers}
+        res = {**head, **score_on_ray(ckpt, tasks, workers, device)}
+    else:
+        model, enc, state, ckpt = load_model(checkpoint, device)
+        t0 = time.perf_counter()
+        res = {"checkpoint": ckpt, "run": state["config"]["name"], "step": state["step"], **run_tasks(model, enc, tasks, device)}
     res["seconds"] = round(time.perf_counter() - t0, 2)
     res["path"] = f"{out_dir}/tasks.json"
+    makedirs(out_dir)
     write_json(res["path"], res)
     return res
 
