@@ -102,11 +102,12 @@ def test_job_spec_ships_the_resolved_recipe_and_the_project():
     assert job_spec(cfg, [])["entrypoint"].endswith("python -m raylm run submitted.yaml")
 
 
-def test_excludes_ship_the_sample_but_not_runs_or_other_data():
+def test_excludes_ship_the_sample_and_its_tasks_but_not_runs_or_other_data():
     from ray._private.runtime_env.packaging import _get_excludes  # what Ray applies when it packs working_dir
 
     excluded = _get_excludes(ROOT, list(EXCLUDES))
     assert not excluded(ROOT / "data/sample/shakespeare.jsonl.gz") and not excluded(ROOT / "training/model.py")
+    assert not excluded(ROOT / "data/downstream")  # local.yaml's train.eval.tasks (Ray skips an excluded directory whole)
     assert all(excluded(ROOT / p) for p in ("data/crawl", "runs/x", ".venv/bin", "training/__pycache__/m.pyc"))
 
 

@@ -145,6 +145,7 @@ def _mixture_run(tmp_path, weights=None):
     over = [f"storage_path={tmp_path}", "name=mix", f"train.data_path={tmp_path / 'data'}", "train.max_steps=40"]
     over += ["train.model={n_layer: 1, n_head: 2, d_model: 32, seq_len: 32}", "train.batch={micro_batch_size: 2, global_batch_tokens: 128}"]
     over += ["train.scaling={num_workers: 1, use_gpu: false, resources_per_worker: {CPU: 1}}", "train.eval.every=1000"]
+    over += ["train.eval.tasks=[]"]  # local.yaml's downstream tasks need a real tokenizer: these shards are synthetic
     over += [f"train.mixture={weights}"] if weights else []
     return load_config(str(ROOT / "cluster" / "recipes" / "local.yaml"), over).train_job()
 
