@@ -39,6 +39,7 @@ def test_fused_adamw_steps():
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray  # no Ray: beside the Ray tests
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor on CPU compiles C++: no compiler here")
 @pytest.mark.parametrize("arch", ARCHS)
 def test_compiled_model_trains_like_the_eager_one(tiny_shards, arch):

@@ -85,7 +85,8 @@ def _two_sources(tmp_path):
     return str(tmp_path)
 
 
-@pytest.mark.slow  # real shards and steps: ~5-15 s
+@pytest.mark.slow  # real shards and steps: ~5-15 s, without Ray: beside the Ray tests (own_ray)
+@pytest.mark.own_ray
 def test_loader_draws_by_weight_disjoint_ranks_and_resumes_exactly(tmp_path):
     from raylm.training.data import ShardWindows
     from raylm.training.mixture import MixtureLoader
@@ -150,7 +151,8 @@ def _mixture_run(tmp_path, weights=None):
     return load_config(str(ROOT / "cluster" / "recipes" / "local.yaml"), over).train_job()
 
 
-@pytest.mark.slow  # real shards and steps: ~5-15 s
+@pytest.mark.slow  # real shards and steps: ~5-15 s, without Ray: beside the Ray tests (own_ray)
+@pytest.mark.own_ray
 def test_trainer_steps_count_tokens_per_source_and_resume_bitwise(tmp_path):
     from raylm.training.worker import Trainer
 
@@ -169,7 +171,8 @@ def test_trainer_steps_count_tokens_per_source_and_resume_bitwise(tmp_path):
     assert [r["source_tokens"] for r in first + rest] == [r["source_tokens"] for r in rows]
 
 
-@pytest.mark.slow  # real shards and steps: ~5-15 s
+@pytest.mark.slow  # real shards and steps: ~5-15 s, without Ray: beside the Ray tests (own_ray)
+@pytest.mark.own_ray
 def test_a_schedule_and_an_unknown_source(tmp_path):
     from raylm.training.worker import Trainer
 
@@ -182,7 +185,8 @@ def test_a_schedule_and_an_unknown_source(tmp_path):
         Trainer(_mixture_run(tmp_path / "b", "[{weights: {code: 1.0}}]"), 0, 1, torch.device("cpu"))
 
 
-@pytest.mark.slow  # real shards and steps: ~5-15 s
+@pytest.mark.slow  # real shards and steps: ~5-15 s, without Ray: beside the Ray tests (own_ray)
+@pytest.mark.own_ray
 def test_validation_per_source_beside_the_whole_split(tmp_path):
     from raylm.training.worker import Trainer
 

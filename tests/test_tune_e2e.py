@@ -218,10 +218,18 @@ def _check_mlflow(run, rows: list[dict]) -> None:
 
 def test_hyperband_campaign_of_two_rounds_ends(ray_session, sample_shards, tmp_path):
     """3 HyperBand trials, 2 at a time on 2 CPUs (a second round: more trials than the cluster fits at once): each
-    reaches its first evaluation and the campaign ends."""
-    sets = _sets(tmp_path, "hb", f"train.data_path={sample_shards}", "tune.num_samples=3", "tune.scheduler={type: hyperband}")
+    reaches its first evaluation and the campaign ends. Its objective is a downstream task's accuracy (tune.metric
+    tasks/word-order/acc, mode max: the bundled task scored at each evaluation), so the scheduler, the table and
+    best.yaml go by it."""
+    task = ["train.eval.tasks=[data/downstream/word-order.jsonl]", "tune.metric=tasks/word-order/acc", "tune.mode=max"]
+    sets = _sets(tmp_path, "hb", f"train.data_path={sample_shards}", "tune.num_samples=3", "tune.scheduler={type: hyperband}", *task)
     assert main(["tune", RECIPE, *sets]) == 0
     rows = _results(tmp_path / "hb")
     assert len(rows) == 3
     assert all(int(row["steps"]) >= EVERY for row in rows), rows
     assert {row["status"] for row in rows} <= {"done", "stopped"}
+    accs = [float(row["final_tasks/word-order/acc"]) for row in rows]
+    assert all(0 <= a <= 1 for a in accs) and len(set(accs)) > 1, accs  # each trial's own accuracy
+    best = yaml.safe_load((tmp_path / "hb" / "tune" / "best.yaml").read_text())
+    top = max(rows, key=lambda r: float(r["final_tasks/word-order/acc"]))
+    assert best["train"]["optim"]["lr"] == pytest.approx(float(top["train.optim.lr"]))
