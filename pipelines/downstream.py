@@ -1,12 +1,15 @@
 """Downstream task files built from a run's validation split (never its train split: no example was trained on).
 
-    python -m raylm.pipelines.downstream runs/NAME/data --out data/tasks [--examples 200] [--seed 0]
+    python -m raylm.pipelines.downstream runs/NAME/data --out data/tasks [--layout plays|text] [--context 3]
+        [--examples 200] [--seed 0]
 
-reads the val documents back from the shards (decoded with the run's tokenizer) and writes, for text in the
-plays' layout (speaker headings, speeches; pipelines/tasks.py reads them):
-- `next-line.jsonl` (multiple choice): the context is a few consecutive lines of a speech, the choices the true
-  next line and 3 lines from other speeches, the nearest in length to it (so that length alone does not give the
-  answer away); the gold's place among the choices is drawn at random. Random baseline 0.25.
+reads the val documents back from the shards (decoded with the run's tokenizer) and cuts them into units: with
+`--layout plays` (speaker headings, speeches; pipelines/tasks.py reads them) the lines of each speech, with
+`--layout text` (web pages, prose) the sentences of each paragraph. Then it writes:
+- `next-line.jsonl` (multiple choice): the context is `--context` consecutive units of a speech (paragraph), the
+  choices the true next one and 3 units from other speeches (paragraphs), the nearest in length to it (so that
+  length alone does not give the answer away); the gold's place among the choices is drawn at random. Random
+  baseline 0.25.
 - `word-order.jsonl` (multiple choice): the same contexts, the choices the true next line and 3 orderings of its
   own words drawn at random (the same words and length: only the order tells them apart, as in minimal-pair
   benchmarks). Random baseline 0.25.
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
+import sys
 from pathlib import Path
 
 from raylm.core.taskfile import Cloze, MultipleChoice, TaskHeader, write_task
@@ -37,10 +42,29 @@ def val_texts(data_root: str) -> list[str]:
     return [enc.decode([t for t in doc.tolist() if t != enc.eot_token]) for doc in iter_documents(data_root, "val")]
 
 
-def next_line_examples(texts: list[str], n: int, context_lines: int = 3, choices: int = 4, seed: int = 0) -> list[tuple[str, list[str], int]]:
-    """Up to `n` (context, choices, gold) of next-line prediction inside speeches, deterministic for a seed."""
+LAYOUTS = ("plays", "text")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def units(text: str, layout: str) -> tuple[list[list[str]], str]:
+    """The runs of consecutive units a document holds, and what joins two units: `plays`, the lines of each speech
+    (pipelines/tasks.speeches), joined by a newline; `text` (web pages, prose: any document), the sentences of each
+    paragraph (blank-line separated; a sentence ends at . ! or ? before whitespace), joined by a space."""
+    if layout == "plays":
+        return speeches(text), "\n"
+    paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
+    return [_SENTENCE_END.split(p) for p in paragraphs if p], " "
+
+
+def next_line_examples(
+    texts: list[str], n: int, context_lines: int = 3, choices: int = 4, seed: int = 0, layout: str = "plays"
+) -> list[tuple[str, list[str], int]]:
+    """Up to `n` (context, choices, gold) of next-unit prediction inside a speech (`plays`: lines) or a paragraph
+    (`text`: sentences), deterministic for a seed. The context ends with the joiner, so the choices start bare."""
     rng = random.Random(seed)
-    spoken = [sp for t in texts for sp in speeches(t) if len(sp) > context_lines]
+    runs = [units(t, layout) for t in texts]
+    joiner = "\n" if layout == "plays" else " "
+    spoken = [sp for groups, _ in runs for sp in groups if len(sp) > context_lines]
     pool = [(s, line) for s, sp in enumerate(spoken) for line in sp if len(line) >= 10]
     candidates = [(s, i) for s, sp in enumerate(spoken) for i in range(context_lines, len(sp)) if len(sp[i]) >= 10]
     rng.shuffle(candidates)
@@ -53,7 +77,7 @@ def next_line_examples(texts: list[str], n: int, context_lines: int = 3, choices
             continue
         opts = [gold, *distractors]
         rng.shuffle(opts)
-        context = "\n".join(spoken[s][i - context_lines : i]) + "\n"
+        context = joiner.join(spoken[s][i - context_lines : i]) + joiner
         out.append((context, opts, opts.index(gold)))
     return out
 
@@ -78,12 +102,13 @@ def word_order_examples(examples: list[tuple[str, list[str], int]], choices: int
     return out
 
 
-def build(data_root: str, out_dir: str, n: int = 200, seed: int = 0) -> dict[str, int]:
+def build(data_root: str, out_dir: str, n: int = 200, seed: int = 0, layout: str = "plays", context: int = 3) -> dict[str, int]:
     """Write next-line.jsonl, word-order.jsonl and next-line-cloze.jsonl under `out_dir`; returns examples per file."""
-    examples = next_line_examples(val_texts(data_root), n, seed=seed)
+    examples = next_line_examples(val_texts(data_root), n, context, seed=seed, layout=layout)
     if not examples:
-        raise ValueError(f"{data_root}: its val split has no speeches of 4 or more lines to build next-line examples from")
-    how = f"python -m raylm.pipelines.downstream {data_root} --examples {n} --seed {seed} (its val split)"
+        unit = "speeches of {} or more lines" if layout == "plays" else "paragraphs of {} or more sentences"
+        raise ValueError(f"{data_root}: its val split has no {unit.format(context + 1)} (--layout {layout})")
+    how = f"python -m raylm.pipelines.downstream {data_root} --layout {layout} --context {context} --examples {n} --seed {seed} (its val split)"
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     mc = TaskHeader(name="next-line", kind="multiple_choice", built_by=how, random_baseline=0.25)
     write_task(f"{out_dir}/next-line.jsonl", mc, [MultipleChoice(context=c, choices=o, gold=g) for c, o, g in examples])
@@ -101,8 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the directory the task files go to")
     p.add_argument("--examples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=LAYOUTS, default="plays", help="plays: lines of speeches; text: sentences of paragraphs")
+    p.add_argument("--context", type=int, default=3, help="lines (sentences) before the one to predict")
     a = p.parse_args(argv)
-    for name, count in build(a.data, a.out, a.examples, a.seed).items():
+    if a.examples < 1 or a.context < 1:
+        p.error("--examples and --context must be at least 1")
+    try:
+        built = build(a.data, a.out, a.examples, a.seed, a.layout, a.context)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"raylm downstream: {e}", file=sys.stderr)
+        return 2
+    for name, count in built.items():
         print(f"{a.out}/{name}.jsonl: {count} examples")
     return 0
 

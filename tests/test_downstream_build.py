@@ -51,3 +51,35 @@ def test_a_written_task_reads_back(tmp_path):
     write_task(str(tmp_path / "t.jsonl"), TaskHeader(name="t", kind="multiple_choice", random_baseline=0.25), examples)
     task = read_task(str(tmp_path / "t.jsonl"))
     assert task.examples == examples and not task.skipped and task.baseline == 0.25
+
+
+def _prose(seed: int, paragraphs: int = 10) -> str:
+    """Paragraphs of sentences, each ending in its marker m<doc>p<paragraph>s<sentence>, then . ! or ?"""
+    rng = random.Random(seed)
+    words = "the page said that every cookie and menu link was kept for later reading".split()
+    paras = []
+    for p in range(paragraphs):
+        sents = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 9))) + f" m{seed}p{p}s{i}" + rng.choice(".!?") for i in range(5)]
+        paras.append(" ".join(sents[:3]) + "\n" + " ".join(sents[3:]))  # a line break inside a paragraph
+    return "\n\n".join(paras)
+
+
+PROSE = [_prose(0), _prose(1)]
+
+
+def test_text_units_are_the_sentences_of_each_paragraph():
+    from raylm.pipelines.downstream import units
+
+    groups, joiner = units(PROSE[0], "text")
+    assert joiner == " " and len(groups) == 10 and all(len(g) == 5 for g in groups)
+    assert groups[2][4].endswith(("m0p2s4.", "m0p2s4!", "m0p2s4?"))
+
+
+def test_text_layout_the_gold_is_the_sentence_after_the_context():
+    examples = next_line_examples(PROSE, 20, context_lines=2, layout="text")
+    assert len(examples) == 20
+    for context, choices, gold in examples:
+        assert context.endswith(" ") and "\n" not in context
+        where, k = context.rstrip(" ").rsplit(" ", 1)[-1][:-1].rsplit("s", 1)  # the context's last sentence marker
+        assert choices[gold][:-1].endswith(f" {where}s{int(k) + 1}")
+        assert all(where not in c for i, c in enumerate(choices) if i != gold)  # distractors: other paragraphs
