@@ -38,13 +38,12 @@ lint: install
 
 # Two pytest processes at once: the tests on the session's Ray instance or timing a moment of a run, one after
 # another; beside them, at a lower priority (nice 5: they take the cycles the first leaves idle, and slow it little),
-# the tests without Ray, those on a Ray instance of their own and those marked beside (on that process's own
-# session instance: data-stage runs timing no moment; tests/conftest.py), which print once the first are done.
-# Either failing fails `make test`.
+# the tests without Ray and those on a Ray instance of their own (tests/conftest.py), which print once the first
+# are done. Either failing fails `make test`.
 test: lint
-	@nice -n 5 $(PY) -m pytest -q -p no:cacheprovider --durations=8 -m "not slow or own_ray or beside" > .pytest-beside.log 2>&1 & beside=$$!; \
-	$(PY) -m pytest -q --durations=12 -m "slow and not own_ray and not beside"; first=$$?; \
-	wait $$beside; beside=$$?; echo "== run beside these: pytest -m 'not slow or own_ray or beside'"; cat .pytest-beside.log; \
+	@nice -n 5 $(PY) -m pytest -q -p no:cacheprovider --durations=5 -m "not slow or own_ray" > .pytest-beside.log 2>&1 & beside=$$!; \
+	$(PY) -m pytest -q --durations=12 -m "slow and not own_ray"; first=$$?; \
+	wait $$beside; beside=$$?; echo "== run beside these: pytest -m 'not slow or own_ray'"; cat .pytest-beside.log; \
 	exit $$(( first || beside ))
 
 test-fast: install

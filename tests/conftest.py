@@ -59,13 +59,11 @@ def pytest_itemcollected(item):
     """The tests that start Ray are marked slow. `make test` runs those on the session's instance, and those that
     stop processes at chosen moments, in one pytest, one after another; beside it, in a second pytest, the tests
     without Ray and the slow ones marked own_ray (a Ray instance of their own or none, no moment timed), on the core that
-    the first leaves idle while its runs start and end; and those marked beside, on the session's instance that
-    the second process starts for them (data-stage runs and others that time no moment)."""
+    the first leaves idle while its runs start and end. A test in the second using the session's instance would
+    start a second one."""
     session = "ray_session" in getattr(item, "fixturenames", ())
     if session and (not item.get_closest_marker("slow") or item.get_closest_marker("own_ray")):
         raise pytest.UsageError(f"{item.nodeid} uses the session's Ray instance: mark it slow, and not own_ray")
-    if item.get_closest_marker("beside") and not session:
-        raise pytest.UsageError(f"{item.nodeid}: beside is for tests on the session's Ray instance; one without it is own_ray")
 
 
 @pytest.fixture(scope="session")

@@ -124,7 +124,6 @@ def _sets(tmp_path, inputs: str, *more) -> list[str]:
     ]
 
 
-@pytest.mark.beside  # no moment timed: beside the Ray lane
 @pytest.mark.slow
 def test_rerun_with_another_data_section_is_refused(ray_session, capsys, tmp_path):
     good = _docs_file(tmp_path)
@@ -140,7 +139,6 @@ def test_rerun_with_another_data_section_is_refused(ray_session, capsys, tmp_pat
     assert man["config"]["inputs"][0]["path"] == str(other)
 
 
-@pytest.mark.beside  # no moment timed: beside the Ray lane
 @pytest.mark.slow
 def test_a_run_that_keeps_nothing_fails_with_its_reasons(ray_session, capsys, tmp_path):
     bad = tmp_path / "bad.jsonl"
@@ -152,7 +150,6 @@ def test_a_run_that_keeps_nothing_fails_with_its_reasons(ray_session, capsys, tm
     assert not (tmp_path / "runs" / "t" / "data" / "manifest.json").exists()
 
 
-@pytest.mark.beside  # no moment timed: beside the Ray lane
 @pytest.mark.slow
 def test_two_runs_at_once_each_start_their_own_ray(ray_session, tmp_path):
     """Two `raylm data` processes of different recipes started together, beside this session's Ray instance:
@@ -192,7 +189,6 @@ def test_validate_imports_neither_torch_nor_ray():
     assert out.returncode == 0, out.stderr[-1500:]
 
 
-@pytest.mark.beside  # no moment timed: beside the Ray lane
 @pytest.mark.slow
 @pytest.mark.parametrize("action", ["status", "logs", "stop"])
 def test_an_unknown_job_id_exits_2_naming_it(ray_session, capsys, monkeypatch, action):

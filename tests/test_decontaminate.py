@@ -43,7 +43,6 @@ def test_eval_files_jsonl_and_text(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.beside  # the session's Ray, no moment timed: beside the Ray lane
 def test_data_stage_removes_exactly_the_planted_documents(ray_session, tmp_path):
     from raylm.core.paths import RunPaths
     from raylm.pipelines.config import DataConfig

@@ -17,7 +17,7 @@ from raylm.pipelines.stage import DataRun
 from raylm.pipelines.tokenizers import spec_from_config
 from tests.conftest import ROOT, write_jsonl
 
-pytestmark = [pytest.mark.slow, pytest.mark.beside]  # the session's Ray, no moment timed: beside the Ray lane
+pytestmark = pytest.mark.slow
 
 
 def _shingles(text: str, n: int) -> set:

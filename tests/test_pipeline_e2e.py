@@ -45,7 +45,6 @@ def _tree_digest(root: Path) -> dict:
     }
 
 
-@pytest.mark.beside  # no moment timed: beside the Ray lane, on that process's session instance
 def test_sample_round_trip_split_and_conservation(ray_session, tmp_path):
     cfg = _cfg(tmp_path)
     man = run_data(cfg.data, cfg.paths).as_json()
@@ -77,7 +76,6 @@ def test_sample_round_trip_split_and_conservation(ray_session, tmp_path):
     assert _tree_digest(Path(root)) == before
 
 
-@pytest.mark.beside  # no moment timed: beside the Ray lane, on that process's session instance
 def test_split_and_output_stable_across_batching(ray_session, tmp_path):
     a = _cfg(tmp_path, "name=a")
     b = _cfg(tmp_path, "name=b", "data.execution.batch_bytes=300000", "data.dedup.partitions=3")
@@ -148,7 +146,6 @@ def _bad_inputs(d: Path) -> None:
     pq.write_table(pa.table({"body": ["a", "b", "c", "d"]}), d / "nocol.parquet")
 
 
-@pytest.mark.beside  # no moment timed: beside the Ray lane, on that process's session instance
 def test_bad_inputs_are_counted_not_fatal(ray_session, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -190,7 +187,6 @@ def test_bad_inputs_are_counted_not_fatal(ray_session, tmp_path):
     assert len(reasons["reject:missing_column:text"]) == 4
 
 
-@pytest.mark.beside  # no moment timed: beside the Ray lane, on that process's session instance
 def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
     import pyarrow as pa
 
@@ -221,7 +217,6 @@ def test_trained_tokenizer_uint16_and_parquet_input(ray_session, tmp_path):
     assert man2["tokenizer"]["sha256"] == man["tokenizer"]["sha256"]
 
 
-@pytest.mark.beside  # no moment timed: beside the Ray lane, on that process's session instance
 def test_cli_data_end_to_end_with_fsspec_url(ray_session, tmp_path):
     """`raylm data` as a user runs it (connected to the session's Ray), input given as a file:// URL."""
     import ray

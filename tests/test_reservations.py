@@ -10,7 +10,7 @@ from ray.util.placement_group import placement_group, placement_group_table
 
 from raylm.tuning.reservations import ReleaseReservations, open_registry
 
-pytestmark = [pytest.mark.slow, pytest.mark.beside]  # the session's Ray, no moment timed: beside the Ray lane
+pytestmark = pytest.mark.slow
 
 
 def _reserved(cpus: float = 1):

@@ -140,7 +140,6 @@ def _present(root: str, pattern: str) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.beside  # the session's Ray, no moment timed: beside the Ray lane
 def test_each_stage_alone_writes_what_it_declares(ray_session, tmp_path):
     rng = random.Random(0)
     vocab = [f"w{k}ord" for k in range(300)]

@@ -14,7 +14,7 @@ from raylm.pipelines.web_sample import page, per_record_gzip, record, request
 from tests.conftest import ROOT, sample_docs
 from tests.test_pipeline_e2e import _cfg
 
-pytestmark = [pytest.mark.slow, pytest.mark.beside]  # the session's Ray, no moment timed: beside the Ray lane
+pytestmark = pytest.mark.slow
 
 NAV = "<nav><a href='/'>Home</a> | <a href='/plays'>Plays</a> | <a href='/about'>About us</a></nav>"
 FOOTER = "<footer>Copyright 2024 The Example Theatre Company. All rights reserved. Privacy | Terms</footer>"
