@@ -348,6 +348,8 @@ def _eval(args: argparse.Namespace) -> int:
         if args.tasks:
             from raylm.training.tasks import eval_tasks, print_task_results
 
+            if args.workers < 0:
+                raise UsageError(f"--workers {args.workers}: give 0 (this process) or a number of Ray actors")
             connect = lambda: init_ray(cfg.ray)  # noqa: E731 - only for --workers, once the files are found
             rec["result"] = eval_tasks(args.checkpoint or cfg.paths.root, args.tasks, cfg.paths.eval, args.device, args.workers, connect)
             print_task_results(rec["result"])

@@ -266,3 +266,12 @@ def test_cloze_bits_per_byte_count_the_whitespace_moved_into_the_continuation():
     task = Task(TaskHeader(name="cz", kind="cloze"), [Cloze(context="KING:\n", continuation="Go")])
     res = score(task, [Scored(-6.0, False)])
     assert res["bpb"] == pytest.approx(6.0 / (math.log(2) * 3))  # "\nGo": 3 bytes
+
+
+def test_raylm_eval_tasks_negative_workers_exits_2(tmp_path, capsys):
+    from raylm.cluster.cli import main
+    from tests.conftest import ROOT
+
+    recipe = [str(ROOT / "cluster" / "recipes" / "local.yaml"), "--set", f"storage_path={tmp_path}", "--set", "name=ev"]
+    assert main(["eval", *recipe, "--tasks", str(ROOT / "data" / "downstream"), "--workers", "-1"]) == 2
+    assert "--workers -1" in capsys.readouterr().err

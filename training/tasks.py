@@ -303,17 +303,18 @@ def eval_tasks(checkpoint: str, paths: list[str], out_dir: str, device: str = "c
     import time
 
     from raylm.core.io import absolute, makedirs, write_json
-    from raylm.training.checkpoint import META, latest, load_model, read_meta
+    from raylm.training.checkpoint import META, check_complete, latest, load_model, read_meta
 
     tasks = [read_task(p) for p in task_files(paths)]  # every file read before the model loads
-    t0 = time.perf_counter()
     if workers:
         from raylm.training.tasks_ray import score_on_ray
 
         ckpt = latest(absolute(checkpoint))
+        check_complete(ckpt)  # here, in one line, rather than in every actor
         meta = read_meta(f"{ckpt}/{META}")
         if connect is not None:
             connect()
+        t0 = time.perf_counter()
         head = {"checkpoint": ckpt, "run": os.path.basename(meta["run_dir"].rstrip("/")), "step": meta["step"], "workers": workers}
         res = {**head, **score_on_ray(ckpt, tasks, workers, device)}
     else:

@@ -58,16 +58,19 @@ def score_on_ray(checkpoint: str, tasks: list[Task], workers: int, device: str =
     import ray.data
 
     gpu = str(device).startswith("cuda")
-    ds = ray.data.from_items(_rows_longest_first(tasks), override_num_blocks=max(1, 4 * workers))
-    out = ds.map_batches(
-        TaskScorer,
-        fn_constructor_kwargs={"checkpoint": checkpoint, "tasks": tasks, "device": device, "batch": batch},
-        batch_size=EXAMPLES_PER_CALL,
-        concurrency=workers,
-        num_cpus=0 if gpu else 1,
-        num_gpus=1 if gpu else 0,
-    )
-    by_key = {(r["task"], r["example"], r["choice"]): Scored(float(r["loglik"]), bool(r["greedy"])) for r in out.iter_rows()}
+    rows = _rows_longest_first(tasks)
+    by_key = {}
+    if rows:  # tasks whose every line was skipped leave nothing to score
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, 4 * workers))
+        out = ds.map_batches(
+            TaskScorer,
+            fn_constructor_kwargs={"checkpoint": checkpoint, "tasks": tasks, "device": device, "batch": batch},
+            batch_size=EXAMPLES_PER_CALL,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=0 if gpu else 1,
+            num_gpus=1 if gpu else 0,
+        )
+        by_key = {(r["task"], r["example"], r["choice"]): Scored(float(r["loglik"]), bool(r["greedy"])) for r in out.iter_rows()}
     results = {}
     for t, task in enumerate(tasks):
         n_pairs = [1 if isinstance(e, Cloze) else len(e.choices) for e in task.examples]
