@@ -423,6 +423,32 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["train"], help="train: fit data.quality.fasttext.train's classifier -> {run}/quality/")
+    _recipe_args(p)
+
+
+def _quality(args: argparse.Namespace) -> int:
+    """`raylm quality train RECIPE`: the fastText classifier of data.quality.fasttext.train (pipelines/quality.py)."""
+    from raylm.pipelines.quality import train_classifier
+
+    cfg = _recipe(args)
+    spec = cfg.data.quality.fasttext.train
+    if spec is None:
+        raise UsageError("raylm quality train: the recipe has no data.quality.fasttext.train (labels: {name: [files]})")
+    out = f"{cfg.paths.root}/quality"
+    with _owned(cfg, "quality"), recorded(out, "quality", _dump(cfg), code_of=exit_code) as rec:
+        rep = rec["result"] = train_classifier(spec, out)
+    docs = ", ".join(f"{k} {v:,}" for k, v in rep["documents"].items())
+    print(f"raylm quality: {docs} documents; trained on {rep['trained_on']:,}, held out {sum(v['held_out'] for v in rep['labels'].values()):,}")
+    for name, m in rep["labels"].items():
+        fmt = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
+        print(f"raylm quality: {name}: precision {fmt(m['precision'])}, recall {fmt(m['recall'])} ({m['held_out']:,} held out)")
+    acc = "n/a" if rep["accuracy"] is None else f"{rep['accuracy']:.2%}"
+    print(f"raylm quality: held-out accuracy {acc}; {rep['model']} (sha256 {rep['sha256'][:16]}...)")
+    return 0
+
+
 def _lm_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("lm_eval_args", nargs="*", metavar="ARGS", help="lm-eval's own arguments (raylm lm-eval --help shows them)")
 
@@ -453,6 +479,9 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(
         "loss, perplexity, next-token accuracy; task metrics (exact match, accuracy, macro-F1, BLEU) on a split or a file", _eval, _eval_options
     ),
+    "quality": Command(
+        "model-based data quality: raylm quality train RECIPE fits data.quality.fasttext.train's classifier", _quality, _quality_options, recipe=False
+    ),
     "lm-eval": Command(
         "lm-evaluation-harness with raylm's model: raylm lm-eval --model raylm --model_args run=runs/NAME --tasks ...",
         _lm_eval,
@@ -474,6 +503,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from raylm.cluster.submit import JobError
     from raylm.core.manifest import ManifestError
     from raylm.core.tokenizer import TokenizerError
+    from raylm.pipelines.quality import QualityError
     from raylm.pipelines.rundir import RunConflict
     from raylm.pipelines.userfiles import UserFileError
     from raylm.training.checkpoint import CheckpointError
@@ -482,7 +512,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from raylm.training.tasks import TaskFileError
 
     user = ConfigError, UsageError, RunConflict, JobError, TokenizerError, UserFileError, CheckpointError, ExportError, EvalFileError, ManifestError
-    user = (*user, TaskFileError)
+    user = (*user, TaskFileError, QualityError)
     return (*user, FileNotFoundError, NotADirectoryError)
 
 

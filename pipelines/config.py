@@ -213,6 +213,45 @@ class DecontaminateConfig(Strict):
     ngram: int = Field(default=13, ge=3, le=64)
 
 
+class FastTextTrainConfig(Strict):
+    """data.quality.fasttext.train: a fastText classifier `raylm quality train` fits to labelled documents
+    (pipelines/quality.py); each label's documents are files: .jsonl records' `text`, or lines of any other file."""
+
+    labels: dict[str, list[str]] = Field(min_length=2, max_length=100)  # label (letters, digits, - _) -> its files (globs)
+    held_out: float = Field(default=0.1, gt=0, lt=1)  # each label's share kept out of training, to report on (by hash)
+    seed: int = Field(default=0, ge=0, lt=2**31)  # the split's hash seed and fastText's: the same model for a seed
+    epoch: int = Field(default=10, ge=1, le=1000)
+    lr: float = Field(default=0.1, gt=0, le=10)
+    word_ngrams: int = Field(default=2, ge=1, le=5)
+    dim: int = Field(default=64, ge=2, le=1024)
+    min_count: int = Field(default=1, ge=1, le=10**6)
+    # hash buckets of word n-grams (fastText's default): the model file is about bucket x dim x 4 bytes (512 MB at the
+    # defaults); a few hundred thousand suit a small labelled set
+    bucket: int = Field(default=2_000_000, ge=0, le=10**8)
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, files in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(f"label {name!r}: letters, digits, - and _ only (a fastText label is one word)")
+            if not files:
+                raise ValueError(f"label {name!r}: no files")
+        return v
+
+
+class FastTextConfig(Strict):
+    train: FastTextTrainConfig | None = None  # train a classifier (raylm quality train) ...
+    model: str | None = None  # ... or use a fastText model file of your own (e.g. DCLM's): checked before Ray starts
+
+
+class QualityConfig(Strict):
+    """data.quality: model-based quality. So far the fastText classifier's training (`raylm quality train`);
+    scoring documents with it in the data stage is the next step (not yet run by `raylm data`)."""
+
+    fasttext: FastTextConfig = FastTextConfig()
+
+
 class ExecutionConfig(Strict):
     batch_docs: int = Field(default=4096, gt=0, le=10**8)  # a read block ends after this many documents
     batch_bytes: int = Field(default=8_000_000, gt=0, le=2**36)  # ... or this many bytes (also Ray Data's block size)
@@ -243,6 +282,7 @@ class DataConfig(Strict):
     reject: RejectConfig = RejectConfig()
     dedup: DedupConfig = DedupConfig()
     decontaminate: DecontaminateConfig = DecontaminateConfig()
+    quality: QualityConfig = QualityConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     output: OutputConfig = OutputConfig()
     execution: ExecutionConfig = ExecutionConfig()

@@ -66,6 +66,10 @@ def check_data_files(data: DataConfig) -> None:
         spec_from_config(tok).load()  # a TokenizerError (exit 2) naming the key
     for k, path in enumerate(data.decontaminate.files):
         check_file(f"data.decontaminate.files[{k}]", path, lambda p: sum(1 for _ in eval_examples(p)))
+    if data.quality.fasttext.model is not None:
+        from raylm.pipelines.quality import load_classifier
+
+        check_file("data.quality.fasttext.model", data.quality.fasttext.model, load_classifier)
     for key in ("block_domains", "block_urls"):
         for k, path in enumerate(getattr(data.url_filter, key)):
             check_file(f"data.url_filter.{key}[{k}]", path, read_list)

@@ -41,6 +41,12 @@ def _is_number(ann) -> bool:
     return bool(args) and all(a in (int, float) for a in args)
 
 
+def _holds_numbers(inner) -> bool:
+    """A tuple's or dict's value type is a number, bounded or not (not Any, not a list of strings)."""
+    base = typing.get_args(inner)[0] if typing.get_origin(inner) is typing.Annotated else inner
+    return base in (int, float)
+
+
 def _bounds(metadata) -> list:
     flat = [x for m in metadata for x in (m.metadata if isinstance(m, FieldInfo) else [m])]
     return [m for m in flat if isinstance(m, (at.Gt, at.Ge, at.Lt, at.Le))]
@@ -57,7 +63,7 @@ def _numbers(model: type[BaseModel] = RunConfig, prefix: str = ""):
             yield from _numbers(sub, key + ".")
         elif _is_number(f.annotation):
             yield key, "scalar", _bounds(f.metadata), int if int in typing.get_args(f.annotation) + (f.annotation,) else float
-        elif typing.get_origin(f.annotation) in (tuple, dict) and typing.get_args(f.annotation)[-1] is not typing.Any:
+        elif typing.get_origin(f.annotation) in (tuple, dict) and _holds_numbers(typing.get_args(f.annotation)[-1]):
             inner = typing.get_args(f.annotation)[-1]
             yield key, typing.get_origin(f.annotation).__name__, _bounds(getattr(inner, "__metadata__", ())), float
 
@@ -72,6 +78,8 @@ def _raw(key: str, value, kind: str) -> dict:
     section = {parts[-1]: value, **COMPANIONS.get(key, {})}
     if parts[:-1] == ["data", "tokenizer", "train"] and parts[-1] != "vocab_size":
         section["vocab_size"] = 4096
+    if parts[:-1] == ["data", "quality", "fasttext", "train"]:
+        section["labels"] = {"good": ["a.jsonl"], "bad": ["b.txt"]}
     if parts[:-1] == ["data", "clean", "chars"] or parts[:-1] == ["data", "clean", "words"] or parts[-2:-1] == ["mean_word_length"]:
         section.setdefault("min" if parts[-1] == "max" else "max", None)
     raw: dict = section

@@ -1,0 +1,118 @@
+"""`raylm quality train` (pipelines/quality.py): a fastText classifier trained on the plays' lines against web
+boilerplate reports a held-out accuracy that a broken classifier cannot reach (the same documents with their
+labels dealt at random score near chance, so the threshold tells the two apart), the same model for a seed, the
+held-out documents never trained on, and one-line exit-2 errors for a missing label file or a model file that is
+not fastText's. No Ray."""
+
+import json
+import random
+
+import pytest
+
+from raylm.cluster.cli import main
+from raylm.cluster.recipe import load_config
+from raylm.pipelines.quality import held_out, labelled_docs, load_classifier, predict, train_classifier
+from tests.conftest import ROOT, sample_docs
+
+pytest.importorskip("floret", reason="raylm[quality]")  # in the test extras: runs in CI
+
+RECIPE = str(ROOT / "cluster" / "recipes" / "local.yaml")
+WEB = (
+    "cookies privacy policy accept all settings manage consent subscribe newsletter sign in log out account home menu "
+    "search cart checkout shipping returns contact us about careers press terms of use copyright all rights reserved "
+    "follow us share tweet facebook instagram download app skip to content next page previous page sitemap help faq"
+).split()
+
+
+def _files(tmp_path, seed: int = 0) -> tuple[str, str]:
+    """hq.jsonl: 600 lines of the plays; lq.txt: 600 lines of web boilerplate (its words drawn at random)."""
+    lines = [ln.strip() for d in sample_docs()[:40] for ln in d["text"].splitlines() if len(ln.strip()) > 30][:600]
+    rng = random.Random(seed)
+    web = [" ".join(rng.choice(WEB) for _ in range(rng.randint(5, 14))) + f" {rng.randint(1, 2026)}" for _ in range(600)]
+    (tmp_path / "hq.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    (tmp_path / "lq.txt").write_text("\n".join(web) + "\n")
+    return str(tmp_path / "hq.jsonl"), str(tmp_path / "lq.txt")
+
+
+def _cfg(tmp_path, *more):
+    hq, lq = _files(tmp_path)
+    sets = [f"storage_path={tmp_path}", "name=q", f"data.quality.fasttext.train={{labels: {{hq: [{hq}], lq: [{lq}]}}, bucket: 50000}}", *more]
+    return load_config(RECIPE, sets)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("quality")
+    cfg = _cfg(d)
+    return cfg, train_classifier(cfg.data.quality.fasttext.train, str(d / "out"))
+
+
+def test_held_out_accuracy_is_reported_and_high(trained):
+    _, rep = trained
+    assert rep["labels"]["hq"]["held_out"] > 30 and rep["labels"]["lq"]["held_out"] > 30
+    assert rep["accuracy"] >= 0.95, rep
+
+
+def test_labels_dealt_at_random_cannot_pass_the_threshold(tmp_path):
+    """The control: the same documents, each given a label at random, train a classifier of the same settings."""
+    cfg = _cfg(tmp_path).data.quality.fasttext.train
+    docs = [t for texts in labelled_docs(cfg).values() for t in texts]
+    rng = random.Random(1)
+    rng.shuffle(docs)
+    for name, part in (("a", docs[::2]), ("b", docs[1::2])):
+        (tmp_path / f"{name}.txt").write_text("\n".join(part) + "\n")
+    shuffled = cfg.model_copy(update={"labels": {"hq": [str(tmp_path / "a.txt")], "lq": [str(tmp_path / "b.txt")]}})
+    assert train_classifier(shuffled, str(tmp_path / "out"))["accuracy"] < 0.7
+
+
+def test_the_same_seed_gives_the_same_model(trained, tmp_path):
+    cfg, rep = trained
+    again = train_classifier(cfg.data.quality.fasttext.train, str(tmp_path / "again"))
+    assert again["sha256"] == rep["sha256"]
+
+
+def test_held_out_documents_are_not_in_the_training_set(trained):
+    cfg, rep = trained
+    spec = cfg.data.quality.fasttext.train
+    out = [t for texts in labelled_docs(spec).values() for t in texts if held_out(t, spec.held_out, spec.seed)]
+    assert len(out) == sum(v["held_out"] for v in rep["labels"].values())
+    assert rep["trained_on"] + len(out) == sum(rep["documents"].values())
+
+
+def test_the_model_file_loads_and_predicts_its_labels(trained):
+    _, rep = trained
+    model = load_classifier(rep["model"])
+    (label, prob), (label2, _) = predict(model, ["Cookies privacy policy accept all", "O Romeo, wherefore art thou"])
+    assert (label, label2) == ("lq", "hq") and 0.5 < prob <= 1.0
+
+
+def test_raylm_quality_train_writes_the_classifier_and_its_report(tmp_path, capsys):
+    hq, lq = _files(tmp_path)
+    spec = f"{{labels: {{hq: [{hq}], lq: [{lq}]}}, bucket: 50000}}"
+    sets = ["--set", f"storage_path={tmp_path}", "--set", "name=q", "--set", f"data.quality.fasttext.train={spec}"]
+    assert main(["quality", "train", RECIPE, *sets]) == 0
+    out = capsys.readouterr().out
+    rep = json.loads((tmp_path / "q" / "quality" / "quality.json").read_text())
+    assert (tmp_path / "q" / "quality" / "classifier.bin").exists() and f"held-out accuracy {rep['accuracy']:.2%}" in out
+    assert json.loads((tmp_path / "q" / "quality" / "run.json").read_text())["status"] == "succeeded"
+
+
+def test_a_label_file_that_matches_nothing_exits_2(tmp_path, capsys):
+    sets = [
+        "--set",
+        f"storage_path={tmp_path}",
+        "--set",
+        "name=q",
+        "--set",
+        f"data.quality.fasttext.train={{labels: {{hq: [{tmp_path}/none*.jsonl], lq: [x.txt]}}}}",
+    ]
+    assert main(["quality", "train", RECIPE, *sets]) == 2
+    assert "data.quality.fasttext.train.labels.hq" in capsys.readouterr().err
+
+
+def test_a_model_file_that_is_not_fasttext_exits_2_before_ray(tmp_path, capsys):
+    (tmp_path / "model.bin").write_bytes(b"not a fastText model\n" * 10)
+    sets = ["--set", f"storage_path={tmp_path}", "--set", "name=q", "--set", f"data.quality.fasttext.model={tmp_path / 'model.bin'}"]
+    assert main(["data", RECIPE, *sets]) == 2
+    err = capsys.readouterr().err
+    assert "data.quality.fasttext.model" in err and "not a fastText model" in err
