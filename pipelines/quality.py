@@ -26,6 +26,7 @@ import tempfile
 
 import xxhash
 
+from raylm.core.io import RecordError
 from raylm.pipelines.config import FastTextTrainConfig
 
 LABEL = "__label__"
@@ -57,7 +58,10 @@ def labelled_docs(cfg: FastTextTrainConfig) -> dict[str, list[str]]:
                 raise QualityError(f"data.quality.fasttext.train.labels.{label}: {pattern} matches no file")
             for f in files:
                 path = fs.unstrip_protocol(f) if "://" in pattern else f
-                docs += [line for _, text in eval_examples(path) if (line := one_line(text))]
+                try:
+                    docs += [line for _, text in eval_examples(path) if (line := one_line(text))]
+                except RecordError as e:  # a line that is not UTF-8, or a .jsonl line that is not a JSON object
+                    raise QualityError(f"data.quality.fasttext.train.labels.{label}: {path}: {e}") from None
         if not docs:
             raise QualityError(f"data.quality.fasttext.train.labels.{label}: no documents in {', '.join(patterns)}")
         out[label] = docs

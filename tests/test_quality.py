@@ -116,3 +116,13 @@ def test_a_model_file_that_is_not_fasttext_exits_2_before_ray(tmp_path, capsys):
     assert main(["data", RECIPE, *sets]) == 2
     err = capsys.readouterr().err
     assert "data.quality.fasttext.model" in err and "not a fastText model" in err
+
+
+def test_a_malformed_label_record_exits_2_naming_file_and_line(tmp_path, capsys):
+    hq, lq = _files(tmp_path)
+    with open(hq, "a") as f:
+        f.write("[1, 2]\n")  # line 601: JSON, but not an object
+    spec = f"{{labels: {{hq: [{hq}], lq: [{lq}]}}, bucket: 50000}}"
+    sets = ["--set", f"storage_path={tmp_path}", "--set", "name=q", "--set", f"data.quality.fasttext.train={spec}"]
+    assert main(["quality", "train", RECIPE, *sets]) == 2
+    assert f"{hq}: line 601: not a JSON object" in capsys.readouterr().err
