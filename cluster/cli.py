@@ -441,11 +441,10 @@ def _quality(args: argparse.Namespace) -> int:
         rep = rec["result"] = train_classifier(spec, out)
     docs = ", ".join(f"{k} {v:,}" for k, v in rep["documents"].items())
     print(f"raylm quality: {docs} documents; trained on {rep['trained_on']:,}, held out {sum(v['held_out'] for v in rep['labels'].values()):,}")
+    fmt = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731 - no held-out document of a label: nothing to divide
     for name, m in rep["labels"].items():
-        fmt = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731
         print(f"raylm quality: {name}: precision {fmt(m['precision'])}, recall {fmt(m['recall'])} ({m['held_out']:,} held out)")
-    acc = "n/a" if rep["accuracy"] is None else f"{rep['accuracy']:.2%}"
-    print(f"raylm quality: held-out accuracy {acc}; {rep['model']} (sha256 {rep['sha256'][:16]}...)")
+    print(f"raylm quality: held-out accuracy {fmt(rep['accuracy'])}; {rep['model']} (sha256 {rep['sha256'][:16]}...)")
     return 0
 
 

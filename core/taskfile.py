@@ -42,10 +42,20 @@ class MultipleChoice(Strict):
             raise ValueError(f"gold {self.gold} is out of range for {len(self.choices)} choices")
         return self
 
+    @property
+    def continuations(self) -> list[str]:
+        """What is scored after the context: each choice."""
+        return self.choices
+
 
 class Cloze(Strict):
     context: str
     continuation: str = Field(min_length=1)
+
+    @property
+    def continuations(self) -> list[str]:
+        """What is scored after the context: the continuation."""
+        return [self.continuation]
 
 
 @dataclass

@@ -129,6 +129,12 @@ def test_centered_is_zero_at_the_baseline_and_one_at_perfect():
     assert (centered(0.25, 0.25), centered(1.0, 0.25)) == (0.0, 1.0)
 
 
+def _jsonl(path, rows) -> str:
+    """A task file of `rows`: dicts as JSON lines, strings (damaged lines) as they are; returns its path."""
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
 def test_the_reader_counts_the_lines_it_cannot_take(tmp_path):
     lines = [
         {"task": {"name": "t", "kind": "multiple_choice", "built_by": "hand"}},
@@ -138,18 +144,14 @@ def test_the_reader_counts_the_lines_it_cannot_take(tmp_path):
         {"context": "a", "choices": ["b", ""], "gold": 0},
         {"context": "a", "choices": ["b", "c"], "gold": 1},
     ]
-    p = tmp_path / "t.jsonl"
-    p.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
-    task = read_task(str(p))
+    task = read_task(_jsonl(tmp_path / "t.jsonl", lines))
     assert len(task.examples) == 2
     assert task.skipped == {"not JSON": 1, "gold 2 is out of range for 2 choices": 1, "an empty choice": 1}
 
 
 def test_a_file_without_a_header_is_refused_naming_it(tmp_path):
-    p = tmp_path / "t.jsonl"
-    p.write_text(json.dumps({"context": "a", "choices": ["b", "c"], "gold": 0}) + "\n")
     with pytest.raises(ValueError, match="t.jsonl: line 1 is not a task header"):
-        read_task(str(p))
+        read_task(_jsonl(tmp_path / "t.jsonl", [{"context": "a", "choices": ["b", "c"], "gold": 0}]))
 
 
 def test_a_trailing_space_of_the_context_moves_to_the_continuation():
@@ -174,9 +176,8 @@ def test_raylm_eval_tasks_counts_bad_lines_and_writes_tasks_json(tmp_path, bpe, 
         {"context": "a", "choices": [" b", ""], "gold": 0},
     ]
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "mc.jsonl").write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
-    cloze = [{"task": {"name": "cz", "kind": "cloze"}}, {"context": "KING", "continuation": " HENRY"}]
-    (tmp_path / "tasks" / "cz.jsonl").write_text("\n".join(json.dumps(x) for x in cloze) + "\n")
+    _jsonl(tmp_path / "tasks" / "mc.jsonl", lines)
+    _jsonl(tmp_path / "tasks" / "cz.jsonl", [{"task": {"name": "cz", "kind": "cloze"}}, {"context": "KING", "continuation": " HENRY"}])
     recipe = [str(ROOT / "cluster" / "recipes" / "local.yaml"), "--set", f"storage_path={tmp_path}", "--set", "name=ev"]
     assert main(["eval", *recipe, "--checkpoint", str(tmp_path / "ckpt"), "--tasks", str(tmp_path / "tasks")]) == 0
     out = capsys.readouterr().out
@@ -218,7 +219,7 @@ def test_summary_lines_give_counts_interval_and_the_baseline(tmp_path):
     from raylm.training.tasks import summary_lines
 
     rows = [{"task": {"name": "mc", "kind": "multiple_choice"}}] + [{"context": "a", "choices": [" b", " c"], "gold": 0}] * 20
-    (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    _jsonl(tmp_path / "mc.jsonl", rows)
     lines = summary_lines([str(tmp_path)], {"tasks/mc/acc": 0.9, "tasks/core": 0.8})
     assert lines[0] == "mc: acc 90.00% (18/20, 95% interval 69.9%-97.2%); random 50%: +40.0%, above chance"
     assert lines[1] == "CORE (mean centered accuracy): 0.8000"
@@ -227,9 +228,8 @@ def test_summary_lines_give_counts_interval_and_the_baseline(tmp_path):
 def test_a_task_name_that_cannot_be_a_metric_key_is_refused(tmp_path):
     from raylm.core.taskfile import TaskFileError
 
-    (tmp_path / "t.jsonl").write_text(json.dumps({"task": {"name": "my task/1", "kind": "cloze"}}) + "\n")
     with pytest.raises(TaskFileError, match="line 1 is not a task header"):
-        read_task(str(tmp_path / "t.jsonl"))
+        read_task(_jsonl(tmp_path / "t.jsonl", [{"task": {"name": "my task/1", "kind": "cloze"}}]))
 
 
 def test_packed_choices_give_the_hand_computed_logliks(bigram):

@@ -199,17 +199,18 @@ def init_checkpoint(init_from: str) -> tuple[str, dict]:
     return ckpt, checkpoint.read_meta(f"{ckpt}/{checkpoint.META}")
 
 
-def check_task_files(paths: list[str]) -> None:
+def check_task_files(paths: list[str]) -> list:
     """train.eval.tasks: every file there and its header a task's (read as the workers will), before Ray starts;
-    a ConfigError naming the key otherwise."""
+    a ConfigError naming the key otherwise. Returns the files' headers (core.taskfile.TaskHeader)."""
     from raylm.training.tasks import read_task, task_files
 
+    headers = []
     for k, path in enumerate(paths):
         try:
-            for f in task_files([path]):
-                read_task(f)
-        except (FileNotFoundError, ValueError) as e:
+            headers += [read_task(f).header for f in task_files([path])]
+        except (OSError, ValueError) as e:  # missing or unreadable, or not a task file
             raise ConfigError(f"train.eval.tasks[{k}]: {e}") from None
+    return headers
 
 
 def check_init_from(job: TrainJob) -> str:

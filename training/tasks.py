@@ -7,8 +7,8 @@ reader: core/taskfile.py).
   continuation's bits per byte.
 A context and continuation are tokenized as lm-eval does: whole = encode(context + continuation), the
 continuation's tokens those of whole past encode(context) (the context's trailing whitespace, spaces and newlines
-alike, moves to the continuation first). Inputs longer than the model's window keep their last seq_len + 1 tokens (truncated from the
-left; a continuation longer than the window keeps its last seq_len tokens). The aggregate is CORE's: each task's
+alike, moves to the continuation first). Inputs longer than the model's window keep their last seq_len + 1 tokens
+(truncated from the left; a continuation longer than the window keeps its last seq_len tokens). The aggregate is CORE's: each task's
 accuracy centered by its random baseline, (acc - b) / (1 - b), then averaged over tasks.
 """
 
@@ -145,12 +145,12 @@ def example_loglikelihoods(
 def _example_pairs(task: Task, enc) -> list[list[tuple[list[int], list[int]]]]:
     """Each example's (context ids, continuation ids) pairs: one for a cloze example, one per choice."""
     pre = task.header.fewshot
-    conts = lambda e: [e.continuation] if isinstance(e, Cloze) else e.choices  # noqa: E731
-    return [[encode_pair(enc, pre + e.context, c) for c in conts(e)] for e in task.examples]
+    return [[encode_pair(enc, pre + e.context, c) for c in e.continuations] for e in task.examples]
 
 
 def score(task: Task, scored: list[Scored]) -> dict:
-    """A task's metrics from the loglikelihoods of its pairs (`_pairs` order): per example and overall."""
+    """A task's metrics from the loglikelihoods of its pairs (its examples in order, each example's continuations
+    in order): per example and overall."""
     rows, k = [], 0
     for e in task.examples:
         if isinstance(e, Cloze):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raylm.core.taskfile import Cloze, Task
+from raylm.core.taskfile import Task
 from raylm.training.tasks import Scored, example_loglikelihoods, prepare, score, with_core
 
 EXAMPLES_PER_CALL = 32  # examples an actor scores per map_batches call (packed: 8 a forward pass)
@@ -47,8 +47,7 @@ def _rows_longest_first(tasks: list[Task]) -> list[dict]:
     rows = []
     for t, task in enumerate(tasks):
         for i, e in enumerate(task.examples):
-            conts = [e.continuation] if isinstance(e, Cloze) else e.choices
-            rows.append((-(len(task.header.fewshot) + len(e.context) + max(map(len, conts))), t, i))
+            rows.append((-(len(task.header.fewshot) + len(e.context) + max(map(len, e.continuations))), t, i))
     return [{"task": t, "example": i} for _, t, i in sorted(rows)]
 
 
@@ -73,6 +72,6 @@ def score_on_ray(checkpoint: str, tasks: list[Task], workers: int, device: str =
         by_key = {(r["task"], r["example"], r["choice"]): Scored(float(r["loglik"]), bool(r["greedy"])) for r in out.iter_rows()}
     results = {}
     for t, task in enumerate(tasks):
-        n_pairs = [1 if isinstance(e, Cloze) else len(e.choices) for e in task.examples]
-        results[task.header.name] = score(task, [by_key[(t, i, j)] for i, n in enumerate(n_pairs) for j in range(n)])
+        scored = [by_key[(t, i, j)] for i, e in enumerate(task.examples) for j in range(len(e.continuations))]
+        results[task.header.name] = score(task, scored)
     return with_core(results)

@@ -28,7 +28,7 @@ from raylm.core.progress import verbose
 from raylm.core.schema import ConfigError
 from raylm.training import checkpoint
 from raylm.training.config import TrainConfig, TrainJob
-from raylm.training.driver import PreparedJob, check_diverged, fit_in_thread, preflight
+from raylm.training.driver import PreparedJob, check_diverged, check_task_files, fit_in_thread, preflight
 from raylm.training.tracking import campaign_tracking, end_campaign
 from raylm.tuning.config import Recipe, TuneConfig
 from raylm.tuning.results import OUTCOME
@@ -272,12 +272,7 @@ def check_metric(cfg: Recipe) -> None:
         raise ConfigError(f"tune.metric: {m!r} is not reported by the loop ({', '.join(LOOP_METRICS)}, or tasks/core with train.eval.tasks)")
     if not cfg.train.eval.tasks:
         raise ConfigError(f"tune.metric: {m!r} needs train.eval.tasks (the task files scored at each evaluation)")
-    from raylm.training.tasks import read_task, task_files
-
-    try:
-        headers = [read_task(f).header for f in task_files(cfg.train.eval.tasks)]
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"train.eval.tasks: {e}") from None
+    headers = check_task_files(cfg.train.eval.tasks)
     known = ["tasks/core", *(f"tasks/{h.name}/{k}" for h in headers for k in TASK_METRICS[h.kind])]
     if m not in known:
         raise ConfigError(f"tune.metric: {m!r} is not a metric of train.eval.tasks ({', '.join(known)})")
