@@ -160,13 +160,18 @@ def bare_cluster():
 
 def test_tune_local_as_the_readme_gives_it(bare_cluster, ray_session, tmp_path):
     """`raylm tune cluster/recipes/tune-local.yaml` (8 ASHA trials, 4 rounds on 2 CPUs), shortened in steps,
-    evaluation batches and trials: 4 trials, 2 rounds, each trial a Ray Train run whose start costs ~19 s of CPU on
+    evaluation batches and trials: 4 trials (a grid of learning rates, so that ASHA's stops do not hang on which
+    trial reaches the rung first), 2 rounds, each trial a Ray Train run whose start costs ~19 s of CPU on
     2 cores. Every trial reaches its first rung and the campaign ends on its own: on this cluster (no State API)
     only raylm's release of the first round's reservations lets the second round start. The one ASHA campaign of
     the suite, so it is checked for everything a campaign leaves: it builds its data first (no shards yet),
     results.csv, plots, the console's table and lines, run.json, MLflow's parent and child runs, and a best.yaml
     that `raylm train` runs as is to the val loss reported."""
-    steps = [f"train.max_steps={STEPS}", "train.schedule.warmup_steps=2", f"train.eval={{every: {EVERY}, batches: 2}}", "tune.num_samples=4"]
+    steps = [f"train.max_steps={STEPS}", "train.schedule.warmup_steps=2", f"train.eval={{every: {EVERY}, batches: 2}}", "tune.num_samples=1"]
+    # four learning rates in launch order, the second round's far too small: whichever order the rounds' trials
+    # reach the rung in, each of those arrives after a first-round result it cannot beat, so ASHA stops it
+    space = "{train.optim.lr: {grid: [3.0e-3, 2.0e-3, 1.0e-6, 2.0e-6]}, train.optim.weight_decay: {uniform: [0.0, 0.2]}}"
+    steps.append(f"tune.param_space={space}")
     steps += [f"train.checkpoint.every={STEPS}", f"tune.scheduler.grace_period={EVERY}", "train.loggers=[tensorboard, mlflow]"]
     sets = [a for o in [f"storage_path={tmp_path}", *steps] for a in ("--set", o)]
     cmd = [sys.executable, "-m", "raylm", "tune", RECIPE, *sets]
@@ -183,7 +188,7 @@ def test_tune_local_as_the_readme_gives_it(bare_cluster, ray_session, tmp_path):
     _check_console(r.stdout)
     rec = json.loads((run / "tune" / "run.json").read_text())
     assert rec["stage"] == "tune" and rec["status"] == "succeeded" and rec["result"]["trials"] == 4
-    assert rec["result"]["best"]["trial_id"] and rec["recipe"]["tune"]["num_samples"] == 4
+    assert rec["result"]["best"]["trial_id"] and rec["recipe"]["tune"]["param_space"]["train.optim.lr"]["grid"][2] == 1.0e-6
     _check_mlflow(run, rows)
     # best.yaml is a complete recipe: `raylm train` runs it as is and lands on the reported val loss
     best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
