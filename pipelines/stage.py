@@ -45,6 +45,8 @@ class DataRun:
     tokenizing: tuple[float, float] | None = None  # tokenize: when the first file's task began and the last ended (time.time())
     dups: pads.Dataset | None = None  # dedup: uid -> reason, kept_id of every duplicate
     outputs: dict = field(default_factory=dict)  # write: splits, removed counts, docs_in, bytes_in
+    assets: dict[str, str] = field(default_factory=dict)  # classifier: files the steps load, by name (Step.assets)
+    quality: dict = field(default_factory=dict)  # classifier, select: each scorer's model and threshold, for the manifest
 
     @property
     def docs_dir(self) -> str:
@@ -121,7 +123,9 @@ class Chunk:
 
     def set(self, column: str, k: int, value: Any) -> None:
         """Sets live document k's value in a column its step declares (Step.columns)."""
-        values = self.block.meta.setdefault(column, [None] * len(self.block.ids))
+        values = self.block.meta.get(column)
+        if values is None:  # not setdefault: its default, a list as long as the block, would be built on every call
+            values = self.block.meta[column] = [None] * len(self.block.ids)
         values[self.rows[k]] = value
 
     def drop(self, verdicts: list[str | None]) -> None:
@@ -176,6 +180,7 @@ class Column:
     name: str
     type: pa.DataType
     docs: bool = True  # False: staging only, for the write stage's own use (decontaminate's match: removed.parquet's kept_id)
+    removed: bool = False  # True: in removed.parquet too, for removed documents (the score that removed one)
 
 
 def columns_of(steps) -> tuple[Column, ...]:
@@ -203,6 +208,8 @@ class Step:
 
     name: ClassVar[str]
     columns: ClassVar[tuple[Column, ...]] = ()  # the per-document columns it fills (chunk.set), staging and docs.parquet
+    # the files the run resolved for its steps, by name (a classifier the data stage trained): set by DocProcessor
+    assets: dict[str, str] = {}
 
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg

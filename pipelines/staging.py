@@ -84,3 +84,10 @@ def final_texts(path: str, first: int, last: int, dups: pads.Dataset | None, pro
     keep = pa.array(final_mask(t, dups_in(dups, first, last)))
     texts = t["text"].filter(keep).to_pylist()
     return texts, t["prompt_chars"].filter(keep).to_pylist() if prompts else [None] * len(texts)
+
+
+def groups_of(staging: list[dict], n: int) -> list[list[dict]]:
+    """The staging files (in uid order) cut into at most n runs of consecutive files, as even as can be."""
+    n = max(1, min(n, len(staging)))
+    bounds = np.linspace(0, len(staging), n + 1).round().astype(int)
+    return [staging[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]

@@ -66,10 +66,16 @@ def check_data_files(data: DataConfig) -> None:
         spec_from_config(tok).load()  # a TokenizerError (exit 2) naming the key
     for k, path in enumerate(data.decontaminate.files):
         check_file(f"data.decontaminate.files[{k}]", path, lambda p: sum(1 for _ in eval_examples(p)))
-    if data.quality.fasttext.model is not None:
-        from raylm.pipelines.quality import load_classifier
+    ft = data.quality.fasttext
+    if ft.model is not None:
+        from raylm.pipelines.quality import load_classifier, local_copy
 
-        check_file("data.quality.fasttext.model", data.quality.fasttext.model, load_classifier)
+        loaded = []  # loaded once: a model such as DCLM's is gigabytes
+        check_file("data.quality.fasttext.model", ft.model, lambda p: loaded.append(load_classifier(local_copy(p))))
+        labels = loaded[0].labels
+        if ft.label not in labels:
+            shown = ", ".join(labels[:12]) + (f" and {len(labels) - 12} more" if len(labels) > 12 else "")
+            raise UserFileError("data.quality.fasttext.label", ft.model, f"the model has no label {ft.label!r} (its labels: {shown})")
     for key in ("block_domains", "block_urls"):
         for k, path in enumerate(getattr(data.url_filter, key)):
             check_file(f"data.url_filter.{key}[{k}]", path, read_list)

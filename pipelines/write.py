@@ -39,10 +39,15 @@ from raylm.pipelines.layout import SPLIT_NAMES, SPLITS, Counts, ShardMap, Start
 from raylm.pipelines.process import COLUMNS
 from raylm.pipelines.shards import token_arrays
 from raylm.pipelines.stage import Column, DataRun, Stage, schema_of, settle
-from raylm.pipelines.staging import SKIP, final_mask
+from raylm.pipelines.staging import SKIP, final_mask, groups_of
 from raylm.pipelines.stats import Stats
 
-REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string())])
+# removed.parquet: every removed document, its reason, the document it duplicates (or example it matched), its
+# source, then the steps' columns that explain a removal (Column.removed: a quality score)
+REMOVED_COLUMNS = tuple(c for c in COLUMNS if c.removed)
+REMOVED_SCHEMA = schema_of(
+    [("id", pa.string()), ("reason", pa.string()), ("kept_id", pa.string()), ("src", pa.string()), *((c.name, c.type) for c in REMOVED_COLUMNS)]
+)
 # docs.parquet: every kept document, in input order: the shard it is in (which names its split) and its index
 # there, where it came from (file:line, web input's URL and crawl date), then the steps' own columns
 DOCS_BASE = (("id", pa.string()), ("shard", pa.string()), ("index", pa.int64()), ("src", pa.string()), ("url", pa.string()), ("date", pa.string()))
@@ -91,7 +96,8 @@ def removed_rows(t: pa.Table, mask: np.ndarray, dups: dict) -> tuple[pa.Table, C
     status, ids, srcs, uids = t["status"].to_pylist(), t["id"].to_pylist(), t["src"].to_pylist(), t["uid"].to_pylist()
     # decontamination: the evaluation example (file:line) a filter:contamination row matched, in kept_id
     matches = t["match"].to_pylist() if "match" in t.column_names else [None] * len(status)
-    rows: dict[str, list] = {"id": [], "reason": [], "kept_id": [], "src": []}
+    extra = {c.name: t[c.name].to_pylist() if c.name in t.column_names else [None] * len(status) for c in REMOVED_COLUMNS}
+    rows: dict[str, list] = {"id": [], "reason": [], "kept_id": [], "src": [], **{name: [] for name in extra}}
     counts, skipped = Counter(), Counter()
     for i in np.flatnonzero(~mask):
         if status[i].startswith(SKIP):
@@ -102,6 +108,8 @@ def removed_rows(t: pa.Table, mask: np.ndarray, dups: dict) -> tuple[pa.Table, C
         rows["reason"].append(reason)
         rows["kept_id"].append(kept_id)
         rows["src"].append(srcs[i])
+        for name, values in extra.items():
+            rows[name].append(values[i])
         counts[reason] += 1
     return pa.table(rows, schema=REMOVED_SCHEMA), counts, skipped
 
@@ -350,13 +358,6 @@ def _gather(refs: list, desc: str) -> list:
     except Exception:
         settle(refs)
         raise
-
-
-def groups_of(staging: list[dict], n: int) -> list[list[dict]]:
-    """The staging files (in uid order) cut into at most n runs of consecutive files, as even as can be."""
-    n = max(1, min(n, len(staging)))
-    bounds = np.linspace(0, len(staging), n + 1).round().astype(int)
-    return [staging[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 class Write(Stage):

@@ -24,6 +24,8 @@ COMPANIONS = {
     "train.model.n_kv_head": {"n_head": 2**16, "d_model": 2**16},
     "train.batch.global_batch_tokens": {"micro_batch_size": 1},
     "data.sources.x.weight": {"inputs": [{"path": "x.jsonl"}]},
+    "data.quality.fasttext.min_score": {"model": "m.bin", "label": "hq"},
+    "data.quality.fasttext.keep_fraction": {"model": "m.bin", "label": "hq"},
 }
 # ... and in other sections
 OTHERS = {"train.batch.global_batch_tokens": {"train": {"model": {"seq_len": 1}, "scaling": {"num_workers": 1}}}}

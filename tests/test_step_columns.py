@@ -11,7 +11,7 @@ from raylm.pipelines.process import COLUMNS, STEPS, DocProcessor
 from raylm.pipelines.read import SCHEMA
 from raylm.pipelines.stage import Chunk, Column, Step, columns_of
 from raylm.pipelines.staging import staging_schema
-from raylm.pipelines.write import DOCS_SCHEMA, docs_rows, docs_schema
+from raylm.pipelines.write import DOCS_SCHEMA, REMOVED_SCHEMA, docs_rows, docs_schema
 
 GOOD = "The quick brown fox jumps over the lazy dog, and then it runs far away into the green hills. " * 3
 
@@ -50,8 +50,12 @@ def _batch(texts: list[str]) -> pa.Table:
 
 
 def test_docs_parquet_has_every_runs_columns_then_the_steps_in_step_order():
-    assert DOCS_SCHEMA.names == ["id", "shard", "index", "src", "url", "date", "language", "language_score"]
+    assert DOCS_SCHEMA.names == ["id", "shard", "index", "src", "url", "date", "language", "language_score", "quality_fasttext"]
     assert DOCS_SCHEMA.field("language_score").type == pa.float32()
+
+
+def test_removed_parquet_has_the_columns_that_explain_a_removal():
+    assert REMOVED_SCHEMA.names == ["id", "reason", "kept_id", "src", "quality_fasttext"]
 
 
 def test_a_staging_only_column_is_in_staging_not_in_docs_parquet(tmp_path):

@@ -124,7 +124,17 @@ def test_the_bundled_web_recipe_end_to_end(ray_session, tmp_path, capsys):
     assert "records in" in capsys.readouterr().out
     # docs.parquet: each kept document once, where it is in the shards and the page it came from
     table = pq.read_table(data / "docs.parquet")
-    assert table.column_names == ["id", "shard", "index", "src", "url", "date", "language", "language_score"]  # the steps' after every run's
+    assert table.column_names == [
+        "id",
+        "shard",
+        "index",
+        "src",
+        "url",
+        "date",
+        "language",
+        "language_score",
+        "quality_fasttext",
+    ]  # the steps' after every run's
     rows = table.to_pylist()
     assert sorted((r["shard"], r["index"]) for r in rows) == sorted(at)
     assert all(r["url"].startswith("https://") and r["date"] == "2024-05-01T12:00:00Z" and r["id"].startswith("<urn:uuid:") for r in rows)
