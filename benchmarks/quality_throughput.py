@@ -18,6 +18,12 @@ proportions. One process each, one core:
              .bench/fasttext first on its path
 The two alternate --rounds times (this machine's speed drifts); each side's best round is reported, docs/s per
 core, and the ratio raylm / datatrove. Both must agree on which documents pass (printed).
+
+Then checkpoint perplexity scoring (`--checkpoint RUN`, default runs/shakespeare-local, `make run`'s model): the
+data stage's Ray Data pipeline of PerplexityScorer actors (training/docscore.py) over --ppl-docs of the same
+documents, on a local Ray instance of --cpus CPUs (or the GPUs it finds, with --device cuda), with 1 actor and with
+2, alternating --rounds times: docs/s (best round, actor start-up included: the stage pays it too) and the
+ratio of 2 actors to 1.
 """
 
 from __future__ import annotations
@@ -122,14 +128,63 @@ def datatrove_round(model: str, docs_path: Path, fasttext_dir: Path) -> tuple[fl
     return got["seconds"], got["which"]
 
 
+def perplexity_round(checkpoint: str, texts: list[str], actors: int, device: str) -> float:
+    """Seconds for the perplexity stage's actor pool to score the documents."""
+    import ray.data as rd
+
+    from raylm.training.docscore import PerplexityScorer
+
+    ds = rd.from_items([{"uid": i, "text": t} for i, t in enumerate(texts)], override_num_blocks=max(8, 2 * actors))
+    gpu = device == "cuda"
+    ds = ds.map_batches(
+        PerplexityScorer,
+        fn_constructor_args=(checkpoint, device, 16),
+        batch_size=64,
+        batch_format="numpy",
+        compute=rd.ActorPoolStrategy(size=actors),
+        num_cpus=0 if gpu else 1,
+        num_gpus=1 if gpu else 0,
+    )
+    t0 = time.perf_counter()
+    n = sum(len(b["uid"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+    assert n == len(texts)
+    return time.perf_counter() - t0
+
+
+def perplexity(args, texts: list[str]) -> None:
+    import ray
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    texts = texts[: args.ppl_docs]
+    print(f"perplexity scoring under {args.checkpoint} ({args.device}), {len(texts):,} documents, Ray with {args.cpus} CPUs")
+    best = {1: float("inf"), 2: float("inf")}
+    for k in range(args.rounds):
+        for actors in (1, 2):
+            seconds = perplexity_round(args.checkpoint, texts, actors, args.device)
+            best[actors] = min(best[actors], seconds)
+            print(f"  round {k + 1} {actors} actor(s) {len(texts) / seconds:8,.1f} docs/s  ({seconds:.1f} s)")
+    rate = {a: len(texts) / s for a, s in best.items()}
+    print(f"perplexity scoring, docs/s (best of {args.rounds}): 1 actor {rate[1]:,.1f}, 2 actors {rate[2]:,.1f}; ratio 2/1: {rate[2] / rate[1]:.2f}x")
+    ray.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench-out"))
     ap.add_argument("--fasttext-dir", default=str(ROOT / ".bench" / "fasttext"), help="fasttext-numpy2-wheel, pip install --target")
+    ap.add_argument("--checkpoint", default=str(ROOT / "runs" / "shakespeare-local"), help="a raylm run or checkpoint for perplexity scoring")
+    ap.add_argument("--ppl-docs", type=int, default=600)
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--skip-fasttext", action="store_true")
     args = ap.parse_args()
     fasttext_dir = Path(args.fasttext_dir)
+    if args.skip_fasttext:
+        perplexity(args, documents(args.ppl_docs))
+        return
     if not (fasttext_dir / "fasttext").is_dir():
         raise SystemExit(f"{fasttext_dir}: no fasttext module; pip install --target {fasttext_dir} --no-deps fasttext-numpy2-wheel")
     out = Path(args.out)

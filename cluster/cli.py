@@ -168,6 +168,31 @@ def _check_inputs(cfg: RunConfig) -> None:
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
     check_data_files(cfg.data)
+    if cfg.data.quality.perplexity.checkpoint is not None:
+        _check_reference_model(cfg.data)
+
+
+def _check_reference_model(data) -> None:
+    """data.quality.perplexity.checkpoint names a complete raylm checkpoint whose tokenizer is the data stage's
+    (the same ranks, by sha256): a model that read text otherwise would score another tokenization. A
+    UserFileError (exit 2) naming the key, before Ray starts."""
+    from raylm.core.tokenizer import describe
+    from raylm.pipelines.tokenizers import spec_from_config
+    from raylm.pipelines.userfiles import UserFileError
+    from raylm.training.checkpoint import META, CheckpointError, latest, read_meta
+
+    key, path = "data.quality.perplexity.checkpoint", data.quality.perplexity.checkpoint
+    try:
+        meta = read_meta(f"{latest(path)}/{META}")
+    except (FileNotFoundError, CheckpointError) as e:
+        raise UserFileError(key, path, str(e).removeprefix(f"{path}: ")) from None
+    if data.tokenizer.train is not None:
+        why = f"data.tokenizer trains a new tokenizer; set data.tokenizer.path to the checkpoint's ({meta['tokenizer']}) tokenizer.tiktoken"
+        raise UserFileError(key, path, why)
+    spec = spec_from_config(data.tokenizer)
+    if describe(spec, spec.load())["sha256"] != meta.get("tokenizer_sha256"):
+        why = f"its tokenizer ({meta['tokenizer']}) is not data.tokenizer ({spec.name}): other ranks; score with a model of this data's tokenizer"
+        raise UserFileError(key, path, why)
 
 
 def _data_stage(cfg: RunConfig, force: bool) -> None:
@@ -184,7 +209,9 @@ def _data_stage(cfg: RunConfig, force: bool) -> None:
         with recorded(cfg.paths.data, "data", _dump(cfg), at_start=False, code_of=exit_code):
             yield
 
-    run_data(cfg.data, cfg.paths, force=force, work=work)
+    from raylm.training.docscore import PerplexityScorer
+
+    run_data(cfg.data, cfg.paths, force=force, work=work, scorer=PerplexityScorer)
 
 
 def _own_shards(cfg: RunConfig) -> bool:

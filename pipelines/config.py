@@ -112,9 +112,21 @@ class MinHashConfig(Strict):
         return self
 
 
+class ParagraphConfig(Strict):
+    """data.dedup.paragraph: exact dedup of paragraphs (or lines) across documents, after document dedup
+    (pipelines/paragraphs.py): a unit in more than `max_docs` documents is removed from all but the first."""
+
+    enabled: bool = False
+    unit: Literal["paragraph", "line"] = "paragraph"  # paragraph: text between blank lines; line: each line
+    max_docs: int = Field(default=1, ge=1, le=10**9)  # a unit in more documents than this is a repeat
+    min_chars: int = Field(default=0, ge=0, le=10**6)  # units shorter than this (stripped) are never removed
+    min_doc_chars: int = Field(default=200, ge=0, le=10**9)  # a document left shorter is removed (filter:paragraph_dedup)
+
+
 class DedupConfig(Strict):
     exact: ExactConfig = ExactConfig()
     minhash: MinHashConfig = MinHashConfig()
+    paragraph: ParagraphConfig = ParagraphConfig()
     partitions: int = Field(default=8, ge=1, le=100_000)  # hash partitions of every shuffle step (scale with corpus)
 
 
@@ -274,11 +286,31 @@ class FastTextConfig(Strict):
         return self.label if self.label is not None else next(iter(self.train.labels))
 
 
+class PerplexityConfig(Strict):
+    """data.quality.perplexity: each document's bits per byte under a raylm checkpoint (CCNet), after dedup, on a
+    Ray Data actor pool (pipelines/perplexity.py): `quality_perplexity` in docs.parquet and removed.parquet; the
+    high ones removed as filter:quality:perplexity."""
+
+    checkpoint: str | None = None  # a raylm run directory (its latest checkpoint) or a checkpoint directory
+    max_bits_per_byte: float | None = Field(default=None, gt=0, le=100)  # remove documents scoring above this
+    keep_fraction: float | None = Field(default=None, gt=0, le=1)  # keep this share, the lowest scored (pipelines/select.py)
+    concurrency: int = Field(default=1, ge=1, le=100_000)  # actors holding the model (one CPU, or one GPU, each)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the cluster has GPUs
+    batch: int = Field(default=16, ge=1, le=4096)  # windows (of the model's seq_len) per forward pass
+    docs_per_call: int = Field(default=64, ge=1, le=1_000_000)  # documents an actor scores per map_batches call
+
+    @model_validator(mode="after")
+    def _needs_checkpoint(self) -> PerplexityConfig:
+        if self.checkpoint is None and (self.max_bits_per_byte is not None or self.keep_fraction is not None):
+            raise ValueError("max_bits_per_byte and keep_fraction need a checkpoint to score with")
+        return self
+
+
 class QualityConfig(Strict):
-    """data.quality: model-based quality, each scorer a step of the data stage that removes documents as
-    filter:quality:<name>."""
+    """data.quality: model-based quality, each scorer removing documents as filter:quality:<name>."""
 
     fasttext: FastTextConfig = FastTextConfig()
+    perplexity: PerplexityConfig = PerplexityConfig()
 
 
 class ExecutionConfig(Strict):

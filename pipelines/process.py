@@ -31,6 +31,7 @@ from raylm.pipelines.decontaminate import Decontaminate
 from raylm.pipelines.dedup import ExactHash, MinHashSign
 from raylm.pipelines.extract import Extract
 from raylm.pipelines.language import Language
+from raylm.pipelines.perplexity import Perplexity
 from raylm.pipelines.pii import RedactPii
 from raylm.pipelines.quality import Classify
 from raylm.pipelines.stage import Block, Chunk, DataRun, Stage, Step, built_once, columns_of
@@ -40,7 +41,8 @@ from raylm.pipelines.url_filter import UrlFilter
 
 # the per-document steps, in order; each is timed under its name (stats.json: stages.process.seconds.cpu.<name>, summed over workers)
 STEPS = (UrlFilter, Extract, Normalize, Language, RedactPii, Filter, Decontaminate, Classify, ExactHash, MinHashSign)
-COLUMNS = columns_of(STEPS)  # the per-document columns the steps add: staging files and docs.parquet (pipelines/write.py)
+LATER = (Perplexity,)  # stages that fill a per-document column of the staging files after processing
+COLUMNS = columns_of((*STEPS, *LATER))  # the per-document columns: staging files and docs.parquet (pipelines/write.py)
 _CHUNK = 256  # documents that go through the steps together: word lists live for one chunk
 
 
@@ -69,7 +71,7 @@ class DocProcessor:
         self.steps = [S(cfg) for S in steps if S.enabled(cfg)]
         for step in self.steps:
             step.assets = dict(assets or {})
-        self.columns = columns_of(steps)
+        self.columns = columns_of((*steps, *LATER))  # a later stage's column is written null, filled in by it
         self.schema = staging_schema(cfg, self.columns)
 
     def _chunk(self, b: Block, raw: list, rejects: list, lo: int, hi: int, stats: Stats) -> None:

@@ -4,6 +4,8 @@
   read      the recipe's inputs as a stream of records (lazy: it flows into process)
   process   every record through the per-document steps (pipelines/process.py: STEPS) -> staging files
   dedup     which documents are exact or near duplicates of which -> _work/dups
+  paragraphs  data.dedup.paragraph: units repeated across documents removed from all but the first (staging rewritten)
+  perplexity  data.quality.perplexity: each document's bits per byte under a raylm checkpoint (staging rewritten)
   select    keep_fraction of a quality score over the corpus (pipelines/select.py) -> _work/dups/quality-*
   tokenize  the documents that survive dedup -> tokens (after training a BPE on them, when `tokenizer.train` is set)
   write     shards (.npy) and removed.parquet; then the manifest, last and atomically, and stats.json
@@ -28,6 +30,8 @@ from raylm.core.schema import ConfigError
 from raylm.core.tokenizer import describe
 from raylm.pipelines.config import DataConfig
 from raylm.pipelines.dedup import Dedup
+from raylm.pipelines.paragraphs import Paragraphs
+from raylm.pipelines.perplexity import DocScorer, Perplexity
 from raylm.pipelines.process import Process
 from raylm.pipelines.quality import TrainClassifier
 from raylm.pipelines.read import Read
@@ -40,7 +44,7 @@ from raylm.pipelines.tokenize import Tokenize
 from raylm.pipelines.tokenizers import spec_from_config
 from raylm.pipelines.write import Write
 
-STAGES: tuple[Stage, ...] = (TrainClassifier(), Read(), Process(), Dedup(), Select(), Tokenize(), Write())
+STAGES: tuple[Stage, ...] = (TrainClassifier(), Read(), Process(), Dedup(), Paragraphs(), Perplexity(), Select(), Tokenize(), Write())
 
 
 def _say(msg: str) -> None:
@@ -181,25 +185,33 @@ def run_data(
     say: Callable[[str], None] = _say,
     summary: bool = True,
     work: Callable[[], AbstractContextManager] = nullcontext,
+    scorer: type[DocScorer] | None = None,
 ) -> Manifest:
     """raw text -> shards + manifest + removed.parquet + stats.json in paths.data. Returns the manifest: a finished
     run's, when it was made by this data section (ConfigError when by another), unless `force`. `work`: what the
     stage runs inside when there is work to do (the CLI starts Ray and records the run there), entered only then.
-    Runs on the Ray instance this process is connected to (cluster.runtime.init_ray), else a new local one."""
+    Runs on the Ray instance this process is connected to (cluster.runtime.init_ray), else a new local one.
+    `scorer`: the perplexity stage's model (training/docscore.py's PerplexityScorer: the data stage does not
+    import training/), needed with data.quality.perplexity."""
     if has_manifest(paths.data) and not force:
         return _reuse_finished(data, paths.data, say)
     if exists(paths.data):  # refused before `work` starts Ray: the stage would remove it
         check_removable(paths.data)
+    if data.quality.perplexity.checkpoint is not None and scorer is None:
+        raise ConfigError(
+            "data.quality.perplexity needs a model to score with: run it through raylm's CLI, or pass "
+            "run_data(..., scorer=raylm.training.docscore.PerplexityScorer)"
+        )
     with work():
-        return _build(data, paths.data, say, summary)
+        return _build(data, paths.data, say, summary, scorer)
 
 
-def _build(data: DataConfig, root: str, say: Callable[[str], None], summary: bool) -> Manifest:
+def _build(data: DataConfig, root: str, say: Callable[[str], None], summary: bool, scorer: type[DocScorer] | None = None) -> Manifest:
     """Every stage from the inputs, in a clean `root`; the manifest last."""
     t_start, started = time.perf_counter(), time.time()
     tok = None if data.tokenizer.train is not None else spec_from_config(data.tokenizer)  # a bad name fails before any work
     _start(root, say)
-    run = DataRun(data, root, say, tokenizer=tok)
+    run = DataRun(data, root, say, tokenizer=tok, scorer=scorer)
     stages = run_stages(run)
     manifest = _manifest(run)
     rm_tree(f"{root}/{WORK}")

@@ -1,6 +1,7 @@
 """The select stage: `keep_fraction` of a quality score, over the whole corpus, after dedup.
 
-    data.quality.fasttext: {train: {...}, keep_fraction: 0.5}
+    data.quality.fasttext: {train: {...}, keep_fraction: 0.5}      # the best-scored half
+    data.quality.perplexity: {checkpoint: ..., keep_fraction: 0.7}  # the lowest 70% in bits per byte
 
 The candidates are the documents that reached the classifier and survived every other step and dedup (task
 records are never scored, so never candidates). The `k = round(keep_fraction x candidates)` best scored are kept
@@ -117,23 +118,35 @@ def _gather(refs: list) -> list:
         raise
 
 
+def scorers(data) -> list[tuple[str, str, bool, float]]:
+    """(name, column, higher is better, keep_fraction) of each quality score the recipe keeps a share of, in order."""
+    q = data.quality
+    out = [("fasttext", "quality_fasttext", True, q.fasttext.keep_fraction), ("perplexity", "quality_perplexity", False, q.perplexity.keep_fraction)]
+    return [x for x in out if x[3] is not None]
+
+
 class Select(Stage):
-    """keep_fraction of data.quality.fasttext, applied once dedup has run (see the module's docstring)."""
+    """keep_fraction of data.quality.fasttext and data.quality.perplexity, applied once dedup has run (see the
+    module's docstring); the second over the documents the first kept."""
 
     name = "select"
     reads = ("_work/docs/*.parquet", "_work/dups/part-*.parquet")
     writes = ("_work/dups/quality-*.parquet",)
 
     def enabled(self, run: DataRun) -> bool:
-        return run.data.quality.fasttext.keep_fraction is not None
+        return bool(scorers(run.data))
 
     def run(self, run: DataRun, stats: Stats) -> None:
+        for name, column, higher, fraction in scorers(run.data):
+            self._one(run, stats, name, column, higher, fraction)
+
+    @staticmethod
+    def _one(run: DataRun, stats: Stats, name: str, column: str, higher: bool, fraction: float) -> None:
         import pyarrow.dataset as pads
 
-        fraction, column, name = run.data.quality.fasttext.keep_fraction, "quality_fasttext", "fasttext"
         groups = groups_of(run.staging, run.workers)
         dups_dir = run.dups_dir if run.dups is not None else None
-        args = (column, True)
+        args = (column, higher)
 
         def histograms(prefix: int, depth: int) -> np.ndarray:
             return np.sum(_gather([_histogram.remote(g, dups_dir, *args, prefix, depth) for g in groups]), axis=0)
@@ -144,13 +157,13 @@ class Select(Stage):
         threshold = kth_largest(lambda p, d: top if d == 0 else histograms(p, d), k) if k else 0
         makedirs(run.dups_dir)
         reason = f"filter:quality:{name}"
-        paths = [f"{run.dups_dir}/quality-{g:05d}.parquet" for g in range(len(groups))]
+        paths = [f"{run.dups_dir}/quality-{name}-{g:05d}.parquet" for g in range(len(groups))]
         removed = sum(_gather([_remove.remote(g, dups_dir, *args, threshold, reason, p) for g, p in zip(groups, paths)]))
         run.dups = pads.dataset(run.dups_dir, format="parquet")
         kept = n - removed
-        score = key_to_score(threshold) if k else None
+        score = key_to_score(threshold, higher) if k else None
         entry = {"keep_fraction": fraction, "candidates": n, "kept": kept, "threshold": score, "error": kept - k, "method": "exact (radix selection)"}
         run.quality.setdefault(name, {}).update(entry)
-        stats.counts.update(candidates=n, kept=kept, removed=removed)
+        stats.counts.update({f"{name}.candidates": n, f"{name}.kept": kept, f"{name}.removed": removed})
         shown = f"{score:.6g}" if score is not None else "none"
         run.say(f"select: {name} keeps {kept:,} of {n:,} scored documents ({kept / max(n, 1):.2%}; keep_fraction {fraction:g}), threshold {shown}")

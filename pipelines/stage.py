@@ -47,6 +47,7 @@ class DataRun:
     outputs: dict = field(default_factory=dict)  # write: splits, removed counts, docs_in, bytes_in
     assets: dict[str, str] = field(default_factory=dict)  # classifier: files the steps load, by name (Step.assets)
     quality: dict = field(default_factory=dict)  # classifier, select: each scorer's model and threshold, for the manifest
+    scorer: Any = None  # the perplexity stage's actor class (pipelines/perplexity.py: DocScorer), given by the caller
 
     @property
     def docs_dir(self) -> str:

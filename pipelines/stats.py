@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 class Stats:
     seconds: Counter = field(default_factory=Counter)
     counts: Counter = field(default_factory=Counter)
+    extra: dict = field(default_factory=dict)  # what is no count: lists a stage reports (paragraphs: the most repeated)
 
     @contextlib.contextmanager
     def timer(self, name: str) -> Iterator[None]:
@@ -33,4 +34,4 @@ class Stats:
         return {k: round(v, 3) for k, v in self.seconds.items()}
 
     def as_dict(self) -> dict:
-        return {"counts": dict(self.counts), "seconds": self.rounded()}
+        return {"counts": dict(self.counts), "seconds": self.rounded(), **self.extra}

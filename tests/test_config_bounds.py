@@ -26,6 +26,8 @@ COMPANIONS = {
     "data.sources.x.weight": {"inputs": [{"path": "x.jsonl"}]},
     "data.quality.fasttext.min_score": {"model": "m.bin", "label": "hq"},
     "data.quality.fasttext.keep_fraction": {"model": "m.bin", "label": "hq"},
+    "data.quality.perplexity.max_bits_per_byte": {"checkpoint": "runs/ref"},
+    "data.quality.perplexity.keep_fraction": {"checkpoint": "runs/ref"},
 }
 # ... and in other sections
 OTHERS = {"train.batch.global_batch_tokens": {"train": {"model": {"seq_len": 1}, "scaling": {"num_workers": 1}}}}

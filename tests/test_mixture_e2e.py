@@ -72,7 +72,16 @@ def test_sources_get_their_own_shards_and_counts(mixture):
     assert man["sources"]["other"]["removed"].get("exact") == 1 and "exact" not in man["sources"]["plays"]["removed"]
     removed = pq.read_table(root / "removed.parquet").to_pylist()
     copy = [r for r in removed if r["id"] == "000-copy"]
-    assert copy == [{"id": "000-copy", "reason": "exact", "kept_id": plays[3]["id"], "src": f"{tmp}/in/other.jsonl:1", "quality_fasttext": None}]
+    assert copy == [
+        {
+            "id": "000-copy",
+            "reason": "exact",
+            "kept_id": plays[3]["id"],
+            "src": f"{tmp}/in/other.jsonl:1",
+            "quality_fasttext": None,
+            "quality_perplexity": None,
+        }
+    ]
     # the kept copy is in the plays' shards (docs.parquet names the shard)
     kept = [r for r in pq.read_table(root / "docs.parquet").to_pylist() if r["id"] == plays[3]["id"]]
     assert len(kept) == 1 and "/plays/" in kept[0]["shard"]

@@ -179,3 +179,10 @@ def test_a_malformed_label_record_exits_2_naming_file_and_line(tmp_path, capsys)
     sets = ["--set", f"storage_path={tmp_path}", "--set", "name=q", "--set", f"data.quality.fasttext.train={spec}"]
     assert main(["quality", "train", RECIPE, *sets]) == 2
     assert f"{hq}: line 601: not a JSON object" in capsys.readouterr().err
+
+
+def test_a_reference_checkpoint_that_is_not_there_exits_2_before_ray(tmp_path, capsys):
+    sets = ["--set", f"storage_path={tmp_path}", "--set", "name=q", "--set", f"data.quality.perplexity={{checkpoint: {tmp_path}/none}}"]
+    assert main(["data", RECIPE, *sets]) == 2
+    err = capsys.readouterr().err
+    assert "data.quality.perplexity.checkpoint" in err and "no checkpoint" in err

@@ -60,7 +60,7 @@ def test_steps_in_order_with_unique_names():
         "hash",
         "minhash",
     ]
-    assert [s.name for s in STAGES] == ["classifier", "read", "process", "dedup", "select", "tokenize", "write"]
+    assert [s.name for s in STAGES] == ["classifier", "read", "process", "dedup", "paragraphs", "perplexity", "select", "tokenize", "write"]
 
 
 def test_normalize_rejects_empty_and_leaves_task_records(tmp_path):

@@ -50,12 +50,12 @@ def _batch(texts: list[str]) -> pa.Table:
 
 
 def test_docs_parquet_has_every_runs_columns_then_the_steps_in_step_order():
-    assert DOCS_SCHEMA.names == ["id", "shard", "index", "src", "url", "date", "language", "language_score", "quality_fasttext"]
+    assert DOCS_SCHEMA.names == ["id", "shard", "index", "src", "url", "date", "language", "language_score", "quality_fasttext", "quality_perplexity"]
     assert DOCS_SCHEMA.field("language_score").type == pa.float32()
 
 
 def test_removed_parquet_has_the_columns_that_explain_a_removal():
-    assert REMOVED_SCHEMA.names == ["id", "reason", "kept_id", "src", "quality_fasttext"]
+    assert REMOVED_SCHEMA.names == ["id", "reason", "kept_id", "src", "quality_fasttext", "quality_perplexity"]
 
 
 def test_a_staging_only_column_is_in_staging_not_in_docs_parquet(tmp_path):
@@ -76,7 +76,7 @@ def test_a_new_steps_column_is_staged_and_reaches_docs_parquet(tmp_path):
     mask = np.array([s == "kept" for s in staged["status"].to_pylist()])
     schema = docs_schema(columns_of(steps))
     rows = docs_rows(staged, mask, np.array(["train/shard-000000.npy"] * 2, dtype=object), np.arange(2), schema)
-    assert rows.column_names == [*DOCS_SCHEMA.names, "vowels"]
+    assert rows.column_names == [*docs_schema(columns_of(STEPS)).names, "vowels"]
     assert rows["vowels"].to_pylist() == [staged["vowels"][0].as_py(), staged["vowels"][2].as_py()]
 
 

@@ -134,6 +134,7 @@ def test_the_bundled_web_recipe_end_to_end(ray_session, tmp_path, capsys):
         "language",
         "language_score",
         "quality_fasttext",
+        "quality_perplexity",
     ]  # the steps' after every run's
     rows = table.to_pylist()
     assert sorted((r["shard"], r["index"]) for r in rows) == sorted(at)

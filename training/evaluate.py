@@ -264,9 +264,9 @@ def run_eval(job: TrainJob, opts: EvalOptions) -> dict:
         what = Path(opts.file).stem
         mask = np.concatenate(masks) if masks is not None else None
         res["lm"] = lm_metrics(model, _token_batches(np.concatenate(docs), seq_len, mask), opts.device)
-        if masks is None:  # the file's text: every token scored, end-of-text tokens decode to no bytes
+        if masks is None:  # the file's text: every token after the first predicted; end-of-text tokens decode to no bytes
             nbytes = sum(len(enc.decode_bytes(d[d != enc.eot_token].tolist())) for d in docs)
-            res["lm"]["bpb"] = bits_per_byte(res["lm"]["loss"], sum(len(d) for d in docs), nbytes)
+            res["lm"]["bpb"] = bits_per_byte(res["lm"]["loss"], res["lm"]["tokens"], nbytes)
         examples = task_examples(zip(docs, masks)) if masks is not None else []
         train_labels: list[str] = []
     else:
