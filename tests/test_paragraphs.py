@@ -90,3 +90,17 @@ def test_a_banner_in_100_documents_is_removed_from_99_and_nothing_else(ray_sessi
     stats = json.loads((tmp_path / "p" / "data" / "stats.json").read_text())["stages"]["paragraphs"]
     assert stats["counts"]["units_removed"] == 99 and stats["counts"]["docs_changed"] == 99
     assert stats["top"][0] == {"docs": 100, "text": BANNER}
+
+
+@pytest.mark.slow
+def test_the_web_samples_navigation_and_cookie_lines_are_counted(ray_session, tmp_path):
+    """The bundled WARC with the whole page kept (main_content off): its navigation, cookie banner, footer and
+    copyright lines, on every page, are removed from all pages but the first and listed in stats.json."""
+    sets = [f"storage_path={tmp_path}", "name=w", "data.extract.main_content=false", "data.dedup.paragraph={enabled: true, unit: line}"]
+    cfg = load_config(ROOT / "cluster" / "recipes" / "web.yaml", [*sets, "data.tokenizer={name: cl100k_base}"])
+    man = run_data(cfg.data, cfg.paths, summary=False)
+    stats = json.loads((tmp_path / "w" / "data" / "stats.json").read_text())["stages"]["paragraphs"]
+    pages = man.stats.docs_kept
+    boilerplate = {t["text"] for t in stats["top"] if t["docs"] == pages}
+    assert {"Home | Plays | Tickets | About us", "We use cookies to improve your experience on our site."} <= boilerplate
+    assert stats["counts"]["docs_changed"] == pages - 1 and stats["counts"]["units_removed"] >= 4 * (pages - 1)
