@@ -214,6 +214,29 @@ def _data_stage(cfg: RunConfig, force: bool) -> None:
     run_data(cfg.data, cfg.paths, force=force, work=work, scorer=PerplexityScorer)
 
 
+def _data_sections(cfg: RunConfig, force: bool) -> tuple[dict[str, str], list[dict]]:
+    """A data ablation's sections (tuning/datasections.py), each built once (a finished one is reused: a rerun
+    builds none): the trials' data directories by their data values, and what was built or reused."""
+    from raylm.core.manifest import has_manifest
+    from raylm.pipelines.run import run_data
+    from raylm.training.docscore import PerplexityScorer
+    from raylm.tuning.datasections import section_dirs, sections
+
+    found, report = sections(cfg), []
+    for k, sec in enumerate(found, 1):
+        done = has_manifest(sec.paths.data) and not force
+        shown = ", ".join(f"{key}={v}" for key, v in sec.values.items())
+        print(f"[raylm tune] data section {k}/{len(found)} ({shown}): {'reused' if done else 'building'} {sec.paths.data}", flush=True)
+        if not done:
+            init_ray(cfg.ray, dashboard=False)
+        man = run_data(sec.data, sec.paths, force=force, summary=False, scorer=PerplexityScorer, say=lambda m: None)
+        report.append({"key": sec.key, "values": sec.values, "built": not done, "docs_kept": man.stats.docs_kept, "tokens": man.stats.tokens})
+    if found:
+        n = sum(r["built"] for r in report)
+        print(f"[raylm tune] data sections: {len(found)}, {n} built, {len(found) - n} reused", flush=True)
+    return (section_dirs(cfg) if found else {}), report
+
+
 def _own_shards(cfg: RunConfig) -> bool:
     """Whether `run` and `tune` build their shards (the run's data/, from the inputs: checked here) or read another
     run's (train.data_path: preflight checks they exist, and nothing is built). train.init_from is looked up here
@@ -349,13 +372,16 @@ def _campaign(cfg: RunConfig, args: argparse.Namespace, own: bool) -> int:
     if own:
         init_ray(cfg.ray)
         _data_stage(cfg, args.force)
+    dirs, built = _data_sections(cfg, args.force)
     job = preflight(cfg.train_job(), own=False, hint=TRIALS_HINT, connect=lambda: init_ray(cfg.ray))
     with recorded(cfg.paths.tune, "tune", _dump(cfg), code_of=exit_code) as rec:
-        grid = run_tune(cfg, job, resume=args.resume)
+        grid = run_tune(cfg, job, resume=args.resume, data_dirs=dirs or None)
         rows = collect(cfg, grid)
         print_summary(cfg, rows, write_results(cfg, rows))
         best = best_row(cfg, rows)
         rec["result"] = {"trials": len(rows), "status": dict(Counter(r["status"] for r in rows))}
+        if built:
+            rec["result"]["data_sections"] = built
         rec["result"]["best"] = {k: v for k, v in best.items() if k != "history"} if best else None
         rec["exit_code"] = 0 if any(r["status"] != "error" for r in rows) else 1
         if OUTCOME.interrupted:  # Tune caught the interrupt, saved its state and returned: the campaign did not finish

@@ -29,7 +29,12 @@ RECIPE_ENV = "RAYLM_RECIPE"
 RECIPE_FILE = "submitted.yaml"
 # gitignore syntax, last match wins: the sample corpus ships, other data does not
 EXCLUDES = [".git", ".venv", "venv", "env", "runs", "bench-out", "build", "**/__pycache__", "*.egg-info", ".pytest_cache"]
-EXCLUDES += ["data/*", "!data/sample", "!data/downstream"]  # the sample and its downstream tasks (local.yaml's) travel
+EXCLUDES += [
+    "data/*",
+    "!data/sample",
+    "!data/downstream",
+    "!data/quality",
+]  # the sample, its downstream tasks (local.yaml's) and label files (ablation.yaml's) travel
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 SCHEMES = ("http", "https", "ray")

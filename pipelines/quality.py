@@ -179,7 +179,8 @@ def _fit(cfg: FastTextTrainConfig, train: list[tuple[str, str]], dst: str) -> No
 
 def train_classifier(cfg: FastTextTrainConfig, out_dir: str) -> dict:
     """Train on each label's documents but the held-out ones; write classifier.bin and quality.json to `out_dir`
-    (a local path or fsspec URL, made if missing); returns the report."""
+    (a local path or fsspec URL, made if missing); returns the report, its `model` the written file's path
+    (quality.json names it relative: beside it)."""
     from raylm.core.io import makedirs, write_atomic, write_json
 
     docs = labelled_docs(cfg)
@@ -201,7 +202,7 @@ def train_classifier(cfg: FastTextTrainConfig, out_dir: str) -> dict:
     model_path = f"{out_dir}/{CLASSIFIER}"
     write_atomic(model_path, blob)
     report = {
-        "model": model_path,
+        "model": CLASSIFIER,  # beside quality.json: the report is the same wherever the run is
         "sha256": hashlib.sha256(blob).hexdigest(),
         "documents": {label: len(t) for label, t in docs.items()},
         "trained_on": len(train),
@@ -209,7 +210,7 @@ def train_classifier(cfg: FastTextTrainConfig, out_dir: str) -> dict:
         "config": cfg.model_dump(mode="json"),
     }
     write_json(f"{out_dir}/{REPORT}", report)
-    return report
+    return {**report, "model": model_path}
 
 
 REASON = "filter:quality:fasttext"
@@ -289,3 +290,47 @@ class TrainClassifier(Stage):
         }
         stats.counts.update(trained_on=rep["trained_on"], held_out=sum(v["held_out"] for v in rep["labels"].values()))
         run.say(f"classifier: trained on {rep['trained_on']:,} documents, held-out accuracy {rep['accuracy']:.3f} -> {rep['model']}")
+
+
+BOILERPLATE = (
+    "We use cookies to improve your experience. Accept all | Manage settings | Reject",
+    "Home | About | Products | Blog | Contact us | Careers | Press",
+    "Sign up for our newsletter to get the latest news and offers delivered to your inbox.",
+    "Copyright {year} {brand}. All rights reserved. Privacy policy | Terms of use | Cookie policy",
+    "Follow us on Facebook, Twitter and Instagram. Share this page.",
+    "Skip to main content. Search this site. Log in | Register | My account | Cart ({n})",
+    "Free shipping on orders over ${n}. Returns within {m} days. Customer service: help@{host}",
+    "Click here to download our app. Available on the App Store and Google Play.",
+    "This website uses cookies to ensure you get the best experience on our website. Learn more. Got it!",
+    "Previous page | Next page | Page {n} of {m} | Back to top | Sitemap | FAQ | Help",
+)
+BRANDS = ("Acme Corp", "Example Media", "Globe Shop", "City News", "The Daily Site", "Northwind", "Contoso", "Fabrikam")
+
+
+def write_label_files(sample: str, out_dir: str, lines: int = 800, seed: int = 0) -> tuple[str, str]:
+    """The bundled classifier's labelled files (cluster/recipes/ablation.yaml): `prose.txt`, lines of the plays of
+    `sample` (a .jsonl(.gz) of documents; speech lines of 40+ characters, drawn by the seed), and
+    `boilerplate.txt`, web boilerplate lines from BOILERPLATE's templates with brands, years and numbers drawn."""
+    import gzip
+    import json
+
+    rng = random.Random(seed)
+    opener = gzip.open if sample.endswith(".gz") else open
+    with opener(sample, "rt", encoding="utf-8") as f:
+        pool = [ln.strip() for rec in f for ln in json.loads(rec)["text"].splitlines() if len(ln.strip()) >= 40]
+    prose = rng.sample(pool, min(lines, len(pool)))
+    fill = lambda t: t.format(year=rng.randint(1998, 2026), brand=rng.choice(BRANDS), n=rng.randint(1, 99), m=rng.randint(7, 60), host="example.com")  # noqa: E731
+    boiler = [fill(rng.choice(BOILERPLATE)) for _ in range(lines)]
+    os.makedirs(out_dir, exist_ok=True)
+    paths = (os.path.join(out_dir, "prose.txt"), os.path.join(out_dir, "boilerplate.txt"))
+    for path, texts in zip(paths, (prose, boiler)):
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(t + "\n" for t in texts)
+    return paths
+
+
+if __name__ == "__main__":  # python -m raylm.pipelines.quality [SAMPLE] [OUT_DIR]: the bundled label files
+    import sys
+
+    args = sys.argv[1:] or ["data/sample/shakespeare.jsonl.gz", "data/quality"]
+    print("\n".join(write_label_files(*args)))

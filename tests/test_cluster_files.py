@@ -108,6 +108,7 @@ def test_excludes_ship_the_sample_and_its_tasks_but_not_runs_or_other_data():
     excluded = _get_excludes(ROOT, list(EXCLUDES))
     assert not excluded(ROOT / "data/sample/shakespeare.jsonl.gz") and not excluded(ROOT / "training/model.py")
     assert not excluded(ROOT / "data/downstream")  # local.yaml's train.eval.tasks (Ray skips an excluded directory whole)
+    assert not excluded(ROOT / "data/quality")  # ablation.yaml's label files
     assert all(excluded(ROOT / p) for p in ("data/crawl", "runs/x", ".venv/bin", "training/__pycache__/m.pyc"))
 
 

@@ -1,7 +1,8 @@
 """The data stage across nodes: `raylm data` submitted with `raylm submit` to a head and two worker nodes
 (separate raylets on loopback, token auth, as in test_cluster_e2e.py) loses a worker node during the
 process stage (a replacement joins, as an autoscaler's would) and another during dedup, and still ends
-with shards, tables and manifest byte-identical to a run of the same recipe on one node."""
+with shards, tables and manifest byte-identical to a run of the same recipe on one node; with fastText scoring and
+keep_fraction on, so its threshold is shown not to depend on the nodes either."""
 
 import hashlib
 import json
@@ -30,6 +31,10 @@ SETS = [
     # ~150 dedup tasks (S1..S6 over 16 partitions), ~2 s on the surviving node: a window the test can catch a
     # task of, where 4 partitions ran the whole stage in 0.1-0.3 s
     "data.dedup.partitions=16",
+    # fastText scores and keep_fraction's corpus-wide threshold: the same documents kept on three nodes losing two
+    # as on one
+    "data.quality.fasttext={train: {labels: {prose: [data/quality/prose.txt], boilerplate: [data/quality/boilerplate.txt]}, bucket: 100000}, "
+    "keep_fraction: 0.5}",
 ]
 
 

@@ -125,6 +125,9 @@ class EvalConfig(Strict):
     # downstream task files or directories of them (training/tasks.py), scored at every evaluation across the
     # workers: metrics tasks/<name>/acc (acc_norm, bpb) and tasks/core in metrics.jsonl
     tasks: list[str] = []
+    # shards whose val split every evaluation reads (null: the training shards'): one held-out set for runs trained
+    # on different data (a data ablation); tokenized with the training shards' tokenizer
+    data_path: str | None = None
 
 
 class CheckpointConfig(Strict):
@@ -313,8 +316,9 @@ class TrainJob:
         """Local paths made absolute: Ray workers do not share the driver's working directory."""
         job = TrainJob(self.train, self.paths, {**self.recipe, "storage_path": absolute(self.paths.storage_path)})
         paths = {k: absolute(v) for k in ("data_path", "init_from") if (v := getattr(self.train, k))}
-        if self.train.eval.tasks:
-            paths["eval"] = self.train.eval.model_copy(update={"tasks": [absolute(p) for p in self.train.eval.tasks]})
+        ev = self.train.eval
+        if ev.tasks or ev.data_path:
+            paths["eval"] = ev.model_copy(update={"tasks": [absolute(p) for p in ev.tasks], "data_path": ev.data_path and absolute(ev.data_path)})
         return job.with_train(**paths)
 
 

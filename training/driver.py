@@ -60,7 +60,8 @@ def preflight(
     from raylm.training.scaling import resolve_job
 
     job = job.absolute()
-    require_shards(job.paths.shards, DATA_PATH_HINT if job.train.data_path else hint)
+    man = require_shards(job.paths.shards, DATA_PATH_HINT if job.train.data_path else hint)
+    check_eval_data(job, man)
     check_task_files(job.train.eval.tasks)
     if own:
         check_resume(job)
@@ -70,6 +71,20 @@ def preflight(
         connect()
     job = resolve_job(job, nodes)
     return PreparedJob(job.train, job.paths, job.recipe)
+
+
+def check_eval_data(job: TrainJob, man) -> None:
+    """train.eval.data_path: finished shards with a val split, tokenized as the training shards are."""
+    path = job.train.eval.data_path
+    if path is None:
+        return
+    ev = require_shards(path, " (train.eval.data_path: the shards whose val split evaluations read)")
+    if ev.tokenizer.sha256 != man.tokenizer.sha256 or ev.tokenizer.n_vocab != man.tokenizer.n_vocab:
+        raise ConfigError(
+            f"train.eval.data_path: {path} was tokenized with {ev.tokenizer.name}, the training shards with {man.tokenizer.name} (other ranks)"
+        )
+    if ev.splits["val"].tokens <= job.train.model.seq_len:
+        raise ConfigError(f"train.eval.data_path: {path} has a val split of {ev.splits['val'].tokens} tokens, not one window of train.model.seq_len")
 
 
 def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str | None = None, acks=None, tracking: dict | None = None):

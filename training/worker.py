@@ -140,8 +140,11 @@ class Trainer:
         self.sched = build_scheduler(self.opt, t.schedule, t.max_steps)
         self.accum = accumulation_steps(t, self.world)
         self.loader = self.build_loader()
-        has_val = self.manifest.splits["val"].tokens > t.model.seq_len
-        self.val = ShardWindows(self.data_root, "val", t.model.seq_len) if has_val else None
+        # train.eval.data_path: another run's val split, the same for runs trained on different data
+        self.val_root = t.eval.data_path or self.data_root
+        self.val_manifest = read_manifest(self.val_root) if t.eval.data_path else self.manifest
+        has_val = self.val_manifest.splits["val"].tokens > t.model.seq_len
+        self.val = ShardWindows(self.val_root, "val", t.model.seq_len) if has_val else None
         self.val_ids = val_windows(self.val, t.eval.batches * t.batch.micro_batch_size) if has_val else None
         self.val_sources = self.source_validation() if has_val else {}
         self.tasks = self.downstream_tasks()
@@ -253,13 +256,13 @@ class Trainer:
 
     def source_validation(self) -> dict[str, tuple[ShardWindows, np.ndarray]]:
         """Per source of the val split (when it has several): its windows and the fixed ones evaluated."""
-        t, sources = self.t, self.manifest.splits["val"].sources or {}
+        t, sources = self.t, self.val_manifest.splits["val"].sources or {}
         if len(sources) < 2:
             return {}
         out = {}
         for n, entry in sources.items():
             if entry.tokens > t.model.seq_len:
-                w = ShardWindows(self.data_root, "val", t.model.seq_len, source=n)
+                w = ShardWindows(self.val_root, "val", t.model.seq_len, source=n)
                 out[n] = (w, val_windows(w, t.eval.batches * t.batch.micro_batch_size))
         return out
 
@@ -274,11 +277,11 @@ class Trainer:
     def validation(self) -> dict:
         """An eval step's metrics: val loss, perplexity and bits per byte over the split, and per source."""
         val = self.evaluate()
-        out = dict(val_loss=val["loss"], val_ppl=val["ppl"], val_bpb=split_bpb(val["loss"], self.manifest, "val"))
+        out = dict(val_loss=val["loss"], val_ppl=val["ppl"], val_bpb=split_bpb(val["loss"], self.val_manifest, "val"))
         if self.tasks:
             out.update(self.task_metrics())
         if self.val_sources:
-            entries = self.manifest.splits["val"].sources
+            entries = self.val_manifest.splits["val"].sources
             per = {n: self.evaluate(w, ids)["loss"] for n, (w, ids) in self.val_sources.items()}
             out["val_sources"] = {n: {"loss": v, "bpb": bits_per_byte(v, entries[n].tokens, entries[n].bytes)} for n, v in per.items()}
             if isinstance(self.loader, MixtureLoader):  # weighted as training draws at this step

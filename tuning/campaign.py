@@ -31,6 +31,7 @@ from raylm.training.config import TrainConfig, TrainJob
 from raylm.training.driver import PreparedJob, check_diverged, check_task_files, fit_in_thread, preflight
 from raylm.training.tracking import campaign_tracking, end_campaign
 from raylm.tuning.config import Recipe, TuneConfig
+from raylm.tuning.datasections import check_data_keys, value_key
 from raylm.tuning.results import OUTCOME
 from raylm.tuning.space import apply_trial, to_tune, validate_space
 
@@ -63,10 +64,11 @@ def trial_recipe(recipe: dict, values: dict[str, Any], trial_id: str, data_dir: 
     return r
 
 
-def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None = None, registry=None) -> None:
+def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None = None, registry=None, data_dirs: dict | None = None) -> None:
     """One trial: a Ray Train run reporting to Tune through TuneReportCallback (PBT: with its checkpoints).
     Its workers wait at each report until Tune lets the trial go on (AckReports), so a trial the
-    scheduler stops at a rung has trained exactly to the rung."""
+    scheduler stops at a rung has trained exactly to the rung. `data_dirs`: a data ablation's sections, by the
+    trial's data values (tuning/datasections.py)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.util.queue import Queue
@@ -75,6 +77,7 @@ def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None =
     from raylm.tuning.forward import AckReports
 
     trial_id = ray.tune.get_context().get_trial_id()
+    data_dir = data_dirs[value_key(config)] if data_dirs else data_dir
     if recipe["tune"]["scheduler"]["type"] == "pbt":
         return _run_pbt_trial(config, recipe, data_dir, trial_id, tracking, registry)
     job = PreparedJob.derived(trial_recipe(recipe, config, trial_id, data_dir))
@@ -253,6 +256,7 @@ def check(cfg: Recipe) -> dict:
     space = validate_space(cfg)
     check_metric(cfg)
     build_search(cfg.tune, space, 1)
+    check_data_keys(cfg, space)
     if cfg.tune.scheduler.type == "pbt":
         _check_pbt(cfg, space)
     return space
@@ -305,9 +309,10 @@ def _check_pbt(cfg: Recipe, space: dict) -> None:
         )
 
 
-def run_tune(cfg: Recipe, job: PreparedJob | None = None, resume: bool = False):
+def run_tune(cfg: Recipe, job: PreparedJob | None = None, resume: bool = False, data_dirs: dict[str, str] | None = None):
     """Run (or, with resume, continue) the campaign of the recipe, whose train job `job` is (prepared here when
-    not given); returns Tune's ResultGrid."""
+    not given); returns Tune's ResultGrid. `data_dirs`: a data ablation's built sections (datasections.section_dirs),
+    every trial then evaluated on the campaign's own val split unless train.eval.data_path names another."""
     from ray import tune
 
     from raylm.tuning.reservations import open_registry
@@ -322,12 +327,14 @@ def run_tune(cfg: Recipe, job: PreparedJob | None = None, resume: bool = False):
     space = check(cfg)
     storage, data_dir = job.paths.storage_path, job.paths.shards
     recipe = job.recipe  # every trial's, with its own values: paths absolute, layout resolved
+    if data_dirs and not recipe["train"].get("eval", {}).get("data_path"):
+        recipe = {**recipe, "train": {**recipe["train"], "eval": {**recipe["train"].get("eval", {}), "data_path": data_dir}}}
     tracking = campaign_tracking(job, cfg.name, recipe)  # MLflow: the parent run of the trials'
     # The trial function only drives a TorchTrainer: its Ray Train workers reserve what the trial uses.
     # Tune rejects an empty request, and any CPU share would make N trials need N x workers + a bit,
     # so it reserves a token byte of memory.
     registry = open_registry()  # each trial's placement groups, which the driver releases as the trial ends
-    trainable = tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir, tracking=tracking, registry=registry)
+    trainable = tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir, tracking=tracking, registry=registry, data_dirs=data_dirs)
     trainable = tune.with_resources(trainable, {"memory": 1})
     path = RunPaths(storage, cfg.name).tune
     if resume:

@@ -87,12 +87,25 @@ def collect(cfg: Recipe, grid) -> list[dict]:
                 **{k: res.config.get(k) for k in cfg.tune.param_space},
                 f"final_{metric}": evals[-1] if evals else None,
                 f"best_{metric}": min(evals, key=lambda v: sign * v) if evals else None,
+                **{f"final_{m}": _last(hist, m) for m in also_reported(cfg)},
                 "steps": steps,
                 "status": status,
                 "history": hist,
             }
         )
     return rows
+
+
+def also_reported(cfg: Recipe) -> list[str]:
+    """The evaluation metrics every row and the table also carry, besides the objective: val_loss and val_bpb
+    (on train.eval.data_path when set: the same held-out data for every trial), and tasks/core with tasks."""
+    found = ["val_loss", "val_bpb", *(["tasks/core"] if cfg.train.eval.tasks else [])]
+    return [m for m in found if m != cfg.tune.metric]
+
+
+def _last(hist: list[dict], metric: str) -> float | None:
+    values = [r[metric] for r in hist if r.get(metric) is not None]
+    return values[-1] if values else None
 
 
 def _trial_id(res) -> str:
@@ -110,12 +123,19 @@ def best_row(cfg: Recipe, rows: list[dict]) -> dict | None:
 
 
 def best_recipe(cfg: Recipe, row: dict) -> dict:
-    """The campaign's recipe with the best trial's values: a new run name, the campaign's shards."""
+    """The campaign's recipe with the best trial's values: a new run name, the campaign's shards (a data
+    ablation's: the best trial's data section, evaluated on the campaign's val split as the trials were)."""
+    from raylm.tuning.datasections import section_dirs, value_key
     from raylm.tuning.space import apply_trial
 
-    r = apply_trial(cfg.model_dump(mode="json"), {k: row[k] for k in cfg.tune.param_space})
+    values = {k: row[k] for k in cfg.tune.param_space}
+    r = apply_trial(cfg.model_dump(mode="json"), values)
     r["name"] = f"{cfg.name}-best"
     r["train"]["data_path"] = absolute(cfg.paths.shards)
+    dirs = section_dirs(cfg)
+    if dirs:
+        r["train"]["data_path"] = dirs[value_key(values)]
+        r["train"]["eval"]["data_path"] = r["train"]["eval"].get("data_path") or absolute(cfg.paths.shards)
     type(cfg).model_validate(r)
     return r
 
@@ -191,13 +211,14 @@ def print_summary(cfg: Recipe, rows: list[dict], paths: dict[str, str]) -> None:
     metric = cfg.tune.metric
     best = best_row(cfg, rows)
     table = Table(title=f"raylm tune: {cfg.name} ({len(rows)} trials, {cfg.tune.scheduler.type}, {cfg.tune.search.type})")
-    for c in ["trial", *cfg.tune.param_space, f"final {metric}", f"best {metric}", "steps", "status"]:
+    also = also_reported(cfg)
+    for c in ["trial", *cfg.tune.param_space, f"final {metric}", f"best {metric}", *also, "steps", "status"]:
         table.add_column(c, justify="right" if c != "trial" else "left")
     key = f"final_{metric}"
     sign = 1 if cfg.tune.mode == "min" else -1
     for r in sorted(rows, key=lambda r: (r[key] is None, sign * (r[key] or 0.0))):  # trials without a metric last
         mark = " *" if best is not None and r["trial_id"] == best["trial_id"] else ""
-        values = [cell(r[k]) for k in cfg.tune.param_space] + [cell(r[key]), cell(r[f"best_{metric}"])]
+        values = [cell(r[k]) for k in cfg.tune.param_space] + [cell(r[key]), cell(r[f"best_{metric}"])] + [cell(r.get(f"final_{m}")) for m in also]
         table.add_row(r["trial_id"] + mark, *values, str(r["steps"]), r["status"])
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # not cut to 80 columns in logs
     for name, p in paths.items():
