@@ -491,7 +491,7 @@ def _quality(args: argparse.Namespace) -> int:
         raise UsageError("raylm quality train: the recipe has no data.quality.fasttext.train (labels: {name: [files]})")
     out = f"{cfg.paths.root}/quality"
     with _owned(cfg, "quality"), recorded(out, "quality", _dump(cfg), code_of=exit_code) as rec:
-        rep = rec["result"] = train_classifier(spec, out)
+        rep = rec["result"] = train_classifier(cfg.data.label_files(), out)
     docs = ", ".join(f"{k} {v:,}" for k, v in rep["documents"].items())
     print(f"raylm quality: {docs} documents; trained on {rep['trained_on']:,}, held out {sum(v['held_out'] for v in rep['labels'].values()):,}")
     fmt = lambda v: "n/a" if v is None else f"{v:.2%}"  # noqa: E731 - no held-out document of a label: nothing to divide

@@ -225,11 +225,15 @@ class DecontaminateConfig(Strict):
     ngram: int = Field(default=13, ge=3, le=64)
 
 
+SOURCE_LABEL = "source:"  # a label's entry naming one of data.sources: its inputs are the label's files
+
+
 class FastTextTrainConfig(Strict):
     """data.quality.fasttext.train: a fastText classifier `raylm quality train` fits to labelled documents
     (pipelines/quality.py); each label's documents are files: .jsonl records' `text`, or lines of any other file."""
 
-    labels: dict[str, list[str]] = Field(min_length=2, max_length=100)  # label (letters, digits, - _) -> its files (globs)
+    # label (letters, digits, - _) -> its files (globs), or `source:NAME` for the inputs of data.sources.NAME
+    labels: dict[str, list[str]] = Field(min_length=2, max_length=100)
     held_out: float = Field(default=0.1, gt=0, lt=1)  # each label's share kept out of training, to report on (by hash)
     seed: int = Field(default=0, ge=0, lt=2**31)  # the split's hash seed and fastText's: the same model for a seed
     epoch: int = Field(default=10, ge=1, le=1000)
@@ -408,6 +412,25 @@ class DataConfig(Strict):
         if self.sources and not any(s.weight > 0 for s in self.sources.values()):
             raise ValueError("sources: at least one source needs a weight above 0 (0 makes a source evaluation-only)")
         return self
+
+    @model_validator(mode="after")
+    def _label_sources(self) -> DataConfig:
+        train = self.quality.fasttext.train
+        for label, entries in (train.labels if train is not None else {}).items():
+            for entry in (e for e in entries if e.startswith(SOURCE_LABEL)):
+                name, where = entry.removeprefix(SOURCE_LABEL), f"quality.fasttext.train.labels.{label}: {entry!r}"
+                if name not in self.sources:
+                    raise ValueError(f"{where}: no such source in data.sources ({', '.join(self.sources) or 'none'})")
+                for i in self.sources[name].inputs:
+                    if i.is_web or i.format == "parquet" or ".parquet" in i.path or i.text_field != "text":
+                        raise ValueError(f"{where}: a label reads .jsonl records' `text` or text lines; {i.path} is not one")
+        return self
+
+    def label_files(self) -> FastTextTrainConfig:
+        """quality.fasttext.train with each `source:NAME` replaced by that source's input paths."""
+        train = self.quality.fasttext.train
+        expand = lambda e: [i.path for i in self.sources[e.removeprefix(SOURCE_LABEL)].inputs] if e.startswith(SOURCE_LABEL) else [e]  # noqa: E731
+        return train.model_copy(update={"labels": {k: [p for e in v for p in expand(e)] for k, v in train.labels.items()}})
 
     @model_validator(mode="after")
     def _task_tokenizer(self) -> DataConfig:

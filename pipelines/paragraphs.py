@@ -31,7 +31,7 @@ import xxhash
 
 from raylm.core.io import atomic_open
 from raylm.pipelines.config import ParagraphConfig
-from raylm.pipelines.stage import DataRun, Stage, settle
+from raylm.pipelines.stage import DataRun, Stage, gather
 from raylm.pipelines.staging import dups_in, final_mask, groups_of
 from raylm.pipelines.stats import Stats
 
@@ -150,14 +150,6 @@ def _apply(group: list[dict], dups_dir: str | None, cfg: ParagraphConfig, top: l
 _MAP, _REDUCE, _APPLY = ray.remote(_map), ray.remote(_reduce), ray.remote(_apply)
 
 
-def _gather(refs: list) -> list:
-    try:
-        return ray.get(refs)
-    except BaseException:
-        settle(refs)
-        raise
-
-
 class Paragraphs(Stage):
     """data.dedup.paragraph, after document dedup (see the module's docstring)."""
 
@@ -177,9 +169,9 @@ class Paragraphs(Stage):
         mapped = [m if isinstance(m, list) else [m] for m in mapped]
         firsts = [g[0]["first_uid"] for g in groups]
         reduced = [_REDUCE.options(num_returns=G + 1).remote(cfg.max_docs, firsts, *[m[p] for m in mapped]) for p in range(P)]
-        tops = _gather([r[G] for r in reduced])
+        tops = gather([r[G] for r in reduced])
         top = sorted((pair for _, pairs in tops for pair in pairs), key=lambda x: (-x[1], x[0]))[:TOP]
-        applied = _gather([_APPLY.remote(g, dups_dir, cfg, [h for h, _ in top], *[r[k] for r in reduced]) for k, g in enumerate(groups)])
+        applied = gather([_APPLY.remote(g, dups_dir, cfg, [h for h, _ in top], *[r[k] for r in reduced]) for k, g in enumerate(groups)])
         counts = {k: sum(a["counts"][k] for a in applied) for k in applied[0]["counts"]} if applied else {}
         samples = {h: t for a in applied for h, t in a["samples"].items()}
         stats.counts.update(repeated_units=sum(n for n, _ in tops), **counts)

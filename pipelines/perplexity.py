@@ -26,7 +26,7 @@ import ray
 
 from raylm.core.io import atomic_open
 from raylm.core.paths import WORK
-from raylm.pipelines.stage import Column, DataRun, Stage, settle
+from raylm.pipelines.stage import Column, DataRun, Stage, gather
 from raylm.pipelines.staging import dups_in, final_mask, groups_of
 from raylm.pipelines.stats import Stats
 
@@ -119,12 +119,7 @@ class Perplexity(Stage):
             num_gpus=1 if device == "cuda" else 0,
         )
         ds.write_parquet(scores_dir)
-        refs = [_fill.remote(g, scores_dir, cfg.max_bits_per_byte) for g in groups_of(run.staging, run.workers)]
-        try:
-            counts = ray.get(refs)
-        except BaseException:
-            settle(refs)
-            raise
+        counts = gather([_fill.remote(g, scores_dir, cfg.max_bits_per_byte) for g in groups_of(run.staging, run.workers)])
         scored, removed = sum(c["scored"] for c in counts), sum(c["removed"] for c in counts)
         stats.counts.update(scored=scored, removed=removed)
         run.quality.setdefault("perplexity", {}).update(checkpoint=cfg.checkpoint, max_bits_per_byte=cfg.max_bits_per_byte, scored=scored)

@@ -279,7 +279,7 @@ class TrainClassifier(Stage):
             run.assets["fasttext"] = absolute(ft.model)  # Ray's workers may not share the driver's working directory
             run.quality["fasttext"] = {"model": ft.model, "sha256": sha, "label": ft.scored_label}
             return
-        rep = train_classifier(ft.train, f"{run.root}/{QUALITY_DIR}")
+        rep = train_classifier(run.data.label_files(), f"{run.root}/{QUALITY_DIR}")
         run.assets["fasttext"] = rep["model"]
         # named relative to data/, as the trained tokenizer is: the manifest is the same wherever the run is
         run.quality["fasttext"] = {
@@ -293,24 +293,37 @@ class TrainClassifier(Stage):
 
 
 BOILERPLATE = (
-    "We use cookies to improve your experience. Accept all | Manage settings | Reject",
-    "Home | About | Products | Blog | Contact us | Careers | Press",
-    "Sign up for our newsletter to get the latest news and offers delivered to your inbox.",
+    "We use cookies to improve your experience on {brand}. Accept all | Manage settings | Reject",
+    "Home | {section} | {page} | Blog | Contact us | Careers | Press",
+    "Sign up for the {brand} newsletter to get the latest {section} news and offers delivered to your inbox.",
     "Copyright {year} {brand}. All rights reserved. Privacy policy | Terms of use | Cookie policy",
-    "Follow us on Facebook, Twitter and Instagram. Share this page.",
-    "Skip to main content. Search this site. Log in | Register | My account | Cart ({n})",
+    "Follow {brand} on Facebook, Twitter and Instagram. Share this {page} page.",
+    "Skip to main content. Search {brand}. Log in | Register | My account | Cart ({n})",
     "Free shipping on orders over ${n}. Returns within {m} days. Customer service: help@{host}",
-    "Click here to download our app. Available on the App Store and Google Play.",
-    "This website uses cookies to ensure you get the best experience on our website. Learn more. Got it!",
-    "Previous page | Next page | Page {n} of {m} | Back to top | Sitemap | FAQ | Help",
+    "Click here to download the {brand} app. Available on the App Store and Google Play.",
+    "This website uses cookies to ensure you get the best experience on {host}. Learn more. Got it!",
+    "Previous page | Next page | Page {n} of {m} | Back to top | Sitemap | FAQ | {page}",
+    "{section} | {page} | Deals | Gift cards | Store locator: {city} | Track your order",
+    "Subscribe now and save {n}% on your first order at {brand}. Offer ends {m} {month}.",
+    "Posted in {section} on {month} {n}, {year} | {m} comments | Share | Tweet | Email",
+    "Related articles: {page} | {section} | Most popular on {host} | Sponsored content",
+    "By clicking Sign up you agree to the {brand} Terms of Service and Privacy Policy.",
+    "{brand} {city} | Open Monday to Friday, 9am to {n}pm | Call us: 555-01{m}",
 )
-BRANDS = ("Acme Corp", "Example Media", "Globe Shop", "City News", "The Daily Site", "Northwind", "Contoso", "Fabrikam")
+BRANDS = ("Acme Corp", "Example Media", "Globe Shop", "City News", "The Daily Site", "Northwind", "Contoso", "Fabrikam", "Tailspin", "Litware")
+SLOTS = {
+    "section": ("News", "Sports", "Products", "Services", "Travel", "Technology", "Shop", "Deals", "Events", "Support"),
+    "page": ("About us", "Pricing", "Downloads", "Community", "Help center", "Store", "Gallery", "Partners", "Jobs", "Blog"),
+    "city": ("Springfield", "Riverside", "Fairview", "Madison", "Georgetown", "Clinton", "Salem", "Franklin"),
+    "month": ("January", "March", "April", "June", "July", "September", "October", "December"),
+}
 
 
 def write_label_files(sample: str, out_dir: str, lines: int = 800, seed: int = 0) -> tuple[str, str]:
     """The bundled classifier's labelled files (cluster/recipes/ablation.yaml): `prose.txt`, lines of the plays of
-    `sample` (a .jsonl(.gz) of documents; speech lines of 40+ characters, drawn by the seed), and
-    `boilerplate.txt`, web boilerplate lines from BOILERPLATE's templates with brands, years and numbers drawn."""
+    `sample` (a .jsonl(.gz) of documents; distinct speech lines of 40+ characters, drawn by the seed), and
+    `boilerplate.txt`, distinct web boilerplate lines from BOILERPLATE's templates with brands, pages, years and
+    numbers drawn (distinct, so that the hash split never holds out a copy of a line it trains on)."""
     import gzip
     import json
 
@@ -318,12 +331,18 @@ def write_label_files(sample: str, out_dir: str, lines: int = 800, seed: int = 0
     opener = gzip.open if sample.endswith(".gz") else open
     with opener(sample, "rt", encoding="utf-8") as f:
         pool = [ln.strip() for rec in f for ln in json.loads(rec)["text"].splitlines() if len(ln.strip()) >= 40]
-    prose = rng.sample(pool, min(lines, len(pool)))
-    fill = lambda t: t.format(year=rng.randint(1998, 2026), brand=rng.choice(BRANDS), n=rng.randint(1, 99), m=rng.randint(7, 60), host="example.com")  # noqa: E731
-    boiler = [fill(rng.choice(BOILERPLATE)) for _ in range(lines)]
+    prose = rng.sample(sorted(set(pool)), min(lines, len(set(pool))))
+    boiler: dict[str, None] = {}  # distinct lines: a held-out line is never a copy of a trained one
+    while len(boiler) < lines:
+        slots = {k: rng.choice(v) for k, v in SLOTS.items()}
+        brand = rng.choice(BRANDS)
+        host = brand.lower().replace(" ", "") + ".example"
+        boiler[
+            rng.choice(BOILERPLATE).format(brand=brand, host=host, year=rng.randint(1998, 2026), n=rng.randint(1, 99), m=rng.randint(7, 60), **slots)
+        ] = None
     os.makedirs(out_dir, exist_ok=True)
     paths = (os.path.join(out_dir, "prose.txt"), os.path.join(out_dir, "boilerplate.txt"))
-    for path, texts in zip(paths, (prose, boiler)):
+    for path, texts in zip(paths, (prose, list(boiler))):
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(t + "\n" for t in texts)
     return paths

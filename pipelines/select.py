@@ -26,7 +26,7 @@ import ray
 from raylm.core.hashing import mix64
 from raylm.core.io import makedirs
 from raylm.pipelines.dedup import REMOVED as DUPS
-from raylm.pipelines.stage import DataRun, Stage, settle
+from raylm.pipelines.stage import DataRun, Stage, gather
 from raylm.pipelines.staging import dups_in, final_mask, groups_of
 from raylm.pipelines.stats import Stats
 
@@ -110,14 +110,6 @@ def _remove(group: list[dict], dups_dir: str | None, column: str, higher_is_bett
     return gone.num_rows
 
 
-def _gather(refs: list) -> list:
-    try:
-        return ray.get(refs)
-    except BaseException:
-        settle(refs)
-        raise
-
-
 def scorers(data) -> list[tuple[str, str, bool, float]]:
     """(name, column, higher is better, keep_fraction) of each quality score the recipe keeps a share of, in order."""
     q = data.quality
@@ -149,7 +141,7 @@ class Select(Stage):
         args = (column, higher)
 
         def histograms(prefix: int, depth: int) -> np.ndarray:
-            return np.sum(_gather([_histogram.remote(g, dups_dir, *args, prefix, depth) for g in groups]), axis=0)
+            return np.sum(gather([_histogram.remote(g, dups_dir, *args, prefix, depth) for g in groups]), axis=0)
 
         top = histograms(0, 0)
         n = int(top.sum())
@@ -158,7 +150,7 @@ class Select(Stage):
         makedirs(run.dups_dir)
         reason = f"filter:quality:{name}"
         paths = [f"{run.dups_dir}/quality-{name}-{g:05d}.parquet" for g in range(len(groups))]
-        removed = sum(_gather([_remove.remote(g, dups_dir, *args, threshold, reason, p) for g, p in zip(groups, paths)]))
+        removed = sum(gather([_remove.remote(g, dups_dir, *args, threshold, reason, p) for g, p in zip(groups, paths)]))
         run.dups = pads.dataset(run.dups_dir, format="parquet")
         kept = n - removed
         score = key_to_score(threshold, higher) if k else None

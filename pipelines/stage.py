@@ -173,6 +173,18 @@ def settle(refs: list) -> None:
             pass
 
 
+def gather(refs: list) -> list:
+    """Every task's result, in order; when one failed, the others cancelled and collected (settle) before its
+    error is raised."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except BaseException:
+        settle(refs)
+        raise
+
+
 @dataclass(frozen=True)
 class Column:
     """A per-document column a step adds: in every staging file (null where the step did not run or left a row

@@ -38,7 +38,7 @@ from raylm.pipelines.dedup import source_rank
 from raylm.pipelines.layout import SPLIT_NAMES, SPLITS, Counts, ShardMap, Start
 from raylm.pipelines.process import COLUMNS
 from raylm.pipelines.shards import token_arrays
-from raylm.pipelines.stage import Column, DataRun, Stage, schema_of, settle
+from raylm.pipelines.stage import Column, DataRun, Stage, gather, schema_of
 from raylm.pipelines.staging import SKIP, final_mask, groups_of
 from raylm.pipelines.stats import Stats
 
@@ -353,11 +353,7 @@ def _gather(refs: list, desc: str) -> list:
             live.status(f"{len(refs) - len(pending)}/{len(refs)} tasks", completed=len(refs) - len(pending))
     finally:
         live.close()
-    try:
-        return ray.get(refs)
-    except Exception:
-        settle(refs)
-        raise
+    return gather(refs)
 
 
 class Write(Stage):

@@ -186,3 +186,35 @@ def test_a_reference_checkpoint_that_is_not_there_exits_2_before_ray(tmp_path, c
     assert main(["data", RECIPE, *sets]) == 2
     err = capsys.readouterr().err
     assert "data.quality.perplexity.checkpoint" in err and "no checkpoint" in err
+
+
+def test_the_bundled_classifier_of_ablation_yaml_is_accurate_on_its_held_out_lines(tmp_path):
+    """data/quality/'s labels as ablation.yaml trains them: a held-out accuracy that a constant classifier (half
+    of the balanced held-out lines) or a random one cannot reach."""
+    cfg = load_config(str(ROOT / "cluster" / "recipes" / "ablation.yaml")).data.quality.fasttext.train
+    rep = train_classifier(cfg, str(tmp_path / "out"))
+    assert min(v["held_out"] for v in rep["labels"].values()) >= 50
+    assert rep["accuracy"] >= 0.95, rep
+
+
+MIXTURE = str(ROOT / "cluster" / "recipes" / "mixture.yaml")
+
+
+def test_a_label_may_be_a_named_source_of_the_recipe(tmp_path, capsys):
+    """labels: {plays: [source:plays], ...}: the plays source's records are the label's documents."""
+    import gzip
+
+    labels = f"{{plays: [source:plays], lq: [{ROOT}/data/quality/boilerplate.txt]}}"
+    sets = ["--set", f"storage_path={tmp_path}", "--set", "name=q", "--set", f"data.quality.fasttext.train={{labels: {labels}, bucket: 50000}}"]
+    assert main(["quality", "train", MIXTURE, *sets]) == 0
+    rep = json.loads((tmp_path / "q" / "quality" / "quality.json").read_text())
+    with gzip.open(ROOT / "data" / "sample" / "shakespeare.jsonl.gz", "rt") as f:
+        assert rep["documents"]["plays"] == sum(1 for line in f if line.strip())
+
+
+@pytest.mark.parametrize(("entry", "why"), [("source:none", "no such source"), ("source:web", "a label reads .jsonl records")])
+def test_a_label_source_that_cannot_be_read_exits_2(tmp_path, capsys, entry, why):
+    sets = ["--set", f"storage_path={tmp_path}", "--set", "data.quality.fasttext.train={labels: {a: [" + entry + "], b: [x.txt]}}"]
+    assert main(["quality", "train", MIXTURE, *sets]) == 2
+    err = capsys.readouterr().err
+    assert "quality.fasttext.train.labels.a" in err and why in err
