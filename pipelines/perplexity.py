@@ -24,7 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from raylm.core.io import atomic_open
+from raylm.core.io import absolute, atomic_open, makedirs
 from raylm.core.paths import WORK
 from raylm.pipelines.stage import Column, DataRun, Stage, gather
 from raylm.pipelines.staging import dups_in, final_mask, groups_of
@@ -66,6 +66,8 @@ def _fill(group: list[dict], scores_dir: str, max_bpb: float | None) -> dict:
     """Each score into its row of the group's staging files; a document above max_bpb removed."""
     scores = pads.dataset(scores_dir, format="parquet")
     counts = {"scored": 0, "removed": 0}
+    if not scores.files:  # no document to score (every one removed before): Ray Data wrote no file
+        return counts
     for s in group:
         f = (pads.field("uid") >= s["first_uid"]) & (pads.field("uid") <= s["last_uid"])
         got = scores.to_table(filter=f, columns=["uid", "score"])
@@ -111,13 +113,14 @@ class Perplexity(Stage):
         ds = ds.map_batches(candidates, fn_args=(dups_dir,), batch_size=1, batch_format="numpy")
         ds = ds.map_batches(
             run.scorer,
-            fn_constructor_args=(cfg.checkpoint, device, cfg.batch),
+            fn_constructor_args=(absolute(cfg.checkpoint), device, cfg.batch),  # actors may not share the driver's directory
             batch_size=cfg.docs_per_call,
             batch_format="numpy",
             compute=rd.ActorPoolStrategy(size=cfg.concurrency),
             num_cpus=0 if device == "cuda" else 1,
             num_gpus=1 if device == "cuda" else 0,
         )
+        makedirs(scores_dir)
         ds.write_parquet(scores_dir)
         counts = gather([_fill.remote(g, scores_dir, cfg.max_bits_per_byte) for g in groups_of(run.staging, run.workers)])
         scored, removed = sum(c["scored"] for c in counts), sum(c["removed"] for c in counts)
