@@ -142,7 +142,7 @@ def _apply(group: list[dict], dups_dir: str | None, cfg: ParagraphConfig, top: l
             cols["text_bytes"][i] = size
         for name, values in cols.items():
             t = t.set_column(t.schema.get_field_index(name), name, pa.array(values, t.schema.field(name).type))
-        with atomic_open(s["path"]) as f:  # a retried task rewrites the same bytes
+        with atomic_open(s["path"]) as f:  # a retried task writes the same bytes (its counts then miss what was done)
             pq.write_table(t, f, compression="zstd")
     return {"counts": counts, "samples": samples}
 
