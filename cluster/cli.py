@@ -209,9 +209,17 @@ def _data_stage(cfg: RunConfig, force: bool) -> None:
         with recorded(cfg.paths.data, "data", _dump(cfg), at_start=False, code_of=exit_code):
             yield
 
+    run_data(cfg.data, cfg.paths, force=force, work=work, scorer=_scorer(cfg.data))
+
+
+def _scorer(data):
+    """The perplexity stage's actor class when the data section scores with a checkpoint (else None: importing it
+    imports torch, which the data stage otherwise never needs)."""
+    if data.quality.perplexity.checkpoint is None:
+        return None
     from raylm.training.docscore import PerplexityScorer
 
-    run_data(cfg.data, cfg.paths, force=force, work=work, scorer=PerplexityScorer)
+    return PerplexityScorer
 
 
 def _data_sections(cfg: RunConfig, force: bool) -> tuple[dict[str, str], list[dict]]:
@@ -219,7 +227,6 @@ def _data_sections(cfg: RunConfig, force: bool) -> tuple[dict[str, str], list[di
     builds none): the trials' data directories by their data values, and what was built or reused."""
     from raylm.core.manifest import has_manifest
     from raylm.pipelines.run import run_data
-    from raylm.training.docscore import PerplexityScorer
     from raylm.tuning.datasections import section_dirs, sections
 
     found, report = sections(cfg), []
@@ -229,7 +236,7 @@ def _data_sections(cfg: RunConfig, force: bool) -> tuple[dict[str, str], list[di
         print(f"[raylm tune] data section {k}/{len(found)} ({shown}): {'reused' if done else 'building'} {sec.paths.data}", flush=True)
         if not done:
             init_ray(cfg.ray, dashboard=False)
-        man = run_data(sec.data, sec.paths, force=force, summary=False, scorer=PerplexityScorer, say=lambda m: None)
+        man = run_data(sec.data, sec.paths, force=force, summary=False, scorer=_scorer(sec.data), say=lambda m: None)
         report.append({"key": sec.key, "values": sec.values, "built": not done, "docs_kept": man.stats.docs_kept, "tokens": man.stats.tokens})
     if found:
         n = sum(r["built"] for r in report)

@@ -32,7 +32,7 @@ import xxhash
 from raylm.core.io import atomic_open
 from raylm.pipelines.config import ParagraphConfig
 from raylm.pipelines.stage import DataRun, Stage, gather
-from raylm.pipelines.staging import dups_in, final_mask, groups_of
+from raylm.pipelines.staging import groups_of, survivors
 from raylm.pipelines.stats import Stats
 
 REASON = "filter:paragraph_dedup"
@@ -61,24 +61,11 @@ def without(text: str, gone: set[int], cfg: ParagraphConfig) -> tuple[str, int]:
     return SEPARATOR[cfg.unit].join(keep), len(units) - len(keep)
 
 
-def _candidates(s: dict, dups: pads.Dataset | None, columns: list[str] | None) -> tuple[pa.Table, np.ndarray]:
-    """A staging file's columns (None: all) and which rows are documents to look at: kept, not duplicates, not
-    task records."""
-    if columns is not None:
-        names = pq.read_schema(s["path"]).names
-        columns = [c for c in (*columns, "prompt_chars") if c in names]
-    t = pq.read_table(s["path"], columns=columns)
-    mask = final_mask(t, dups_in(dups, s["first_uid"], s["last_uid"]))
-    if "prompt_chars" in t.column_names:
-        mask &= t["prompt_chars"].is_null().to_numpy(zero_copy_only=False)
-    return t, mask
-
-
 def _map(group: list[dict], dups_dir: str | None, cfg: ParagraphConfig, parts: int) -> list[pa.Table]:
     dups = pads.dataset(dups_dir, format="parquet") if dups_dir is not None else None
     hashes, uids = [], []
     for s in group:
-        t, mask = _candidates(s, dups, ["uid", "status", "text"])
+        t, mask = survivors(s["path"], s["first_uid"], s["last_uid"], dups, ["text"])
         for uid, text in zip(t["uid"].to_numpy()[mask], t["text"].filter(pa.array(mask)).to_pylist()):
             hs = doc_hashes(text, cfg)
             hashes += hs
@@ -117,7 +104,7 @@ def _apply(group: list[dict], dups_dir: str | None, cfg: ParagraphConfig, top: l
         lo, hi = np.searchsorted(edited, [s["first_uid"], s["last_uid"] + 1])
         if lo == hi:  # nothing to remove in this file: left as it is
             continue
-        t, mask = _candidates(s, dups, None)  # every column: the file is written again
+        t, mask = survivors(s["path"], s["first_uid"], s["last_uid"], dups)  # every column: the file is written again
         cols = {name: t[name].to_pylist() for name in ("text", "text_bytes", "status")}
         uids = t["uid"].to_pylist()
         for i in np.flatnonzero(mask):

@@ -27,7 +27,7 @@ import ray
 from raylm.core.io import absolute, atomic_open, makedirs
 from raylm.core.paths import WORK
 from raylm.pipelines.stage import Column, DataRun, Stage, gather
-from raylm.pipelines.staging import dups_in, final_mask, groups_of
+from raylm.pipelines.staging import groups_of, survivors
 from raylm.pipelines.stats import Stats
 
 REASON = "filter:quality:perplexity"
@@ -50,11 +50,7 @@ def candidates(rows: dict, dups_dir: str | None) -> dict:
     dups = pads.dataset(dups_dir, format="parquet") if dups_dir is not None else None
     uids, texts = [], []
     for path, first, last in zip(rows["path"], rows["first_uid"], rows["last_uid"]):
-        names = pq.read_schema(str(path)).names
-        t = pq.read_table(str(path), columns=[c for c in ("uid", "status", "text", "prompt_chars") if c in names])
-        mask = final_mask(t, dups_in(dups, int(first), int(last)))
-        if "prompt_chars" in t.column_names:
-            mask &= t["prompt_chars"].is_null().to_numpy(zero_copy_only=False)
+        t, mask = survivors(str(path), int(first), int(last), dups, ["text"])
         keep = pa.array(mask)
         uids += t["uid"].filter(keep).to_pylist()
         texts += t["text"].filter(keep).to_pylist()

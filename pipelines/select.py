@@ -27,7 +27,7 @@ from raylm.core.hashing import mix64
 from raylm.core.io import makedirs
 from raylm.pipelines.dedup import REMOVED as DUPS
 from raylm.pipelines.stage import DataRun, Stage, gather
-from raylm.pipelines.staging import dups_in, final_mask, groups_of
+from raylm.pipelines.staging import groups_of, survivors
 from raylm.pipelines.stats import Stats
 
 BITS, PASSES = 16, 4  # 64-bit keys, 16 bits a pass: histograms of 65,536 bins
@@ -83,8 +83,8 @@ def _keys(group: list[dict], dups_dir: str | None, column: str, higher_is_better
     dups = pads.dataset(dups_dir, format="parquet") if dups_dir is not None else None
     parts = []
     for s in group:
-        t = pq.read_table(s["path"], columns=["uid", "id", "status", column])
-        keep = final_mask(t, dups_in(dups, s["first_uid"], s["last_uid"])) & t[column].is_valid().to_numpy(zero_copy_only=False)
+        t, mask = survivors(s["path"], s["first_uid"], s["last_uid"], dups, ["id", column])
+        keep = mask & t[column].is_valid().to_numpy(zero_copy_only=False)
         parts.append(t.filter(pa.array(keep)).select(["uid", "id", column]))
     t = pa.concat_tables(parts)
     return t, order_keys(t[column].to_numpy(zero_copy_only=False), t["uid"].to_numpy(), higher_is_better)

@@ -77,6 +77,19 @@ def final_mask(t: pa.Table, dups: dict) -> np.ndarray:
     return kept
 
 
+def survivors(path: str, first: int, last: int, dups: pads.Dataset | None, columns: list[str] | None = None) -> tuple[pa.Table, np.ndarray]:
+    """A staging file's columns (None: all of them) and which of its rows are documents after processing and dedup,
+    task records aside: what the stages after dedup (paragraphs, perplexity, select) work on."""
+    if columns is not None:
+        names = pq.read_schema(path).names
+        columns = [c for c in dict.fromkeys((*columns, "uid", "status", "prompt_chars")) if c in names]
+    t = pq.read_table(path, columns=columns)
+    mask = final_mask(t, dups_in(dups, first, last))
+    if "prompt_chars" in t.column_names:  # a task record is an example the user chose: never edited or scored
+        mask &= t["prompt_chars"].is_null().to_numpy(zero_copy_only=False)
+    return t, mask
+
+
 def final_texts(path: str, first: int, last: int, dups: pads.Dataset | None, prompts: bool = False) -> tuple[list[str], list[int | None]]:
     """Cleaned texts of the documents of one staging file that survive dedup, in order, and (`prompts`: a task
     recipe's staging) their prompts' lengths (else all None)."""
