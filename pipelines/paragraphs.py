@@ -112,10 +112,8 @@ def _apply(group: list[dict], dups_dir: str | None, cfg: ParagraphConfig, top: l
             if uid not in gone:
                 continue
             text = cols["text"][i]
-            for u in text.split(SEPARATOR[cfg.unit]):
-                h = unit_hash(u, cfg.min_chars)
-                if h in wanted and h not in samples:
-                    samples[h] = u.strip()[:200]
+            if need := (gone[uid] & wanted) - samples.keys():  # a text for a most repeated unit not yet met: at most TOP times
+                samples.update({h: u.strip()[:200] for u in text.split(SEPARATOR[cfg.unit]) if (h := unit_hash(u, cfg.min_chars)) in need})
             new, n = without(text, gone[uid], cfg)
             size = len(new.encode("utf-8"))
             counts["units_removed"] += n
