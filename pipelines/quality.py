@@ -165,7 +165,10 @@ def _report(cfg: FastTextTrainConfig, test: list[tuple[str, str]], got: list[tup
 
 def _fit(cfg: FastTextTrainConfig, train: list[tuple[str, str]], dst: str) -> None:
     """fastText's supervised training on (label, text) pairs, written to `dst` in fastText's format."""
-    import floret
+    try:
+        import floret
+    except ModuleNotFoundError:
+        raise QualityError("data.quality.fasttext.train: training a classifier needs floret: pip install 'raylm[quality]'") from None
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "train.txt")

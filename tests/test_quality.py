@@ -218,3 +218,11 @@ def test_a_label_source_that_cannot_be_read_exits_2(tmp_path, capsys, entry, why
     assert main(["quality", "train", MIXTURE, *sets]) == 2
     err = capsys.readouterr().err
     assert "quality.fasttext.train.labels.a" in err and why in err
+
+
+def test_training_without_floret_installed_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    hq, lq = _files(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "floret", None)  # as if raylm[quality] were not installed
+    sets = ["--set", f"storage_path={tmp_path}", "--set", "name=q", "--set", f"data.quality.fasttext.train={{labels: {{hq: [{hq}], lq: [{lq}]}}}}"]
+    assert main(["quality", "train", RECIPE, *sets]) == 2
+    assert "pip install 'raylm[quality]'" in capsys.readouterr().err
