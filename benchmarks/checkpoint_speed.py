@@ -5,12 +5,17 @@
 
 For each mode, in turn (`--repeat` rounds, alternating), two fresh processes on a gloo process group
 (torch.multiprocessing, no Ray; fresh, so that one mode's memory never counts in another's peak), each the Trainer
-a Ray Train worker runs with one CPU thread, train one step (so the AdamW state exists) and save twice, each rank
-into its own directory as on a Ray Train worker: the first save of a run, then a later one (an asynchronous save
-reuses the first one's staging buffers). Per mode it prints, the best round's:
-- blocked: seconds the training loop waits for the save (sync: the whole save; async: the staging copy);
-- complete: seconds until the checkpoint is whole (async: until the background write has finished);
-- peak RSS of rank 0 and of rank 1 over both saves (sampled every 5 ms), and rank 0's RSS before them;
+a Ray Train worker runs with one CPU thread, train one step (so the AdamW state exists), then twice save and train
+one more step, each rank into its own directory as on a Ray Train worker: the first save of a run, then a later one
+(an asynchronous copy reuses the first one's staging buffers). The modes: full, sharded, sharded-async (its staging
+`copy`, GPU's default: the state copied to host memory) and sharded-async-in-place (`in_place`, CPU's default: no
+copy; the step after the save waits before its optimizer update until the part is written). Per mode it prints, the
+best round's:
+- blocked: seconds the training loop waits for the save (sync: the whole save; async: the call that begins it, plus,
+  in place, the next step's wait before its update);
+- complete: seconds until this rank's part is written (async: the background write's end);
+- step: seconds of the step trained after the save (the write of an asynchronous save competes with it for the cores);
+- peak RSS of rank 0 and of rank 1 over both saves and steps (sampled every 5 ms), and rank 0's RSS before them;
 - bytes written, both ranks together.
 A full save cannot be asynchronous (it gathers first): that row is not offered. The model is the gpt2 arch
 (12 L d^2 parameters in the blocks: 24 x 1024 gives 302M) over a vocabulary of 100.
@@ -33,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.corpus import random_shards  # noqa: E402
 
-MODES = ("full", "sharded", "sharded-async")
+MODES = ("full", "sharded", "sharded-async", "sharded-async-in-place")
+ASYNC = {"sharded-async": "copy", "sharded-async-in-place": "in_place"}  # the mode's train.checkpoint.staging
 
 
 def _port() -> int:
@@ -78,8 +84,8 @@ def _trainer(root: str, rank: int, world: int, layers: int, d_model: int):
     return Trainer(TrainJob.from_recipe({"storage_path": root, "name": "bench", "train": t}), rank, world, torch.device("cpu"))
 
 
-def _save(tr, mode: str, directory: str, group) -> tuple[float, float]:
-    """One save in `mode`: (seconds blocked, seconds to complete)."""
+def _save(tr, mode: str, directory: str, group, stager) -> dict:
+    """One save in `mode` and the training step after it: seconds blocked, to complete, of that step."""
     import torch.distributed as dist
 
     from raylm.training import saving
@@ -87,17 +93,28 @@ def _save(tr, mode: str, directory: str, group) -> tuple[float, float]:
     tr.t.checkpoint.format = "full" if mode == "full" else "sharded"
     dist.barrier()
     t0 = time.perf_counter()
-    if mode == "sharded-async":
-        pending = saving.start(tr, {}, group, tr.stager)
+    if mode in ASYNC:
+        tr.pending = pending = saving.start(tr, {}, group, stager)
         blocked = time.perf_counter() - t0
+        done = []
+        pending.future.add_done_callback(lambda _: done.append(time.perf_counter()))
+        t1 = time.perf_counter()
+        tr.train_step()  # an in-place save: its update waits for the write (pending.waited)
+        step = time.perf_counter() - t1
+        tr.pending = None
         saving.finish(pending, tr.world, None)
+        blocked += pending.waited
         shutil.copytree(pending.directory, directory, dirs_exist_ok=True)
         saving.discard(pending)
+        complete = done[0] - t0
     else:
         tr.save(directory)
-        blocked = time.perf_counter() - t0
+        blocked = complete = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        tr.train_step()
+        step = time.perf_counter() - t1
     dist.barrier()
-    return blocked, time.perf_counter() - t0
+    return {"blocked": blocked, "complete": complete, "step": step}
 
 
 def _rank(rank: int, world: int, port: int, args: dict) -> None:
@@ -113,17 +130,17 @@ def _rank(rank: int, world: int, port: int, args: dict) -> None:
     tr = _trainer(root, rank, world, args["layers"], args["d_model"])
     params = sum(p.numel() for p in tr.model.parameters())  # a DTensor counts its global size
     tr.train_step()
-    group, tr.stager = saving.save_group(world), saving.stager(torch.device("cpu"))
+    group, stager = saving.save_group(world), saving.stager(torch.device("cpu"), ASYNC.get(mode, "copy"))
     rows = []
     with PeakRSS() as mem:
         for save in ("first", "later"):
             directory = f"{root}/ckpt-{mode}-{save}/rank{rank}"
             os.makedirs(directory, exist_ok=True)
-            blocked, total = _save(tr, mode, directory, group)
+            row = _save(tr, mode, directory, group, stager)
             written = sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
-            rows.append({"save": save, "blocked": blocked, "complete": total, "bytes": written})
+            rows.append({"save": save, **row, "bytes": written})
             shutil.rmtree(directory)
-    tr.stager.close()
+    stager.close()
     out = {"params": params, "rows": rows, "rss_before": mem.before, "rss_peak": mem.peak}
     Path(f"{root}/{mode}-{args['round']}-rank{rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()
@@ -133,7 +150,7 @@ def _report(root: Path, world: int, repeat: int) -> dict:
     got = {(m, r, k): json.loads((root / f"{m}-{r}-rank{k}.json").read_text()) for m in MODES for r in range(repeat) for k in range(world)}
     params = next(iter(got.values()))["params"]
     print(f"model: {params / 1e6:.0f}M parameters (fp32 weights + AdamW state: {params * 12 / 2**30:.1f} GiB), {world} FSDP2 CPU workers")
-    head = f"{'mode':<15}{'save':<7}{'blocked s':>10}{'complete s':>11}{'rank0 peak GiB':>15}{'rank1 peak GiB':>15}"
+    head = f"{'mode':<24}{'save':<7}{'blocked s':>10}{'complete s':>11}{'step s':>8}{'rank0 peak GiB':>15}{'rank1 peak GiB':>15}"
     print(head + f"{'rank0 before':>13}{'written GiB':>12}")
     out = {}
     for mode in MODES:
@@ -143,6 +160,7 @@ def _report(root: Path, world: int, repeat: int) -> dict:
             o = {
                 "blocked_s": min(max(row(g)["blocked"] for g in rs) for rs in runs),  # the slower rank, the best round
                 "complete_s": min(max(row(g)["complete"] for g in rs) for rs in runs),
+                "step_s": min(max(row(g)["step"] for g in rs) for rs in runs),
                 "rank0_peak_gib": min(got[(mode, r, 0)]["rss_peak"] for r in range(repeat)) / 2**30,
                 "rank1_peak_gib": min(got[(mode, r, 1)]["rss_peak"] for r in range(repeat)) / 2**30,
                 "rank0_before_gib": min(got[(mode, r, 0)]["rss_before"] for r in range(repeat)) / 2**30,
@@ -150,15 +168,15 @@ def _report(root: Path, world: int, repeat: int) -> dict:
             }
             out[f"{mode}/{save}"] = o
             print(
-                f"{mode:<15}{save:<7}{o['blocked_s']:>10.2f}{o['complete_s']:>11.2f}{o['rank0_peak_gib']:>15.2f}{o['rank1_peak_gib']:>15.2f}"
+                f"{mode:<24}{save:<7}{o['blocked_s']:>10.2f}{o['complete_s']:>11.2f}{o['step_s']:>8.2f}{o['rank0_peak_gib']:>15.2f}{o['rank1_peak_gib']:>15.2f}"
                 f"{o['rank0_before_gib']:>13.2f}{o['written_gib']:>12.2f}"
             )
     full = out["full/later"]
-    for mode in ("sharded", "sharded-async"):
+    for mode in MODES[1:]:
         for save in ("first", "later"):
             ratio = out[f"{mode}/{save}"]["blocked_s"] / full["blocked_s"]
             print(f"{mode} ({save} save) blocks the loop {ratio:.3f}x as long as a full save (goal <= 0.25)")
-    for mode in ("sharded", "sharded-async"):
+    for mode in MODES[1:]:
         print(f"rank 0's peak RSS, {mode} / full: {out[f'{mode}/later']['rank0_peak_gib'] / full['rank0_peak_gib']:.2f}x (goal <= 0.6)")
     return out
 

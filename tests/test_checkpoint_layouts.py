@@ -48,6 +48,11 @@ def _full(tr) -> dict:
     return {k: v.detach().clone() for k, v in flat.items()}  # on 1 rank, the live tensors: training goes on in them
 
 
+def _async_staging(save: str) -> str | None:
+    """A plan's save path ending in async-copy or async-in_place: an asynchronous save with that staging."""
+    return save.rpartition("async-")[2] if "async-" in save else None
+
+
 def _ranks(rank: int, world: int, port: int, root: str, plan: list[tuple]) -> None:
     """One rank running `plan`: (parallelism, checkpoint to load or None, steps, checkpoint to save or None, tag)
     phases, each a fresh Trainer; rank 0 writes each phase's losses and states under root/out-<tag>.pt."""
@@ -66,12 +71,16 @@ def _ranks(rank: int, world: int, port: int, root: str, plan: list[tuple]) -> No
             out["losses"].append(tr.train_step()["loss"])
             if save and i + 1 == steps // 2:  # a checkpoint mid-run, the run going on as Ray Train's does
                 out["saved"] = _full(tr)
-                if save.endswith("async"):  # begun here, written while the next steps train, completed after them
-                    pending = saving.start(tr, {}, saving.save_group(world))
+                staging = _async_staging(save)
+                if staging:  # begun here, written while the next steps train, completed after them
+                    stager = saving.stager(torch.device("cpu"), staging)
+                    # the Trainer's own: an in-place save holds its next optimizer update until it is written
+                    tr.pending = pending = saving.start(tr, {}, saving.save_group(world), stager)
                 else:
                     os.makedirs(save, exist_ok=True)
                     tr.save(save)
-        if save and save.endswith("async"):
+        if save and _async_staging(save):
+            tr.pending = None
             saving.finish(pending, world, None)
             shutil.copytree(pending.directory, save, dirs_exist_ok=True)  # each rank's part, as Ray Train gathers them
             dist.barrier()
@@ -120,9 +129,11 @@ def runs(tmp_path_factory):
     asynchronous save and its load), 1 FSDP2 rank (loading the 2 ranks' checkpoint, saving its own), 2 ranks (DDP
     saving; FSDP2 loading that and the 1 rank's checkpoint)."""
     root = write_tiny_shards(tmp_path_factory.mktemp("layouts"))
-    fs2, fs1, ddp2, asy = (str(root / n) for n in ("fsdp2", "fsdp1", "ddp2", "async"))
-    # g: an asynchronous save, completed two steps later (it must hold the state of its own step); h loads it
-    out = _spawn(root, 2, [("fsdp", None, 8, fs2, "a"), ("fsdp", fs2, 4, None, "b"), ("fsdp", None, 4, asy, "g"), ("fsdp", asy, 2, None, "h")])
+    fs2, fs1, ddp2, copy, inplace = (str(root / n) for n in ("fsdp2", "fsdp1", "ddp2", "async-copy", "async-in_place"))
+    # g, i: asynchronous saves (a staged copy; the live tensors) completed two steps later (each must hold the state
+    # of its own step); h, j load them
+    async_plan = [("fsdp", None, 4, copy, "g"), ("fsdp", copy, 2, None, "h"), ("fsdp", None, 4, inplace, "i"), ("fsdp", inplace, 2, None, "j")]
+    out = _spawn(root, 2, [("fsdp", None, 8, fs2, "a"), ("fsdp", fs2, 4, None, "b"), *async_plan])
     out |= _spawn(root, 1, [("fsdp", fs2, 4, fs1, "c")])
     out |= _spawn(root, 2, [("ddp", None, 4, ddp2, "d"), ("fsdp", ddp2, 2, None, "e"), ("fsdp", fs1, 2, None, "f")])
     return root, out
@@ -144,7 +155,22 @@ def test_the_checkpoint_holds_one_file_per_rank_and_meta_json_names_them(runs):
 def test_an_async_save_holds_the_state_of_its_step_while_training_goes_on(runs):
     _, out = runs
     _assert_close(out["h"]["loaded"], out["g"]["saved"])
+
+
+def test_training_resumed_from_an_async_save_repeats_the_losses_bitwise(runs):
+    _, out = runs
     assert out["h"]["losses"] == out["g"]["losses"][2:]
+
+
+def test_an_in_place_async_save_holds_the_state_of_its_step_while_training_goes_on(runs):
+    """Written from the live tensors (2 s late, RAYLM_TESTING_CHECKPOINT_WRITE_DELAY_S): the next update waits."""
+    _, out = runs
+    _assert_close(out["j"]["loaded"], out["i"]["saved"])
+
+
+def test_training_resumed_from_an_in_place_async_save_repeats_the_losses_bitwise(runs):
+    _, out = runs
+    assert out["j"]["losses"] == out["i"]["losses"][2:]
 
 
 def test_two_fsdp2_ranks_to_one(runs):

@@ -144,6 +144,12 @@ class CheckpointConfig(Strict):
     # sharded only: training goes on once the state is copied to host memory, while the files are written and
     # uploaded in the background; the checkpoint is reported (and counts) only once every rank's part is written
     async_: bool = Field(default=False, alias="async")
+    # async only, what training goes on with while the files are written. copy: the state copied into host
+    # buffers kept for the run (pinned on GPU), training not held at all; in_place: no copy, the files written from
+    # the live tensors while the next step's forward and backward run, its optimizer update waiting until this
+    # rank's part is written (no second copy of the state in memory); auto: copy on GPU, in_place on CPU (where a
+    # copy would double the host memory that holds the state already)
+    staging: Literal["auto", "copy", "in_place"] = "auto"
 
     @model_validator(mode="after")
     def _async_sharded(self) -> CheckpointConfig:

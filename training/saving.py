@@ -1,11 +1,16 @@
-"""Asynchronous sharded saves (`train.checkpoint.async`), as torchtitan makes them: DCP's `async_save` copies this
-rank's model and optimizer state to host memory (the only time the training loop waits: into buffers kept from
-one save to the next, pinned on GPU, so only the first save allocates them), then writes it from a background
-thread over a gloo process group of its own (the loop's collectives go on on the default one), while training
-goes on. The save is reported to Ray Train, and so counts, only once every rank's part is written: then
-rank 0 writes trainer.pt and, last, meta.json, and Ray Train uploads the ranks' directories in the background.
-A worker that dies before that leaves the previous checkpoint as the run's latest. One save is in flight at a
-time: the next checkpoint step, any other report and the end of training wait for it first.
+"""Asynchronous sharded saves (`train.checkpoint.async`), as torchtitan makes them: DCP's `async_save` writes this
+rank's model and optimizer state from a background thread over a gloo process group of its own (the loop's
+collectives go on on the default one), while training goes on. What training goes on with
+(`train.checkpoint.staging`):
+- copy (GPU's default): the state is first copied to host memory, into buffers kept from one save to the next
+  (pinned on GPU, so only the first save allocates them): the loop waits for that copy only;
+- in_place (CPU's default): no copy. The files are written from the live tensors, which the next step's forward
+  and backward only read; its optimizer update (`settle`, before `opt.step()`) waits until this rank's part is
+  written. On CPU a copy would be a second host copy of the state, doubling rank 0's memory during a save.
+The save is reported to Ray Train, and so counts, only once every rank's part is written: then rank 0 writes
+trainer.pt and, last, meta.json, and Ray Train uploads the ranks' directories in the background. A worker that dies
+before that leaves the previous checkpoint as the run's latest. One save is in flight at a time: the next
+checkpoint step, any other report and the end of training wait for it first.
 """
 
 from __future__ import annotations
@@ -32,6 +37,24 @@ class PendingSave:
     directory: str  # this rank's local directory of the checkpoint
     row: dict  # the metrics row of the step saved, reported with the checkpoint
     trainer: dict | None  # rank 0: the trainer state at that step (trainer.pt)
+    in_place: bool = False  # written from the live tensors: no update to them until the future is done
+    waited: float = 0.0  # seconds an optimizer update waited for it (in_place)
+
+
+class InPlace:
+    """DCP's AsyncStager protocol with no copy: `async_save` writes the live tensors (see `settle`)."""
+
+    _synchronize_after_execute = False
+    should_synchronize_after_execute = False
+
+    def stage(self, state_dict: dict) -> dict:
+        return state_dict
+
+    def synchronize_staging(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _writer(path: str):
@@ -49,11 +72,14 @@ def _writer(path: str):
     return DelayedWriter(path)
 
 
-def stager(device: torch.device):
-    """The staging copier kept for the run: its host buffers are reused by every save (close it at the end)."""
+def stager(device: torch.device, staging: str = "auto"):
+    """The stager kept for the run (close it at the end): InPlace, or a copier whose host buffers every save
+    reuses; `staging` is train.checkpoint.staging."""
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
     gpu = device.type == "cuda"
+    if staging == "in_place" or (staging == "auto" and not gpu):
+        return InPlace()
     return DefaultStager(StagingOptions(use_pinned_memory=gpu, use_shared_memory=False, use_async_staging=False, use_non_blocking_copy=gpu))
 
 
@@ -72,7 +98,16 @@ def start(tr, row: dict, group, staging=None) -> PendingSave:
     state = checkpoint.sharded_state(tr.model, tr.opt)
     writer = _writer(os.path.join(directory, checkpoint.DCP))
     future = dcp.async_save(state, storage_writer=writer, process_group=group, async_stager=staging)
-    return PendingSave(future, directory, dict(row), tr.trainer_state() if tr.rank == 0 else None)
+    return PendingSave(future, directory, dict(row), tr.trainer_state() if tr.rank == 0 else None, isinstance(staging, InPlace))
+
+
+def settle(p: PendingSave | None) -> None:
+    """Before an optimizer update: an in-place save's tensors must be written first (its error raised here)."""
+    if p is None or not p.in_place or p.future.done():
+        return
+    t0 = time.perf_counter()
+    p.future.result()
+    p.waited += time.perf_counter() - t0
 
 
 def written(p: PendingSave, world: int, device: torch.device) -> bool:

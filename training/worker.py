@@ -11,6 +11,7 @@ import math
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import numpy as np
@@ -73,11 +74,21 @@ def masked_weights(masks: list[torch.Tensor], world: int) -> list[torch.Tensor]:
 
 
 def train_step(
-    model: torch.nn.Module, opt: torch.optim.Optimizer, sched, loader: TrainLoader, accum: int, clip: float, amp, device: torch.device, world: int
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched,
+    loader: TrainLoader,
+    accum: int,
+    clip: float,
+    amp,
+    device: torch.device,
+    world: int,
+    before_update: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over `accum` micro-batches (gradient sync on the last only), clipped;
     returns the mean loss across micro-batches and ranks (per counted target under a loss mask),
-    and the pre-clip gradient norm."""
+    and the pre-clip gradient norm. `before_update` runs just before the weights change (an in-place
+    asynchronous save waits there)."""
     batches = [tuple(a.to(device, non_blocking=True) if a is not None else None for a in loader.next()) for _ in range(accum)]
     masked = batches[0][2] is not None
     weights = masked_weights([b[2] for b in batches], world) if masked else None
@@ -89,6 +100,8 @@ def train_step(
         loss_sum += loss.detach() * weights[micro] if masked else loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
+    if before_update is not None:
+        before_update()
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
@@ -153,7 +166,7 @@ class Trainer:
         self.peak = peak_flops(device)
         self.pending: saving.PendingSave | None = None  # an asynchronous save being written
         self.save_group = saving.save_group(self.world) if t.checkpoint.async_ else None
-        self.stager = saving.stager(device) if t.checkpoint.async_ else None
+        self.stager = saving.stager(device, t.checkpoint.staging) if t.checkpoint.async_ else None
 
     def build_loader(self) -> TrainLoader | MixtureLoader:
         """Uniform over the train split, or by weight across its sources when the shards have several."""
@@ -220,7 +233,16 @@ class Trainer:
         t0 = time.perf_counter()
         lr = self.opt.param_groups[0]["lr"]  # the lr this step uses
         loss_t, grad_norm = train_step(
-            self.model, self.opt, self.sched, self.loader, self.accum, self.t.optim.grad_clip, self.amp, self.device, self.world
+            self.model,
+            self.opt,
+            self.sched,
+            self.loader,
+            self.accum,
+            self.t.optim.grad_clip,
+            self.amp,
+            self.device,
+            self.world,
+            lambda: saving.settle(self.pending),
         )
         self.step += 1
         row = {"step": self.step, "tokens": self.step * self.tokens_per_step, "loss": loss_t.item(), "lr": lr, "grad_norm": grad_norm.item()}
