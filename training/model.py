@@ -222,10 +222,13 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
         layout: tuple[torch.Tensor, torch.Tensor] | None = None,
+        at: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, with targets, the mean cross-entropy (over mask==1 positions). `layout`:
         position ids (B, T) and attention mask (B, 1, T, T) given instead of positions()' (downstream scoring
-        packs a context and its choices in one row, each choice attending to the context and itself)."""
+        packs a context and its choices in one row, each choice attending to the context and itself). `at`: (rows,
+        positions) index tensors (N,): the logits of those positions only, (N, vocab), the head computed there
+        alone (scoring needs a few positions of each row; the head is much of a small model's work)."""
         B, T = idx.shape
         assert T <= self.cfg.seq_len, f"sequence of {T} tokens, model seq_len is {self.cfg.seq_len}"
         pos, mask = self.positions(idx) if layout is None else layout  # (T,) or (B, T); None or (B, 1, T, T)
@@ -238,7 +241,8 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, mask, rope)
-        logits = self.head(self.ln_f(x))  # (B, T, vocab)
+        x = self.ln_f(x)
+        logits = self.head(x if at is None else x[at])  # (B, T, vocab), or (N, vocab) at the positions `at`
         if self.cfg.mup_base_width:  # muP: output logits / width_mult keep their scale as width grows
             logits = logits / self.cfg.width_mult
         if self.cfg.logit_softcap:  # bounded logits: cap * tanh(logits / cap)

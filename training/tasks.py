@@ -47,6 +47,20 @@ class Scored:
     greedy: bool  # every continuation token was the argmax
 
 
+def _scored(logits: torch.Tensor, targets: list[list[int]], n_vocab: int) -> list[Scored]:
+    """Each continuation's Scored from the logits (N, padded vocab) predicting its tokens, the continuations'
+    rows one after another in the order of `targets`; log-softmax over the real vocabulary."""
+    lp = torch.log_softmax(logits[:, :n_vocab].float(), -1)  # (N, vocab)
+    target = torch.tensor([t for ts in targets for t in ts], device=lp.device)  # (N,)
+    tok = lp.gather(-1, target[:, None])[:, 0].cpu().tolist()
+    hit = (lp.argmax(-1) == target).cpu().tolist()
+    out, i = [], 0
+    for ts in targets:
+        out.append(Scored(float(sum(tok[i : i + len(ts)])), all(hit[i : i + len(ts)])))
+        i += len(ts)
+    return out
+
+
 @torch.no_grad()
 def loglikelihoods(
     model, pairs: list[tuple[list[int], list[int]]], n_vocab: int, device="cpu", batch: int = 32, seq_len: int | None = None
@@ -66,12 +80,13 @@ def loglikelihoods(
         x = torch.zeros(len(seqs), width, dtype=torch.long)
         for r, s in enumerate(seqs):
             x[r, : len(s) - 1] = torch.tensor(s[:-1])
-        logits, _ = model(x.to(device))  # (B, T, padded vocab)
-        for r, (k, s, (_, cont)) in enumerate(zip(order[i : i + batch], seqs, chunk)):
-            pos = torch.arange(len(s) - 1 - len(cont), len(s) - 1)  # the positions that predict the continuation
-            target = torch.tensor(s[-len(cont) :])
-            lp = torch.log_softmax(logits[r, pos.to(logits.device), :n_vocab].float(), -1).cpu()  # (len(cont), vocab)
-            out[k] = Scored(float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+        # the positions that predict each continuation, row by row
+        rows = [r for r, (_, cont) in enumerate(chunk) for _ in cont]
+        cols = [p for s, (_, cont) in zip(seqs, chunk) for p in range(len(s) - 1 - len(cont), len(s) - 1)]
+        at = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
+        logits, _ = model(x.to(device), at=at)  # (N, padded vocab)
+        for k, sc in zip(order[i : i + batch], _scored(logits, [cont for _, cont in chunk], n_vocab)):
+            out[k] = sc
     return out
 
 
@@ -106,19 +121,19 @@ def _packed(model, examples: list[list[tuple[list[int], list[int]]]], n_vocab: i
     x = torch.tensor([r[0] for r in rows], device=device)  # (B, T)
     pos = torch.tensor([r[1] for r in rows], device=device)  # (B, T)
     mask = torch.stack([r[2] for r in rows])[:, None].to(device)  # (B, 1, T, T)
-    logits, _ = model(x, layout=(pos, mask))  # (B, T, padded vocab)
-    out = []
+    at_rows, at_cols, targets = [], [], []
     for r, ex in enumerate(examples):
         last_ctx = len(ex[0][0]) - 1
-        start, scored = last_ctx + 1, []
+        start = last_ctx + 1
         for _, cont in ex:
-            at = torch.tensor([last_ctx, *range(start, start + len(cont) - 1)], device=logits.device)
-            lp = torch.log_softmax(logits[r, at, :n_vocab].float(), -1).cpu()  # (len(cont), vocab)
-            target = torch.tensor(cont)
-            scored.append(Scored(float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
+            at_cols += [last_ctx, *range(start, start + len(cont) - 1)][: len(cont)]
+            at_rows += [r] * len(cont)
+            targets.append(cont)
             start += len(cont)
-        out.append(scored)
-    return out
+    at = (torch.tensor(at_rows, device=device), torch.tensor(at_cols, device=device))
+    logits, _ = model(x, layout=(pos, mask), at=at)  # (N, padded vocab)
+    scored = iter(_scored(logits, targets, n_vocab))
+    return [[next(scored) for _ in ex] for ex in examples]
 
 
 @torch.no_grad()
