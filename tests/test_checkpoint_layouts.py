@@ -152,25 +152,21 @@ def test_the_checkpoint_holds_one_file_per_rank_and_meta_json_names_them(runs):
     assert not (root / "fsdp2" / "state.pt").exists()
 
 
-def test_an_async_save_holds_the_state_of_its_step_while_training_goes_on(runs):
+ASYNC_RUNS = pytest.mark.parametrize("saved,loaded", [("g", "h"), ("i", "j")], ids=["copy", "in_place"])
+
+
+@ASYNC_RUNS
+def test_an_async_save_holds_the_state_of_its_step_while_training_goes_on(runs, saved, loaded):
+    """Completed two steps later: a copy staged at the save, or written from the live tensors (2 s late,
+    RAYLM_TESTING_CHECKPOINT_WRITE_DELAY_S) while the next update waits for it."""
     _, out = runs
-    _assert_close(out["h"]["loaded"], out["g"]["saved"])
+    _assert_close(out[loaded]["loaded"], out[saved]["saved"])
 
 
-def test_training_resumed_from_an_async_save_repeats_the_losses_bitwise(runs):
+@ASYNC_RUNS
+def test_training_resumed_from_an_async_save_repeats_the_losses_bitwise(runs, saved, loaded):
     _, out = runs
-    assert out["h"]["losses"] == out["g"]["losses"][2:]
-
-
-def test_an_in_place_async_save_holds_the_state_of_its_step_while_training_goes_on(runs):
-    """Written from the live tensors (2 s late, RAYLM_TESTING_CHECKPOINT_WRITE_DELAY_S): the next update waits."""
-    _, out = runs
-    _assert_close(out["j"]["loaded"], out["i"]["saved"])
-
-
-def test_training_resumed_from_an_in_place_async_save_repeats_the_losses_bitwise(runs):
-    _, out = runs
-    assert out["j"]["losses"] == out["i"]["losses"][2:]
+    assert out[loaded]["losses"] == out[saved]["losses"][2:]
 
 
 def test_two_fsdp2_ranks_to_one(runs):
