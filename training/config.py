@@ -145,7 +145,7 @@ class CheckpointConfig(Strict):
     # uploaded in the background; the checkpoint is reported (and counts) only once every rank's part is written
     async_: bool = Field(default=False, alias="async")
     # async only, what training goes on with while the files are written. copy: the state copied into host
-    # buffers kept for the run (pinned on GPU), training not held at all; in_place: no copy, the files written from
+    # buffers kept for the run (pinned on GPU), training held for that copy only; in_place: no copy, the files written from
     # the live tensors while the next step's forward and backward run, its optimizer update waiting until this
     # rank's part is written (no second copy of the state in memory); auto: copy on GPU, in_place on CPU (where a
     # copy would double the host memory that holds the state already)
