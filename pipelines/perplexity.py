@@ -64,20 +64,23 @@ def _fill(group: list[dict], scores_dir: str, max_bpb: float | None) -> dict:
     counts = {"scored": 0, "removed": 0}
     if not scores.files:  # no document to score (every one removed before): Ray Data wrote no file
         return counts
+    # the group's files are consecutive in uid order: its scores in one read of the score files, not one per file
+    f = (pads.field("uid") >= group[0]["first_uid"]) & (pads.field("uid") <= group[-1]["last_uid"])
+    got = scores.to_table(filter=f, columns=["uid", "score"])
+    by_uid = dict(zip(got["uid"].to_pylist(), got["score"].to_pylist()))
+    have = np.sort(got["uid"].to_numpy())
     for s in group:
-        f = (pads.field("uid") >= s["first_uid"]) & (pads.field("uid") <= s["last_uid"])
-        got = scores.to_table(filter=f, columns=["uid", "score"])
-        if got.num_rows == 0:
+        scored = int(np.searchsorted(have, s["last_uid"], "right") - np.searchsorted(have, s["first_uid"]))
+        if scored == 0:  # a file none of whose documents was scored is not rewritten
             continue
         t = pq.read_table(s["path"])
-        by_uid = dict(zip(got["uid"].to_pylist(), got["score"].to_pylist()))
         uids, status, text = t["uid"].to_pylist(), t["status"].to_pylist(), t["text"].to_pylist()
         values = [by_uid.get(u) for u in uids]
         for i, v in enumerate(values):
             if v is not None and max_bpb is not None and v > max_bpb:
                 status[i], text[i] = REASON, None
                 counts["removed"] += 1
-        counts["scored"] += got.num_rows
+        counts["scored"] += scored
         for name, col in ((COLUMN, values), ("status", status), ("text", text)):
             t = t.set_column(t.schema.get_field_index(name), name, pa.array(col, t.schema.field(name).type))
         with atomic_open(s["path"]) as out:
