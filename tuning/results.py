@@ -78,7 +78,7 @@ def collect(cfg: Recipe, grid) -> list[dict]:
     for res in grid:
         trial_id = _trial_id(res)
         hist = _trial_metrics(cfg, trial_id)
-        evals = [r[metric] for r in hist if r.get(metric) is not None]
+        evals = _values(hist, metric)
         steps = hist[-1]["step"] if hist else 0
         status = _status(res, trial_id, steps, cfg.train.max_steps)
         rows.append(
@@ -103,8 +103,13 @@ def also_reported(cfg: Recipe) -> list[str]:
     return [m for m in found if m != cfg.tune.metric]
 
 
+def _values(hist: list[dict], metric: str) -> list[float]:
+    """The metric's values in the trial's rows that carry it, in order."""
+    return [r[metric] for r in hist if r.get(metric) is not None]
+
+
 def _last(hist: list[dict], metric: str) -> float | None:
-    values = [r[metric] for r in hist if r.get(metric) is not None]
+    values = _values(hist, metric)
     return values[-1] if values else None
 
 
