@@ -44,8 +44,7 @@ class PendingSave:
 class InPlace:
     """DCP's AsyncStager protocol with no copy: `async_save` writes the live tensors (see `settle`)."""
 
-    _synchronize_after_execute = False
-    should_synchronize_after_execute = False
+    should_synchronize_after_execute = False  # what async_save reads: nothing staged to wait for
 
     def stage(self, state_dict: dict) -> dict:
         return state_dict
