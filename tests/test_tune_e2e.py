@@ -10,6 +10,7 @@ steps, so the campaigns are as short as their points allow: STEPS steps with an 
 import csv
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -160,17 +161,17 @@ def bare_cluster():
 
 def test_tune_local_as_the_readme_gives_it(bare_cluster, ray_session, tmp_path):
     """`raylm tune cluster/recipes/tune-local.yaml` (8 ASHA trials, 4 rounds on 2 CPUs), shortened in steps,
-    evaluation batches and trials: 4 trials (a grid of learning rates, so that ASHA's stops do not hang on which
-    trial reaches the rung first), 2 rounds, each trial a Ray Train run whose start costs ~19 s of CPU on
-    2 cores. Every trial reaches its first rung and the campaign ends on its own: on this cluster (no State API)
-    only raylm's release of the first round's reservations lets the second round start. The one ASHA campaign of
-    the suite, so it is checked for everything a campaign leaves: it builds its data first (no shards yet),
+    evaluation batches and trials: 3 trials (a grid of learning rates, so that ASHA's stops do not hang on which
+    trial reaches the rung first), 2 rounds (the third trial waits for a first-round one to end), each trial a Ray
+    Train run whose start costs ~19 s of CPU on 2 cores. Every trial reaches its first rung and the campaign ends on
+    its own: on this cluster (no State API) only raylm's release of the first round's reservations lets the second
+    round start. The one ASHA campaign of the suite, so it is checked for everything a campaign leaves: it builds its data first (no shards yet),
     results.csv, plots, the console's table and lines, run.json, MLflow's parent and child runs, and a best.yaml
     that `raylm train` runs as is to the val loss reported."""
     steps = [f"train.max_steps={STEPS}", "train.schedule.warmup_steps=2", f"train.eval={{every: {EVERY}, batches: 2}}", "tune.num_samples=1"]
-    # four learning rates in launch order, the second round's far too small: whichever order the rounds' trials
-    # reach the rung in, each of those arrives after a first-round result it cannot beat, so ASHA stops it
-    space = "{train.optim.lr: {grid: [3.0e-3, 2.0e-3, 1.0e-6, 2.0e-6]}, train.optim.weight_decay: {uniform: [0.0, 0.2]}}"
+    # three learning rates in launch order, the second round's far too small: it reaches the rung after a
+    # first-round result it cannot beat, so ASHA stops it
+    space = "{train.optim.lr: {grid: [3.0e-3, 2.0e-3, 1.0e-6]}, train.optim.weight_decay: {uniform: [0.0, 0.2]}}"
     steps.append(f"tune.param_space={space}")
     steps += [f"train.checkpoint.every={STEPS}", f"tune.scheduler.grace_period={EVERY}", "train.loggers=[tensorboard, mlflow]"]
     sets = [a for o in [f"storage_path={tmp_path}", *steps] for a in ("--set", o)]
@@ -179,15 +180,15 @@ def test_tune_local_as_the_readme_gives_it(bare_cluster, ray_session, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "shakespeare-tune"
     rows = _results(run)
-    assert len(rows) == 4
+    assert len(rows) == 3
     assert all(int(row["steps"]) >= EVERY for row in rows), rows
     assert {row["status"] for row in rows} == {"done", "stopped"}
-    assert len({r["train.optim.lr"] for r in rows}) == 4
+    assert len({r["train.optim.lr"] for r in rows}) == 3
     for png in ("curves.png", "params.png"):
         assert (run / "tune" / png).read_bytes()[:4] == b"\x89PNG"
     _check_console(r.stdout)
     rec = json.loads((run / "tune" / "run.json").read_text())
-    assert rec["stage"] == "tune" and rec["status"] == "succeeded" and rec["result"]["trials"] == 4
+    assert rec["stage"] == "tune" and rec["status"] == "succeeded" and rec["result"]["trials"] == 3
     assert rec["result"]["best"]["trial_id"] and rec["recipe"]["tune"]["param_space"]["train.optim.lr"]["grid"][2] == 1.0e-6
     _check_mlflow(run, rows)
     # best.yaml is a complete recipe: `raylm train` runs it as is and lands on the reported val loss
@@ -204,9 +205,10 @@ def _check_console(out: str) -> None:
     how to train the best, and none of Tune's own output."""
     assert out.splitlines()[0].startswith("[raylm tune] no shards at")
     assert "raylm train" in out and "best.yaml" in out
-    assert "raylm tune: 4 trial(s)" in out and "train.optim.lr" in out
+    # the table (printed at most every 30 s off a terminal: the trials Tune had drawn by then) and a line per trial
+    assert re.search(r"raylm tune: [123] trial\(s\)", out) and "train.optim.lr" in out
     ended = [ln for ln in out.splitlines() if ln.startswith("[raylm tune] trial ")]
-    assert len(ended) == 4 and all("val_loss" in ln for ln in ended)
+    assert len(ended) == 3 and all("val_loss" in ln for ln in ended)
     assert "Configuration for experiment" not in out and "Trial status" not in out and "View detailed results" not in out
 
 
