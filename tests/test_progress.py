@@ -36,6 +36,39 @@ def test_tail_reads_whole_rows_once_and_rereads_a_rewritten_file(tmp_path):
     assert [r["time"] for r in tail.poll()] == [3.0]
 
 
+def test_tail_rereads_a_file_rewritten_and_grown_past_the_last_read_before_a_poll(tmp_path):
+    """A worker failure's resume keeps the rows up to its checkpoint and appends the redone steps; on a fast run the
+    file is longer than before by the next poll, and the old offset lands inside a row."""
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(str(path))
+    path.write_text("".join(json.dumps(_row(s, float(s))) + "\n" for s in range(1, 5)))
+    assert [r["step"] for r in tail.poll()] == [1, 2, 3, 4]
+    path.write_text("".join(json.dumps(_row(s, 10.0 + s, val_loss=4.0)) + "\n" for s in range(1, 8)))  # steps 1-7 anew
+    assert [r["time"] for r in tail.poll()] == [10.0 + s for s in range(1, 8)]
+
+
+def test_tail_goes_on_after_a_file_of_one_row(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(str(path))
+    path.write_text(json.dumps(_row(1, 1.0)) + "\n")
+    assert [r["step"] for r in tail.poll()] == [1]
+    with path.open("a") as f:
+        f.write(json.dumps(_row(2, 2.0)) + "\n")
+    assert [r["step"] for r in tail.poll()] == [2]
+
+
+def test_train_progress_shows_the_redone_steps_of_a_rewritten_file_and_no_row_twice(tmp_path, capsys):
+    path, now = tmp_path / "metrics.jsonl", time.time()
+    with TrainProgress(str(path), max_steps=6, every=1, started=now, poll_s=0.01, tty=False):
+        path.write_text("".join(json.dumps(_row(s, now + s)) + "\n" for s in range(1, 5)))
+        time.sleep(0.1)
+        # a worker failed after step 4: steps 1-2 kept (checkpoint at 2), 3-6 redone, all before the next poll
+        kept = "".join(json.dumps(_row(s, now + s)) + "\n" for s in range(1, 3))
+        path.write_text(kept + "".join(json.dumps(_row(s, now + 10 + s)) + "\n" for s in range(3, 7)))
+    steps = [int(ln.split(" | ")[0].split()[-1].split("/")[0]) for ln in capsys.readouterr().out.splitlines()]
+    assert steps == [1, 2, 3, 4, 3, 4, 5, 6]
+
+
 def test_progress_line_fields():
     line = progress_line(_row(56, 0.0, val_loss=4.3, val_bpb=2.5, mfu=0.412), 280, 42.0, 168.0)
     assert line == "step 56/280 | loss 4.4400 | val 4.3000 (2.500 bits/byte) | lr 1.00e-03 | 1,000 tok/s | MFU 41.2% | 0:42 elapsed | ETA 2:48"

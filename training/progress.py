@@ -6,6 +6,7 @@ Train's 2 s controller poll."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 
@@ -15,11 +16,13 @@ from raylm.core.progress import Live, clock
 
 
 class MetricsTail:
-    """The complete rows appended to a metrics.jsonl (any fsspec URL) since the last poll. A file that got
-    shorter (a resume rewrites it without the steps it redoes) is read again from its start."""
+    """The complete rows appended to a metrics.jsonl (any fsspec URL) since the last poll. A file rewritten in
+    between (a resume after a worker failure keeps the steps up to its checkpoint, then appends the redone ones)
+    is read again from its start: it got shorter, or the last row read is no longer where it was (the resumed run
+    may have appended past the old end before the next poll)."""
 
     def __init__(self, path: str):
-        self.path, self.offset = path, 0
+        self.path, self.offset, self.last = path, 0, b""  # last: the last row read, with its newline
         self.fs, _ = fsspec.core.url_to_fs(path)
 
     def poll(self) -> list[dict]:
@@ -27,13 +30,17 @@ class MetricsTail:
             size = self.fs.size(self.path)
         except FileNotFoundError:
             return []
-        if size < self.offset:
-            self.offset = 0
         if size == self.offset:
             return []
-        data = self.fs.cat_file(self.path, start=self.offset, end=size)
+        data = self.fs.cat_file(self.path, start=self.offset - len(self.last), end=size) if size > self.offset else b""
+        if data.startswith(self.last) and size > self.offset:
+            data = data[len(self.last) :]
+        else:  # rewritten: from the start
+            self.offset, self.last, data = 0, b"", self.fs.cat_file(self.path, start=0, end=size)
         end = data.rfind(b"\n") + 1  # a row being written is read next time, whole
-        self.offset += end
+        if end:
+            self.offset += end
+            self.last = data[data.rfind(b"\n", 0, end - 1) + 1 : end]
         return [json.loads(ln) for ln in data[:end].decode().splitlines() if ln.strip()]
 
 
@@ -60,6 +67,7 @@ class TrainProgress:
         self.tail, self.max_steps, self.every, self.poll_s = MetricsTail(metrics), max_steps, every, poll_s
         self.started = time.time() if started is None else started
         self.tty, self.first, self._stop = tty, None, threading.Event()
+        self.newest = -math.inf  # the time of the newest row shown: a file read again shows only the rows after it
         self.lines = 0  # progress lines printed (tests, and the summary)
 
     def __enter__(self) -> TrainProgress:
@@ -81,8 +89,9 @@ class TrainProgress:
 
     def _show(self, rows: list[dict]) -> None:
         for r in rows:
-            if r.get("time", 0) < self.started:  # an earlier invocation's steps (this one resumed)
+            if r.get("time", 0) < self.started or r["time"] <= self.newest:  # an earlier invocation's (this one resumed), or shown
                 continue
+            self.newest = r["time"]
             if self.first is None:
                 self.first = (r["step"], r["time"])
             done, spent = r["step"] - self.first[0], r["time"] - self.first[1]
