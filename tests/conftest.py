@@ -66,14 +66,6 @@ def pytest_itemcollected(item):
         raise pytest.UsageError(f"{item.nodeid} uses the session's Ray instance: mark it slow, and not own_ray")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked lockstep run last, each module's tests kept together and in order. Their 2 Ray Train workers
-    wait on each other at every step, so each step waits for whichever worker the scheduler left off a core: beside
-    `make test`'s second pytest, which keeps a core busy, the 1,000-step mixture runs and the cluster job took
-    1.4-2.2x their time alone. The first pytest's other tests outlast the second, so these run once it has ended."""
-    items.sort(key=lambda item: item.get_closest_marker("lockstep") is not None)
-
-
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance for every end-to-end test (2 CPUs, like CI)."""

@@ -242,7 +242,6 @@ def _end_of(cluster, name, timeout=600) -> list[str]:
     return _job_status(cluster, name)
 
 
-@pytest.mark.lockstep
 def test_a_killed_driver_resubmitted_then_a_killed_worker_node_and_the_run_ends_whole(cluster, monkeypatch):
     """One run through both failures a cluster job meets (each Ray Train run on these 2-CPU nodes costs ~12 s of
     CPU to start, so one run serves both): its job's driver is killed after a checkpoint (the job fails), the same

@@ -23,7 +23,7 @@ from raylm.training.driver import run_train
 from raylm.training.evaluate import print_results, run_eval
 from tests.conftest import ROOT, sample_docs, write_jsonl
 
-pytestmark = [pytest.mark.slow, pytest.mark.lockstep]
+pytestmark = pytest.mark.slow
 
 STEPS = 1000
 # tokens a step: 2 workers x 2 windows of 32 tokens (the point of the 1,000 steps is the draw, not the model)

@@ -95,6 +95,7 @@ def test_mlflow_server_and_wandb_offline(sample_shards, mlflow_server, tmp_path,
         "train.eval.batches=1",
         "train.checkpoint.every=4",
         "train.loggers=[tensorboard, mlflow, wandb]",
+        "train.scaling.num_workers=1",  # rank 0 logs: a second worker (~4.5 s of CPU to start) adds nothing here
     ]
     assert main(["train", RECIPE, *[a for o in over for a in ("--set", o)]]) == 0
     train = tmp_path / "trk" / "train"

@@ -190,6 +190,7 @@ def test_finetune_from_pretrained_then_eval_and_export(pretrained, tmp_path, cap
             "train.batch={micro_batch_size: 4, global_batch_tokens: 512}",
             "train.eval={every: 2, batches: 4}",
             "train.checkpoint={every: 2, keep: 1}",
+            "train.scaling.num_workers=1",  # from the 2-worker pretrained run: the weights load whatever the layout
         ]
     )
     assert main(["data", FINETUNE, *sets]) == 0

@@ -19,7 +19,7 @@ from raylm.training.driver import run_train
 from raylm.training.sample import SampleOptions, sample
 from tests.conftest import PRETRAIN, ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.lockstep]
+pytestmark = pytest.mark.slow
 
 
 def _rows(run_dir, max_steps=12):
