@@ -1,4 +1,4 @@
-"""Ray Tune campaigns end to end on the sample, each trial a Ray Train run: tune-local.yaml's ASHA campaign on 4
+"""Ray Tune campaigns end to end on the sample, each trial a Ray Train run: tune-local.yaml's ASHA campaign on 3
 trials in 2 rounds on a `ray start` cluster (its data stage first, results.csv, plots, MLflow, best.yaml that `raylm
 train` reproduces); `raylm tune --resume` after the campaign's driver was killed, which finishes the campaign
 without rerunning finished trials; PBT through Ray Train checkpoints; 3 HyperBand trials in 2 rounds.
