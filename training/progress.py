@@ -32,8 +32,9 @@ class MetricsTail:
             return []
         if size == self.offset:
             return []
-        data = self.fs.cat_file(self.path, start=self.offset - len(self.last), end=size) if size > self.offset else b""
-        if data.startswith(self.last) and size > self.offset:
+        # from the last row read, which must still be there; None: the file got shorter
+        data = self.fs.cat_file(self.path, start=self.offset - len(self.last), end=size) if size > self.offset else None
+        if data is not None and data.startswith(self.last):
             data = data[len(self.last) :]
         else:  # rewritten: from the start
             self.offset, self.last, data = 0, b"", self.fs.cat_file(self.path, start=0, end=size)
