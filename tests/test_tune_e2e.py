@@ -165,9 +165,9 @@ def test_tune_local_as_the_readme_gives_it(bare_cluster, ray_session, tmp_path):
     trial reaches the rung first), 2 rounds (the third trial waits for a first-round one to end), each trial a Ray
     Train run whose start costs ~19 s of CPU on 2 cores. Every trial reaches its first rung and the campaign ends on
     its own: on this cluster (no State API) only raylm's release of the first round's reservations lets the second
-    round start. The one ASHA campaign of the suite, so it is checked for everything a campaign leaves: it builds its data first (no shards yet),
-    results.csv, plots, the console's table and lines, run.json, MLflow's parent and child runs, and a best.yaml
-    that `raylm train` runs as is to the val loss reported."""
+    round start. The one ASHA campaign of the suite, so it is checked for everything a campaign leaves: it builds
+    its data first (no shards yet), results.csv, plots, the console's table and lines, run.json, MLflow's parent and
+    child runs, and a best.yaml that `raylm train` runs as is to the val loss reported."""
     steps = [f"train.max_steps={STEPS}", "train.schedule.warmup_steps=2", f"train.eval={{every: {EVERY}, batches: 2}}", "tune.num_samples=1"]
     # three learning rates in launch order, the second round's far too small: it reaches the rung after a
     # first-round result it cannot beat, so ASHA stops it
