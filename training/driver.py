@@ -90,7 +90,7 @@ def check_eval_data(job: TrainJob, man) -> None:
 def build_trainer(job: TrainJob, callbacks: list | None = None, start_from: str | None = None, acks=None, tracking: dict | None = None):
     """A TorchTrainer for the job (prepared here unless it is a PreparedJob; `callbacks`: Ray Train UserCallbacks,
     e.g. Tune's report callback; `start_from`: a checkpoint directory whose full state a new run continues from, as
-    a PBT trial does from another's; the run's own checkpoints, after a failure, take precedence; `acks`: a queue
+    a PBT trial does from another's; the run's own checkpoints, after a failure, take precedence; `acks`: a box
     that acknowledges each report, which the workers wait for before training on, as Tune trials do; `tracking`:
     where rank 0's MLflow / W&B runs go, training.tracking.tracking_info, resolved here when not given)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig

@@ -393,7 +393,7 @@ class Trainer:
         return MetricsLog(self.job.paths.train, self.step, tensorboard="tensorboard" in self.t.loggers, trackers=trackers)
 
     def fit(self, acks=None, tracking: dict | None = None) -> None:
-        """Train to max_steps; `acks`: a Tune trial's queue, waited on after each report."""
+        """Train to max_steps; `acks`: a Tune trial's box of acknowledgements (tuning/mailboxes.py), waited on after each report."""
         t = self.t
         log = self.metrics_log(tracking)
         while self.step < t.max_steps:

@@ -21,7 +21,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raylm.core.paths import RunPaths
 from raylm.core.progress import verbose
@@ -34,6 +34,9 @@ from raylm.tuning.config import Recipe, TuneConfig
 from raylm.tuning.datasections import check_data_keys, value_key
 from raylm.tuning.results import OUTCOME
 from raylm.tuning.space import apply_trial, to_tune, validate_space
+
+if TYPE_CHECKING:
+    from raylm.tuning.mailboxes import Box
 
 TRIALS_HINT = " (trials only read shards)"  # what a campaign's missing-shards message adds
 
@@ -64,39 +67,37 @@ def trial_recipe(recipe: dict, values: dict[str, Any], trial_id: str, data_dir: 
     return r
 
 
-def run_trial(config: dict, recipe: dict, data_dir: str, tracking: dict | None = None, registry=None, data_dirs: dict | None = None) -> None:
+def run_trial(config: dict, recipe: dict, data_dir: str, mail: Box, tracking: dict | None = None, data_dirs: dict | None = None) -> None:
     """One trial: a Ray Train run reporting to Tune through TuneReportCallback (PBT: with its checkpoints).
     Its workers wait at each report until Tune lets the trial go on (AckReports), so a trial the
-    scheduler stops at a rung has trained exactly to the rung. `data_dirs`: a data ablation's sections, by the
+    scheduler stops at a rung has trained exactly to the rung. `mail`: the campaign's mailboxes (the box of
+    placement groups; the run's own boxes are new keys of it). `data_dirs`: a data ablation's sections, by the
     trial's data values (tuning/datasections.py)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
-    from ray.util.queue import Queue
 
     from raylm.training.driver import build_trainer
     from raylm.tuning.forward import AckReports
+    from raylm.tuning.reservations import RecordPlacementGroup
 
     trial_id = ray.tune.get_context().get_trial_id()
     data_dir = data_dirs[value_key(config)] if data_dirs else data_dir
     if recipe["tune"]["scheduler"]["type"] == "pbt":
-        return _run_pbt_trial(config, recipe, data_dir, trial_id, tracking, registry)
+        return _run_pbt_trial(config, recipe, data_dir, trial_id, mail, tracking)
     job = PreparedJob.derived(trial_recipe(recipe, config, trial_id, data_dir))
-    callbacks: list = [TuneReportCallback(), *_recording(registry, trial_id)]
+    callbacks: list = [TuneReportCallback(), RecordPlacementGroup(mail, trial_id)]
     acks = None
     if recipe["tune"]["scheduler"]["type"] in ("asha", "hyperband"):  # they stop trials early; FIFO never does
-        acks = Queue(actor_options={"num_cpus": 0})
+        acks = mail.new(f"acks/{trial_id}")
         callbacks.append(AckReports(acks))
-    result = build_trainer(job, callbacks=callbacks, acks=acks, tracking=_trial_tracking(tracking, trial_id)).fit()
+    try:
+        result = build_trainer(job, callbacks=callbacks, acks=acks, tracking=_trial_tracking(tracking, trial_id)).fit()
+    finally:
+        if acks is not None:
+            acks.drop()
     if result.error is not None:
         raise result.error
     check_diverged(job.paths)  # a trial whose loss stopped being finite ends as an error, with the step
-
-
-def _recording(registry, trial_id: str) -> list:
-    """The Ray Train callback that hands the trial's placement groups to the driver (tuning/reservations.py)."""
-    from raylm.tuning.reservations import RecordPlacementGroup
-
-    return [RecordPlacementGroup(registry, trial_id)] if registry is not None else []
 
 
 def _trial_tracking(tracking: dict | None, trial_id: str) -> dict | None:
@@ -127,16 +128,16 @@ def _url(ckpt) -> str:
     return f"{ckpt.filesystem.type_name}://{ckpt.path}".replace("gcs://", "gs://")
 
 
-def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tracking: dict | None = None, registry=None) -> None:
+def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, mail: Box, tracking: dict | None = None) -> None:
     """Fit the trial's TorchTrainer in a thread while this one hands each report, with its checkpoint,
     to Tune: TuneReportCallback forwards metrics only, and PBT exploits through checkpoints."""
 
     import ray.train
     import ray.tune
-    from ray.util.queue import Empty, Queue
 
     from raylm.training.driver import build_trainer
     from raylm.tuning.forward import ForwardReports
+    from raylm.tuning.reservations import RecordPlacementGroup
 
     start = ray.tune.get_checkpoint()
     meta = _checkpoint_meta(start) if start is not None else {"step": 0}
@@ -144,22 +145,22 @@ def _run_pbt_trial(config: dict, recipe: dict, data_dir: str, trial_id: str, tra
     if step >= recipe["train"]["max_steps"]:  # handed a finished run's checkpoint: nothing left to train
         return _adopt_finished(start, meta, config, recipe, data_dir, trial_id)
     job = PreparedJob.derived(trial_recipe(recipe, config, trial_id, data_dir, _segment(start, step) if step else None))
-    reports = Queue(actor_options={"num_cpus": 0})
+    reports = mail.new(f"reports/{trial_id}")
     start_from = _url(start) if start is not None else None
-    callbacks = [ForwardReports(reports), *_recording(registry, trial_id)]
+    callbacks = [ForwardReports(reports), RecordPlacementGroup(mail, trial_id)]
     trainer = build_trainer(job, callbacks=callbacks, start_from=start_from, tracking=_trial_tracking(tracking, trial_id))
 
     def forward(worker) -> bool:  # every report, the ones left once fit has returned too
-        if not worker.is_alive() and reports.empty():
-            return False
-        try:
-            metrics, ckpt = reports.get(timeout=0.5)
-        except Empty:
-            return True
-        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint(ckpt.path, ckpt.filesystem) if ckpt else None)
-        return True
+        running = worker.is_alive()  # before the wait: a report put before fit returned is in the box by then
+        got = reports.get(timeout=0.5)
+        for metrics, ckpt in got:
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint(ckpt.path, ckpt.filesystem) if ckpt else None)
+        return running or bool(got)
 
-    result = fit_in_thread(trainer, forward)
+    try:
+        result = fit_in_thread(trainer, forward)
+    finally:
+        reports.drop()
     if result.error is not None:
         raise result.error
     check_diverged(job.paths)
@@ -333,8 +334,8 @@ def run_tune(cfg: Recipe, job: PreparedJob | None = None, resume: bool = False, 
     # The trial function only drives a TorchTrainer: its Ray Train workers reserve what the trial uses.
     # Tune rejects an empty request, and any CPU share would make N trials need N x workers + a bit,
     # so it reserves a token byte of memory.
-    registry = open_registry()  # each trial's placement groups, which the driver releases as the trial ends
-    trainable = tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir, tracking=tracking, registry=registry, data_dirs=data_dirs)
+    mail = open_registry()  # the campaign's mailboxes: each trial's placement groups, released by the driver as it ends
+    trainable = tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir, mail=mail, tracking=tracking, data_dirs=data_dirs)
     trainable = tune.with_resources(trainable, {"memory": 1})
     path = RunPaths(storage, cfg.name).tune
     if resume:

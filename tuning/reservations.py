@@ -6,7 +6,7 @@ ends on its own removes it; one the scheduler stops (ASHA, HyperBand), PBT pause
 with its controller, and the reservation outlives it. Ray Train's own cleaner removes it only once it sees
 the controller dead through the State API, and only if the worker group had started; when that does not
 happen, the next round's trials wait for workers forever. So each trial's controller reports its placement
-group here (`RecordPlacementGroup`, a Ray Train callback) and the driver removes the groups of every trial
+group here (`RecordPlacementGroup`, a Ray Train callback, through the campaign's mailboxes) and the driver removes the groups of every trial
 that is no longer running (`ReleaseReservations`, a Tune callback), within a second of Tune's decision.
 
 `ReleaseReservations` also says, once, what a campaign waits for when a trial has had no result for
@@ -22,19 +22,21 @@ import ray
 from ray import tune
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-from ray.util.queue import Queue
+
+from raylm.tuning.mailboxes import Box, open_mailboxes
 
 WAIT_NOTE_S = 180.0  # a trial with no result for this long while the cluster cannot fit its workers is worth a line
 _POLL_S = 1.0  # how often the driver looks for ended trials (Tune calls on_step_begin many times a second)
-# The campaign's queue on this driver. A module global, not a callback attribute: Tune pickles its callbacks with
-# the experiment and `Tuner.restore` brings back those copies, which must find the resumed campaign's queue.
-_registry: Queue | None = None
+# The campaign's box of placement groups on this driver. A module global, not a callback attribute: Tune pickles its
+# callbacks with the experiment and `Tuner.restore` brings back those copies, which must find the resumed campaign's.
+_registry: Box | None = None
 
 
-def open_registry() -> Queue:
-    """A fresh queue for this driver's campaign (a zero-CPU actor), handed to every trial."""
+def open_registry() -> Box:
+    """This driver's campaign's mailboxes (tuning/mailboxes.py), fresh: their box of placement groups, handed to
+    every trial (which takes its other boxes from it)."""
     global _registry
-    _registry = Queue(actor_options={"num_cpus": 0})
+    _registry = open_mailboxes()
     return _registry
 
 
@@ -43,11 +45,11 @@ def _say(msg: str) -> None:
 
 
 class RecordPlacementGroup(WorkerGroupCallback):
-    """Runs in a trial's Ray Train controller: puts (trial id, placement group) on the campaign's queue each time
+    """Runs in a trial's Ray Train controller: puts (trial id, placement group) in the campaign's box each time
     a worker group starts (again after a worker failure). Ray Train takes callbacks of its own kinds beside
     UserCallbacks in RunConfig(callbacks=...) for this (DataParallelTrainer._create_default_callbacks)."""
 
-    def __init__(self, registry: Queue, trial_id: str):
+    def __init__(self, registry: Box, trial_id: str):
         self.registry, self.trial_id = registry, trial_id
 
     def after_worker_group_start(self, worker_group) -> None:
@@ -84,8 +86,7 @@ class ReleaseReservations(tune.Callback):
     def _drain(self) -> None:
         if _registry is None:
             return
-        n = _registry.qsize()
-        for trial_id, pg in _registry.get_nowait_batch(n) if n else []:
+        for trial_id, pg in _registry.take_all():
             self.groups.setdefault(trial_id, []).append(pg)
 
     def release_ended(self, trials) -> None:
