@@ -2,6 +2,12 @@ import gzip
 import io
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -100,6 +106,57 @@ def sample_shards(pretrained) -> str:
     """The shards of the pretrained run (the sample through local.yaml's data stage): what the tests that
     train or tune, and do not test the data stage, read as train.data_path."""
     return str(pretrained[0] / "tr" / "data")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 (its own SQLite store and artifacts), for the session: its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = tmp_path_factory.mktemp("mlflow-server")
+    args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    args += ["--backend-store-uri", f"sqlite:///{srv}/db.sqlite", "--artifacts-destination", str(srv / "artifacts")]
+    # without MLflow's job runner (8 processes of ~2 s CPU each, for GenAI evaluation jobs this test never sends)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(srv / "log", "w"), start_new_session=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"mlflow server did not start: {(srv / 'log').read_text()[-2000:]}") from None
+            time.sleep(0.5)
+    yield url
+    # the server's whole session at once: a graceful stop (SIGTERM) waits seconds on its workers, and nothing it
+    # would flush is read after the tests
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tracked_run(pretrained, sample_shards, mlflow_server, tmp_path_factory):
+    """`raylm train` of 4 steps on one worker, initialized from the pretrained run's weights (train.init_from), with
+    train.loggers [tensorboard, mlflow, wandb]: MLflow on `mlflow_server`, W&B offline (no API key). One run for two
+    points: tests/test_tracking_e2e.py checks what it logged, tests/test_train_parallel.py that it starts where the
+    pretrained run ended. Returns (storage path, the server's URL); the run is `trk`."""
+    from raylm.cluster.cli import main
+
+    tmp = tmp_path_factory.mktemp("trk")
+    over = [f"storage_path={tmp}", "name=trk", *PRETRAIN, PRETRAIN_TASKS, f"train.data_path={sample_shards}"]
+    over += [f"train.init_from={pretrained[0] / 'tr'}", "train.max_steps=4", "train.eval.every=2", "train.eval.batches=1"]
+    over += ["train.checkpoint.every=4", "train.loggers=[tensorboard, mlflow, wandb]"]
+    over += ["train.scaling.num_workers=1"]  # rank 0 logs: a second worker (~4.5 s of CPU to start) adds nothing here
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        for var in ("WANDB_API_KEY", "WANDB_MODE"):
+            mp.delenv(var, raising=False)
+        assert main(["train", str(ROOT / "cluster" / "recipes" / "local.yaml"), *[a for o in over for a in ("--set", o)]]) == 0
+    return tmp, mlflow_server
 
 
 @pytest.fixture

@@ -1,56 +1,16 @@
 """Experiment tracking end to end: `raylm train` with train.loggers [mlflow, wandb] logs the recipe and every
-step to a real MLflow tracking server started here on 127.0.0.1 (MLFLOW_TRACKING_URI), with the loss plot and the
+step to a real MLflow tracking server started on 127.0.0.1 (MLFLOW_TRACKING_URI), with the loss plot and the
 final checkpoint; and to a W&B offline run (no API key: files under train/wandb/, nothing sent), read back from
-its .wandb record file."""
+its .wandb record file. The run is tests/conftest.py's `tracked_run`, which tests/test_train_parallel.py also
+checks as a run initialized from another's weights."""
 
 import json
 import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from raylm.cluster.cli import main
-from tests.conftest import ROOT
-
 pytestmark = pytest.mark.slow
-
-RECIPE = str(ROOT / "cluster" / "recipes" / "local.yaml")
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = tmp_path / "mlflow-server"
-    args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    args += ["--backend-store-uri", f"sqlite:///{srv}/db.sqlite", "--artifacts-destination", str(srv / "artifacts")]
-    srv.mkdir()
-    # without MLflow's job runner (8 processes of ~2 s CPU each, for GenAI evaluation jobs this test never sends)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(srv / "log", "w"), start_new_session=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"mlflow server did not start: {(srv / 'log').read_text()[-2000:]}") from None
-            time.sleep(0.5)
-    yield url
-    # the whole session at once: a graceful stop (SIGTERM) waits seconds on the server's workers, and nothing
-    # it would flush is read after the test
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
 
 
 def wandb_records(path) -> list:
@@ -78,27 +38,11 @@ def wandb_records(path) -> list:
     return out
 
 
-def test_mlflow_server_and_wandb_offline(sample_shards, mlflow_server, tmp_path, monkeypatch):
+def test_mlflow_server_and_wandb_offline(tracked_run, tmp_path):
     from mlflow import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    for var in ("WANDB_API_KEY", "WANDB_MODE"):
-        monkeypatch.delenv(var, raising=False)
-    over = [
-        f"storage_path={tmp_path}",
-        "name=trk",
-        f"train.data_path={sample_shards}",
-        "train.model={n_layer: 1, n_head: 2, d_model: 64, seq_len: 64}",
-        "train.batch={micro_batch_size: 4, global_batch_tokens: 512}",
-        "train.max_steps=4",
-        "train.eval.every=2",  # local.yaml's downstream tasks kept
-        "train.eval.batches=1",
-        "train.checkpoint.every=4",
-        "train.loggers=[tensorboard, mlflow, wandb]",
-        "train.scaling.num_workers=1",  # rank 0 logs: a second worker (~4.5 s of CPU to start) adds nothing here
-    ]
-    assert main(["train", RECIPE, *[a for o in over for a in ("--set", o)]]) == 0
-    train = tmp_path / "trk" / "train"
+    root, mlflow_server = tracked_run
+    train = root / "trk" / "train"
     ids = json.loads((train / "tracking.json").read_text())
 
     # MLflow, on the server: the recipe as params, every step's metrics, the loss plot and the final checkpoint

@@ -3,7 +3,8 @@ and 1 worker with twice the gradient accumulation see the same windows per optim
 per-step losses agree (to float tolerance: only the order of the reductions differs). The model is the
 pretrained run's: the llama arch with grouped-query attention, under AdamW. The FSDP2 run saves asynchronously,
 and a worker is killed while its second save is being written (tests/conftest.py delays asynchronous writes by
-2 s): the run resumes from the first, and repeats the steps it had trained since bit for bit."""
+2 s): the run resumes from the first, and repeats the steps it had trained since bit for bit. A run initialized
+from the pretrained run's weights starts where that run ended, with a fresh optimizer and schedule."""
 
 import json
 import os
@@ -93,6 +94,11 @@ def test_two_workers_equal_one_worker_with_double_accumulation(pretrained, sampl
     text = sample(model, enc, SampleOptions(prompt="KING", max_new_tokens=8))[0]
     assert text.startswith("KING")
 
-    # a new run initialized from another's weights starts where that one ended, with a fresh optimizer
-    _, ft = _run(tmp_path, sample_shards, "ft", "train.scaling.num_workers=1", f"train.init_from={tmp_path / 'one'}", "train.max_steps=2")
-    assert ft[0]["loss"] < one[0]["loss"] - 0.5 and ft[0]["lr"] == one[0]["lr"]
+
+def test_a_run_initialized_from_another_starts_where_that_one_ended(pretrained, tracked_run):
+    """tests/conftest.py's `tracked_run`: the pretrained run's recipe on one worker, train.init_from the pretrained run.
+    Its first step's loss is far below the pretrained run's first (the weights are loaded) and its learning rate is
+    the schedule's first (the optimizer and schedule start afresh)."""
+    ft, ddp = _rows(tracked_run[0] / "trk"), _rows(pretrained[0] / "tr")
+    assert ft[0]["loss"] < ddp[0]["loss"] - 0.5
+    assert ft[0]["lr"] == ddp[0]["lr"]
