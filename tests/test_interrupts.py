@@ -75,14 +75,15 @@ def test_sigterm_ends_training_as_an_interrupt(ray_session, sample_shards, tmp_p
     assert not (tmp_path / "term" / f"{LOCK_PREFIX}train").exists()
 
 
-def test_an_interrupted_campaign_says_so_and_how_to_resume(sample_shards, tmp_path):
+def test_an_interrupted_campaign_says_so_and_how_to_resume(ray_session, sample_shards, tmp_path):
     """Three trials of one CPU each on 2 CPUs, all started by Tune: SIGTERM once one has trained; the third never
-    got its workers, and a fourth was never drawn. On a Ray instance of its own: on the session's warm one the third
-    trial's workers can start (and train a step) in the moment the first two are being stopped."""
+    got its workers (or, given them by the CPUs the first two gave back as Tune stopped them, did not train: the
+    campaign was interrupted), and a fourth was never drawn. A driver of the session's Ray instance, as a Ray Jobs
+    driver is (on a warm instance the third trial's workers start fastest)."""
     sets = [f"storage_path={tmp_path}", "name=cut", f"train.data_path={sample_shards}", "tune.num_samples=4", "tune.max_concurrent_trials=3"]
     sets += ["train.model={n_layer: 1, n_head: 2, d_model: 32, seq_len: 32}", "train.batch={micro_batch_size: 2, global_batch_tokens: 128}"]
     sets += ["train.max_steps=2000", "train.eval={every: 50, batches: 1}", "tune.scheduler={type: fifo}"]
-    proc = _start(["tune", str(ROOT / "cluster/recipes/tune-local.yaml"), *[a for s in sets for a in ("--set", s)]])
+    proc = _start(["tune", str(ROOT / "cluster/recipes/tune-local.yaml"), *[a for s in sets for a in ("--set", s)]], ray_session)
     trials = tmp_path / "cut" / "tune" / "trials"
     deadline = time.time() + 240
     while time.time() < deadline and not list(trials.glob("*/train/metrics.jsonl")):

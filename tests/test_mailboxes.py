@@ -64,3 +64,14 @@ def test_a_dropped_box_is_empty_when_used_again():
         return await b.get("k", timeout=0.05)
 
     assert _run(go()) == []
+
+
+def test_count_is_the_number_of_items_waiting():
+    async def go():
+        b = Boxes()
+        before = await b.count("k")
+        await b.put("k", 1)
+        await b.put("k", 2)
+        return before, await b.count("k")
+
+    assert _run(go()) == (0, 2)

@@ -345,17 +345,20 @@ def run_tune(cfg: Recipe, job: PreparedJob | None = None, resume: bool = False, 
     else:
         tuner = _new_tuner(cfg, trainable, space, storage)
     try:
-        with _interrupts_recorded():
+        with _interrupts_recorded(mail):
             return tuner.fit()
     finally:
         end_campaign(tracking)
 
 
 @contextmanager
-def _interrupts_recorded() -> Iterator[None]:
+def _interrupts_recorded(mail: Box) -> Iterator[None]:
     """Ctrl-C (and SIGTERM, which raylm turns into it) end the campaign through Tune's SIGUSR1 handler, which saves
     the experiment's state and returns its results; this SIGINT handler (in place of Tune's own) records that it
-    happened (results.OUTCOME), which those results do not say. A second Ctrl-C stops at once."""
+    happened (results.OUTCOME), which those results do not say, and tells the trials (`mail`, the campaign's
+    mailboxes: a trial whose workers start after this does not train). A second Ctrl-C stops at once."""
+    from raylm.tuning.mailboxes import INTERRUPTED
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -364,6 +367,8 @@ def _interrupts_recorded() -> Iterator[None]:
         if OUTCOME.interrupted or not callable(signal.getsignal(signal.SIGUSR1)):  # not yet in Tune's loop: plain Ctrl-C
             raise KeyboardInterrupt
         OUTCOME.interrupted = True
+        # from a thread: a Ray call made in a signal handler could wait on a lock the interrupted code holds
+        threading.Thread(target=mail.at(INTERRUPTED).put, args=(True,), name="raylm-interrupted", daemon=True).start()
         signal.raise_signal(signal.SIGUSR1)
 
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"

@@ -3,8 +3,10 @@
 A campaign's driver, its trials' Tune functions, their Ray Train controllers and rank-0 workers pass messages:
 each trial's placement groups to the driver (tuning/reservations.py), each report's acknowledgement to the
 workers (AckReports), each PBT report with its checkpoint to the trial's function (ForwardReports). Each goes
-through a box (a FIFO) of its own key in the campaign's `Mailboxes`. A `ray.util.queue.Queue` per box would
-start an actor process per trial (~1.3 s of CPU on a 2-core machine, beside the ~20 s a Ray Train run costs).
+through a box (a FIFO) of its own key in the campaign's `Mailboxes`; so does the driver's word that the campaign
+was interrupted (INTERRUPTED), which holds back a trial whose workers start after it (reservations.py). A
+`ray.util.queue.Queue` per box would start an actor process per trial (~1.3 s of CPU on a 2-core machine, beside
+the ~20 s a Ray Train run costs).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Boxes:
             items.append(box.get_nowait())
         return items
 
+    async def count(self, key: str) -> int:
+        return self._box(key).qsize()
+
     async def drop(self, key: str) -> None:
         self._boxes.pop(key, None)
 
@@ -61,6 +66,10 @@ class Box:
     def new(self, prefix: str) -> Box:
         return Box(self.mail, f"{prefix}/{uuid.uuid4().hex}")
 
+    def at(self, key: str) -> Box:
+        """The box of `key` in the same mailboxes (a campaign-wide one, such as INTERRUPTED)."""
+        return Box(self.mail, key)
+
     def put(self, item: Any) -> None:
         """Returns once the item is in the box: a message put before a run ends is there when it has ended."""
         ray.get(self.mail.put.remote(self.key, item))
@@ -71,8 +80,15 @@ class Box:
     def take_all(self) -> list:
         return ray.get(self.mail.take_all.remote(self.key))
 
+    def count(self) -> int:
+        return ray.get(self.mail.count.remote(self.key))
+
     def drop(self) -> None:
         self.mail.drop.remote(self.key)
+
+
+# A campaign-wide box: one item in it once the campaign's driver was interrupted (Ctrl-C, SIGTERM)
+INTERRUPTED = "interrupted"
 
 
 def open_mailboxes() -> Box:

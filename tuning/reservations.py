@@ -7,7 +7,9 @@ with its controller, and the reservation outlives it. Ray Train's own cleaner re
 the controller dead through the State API, and only if the worker group had started; when that does not
 happen, the next round's trials wait for workers forever. So each trial's controller reports its placement
 group here (`RecordPlacementGroup`, a Ray Train callback, through the campaign's mailboxes) and the driver removes the groups of every trial
-that is no longer running (`ReleaseReservations`, a Tune callback), within a second of Tune's decision.
+that is no longer running (`ReleaseReservations`, a Tune callback), within a second of Tune's decision. Once the
+campaign is interrupted, a trial whose workers start after that (on the CPUs the stopped trials gave back) waits
+for Tune to stop it rather than training (`hold_if_interrupted`).
 
 `ReleaseReservations` also says, once, what a campaign waits for when a trial has had no result for
 WAIT_NOTE_S: the resources one trial's workers need against what the cluster has free.
@@ -23,9 +25,10 @@ from ray import tune
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
-from raylm.tuning.mailboxes import Box, open_mailboxes
+from raylm.tuning.mailboxes import INTERRUPTED, Box, open_mailboxes
 
 WAIT_NOTE_S = 180.0  # a trial with no result for this long while the cluster cannot fit its workers is worth a line
+HOLD_S = 120.0  # how long a trial whose workers started after the campaign was interrupted waits to be stopped
 _POLL_S = 1.0  # how often the driver looks for ended trials (Tune calls on_step_begin many times a second)
 # The campaign's box of placement groups on this driver. A module global, not a callback attribute: Tune pickles its
 # callbacks with the experiment and `Tuner.restore` brings back those copies, which must find the resumed campaign's.
@@ -54,6 +57,20 @@ class RecordPlacementGroup(WorkerGroupCallback):
 
     def after_worker_group_start(self, worker_group) -> None:
         self.registry.put((self.trial_id, worker_group.get_worker_group_state().placement_group_handle.placement_group))
+        hold_if_interrupted(self.registry)
+
+
+def hold_if_interrupted(registry: Box, hold_s: float = HOLD_S) -> None:
+    """In a trial's Ray Train controller, before its workers start training: once the campaign was interrupted, wait
+    for Tune to stop the trial instead (at most `hold_s`, then fail). The CPUs that Tune's stop of the running
+    trials frees would otherwise start a pending trial's workers, which then train until Tune stops that one too."""
+    interrupted = registry.at(INTERRUPTED)
+    if not interrupted.count():
+        return
+    deadline = time.monotonic() + hold_s
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+    raise RuntimeError(f"the campaign was interrupted before this trial's workers started; not stopped within {hold_s:.0f} s")
 
 
 def release(pg: PlacementGroup) -> bool:
