@@ -8,7 +8,7 @@ import pytest
 import ray
 from ray.util.placement_group import placement_group, placement_group_table
 
-from raylm.tuning.reservations import ReleaseReservations, open_registry
+from raylm.tuning.reservations import ReleaseReservations, open_campaign_mailboxes
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def _state(pg) -> str:
 
 
 def test_groups_of_ended_trials_are_removed_and_running_ones_kept(ray_session):
-    registry = open_registry()
+    registry = open_campaign_mailboxes()
     stopped, running = _reserved(), _reserved()
     registry.put(("t1", stopped))
     registry.put(("t2", running))
@@ -36,7 +36,7 @@ def test_groups_of_ended_trials_are_removed_and_running_ones_kept(ray_session):
 
 
 def test_a_paused_trials_group_is_removed(ray_session):
-    registry = open_registry()
+    registry = open_campaign_mailboxes()
     pg = _reserved()
     registry.put(("p", pg))
     ReleaseReservations({"CPU": 1}).release_ended([SimpleNamespace(trial_id="p", status="PAUSED")])
@@ -44,7 +44,7 @@ def test_a_paused_trials_group_is_removed(ray_session):
 
 
 def test_a_group_already_removed_is_no_error(ray_session):
-    registry = open_registry()
+    registry = open_campaign_mailboxes()
     pg = _reserved()
     ray.util.remove_placement_group(pg)
     registry.put(("t", pg))

@@ -316,7 +316,7 @@ def run_tune(cfg: Recipe, job: PreparedJob | None = None, resume: bool = False, 
     every trial then evaluated on the campaign's own val split unless train.eval.data_path names another."""
     from ray import tune
 
-    from raylm.tuning.reservations import open_registry
+    from raylm.tuning.reservations import open_campaign_mailboxes
 
     if not verbose():  # Tune's own console output (config boxes, a result dump per trial) gives way to progress.TrialTable
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # whose verbose=0 prints nothing, unlike the new engine's
@@ -334,7 +334,7 @@ def run_tune(cfg: Recipe, job: PreparedJob | None = None, resume: bool = False, 
     # The trial function only drives a TorchTrainer: its Ray Train workers reserve what the trial uses.
     # Tune rejects an empty request, and any CPU share would make N trials need N x workers + a bit,
     # so it reserves a token byte of memory.
-    mail = open_registry()  # the campaign's mailboxes: each trial's placement groups, released by the driver as it ends
+    mail = open_campaign_mailboxes()  # placement groups (released as each trial ends), acknowledgements, PBT reports
     trainable = tune.with_parameters(run_trial, recipe=recipe, data_dir=data_dir, mail=mail, tracking=tracking, data_dirs=data_dirs)
     trainable = tune.with_resources(trainable, {"memory": 1})
     path = RunPaths(storage, cfg.name).tune

@@ -32,15 +32,15 @@ HOLD_S = 120.0  # how long a trial whose workers started after the campaign was 
 _POLL_S = 1.0  # how often the driver looks for ended trials (Tune calls on_step_begin many times a second)
 # The campaign's box of placement groups on this driver. A module global, not a callback attribute: Tune pickles its
 # callbacks with the experiment and `Tuner.restore` brings back those copies, which must find the resumed campaign's.
-_registry: Box | None = None
+_placement_groups: Box | None = None
 
 
-def open_registry() -> Box:
+def open_campaign_mailboxes() -> Box:
     """This driver's campaign's mailboxes (tuning/mailboxes.py), fresh: their box of placement groups, handed to
     every trial (which takes its other boxes from it)."""
-    global _registry
-    _registry = open_mailboxes()
-    return _registry
+    global _placement_groups
+    _placement_groups = open_mailboxes()
+    return _placement_groups
 
 
 def _say(msg: str) -> None:
@@ -101,9 +101,9 @@ class ReleaseReservations(tune.Callback):
         return {**self.__dict__, "groups": {}, "_last_result": {}}
 
     def _drain(self) -> None:
-        if _registry is None:
+        if _placement_groups is None:
             return
-        for trial_id, pg in _registry.take_all():
+        for trial_id, pg in _placement_groups.take_all():
             self.groups.setdefault(trial_id, []).append(pg)
 
     def release_ended(self, trials) -> None:
