@@ -25,9 +25,9 @@ class ForwardReports(UserCallback):
 
 class AckReports(UserCallback):
     """Runs in the Ray Train controller after TuneReportCallback, whose `ray.tune.report` returns only once
-    Tune lets the trial continue: acknowledges the report in a box (tuning/mailboxes.py) that rank 0 waits on. Without it,
-    workers train on while a report travels (up to a controller poll, 2 s, plus Tune's decision), and a
-    trial ASHA stops at a rung has already spent steps past it."""
+    Tune lets the trial continue: acknowledges the report in a box (tuning/mailboxes.py) that rank 0 waits on.
+    Without it, workers train on while a report travels (up to a controller poll, 2 s, plus Tune's decision), and
+    a trial ASHA stops at a rung has already spent steps past it."""
 
     def __init__(self, box: Box):
         self.box = box

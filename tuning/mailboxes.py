@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -61,7 +61,7 @@ class Box:
     (a trial's Ray Train run, whose leftover messages no later run of the trial must read)."""
 
     mail: Any  # the Mailboxes actor's handle
-    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    key: str
 
     def new(self, prefix: str) -> Box:
         return Box(self.mail, f"{prefix}/{uuid.uuid4().hex}")
