@@ -86,6 +86,15 @@ def ray_session():
     ray.shutdown()
 
 
+def session_train_workers() -> list[int]:
+    """The pids of the Ray Train workers alive on the session's instance, by its State API: not those of the Ray
+    instances that the second pytest's tests start beside it, which a test killing "a worker" must leave alone."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return sorted(a.pid for a in actors if a.pid)
+
+
 @pytest.fixture(scope="session")
 def pretrained(ray_session, tmp_path_factory):
     """`raylm run` of a small model on the sample, once for the session: (storage path, the --set arguments,

@@ -21,7 +21,7 @@ from raylm.pipelines.run import run_data
 from raylm.training.config import EvalOptions
 from raylm.training.driver import run_train
 from raylm.training.evaluate import print_results, run_eval
-from tests.conftest import ROOT, sample_docs, write_jsonl
+from tests.conftest import ROOT, sample_docs, session_train_workers, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -117,15 +117,13 @@ def _rows(tmp, name):
 
 
 def _kill_worker_after(metrics, step: int, th: threading.Thread) -> int | None:
-    import psutil
-
     deadline = time.time() + 600
     while th.is_alive() and time.time() < deadline:
         lines = metrics.read_text().splitlines() if metrics.exists() else []
         if lines and json.loads(lines[-1])["step"] >= step:
-            workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+            workers = session_train_workers()
             assert workers, "no Ray Train worker process found"
-            os.kill(workers[-1].pid, signal.SIGKILL)
+            os.kill(workers[-1], signal.SIGKILL)
             return json.loads(lines[-1])["step"]
         time.sleep(0.02)
     return None

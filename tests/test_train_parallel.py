@@ -18,7 +18,7 @@ from raylm.cluster.recipe import load_config
 from raylm.training.checkpoint import load_model
 from raylm.training.driver import run_train
 from raylm.training.sample import SampleOptions, sample
-from tests.conftest import PRETRAIN, ROOT
+from tests.conftest import PRETRAIN, ROOT, session_train_workers
 
 pytestmark = pytest.mark.slow
 
@@ -52,15 +52,12 @@ def _registered(run_dir) -> list[int]:
 def _kill_mid_save(run_dir, th: threading.Thread) -> tuple[float, list[dict], list[int]]:
     """SIGKILL a Ray Train worker once step 4's checkpoint is registered and step 9 trained: step 8's asynchronous
     save is then being written. Returns when, the rows written before, and the checkpoints registered then."""
-    import psutil
-
     deadline = time.time() + 300
     while th.is_alive() and time.time() < deadline:
         rows = _rows(run_dir) if (run_dir / "train" / "metrics.jsonl").exists() else []
         if rows and rows[-1]["step"] >= 9 and 4 in _registered(run_dir):
             registered = _registered(run_dir)
-            workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
-            os.kill(workers[-1].pid, signal.SIGKILL)
+            os.kill(session_train_workers()[-1], signal.SIGKILL)
             return time.time(), rows, registered
         time.sleep(0.02)
     raise AssertionError("the run ended before its worker could be killed mid-save")
