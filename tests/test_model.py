@@ -87,3 +87,14 @@ def test_document_mask_computes_each_packed_document_as_if_alone():
     _, loss = m(packed[:, :-1], packed[:, 1:])
     loss.backward()
     assert torch.isfinite(loss) and m.wpe.weight.grad.abs().sum() > 0
+
+
+def test_buffers_are_the_rope_tables_computed_from_the_config():
+    """DDP does not broadcast buffers (training/parallel.py): each rank's must follow from the config alone."""
+    for arch in ("gpt2", "llama"):
+        cfg = GPTConfig.from_config(ModelConfig(arch=arch, n_layer=1, n_head=2, d_model=32, seq_len=16), n_vocab=100)
+        torch.manual_seed(0)
+        a = dict(GPT(cfg).named_buffers())
+        torch.manual_seed(1)
+        b = dict(GPT(cfg).named_buffers())
+        assert set(a) <= {"rope_cos", "rope_sin"} and all(torch.equal(a[k], b[k]) for k in a), arch
