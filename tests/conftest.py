@@ -89,9 +89,11 @@ def ray_session():
 def session_train_workers() -> list[int]:
     """The pids of the Ray Train workers alive on the session's instance, by its State API: not those of the Ray
     instances that the second pytest's tests start beside it, which a test killing "a worker" must leave alone."""
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    # the address named: without it the State API looks for the machine's one instance, and refuses several
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return sorted(a.pid for a in actors if a.pid)
 
 
