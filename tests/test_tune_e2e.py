@@ -159,7 +159,8 @@ def bare_cluster():
         _teardown(port, [temp])
 
 
-def test_tune_local_as_the_readme_gives_it(bare_cluster, ray_session, tmp_path):
+@pytest.mark.own_ray  # its own `ray start` head: beside the session's tests
+def test_tune_local_as_the_readme_gives_it(bare_cluster, tmp_path):
     """`raylm tune cluster/recipes/tune-local.yaml` (8 ASHA trials, 4 rounds on 2 CPUs), shortened in steps,
     evaluation batches and trials: 3 trials (a grid of learning rates, so that ASHA's stops do not hang on which
     trial reaches the rung first), 2 rounds (the third trial waits for a first-round one to end), each trial a Ray
@@ -195,7 +196,15 @@ def test_tune_local_as_the_readme_gives_it(bare_cluster, ray_session, tmp_path):
     best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
     top = min((r for r in rows if r["status"] == "done"), key=lambda r: float(r["final_val_loss"]))
     assert best["train"]["optim"]["lr"] == pytest.approx(float(top["train.optim.lr"]))
-    assert main(["train", str(run / "tune" / "best.yaml")]) == 0
+    r = subprocess.run(
+        [sys.executable, "-m", "raylm", "train", str(run / "tune" / "best.yaml")],
+        env=bare_cluster,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
     metrics = [json.loads(x) for x in (tmp_path / "shakespeare-tune-best" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["val_loss"] == pytest.approx(float(top["final_val_loss"]), rel=0.02)
 
