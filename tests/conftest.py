@@ -86,6 +86,13 @@ def ray_session():
     ray.shutdown()
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server or process group a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def session_train_workers() -> list[int]:
     """The pids of the Ray Train workers alive on the session's instance, by its State API: not those of the Ray
     instances that the second pytest's tests start beside it, which a test killing "a worker" must leave alone."""
@@ -122,9 +129,7 @@ def sample_shards(pretrained) -> str:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server on 127.0.0.1 (its own SQLite store and artifacts), for the session: its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     srv = tmp_path_factory.mktemp("mlflow-server")
     args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     args += ["--backend-store-uri", f"sqlite:///{srv}/db.sqlite", "--artifacts-destination", str(srv / "artifacts")]

@@ -8,21 +8,14 @@ train.eval.tasks, their examples split across 2 ranks, give exactly the numbers 
 import json
 import os
 import shutil
-import socket
 
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL, write_tiny_shards
+from tests.conftest import TINY_MODEL, free_port, write_tiny_shards
 
 # slow (3 process groups of 2 ranks: ~13 s) but without Ray: run beside the Ray tests
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"), pytest.mark.slow, pytest.mark.own_ray]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _trainer(root: str, rank: int, world: int, parallelism: str):
@@ -113,7 +106,7 @@ def _tasks_row(root: str, rank: int, world: int) -> dict:
 
 
 def _spawn(root, world: int, plan: list[tuple]) -> dict:
-    torch.multiprocessing.spawn(_ranks, args=(world, _port(), str(root), plan), nprocs=world, join=True)
+    torch.multiprocessing.spawn(_ranks, args=(world, free_port(), str(root), plan), nprocs=world, join=True)
     return {tag: torch.load(f"{root}/out-{tag}.pt", weights_only=True) for *_, tag in plan}
 
 

@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,18 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from raylm.cluster.cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
 RECIPE = str(ROOT / "cluster" / "recipes" / "local.yaml")
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kill_with_descendants(procs) -> None:
@@ -83,7 +76,7 @@ def local_cluster(tmp_path_factory):
     }
     env.pop("RAY_ADDRESS", None)
     dirs = [tempfile.mkdtemp(prefix=f"rl{n}", dir="/tmp") for n in "hab"]  # short: Ray's socket paths must fit
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     run = lambda *a: subprocess.run([RAY, *a], env=env, check=True, capture_output=True, timeout=120)  # noqa: E731
     try:
         # every node's agent on a port of its own: the default (52365) is taken by the first Ray on the machine,
@@ -97,7 +90,7 @@ def local_cluster(tmp_path_factory):
             f"--dashboard-port={dash}",
             "--include-dashboard=true",
             "--disable-usage-stats",
-            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={dirs[0]}",
         )
         c = {"address": f"http://127.0.0.1:{dash}", "token": token, "port": port, "dirs": dirs, "env": env}
@@ -119,7 +112,7 @@ def start_node(cluster: dict, name: str, temp_dir: str) -> None:
             "--num-cpus=2",
             f"--resources={json.dumps({name: 1})}",
             f"--temp-dir={temp_dir}",
-            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
         ],
         env=cluster["env"],
         check=True,
@@ -314,7 +307,7 @@ def test_onprem_head_started_as_its_config_says_runs_jobs_in_raylms_environment(
     token = secrets.token_hex(16)
     (home / ".ray").mkdir()
     (home / ".ray" / "auth_token").write_text(token)  # what the config's file_mounts push
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
     temp = tempfile.mkdtemp(prefix="rlo", dir="/tmp")  # not /tmp/ray, which other heads of this machine share
     try:
@@ -323,7 +316,7 @@ def test_onprem_head_started_as_its_config_says_runs_jobs_in_raylms_environment(
                 continue
             cmd = cmd.replace("--port=6379", f"--port={port}").replace("--autoscaling-config=~/ray_bootstrap_config.yaml", "")
             cmd += (
-                f" --num-cpus=1 --dashboard-port={dash} --dashboard-agent-listen-port={_free_port()} --disable-usage-stats --include-dashboard=true"
+                f" --num-cpus=1 --dashboard-port={dash} --dashboard-agent-listen-port={free_port()} --disable-usage-stats --include-dashboard=true"
                 f" --temp-dir={temp}"
             )
             out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=120)

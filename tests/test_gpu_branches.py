@@ -5,7 +5,6 @@ that Ray Train drives, on real shards and a real process group of one."""
 
 import os
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import torch
 
 from raylm.training.config import OptimConfig
 from raylm.training.optim import build_optimizer
-from tests.conftest import TINY_MODEL, tiny_trainer
+from tests.conftest import TINY_MODEL, free_port, tiny_trainer
 
 ARCHS = {"gpt2": TINY_MODEL, "llama": {**TINY_MODEL, "arch": "llama", "n_kv_head": 1}}  # llama: with grouped-query attention
 
@@ -52,10 +51,7 @@ def test_compiled_model_trains_like_the_eager_one(tiny_shards, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_fsdp2_bf16_mixed_precision_over_gloo(tiny_shards, arch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     try:
         tr = tiny_trainer(tiny_shards, parallelism="fsdp", precision="bf16", model=ARCHS[arch])

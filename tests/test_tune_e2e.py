@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from raylm.cluster.cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -145,15 +145,15 @@ def test_pbt_exploits_through_ray_train_checkpoints(ray_session, sample_shards, 
 def bare_cluster():
     """A `ray start` head of 2 CPUs without the dashboard, so without the State API: Ray Train's own cleaner then
     never sees a stopped trial's controller die, and only raylm's release frees the trial's reservation."""
-    from tests.test_cluster_e2e import RAY, _free_port, _teardown
+    from tests.test_cluster_e2e import RAY, _teardown
 
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # the caller's too (benchmarks/train_runs.py)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": path}
     env.pop("RAY_ADDRESS", None)
-    temp, port = tempfile.mkdtemp(prefix="rlt", dir="/tmp"), _free_port()
+    temp, port = tempfile.mkdtemp(prefix="rlt", dir="/tmp"), free_port()
     start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
     try:
-        subprocess.run([*start, f"--dashboard-agent-listen-port={_free_port()}"], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([*start, f"--dashboard-agent-listen-port={free_port()}"], env=env, check=True, capture_output=True, timeout=120)
         yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     finally:
         _teardown(port, [temp])

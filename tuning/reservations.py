@@ -52,19 +52,19 @@ class RecordPlacementGroup(WorkerGroupCallback):
     a worker group starts (again after a worker failure). Ray Train takes callbacks of its own kinds beside
     UserCallbacks in RunConfig(callbacks=...) for this (DataParallelTrainer._create_default_callbacks)."""
 
-    def __init__(self, registry: Box, trial_id: str):
-        self.registry, self.trial_id = registry, trial_id
+    def __init__(self, placement_groups: Box, trial_id: str):
+        self.placement_groups, self.trial_id = placement_groups, trial_id
 
     def after_worker_group_start(self, worker_group) -> None:
-        self.registry.put((self.trial_id, worker_group.get_worker_group_state().placement_group_handle.placement_group))
-        hold_if_interrupted(self.registry)
+        self.placement_groups.put((self.trial_id, worker_group.get_worker_group_state().placement_group_handle.placement_group))
+        hold_if_interrupted(self.placement_groups)
 
 
-def hold_if_interrupted(registry: Box, hold_s: float = HOLD_S) -> None:
+def hold_if_interrupted(mail: Box, hold_s: float = HOLD_S) -> None:
     """In a trial's Ray Train controller, before its workers start training: once the campaign was interrupted, wait
     for Tune to stop the trial instead (at most `hold_s`, then fail). The CPUs that Tune's stop of the running
     trials frees would otherwise start a pending trial's workers, which then train until Tune stops that one too."""
-    interrupted = registry.at(INTERRUPTED)
+    interrupted = mail.at(INTERRUPTED)
     if not interrupted.count():
         return
     time.sleep(hold_s)  # Tune's stop of the trial kills this controller long before
