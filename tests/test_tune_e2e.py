@@ -159,6 +159,11 @@ def bare_cluster():
         _teardown(port, [temp])
 
 
+def _raylm(env: dict, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """`python -m raylm ARGS` on the cluster `env` names (RAY_ADDRESS), its output captured."""
+    return subprocess.run([sys.executable, "-m", "raylm", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.own_ray  # its own `ray start` head: beside the session's tests
 def test_tune_local_as_the_readme_gives_it(bare_cluster, tmp_path):
     """`raylm tune cluster/recipes/tune-local.yaml` (8 ASHA trials, 4 rounds on 2 CPUs), shortened in steps,
@@ -176,8 +181,7 @@ def test_tune_local_as_the_readme_gives_it(bare_cluster, tmp_path):
     steps.append(f"tune.param_space={space}")
     steps += [f"train.checkpoint.every={STEPS}", f"tune.scheduler.grace_period={EVERY}", "train.loggers=[tensorboard, mlflow]"]
     sets = [a for o in [f"storage_path={tmp_path}", *steps] for a in ("--set", o)]
-    cmd = [sys.executable, "-m", "raylm", "tune", RECIPE, *sets]
-    r = subprocess.run(cmd, env=bare_cluster, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    r = _raylm(bare_cluster, "tune", RECIPE, *sets, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "shakespeare-tune"
     rows = _results(run)
@@ -196,14 +200,7 @@ def test_tune_local_as_the_readme_gives_it(bare_cluster, tmp_path):
     best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
     top = min((r for r in rows if r["status"] == "done"), key=lambda r: float(r["final_val_loss"]))
     assert best["train"]["optim"]["lr"] == pytest.approx(float(top["train.optim.lr"]))
-    r = subprocess.run(
-        [sys.executable, "-m", "raylm", "train", str(run / "tune" / "best.yaml")],
-        env=bare_cluster,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = _raylm(bare_cluster, "train", str(run / "tune" / "best.yaml"), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = [json.loads(x) for x in (tmp_path / "shakespeare-tune-best" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["val_loss"] == pytest.approx(float(top["final_val_loss"]), rel=0.02)
